@@ -1,0 +1,3 @@
+fn main() {
+    println!("warren {}", warren::VERSION);
+}

@@ -1,0 +1,44 @@
+//! Cluster-wide metadata held in the replicated state: identity, the CA, join-token
+//! secrets and address ranges. The CA private key is stored sealed with the
+//! managers' secrets key (see `pki` and `secrets`), never in the clear.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMeta {
+    pub cluster_id: String,
+    pub created_ms: i64,
+    /// The cluster CA certificate, PEM.
+    pub ca_cert_pem: String,
+    /// The CA's private key (PKCS#8 DER), sealed with the secrets key.
+    pub ca_key_sealed: Vec<u8>,
+    pub worker_token_secret: String,
+    pub manager_token_secret: String,
+    /// The cluster CIDR from which every node gets a /24 (`--pod-cidr`).
+    pub pod_cidr: String,
+}
+
+/// A secret as stored: the value is sealed with AES-256-GCM under the managers'
+/// secrets key; the plaintext never enters the Raft log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret {
+    pub id: String,
+    pub name: String,
+    pub labels: super::Labels,
+    pub sealed: Vec<u8>,
+    /// SHA-256 of the plaintext, hex.
+    pub digest: String,
+    pub created_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    pub id: String,
+    pub name: String,
+    pub driver: String,
+    /// Local volumes live on one node, fixed at the first task that uses them.
+    pub node_id: Option<String>,
+    pub labels: super::Labels,
+    pub options: super::Labels,
+    pub created_ms: i64,
+}

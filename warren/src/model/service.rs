@@ -1,0 +1,233 @@
+//! Services: what the user asked for (`ServiceSpec`) and the replicated record that
+//! carries it (`Service`). Validation of a spec lives here so that the CLI, the API
+//! and the state machine agree on what is valid.
+
+use super::{Constraint, Labels, Resources, ValidationError};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceMode {
+    Replicated { replicas: u64 },
+    Global,
+}
+
+impl Default for ServiceMode {
+    fn default() -> Self {
+        ServiceMode::Replicated { replicas: 1 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PublishMode {
+    /// On every node, balanced over all tasks.
+    #[default]
+    Ingress,
+    /// Only on the nodes running a task, to those local tasks.
+    Host,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortConfig {
+    pub published: u16,
+    pub target: u16,
+    pub protocol: Protocol,
+    pub mode: PublishMode,
+}
+
+impl std::fmt::Display for PortConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.mode == PublishMode::Host {
+            write!(f, "mode=host,")?;
+        }
+        write!(
+            f,
+            "{}:{}/{}",
+            self.published,
+            self.target,
+            self.protocol.as_str()
+        )
+    }
+}
+
+/// The desired state of a service, as the user wrote it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub image: String,
+    pub mode: ServiceMode,
+    /// `KEY=VALUE`, in order.
+    pub env: Vec<String>,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub constraints: Vec<Constraint>,
+    pub reservations: Resources,
+    pub limits: Resources,
+    pub ports: Vec<PortConfig>,
+    pub labels: Labels,
+}
+
+impl ServiceSpec {
+    pub fn replicas(&self) -> Option<u64> {
+        match self.mode {
+            ServiceMode::Replicated { replicas } => Some(replicas),
+            ServiceMode::Global => None,
+        }
+    }
+
+    /// Checks a spec the way every entry point must: the first problem found is
+    /// reported with the field it concerns.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.image.trim().is_empty() {
+            return Err(ValidationError::new("image", "an image is required"));
+        }
+        if self.image.chars().any(|c| c.is_whitespace()) {
+            return Err(ValidationError::new(
+                "image",
+                format!(
+                    "invalid image reference {:?}: contains whitespace",
+                    self.image
+                ),
+            ));
+        }
+        if let ServiceMode::Replicated { replicas } = self.mode {
+            if replicas > 10_000 {
+                return Err(ValidationError::new(
+                    "replicas",
+                    format!("{replicas} replicas is more than the limit of 10000"),
+                ));
+            }
+        }
+        for e in &self.env {
+            super::parse_key_value("env", e)?;
+        }
+        for (field, r) in [("reservations", self.reservations), ("limits", self.limits)] {
+            if r.nano_cpus < 0 || r.memory_bytes < 0 {
+                return Err(ValidationError::new(field, "resources cannot be negative"));
+            }
+        }
+        if self.limits.memory_bytes != 0 && self.limits.memory_bytes < 4 << 20 {
+            return Err(ValidationError::new(
+                "limit-memory",
+                "a memory limit must be at least 4MiB",
+            ));
+        }
+        if self.limits.memory_bytes != 0
+            && self.reservations.memory_bytes > self.limits.memory_bytes
+        {
+            return Err(ValidationError::new(
+                "reserve-memory",
+                "the memory reservation is larger than the memory limit",
+            ));
+        }
+        if self.limits.nano_cpus != 0 && self.reservations.nano_cpus > self.limits.nano_cpus {
+            return Err(ValidationError::new(
+                "reserve-cpu",
+                "the CPU reservation is larger than the CPU limit",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.ports {
+            if p.published == 0 || p.target == 0 {
+                return Err(ValidationError::new(
+                    "publish",
+                    "ports must be between 1 and 65535",
+                ));
+            }
+            if !seen.insert((p.published, p.protocol)) {
+                return Err(ValidationError::new(
+                    "publish",
+                    format!(
+                        "port {}/{} is published twice",
+                        p.published,
+                        p.protocol.as_str()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A service as stored in the replicated state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub id: String,
+    pub name: String,
+    pub spec: ServiceSpec,
+    /// Bumped by every change to the record; optimistic concurrency for updates.
+    pub version: u64,
+    /// Bumped when the spec changes; tasks remember which spec version they run.
+    pub spec_version: u64,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ServiceSpec {
+        ServiceSpec {
+            image: "busybox:1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_minimal_spec_is_valid() {
+        spec().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_specs_name_their_field() {
+        let mut s = spec();
+        s.image = String::new();
+        assert_eq!(s.validate().unwrap_err().field, "image");
+
+        let mut s = spec();
+        s.env = vec!["NOEQUALS".into()];
+        assert_eq!(s.validate().unwrap_err().field, "env");
+
+        let mut s = spec();
+        s.limits.memory_bytes = 64 << 20;
+        s.reservations.memory_bytes = 128 << 20;
+        assert_eq!(s.validate().unwrap_err().field, "reserve-memory");
+
+        let mut s = spec();
+        s.limits.memory_bytes = 1024;
+        assert_eq!(s.validate().unwrap_err().field, "limit-memory");
+
+        let mut s = spec();
+        let p = PortConfig {
+            published: 80,
+            target: 80,
+            protocol: Protocol::Tcp,
+            mode: PublishMode::Ingress,
+        };
+        s.ports = vec![p, p];
+        assert_eq!(s.validate().unwrap_err().field, "publish");
+    }
+
+    #[test]
+    fn zero_replicas_is_valid() {
+        let mut s = spec();
+        s.mode = ServiceMode::Replicated { replicas: 0 };
+        s.validate().unwrap();
+        assert_eq!(s.replicas(), Some(0));
+    }
+}

@@ -1,0 +1,4 @@
+//! placeholder
+pub struct RaftNode;
+#[derive(Debug)]
+pub enum WriteError {}

@@ -1,0 +1,188 @@
+//! The typed commands that the Raft log carries and the state machine applies, and
+//! the result each one produces. A command holds everything needed to apply it
+//! deterministically: IDs, timestamps and secrets are chosen by the proposer.
+
+use crate::model::{
+    Availability, ClusterMeta, Labels, Node, NodeRole, NodeState, Platform, Resources, Secret,
+    Service, ServiceSpec, Task, TaskState, TaskStatus, Volume,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// First entry of a new cluster: its identity and the initial manager.
+    Bootstrap {
+        meta: ClusterMeta,
+        node: Node,
+    },
+    RotateJoinToken {
+        role: NodeRole,
+        secret: String,
+    },
+
+    /// A node joined with a valid token.
+    AddNode {
+        node: Node,
+    },
+    /// A node's agent opened its session: refresh what the node reports about itself.
+    NodeHello {
+        id: String,
+        resources: Resources,
+        platform: Platform,
+        warren_version: String,
+        at_ms: i64,
+    },
+    SetNodeState {
+        id: String,
+        state: NodeState,
+        message: String,
+        at_ms: i64,
+    },
+    UpdateNode {
+        id: String,
+        availability: Option<Availability>,
+        label_add: Labels,
+        label_rm: Vec<String>,
+        at_ms: i64,
+    },
+    RemoveNode {
+        id: String,
+    },
+
+    CreateService {
+        service: Service,
+    },
+    UpdateService {
+        id: String,
+        /// The version the caller read; a mismatch is a conflict.
+        expected_version: u64,
+        spec: ServiceSpec,
+        at_ms: i64,
+    },
+    ScaleService {
+        id: String,
+        replicas: u64,
+        at_ms: i64,
+    },
+    /// Deletes the service and marks its tasks for removal.
+    RemoveService {
+        id: String,
+        at_ms: i64,
+    },
+
+    /// New tasks from the orchestrator; ignored for services that are gone.
+    CreateTasks {
+        tasks: Vec<Task>,
+    },
+    /// The scheduler's placements. Only tasks still pending are placed.
+    AssignTasks {
+        assignments: Vec<(String, String)>,
+        at_ms: i64,
+    },
+    /// The scheduler found no node: keep pending and record why.
+    SetTasksPending {
+        updates: Vec<(String, String)>,
+        at_ms: i64,
+    },
+    SetTasksDesired {
+        ids: Vec<String>,
+        desired: TaskState,
+        at_ms: i64,
+    },
+    /// A node's agent reported task states; reports for tasks that are not on that
+    /// node, or that would move a task backwards, are ignored.
+    ReportTaskStatus {
+        node_id: String,
+        reports: Vec<(String, TaskStatus)>,
+    },
+    /// The orchestrator marks tasks whose node is gone or down.
+    OrphanTasks {
+        ids: Vec<String>,
+        message: String,
+        at_ms: i64,
+    },
+    RemoveTasks {
+        ids: Vec<String>,
+    },
+
+    CreateSecret {
+        secret: Secret,
+    },
+    RemoveSecret {
+        id: String,
+    },
+    CreateVolume {
+        volume: Volume,
+    },
+    RemoveVolume {
+        id: String,
+    },
+
+    /// Several commands in one log entry; each applies on its own and the first
+    /// error is the batch's result.
+    Batch(Vec<Command>),
+}
+
+impl Command {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Bootstrap { .. } => "bootstrap",
+            Command::RotateJoinToken { .. } => "rotate_join_token",
+            Command::AddNode { .. } => "add_node",
+            Command::NodeHello { .. } => "node_hello",
+            Command::SetNodeState { .. } => "set_node_state",
+            Command::UpdateNode { .. } => "update_node",
+            Command::RemoveNode { .. } => "remove_node",
+            Command::CreateService { .. } => "create_service",
+            Command::UpdateService { .. } => "update_service",
+            Command::ScaleService { .. } => "scale_service",
+            Command::RemoveService { .. } => "remove_service",
+            Command::CreateTasks { .. } => "create_tasks",
+            Command::AssignTasks { .. } => "assign_tasks",
+            Command::SetTasksPending { .. } => "set_tasks_pending",
+            Command::SetTasksDesired { .. } => "set_tasks_desired",
+            Command::ReportTaskStatus { .. } => "report_task_status",
+            Command::OrphanTasks { .. } => "orphan_tasks",
+            Command::RemoveTasks { .. } => "remove_tasks",
+            Command::CreateSecret { .. } => "create_secret",
+            Command::RemoveSecret { .. } => "remove_secret",
+            Command::CreateVolume { .. } => "create_volume",
+            Command::RemoveVolume { .. } => "remove_volume",
+            Command::Batch(_) => "batch",
+        }
+    }
+}
+
+/// Why a command was not applied. These reach API clients as they are, so the
+/// messages name the object and the problem.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What the state machine returns for each applied entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub error: Option<ApplyError>,
+}
+
+impl Response {
+    pub fn ok() -> Self {
+        Response { error: None }
+    }
+
+    pub fn into_result(self) -> Result<(), ApplyError> {
+        match self.error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+}
