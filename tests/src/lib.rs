@@ -1,1 +1,6 @@
-//! Harness for the end-to-end tests.
+//! Harness for Warren's end-to-end tests (`tests/tests/*.rs`): real `warren`
+//! processes and, as the features need them, real containerd, a local OCI registry,
+//! eBPF and network namespaces. Everything a test starts is torn down when its
+//! guard drops, also on panic.
+
+pub mod cluster;

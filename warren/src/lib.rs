@@ -2,8 +2,17 @@
 //! scheduler, dispatcher), the node agent and the data plane. `main.rs` only calls
 //! `cli::main`.
 
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod manager;
+pub mod metrics;
 pub mod model;
+pub mod pki;
 pub mod raft;
+pub mod secrets;
 pub mod store;
 
 /// The version printed by `warren --version` and reported by every node.

@@ -1,3 +1,5 @@
-fn main() {
-    println!("warren {}", warren::VERSION);
+//! The `warren` binary (also installed as `wrn`): everything is in the library.
+
+fn main() -> std::process::ExitCode {
+    warren::cli::main()
 }

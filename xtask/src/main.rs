@@ -1,1 +1,244 @@
-fn main() {}
+//! Project automation, run as `cargo xtask <command>`:
+//!
+//! - `test`: installs what the suite needs (Debian packages), checks formatting
+//!   and lints, builds, and runs every test (what `.ci/run` runs);
+//! - `up`: installs, builds and starts a one-node cluster with a demo service;
+//! - `down`: stops what `up` started and removes its state.
+//!
+//! xtask itself needs nothing but std, so that it builds on a fresh machine before
+//! any Debian package (protoc, clang, ...) is installed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+/// Debian packages the build and the test suite need.
+const PACKAGES: &[&str] = &["protobuf-compiler", "iproute2", "curl", "ca-certificates"];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(&args[1..]),
+        Some("up") => up(),
+        Some("down") => down(),
+        _ => {
+            eprintln!("usage: cargo xtask <test [--no-lint] [-- TEST ARGS]|up|down>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed with {status}"))
+    }
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+/// Installs the missing Debian packages, or says exactly which are missing.
+fn ensure_packages(pkgs: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        return Err(format!(
+            "missing Debian packages: {} (run as root, or: sudo apt-get install -y --no-install-recommends {})",
+            missing.join(" "),
+            missing.join(" ")
+        ));
+    }
+    run(Command::new("apt-get")
+        .args(["update", "-qq"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    let started = Instant::now();
+    let (lint, rest): (bool, Vec<String>) = {
+        let lint = !args.iter().any(|a| a == "--no-lint");
+        (
+            lint,
+            args.iter().filter(|a| *a != "--no-lint").cloned().collect(),
+        )
+    };
+    ensure_packages(PACKAGES)?;
+    if lint {
+        run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    // The end-to-end tests run the warren binary: build it before the tests start.
+    run(cargo().args(["build", "-p", "warren"]))?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"]);
+    cmd.args(&rest);
+    run(&mut cmd)?;
+    eprintln!("xtask test: everything passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+const UP_DIR: &str = "/var/lib/warren";
+const UP_LOG: &str = "/var/log/warren.log";
+const UP_PID: &str = "/run/warren.pid";
+
+fn up() -> Result<()> {
+    if !is_root() {
+        return Err("`cargo xtask up` starts a cluster node and must run as root".into());
+    }
+    ensure_packages(PACKAGES)?;
+    run(cargo().args(["build", "--release", "-p", "warren"]))?;
+    let built = root().join("target/release/warren");
+    run(Command::new("install")
+        .args(["-m", "0755"])
+        .arg(&built)
+        .arg("/usr/local/bin/warren"))?;
+    let _ = std::fs::remove_file("/usr/local/bin/wrn");
+    std::os::unix::fs::symlink("warren", "/usr/local/bin/wrn")
+        .map_err(|e| format!("linking wrn: {e}"))?;
+
+    let socket = Path::new("/run/warren/warren.sock");
+    let running = Command::new("warren")
+        .args(["cluster", "info"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !running {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(UP_LOG)
+            .map_err(|e| format!("{UP_LOG}: {e}"))?;
+        let fresh = !Path::new(UP_DIR).join("node.json").exists();
+        let mut cmd = Command::new("/usr/local/bin/warren");
+        if fresh {
+            cmd.args([
+                "cluster",
+                "init",
+                "--listen-addr",
+                "127.0.0.1:2377",
+                "--metrics-addr",
+                "127.0.0.1:9090",
+            ]);
+        } else {
+            cmd.args(["daemon"]);
+        }
+        cmd.args(["--data-dir", UP_DIR]);
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting warren: {e}"))?;
+        std::fs::write(UP_PID, child.id().to_string()).map_err(|e| format!("{UP_PID}: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() || !warren_ok(&["cluster", "info"]) {
+            if Instant::now() > deadline {
+                return Err(format!("the node did not come up within 30s; see {UP_LOG}"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    if !warren_ok(&["service", "inspect", "demo"]) {
+        run(Command::new("warren").args([
+            "service",
+            "create",
+            "demo",
+            "--image",
+            "warren-test/http:1",
+            "--replicas",
+            "2",
+            "--publish",
+            "8080:80",
+        ]))?;
+    }
+    run(Command::new("warren").args(["node", "ls"]))?;
+    run(Command::new("warren").args(["service", "ls"]))?;
+    run(Command::new("warren").args(["service", "ps", "demo"]))?;
+    println!(
+        "\nWarren is running as a one-node cluster (log: {UP_LOG}, state: {UP_DIR}).\n\
+         Try: warren service ls | warren service ps demo | curl -s 127.0.0.1:9090/metrics\n\
+         Stop and remove it with: cargo xtask down"
+    );
+    Ok(())
+}
+
+fn warren_ok(args: &[&str]) -> bool {
+    Command::new("warren")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn down() -> Result<()> {
+    if let Ok(pid) = std::fs::read_to_string(UP_PID) {
+        let pid = pid.trim().to_string();
+        let _ = Command::new("kill").arg(&pid).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = std::fs::remove_file(UP_PID);
+    }
+    let _ = std::fs::remove_dir_all(UP_DIR);
+    println!("stopped the demo node and removed {UP_DIR}");
+    Ok(())
+}

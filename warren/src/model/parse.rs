@@ -69,7 +69,7 @@ pub fn parse_cpus(field: &str, input: &str) -> Result<i64, ValidationError> {
             format!("invalid CPU count {input:?}: expected a number of cores, e.g. 0.5"),
         )
     })?;
-    if !v.is_finite() || v < 0.0 || v > 1.0e9 {
+    if !v.is_finite() || !(0.0..=1.0e9).contains(&v) {
         return Err(ValidationError::new(
             field,
             format!("invalid CPU count {input:?}: must be between 0 and 1e9"),

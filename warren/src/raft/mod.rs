@@ -4,6 +4,7 @@
 
 pub mod network;
 pub mod node;
+pub mod service;
 
 pub use node::{RaftNode, WriteError};
 

@@ -1,1 +1,166 @@
-//! placeholder
+//! The client side of Raft RPCs between managers: one lazily connected, mutually
+//! authenticated tonic channel per peer address, carrying serde-encoded openraft
+//! messages in `warren.v1.Raft`. The server side is `raft::service`.
+
+use super::TypeConfig;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use warren_proto::v1::raft_client::RaftClient;
+use warren_proto::v1::RaftPayload;
+
+/// Channels to other managers, shared by Raft replication and write forwarding.
+#[derive(Clone)]
+pub struct Peers {
+    tls: ClientTlsConfig,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("invalid manager address {addr:?}: {reason}")]
+    BadAddr { addr: String, reason: String },
+}
+
+impl Peers {
+    pub fn new(tls: ClientTlsConfig) -> Peers {
+        Peers {
+            tls,
+            channels: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// A channel to `addr` (IP:PORT); connects on first use and reconnects by itself.
+    pub fn channel(&self, addr: &str) -> Result<Channel, PeerError> {
+        let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let bad = |reason: String| PeerError::BadAddr {
+            addr: addr.to_string(),
+            reason,
+        };
+        let channel = Endpoint::from_shared(format!("https://{addr}"))
+            .map_err(|e| bad(e.to_string()))?
+            .tls_config(self.tls.clone())
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        map.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    pub fn raft_client(&self, addr: &str) -> Result<RaftClient<Channel>, PeerError> {
+        Ok(RaftClient::new(self.channel(addr)?).max_decoding_message_size(256 << 20))
+    }
+}
+
+impl openraft::RaftNetworkFactory<TypeConfig> for Peers {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerConnection {
+        PeerConnection {
+            target,
+            client: self.raft_client(&node.addr).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+pub struct PeerConnection {
+    target: u64,
+    client: Result<RaftClient<Channel>, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Msg(String);
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        method: Method,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = match &mut self.client {
+            Ok(c) => c,
+            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Msg(e.clone())))),
+        };
+        let data = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = tonic::Request::new(RaftPayload { data });
+        request.set_timeout(option.hard_ttl());
+        let reply = match method {
+            Method::Append => client.append_entries(request).await,
+            Method::Vote => client.vote(request).await,
+            Method::Snapshot => client.install_snapshot(request).await,
+        };
+        let reply = reply.map_err(|status| match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                RPCError::Unreachable(Unreachable::new(&Msg(status.message().to_string())))
+            }
+            _ => RPCError::Network(NetworkError::new(&Msg(format!(
+                "{:?}: {}",
+                status.code(),
+                status.message()
+            )))),
+        })?;
+        let result: Result<Resp, RaftError<u64, E>> =
+            serde_json::from_slice(&reply.into_inner().data)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+enum Method {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl openraft::RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        self.call(Method::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        self.call(Method::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        self.call(Method::Vote, &rpc, &option).await
+    }
+}

@@ -1,4 +1,319 @@
-//! placeholder
-pub struct RaftNode;
-#[derive(Debug)]
-pub enum WriteError {}
+//! `RaftNode`: one manager's Raft member over the redb stores, and the single way
+//! the rest of Warren writes to the replicated state (`write`). A write made on a
+//! follower is forwarded to the leader and returns once this manager has applied
+//! it too, so that a client reading right after its own write sees it.
+
+use super::network::Peers;
+use super::Raft;
+use crate::store::log::LogStore;
+use crate::store::sm::StateMachine;
+use crate::store::{ApplyError, Command, Response, Store};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Config, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use warren_proto::v1::RaftPayload;
+
+/// Timing and compaction settings.
+#[derive(Clone, Debug)]
+pub struct RaftTuning {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Take a snapshot (and purge the log before it) every this many entries.
+    pub snapshot_every: u64,
+    pub write_timeout: Duration,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_ms: 100,
+            election_min_ms: 500,
+            election_max_ms: 1000,
+            snapshot_every: 5000,
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(
+        "no manager is leader: an election is under way, or fewer than a majority of managers are reachable"
+    )]
+    NoLeader,
+    #[error("the write was not committed within {0:?}: is a majority of managers up?")]
+    Timeout(Duration),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the Raft log {path}: {reason}")]
+    Log { path: String, reason: String },
+    #[error("cannot open the Raft state {path}: {reason}")]
+    State { path: String, reason: String },
+    #[error("invalid Raft settings: {0}")]
+    Config(String),
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+}
+
+/// What the leader answers a forwarded write.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum ForwardReply {
+    Applied { response: Response, index: u64 },
+    NotLeader,
+    Failed(String),
+}
+
+pub struct RaftNode {
+    pub raft: Raft,
+    pub id: u64,
+    store: Arc<Store>,
+    peers: Peers,
+    tuning: RaftTuning,
+}
+
+impl RaftNode {
+    pub async fn start(
+        id: u64,
+        dir: &Path,
+        store: Arc<Store>,
+        peers: Peers,
+        tuning: RaftTuning,
+    ) -> Result<Arc<RaftNode>, StartError> {
+        std::fs::create_dir_all(dir).map_err(|e| StartError::Log {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let log_path = dir.join("raft-log.redb");
+        let log = LogStore::open(&log_path).map_err(|e| StartError::Log {
+            path: log_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let sm_path = dir.join("raft-state.redb");
+        let sm = StateMachine::open(&sm_path, store.clone()).map_err(|e| StartError::State {
+            path: sm_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let config = Config {
+            cluster_name: "warren".into(),
+            heartbeat_interval: tuning.heartbeat_ms,
+            election_timeout_min: tuning.election_min_ms,
+            election_timeout_max: tuning.election_max_ms,
+            install_snapshot_timeout: 30_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(tuning.snapshot_every),
+            max_in_snapshot_log_to_keep: (tuning.snapshot_every / 4).max(16),
+            purge_batch_size: (tuning.snapshot_every / 2).clamp(1, 256),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+        let raft = Raft::new(id, Arc::new(config), peers.clone(), log, sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        Ok(Arc::new(RaftNode {
+            raft,
+            id,
+            store,
+            peers,
+            tuning,
+        }))
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    /// Makes this member the single voter of a new cluster.
+    pub async fn initialize(&self, addr: &str) -> Result<(), StartError> {
+        let mut members = BTreeMap::new();
+        members.insert(
+            self.id,
+            BasicNode {
+                addr: addr.to_string(),
+            },
+        );
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// The current leader's Raft ID and address, if one is known.
+    pub fn leader(&self) -> Option<(u64, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?;
+        Some((id, node.addr.clone()))
+    }
+
+    /// Every member (voters and learners) with its address.
+    pub fn members(&self) -> Vec<(u64, String, bool)> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone(), voters.contains(id)))
+            .collect()
+    }
+
+    /// Waits until some member is leader; false on timeout.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> bool {
+        let mut rx = self.raft.metrics();
+        tokio::time::timeout(timeout, rx.wait_for(|m| m.current_leader.is_some()))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Proposes `cmd` and waits until it is applied here. Follows the leader: a
+    /// follower forwards to it, retrying across an election until the deadline.
+    pub async fn write(&self, cmd: Command) -> Result<(), WriteError> {
+        let deadline = Instant::now() + self.tuning.write_timeout;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(if self.leader().is_none() {
+                    WriteError::NoLeader
+                } else {
+                    WriteError::Timeout(self.tuning.write_timeout)
+                });
+            }
+            let attempt =
+                tokio::time::timeout(remaining, self.raft.client_write(cmd.clone())).await;
+            match attempt {
+                Err(_) => return Err(WriteError::Timeout(self.tuning.write_timeout)),
+                Ok(Ok(resp)) => return resp.data.into_result().map_err(WriteError::Apply),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd)))) => {
+                    if let Some(node) = fwd.leader_node {
+                        match self.forward(&node.addr, &cmd, remaining).await {
+                            Ok(ForwardReply::Applied { response, index }) => {
+                                let left = deadline.saturating_duration_since(Instant::now());
+                                if !self.store.wait_applied(index, left).await {
+                                    return Err(WriteError::Timeout(self.tuning.write_timeout));
+                                }
+                                return response.into_result().map_err(WriteError::Apply);
+                            }
+                            Ok(ForwardReply::Failed(e)) => return Err(WriteError::Raft(e)),
+                            Ok(ForwardReply::NotLeader) => {}
+                            Err(e) => {
+                                tracing::debug!(leader = %node.addr, error = %e, "forwarding a write failed; retrying");
+                            }
+                        }
+                    }
+                }
+                Ok(Err(RaftError::APIError(e))) => return Err(WriteError::Raft(e.to_string())),
+                Ok(Err(RaftError::Fatal(e))) => return Err(WriteError::Raft(e.to_string())),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    async fn forward(
+        &self,
+        addr: &str,
+        cmd: &Command,
+        timeout: Duration,
+    ) -> Result<ForwardReply, String> {
+        let mut client = self.peers.raft_client(addr).map_err(|e| e.to_string())?;
+        let data = serde_json::to_vec(cmd).map_err(|e| e.to_string())?;
+        let mut req = tonic::Request::new(RaftPayload { data });
+        req.set_timeout(timeout);
+        let reply = client
+            .forward(req)
+            .await
+            .map_err(|s| s.message().to_string())?;
+        serde_json::from_slice(&reply.into_inner().data).map_err(|e| e.to_string())
+    }
+
+    /// Leader side of a forwarded write.
+    pub(crate) async fn handle_forward(&self, cmd: Command) -> ForwardReply {
+        match tokio::time::timeout(self.tuning.write_timeout, self.raft.client_write(cmd)).await {
+            Err(_) => ForwardReply::Failed(format!(
+                "the write was not committed within {:?}: is a majority of managers up?",
+                self.tuning.write_timeout
+            )),
+            Ok(Ok(resp)) => ForwardReply::Applied {
+                response: resp.data,
+                index: resp.log_id.index,
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                ForwardReply::NotLeader
+            }
+            Ok(Err(e)) => ForwardReply::Failed(e.to_string()),
+        }
+    }
+
+    /// Leader only: adds a manager as a learner, waits until it has caught up, then
+    /// makes it a voter.
+    pub async fn add_voter(&self, id: u64, addr: &str) -> Result<(), WriteError> {
+        self.raft
+            .add_learner(
+                id,
+                BasicNode {
+                    addr: addr.to_string(),
+                },
+                true,
+            )
+            .await
+            .map_err(|e| {
+                WriteError::Raft(format!("adding manager {id} at {addr} as a learner: {e}"))
+            })?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(|e| WriteError::Raft(format!("making manager {id} a voter: {e}")))?;
+        Ok(())
+    }
+
+    /// Leader only: removes a manager from the Raft group.
+    pub async fn remove_member(&self, id: u64) -> Result<(), WriteError> {
+        let (voter, learner) = {
+            let m = self.raft.metrics().borrow().clone();
+            let mem = m.membership_config.membership().clone();
+            let voter = mem.voter_ids().any(|v| v == id);
+            let learner = mem.learner_ids().any(|v| v == id);
+            (voter, learner)
+        };
+        if voter {
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| {
+                    WriteError::Raft(format!("removing manager {id} from the voters: {e}"))
+                })?;
+        }
+        if voter || learner {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| WriteError::Raft(format!("removing manager {id}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}

@@ -7,6 +7,10 @@
 //! them. Before a snapshot is handed to openraft, which then purges the log it
 //! covers, a durable commit makes every earlier batch durable.
 
+// openraft's storage traits return its own (large) StorageError; boxing it here
+// would only move the allocation.
+#![allow(clippy::result_large_err)]
+
 use super::state::{Action, Change, ObjectKind, State};
 use super::{Applied, Response, Store};
 use crate::raft::{Entry, LogId, StorageError, StoredMembership, TypeConfig};
@@ -92,15 +96,15 @@ impl StateMachine {
             let txn = db.begin_read().map_err(sm_read)?;
             let meta = txn.open_table(META).map_err(sm_read)?;
             last_applied = match meta.get(KEY_APPLIED).map_err(sm_read)? {
-                Some(v) => serde_json::from_slice(v.value()).map_err(|e| sm_read(e))?,
+                Some(v) => serde_json::from_slice(v.value()).map_err(sm_read)?,
                 None => None,
             };
             membership = match meta.get(KEY_MEMBERSHIP).map_err(sm_read)? {
-                Some(v) => serde_json::from_slice(v.value()).map_err(|e| sm_read(e))?,
+                Some(v) => serde_json::from_slice(v.value()).map_err(sm_read)?,
                 None => StoredMembership::default(),
             };
             state.meta = match meta.get(KEY_CLUSTER).map_err(sm_read)? {
-                Some(v) => Some(serde_json::from_slice(v.value()).map_err(|e| sm_read(e))?),
+                Some(v) => Some(serde_json::from_slice(v.value()).map_err(sm_read)?),
                 None => None,
             };
             load(&txn, NODES, &mut state.nodes)?;
@@ -211,7 +215,7 @@ where
         let (k, v) = item.map_err(sm_read)?;
         into.insert(
             k.value().to_string(),
-            serde_json::from_slice(v.value()).map_err(|e| sm_read(e))?,
+            serde_json::from_slice(v.value()).map_err(sm_read)?,
         );
     }
     Ok(())
@@ -320,7 +324,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
-        let data: SnapshotData = serde_json::from_slice(&bytes).map_err(|e| sm_read(e))?;
+        let data: SnapshotData = serde_json::from_slice(&bytes).map_err(sm_read)?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         let state = data.state;
@@ -381,7 +385,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(v) = t.get("current").map_err(sm_read)? else {
             return Ok(None);
         };
-        let stored: StoredSnapshot = serde_json::from_slice(v.value()).map_err(|e| sm_read(e))?;
+        let stored: StoredSnapshot = serde_json::from_slice(v.value()).map_err(sm_read)?;
         Ok(Some(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),

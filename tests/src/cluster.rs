@@ -1,0 +1,462 @@
+//! Real `warren` processes on loopback: start managers and workers with their own
+//! data dirs, sockets and ports, run CLI commands against them, kill and restart
+//! them. Every process is killed and every directory removed when the `Cluster`
+//! is dropped, also when a test panics.
+
+use serde_json::Value;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The `warren` binary under test: `WARREN_BIN`, or the workspace's debug build.
+pub fn warren_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("WARREN_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/warren");
+    assert!(
+        bin.exists(),
+        "the warren binary is missing at {}: build it first (`cargo build -p warren`, which `cargo xtask test` does) or set WARREN_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// Multi-process clusters are heavy for a 2-core machine; run them one at a time so
+/// that Raft timings are not starved by another test's processes.
+static HEAVY: Mutex<()> = Mutex::new(());
+
+pub fn serialize_heavy_tests() -> MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough on loopback).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port on 127.0.0.1")
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub struct NodeProc {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub addr: String,
+    pub metrics_addr: String,
+    pub log: PathBuf,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl NodeProc {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => c.try_wait().ok().flatten().is_none(),
+            None => false,
+        }
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            libc_kill(c.id() as i32, libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        if let Some(pid) = self.pid() {
+            libc_kill(pid as i32, sig);
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn libc_kill(pid: i32, sig: i32) -> i32 {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, sig) }
+}
+
+pub const SIGSTOP: i32 = libc::SIGSTOP;
+pub const SIGCONT: i32 = libc::SIGCONT;
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.signal(SIGCONT);
+        self.kill9();
+    }
+}
+
+/// Several nodes of one cluster, in one temporary directory.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<NodeProc>,
+    /// Extra flags given to every daemon (e.g. faster heartbeats for tests).
+    pub daemon_flags: Vec<String>,
+    _heavy: MutexGuard<'static, ()>,
+}
+
+/// Flags that make failure detection fast enough for tests.
+pub fn fast_flags() -> Vec<String> {
+    [
+        "--heartbeat-period",
+        "500ms",
+        "--heartbeat-grace",
+        "3s",
+        "--restart-delay",
+        "1s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster::new()
+    }
+}
+
+impl Cluster {
+    pub fn new() -> Cluster {
+        Cluster::with_flags(fast_flags())
+    }
+
+    pub fn with_flags(daemon_flags: Vec<String>) -> Cluster {
+        let heavy = serialize_heavy_tests();
+        Cluster {
+            dir: tempfile::Builder::new()
+                .prefix("warren-e2e-")
+                .tempdir()
+                .expect("temp dir"),
+            nodes: Vec::new(),
+            daemon_flags,
+            _heavy: heavy,
+        }
+    }
+
+    fn new_node(&self, name: &str) -> NodeProc {
+        let data_dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&data_dir).unwrap();
+        NodeProc {
+            name: name.to_string(),
+            socket: self.dir.path().join(format!("{name}.sock")),
+            addr: format!("127.0.0.1:{}", free_port()),
+            metrics_addr: format!("127.0.0.1:{}", free_port()),
+            log: self.dir.path().join(format!("{name}.log")),
+            data_dir,
+            child: None,
+            extra: vec![],
+        }
+    }
+
+    fn spawn(node: &mut NodeProc, args: Vec<String>) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("log file");
+        let child = Command::new(warren_bin())
+            .args(&args)
+            .env("WARREN_LOG", "info,warren=debug,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawning warren");
+        node.child = Some(child);
+    }
+
+    fn node_flags(&self, n: &NodeProc) -> Vec<String> {
+        let mut v: Vec<String> = vec![
+            "--data-dir".into(),
+            n.data_dir.display().to_string(),
+            "--listen-addr".into(),
+            n.addr.clone(),
+            "--socket".into(),
+            n.socket.display().to_string(),
+            "--metrics-addr".into(),
+            n.metrics_addr.clone(),
+        ];
+        v.extend(self.daemon_flags.iter().cloned());
+        v.extend(n.extra.iter().cloned());
+        v
+    }
+
+    /// `warren cluster init` as node `name`; waits until its API answers.
+    pub fn init(&mut self, name: &str, extra: &[&str]) -> usize {
+        let mut n = self.new_node(name);
+        n.extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut args = vec![
+            "cluster".into(),
+            "init".into(),
+            "--node-name".into(),
+            name.into(),
+        ];
+        args.extend(self.node_flags(&n));
+        Self::spawn(&mut n, args);
+        self.nodes.push(n);
+        let i = self.nodes.len() - 1;
+        self.wait_api(i);
+        i
+    }
+
+    /// `warren cluster join` with `token` through node `via`; waits until the new node
+    /// is ready in `node ls`.
+    pub fn join(&mut self, name: &str, token: &str, via: usize, extra: &[&str]) -> usize {
+        let i = self.join_nowait(name, token, via, extra);
+        let asked = self.any_manager();
+        wait_for(
+            &format!("node {name} to be ready"),
+            Duration::from_secs(30),
+            || {
+                let nodes = self.json(asked, &["node", "ls", "--format", "json"]).ok()?;
+                nodes
+                    .as_array()?
+                    .iter()
+                    .any(|n| n["name"] == name && n["state"] == "Ready")
+                    .then_some(())
+            },
+        );
+        i
+    }
+
+    pub fn join_nowait(&mut self, name: &str, token: &str, via: usize, extra: &[&str]) -> usize {
+        let mut n = self.new_node(name);
+        n.extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut args = vec![
+            "cluster".into(),
+            "join".into(),
+            "--token".into(),
+            token.into(),
+            "--node-name".into(),
+            name.into(),
+        ];
+        args.extend(self.node_flags(&n));
+        args.push(self.nodes[via].addr.clone());
+        Self::spawn(&mut n, args);
+        self.nodes.push(n);
+        self.nodes.len() - 1
+    }
+
+    /// Runs a join and expects it to fail; returns its output.
+    pub fn join_expect_failure(&self, name: &str, token: &str, via: usize) -> Output {
+        let n = self.new_node(name);
+        let mut args: Vec<String> = vec![
+            "cluster".into(),
+            "join".into(),
+            "--token".into(),
+            token.into(),
+            "--node-name".into(),
+            name.into(),
+        ];
+        args.extend(self.node_flags(&n));
+        args.push(self.nodes[via].addr.clone());
+        let out = Command::new(warren_bin())
+            .args(&args)
+            .output()
+            .expect("running warren cluster join");
+        assert!(
+            !out.status.success(),
+            "join with a bad token succeeded: {}",
+            text(&out)
+        );
+        out
+    }
+
+    /// `warren daemon` on a stopped node's data dir.
+    pub fn restart(&mut self, i: usize) {
+        assert!(
+            !self.nodes[i].is_running(),
+            "node {} is still running",
+            self.nodes[i].name
+        );
+        let mut args = vec!["daemon".into()];
+        args.extend(self.node_flags(&self.nodes[i]));
+        Self::spawn(&mut self.nodes[i], args);
+    }
+
+    pub fn wait_api(&self, i: usize) {
+        let n = &self.nodes[i];
+        wait_for(
+            &format!("the API of {} (log: {})", n.name, n.log.display()),
+            Duration::from_secs(30),
+            || {
+                self.cli(i, &["cluster", "info"])
+                    .status
+                    .success()
+                    .then_some(())
+            },
+        );
+    }
+
+    /// A running manager (its socket exists).
+    pub fn any_manager(&self) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.child.is_some() && n.socket.exists())
+            .expect("no running manager")
+    }
+
+    pub fn cli(&self, i: usize, args: &[&str]) -> Output {
+        let host = format!("unix://{}", self.nodes[i].socket.display());
+        Command::new(warren_bin())
+            .arg("-H")
+            .arg(&host)
+            .args(args)
+            .output()
+            .expect("running the warren CLI")
+    }
+
+    /// Runs a CLI command that must succeed; returns its stdout.
+    pub fn ok(&self, i: usize, args: &[&str]) -> String {
+        let out = self.cli(i, args);
+        assert!(
+            out.status.success(),
+            "`warren {}` failed: {}",
+            args.join(" "),
+            text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// Runs a CLI command that must fail; returns its stderr.
+    pub fn fails(&self, i: usize, args: &[&str]) -> String {
+        let out = self.cli(i, args);
+        assert!(
+            !out.status.success(),
+            "`warren {}` succeeded but should fail: {}",
+            args.join(" "),
+            text(&out)
+        );
+        String::from_utf8_lossy(&out.stderr).to_string()
+    }
+
+    pub fn json(&self, i: usize, args: &[&str]) -> Result<Value, String> {
+        let out = self.cli(i, args);
+        if !out.status.success() {
+            return Err(text(&out));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", text(&out)))
+    }
+
+    pub fn token(&self, i: usize, role: &str) -> String {
+        self.ok(i, &["cluster", "join-token", role, "-q"])
+            .trim()
+            .to_string()
+    }
+
+    /// The index of the current leader among the running managers.
+    pub fn leader(&self) -> usize {
+        wait_for("a leader", Duration::from_secs(30), || {
+            for (i, n) in self.nodes.iter().enumerate() {
+                if n.child.is_none() || !n.socket.exists() {
+                    continue;
+                }
+                let Ok(info) = self.json(i, &["cluster", "info", "--format", "json"]) else {
+                    continue;
+                };
+                let addr = info["leader_addr"].as_str().unwrap_or("");
+                if let Some(l) = self
+                    .nodes
+                    .iter()
+                    .position(|m| m.addr == addr && m.child.is_some())
+                {
+                    return Some(l);
+                }
+            }
+            None
+        })
+    }
+
+    /// Tasks of a service, as `service ps --format json` shows them.
+    pub fn tasks(&self, i: usize, service: &str) -> Vec<Value> {
+        self.json(i, &["service", "ps", service, "--format", "json"])
+            .unwrap_or_else(|e| panic!("service ps {service}: {e}"))
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Prints every node's log; call it before failing a test on a timing issue.
+    pub fn dump_logs(&self) {
+        for n in &self.nodes {
+            eprintln!("===== {} =====\n{}", n.name, n.log_text());
+        }
+    }
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// GET http://addr/path; returns (status, body).
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}

@@ -1,0 +1,540 @@
+//! The command line, as clap parses it. The spellings here are a contract: scripts
+//! and docs depend on them (see docs/cli.md).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "warren",
+    version,
+    about = "Warren: a single-binary container orchestrator for the edge",
+    long_about = "Warren: Docker Swarm's simplicity, Kubernetes' features, and an eBPF data plane.\n\
+                  `wrn` is the same program under a shorter name."
+)]
+pub struct Cli {
+    /// The manager to talk to: unix:///path.sock or tcp://IP:PORT.
+    #[arg(
+        short = 'H',
+        long,
+        global = true,
+        env = "WARREN_HOST",
+        default_value = "unix:///run/warren/warren.sock"
+    )]
+    pub host: String,
+    /// For tcp:// hosts: a directory with ca.pem and a client certificate (node.pem and
+    /// node-key.pem, as in a node's <data-dir>/certs).
+    #[arg(
+        long,
+        global = true,
+        env = "WARREN_TLS_DIR",
+        default_value = "/var/lib/warren/certs"
+    )]
+    pub tls_dir: PathBuf,
+    /// Log format of the daemon.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Human-readable tables.
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create, join and inspect the cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Resume the node kept in a data dir (what a systemd unit runs).
+    Daemon(DaemonArgs),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// Manage nodes.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Manage secrets.
+    #[command(subcommand)]
+    Secret(SecretCmd),
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// Print a shell completion script.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Addresses and paths shared by init, join and daemon.
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// Where the node keeps its state.
+    #[arg(long, default_value = "/var/lib/warren")]
+    pub data_dir: PathBuf,
+    /// Address of the cluster port (API, Raft, agents) [default: 0.0.0.0:2377].
+    #[arg(long)]
+    pub listen_addr: Option<SocketAddr>,
+    /// Address other nodes use to reach this one [default: the listen address, or the
+    /// default route's address when listening on 0.0.0.0].
+    #[arg(long)]
+    pub advertise_addr: Option<SocketAddr>,
+    /// Root-only unix socket for the local CLI [default: /run/warren/warren.sock].
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Address of /metrics and /healthz [default: 0.0.0.0:9090].
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// The node's name [default: the hostname].
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// CPUs this node offers to tasks [default: all of the machine's].
+    #[arg(long, value_name = "CPUS")]
+    pub capacity_cpus: Option<String>,
+    /// Memory this node offers to tasks, e.g. 2g [default: all of the machine's].
+    #[arg(long, value_name = "SIZE")]
+    pub capacity_memory: Option<String>,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+}
+
+/// Timings for tests and unusual networks.
+#[derive(Args, Debug, Clone)]
+pub struct TuningArgs {
+    /// How often agents send heartbeats.
+    #[arg(long, hide = true, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub heartbeat_period: std::time::Duration,
+    /// A node is marked down after this long without a heartbeat.
+    #[arg(long, hide = true, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub heartbeat_grace: std::time::Duration,
+    /// Take a Raft snapshot (and purge the log) every this many entries.
+    #[arg(long, hide = true, default_value_t = 5000)]
+    pub raft_snapshot_every: u64,
+    /// Delay before a failed task is replaced.
+    #[arg(long, hide = true, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub restart_delay: std::time::Duration,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Create a new cluster with this node as its first manager (runs in the foreground).
+    Init {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The cluster CIDR; every node gets a /24 of it for its tasks.
+        #[arg(long, default_value = "10.88.0.0/16")]
+        pod_cidr: String,
+    },
+    /// Join an existing cluster (runs in the foreground); the token decides the role.
+    Join {
+        #[arg(long)]
+        token: String,
+        #[command(flatten)]
+        node: NodeArgs,
+        /// A manager's address (IP:PORT).
+        manager_addr: String,
+    },
+    /// Print (or rotate) the token and command to join as a worker or a manager.
+    JoinToken {
+        #[arg(value_enum)]
+        role: RoleArg,
+        /// Replace the token; the old one stops working.
+        #[arg(long)]
+        rotate: bool,
+        /// Print the token only.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show the cluster: ID, leader, Raft members, counts.
+    Info {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum RoleArg {
+    Worker,
+    Manager,
+}
+
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// Flags describing a service, shared by create and update.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SpecArgs {
+    /// Image to run.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Number of tasks (replicated services; 0 is valid).
+    #[arg(long)]
+    pub replicas: Option<u64>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(
+        long = "env",
+        short = 'e',
+        visible_alias = "env-add",
+        value_name = "KEY=VALUE"
+    )]
+    pub env: Vec<String>,
+    /// Placement constraint, e.g. node.labels.zone==edge (repeatable).
+    #[arg(
+        long = "constraint",
+        visible_alias = "constraint-add",
+        value_name = "EXPR"
+    )]
+    pub constraints: Vec<String>,
+    /// CPUs reserved for each task, e.g. 0.5.
+    #[arg(long)]
+    pub reserve_cpu: Option<String>,
+    /// Memory reserved for each task, e.g. 256m.
+    #[arg(long)]
+    pub reserve_memory: Option<String>,
+    /// CPU limit of each task.
+    #[arg(long)]
+    pub limit_cpu: Option<String>,
+    /// Memory limit of each task.
+    #[arg(long)]
+    pub limit_memory: Option<String>,
+    /// Publish a port: [mode=host,]PUBLISHED:TARGET[/udp] (repeatable).
+    #[arg(
+        long = "publish",
+        short = 'p',
+        visible_alias = "publish-add",
+        value_name = "PORT"
+    )]
+    pub publish: Vec<String>,
+    /// Service label KEY=VALUE (repeatable).
+    #[arg(long = "label", visible_alias = "label-add", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServiceCmd {
+    /// Create a service.
+    Create {
+        name: String,
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// replicated (default) or global (one task per eligible node).
+        #[arg(long, value_enum, default_value = "replicated")]
+        mode: ModeArg,
+        /// Command and arguments to run instead of the image's.
+        #[arg(last = true)]
+        command: Vec<String>,
+        /// Print the service ID only.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// List services.
+    #[command(visible_alias = "list")]
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show a service in detail.
+    Inspect {
+        service: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// List a service's tasks.
+    Ps {
+        service: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Set the number of replicas: NAME=N (several allowed).
+    Scale {
+        #[arg(required = true, value_name = "NAME=N")]
+        services: Vec<String>,
+    },
+    /// Change a service: the create flags add or replace; the -rm flags remove.
+    Update {
+        service: String,
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Remove an environment variable by name (repeatable).
+        #[arg(long, value_name = "KEY")]
+        env_rm: Vec<String>,
+        /// Remove a constraint (repeatable).
+        #[arg(long, value_name = "EXPR")]
+        constraint_rm: Vec<String>,
+        /// Remove a published port by its published number (repeatable).
+        #[arg(long, value_name = "PUBLISHED")]
+        publish_rm: Vec<String>,
+        /// Remove a service label (repeatable).
+        #[arg(long, value_name = "KEY")]
+        label_rm: Vec<String>,
+    },
+    /// Remove services.
+    #[command(visible_alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ModeArg {
+    Replicated,
+    Global,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// List nodes.
+    #[command(visible_alias = "list")]
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show a node in detail.
+    Inspect {
+        node: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Change a node's availability or labels.
+    Update {
+        node: String,
+        /// active, pause or drain.
+        #[arg(long)]
+        availability: Option<String>,
+        /// Add or replace a label KEY=VALUE (repeatable).
+        #[arg(long, value_name = "KEY=VALUE")]
+        label_add: Vec<String>,
+        /// Remove a label (repeatable).
+        #[arg(long, value_name = "KEY")]
+        label_rm: Vec<String>,
+    },
+    /// Remove nodes from the cluster.
+    #[command(visible_alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+        /// Remove even if the node is not down.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretCmd {
+    /// Create a secret from a file, or from standard input with `-`.
+    Create {
+        name: String,
+        file: String,
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    /// List secrets (never their values).
+    #[command(visible_alias = "list")]
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Remove secrets.
+    #[command(visible_alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        secrets: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeCmd {
+    /// Create a volume.
+    Create {
+        name: String,
+        #[arg(long, default_value = "local")]
+        driver: String,
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Driver option KEY=VALUE (repeatable).
+        #[arg(long = "opt", short = 'o', value_name = "KEY=VALUE")]
+        options: Vec<String>,
+    },
+    /// List volumes.
+    #[command(visible_alias = "list")]
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Remove volumes.
+    #[command(visible_alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn documented_spellings_parse() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(args)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        parse(&[
+            "warren",
+            "cluster",
+            "init",
+            "--data-dir",
+            "/d",
+            "--listen-addr",
+            "127.0.0.1:2377",
+            "--advertise-addr",
+            "127.0.0.1:2377",
+            "--socket",
+            "/s.sock",
+            "--metrics-addr",
+            "127.0.0.1:9090",
+            "--node-name",
+            "n1",
+        ])
+        .unwrap();
+        parse(&[
+            "warren",
+            "cluster",
+            "join",
+            "--token",
+            "T",
+            "--data-dir",
+            "/d",
+            "--listen-addr",
+            "127.0.0.1:2378",
+            "--socket",
+            "/s",
+            "--metrics-addr",
+            "127.0.0.1:9091",
+            "--node-name",
+            "n2",
+            "127.0.0.1:2377",
+        ])
+        .unwrap();
+        parse(&[
+            "warren",
+            "daemon",
+            "--data-dir",
+            "/d",
+            "--listen-addr",
+            "127.0.0.1:1",
+        ])
+        .unwrap();
+        parse(&["warren", "cluster", "join-token", "worker", "--rotate"]).unwrap();
+        parse(&["warren", "cluster", "info"]).unwrap();
+        parse(&[
+            "warren",
+            "-H",
+            "tcp://127.0.0.1:2377",
+            "service",
+            "create",
+            "web",
+            "--image",
+            "img",
+            "--replicas",
+            "3",
+            "--mode",
+            "replicated",
+            "--env",
+            "A=1",
+            "--env",
+            "B=2",
+            "--constraint",
+            "node.labels.a==b",
+            "--reserve-cpu",
+            "0.5",
+            "--reserve-memory",
+            "64m",
+            "--limit-cpu",
+            "1",
+            "--limit-memory",
+            "128m",
+            "--publish",
+            "mode=host,8080:80/udp",
+            "--publish",
+            "81:80",
+            "--label",
+            "k=v",
+        ])
+        .unwrap();
+        for cmd in [
+            &["warren", "service", "ls", "--format", "json"][..],
+            &["warren", "service", "inspect", "web", "--format", "json"],
+            &["warren", "service", "ps", "web", "--format", "json"],
+            &["warren", "service", "scale", "web=5"],
+            &[
+                "warren",
+                "service",
+                "update",
+                "web",
+                "--image",
+                "x",
+                "--replicas",
+                "2",
+            ],
+            &["warren", "service", "rm", "web"],
+            &["warren", "node", "ls", "--format", "json"],
+            &["warren", "node", "inspect", "n1", "--format", "json"],
+            &[
+                "warren",
+                "node",
+                "update",
+                "n1",
+                "--availability",
+                "drain",
+                "--label-add",
+                "a=b",
+                "--label-rm",
+                "c",
+            ],
+            &["warren", "node", "rm", "n1"],
+            &["warren", "secret", "create", "s", "-"],
+            &["warren", "secret", "ls"],
+            &["warren", "secret", "rm", "s"],
+            &["warren", "volume", "create", "v", "--driver", "local"],
+            &["warren", "volume", "ls"],
+            &["warren", "volume", "rm", "v"],
+            &["warren", "completion", "bash"],
+        ] {
+            parse(cmd).unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        }
+        assert!(parse(&["warren", "service", "create", "web", "--replicas", "two"]).is_err());
+    }
+}

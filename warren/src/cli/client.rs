@@ -1,0 +1,59 @@
+//! Connecting the CLI to a manager: `unix:///path` (the local root-only socket, no
+//! certificates) or `tcp://IP:PORT` (mutual TLS with the certificates in --tls-dir).
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+use warren_proto::v1::warren_api_client::WarrenApiClient;
+
+pub type Client = WarrenApiClient<Channel>;
+
+pub async fn connect(host: &str, tls_dir: &Path) -> Result<Client> {
+    let channel = if let Some(path) = host.strip_prefix("unix://") {
+        let path = PathBuf::from(path);
+        if !path.exists() {
+            bail!(
+                "cannot connect to {host}: {} does not exist (is a warren manager running on this machine? use -H tcp://MANAGER:2377 for a remote one)",
+                path.display()
+            );
+        }
+        let p = path.clone();
+        Endpoint::try_from("http://warren.local")?
+            .connect_with_connector(tower::service_fn(move |_| {
+                let p = p.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(p).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .with_context(|| format!("cannot connect to {host}"))?
+    } else if let Some(addr) = host.strip_prefix("tcp://") {
+        let ca = std::fs::read_to_string(tls_dir.join("ca.pem")).with_context(|| {
+            format!(
+                "a tcp:// host needs the cluster CA: cannot read {} (set --tls-dir)",
+                tls_dir.join("ca.pem").display()
+            )
+        })?;
+        let mut tls = crate::pki::anonymous_client_tls(&ca);
+        let (cert, key) = (tls_dir.join("node.pem"), tls_dir.join("node-key.pem"));
+        if cert.exists() && key.exists() {
+            let cert = std::fs::read_to_string(&cert)
+                .with_context(|| format!("reading {}", cert.display()))?;
+            let key = std::fs::read_to_string(&key)
+                .with_context(|| format!("reading {}", key.display()))?;
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        Endpoint::from_shared(format!("https://{addr}"))
+            .with_context(|| format!("invalid host {host}"))?
+            .tls_config(tls)?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {host}"))?
+    } else {
+        bail!("invalid host {host:?}: expected unix:///path.sock or tcp://IP:PORT");
+    };
+    Ok(WarrenApiClient::new(channel).max_decoding_message_size(64 << 20))
+}

@@ -1,0 +1,578 @@
+//! The orchestrator: turns services into tasks. `reconcile` is a pure function of
+//! the state and the time: it fills empty replica slots (after a restart delay when
+//! the previous task failed), scales down, replaces tasks whose spec is outdated or
+//! whose node is down, drained or gone, runs one task per eligible node for global
+//! services, and removes finished tasks beyond the history limit. Placement is the
+//! scheduler's job; stopping containers is the agents'.
+
+use super::filters;
+use crate::model::{new_id, NodeState, Service, ServiceMode, Task, TaskState, TaskStatus};
+use crate::store::{Command, State};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Delay before a failed task's slot is filled again.
+    pub restart_delay_ms: i64,
+    /// Finished tasks kept per slot (per node for global services).
+    pub history_limit: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            restart_delay_ms: 5_000,
+            history_limit: 5,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub commands: Vec<Command>,
+    /// The earliest time at which reconciling again may do something new (a restart
+    /// delay expiring), if any.
+    pub wake_at_ms: Option<i64>,
+}
+
+fn new_task(svc: &Service, slot: u64, node: Option<String>, now_ms: i64) -> Task {
+    Task {
+        id: new_id(),
+        service_id: svc.id.clone(),
+        service_name: svc.name.clone(),
+        slot,
+        node_id: node,
+        desired_state: TaskState::Running,
+        status: TaskStatus {
+            state: TaskState::Pending,
+            message: "pending task scheduling".into(),
+            timestamp_ms: now_ms,
+            ..Default::default()
+        },
+        spec: svc.spec.clone(),
+        spec_version: svc.spec_version,
+        created_ms: now_ms,
+        updated_ms: now_ms,
+        version: 1,
+    }
+}
+
+/// Ended by itself (as opposed to being stopped, orphaned or replaced).
+fn failed_by_itself(t: &Task) -> bool {
+    matches!(
+        t.status.state,
+        TaskState::Failed | TaskState::Rejected | TaskState::Complete
+    ) && t.desired_state <= TaskState::Running
+}
+
+pub fn reconcile(state: &State, now_ms: i64, settings: &Settings) -> Plan {
+    let mut plan = Plan::default();
+    let mut create = Vec::new();
+    let mut shutdown = BTreeSet::new();
+    let mut orphan = Vec::new();
+    let mut remove = BTreeSet::new();
+    let wake = |at: i64, plan: &mut Plan| {
+        plan.wake_at_ms = Some(plan.wake_at_ms.map_or(at, |w: i64| w.min(at)));
+    };
+
+    // Tasks whose node is down or gone no longer count; mark them so that their
+    // slots are filled elsewhere.
+    for t in state.tasks.values() {
+        if t.status.state.is_terminal() {
+            continue;
+        }
+        let Some(node_id) = &t.node_id else { continue };
+        match state.nodes.get(node_id) {
+            None => orphan.push((t.id.clone(), format!("node {node_id} was removed"))),
+            Some(n) if n.state == NodeState::Down => {
+                orphan.push((t.id.clone(), format!("node {} is down", n.name)))
+            }
+            _ => {}
+        }
+    }
+    let orphaned: BTreeSet<&str> = orphan.iter().map(|(id, _)| id.as_str()).collect();
+    let live = |t: &Task| t.is_live() && !orphaned.contains(t.id.as_str());
+
+    let mut by_service: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
+    for t in state.tasks.values() {
+        by_service.entry(&t.service_id).or_default().push(t);
+    }
+
+    for svc in state.services.values() {
+        let tasks = by_service.get(svc.id.as_str()).cloned().unwrap_or_default();
+        // Outdated or on a drained node: stop it (its slot is refilled below).
+        let mut stale = BTreeSet::new();
+        for t in tasks.iter().filter(|t| live(t)) {
+            let drained = t
+                .node_id
+                .as_ref()
+                .and_then(|n| state.nodes.get(n))
+                .is_some_and(|n| n.availability == crate::model::Availability::Drain);
+            if t.spec_version != svc.spec_version || drained {
+                stale.insert(t.id.clone());
+            }
+        }
+        let still_live = |t: &&Task| live(t) && !stale.contains(&t.id);
+        match svc.spec.mode {
+            ServiceMode::Replicated { replicas } => {
+                let mut slots: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
+                for t in &tasks {
+                    slots.entry(t.slot).or_default().push(t);
+                }
+                for slot in 1..=replicas {
+                    let in_slot = slots.get(&slot).cloned().unwrap_or_default();
+                    let mut alive: Vec<&Task> =
+                        in_slot.iter().copied().filter(still_live).collect();
+                    if alive.is_empty() {
+                        // Back off after a task that failed on its own.
+                        let last_failure = in_slot
+                            .iter()
+                            .filter(|t| failed_by_itself(t))
+                            .map(|t| t.status.timestamp_ms)
+                            .max();
+                        match last_failure {
+                            Some(at) if now_ms < at + settings.restart_delay_ms => {
+                                wake(at + settings.restart_delay_ms, &mut plan)
+                            }
+                            _ => create.push(new_task(svc, slot, None, now_ms)),
+                        }
+                    } else if alive.len() > 1 {
+                        alive.sort_by_key(|t| std::cmp::Reverse((t.created_ms, t.id.clone())));
+                        shutdown.extend(alive[1..].iter().map(|t| t.id.clone()));
+                    }
+                }
+                for (slot, in_slot) in slots.range(replicas + 1..) {
+                    let _ = slot;
+                    shutdown.extend(in_slot.iter().filter(|t| live(t)).map(|t| t.id.clone()));
+                }
+            }
+            ServiceMode::Global => {
+                let mut by_node: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
+                for t in &tasks {
+                    if let Some(n) = &t.node_id {
+                        by_node.entry(n).or_default().push(t);
+                    }
+                }
+                for node in state.nodes.values() {
+                    let on_node = by_node.get(node.id.as_str()).cloned().unwrap_or_default();
+                    let keep_ok = node.state != NodeState::Down
+                        && node.availability != crate::model::Availability::Drain
+                        && filters::constraints(node, &svc.spec).is_ok();
+                    let mut alive: Vec<&Task> =
+                        on_node.iter().copied().filter(still_live).collect();
+                    if !keep_ok {
+                        shutdown.extend(alive.iter().map(|t| t.id.clone()));
+                        continue;
+                    }
+                    if alive.is_empty() {
+                        if !node.is_schedulable() {
+                            continue;
+                        }
+                        let last_failure = on_node
+                            .iter()
+                            .filter(|t| failed_by_itself(t))
+                            .map(|t| t.status.timestamp_ms)
+                            .max();
+                        match last_failure {
+                            Some(at) if now_ms < at + settings.restart_delay_ms => {
+                                wake(at + settings.restart_delay_ms, &mut plan)
+                            }
+                            _ => create.push(new_task(svc, 0, Some(node.id.clone()), now_ms)),
+                        }
+                    } else if alive.len() > 1 {
+                        alive.sort_by_key(|t| std::cmp::Reverse((t.created_ms, t.id.clone())));
+                        shutdown.extend(alive[1..].iter().map(|t| t.id.clone()));
+                    }
+                }
+                // Tasks on nodes that no longer exist were orphaned above.
+            }
+        }
+        shutdown.extend(stale);
+    }
+
+    // Garbage: tasks to remove that can no longer run anywhere, tasks that were
+    // never placed and are no longer wanted, and history beyond the limit.
+    let mut history: BTreeMap<(&str, u64, &str), Vec<&Task>> = BTreeMap::new();
+    for t in state.tasks.values() {
+        let node_gone = t.node_id.as_ref().is_none_or(|n| {
+            state
+                .nodes
+                .get(n)
+                .is_none_or(|n| n.state == NodeState::Down)
+        });
+        let finished = t.status.state.is_terminal() || orphaned.contains(t.id.as_str());
+        if t.desired_state == TaskState::Remove && (finished || node_gone) {
+            remove.insert(t.id.clone());
+            continue;
+        }
+        let unplaced = t.node_id.is_none() && t.status.state <= TaskState::Pending;
+        if unplaced && (t.desired_state > TaskState::Running || shutdown.contains(&t.id)) {
+            remove.insert(t.id.clone());
+            continue;
+        }
+        if finished {
+            let node_key = if t.slot == 0 {
+                t.node_id.as_deref().unwrap_or("")
+            } else {
+                ""
+            };
+            history
+                .entry((&t.service_id, t.slot, node_key))
+                .or_default()
+                .push(t);
+        }
+    }
+    for (_, mut done) in history {
+        if done.len() > settings.history_limit {
+            done.sort_by_key(|t| std::cmp::Reverse((t.updated_ms, t.id.clone())));
+            remove.extend(done[settings.history_limit..].iter().map(|t| t.id.clone()));
+        }
+    }
+
+    let mut cmds = Vec::new();
+    if !orphan.is_empty() {
+        // One message per command: group by message.
+        let mut grouped: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (id, msg) in orphan {
+            grouped.entry(msg).or_default().push(id);
+        }
+        for (message, ids) in grouped {
+            cmds.push(Command::OrphanTasks {
+                ids: ids.clone(),
+                message,
+                at_ms: now_ms,
+            });
+            cmds.push(Command::SetTasksDesired {
+                ids,
+                desired: TaskState::Shutdown,
+                at_ms: now_ms,
+            });
+        }
+    }
+    let shutdown: Vec<String> = shutdown
+        .into_iter()
+        .filter(|id| !remove.contains(id))
+        .filter(|id| {
+            state
+                .tasks
+                .get(id)
+                .is_some_and(|t| t.desired_state < TaskState::Shutdown)
+        })
+        .collect();
+    if !shutdown.is_empty() {
+        cmds.push(Command::SetTasksDesired {
+            ids: shutdown,
+            desired: TaskState::Shutdown,
+            at_ms: now_ms,
+        });
+    }
+    if !create.is_empty() {
+        cmds.push(Command::CreateTasks { tasks: create });
+    }
+    if !remove.is_empty() {
+        cmds.push(Command::RemoveTasks {
+            ids: remove.into_iter().collect(),
+        });
+    }
+    plan.commands = cmds;
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+
+    fn node(id: &str) -> Node {
+        Node {
+            id: id.into(),
+            name: id.into(),
+            role: NodeRole::Worker,
+            availability: Availability::Active,
+            labels: Default::default(),
+            addr: String::new(),
+            resources: Resources::default(),
+            platform: Platform::current(),
+            state: NodeState::Ready,
+            message: String::new(),
+            raft_id: 0,
+            warren_version: String::new(),
+            created_ms: 0,
+            updated_ms: 0,
+            version: 1,
+        }
+    }
+
+    fn service(mode: ServiceMode) -> Service {
+        Service {
+            id: "svc".into(),
+            name: "web".into(),
+            spec: ServiceSpec {
+                image: "x".into(),
+                mode,
+                ..Default::default()
+            },
+            version: 1,
+            spec_version: 1,
+            created_ms: 0,
+            updated_ms: 0,
+        }
+    }
+
+    fn apply(state: &mut State, plan: Plan) {
+        let mut ch = vec![];
+        for c in plan.commands {
+            state.apply(&c, &mut ch).unwrap();
+        }
+    }
+
+    fn live_count(s: &State) -> usize {
+        s.tasks.values().filter(|t| t.is_live()).count()
+    }
+
+    /// Places pending tasks and marks them running, as scheduler + agents would.
+    fn run_all(s: &mut State) {
+        let p = super::super::scheduler::schedule(s);
+        let mut ch = vec![];
+        for c in p.into_commands(s, 1) {
+            s.apply(&c, &mut ch).unwrap();
+        }
+        for t in s.tasks.values_mut() {
+            if t.status.state == TaskState::Assigned && t.desired_state == TaskState::Running {
+                t.status.state = TaskState::Running;
+            }
+            if t.desired_state >= TaskState::Shutdown
+                && !t.status.state.is_terminal()
+                && t.node_id.is_some()
+            {
+                t.status.state = TaskState::Shutdown;
+            }
+        }
+    }
+
+    fn settle(s: &mut State, now: i64) {
+        for _ in 0..10 {
+            let plan = reconcile(s, now, &Settings::default());
+            if plan.commands.is_empty() {
+                run_all(s);
+                if reconcile(s, now, &Settings::default()).commands.is_empty() {
+                    return;
+                }
+                continue;
+            }
+            apply(s, plan);
+            run_all(s);
+        }
+        panic!("did not settle");
+    }
+
+    #[test]
+    fn fills_slots_and_is_idempotent() {
+        let mut s = State::default();
+        s.nodes.insert("a".into(), node("a"));
+        s.services.insert(
+            "svc".into(),
+            service(ServiceMode::Replicated { replicas: 3 }),
+        );
+        let plan = reconcile(&s, 0, &Settings::default());
+        assert_eq!(plan.commands.len(), 1);
+        apply(&mut s, plan);
+        assert_eq!(live_count(&s), 3);
+        let slots: BTreeSet<u64> = s.tasks.values().map(|t| t.slot).collect();
+        assert_eq!(slots, BTreeSet::from([1, 2, 3]));
+        assert!(reconcile(&s, 0, &Settings::default()).commands.is_empty());
+    }
+
+    #[test]
+    fn zero_replicas_creates_nothing() {
+        let mut s = State::default();
+        s.services.insert(
+            "svc".into(),
+            service(ServiceMode::Replicated { replicas: 0 }),
+        );
+        assert!(reconcile(&s, 0, &Settings::default()).commands.is_empty());
+    }
+
+    #[test]
+    fn scale_down_stops_the_highest_slots() {
+        let mut s = State::default();
+        s.nodes.insert("a".into(), node("a"));
+        s.services.insert(
+            "svc".into(),
+            service(ServiceMode::Replicated { replicas: 4 }),
+        );
+        settle(&mut s, 0);
+        s.services.get_mut("svc").unwrap().spec.mode = ServiceMode::Replicated { replicas: 2 };
+        settle(&mut s, 0);
+        let running: BTreeSet<u64> = s
+            .tasks
+            .values()
+            .filter(|t| t.is_live())
+            .map(|t| t.slot)
+            .collect();
+        assert_eq!(running, BTreeSet::from([1, 2]));
+    }
+
+    #[test]
+    fn tasks_on_a_down_node_are_orphaned_and_replaced() {
+        let mut s = State::default();
+        s.nodes.insert("a".into(), node("a"));
+        s.nodes.insert("b".into(), node("b"));
+        s.services.insert(
+            "svc".into(),
+            service(ServiceMode::Replicated { replicas: 2 }),
+        );
+        settle(&mut s, 0);
+        let on_a = s
+            .tasks
+            .values()
+            .filter(|t| t.node_id.as_deref() == Some("a"))
+            .count();
+        assert_eq!(on_a, 1);
+        s.nodes.get_mut("a").unwrap().state = NodeState::Down;
+        settle(&mut s, 0);
+        let live: Vec<_> = s.tasks.values().filter(|t| t.is_live()).collect();
+        assert_eq!(live.len(), 2);
+        assert!(live.iter().all(|t| t.node_id.as_deref() == Some("b")));
+        let orphan = s
+            .tasks
+            .values()
+            .find(|t| t.status.state == TaskState::Orphaned)
+            .unwrap();
+        assert_eq!(orphan.status.message, "node a is down");
+    }
+
+    #[test]
+    fn draining_moves_tasks_away() {
+        let mut s = State::default();
+        s.nodes.insert("a".into(), node("a"));
+        s.nodes.insert("b".into(), node("b"));
+        s.services.insert(
+            "svc".into(),
+            service(ServiceMode::Replicated { replicas: 4 }),
+        );
+        settle(&mut s, 0);
+        s.nodes.get_mut("a").unwrap().availability = Availability::Drain;
+        settle(&mut s, 0);
+        assert!(s
+            .tasks
+            .values()
+            .filter(|t| t.is_live())
+            .all(|t| t.node_id.as_deref() == Some("b")));
+        assert_eq!(live_count(&s), 4);
+    }
+
+    #[test]
+    fn a_failed_task_is_replaced_after_the_restart_delay() {
+        let mut s = State::default();
+        s.nodes.insert("a".into(), node("a"));
+        s.services.insert(
+            "svc".into(),
+            service(ServiceMode::Replicated { replicas: 1 }),
+        );
+        settle(&mut s, 0);
+        let t = s.tasks.values_mut().next().unwrap();
+        t.status.state = TaskState::Failed;
+        t.status.timestamp_ms = 1_000;
+        let plan = reconcile(&s, 2_000, &Settings::default());
+        assert!(plan.commands.is_empty());
+        assert_eq!(plan.wake_at_ms, Some(6_000));
+        let plan = reconcile(&s, 6_000, &Settings::default());
+        assert!(matches!(plan.commands[0], Command::CreateTasks { .. }));
+    }
+
+    #[test]
+    fn an_update_replaces_every_task() {
+        let mut s = State::default();
+        s.nodes.insert("a".into(), node("a"));
+        s.services.insert(
+            "svc".into(),
+            service(ServiceMode::Replicated { replicas: 2 }),
+        );
+        settle(&mut s, 0);
+        let svc = s.services.get_mut("svc").unwrap();
+        svc.spec.image = "y".into();
+        svc.spec_version = 2;
+        settle(&mut s, 0);
+        let live: Vec<_> = s.tasks.values().filter(|t| t.is_live()).collect();
+        assert_eq!(live.len(), 2);
+        assert!(live
+            .iter()
+            .all(|t| t.spec.image == "y" && t.spec_version == 2));
+    }
+
+    #[test]
+    fn global_services_run_once_per_eligible_node() {
+        let mut s = State::default();
+        s.nodes.insert("a".into(), node("a"));
+        let mut b = node("b");
+        b.labels.insert("edge".into(), "yes".into());
+        s.nodes.insert("b".into(), b);
+        s.nodes.insert("c".into(), node("c"));
+        let mut svc = service(ServiceMode::Global);
+        svc.spec.constraints = vec![Constraint::parse("c", "node.labels.edge!=no").unwrap()];
+        s.services.insert("svc".into(), svc);
+        settle(&mut s, 0);
+        let nodes: BTreeSet<String> = s
+            .tasks
+            .values()
+            .filter(|t| t.is_live())
+            .filter_map(|t| t.node_id.clone())
+            .collect();
+        assert_eq!(nodes, BTreeSet::from(["a".into(), "b".into(), "c".into()]));
+        s.nodes
+            .get_mut("c")
+            .unwrap()
+            .labels
+            .insert("edge".into(), "no".into());
+        settle(&mut s, 0);
+        assert_eq!(live_count(&s), 2);
+    }
+
+    #[test]
+    fn removed_services_lose_their_finished_tasks() {
+        let mut s = State::default();
+        s.nodes.insert("a".into(), node("a"));
+        s.services.insert(
+            "svc".into(),
+            service(ServiceMode::Replicated { replicas: 2 }),
+        );
+        settle(&mut s, 0);
+        let mut ch = vec![];
+        s.apply(
+            &Command::RemoveService {
+                id: "svc".into(),
+                at_ms: 1,
+            },
+            &mut ch,
+        )
+        .unwrap();
+        settle(&mut s, 0);
+        assert!(s.tasks.is_empty(), "{:?}", s.tasks);
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut s = State::default();
+        s.nodes.insert("a".into(), node("a"));
+        s.services.insert(
+            "svc".into(),
+            service(ServiceMode::Replicated { replicas: 1 }),
+        );
+        for i in 0..8 {
+            settle(&mut s, i * 10_000);
+            for t in s.tasks.values_mut().filter(|t| t.is_live()) {
+                t.status.state = TaskState::Failed;
+                t.status.timestamp_ms = i * 10_000;
+                t.updated_ms = i * 10_000;
+            }
+        }
+        settle(&mut s, 100_000);
+        let finished = s
+            .tasks
+            .values()
+            .filter(|t| t.status.state.is_terminal())
+            .count();
+        assert_eq!(finished, Settings::default().history_limit);
+    }
+}
