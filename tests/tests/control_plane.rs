@@ -710,3 +710,106 @@ fn metrics_and_health_endpoints() {
     let (status, _) = http_get(&addr, "/nope").unwrap();
     assert_eq!(status, 404);
 }
+
+#[test]
+fn events_aliases_completion_and_json_logs() {
+    use std::io::BufRead;
+    let mut c = Cluster::new();
+    let m1 = c.init("m1", &["--log-format", "json"]);
+    let bin = warren_tests::cluster::warren_bin();
+    let host = format!("unix://{}", c.nodes[m1].socket.display());
+
+    // 1. `warren events` streams committed changes.
+    let mut events = std::process::Command::new(&bin)
+        .args([
+            "-H", &host, "events", "--kind", "service", "--format", "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = events.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The stream is open once the subscription exists; retry creating until seen.
+    std::thread::sleep(Duration::from_millis(500));
+    c.ok(
+        m1,
+        &[
+            "service",
+            "create",
+            "watched",
+            "--image",
+            "img:1",
+            "--replicas",
+            "0",
+        ],
+    );
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("an event line");
+    let ev: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (
+            ev["kind"].as_str(),
+            ev["action"].as_str(),
+            ev["name"].as_str()
+        ),
+        (Some("service"), Some("created"), Some("watched"))
+    );
+    assert!(ev["index"].as_u64().unwrap() > 0);
+    let _ = events.kill();
+    let _ = events.wait();
+
+    // 2. `wrn` is the same program.
+    let link = c.dir.path().join("wrn");
+    std::os::unix::fs::symlink(&bin, &link).unwrap();
+    let out = std::process::Command::new(&link)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("warren "),
+        "{}",
+        warren_tests::cluster::text(&out)
+    );
+    let out = std::process::Command::new(&link)
+        .args(["-H", &host, "service", "ls", "-q"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+
+    // 3. Shell completion for both names.
+    let out = std::process::Command::new(&bin)
+        .args(["completion", "bash"])
+        .output()
+        .unwrap();
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        script.contains("complete -F _warren") && script.contains("_wrn"),
+        "{script}"
+    );
+
+    // 4. JSON logs: every line the daemon wrote is a JSON object with a level.
+    let log = c.nodes[m1].log_text();
+    let json_lines: Vec<Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        json_lines
+            .iter()
+            .any(|l| l["message"] == "warren node is up" && l["level"] == "INFO"),
+        "{log}"
+    );
+}

@@ -72,6 +72,14 @@ pub enum Command {
     /// Manage volumes.
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// Stream changes to the cluster state as they are committed.
+    Events {
+        /// Only these kinds: service, task, node, secret, volume, cluster (repeatable).
+        #[arg(long = "kind", value_enum)]
+        kinds: Vec<KindArg>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Print a shell completion script.
     Completion {
         #[arg(value_enum)]
@@ -163,6 +171,16 @@ pub enum ClusterCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum KindArg {
+    Service,
+    Task,
+    Node,
+    Secret,
+    Volume,
+    Cluster,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -532,6 +550,9 @@ mod tests {
             &["warren", "volume", "ls"],
             &["warren", "volume", "rm", "v"],
             &["warren", "completion", "bash"],
+            &[
+                "warren", "events", "--kind", "service", "--kind", "node", "--format", "json",
+            ],
         ] {
             parse(cmd).unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
         }

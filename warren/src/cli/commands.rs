@@ -739,6 +739,79 @@ pub async fn volume(c: &mut Client, cmd: VolumeCmd) -> Result<()> {
     Ok(())
 }
 
+pub async fn events(c: &mut Client, kinds: Vec<KindArg>, format: Format) -> Result<()> {
+    let kinds = kinds
+        .into_iter()
+        .map(|k| {
+            let kind = match k {
+                KindArg::Service => pb::ObjectKind::Service,
+                KindArg::Task => pb::ObjectKind::Task,
+                KindArg::Node => pb::ObjectKind::Node,
+                KindArg::Secret => pb::ObjectKind::Secret,
+                KindArg::Volume => pb::ObjectKind::Volume,
+                KindArg::Cluster => pb::ObjectKind::Cluster,
+            };
+            kind as i32
+        })
+        .collect();
+    let mut stream = call!(c.watch_events(pb::WatchEventsRequest { kinds }));
+    use std::io::Write;
+    while let Some(ev) = stream.message().await.map_err(status_error)? {
+        let kind = pb::ObjectKind::try_from(ev.kind)
+            .map(|k| {
+                k.as_str_name()
+                    .trim_start_matches("OBJECT_KIND_")
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default();
+        let action = pb::EventAction::try_from(ev.action)
+            .map(|a| {
+                a.as_str_name()
+                    .trim_start_matches("EVENT_ACTION_")
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default();
+        if format == Format::Json {
+            #[derive(Serialize)]
+            struct EventView<'a> {
+                index: u64,
+                kind: &'a str,
+                action: &'a str,
+                id: &'a str,
+                name: &'a str,
+                timestamp_ms: i64,
+            }
+            println!(
+                "{}",
+                serde_json::to_string(&EventView {
+                    index: ev.index,
+                    kind: &kind,
+                    action: &action,
+                    id: &ev.id,
+                    name: &ev.name,
+                    timestamp_ms: ev.timestamp_ms,
+                })?
+            );
+        } else {
+            let at = std::time::UNIX_EPOCH
+                + std::time::Duration::from_millis(ev.timestamp_ms.max(0) as u64);
+            let name = if ev.name.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", ev.name)
+            };
+            println!(
+                "{} {kind} {action}{name} ({}) index={}",
+                humantime::format_rfc3339_millis(at),
+                short_id(&ev.id),
+                ev.index
+            );
+        }
+        let _ = std::io::stdout().flush();
+    }
+    Ok(())
+}
+
 pub async fn join_token(c: &mut Client, role: RoleArg, rotate: bool, quiet: bool) -> Result<()> {
     let role = match role {
         RoleArg::Worker => NodeRole::Worker,

@@ -130,6 +130,11 @@ fn print_ready(r: &Ready) {
     }
 }
 
+enum CmdKind {
+    Call,
+    Stream,
+}
+
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Cluster(ClusterCmd::Init { node, pod_cidr }) => {
@@ -157,6 +162,11 @@ async fn run(cli: Cli) -> Result<()> {
             clap_complete::generate(shell, &mut cmd, "wrn", &mut std::io::stdout());
         }
         cmd => {
+            let cmd_kind = if matches!(cmd, Command::Events { .. }) {
+                CmdKind::Stream
+            } else {
+                CmdKind::Call
+            };
             let mut c = client::connect(&cli.host, &cli.tls_dir).await?;
             let fut = async {
                 match cmd {
@@ -172,10 +182,18 @@ async fn run(cli: Cli) -> Result<()> {
                     Command::Node(n) => commands::node(&mut c, n).await,
                     Command::Secret(s) => commands::secret(&mut c, s).await,
                     Command::Volume(v) => commands::volume(&mut c, v).await,
+                    Command::Events { kinds, format } => {
+                        return commands::events(&mut c, kinds, format).await
+                    }
                     _ => unreachable!("daemon commands are handled above"),
                 }
             };
-            tokio::time::timeout(Duration::from_secs(60), fut)
+            let limit = if matches!(cmd_kind, CmdKind::Stream) {
+                Duration::MAX
+            } else {
+                Duration::from_secs(60)
+            };
+            tokio::time::timeout(limit, fut)
                 .await
                 .map_err(|_| anyhow!("no answer from {} within 60s", cli.host))??;
         }
