@@ -3,7 +3,8 @@
 //! - `test`: installs what the suite needs (Debian packages), checks formatting
 //!   and lints, builds, and runs every test (what `.ci/run` runs);
 //! - `up`: installs, builds and starts a one-node cluster with a demo service;
-//! - `down`: stops what `up` started and removes its state.
+//! - `down`: stops what `up` started and removes its state;
+//! - `bench`: runs the benchmarks (`bench/`) and regenerates `docs/benchmarks.md`.
 //!
 //! xtask itself needs nothing but std, so that it builds on a fresh machine before
 //! any Debian package (protoc, clang, ...) is installed.
@@ -21,8 +22,9 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("up") => up(),
         Some("down") => down(),
+        Some("bench") => bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <test [--no-lint] [-- TEST ARGS]|up|down>");
+            eprintln!("usage: cargo xtask <test [--no-lint] [-- TEST ARGS]|up|down|bench [--quick] [--only SCENARIO]...>");
             return ExitCode::from(2);
         }
     };
@@ -129,6 +131,25 @@ fn test(args: &[String]) -> Result<()> {
     run(&mut cmd)?;
     eprintln!("xtask test: everything passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// `cargo xtask bench`: release builds, then every scenario side by side.
+fn bench(args: &[String]) -> Result<()> {
+    ensure_packages(PACKAGES)?;
+    run(cargo().args(["build", "--release", "-p", "warren", "-p", "warren-bench"]))?;
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(root())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let r = root();
+    run(Command::new(r.join("target/release/warren-bench"))
+        .arg("--warren")
+        .arg(r.join("target/release/warren"))
+        .args(["--commit", &commit])
+        .args(args)
+        .current_dir(&r))
 }
 
 const UP_DIR: &str = "/var/lib/warren";
