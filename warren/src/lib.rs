@@ -3,6 +3,7 @@
 //! `cli::main`.
 
 pub mod model;
+pub mod network;
 pub mod raft;
 pub mod store;
 
