@@ -328,6 +328,15 @@ fn setup_repairs_a_lost_veth_and_is_idempotent() {
         2,
         "expected lo and eth0 only: {a}"
     );
+
+    // The namespace file of r2 vanishes (as after a reboot empties /run): setup makes
+    // a new namespace and pair with the same address.
+    let p = &first[1].netns_path;
+    nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    std::fs::remove_file(p).unwrap();
+    let again = node.setup(&["r2"]);
+    assert_eq!(again[0], first[1]);
+    assert!(ping(&first[1].netns_path, first[0].address), "r2 not rebuilt");
     node.cleanup();
 }
 

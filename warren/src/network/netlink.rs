@@ -238,10 +238,22 @@ impl NetlinkNetwork {
         let task = netns::netlink_in(Ns::Path(netns_path.clone())).await?;
 
         let host_link = get_link(self.h(), &host).await?;
+        if let Some(h) = &host_link {
+            if link_kind(h) != Some(InfoKind::Veth) {
+                return Err(NetworkError::WrongLinkKind {
+                    link: host.clone(),
+                    kind: link_kind(h).map_or("device without a kind".into(), |k| k.to_string()),
+                    wanted: "veth",
+                });
+            }
+        }
         let eth0 = get_link(&task.handle, TASK_IFNAME).await?;
         match (host_link, eth0) {
-            (Some(h), Some(_)) if link_kind(&h) == Some(InfoKind::Veth) => {
-                // Both ends exist: make sure the host end is on the bridge and up.
+            // Each end's IFLA_LINK is the other's index: the pair is intact.
+            (Some(h), Some(e))
+                if link_peer(&h) == Some(e.header.index)
+                    && link_peer(&e) == Some(h.header.index) =>
+            {
                 if link_controller(&h) != Some(bridge) || !h.header.flags.contains(LinkFlags::Up) {
                     self.h()
                         .link()
@@ -261,7 +273,8 @@ impl NetlinkNetwork {
                 }
             }
             (h, e) => {
-                // A half-made pair (one end lost with an old namespace, a crash): rebuild.
+                // A half-made or mismatched pair (an end lost with an old namespace, a
+                // crash between steps): rebuild it.
                 if let Some(h) = h {
                     del_link(self.h(), h.header.index, &host).await?;
                 }
@@ -382,7 +395,9 @@ impl NetlinkNetwork {
                 foreign.entry(r.destination).or_insert(u8::from(r.protocol));
             }
         }
-        let mut conflict = None;
+        // One unreachable peer or foreign route must not hold the others back: go on,
+        // and report the first failure at the end.
+        let mut first_err = None;
         for (&dst, &via) in &desired {
             if ours.get(&dst) == Some(&Some(via)) {
                 continue;
@@ -390,7 +405,7 @@ impl NetlinkNetwork {
             if let Some(&protocol) = foreign.get(&dst) {
                 if !ours.contains_key(&dst) {
                     tracing::warn!(destination = %dst, protocol, "peer route conflicts with a route warren does not own");
-                    conflict.get_or_insert(NetworkError::RouteConflict {
+                    first_err.get_or_insert(NetworkError::RouteConflict {
                         destination: dst,
                         protocol,
                     });
@@ -398,19 +413,19 @@ impl NetlinkNetwork {
                 }
             }
             let msg = self.peer_route_msg(dst, via);
-            self.h()
-                .route()
-                .add(msg)
-                .replace()
-                .execute()
-                .await
-                .map_err(|e| NetworkError::Route {
-                    op: "add",
-                    destination: dst.to_string(),
-                    via: via.to_string(),
-                    source: nl_io(e),
-                })?;
-            tracing::info!(destination = %dst, %via, "peer route set");
+            match self.h().route().add(msg).replace().execute().await {
+                Ok(()) => tracing::info!(destination = %dst, %via, "peer route set"),
+                Err(e) => {
+                    let e = NetworkError::Route {
+                        op: "add",
+                        destination: dst.to_string(),
+                        via: via.to_string(),
+                        source: nl_io(e),
+                    };
+                    tracing::warn!(error = %e, "peer route not set");
+                    first_err.get_or_insert(e);
+                }
+            }
         }
         for (dst, via) in ours {
             if desired.contains_key(&dst) {
@@ -426,16 +441,18 @@ impl NetlinkNetwork {
                 Ok(()) => tracing::info!(destination = %dst, "stale peer route removed"),
                 Err(e) if nl_errno(&e) == Some(libc::ESRCH) => {}
                 Err(e) => {
-                    return Err(NetworkError::Route {
+                    let e = NetworkError::Route {
                         op: "delete",
                         destination: dst.to_string(),
                         via: via.map_or("(none)".into(), |v| v.to_string()),
                         source: nl_io(e),
-                    })
+                    };
+                    tracing::warn!(error = %e, "stale peer route not removed");
+                    first_err.get_or_insert(e);
                 }
             }
         }
-        match conflict {
+        match first_err {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -638,6 +655,14 @@ fn link_kind(l: &LinkMessage) -> Option<InfoKind> {
 fn link_controller(l: &LinkMessage) -> Option<u32> {
     l.attributes.iter().find_map(|a| match a {
         LinkAttribute::Controller(i) => Some(*i),
+        _ => None,
+    })
+}
+
+/// IFLA_LINK: for a veth, the index of its peer (in the peer's namespace).
+fn link_peer(l: &LinkMessage) -> Option<u32> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Link(i) => Some(*i),
         _ => None,
     })
 }

@@ -163,6 +163,7 @@ pub(crate) async fn create_netns(path: &Path) -> Result<(), NetworkError> {
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| err("create directory", e))?;
+        make_shared_mount(dir)?;
     }
     // An empty file left by a crash or a reboot (the mount is gone) is reused.
     OpenOptions::new()
@@ -192,6 +193,36 @@ pub(crate) async fn create_netns(path: &Path) -> Result<(), NetworkError> {
         let _ = std::fs::remove_file(path);
     }
     r
+}
+
+/// Makes `dir` a shared mount point, as iproute2 and containerd do for their netns
+/// directories: then unmounting a namespace file here also unmounts the copies that
+/// mount namespaces cloned since (a container's) hold, instead of leaking the
+/// namespace. A directory that is not a mount point yet is bind-mounted onto itself
+/// first (recursively, so existing namespace files are carried over).
+fn make_shared_mount(dir: &Path) -> Result<(), NetworkError> {
+    let err = |op, e: Errno| NetworkError::Netns {
+        path: dir.to_path_buf(),
+        op,
+        source: e.into(),
+    };
+    let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
+    match mount(None::<&str>, dir, None::<&str>, shared, None::<&str>) {
+        Ok(()) => Ok(()),
+        Err(Errno::EINVAL) => {
+            mount(
+                Some(dir),
+                dir,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| err("bind mount onto itself", e))?;
+            mount(None::<&str>, dir, None::<&str>, shared, None::<&str>)
+                .map_err(|e| err("make shared", e))
+        }
+        Err(e) => Err(err("make shared", e)),
+    }
 }
 
 /// Runs `f` on a new thread that has unshared into a brand-new network namespace.
