@@ -336,7 +336,10 @@ fn setup_repairs_a_lost_veth_and_is_idempotent() {
     std::fs::remove_file(p).unwrap();
     let again = node.setup(&["r2"]);
     assert_eq!(again[0], first[1]);
-    assert!(ping(&first[1].netns_path, first[0].address), "r2 not rebuilt");
+    assert!(
+        ping(&first[1].netns_path, first[0].address),
+        "r2 not rebuilt"
+    );
     node.cleanup();
 }
 
