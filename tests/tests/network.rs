@@ -147,6 +147,9 @@ fn three_tasks_get_distinct_addresses_and_reach_each_other() {
     }
     let b = node.ns.ip(&["-4", "-o", "addr", "show", "dev", "warren0"]);
     assert!(b.contains("10.88.3.1/24"), "{b}");
+    // The bridge keeps a fixed MAC derived from the gateway, whatever ports come and go.
+    let l = node.ns.ip(&["-o", "link", "show", "dev", "warren0"]);
+    assert!(l.contains("link/ether 02:57:0a:58:03:01"), "{l}");
     let fwd = node.ns.exec(&["cat", "/proc/sys/net/ipv4/ip_forward"]);
     assert_eq!(String::from_utf8_lossy(&fwd.stdout).trim(), "1");
 

@@ -103,11 +103,13 @@ impl NetlinkNetwork {
         let _g = self.node_lock.lock().await;
         self.ensure_bridge_locked().await?;
         self.ensure_forwarding().await?;
-        if self.cfg.masquerade {
-            let script =
-                nft::masquerade_script(&self.cfg.nft_table, self.cfg.subnet, self.cfg.cluster_cidr);
-            nft::apply(self.ns(), &self.cfg.nft_table, script).await?;
-        }
+        // With masquerade off, a table left from when it was on goes.
+        let script = if self.cfg.masquerade {
+            nft::masquerade_script(&self.cfg.nft_table, self.cfg.subnet, self.cfg.cluster_cidr)
+        } else {
+            nft::delete_script(&self.cfg.nft_table)
+        };
+        nft::apply(self.ns(), &self.cfg.nft_table, script).await?;
         tracing::info!(
             bridge = %self.cfg.bridge,
             gateway = %self.cfg.gateway(),
