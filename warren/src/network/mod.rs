@@ -60,7 +60,9 @@ pub struct NetworkConfig {
     pub state_dir: PathBuf,
     /// Directory of task namespace files.
     pub netns_dir: PathBuf,
-    /// Prefix of this node's namespace files in `netns_dir`; must be unique per node.
+    /// Prefix of this node's namespace files in `netns_dir`. Nodes sharing a machine
+    /// need prefixes that are not prefixes of one another (the default embeds the
+    /// fixed-length node id), or `list` and `cleanup_node` would see each other's.
     pub netns_prefix: String,
     /// nftables table (family ip) for the masquerade rule, owned wholly by Warren.
     pub nft_table: String,
