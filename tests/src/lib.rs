@@ -4,3 +4,4 @@
 //! guard drops, also on panic.
 
 pub mod cluster;
+pub mod netns;

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod manager;
 pub mod metrics;
 pub mod model;
+pub mod network;
 pub mod pki;
 pub mod raft;
 pub mod secrets;
