@@ -15,18 +15,17 @@ pub type Client = WarrenApiClient<Channel>;
 
 pub async fn connect(socket: &Path) -> Client {
     let p = socket.to_path_buf();
-    let channel = Endpoint::try_from("http://warren.local")
-        .expect("static endpoint")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let p = p.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(p).await?,
-                ))
-            }
-        }))
-        .await
-        .expect("connecting to the manager's socket");
+    let channel =
+        Endpoint::try_from("http://warren.local")
+            .expect("static endpoint")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let p = p.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+                }
+            }))
+            .await
+            .expect("connecting to the manager's socket");
     WarrenApiClient::new(channel).max_decoding_message_size(256 << 20)
 }
 
@@ -101,10 +100,7 @@ pub async fn failover(quick: bool) -> Vec<Record> {
     // The first kill is a warm-up: caches, connections and page faults of a fresh cluster.
     for rep in 0..=reps {
         let leader = c.leader();
-        let survivor = managers
-            .into_iter()
-            .find(|i| *i != leader)
-            .expect("a survivor");
+        let survivor = managers.into_iter().find(|i| *i != leader).expect("a survivor");
         let mut client = connect(&c.nodes[survivor].socket).await;
         // Make sure the survivor has a working connection before the kill.
         create(&mut client, format!("pre-{rep}"))
@@ -161,8 +157,7 @@ pub async fn create_and_api(quick: bool) -> Vec<Record> {
     for rep in 0..reps {
         concurrent.push(create_many(&socket, &format!("c{rep}"), n / 2, 16).await);
         sequential.push(create_many(&socket, &format!("s{rep}"), 100, 1).await);
-        via_follower
-            .push(create_many(&c.nodes[follower].socket, &format!("f{rep}"), 100, 16).await);
+        via_follower.push(create_many(&c.nodes[follower].socket, &format!("f{rep}"), 100, 16).await);
     }
     records.push(Record::new(
         "control.create",
@@ -222,10 +217,7 @@ pub async fn create_and_api(quick: bool) -> Vec<Record> {
         let mut samples = Vec::with_capacity(calls);
         for _ in 0..calls {
             let t = Instant::now();
-            client
-                .list_services(pb::ListServicesRequest {})
-                .await
-                .expect("list");
+            client.list_services(pb::ListServicesRequest {}).await.expect("list");
             samples.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         p50.push(quantile(&samples, 0.50).unwrap_or(f64::NAN));

@@ -92,8 +92,7 @@ async fn main() -> std::process::ExitCode {
     };
     // The harness starts `warren` from WARREN_BIN.
     std::env::set_var("WARREN_BIN", &args.warren);
-    let wanted =
-        |s: &str| args.only.is_empty() || args.only.iter().any(|o| s.starts_with(o.as_str()));
+    let wanted = |s: &str| args.only.is_empty() || args.only.iter().any(|o| s.starts_with(o.as_str()));
     let mut records = Vec::new();
     let mut methods = BTreeMap::new();
     let mut baselines = BTreeMap::new();
@@ -115,18 +114,10 @@ async fn main() -> std::process::ExitCode {
         eprintln!("warren-bench: footprint");
         records.extend(control::footprint(&args.warren).await);
     }
-    baselines.insert(
-        "control.create".to_string(),
-        "16 clients, leader".to_string(),
-    );
+    baselines.insert("control.create".to_string(), "16 clients, leader".to_string());
     baselines.retain(|k, _| methods.contains_key(k));
     // Keep the scenarios in the documented order.
-    let order = |s: &str| {
-        SCENARIOS
-            .iter()
-            .position(|(n, _)| *n == s)
-            .unwrap_or(usize::MAX)
-    };
+    let order = |s: &str| SCENARIOS.iter().position(|(n, _)| *n == s).unwrap_or(usize::MAX);
     records.sort_by_key(|r| order(&r.scenario));
     let results = Results {
         machine: Machine::detect(args.quick, env!("CARGO_PKG_VERSION"), &args.commit),
@@ -159,10 +150,7 @@ async fn main() -> std::process::ExitCode {
                 r.max.unwrap_or(m),
                 r.runs.len()
             ),
-            (None, None) => println!(
-                "{:<18} {:<34} {:<26} no data",
-                r.scenario, r.variant, r.metric
-            ),
+            (None, None) => println!("{:<18} {:<34} {:<26} no data", r.scenario, r.variant, r.metric),
         }
     }
     std::process::ExitCode::SUCCESS

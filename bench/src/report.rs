@@ -48,9 +48,7 @@ impl Machine {
         Machine {
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
             cpu_model,
-            cores: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             memory_bytes,
             warren_version: warren_version.to_string(),
             warren_commit: commit.to_string(),
@@ -80,10 +78,7 @@ fn fmt_num(v: f64) -> String {
 
 /// The Markdown page, with `charts/<scenario>.svg` next to it.
 pub fn write_markdown(results: &Results, md_path: &Path) -> std::io::Result<()> {
-    let charts_dir = md_path
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("benchmarks");
+    let charts_dir = md_path.parent().unwrap_or(Path::new(".")).join("benchmarks");
     std::fs::create_dir_all(&charts_dir)?;
     let m = &results.machine;
     let mut out = String::new();
@@ -105,20 +100,12 @@ pub fn write_markdown(results: &Results, md_path: &Path) -> std::io::Result<()> 
         m.warren_commit,
         m.date
     );
-    let mut scenarios: Vec<&str> = results
-        .records
-        .iter()
-        .map(|r| r.scenario.as_str())
-        .collect();
+    let mut scenarios: Vec<&str> = results.records.iter().map(|r| r.scenario.as_str()).collect();
     scenarios.dedup();
     let mut seen = std::collections::BTreeSet::new();
     scenarios.retain(|s| seen.insert(*s));
     for scenario in scenarios {
-        let records: Vec<&Record> = results
-            .records
-            .iter()
-            .filter(|r| r.scenario == scenario)
-            .collect();
+        let records: Vec<&Record> = results.records.iter().filter(|r| r.scenario == scenario).collect();
         let baseline = results.baselines.get(scenario);
         let _ = writeln!(out, "## `{scenario}`\n");
         if let Some(method) = results.methods.get(scenario) {
@@ -132,11 +119,7 @@ pub fn write_markdown(results: &Results, md_path: &Path) -> std::io::Result<()> 
         let _ = writeln!(out, "|---|---|---|---|---|---|---|");
         for r in &records {
             if let Some(why) = &r.skipped {
-                let _ = writeln!(
-                    out,
-                    "| {} | {} | not measured: {why} | | | | |",
-                    r.variant, r.metric
-                );
+                let _ = writeln!(out, "| {} | {} | not measured: {why} | | | | |", r.variant, r.metric);
                 continue;
             }
             let base = baseline.and_then(|b| {
@@ -174,9 +157,7 @@ pub fn svg_chart(title: &str, records: &[&Record]) -> String {
     const LABEL: f64 = 230.0;
     const BAR_H: f64 = 18.0;
     const GAP: f64 = 6.0;
-    let colors = [
-        "#2b6cb0", "#dd6b20", "#38a169", "#805ad5", "#d53f8c", "#718096",
-    ];
+    let colors = ["#2b6cb0", "#dd6b20", "#38a169", "#805ad5", "#d53f8c", "#718096"];
     let mut metrics: Vec<&str> = Vec::new();
     for r in records {
         if !metrics.contains(&r.metric.as_str()) {
@@ -208,8 +189,7 @@ pub fn svg_chart(title: &str, records: &[&Record]) -> String {
         y += 8.0;
         for r in rows {
             y += GAP;
-            let color =
-                colors[variants.iter().position(|v| *v == r.variant).unwrap_or(0) % colors.len()];
+            let color = colors[variants.iter().position(|v| *v == r.variant).unwrap_or(0) % colors.len()];
             let _ = write!(
                 body,
                 r#"<text x="{}" y="{}" font-size="12" text-anchor="end">{}</text>"#,
@@ -252,9 +232,7 @@ pub fn svg_chart(title: &str, records: &[&Record]) -> String {
 }
 
 fn xml(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 #[cfg(test)]
@@ -265,29 +243,9 @@ mod tests {
         Results {
             machine: Machine::detect(true, "0.1.0", "abc"),
             records: vec![
-                Record::new(
-                    "dataplane.rr",
-                    "direct",
-                    "rps",
-                    "req/s",
-                    true,
-                    vec![100.0, 110.0, 90.0],
-                ),
-                Record::new(
-                    "dataplane.rr",
-                    "warren-vip",
-                    "rps",
-                    "req/s",
-                    true,
-                    vec![95.0, 97.0],
-                ),
-                Record::skipped(
-                    "dataplane.rr",
-                    "haproxy",
-                    "rps",
-                    "req/s",
-                    "haproxy not installed",
-                ),
+                Record::new("dataplane.rr", "direct", "rps", "req/s", true, vec![100.0, 110.0, 90.0]),
+                Record::new("dataplane.rr", "warren-vip", "rps", "req/s", true, vec![95.0, 97.0]),
+                Record::skipped("dataplane.rr", "haproxy", "rps", "req/s", "haproxy not installed"),
             ],
             methods: [("dataplane.rr".to_string(), "wrk, 10 s".to_string())]
                 .into_iter()
@@ -314,13 +272,9 @@ mod tests {
         );
         assert!(text.contains("not measured: haproxy not installed"));
         let svg = std::fs::read_to_string(dir.join("benchmarks/dataplane-rr.svg")).unwrap();
-        assert!(
-            svg.starts_with("<svg") && svg.contains("warren-vip") && svg.contains("not measured")
-        );
+        assert!(svg.starts_with("<svg") && svg.contains("warren-vip") && svg.contains("not measured"));
         write_json(&results(), &dir.join("results")).unwrap();
-        let back: Results =
-            serde_json::from_slice(&std::fs::read(dir.join("results/latest.json")).unwrap())
-                .unwrap();
+        let back: Results = serde_json::from_slice(&std::fs::read(dir.join("results/latest.json")).unwrap()).unwrap();
         assert_eq!(back.records, results().records);
         let _ = std::fs::remove_dir_all(&dir);
     }

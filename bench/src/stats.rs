@@ -47,13 +47,7 @@ impl Record {
 
     // Scenarios whose prerequisites the machine lacks report through this.
     #[cfg_attr(not(test), allow(dead_code))]
-    pub fn skipped(
-        scenario: &str,
-        variant: &str,
-        metric: &str,
-        unit: &str,
-        why: impl Into<String>,
-    ) -> Record {
+    pub fn skipped(scenario: &str, variant: &str, metric: &str, unit: &str, why: impl Into<String>) -> Record {
         Record {
             scenario: scenario.into(),
             variant: variant.into(),
@@ -149,30 +143,15 @@ mod tests {
 
     #[test]
     fn records_serialize_to_the_documented_schema() {
-        let r = Record::new(
-            "control.api",
-            "warren",
-            "p95",
-            "ms",
-            false,
-            vec![1.0, 3.0, 2.0],
-        );
+        let r = Record::new("control.api", "warren", "p95", "ms", false, vec![1.0, 3.0, 2.0]);
         let v = serde_json::to_value(&r).unwrap();
-        for key in [
-            "scenario", "variant", "metric", "unit", "median", "min", "max", "runs",
-        ] {
+        for key in ["scenario", "variant", "metric", "unit", "median", "min", "max", "runs"] {
             assert!(v.get(key).is_some(), "missing {key} in {v}");
         }
         assert_eq!(v["median"], 2.0);
         assert_eq!(v["runs"], serde_json::json!([1.0, 3.0, 2.0]));
         assert!(v.get("skipped").is_none());
-        let s = Record::skipped(
-            "dataplane.rr",
-            "haproxy",
-            "rps",
-            "req/s",
-            "haproxy is not installed",
-        );
+        let s = Record::skipped("dataplane.rr", "haproxy", "rps", "req/s", "haproxy is not installed");
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["skipped"], "haproxy is not installed");
         assert!(v["median"].is_null());

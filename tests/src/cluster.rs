@@ -141,17 +141,10 @@ pub struct Cluster {
 
 /// Flags that make failure detection fast enough for tests.
 pub fn fast_flags() -> Vec<String> {
-    [
-        "--heartbeat-period",
-        "500ms",
-        "--heartbeat-grace",
-        "3s",
-        "--restart-delay",
-        "1s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ["--heartbeat-period", "500ms", "--heartbeat-grace", "3s"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 impl Default for Cluster {
@@ -230,12 +223,7 @@ impl Cluster {
     pub fn init(&mut self, name: &str, extra: &[&str]) -> usize {
         let mut n = self.new_node(name);
         n.extra = extra.iter().map(|s| s.to_string()).collect();
-        let mut args = vec![
-            "cluster".into(),
-            "init".into(),
-            "--node-name".into(),
-            name.into(),
-        ];
+        let mut args = vec!["cluster".into(), "init".into(), "--node-name".into(), name.into()];
         args.extend(self.node_flags(&n));
         Self::spawn(&mut n, args);
         self.nodes.push(n);
@@ -249,18 +237,14 @@ impl Cluster {
     pub fn join(&mut self, name: &str, token: &str, via: usize, extra: &[&str]) -> usize {
         let i = self.join_nowait(name, token, via, extra);
         let asked = self.any_manager();
-        wait_for(
-            &format!("node {name} to be ready"),
-            Duration::from_secs(30),
-            || {
-                let nodes = self.json(asked, &["node", "ls", "--format", "json"]).ok()?;
-                nodes
-                    .as_array()?
-                    .iter()
-                    .any(|n| n["name"] == name && n["state"] == "Ready")
-                    .then_some(())
-            },
-        );
+        wait_for(&format!("node {name} to be ready"), Duration::from_secs(30), || {
+            let nodes = self.json(asked, &["node", "ls", "--format", "json"]).ok()?;
+            nodes
+                .as_array()?
+                .iter()
+                .any(|n| n["name"] == name && n["state"] == "Ready")
+                .then_some(())
+        });
         i
     }
 
@@ -299,11 +283,7 @@ impl Cluster {
             .args(&args)
             .output()
             .expect("running warren cluster join");
-        assert!(
-            !out.status.success(),
-            "join with a bad token succeeded: {}",
-            text(&out)
-        );
+        assert!(!out.status.success(), "join with a bad token succeeded: {}", text(&out));
         out
     }
 
@@ -324,12 +304,7 @@ impl Cluster {
         wait_for(
             &format!("the API of {} (log: {})", n.name, n.log.display()),
             Duration::from_secs(30),
-            || {
-                self.cli(i, &["cluster", "info"])
-                    .status
-                    .success()
-                    .then_some(())
-            },
+            || self.cli(i, &["cluster", "info"]).status.success().then_some(()),
         );
     }
 
@@ -384,9 +359,7 @@ impl Cluster {
     }
 
     pub fn token(&self, i: usize, role: &str) -> String {
-        self.ok(i, &["cluster", "join-token", role, "-q"])
-            .trim()
-            .to_string()
+        self.ok(i, &["cluster", "join-token", role, "-q"]).trim().to_string()
     }
 
     /// The index of the current leader among the running managers.
@@ -400,11 +373,7 @@ impl Cluster {
                     continue;
                 };
                 let addr = info["leader_addr"].as_str().unwrap_or("");
-                if let Some(l) = self
-                    .nodes
-                    .iter()
-                    .position(|m| m.addr == addr && m.child.is_some())
-                {
+                if let Some(l) = self.nodes.iter().position(|m| m.addr == addr && m.child.is_some()) {
                     return Some(l);
                 }
             }
@@ -443,17 +412,10 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
+    let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = buf
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())

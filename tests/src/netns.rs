@@ -35,10 +35,7 @@ pub fn require_command(cmd: &str, package: &str) {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
         .unwrap_or(false);
-    assert!(
-        found,
-        "this test needs the `{cmd}` command (Debian package {package})"
-    );
+    assert!(found, "this test needs the `{cmd}` command (Debian package {package})");
 }
 
 /// The prerequisites of the network tests: root, iproute2, util-linux's nsenter,
@@ -117,9 +114,7 @@ impl NetNs {
 
     /// Runs a command inside the namespace (`ip netns exec`).
     pub fn exec(&self, args: &[&str]) -> Output {
-        run(Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args))
+        run(Command::new("ip").args(["netns", "exec", &self.name]).args(args))
     }
 
     /// Runs `f` on a thread inside this namespace.
@@ -148,8 +143,7 @@ impl Drop for NetNs {
 pub fn run_in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         let h = s.spawn(|| {
-            let file = std::fs::File::open(path)
-                .unwrap_or_else(|e| panic!("open namespace {}: {e}", path.display()));
+            let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open namespace {}: {e}", path.display()));
             setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
                 .unwrap_or_else(|e| panic!("enter namespace {}: {e}", path.display()));
             f()
@@ -276,9 +270,13 @@ impl Drop for NetnsFiles {
 /// (up to three one-second tries, for the first ARP exchange).
 pub fn ping(from: &Path, to: std::net::Ipv4Addr) -> bool {
     (0..3).any(|_| {
-        run(Command::new("nsenter")
-            .arg(format!("--net={}", from.display()))
-            .args(["busybox", "ping", "-c1", "-W1", &to.to_string()]))
+        run(Command::new("nsenter").arg(format!("--net={}", from.display())).args([
+            "busybox",
+            "ping",
+            "-c1",
+            "-W1",
+            &to.to_string(),
+        ]))
         .status
         .success()
     })
@@ -314,9 +312,7 @@ impl TcpServer {
         let thread = std::thread::spawn(move || {
             let entered = std::fs::File::open(&ns)
                 .map_err(|e| e.to_string())
-                .and_then(|f| {
-                    setns(f.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())
-                });
+                .and_then(|f| setns(f.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()));
             let listener = entered.and_then(|()| {
                 let l = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
                 l.set_nonblocking(true).map_err(|e| e.to_string())?;

@@ -44,9 +44,7 @@ fn three_managers_survive_a_leader_kill_and_a_full_restart() {
     let m3 = c.join("m3", &token, m1, &["--raft-snapshot-every", "30"]);
 
     // 1. Three voters.
-    let info = c
-        .json(m2, &["cluster", "info", "--format", "json"])
-        .unwrap();
+    let info = c.json(m2, &["cluster", "info", "--format", "json"]).unwrap();
     let voters = info["members"]
         .as_array()
         .unwrap()
@@ -79,15 +77,7 @@ fn three_managers_survive_a_leader_kill_and_a_full_restart() {
     let survivor = [m1, m2, m3].into_iter().find(|i| *i != leader).unwrap();
     c.ok(
         survivor,
-        &[
-            "service",
-            "create",
-            "after-kill",
-            "--image",
-            "img:1",
-            "--replicas",
-            "0",
-        ],
+        &["service", "create", "after-kill", "--image", "img:1", "--replicas", "0"],
     );
     let names = service_names(&c, survivor);
     assert_eq!(names.len(), 101);
@@ -112,16 +102,12 @@ fn three_managers_survive_a_leader_kill_and_a_full_restart() {
     // 5. The killed manager restarts from its data dir and catches up.
     c.restart(leader);
     c.wait_api(leader);
-    wait_for(
-        "the restarted manager to catch up",
-        Duration::from_secs(30),
-        || (service_names(&c, leader).len() == 141).then_some(()),
-    );
+    wait_for("the restarted manager to catch up", Duration::from_secs(30), || {
+        (service_names(&c, leader).len() == 141).then_some(())
+    });
     // Snapshots were taken (the log is only purged once every member has what it
     // would drop: openraft holds the purge while a member is unreachable).
-    let info = c
-        .json(survivor, &["cluster", "info", "--format", "json"])
-        .unwrap();
+    let info = c.json(survivor, &["cluster", "info", "--format", "json"]).unwrap();
     assert!(info["snapshot_index"].as_u64().unwrap() > 100, "{info}");
 
     // 6. Restart all three at once (kill -9): nothing acknowledged is lost.
@@ -136,11 +122,9 @@ fn three_managers_survive_a_leader_kill_and_a_full_restart() {
     }
     c.leader();
     for i in [m1, m2, m3] {
-        wait_for(
-            "every manager to hold every service",
-            Duration::from_secs(30),
-            || (service_names(&c, i).len() == 141).then_some(()),
-        );
+        wait_for("every manager to hold every service", Duration::from_secs(30), || {
+            (service_names(&c, i).len() == 141).then_some(())
+        });
     }
     c.ok(
         m2,
@@ -181,11 +165,9 @@ fn three_managers_survive_a_leader_kill_and_a_full_restart() {
     }
     // ... so that a manager joining now catches up through a snapshot.
     let m4 = c.join("m4", &token, m2, &["--raft-snapshot-every", "30"]);
-    wait_for(
-        "the new manager to hold every service",
-        Duration::from_secs(30),
-        || (service_names(&c, m4).len() == 182).then_some(()),
-    );
+    wait_for("the new manager to hold every service", Duration::from_secs(30), || {
+        (service_names(&c, m4).len() == 182).then_some(())
+    });
     let log = c.nodes[m4].log_text();
     assert!(
         log.contains("installed snapshot from the leader"),
@@ -252,21 +234,10 @@ fn joining_takes_a_valid_token_and_the_api_a_cluster_certificate() {
     let host = format!("tcp://{}", c.nodes[m1].addr);
     let ca_only = c.dir.path().join("ca-only");
     std::fs::create_dir_all(&ca_only).unwrap();
-    std::fs::copy(
-        c.nodes[m1].data_dir.join("certs/ca.pem"),
-        ca_only.join("ca.pem"),
-    )
-    .unwrap();
+    std::fs::copy(c.nodes[m1].data_dir.join("certs/ca.pem"), ca_only.join("ca.pem")).unwrap();
     let run = |tls: &std::path::Path| {
         std::process::Command::new(warren_tests::cluster::warren_bin())
-            .args([
-                "-H",
-                &host,
-                "--tls-dir",
-                &tls.display().to_string(),
-                "service",
-                "ls",
-            ])
+            .args(["-H", &host, "--tls-dir", &tls.display().to_string(), "service", "ls"])
             .output()
             .unwrap()
     };
@@ -278,11 +249,7 @@ fn joining_takes_a_valid_token_and_the_api_a_cluster_certificate() {
         warren_tests::cluster::text(&out)
     );
     let out = run(&c.nodes[m1].data_dir.join("certs"));
-    assert!(
-        out.status.success(),
-        "{}",
-        warren_tests::cluster::text(&out)
-    );
+    assert!(out.status.success(), "{}", warren_tests::cluster::text(&out));
     let out = run(&c.nodes[w1].data_dir.join("certs"));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is a worker"));
@@ -291,11 +258,7 @@ fn joining_takes_a_valid_token_and_the_api_a_cluster_certificate() {
     let other = c.init("other", &[]);
     let mixed = c.dir.path().join("mixed");
     std::fs::create_dir_all(&mixed).unwrap();
-    std::fs::copy(
-        c.nodes[m1].data_dir.join("certs/ca.pem"),
-        mixed.join("ca.pem"),
-    )
-    .unwrap();
+    std::fs::copy(c.nodes[m1].data_dir.join("certs/ca.pem"), mixed.join("ca.pem")).unwrap();
     for f in ["node.pem", "node-key.pem"] {
         std::fs::copy(c.nodes[other].data_dir.join("certs").join(f), mixed.join(f)).unwrap();
     }
@@ -317,18 +280,7 @@ fn scheduling_spreads_pins_drains_and_reschedules() {
     let w2 = c.join("w2", &token, m1, &[]);
 
     // 1. Nine replicas spread 3/3/3.
-    c.ok(
-        m1,
-        &[
-            "service",
-            "create",
-            "web",
-            "--image",
-            "img:1",
-            "--replicas",
-            "9",
-        ],
-    );
+    c.ok(m1, &["service", "create", "web", "--image", "img:1", "--replicas", "9"]);
     let spread = wait_for("9 placed tasks", Duration::from_secs(20), || {
         let p = live_per_node(&c, m1, "web");
         (p.values().sum::<usize>() == 9 && !p.contains_key("-")).then_some(p)
@@ -339,10 +291,7 @@ fn scheduling_spreads_pins_drains_and_reschedules() {
         "{spread:?}"
     );
     // Without a container runtime the tasks stay assigned: nothing pretends to run them.
-    assert!(c
-        .tasks(m1, "web")
-        .iter()
-        .all(|t| t["status"]["state"] == "Assigned"));
+    assert!(c.tasks(m1, "web").iter().all(|t| t["status"]["state"] == "Assigned"));
 
     // 2. A constraint pins tasks.
     c.ok(m1, &["node", "update", "w2", "--label-add", "zone=edge"]);
@@ -370,17 +319,14 @@ fn scheduling_spreads_pins_drains_and_reschedules() {
     c.ok(m1, &["node", "update", "w1", "--availability", "drain"]);
     let p = wait_for("w1 to be empty", Duration::from_secs(20), || {
         let p = live_per_node(&c, m1, "web");
-        (!p.contains_key("w1") && !p.contains_key("-") && p.values().sum::<usize>() == 9)
-            .then_some(p)
+        (!p.contains_key("w1") && !p.contains_key("-") && p.values().sum::<usize>() == 9).then_some(p)
     });
     assert_eq!(p.values().sum::<usize>(), 9, "{p:?}");
 
     // 4. A node that stops heartbeating is marked down and its tasks rescheduled.
     c.nodes[w2].signal(SIGSTOP);
     wait_for("w2 to be down", Duration::from_secs(20), || {
-        let n = c
-            .json(m1, &["node", "inspect", "w2", "--format", "json"])
-            .ok()?;
+        let n = c.json(m1, &["node", "inspect", "w2", "--format", "json"]).ok()?;
         (n["state"] == "Down").then_some(())
     });
     let p = wait_for("web to move off w2", Duration::from_secs(20), || {
@@ -396,28 +342,18 @@ fn scheduling_spreads_pins_drains_and_reschedules() {
     assert!(orphaned >= 3, "the tasks of w2 should show as orphaned");
     // The pinned tasks have nowhere to go and say why.
     let pinned = c.tasks(m1, "pinned");
-    let pending: Vec<&Value> = pinned
-        .iter()
-        .filter(|t| t["status"]["state"] == "Pending")
-        .collect();
+    let pending: Vec<&Value> = pinned.iter().filter(|t| t["status"]["state"] == "Pending").collect();
     assert_eq!(pending.len(), 4);
     let msg = pending[0]["status"]["message"].as_str().unwrap();
     assert!(msg.starts_with("no suitable node ("), "{msg}");
     c.nodes[w2].signal(SIGCONT);
     wait_for("w2 to be ready again", Duration::from_secs(20), || {
-        let n = c
-            .json(m1, &["node", "inspect", "w2", "--format", "json"])
-            .ok()?;
+        let n = c.json(m1, &["node", "inspect", "w2", "--format", "json"]).ok()?;
         (n["state"] == "Ready").then_some(())
     });
-    wait_for(
-        "the pinned tasks to return to w2",
-        Duration::from_secs(20),
-        || {
-            (live_per_node(&c, m1, "pinned") == BTreeMap::from([("w2".to_string(), 4)]))
-                .then_some(())
-        },
-    );
+    wait_for("the pinned tasks to return to w2", Duration::from_secs(20), || {
+        (live_per_node(&c, m1, "pinned") == BTreeMap::from([("w2".to_string(), 4)])).then_some(())
+    });
 
     // 5. A reservation larger than any node stays pending, with the reason in `service ps`.
     c.ok(
@@ -445,22 +381,13 @@ fn scheduling_spreads_pins_drains_and_reschedules() {
     // 6. A global service runs once on every active node; scaling works both ways.
     c.ok(
         m1,
-        &[
-            "service", "create", "agent", "--image", "img:1", "--mode", "global",
-        ],
+        &["service", "create", "agent", "--image", "img:1", "--mode", "global"],
     );
-    let p = wait_for(
-        "one global task per active node",
-        Duration::from_secs(20),
-        || {
-            let p = live_per_node(&c, m1, "agent");
-            (p.len() == 2).then_some(p)
-        },
-    );
-    assert_eq!(
-        p,
-        BTreeMap::from([("m1".to_string(), 1), ("w2".to_string(), 1)])
-    );
+    let p = wait_for("one global task per active node", Duration::from_secs(20), || {
+        let p = live_per_node(&c, m1, "agent");
+        (p.len() == 2).then_some(p)
+    });
+    assert_eq!(p, BTreeMap::from([("m1".to_string(), 1), ("w2".to_string(), 1)]));
     c.ok(m1, &["service", "scale", "web=2"]);
     wait_for("scale down to 2", Duration::from_secs(20), || {
         (live_per_node(&c, m1, "web").values().sum::<usize>() == 2).then_some(())
@@ -476,39 +403,17 @@ fn scheduling_spreads_pins_drains_and_reschedules() {
 fn bad_input_gets_one_clear_line_and_changes_nothing() {
     let mut c = Cluster::new();
     let m1 = c.init("m1", &[]);
-    c.ok(
-        m1,
-        &[
-            "service",
-            "create",
-            "web",
-            "--image",
-            "img:1",
-            "--replicas",
-            "2",
-        ],
-    );
+    c.ok(m1, &["service", "create", "web", "--image", "img:1", "--replicas", "2"]);
     let before = c.json(m1, &["service", "ls", "--format", "json"]).unwrap();
 
     let cases: &[(&[&str], &str)] = &[
-        (
-            &["service", "inspect", "nope"],
-            "service \"nope\" not found",
-        ),
+        (&["service", "inspect", "nope"], "service \"nope\" not found"),
         (
             &["service", "create", "web", "--image", "x"],
             "service \"web\" already exists",
         ),
         (
-            &[
-                "service",
-                "create",
-                "x1",
-                "--image",
-                "x",
-                "--reserve-memory",
-                "lots",
-            ],
+            &["service", "create", "x1", "--image", "x", "--reserve-memory", "lots"],
             "--reserve-memory: invalid size",
         ),
         (
@@ -526,45 +431,17 @@ fn bad_input_gets_one_clear_line_and_changes_nothing() {
             "--replicas:",
         ),
         (
-            &[
-                "service",
-                "create",
-                "x3",
-                "--image",
-                "x",
-                "--publish",
-                "8080",
-            ],
+            &["service", "create", "x3", "--image", "x", "--publish", "8080"],
             "--publish: invalid port",
         ),
         (
-            &[
-                "service",
-                "create",
-                "x4",
-                "--image",
-                "x",
-                "--constraint",
-                "zone=edge",
-            ],
+            &["service", "create", "x4", "--image", "x", "--constraint", "zone=edge"],
             "--constraint: invalid constraint",
         ),
-        (
-            &["service", "create", "x5"],
-            "--image: an image is required",
-        ),
-        (
-            &["service", "create", "bad name", "--image", "x"],
-            "invalid name",
-        ),
-        (
-            &["service", "scale", "web=lots"],
-            "not a number of replicas",
-        ),
-        (
-            &["service", "scale", "nope=3"],
-            "service \"nope\" not found",
-        ),
+        (&["service", "create", "x5"], "--image: an image is required"),
+        (&["service", "create", "bad name", "--image", "x"], "invalid name"),
+        (&["service", "scale", "web=lots"], "not a number of replicas"),
+        (&["service", "scale", "nope=3"], "service \"nope\" not found"),
         (
             &["service", "update", "web", "--limit-memory", "1k"],
             "--limit-memory: a memory limit must be at least 4MiB",
@@ -604,19 +481,9 @@ fn bad_input_gets_one_clear_line_and_changes_nothing() {
     // Replicas 0 is a service without tasks.
     c.ok(
         m1,
-        &[
-            "service",
-            "create",
-            "idle",
-            "--image",
-            "img:1",
-            "--replicas",
-            "0",
-        ],
+        &["service", "create", "idle", "--image", "img:1", "--replicas", "0"],
     );
-    let s = c
-        .json(m1, &["service", "inspect", "idle", "--format", "json"])
-        .unwrap();
+    let s = c.json(m1, &["service", "inspect", "idle", "--format", "json"]).unwrap();
     assert_eq!(s["replicas"]["desired"], 0);
     assert!(c.tasks(m1, "idle").is_empty());
 
@@ -670,26 +537,14 @@ fn bad_input_gets_one_clear_line_and_changes_nothing() {
 fn metrics_and_health_endpoints() {
     let mut c = Cluster::new();
     let m1 = c.init("m1", &[]);
-    c.ok(
-        m1,
-        &[
-            "service",
-            "create",
-            "web",
-            "--image",
-            "img:1",
-            "--replicas",
-            "2",
-        ],
-    );
+    c.ok(m1, &["service", "create", "web", "--image", "img:1", "--replicas", "2"]);
     c.ok(m1, &["service", "ls"]);
     let addr = c.nodes[m1].metrics_addr.clone();
     let (status, body) = http_get(&addr, "/healthz").unwrap();
     assert_eq!((status, body.trim()), (200, "ok"));
     let body = wait_for("task gauges", Duration::from_secs(10), || {
         let (_, body) = http_get(&addr, "/metrics").ok()?;
-        body.contains("warren_tasks{state=\"assigned\"} 2")
-            .then_some(body)
+        body.contains("warren_tasks{state=\"assigned\"} 2").then_some(body)
     });
     for needle in [
         "warren_raft_is_leader 1",
@@ -702,10 +557,7 @@ fn metrics_and_health_endpoints() {
         "warren_node_reserved_ratio",
         "process_resident_memory_bytes",
     ] {
-        assert!(
-            body.contains(needle),
-            "missing {needle:?} in /metrics:\n{body}"
-        );
+        assert!(body.contains(needle), "missing {needle:?} in /metrics:\n{body}");
     }
     let (status, _) = http_get(&addr, "/nope").unwrap();
     assert_eq!(status, 404);
@@ -721,19 +573,14 @@ fn events_aliases_completion_and_json_logs() {
 
     // 1. `warren events` streams committed changes.
     let mut events = std::process::Command::new(&bin)
-        .args([
-            "-H", &host, "events", "--kind", "service", "--format", "json",
-        ])
+        .args(["-H", &host, "events", "--kind", "service", "--format", "json"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = events.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
                 return;
             }
@@ -743,26 +590,12 @@ fn events_aliases_completion_and_json_logs() {
     std::thread::sleep(Duration::from_millis(500));
     c.ok(
         m1,
-        &[
-            "service",
-            "create",
-            "watched",
-            "--image",
-            "img:1",
-            "--replicas",
-            "0",
-        ],
+        &["service", "create", "watched", "--image", "img:1", "--replicas", "0"],
     );
-    let line = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("an event line");
+    let line = rx.recv_timeout(Duration::from_secs(10)).expect("an event line");
     let ev: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(
-        (
-            ev["kind"].as_str(),
-            ev["action"].as_str(),
-            ev["name"].as_str()
-        ),
+        (ev["kind"].as_str(), ev["action"].as_str(), ev["name"].as_str()),
         (Some("service"), Some("created"), Some("watched"))
     );
     assert!(ev["index"].as_u64().unwrap() > 0);
@@ -772,10 +605,7 @@ fn events_aliases_completion_and_json_logs() {
     // 2. `wrn` is the same program.
     let link = c.dir.path().join("wrn");
     std::os::unix::fs::symlink(&bin, &link).unwrap();
-    let out = std::process::Command::new(&link)
-        .arg("--version")
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(&link).arg("--version").output().unwrap();
     assert!(
         String::from_utf8_lossy(&out.stdout).starts_with("warren "),
         "{}",

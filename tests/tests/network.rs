@@ -7,12 +7,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use warren::network::{
-    NetlinkNetwork, NetworkConfig, NetworkError, NetworkManager, TaskNetwork, RTPROT_WARREN,
-};
+use warren::network::{NetlinkNetwork, NetworkConfig, NetworkError, NetworkManager, TaskNetwork, RTPROT_WARREN};
 use warren_tests::netns::{
-    bridge, nsenter, ping, require_network_tools, tcp_request, unique_name, veth_pair, NetNs,
-    NetnsFiles, TcpServer, NETNS_RUN_DIR,
+    bridge, nsenter, ping, require_network_tools, tcp_request, unique_name, veth_pair, NetNs, NetnsFiles, TcpServer,
+    NETNS_RUN_DIR,
 };
 
 const CLUSTER: &str = "10.88.0.0/16";
@@ -84,10 +82,7 @@ impl Node {
     }
 
     fn link_exists(&self, name: &str) -> bool {
-        self.ns
-            .try_ip(&["link", "show", "dev", name])
-            .status
-            .success()
+        self.ns.try_ip(&["link", "show", "dev", name]).status.success()
     }
 
     fn warren_routes(&self) -> String {
@@ -115,9 +110,7 @@ fn three_tasks_get_distinct_addresses_and_reach_each_other() {
     let tasks = node.with(|n| {
         Box::pin(async move {
             let r = futures::future::join_all(["a1", "a2", "a3"].map(|t| n.setup_task(t))).await;
-            r.into_iter()
-                .map(|r| r.expect("setup_task"))
-                .collect::<Vec<_>>()
+            r.into_iter().map(|r| r.expect("setup_task")).collect::<Vec<_>>()
         })
     });
     let mut addrs: Vec<Ipv4Addr> = tasks.iter().map(|t| t.address).collect();
@@ -132,10 +125,7 @@ fn three_tasks_get_distinct_addresses_and_reach_each_other() {
         assert_eq!(t.netns_path, node.netns_file(&t.task_id));
         assert!(t.netns_path.exists(), "{} missing", t.netns_path.display());
         // Inside: eth0 with the address, default route via the gateway, lo up.
-        let a = nsenter(
-            &t.netns_path,
-            &["ip", "-4", "-o", "addr", "show", "dev", "eth0"],
-        );
+        let a = nsenter(&t.netns_path, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
         assert!(a.contains(&format!("{}/24", t.address)), "{a}");
         let r = nsenter(&t.netns_path, &["ip", "-4", "route", "show", "default"]);
         assert!(r.contains(&format!("default via {gw} dev eth0")), "{r}");
@@ -154,11 +144,7 @@ fn three_tasks_get_distinct_addresses_and_reach_each_other() {
     assert_eq!(String::from_utf8_lossy(&fwd.stdout).trim(), "1");
 
     for t in &tasks {
-        assert!(
-            ping(&t.netns_path, gw),
-            "{} cannot reach the gateway",
-            t.task_id
-        );
+        assert!(ping(&t.netns_path, gw), "{} cannot reach the gateway", t.task_id);
         for o in &tasks {
             if o.task_id != t.task_id {
                 assert!(
@@ -187,9 +173,7 @@ fn three_tasks_get_distinct_addresses_and_reach_each_other() {
     let listed = node.with(|n| Box::pin(async move { n.list().await.expect("list") }));
     let ids: Vec<&str> = listed.iter().map(|s| s.task_id.as_str()).collect();
     assert_eq!(ids, ["a1", "a2", "a3", "a4"]);
-    assert!(listed
-        .iter()
-        .all(|s| s.netns_path.is_some() && s.address.is_some()));
+    assert!(listed.iter().all(|s| s.netns_path.is_some() && s.address.is_some()));
 
     node.cleanup();
     assert!(node.files.present().is_empty());
@@ -213,14 +197,8 @@ fn exhaustion_is_a_typed_error_naming_the_subnet() {
         matches!(err, NetworkError::AddressesExhausted { subnet } if subnet == net("10.88.4.0/30")),
         "{err:?}"
     );
-    assert_eq!(
-        err.to_string(),
-        "no free address left in subnet 10.88.4.0/30"
-    );
-    assert!(
-        !node.netns_file("e2").exists(),
-        "failed setup left a namespace"
-    );
+    assert_eq!(err.to_string(), "no free address left in subnet 10.88.4.0/30");
+    assert!(!node.netns_file("e2").exists(), "failed setup left a namespace");
     node.cleanup();
 }
 
@@ -242,20 +220,14 @@ fn teardown_and_cleanup_leave_nothing_behind() {
             n.teardown_task("t1").await.expect("teardown");
             // Idempotent: a second teardown finds nothing and succeeds.
             n.teardown_task("t1").await.expect("second teardown");
-            (
-                n.ipam().get("t1").expect("ipam"),
-                n.list().await.expect("list"),
-            )
+            (n.ipam().get("t1").expect("ipam"), n.list().await.expect("list"))
         })
     });
     assert!(!t1.netns_path.exists(), "netns file of t1 left behind");
     assert!(!node.link_exists(&t1.host_veth), "veth of t1 left behind");
     assert_eq!(alloc_after, None, "address of t1 still allocated");
     assert_eq!(
-        listed
-            .iter()
-            .map(|s| s.task_id.as_str())
-            .collect::<Vec<_>>(),
+        listed.iter().map(|s| s.task_id.as_str()).collect::<Vec<_>>(),
         ["t2", "t3"]
     );
     assert!(ping(&tasks[1].netns_path, tasks[2].address), "t2 lost t3");
@@ -271,40 +243,22 @@ fn teardown_and_cleanup_leave_nothing_behind() {
     assert!(node.warren_routes().contains("10.88.6.0/24 via 10.210.5.2"));
 
     node.cleanup();
-    assert!(
-        node.files.present().is_empty(),
-        "{:?}",
-        node.files.present()
-    );
+    assert!(node.files.present().is_empty(), "{:?}", node.files.present());
     for t in &tasks {
-        assert!(
-            !node.link_exists(&t.host_veth),
-            "{} left behind",
-            t.host_veth
-        );
+        assert!(!node.link_exists(&t.host_veth), "{} left behind", t.host_veth);
     }
     assert!(!node.link_exists("warren0"), "bridge left behind");
     assert_eq!(node.warren_routes().trim(), "", "warren routes left behind");
     assert!(
-        !node
-            .ns
-            .exec(&["nft", "list", "table", "ip", "warren"])
-            .status
-            .success(),
+        !node.ns.exec(&["nft", "list", "table", "ip", "warren"]).status.success(),
         "nft table left behind"
     );
-    assert!(
-        node.link_exists("up0"),
-        "cleanup removed a link warren does not own"
-    );
+    assert!(node.link_exists("up0"), "cleanup removed a link warren does not own");
     let (listed, allocs) = node.with(|n| {
         Box::pin(async move {
             // `new` rebuilt the node; clean again and look at the state.
             n.cleanup_node().await.expect("cleanup");
-            (
-                n.list().await.expect("list"),
-                n.ipam().allocations().expect("ipam"),
-            )
+            (n.list().await.expect("list"), n.ipam().allocations().expect("ipam"))
         })
     });
     assert!(listed.is_empty(), "{listed:?}");
@@ -321,16 +275,9 @@ fn setup_repairs_a_lost_veth_and_is_idempotent() {
     let again = node.setup(&["r1", "r2"]);
     assert_eq!(again, first);
     assert!(node.link_exists(&first[0].host_veth));
-    assert!(
-        ping(&first[1].netns_path, first[0].address),
-        "r1 not repaired"
-    );
+    assert!(ping(&first[1].netns_path, first[0].address), "r1 not repaired");
     let a = nsenter(&first[0].netns_path, &["ip", "-4", "-o", "addr", "show"]);
-    assert_eq!(
-        a.matches("inet ").count(),
-        2,
-        "expected lo and eth0 only: {a}"
-    );
+    assert_eq!(a.matches("inet ").count(), 2, "expected lo and eth0 only: {a}");
 
     // The namespace file of r2 vanishes (as after a reboot empties /run): setup makes
     // a new namespace and pair with the same address.
@@ -339,10 +286,7 @@ fn setup_repairs_a_lost_veth_and_is_idempotent() {
     std::fs::remove_file(p).unwrap();
     let again = node.setup(&["r2"]);
     assert_eq!(again[0], first[1]);
-    assert!(
-        ping(&first[1].netns_path, first[0].address),
-        "r2 not rebuilt"
-    );
+    assert!(ping(&first[1].netns_path, first[0].address), "r2 not rebuilt");
     node.cleanup();
 }
 
@@ -366,24 +310,9 @@ fn two_nodes_route_task_traffic_natively_and_drop_stale_routes() {
 
     let via1 = Ipv4Addr::new(10, 210, 0, 1);
     let via2 = Ipv4Addr::new(10, 210, 0, 2);
-    n1.with(move |n| {
-        Box::pin(async move {
-            n.set_peer_routes(&[(net("10.88.12.0/24"), via2)])
-                .await
-                .unwrap()
-        })
-    });
-    n2.with(move |n| {
-        Box::pin(async move {
-            n.set_peer_routes(&[(net("10.88.11.0/24"), via1)])
-                .await
-                .unwrap()
-        })
-    });
-    assert_eq!(
-        n1.warren_routes().trim(),
-        "10.88.12.0/24 via 10.210.0.2 dev lan0"
-    );
+    n1.with(move |n| Box::pin(async move { n.set_peer_routes(&[(net("10.88.12.0/24"), via2)]).await.unwrap() }));
+    n2.with(move |n| Box::pin(async move { n.set_peer_routes(&[(net("10.88.11.0/24"), via1)]).await.unwrap() }));
+    assert_eq!(n1.warren_routes().trim(), "10.88.12.0/24 via 10.210.0.2 dev lan0");
 
     let answer = tcp_request(&a.netns_path, server.addr(), WAIT).expect("a -> b over TCP");
     assert_eq!(answer, "ok");
@@ -396,15 +325,8 @@ fn two_nodes_route_task_traffic_natively_and_drop_stale_routes() {
     assert!(ping(&b.netns_path, a.address), "b cannot ping a");
 
     // A route warren does not own, for the same kind of destination.
-    n1.ns.ip(&[
-        "route",
-        "add",
-        "10.88.19.0/24",
-        "via",
-        "10.210.0.9",
-        "proto",
-        "static",
-    ]);
+    n1.ns
+        .ip(&["route", "add", "10.88.19.0/24", "via", "10.210.0.9", "proto", "static"]);
     let conflict = n1.with(move |n| {
         Box::pin(async move {
             n.set_peer_routes(&[(net("10.88.12.0/24"), via2), (net("10.88.15.0/24"), via2)])
@@ -417,9 +339,7 @@ fn two_nodes_route_task_traffic_natively_and_drop_stale_routes() {
             ])
             .await
             .unwrap();
-            n.set_peer_routes(&[(net("10.88.19.0/24"), via2)])
-                .await
-                .unwrap_err()
+            n.set_peer_routes(&[(net("10.88.19.0/24"), via2)]).await.unwrap_err()
         })
     });
     assert!(
@@ -447,13 +367,7 @@ fn two_nodes_route_task_traffic_natively_and_drop_stale_routes() {
     let r = n1.warren_routes();
     assert_eq!(r.lines().count(), 2, "{r}");
     assert!(r.contains("10.88.12.0/24 via 10.210.0.3"), "{r}");
-    n1.with(move |n| {
-        Box::pin(async move {
-            n.set_peer_routes(&[(net("10.88.12.0/24"), via2)])
-                .await
-                .unwrap()
-        })
-    });
+    n1.with(move |n| Box::pin(async move { n.set_peer_routes(&[(net("10.88.12.0/24"), via2)]).await.unwrap() }));
     assert_eq!(
         n1.warren_routes().trim(),
         "10.88.12.0/24 via 10.210.0.2 dev lan0",
@@ -505,11 +419,7 @@ fn outbound_traffic_is_masqueraded_behind_the_node() {
 
     node.cleanup();
     assert!(
-        !node
-            .ns
-            .exec(&["nft", "list", "table", "ip", "warren"])
-            .status
-            .success(),
+        !node.ns.exec(&["nft", "list", "table", "ip", "warren"]).status.success(),
         "nft table left behind by cleanup_node"
     );
 }
@@ -528,15 +438,11 @@ fn bad_config_fails_before_touching_anything() {
     assert!(!node.link_exists("warren0"));
 
     // A link of the bridge's name that is not a bridge is refused, not adopted.
-    node.ns.ip(&[
-        "link", "add", "warren0", "type", "veth", "peer", "name", "w0peer",
-    ]);
+    node.ns
+        .ip(&["link", "add", "warren0", "type", "veth", "peer", "name", "w0peer"]);
     let cfg = node.cfg.clone();
     let err = node
         .ns
         .block_on(|| async move { NetlinkNetwork::new(cfg).await.unwrap_err() });
-    assert_eq!(
-        err.to_string(),
-        "link warren0 exists but is a veth, not a bridge"
-    );
+    assert_eq!(err.to_string(), "link warren0 exists but is a veth, not a bridge");
 }

@@ -34,17 +34,11 @@ pub struct NodeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{path} is not a valid node configuration: {reason}")]
     Parse { path: String, reason: String },
     #[error("cannot write {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    Write { path: String, source: std::io::Error },
     #[error(
         "{dir} holds no Warren node (no {FILE}): run `warren cluster init` or `warren cluster join` with --data-dir {dir} first"
     )]
@@ -158,17 +152,11 @@ mod tests {
     fn round_trip_and_refusals() {
         let dir = tempfile::tempdir().unwrap();
         NodeConfig::ensure_fresh(dir.path()).unwrap();
-        assert!(matches!(
-            NodeConfig::load(dir.path()),
-            Err(ConfigError::Missing { .. })
-        ));
+        assert!(matches!(NodeConfig::load(dir.path()), Err(ConfigError::Missing { .. })));
         config().save(dir.path()).unwrap();
         assert_eq!(NodeConfig::load(dir.path()).unwrap(), config());
         let err = NodeConfig::ensure_fresh(dir.path()).unwrap_err();
-        assert!(
-            err.to_string().contains("warren daemon --data-dir"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("warren daemon --data-dir"), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("raft")).unwrap();

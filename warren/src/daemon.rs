@@ -9,9 +9,7 @@ use crate::api::{membership::MembershipService, server::ApiService};
 use crate::config::{ConfigError, NodeConfig};
 use crate::manager::{self, ManagerCtx, ManagerSettings};
 use crate::metrics::{self, Metrics};
-use crate::model::{
-    self, new_id, now_ms, Availability, ClusterMeta, Node, NodeRole, NodeState, Platform, Resources,
-};
+use crate::model::{self, new_id, now_ms, Availability, ClusterMeta, Node, NodeRole, NodeState, Platform, Resources};
 use crate::pki::{self, CertificateAuthority, JoinToken, NodeCredentials, PkiError};
 use crate::raft::node::{RaftTuning, StartError};
 use crate::raft::{network::Peers, RaftNode, WriteError};
@@ -71,10 +69,7 @@ pub enum DaemonError {
     #[error("writing the cluster state: {0}")]
     Write(#[from] WriteError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    Listen { addr: String, source: std::io::Error },
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsListenError),
     #[error("{0}")]
@@ -111,11 +106,7 @@ fn default_advertise(listen: SocketAddr) -> Result<SocketAddr, DaemonError> {
 }
 
 fn parse_cidr(field: &str, s: &str) -> Result<(), DaemonError> {
-    let bad = || {
-        DaemonError::Invalid(format!(
-            "{field}: invalid CIDR {s:?}: expected e.g. 10.88.0.0/16"
-        ))
-    };
+    let bad = || DaemonError::Invalid(format!("{field}: invalid CIDR {s:?}: expected e.g. 10.88.0.0/16"));
     let (ip, len) = s.split_once('/').ok_or_else(bad)?;
     let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| bad())?;
     let len: u32 = len.parse().map_err(|_| bad())?;
@@ -125,9 +116,7 @@ fn parse_cidr(field: &str, s: &str) -> Result<(), DaemonError> {
         )));
     }
     if u32::from(ip) & !(u32::MAX.checked_shl(32 - len).unwrap_or(0)) != 0 {
-        return Err(DaemonError::Invalid(format!(
-            "{field}: {s} has host bits set"
-        )));
+        return Err(DaemonError::Invalid(format!("{field}: {s} has host bits set")));
     }
     Ok(())
 }
@@ -141,11 +130,7 @@ fn secrets_key_path(data_dir: &Path) -> PathBuf {
 }
 
 /// `warren cluster init`: a new cluster with this node as its first manager.
-pub async fn init(
-    opts: DaemonOptions,
-    pod_cidr: &str,
-    on_ready: impl FnOnce(&Ready),
-) -> Result<(), DaemonError> {
+pub async fn init(opts: DaemonOptions, pod_cidr: &str, on_ready: impl FnOnce(&Ready)) -> Result<(), DaemonError> {
     NodeConfig::ensure_fresh(&opts.data_dir)?;
     parse_cidr("pod-cidr", pod_cidr)?;
     let listen = addr_or(opts.listen_addr, DEFAULT_LISTEN);
@@ -154,8 +139,7 @@ pub async fn init(
         None => default_advertise(listen)?,
     };
     let node_name = opts.node_name.clone().unwrap_or_else(hostname);
-    model::validate_name("node-name", &node_name)
-        .map_err(|e| DaemonError::Invalid(e.to_string()))?;
+    model::validate_name("node-name", &node_name).map_err(|e| DaemonError::Invalid(e.to_string()))?;
 
     let cluster_id = new_id();
     let node_id = new_id();
@@ -197,6 +181,7 @@ pub async fn init(
         state: NodeState::Unknown,
         message: String::new(),
         raft_id,
+        subnet: None,
         warren_version: crate::VERSION.to_string(),
         created_ms: now_ms(),
         updated_ms: now_ms(),
@@ -263,8 +248,7 @@ pub async fn join(
         None => default_advertise(listen)?,
     };
     let node_name = opts.node_name.clone().unwrap_or_else(hostname);
-    model::validate_name("node-name", &node_name)
-        .map_err(|e| DaemonError::Invalid(e.to_string()))?;
+    model::validate_name("node-name", &node_name).map_err(|e| DaemonError::Invalid(e.to_string()))?;
 
     // Trust the manager only once its CA matches the token.
     let ca_pem = pki::fetch_ca(manager, &token.ca_digest, Duration::from_secs(10)).await?;
@@ -418,26 +402,23 @@ async fn run(
             .map_err(|e| DaemonError::Invalid(format!("TLS settings: {e}")))?
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
-            .add_service(pb::warren_api_server::WarrenApiServer::new(
-                ApiService::new(ctx.clone()),
-            ))
-            .add_service(pb::membership_server::MembershipServer::new(
-                MembershipService::new(ctx.clone()),
-            ))
+            .add_service(pb::warren_api_server::WarrenApiServer::new(ApiService::new(
+                ctx.clone(),
+            )))
+            .add_service(pb::membership_server::MembershipServer::new(MembershipService::new(
+                ctx.clone(),
+            )))
             .add_service(pb::dispatcher_server::DispatcherServer::new(
                 crate::manager::dispatcher::DispatcherService::new(ctx.clone()),
             ))
             .add_service(
-                pb::raft_server::RaftServer::new(crate::raft::service::RaftService::new(
-                    raft.clone(),
-                ))
-                .max_decoding_message_size(256 << 20)
-                .max_encoding_message_size(256 << 20),
+                pb::raft_server::RaftServer::new(crate::raft::service::RaftService::new(raft.clone()))
+                    .max_decoding_message_size(256 << 20)
+                    .max_encoding_message_size(256 << 20),
             );
         let mut rx = shutdown_rx.clone();
         servers.spawn(async move {
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             if let Err(e) = tcp
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = rx.wait_for(|s| *s).await;
@@ -449,9 +430,9 @@ async fn run(
         });
 
         let uds = bind_socket(&cfg.socket)?;
-        let local = tonic::transport::Server::builder().add_service(
-            pb::warren_api_server::WarrenApiServer::new(ApiService::new(ctx.clone())),
-        );
+        let local = tonic::transport::Server::builder().add_service(pb::warren_api_server::WarrenApiServer::new(
+            ApiService::new(ctx.clone()),
+        ));
         let mut rx = shutdown_rx.clone();
         let socket_path = cfg.socket.clone();
         servers.spawn(async move {
@@ -507,12 +488,7 @@ async fn run(
             }
         }),
     };
-    let agent_task = tokio::spawn(agent::run(
-        agent_cfg,
-        executor,
-        report_rx,
-        shutdown_rx.clone(),
-    ));
+    let agent_task = tokio::spawn(agent::run(agent_cfg, executor, report_rx, shutdown_rx.clone()));
 
     tracing::info!(
         node = %cfg.node_id,
@@ -552,11 +528,7 @@ async fn enter_raft(cfg: &NodeConfig, creds: &NodeCredentials) -> Result<(), Dae
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline {
-        for m in cfg
-            .managers
-            .iter()
-            .filter(|m| **m != cfg.advertise_addr.to_string())
-        {
+        for m in cfg.managers.iter().filter(|m| **m != cfg.advertise_addr.to_string()) {
             let endpoint = match tonic::transport::Endpoint::from_shared(format!("https://{m}"))
                 .and_then(|e| e.tls_config(creds.client_tls()))
             {
@@ -640,9 +612,7 @@ mod tests {
     fn pod_cidrs_are_checked() {
         parse_cidr("pod-cidr", "10.88.0.0/16").unwrap();
         parse_cidr("pod-cidr", "10.88.0.0/24").unwrap();
-        let e = parse_cidr("pod-cidr", "10.88.0.0/25")
-            .unwrap_err()
-            .to_string();
+        let e = parse_cidr("pod-cidr", "10.88.0.0/25").unwrap_err().to_string();
         assert!(e.contains("too small"), "{e}");
         assert!(parse_cidr("pod-cidr", "10.88.1.0/16")
             .unwrap_err()

@@ -9,10 +9,7 @@ use crate::store::Store;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response};
-use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{Encoder, GaugeVec, HistogramOpts, HistogramVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
@@ -39,13 +36,8 @@ impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let registry = Registry::new_custom(Some("warren".into()), None).expect("valid prefix");
         let api_duration = must(HistogramVec::new(
-            HistogramOpts::new(
-                "api_request_duration_seconds",
-                "Duration of gRPC API calls by method.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
+            HistogramOpts::new("api_request_duration_seconds", "Duration of gRPC API calls by method.").buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
             &["method", "code"],
         ));
@@ -62,15 +54,9 @@ impl Metrics {
                 "Index of the last entry applied to the state machine.",
             ),
             raft_members: g("raft_members", "Number of managers in the Raft membership."),
-            nodes: must(IntGaugeVec::new(
-                Opts::new("nodes", "Nodes by state."),
-                &["state"],
-            )),
+            nodes: must(IntGaugeVec::new(Opts::new("nodes", "Nodes by state."), &["state"])),
             services: g("services", "Number of services."),
-            tasks: must(IntGaugeVec::new(
-                Opts::new("tasks", "Tasks by state."),
-                &["state"],
-            )),
+            tasks: must(IntGaugeVec::new(Opts::new("tasks", "Tasks by state."), &["state"])),
             node_reserved: must(GaugeVec::new(
                 Opts::new(
                     "node_reserved_ratio",
@@ -119,11 +105,9 @@ impl Metrics {
         };
         if let Some(raft) = raft {
             let m = raft.raft.metrics().borrow().clone();
-            self.raft_is_leader
-                .set(i64::from(m.current_leader == Some(raft.id)));
+            self.raft_is_leader.set(i64::from(m.current_leader == Some(raft.id)));
             self.raft_term.set(m.current_term as i64);
-            self.raft_last_log_index
-                .set(m.last_log_index.unwrap_or(0) as i64);
+            self.raft_last_log_index.set(m.last_log_index.unwrap_or(0) as i64);
             self.raft_applied_index
                 .set(m.last_applied.map(|l| l.index).unwrap_or(0) as i64);
             self.raft_members
@@ -189,10 +173,7 @@ pub struct MetricsListenError {
 }
 
 /// Serves `/metrics` and `/healthz` until the task is dropped.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-) -> Result<tokio::task::JoinHandle<()>, MetricsListenError> {
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<tokio::task::JoinHandle<()>, MetricsListenError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| MetricsListenError { addr, source })?;

@@ -17,15 +17,9 @@ pub enum SealError {
     #[error("sealed data is corrupt or was sealed with another key")]
     Open,
     #[error("cannot read the secrets key {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("cannot write the secrets key {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    Write { path: String, source: std::io::Error },
 }
 
 #[derive(Clone)]
@@ -132,9 +126,6 @@ mod tests {
         let k = SecretsKey::generate();
         k.save(&p).unwrap();
         assert_eq!(SecretsKey::load(&p).unwrap().as_bytes(), k.as_bytes());
-        assert!(matches!(
-            SecretsKey::from_bytes(b"short"),
-            Err(SealError::KeyLength(5))
-        ));
+        assert!(matches!(SecretsKey::from_bytes(b"short"), Err(SealError::KeyLength(5))));
     }
 }

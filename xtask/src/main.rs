@@ -24,7 +24,9 @@ fn main() -> ExitCode {
         Some("down") => down(),
         Some("bench") => bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <test [--no-lint] [-- TEST ARGS]|up|down|bench [--quick] [--only SCENARIO]...>");
+            eprintln!(
+                "usage: cargo xtask <test [--no-lint] [-- TEST ARGS]|up|down|bench [--quick] [--only SCENARIO]...>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -48,9 +50,7 @@ fn root() -> PathBuf {
 
 fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {cmd:?}");
-    let status = cmd
-        .status()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let status = cmd.status().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
     if status.success() {
         Ok(())
     } else {
@@ -106,22 +106,12 @@ fn test(args: &[String]) -> Result<()> {
     let started = Instant::now();
     let (lint, rest): (bool, Vec<String>) = {
         let lint = !args.iter().any(|a| a == "--no-lint");
-        (
-            lint,
-            args.iter().filter(|a| *a != "--no-lint").cloned().collect(),
-        )
+        (lint, args.iter().filter(|a| *a != "--no-lint").cloned().collect())
     };
     ensure_packages(PACKAGES)?;
     if lint {
         run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-        run(cargo().args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]))?;
+        run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     }
     // The end-to-end tests run the warren binary: build it before the tests start.
     run(cargo().args(["build", "-p", "warren"]))?;
@@ -168,8 +158,7 @@ fn up() -> Result<()> {
         .arg(&built)
         .arg("/usr/local/bin/warren"))?;
     let _ = std::fs::remove_file("/usr/local/bin/wrn");
-    std::os::unix::fs::symlink("warren", "/usr/local/bin/wrn")
-        .map_err(|e| format!("linking wrn: {e}"))?;
+    std::os::unix::fs::symlink("warren", "/usr/local/bin/wrn").map_err(|e| format!("linking wrn: {e}"))?;
 
     let socket = Path::new("/run/warren/warren.sock");
     let running = Command::new("warren")

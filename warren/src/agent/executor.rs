@@ -83,6 +83,7 @@ mod tests {
             },
             spec: ServiceSpec::default(),
             spec_version: 1,
+            attempt: 0,
             created_ms: 0,
             updated_ms: 0,
             version: 1,
@@ -94,10 +95,7 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let ex = Unavailable::new(tx);
         ex.assign(vec![task("a", TaskState::Running)]);
-        assert!(
-            rx.try_recv().is_err(),
-            "a task must stay assigned without a runtime"
-        );
+        assert!(rx.try_recv().is_err(), "a task must stay assigned without a runtime");
         ex.assign(vec![task("a", TaskState::Shutdown)]);
         let (id, st) = rx.try_recv().unwrap();
         assert_eq!((id.as_str(), st.state), ("a", TaskState::Shutdown));

@@ -50,19 +50,13 @@ enum SessionError {
 
 /// Total memory and CPUs of this machine, the capacity a node reports by default.
 pub fn detect_resources() -> Resources {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1) as i64;
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as i64;
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| {
-                    l.split_whitespace()
-                        .nth(1)
-                        .and_then(|kb| kb.parse::<i64>().ok())
-                })
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<i64>().ok()))
         })
         .unwrap_or(0)
         * 1024;
@@ -129,8 +123,7 @@ pub async fn run(
             Err(e) => tracing::warn!(manager = %addr, error = %e, "agent session failed"),
         }
         // Jitter keeps a fleet of agents from reconnecting in lockstep.
-        let jitter =
-            Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1));
+        let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1));
         tokio::select! {
             _ = tokio::time::sleep(backoff + jitter) => {}
             _ = shutdown.changed() => return,

@@ -4,8 +4,9 @@
 //! report the offending field.
 
 use crate::model::{
-    self, Availability, Constraint, Node, NodeRole, NodeState, PortConfig, Protocol, PublishMode,
-    Resources, Service, ServiceMode, ServiceSpec, Task, TaskState, TaskStatus, ValidationError,
+    self, Availability, Constraint, HealthCheck, HealthTest, Mount, MountKind, Node, NodeRole, NodeState, PortConfig,
+    Protocol, PublishMode, Resources, RestartCondition, RestartPolicy, SecretRef, Service, ServiceMode, ServiceSpec,
+    Task, TaskState, TaskStatus, ValidationError,
 };
 use crate::store::{Action, Change, ObjectKind};
 use warren_proto::v1 as pb;
@@ -33,11 +34,8 @@ pub fn platform_to_pb(p: &model::Platform) -> pb::Platform {
 }
 
 pub fn platform_from_pb(p: Option<pb::Platform>) -> model::Platform {
-    p.map(|p| model::Platform {
-        os: p.os,
-        arch: p.arch,
-    })
-    .unwrap_or_default()
+    p.map(|p| model::Platform { os: p.os, arch: p.arch })
+        .unwrap_or_default()
 }
 
 pub fn spec_to_pb(s: &ServiceSpec) -> pb::ServiceSpec {
@@ -57,15 +55,100 @@ pub fn spec_to_pb(s: &ServiceSpec) -> pb::ServiceSpec {
         labels: s.labels.clone().into_iter().collect(),
         command: s.command.clone(),
         args: s.args.clone(),
+        workdir: s.workdir.clone(),
+        user: s.user.clone(),
+        mounts: s
+            .mounts
+            .iter()
+            .map(|m| pb::Mount {
+                r#type: match m.kind {
+                    MountKind::Volume => pb::MountType::Volume,
+                    MountKind::Bind => pb::MountType::Bind,
+                    MountKind::Tmpfs => pb::MountType::Tmpfs,
+                } as i32,
+                source: m.source.clone(),
+                target: m.target.clone(),
+                readonly: m.readonly,
+            })
+            .collect(),
+        secrets: s
+            .secrets
+            .iter()
+            .map(|r| pb::SecretReference {
+                name: r.name.clone(),
+                target: r.target.clone(),
+            })
+            .collect(),
+        health: s.health.as_ref().map(health_to_pb),
+        restart: Some(pb::RestartPolicy {
+            condition: match s.restart.condition {
+                RestartCondition::Any => pb::RestartCondition::Any,
+                RestartCondition::OnFailure => pb::RestartCondition::OnFailure,
+                RestartCondition::None => pb::RestartCondition::None,
+            } as i32,
+            delay_ms: s.restart.delay_ms,
+            max_attempts: s.restart.max_attempts,
+        }),
+        stop_signal: s.stop_signal.clone(),
+        stop_grace_ms: Some(s.stop_grace_ms),
     }
+}
+
+fn health_to_pb(h: &HealthCheck) -> pb::HealthCheck {
+    use pb::health_check::Test;
+    pb::HealthCheck {
+        test: Some(match &h.test {
+            HealthTest::Cmd(c) => Test::Cmd(c.clone()),
+            HealthTest::Http { port, path } => Test::Http(pb::HttpProbe {
+                port: u32::from(*port),
+                path: path.clone(),
+            }),
+            HealthTest::Tcp { port } => Test::TcpPort(u32::from(*port)),
+            HealthTest::Disabled => Test::Disabled(true),
+        }),
+        interval_ms: h.interval_ms,
+        timeout_ms: h.timeout_ms,
+        retries: h.retries,
+        start_period_ms: h.start_period_ms,
+    }
+}
+
+fn health_from_pb(h: pb::HealthCheck) -> Result<HealthCheck, ValidationError> {
+    use pb::health_check::Test;
+    let port = |p: u32| {
+        u16::try_from(p)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| ValidationError::new("health", format!("port {p} is not between 1 and 65535")))
+    };
+    let test = match h.test {
+        Some(Test::Cmd(c)) => HealthTest::Cmd(c),
+        Some(Test::Http(p)) => HealthTest::Http {
+            port: port(p.port)?,
+            path: p.path,
+        },
+        Some(Test::TcpPort(p)) => HealthTest::Tcp { port: port(p)? },
+        Some(Test::Disabled(_)) => HealthTest::Disabled,
+        None => return Err(ValidationError::new("health", "a health check needs a test")),
+    };
+    let or = |v: u64, d: u64| if v == 0 { d } else { v };
+    Ok(HealthCheck {
+        test,
+        interval_ms: or(h.interval_ms, HealthCheck::DEFAULT_INTERVAL_MS),
+        timeout_ms: or(h.timeout_ms, HealthCheck::DEFAULT_TIMEOUT_MS),
+        retries: if h.retries == 0 {
+            HealthCheck::DEFAULT_RETRIES
+        } else {
+            h.retries
+        },
+        start_period_ms: h.start_period_ms,
+    })
 }
 
 /// Converts and validates a spec from the wire.
 pub fn spec_from_pb(s: pb::ServiceSpec) -> Result<ServiceSpec, ValidationError> {
     let mode = match pb::ServiceMode::try_from(s.mode) {
-        Ok(pb::ServiceMode::Replicated) => ServiceMode::Replicated {
-            replicas: s.replicas,
-        },
+        Ok(pb::ServiceMode::Replicated) => ServiceMode::Replicated { replicas: s.replicas },
         Ok(pb::ServiceMode::Global) => {
             if s.replicas != 0 {
                 return Err(ValidationError::new(
@@ -75,23 +158,66 @@ pub fn spec_from_pb(s: pb::ServiceSpec) -> Result<ServiceSpec, ValidationError> 
             }
             ServiceMode::Global
         }
-        Err(_) => {
-            return Err(ValidationError::new(
-                "mode",
-                format!("unknown service mode {}", s.mode),
-            ))
-        }
+        Err(_) => return Err(ValidationError::new("mode", format!("unknown service mode {}", s.mode))),
     };
     let constraints = s
         .constraints
         .iter()
         .map(|c| Constraint::parse("constraint", c))
         .collect::<Result<Vec<_>, _>>()?;
-    let ports = s
-        .ports
+    let ports = s.ports.into_iter().map(port_from_pb).collect::<Result<Vec<_>, _>>()?;
+    let mounts = s
+        .mounts
         .into_iter()
-        .map(port_from_pb)
+        .map(|m| {
+            Ok(Mount {
+                kind: match pb::MountType::try_from(m.r#type) {
+                    Ok(pb::MountType::Volume) => MountKind::Volume,
+                    Ok(pb::MountType::Bind) => MountKind::Bind,
+                    Ok(pb::MountType::Tmpfs) => MountKind::Tmpfs,
+                    Err(_) => {
+                        return Err(ValidationError::new(
+                            "mount",
+                            format!("unknown mount type {}", m.r#type),
+                        ))
+                    }
+                },
+                source: m.source,
+                target: m.target,
+                readonly: m.readonly,
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
+    let secrets = s
+        .secrets
+        .into_iter()
+        .map(|r| SecretRef {
+            target: if r.target.is_empty() {
+                format!("/run/secrets/{}", r.name)
+            } else {
+                r.target
+            },
+            name: r.name,
+        })
+        .collect();
+    let restart = match s.restart {
+        None => RestartPolicy::default(),
+        Some(r) => RestartPolicy {
+            condition: match pb::RestartCondition::try_from(r.condition) {
+                Ok(pb::RestartCondition::Any) => RestartCondition::Any,
+                Ok(pb::RestartCondition::OnFailure) => RestartCondition::OnFailure,
+                Ok(pb::RestartCondition::None) => RestartCondition::None,
+                Err(_) => {
+                    return Err(ValidationError::new(
+                        "restart-condition",
+                        format!("unknown condition {}", r.condition),
+                    ))
+                }
+            },
+            delay_ms: r.delay_ms,
+            max_attempts: r.max_attempts,
+        },
+    };
     let spec = ServiceSpec {
         image: s.image,
         mode,
@@ -103,6 +229,14 @@ pub fn spec_from_pb(s: pb::ServiceSpec) -> Result<ServiceSpec, ValidationError> 
         limits: resources_from_pb(s.limits),
         ports,
         labels: s.labels.into_iter().collect(),
+        workdir: s.workdir,
+        user: s.user,
+        mounts,
+        secrets,
+        health: s.health.map(health_from_pb).transpose()?,
+        restart,
+        stop_signal: s.stop_signal,
+        stop_grace_ms: s.stop_grace_ms.unwrap_or(10_000),
     };
     spec.validate()?;
     Ok(spec)
@@ -125,12 +259,10 @@ fn port_to_pb(p: &PortConfig) -> pb::PortConfig {
 
 fn port_from_pb(p: pb::PortConfig) -> Result<PortConfig, ValidationError> {
     let port = |v: u32, what: &str| {
-        u16::try_from(v).ok().filter(|p| *p != 0).ok_or_else(|| {
-            ValidationError::new(
-                "publish",
-                format!("{what} port {v} is not between 1 and 65535"),
-            )
-        })
+        u16::try_from(v)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| ValidationError::new("publish", format!("{what} port {v} is not between 1 and 65535")))
     };
     Ok(PortConfig {
         published: port(p.published, "published")?,
@@ -237,6 +369,7 @@ pub fn task_status_to_pb(s: &TaskStatus) -> pb::TaskStatus {
         has_exit_code: s.exit_code.is_some(),
         container_id: s.container_id.clone(),
         addr: s.addr.clone(),
+        health: s.health.clone(),
     }
 }
 
@@ -249,6 +382,7 @@ pub fn task_status_from_pb(s: pb::TaskStatus) -> TaskStatus {
         exit_code: s.has_exit_code.then_some(s.exit_code),
         container_id: s.container_id,
         addr: s.addr,
+        health: s.health,
     }
 }
 
@@ -266,6 +400,7 @@ pub fn task_to_pb(t: &Task) -> pb::Task {
         created_ms: t.created_ms,
         updated_ms: t.updated_ms,
         version: t.version,
+        attempt: t.attempt,
     }
 }
 
@@ -280,6 +415,7 @@ pub fn task_from_pb(t: pb::Task) -> Result<Task, ValidationError> {
         status: task_status_from_pb(t.status.unwrap_or_default()),
         spec: spec_from_pb(t.spec.unwrap_or_default())?,
         spec_version: t.spec_version,
+        attempt: t.attempt,
         created_ms: t.created_ms,
         updated_ms: t.updated_ms,
         version: t.version,
@@ -354,6 +490,7 @@ pub fn node_to_pb(n: &Node, reserved: Resources, manager: Option<pb::ManagerStat
         version: n.version,
         reserved: Some(resources_to_pb(reserved)),
         warren_version: n.warren_version.clone(),
+        subnet: n.subnet.clone().unwrap_or_default(),
     }
 }
 
@@ -371,6 +508,7 @@ pub fn node_from_pb(n: pb::Node) -> (Node, Resources, Option<pb::ManagerStatus>)
         state: node_state_from_pb(n.state),
         message: n.message,
         raft_id: n.manager.as_ref().map(|m| m.raft_id).unwrap_or(0),
+        subnet: (!n.subnet.is_empty()).then_some(n.subnet),
         warren_version: n.warren_version,
         created_ms: n.created_ms,
         updated_ms: n.updated_ms,
@@ -455,8 +593,42 @@ mod tests {
                 mode: PublishMode::Host,
             }],
             labels: [("a".to_string(), "b".to_string())].into_iter().collect(),
+            workdir: "/srv".into(),
+            user: "1000:1000".into(),
+            mounts: vec![
+                Mount::parse("m", "type=volume,source=data,target=/data").unwrap(),
+                Mount::parse("m", "type=bind,source=/etc,target=/host-etc,ro").unwrap(),
+                Mount::parse("m", "type=tmpfs,target=/scratch").unwrap(),
+            ],
+            secrets: vec![SecretRef::parse("s", "source=db,target=/etc/db").unwrap()],
+            health: Some(HealthCheck {
+                test: HealthTest::Http {
+                    port: 8080,
+                    path: "/healthz".into(),
+                },
+                interval_ms: 1000,
+                timeout_ms: 500,
+                retries: 2,
+                start_period_ms: 3000,
+            }),
+            restart: RestartPolicy {
+                condition: RestartCondition::OnFailure,
+                delay_ms: 100,
+                max_attempts: 3,
+            },
+            stop_signal: "SIGQUIT".into(),
+            stop_grace_ms: 0,
         };
         assert_eq!(spec_from_pb(spec_to_pb(&spec)).unwrap(), spec);
+        for test in [
+            HealthTest::Cmd("true".into()),
+            HealthTest::Tcp { port: 7 },
+            HealthTest::Disabled,
+        ] {
+            let mut s = spec.clone();
+            s.health = Some(HealthCheck::new(test));
+            assert_eq!(spec_from_pb(spec_to_pb(&s)).unwrap(), s);
+        }
     }
 
     #[test]

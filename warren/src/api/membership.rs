@@ -7,9 +7,7 @@
 use super::server::{apply_status, invalid, write_status};
 use super::{auth, convert};
 use crate::manager::ManagerCtx;
-use crate::model::{
-    new_id, now_ms, validate_name, Availability, Node, NodeRole, NodeState, ValidationError,
-};
+use crate::model::{new_id, now_ms, validate_name, Availability, Node, NodeRole, NodeState, ValidationError};
 use crate::pki::{CertificateAuthority, JoinToken};
 use crate::store::Command;
 use std::sync::Arc;
@@ -27,27 +25,20 @@ impl MembershipService {
 }
 
 fn ct_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[tonic::async_trait]
 impl pb::membership_server::Membership for MembershipService {
-    async fn join(
-        &self,
-        req: Request<pb::JoinRequest>,
-    ) -> Result<Response<pb::JoinResponse>, Status> {
+    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         let req = req.into_inner();
-        let token =
-            JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let meta = self.ctx.store.read(|s| s.meta.clone()).ok_or_else(|| {
-            Status::unavailable("this manager has not loaded the cluster state yet; retry")
-        })?;
-        let digest = crate::pki::ca_digest(&meta.ca_cert_pem)
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let token = JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let meta = self
+            .ctx
+            .store
+            .read(|s| s.meta.clone())
+            .ok_or_else(|| Status::unavailable("this manager has not loaded the cluster state yet; retry"))?;
+        let digest = crate::pki::ca_digest(&meta.ca_cert_pem).map_err(|e| Status::internal(e.to_string()))?;
         if token.ca_digest != digest {
             return Err(Status::permission_denied(
                 "the join token was issued by another cluster (its CA digest does not match)",
@@ -63,14 +54,12 @@ impl pb::membership_server::Membership for MembershipService {
             ));
         };
         validate_name("node-name", &req.node_name).map_err(invalid)?;
-        req.advertise_addr
-            .parse::<std::net::SocketAddr>()
-            .map_err(|_| {
-                invalid(ValidationError::new(
-                    "advertise-addr",
-                    format!("invalid address {:?}: expected IP:PORT", req.advertise_addr),
-                ))
-            })?;
+        req.advertise_addr.parse::<std::net::SocketAddr>().map_err(|_| {
+            invalid(ValidationError::new(
+                "advertise-addr",
+                format!("invalid address {:?}: expected IP:PORT", req.advertise_addr),
+            ))
+        })?;
         let ca_key = self
             .ctx
             .secrets_key
@@ -85,12 +74,7 @@ impl pb::membership_server::Membership for MembershipService {
         let raft_id = match role {
             NodeRole::Manager => loop {
                 let id: u64 = rand::random();
-                if id != 0
-                    && self
-                        .ctx
-                        .store
-                        .read(|s| s.nodes.values().all(|n| n.raft_id != id))
-                {
+                if id != 0 && self.ctx.store.read(|s| s.nodes.values().all(|n| n.raft_id != id)) {
                     break id;
                 }
             },
@@ -109,6 +93,7 @@ impl pb::membership_server::Membership for MembershipService {
             state: NodeState::Unknown,
             message: "joined; waiting for the agent's first heartbeat".into(),
             raft_id,
+            subnet: None,
             warren_version: req.warren_version,
             created_ms: now,
             updated_ms: now,
@@ -135,10 +120,7 @@ impl pb::membership_server::Membership for MembershipService {
         }))
     }
 
-    async fn join_raft(
-        &self,
-        req: Request<pb::JoinRaftRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
+    async fn join_raft(&self, req: Request<pb::JoinRaftRequest>) -> Result<Response<pb::Empty>, Status> {
         let peer = auth::require_manager_node(&req)?;
         let node_id = req.into_inner().node_id;
         if node_id != peer.node_id {

@@ -6,8 +6,8 @@
 use super::{auth, convert};
 use crate::manager::ManagerCtx;
 use crate::model::{
-    self, new_id, now_ms, validate_name, NodeRole, NodeState, Resources, Service, ServiceMode,
-    TaskState, ValidationError,
+    self, new_id, now_ms, validate_name, NodeRole, NodeState, Resources, Service, ServiceMode, TaskState,
+    ValidationError,
 };
 use crate::pki::JoinToken;
 use crate::raft::WriteError;
@@ -95,6 +95,26 @@ pub fn invalid(e: ValidationError) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
+/// The secrets and volumes a spec names must exist.
+fn check_references(s: &State, spec: &model::ServiceSpec) -> Result<(), Status> {
+    for r in &spec.secrets {
+        if !s.secrets.values().any(|x| x.name == r.name) {
+            return Err(Status::invalid_argument(format!(
+                "secret: secret {:?} not found (create it with `warren secret create {} FILE`)",
+                r.name, r.name
+            )));
+        }
+    }
+    for v in spec.volume_names() {
+        if !s.volumes.values().any(|x| x.name == v) {
+            return Err(Status::invalid_argument(format!(
+                "mount: volume {v:?} not found (create it with `warren volume create {v}`)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Running tasks and the desired count (replicas, or eligible nodes for global
 /// services, counted as the tasks meant to run).
 pub fn replica_counts(s: &State, svc: &Service) -> (u64, u64) {
@@ -119,20 +139,15 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>
 
 #[tonic::async_trait]
 impl pb::warren_api_server::WarrenApi for ApiService {
-    async fn create_service(
-        &self,
-        req: Request<pb::CreateServiceRequest>,
-    ) -> Result<Response<pb::Service>, Status> {
+    async fn create_service(&self, req: Request<pb::CreateServiceRequest>) -> Result<Response<pb::Service>, Status> {
         let t = Instant::now();
         auth::require_manager(&req)?;
         let r = async {
             let req = req.into_inner();
             validate_name("name", &req.name).map_err(invalid)?;
-            let spec = convert::spec_from_pb(
-                req.spec
-                    .ok_or_else(|| Status::invalid_argument("spec: missing"))?,
-            )
-            .map_err(invalid)?;
+            let spec = convert::spec_from_pb(req.spec.ok_or_else(|| Status::invalid_argument("spec: missing"))?)
+                .map_err(invalid)?;
+            self.ctx.store.read(|s| check_references(s, &spec))?;
             let now = now_ms();
             let svc = Service {
                 id: new_id(),
@@ -161,10 +176,7 @@ impl pb::warren_api_server::WarrenApi for ApiService {
         self.done("CreateService", t, r).map(Response::new)
     }
 
-    async fn get_service(
-        &self,
-        req: Request<pb::GetServiceRequest>,
-    ) -> Result<Response<pb::Service>, Status> {
+    async fn get_service(&self, req: Request<pb::GetServiceRequest>) -> Result<Response<pb::Service>, Status> {
         let t = Instant::now();
         auth::require_manager(&req)?;
         let key = req.into_inner().service;
@@ -180,8 +192,7 @@ impl pb::warren_api_server::WarrenApi for ApiService {
         auth::require_manager(&req)?;
         let services = self.ctx.store.read(|s| {
             // One pass over the tasks instead of one per service.
-            let mut counts: std::collections::HashMap<&str, (u64, u64)> =
-                std::collections::HashMap::new();
+            let mut counts: std::collections::HashMap<&str, (u64, u64)> = std::collections::HashMap::new();
             for task in s.tasks.values() {
                 if task.desired_state == TaskState::Running {
                     let c = counts.entry(task.service_id.as_str()).or_default();
@@ -195,8 +206,7 @@ impl pb::warren_api_server::WarrenApi for ApiService {
                 .services
                 .values()
                 .map(|svc| {
-                    let (running, wanted) =
-                        counts.get(svc.id.as_str()).copied().unwrap_or_default();
+                    let (running, wanted) = counts.get(svc.id.as_str()).copied().unwrap_or_default();
                     let desired = svc.spec.replicas().unwrap_or(wanted);
                     convert::service_to_pb(svc, running, desired)
                 })
@@ -211,24 +221,17 @@ impl pb::warren_api_server::WarrenApi for ApiService {
         )
     }
 
-    async fn update_service(
-        &self,
-        req: Request<pb::UpdateServiceRequest>,
-    ) -> Result<Response<pb::Service>, Status> {
+    async fn update_service(&self, req: Request<pb::UpdateServiceRequest>) -> Result<Response<pb::Service>, Status> {
         let t = Instant::now();
         auth::require_manager(&req)?;
         let r = async {
             let req = req.into_inner();
             let id = self.read(|s| Ok(s.service(&req.service)?.id.clone()))?;
-            let spec = convert::spec_from_pb(
-                req.spec
-                    .ok_or_else(|| Status::invalid_argument("spec: missing"))?,
-            )
-            .map_err(invalid)?;
+            let spec = convert::spec_from_pb(req.spec.ok_or_else(|| Status::invalid_argument("spec: missing"))?)
+                .map_err(invalid)?;
+            self.ctx.store.read(|s| check_references(s, &spec))?;
             let current_mode = self.read(|s| Ok(s.service(&id)?.spec.mode))?;
-            if matches!(current_mode, ServiceMode::Global)
-                != matches!(spec.mode, ServiceMode::Global)
-            {
+            if matches!(current_mode, ServiceMode::Global) != matches!(spec.mode, ServiceMode::Global) {
                 return Err(Status::invalid_argument(
                     "mode: a service's mode cannot change; remove and re-create the service",
                 ));
@@ -246,10 +249,7 @@ impl pb::warren_api_server::WarrenApi for ApiService {
         self.done("UpdateService", t, r).map(Response::new)
     }
 
-    async fn scale_service(
-        &self,
-        req: Request<pb::ScaleServiceRequest>,
-    ) -> Result<Response<pb::Service>, Status> {
+    async fn scale_service(&self, req: Request<pb::ScaleServiceRequest>) -> Result<Response<pb::Service>, Status> {
         let t = Instant::now();
         auth::require_manager(&req)?;
         let r = async {
@@ -273,30 +273,20 @@ impl pb::warren_api_server::WarrenApi for ApiService {
         self.done("ScaleService", t, r).map(Response::new)
     }
 
-    async fn remove_service(
-        &self,
-        req: Request<pb::RemoveServiceRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
+    async fn remove_service(&self, req: Request<pb::RemoveServiceRequest>) -> Result<Response<pb::Empty>, Status> {
         let t = Instant::now();
         auth::require_manager(&req)?;
         let r = async {
             let key = req.into_inner().service;
             let id = self.read(|s| Ok(s.service(&key)?.id.clone()))?;
-            self.write(Command::RemoveService {
-                id,
-                at_ms: now_ms(),
-            })
-            .await?;
+            self.write(Command::RemoveService { id, at_ms: now_ms() }).await?;
             Ok(pb::Empty {})
         }
         .await;
         self.done("RemoveService", t, r).map(Response::new)
     }
 
-    async fn list_tasks(
-        &self,
-        req: Request<pb::ListTasksRequest>,
-    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+    async fn list_tasks(&self, req: Request<pb::ListTasksRequest>) -> Result<Response<pb::ListTasksResponse>, Status> {
         let t = Instant::now();
         auth::require_manager(&req)?;
         let req = req.into_inner();
@@ -315,24 +305,15 @@ impl pb::warren_api_server::WarrenApi for ApiService {
                 .tasks
                 .values()
                 .filter(|t| service.as_ref().is_none_or(|id| &t.service_id == id))
-                .filter(|t| {
-                    node.as_ref()
-                        .is_none_or(|id| t.node_id.as_ref() == Some(id))
-                })
+                .filter(|t| node.as_ref().is_none_or(|id| t.node_id.as_ref() == Some(id)))
                 .collect();
             tasks.sort_by(|a, b| {
-                (
-                    &a.service_name,
-                    a.slot,
-                    &a.node_id,
-                    std::cmp::Reverse(a.created_ms),
-                )
-                    .cmp(&(
-                        &b.service_name,
-                        b.slot,
-                        &b.node_id,
-                        std::cmp::Reverse(b.created_ms),
-                    ))
+                (&a.service_name, a.slot, &a.node_id, std::cmp::Reverse(a.created_ms)).cmp(&(
+                    &b.service_name,
+                    b.slot,
+                    &b.node_id,
+                    std::cmp::Reverse(b.created_ms),
+                ))
             });
             Ok(pb::ListTasksResponse {
                 tasks: tasks.into_iter().map(convert::task_to_pb).collect(),
@@ -341,10 +322,7 @@ impl pb::warren_api_server::WarrenApi for ApiService {
         self.done("ListTasks", t, r).map(Response::new)
     }
 
-    async fn get_task(
-        &self,
-        req: Request<pb::GetTaskRequest>,
-    ) -> Result<Response<pb::Task>, Status> {
+    async fn get_task(&self, req: Request<pb::GetTaskRequest>) -> Result<Response<pb::Task>, Status> {
         let t = Instant::now();
         auth::require_manager(&req)?;
         let key = req.into_inner().task;
@@ -352,10 +330,7 @@ impl pb::warren_api_server::WarrenApi for ApiService {
         self.done("GetTask", t, r).map(Response::new)
     }
 
-    async fn list_nodes(
-        &self,
-        req: Request<pb::ListNodesRequest>,
-    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+    async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
         let t = Instant::now();
         auth::require_manager(&req)?;
         let nodes = self.ctx.store.read(|s| {
@@ -368,17 +343,10 @@ impl pb::warren_api_server::WarrenApi for ApiService {
             nodes.sort_by(|a, b| a.name.cmp(&b.name));
             nodes
         });
-        self.done(
-            "ListNodes",
-            t,
-            Ok(Response::new(pb::ListNodesResponse { nodes })),
-        )
+        self.done("ListNodes", t, Ok(Response::new(pb::ListNodesResponse { nodes })))
     }
 
-    async fn get_node(
-        &self,
-        req: Request<pb::GetNodeRequest>,
-    ) -> Result<Response<pb::Node>, Status> {
+    async fn get_node(&self, req: Request<pb::GetNodeRequest>) -> Result<Response<pb::Node>, Status> {
         let t = Instant::now();
         auth::require_manager(&req)?;
         let key = req.into_inner().node;
@@ -390,10 +358,7 @@ impl pb::warren_api_server::WarrenApi for ApiService {
         self.done("GetNode", t, r).map(Response::new)
     }
 
-    async fn update_node(
-        &self,
-        req: Request<pb::UpdateNodeRequest>,
-    ) -> Result<Response<pb::Node>, Status> {
+    async fn update_node(&self, req: Request<pb::UpdateNodeRequest>) -> Result<Response<pb::Node>, Status> {
         let t = Instant::now();
         auth::require_manager(&req)?;
         let r = async {
@@ -406,9 +371,7 @@ impl pb::warren_api_server::WarrenApi for ApiService {
                 .map_err(invalid)?;
             for k in req.label_add.keys().chain(req.label_rm.iter()) {
                 if k.trim().is_empty() || k.contains('=') {
-                    return Err(Status::invalid_argument(format!(
-                        "label: invalid label key {k:?}"
-                    )));
+                    return Err(Status::invalid_argument(format!("label: invalid label key {k:?}")));
                 }
             }
             self.write(Command::UpdateNode {
@@ -429,10 +392,7 @@ impl pb::warren_api_server::WarrenApi for ApiService {
         self.done("UpdateNode", t, r).map(Response::new)
     }
 
-    async fn remove_node(
-        &self,
-        req: Request<pb::RemoveNodeRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
+    async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::Empty>, Status> {
         let t = Instant::now();
         auth::require_manager(&req)?;
         let r = async {
@@ -465,10 +425,7 @@ impl pb::warren_api_server::WarrenApi for ApiService {
         self.done("RemoveNode", t, r).map(Response::new)
     }
 
-    async fn create_secret(
-        &self,
-        req: Request<pb::CreateSecretRequest>,
-    ) -> Result<Response<pb::Secret>, Status> {
+    async fn create_secret(&self, req: Request<pb::CreateSecretRequest>) -> Result<Response<pb::Secret>, Status> {
         let t = Instant::now();
         auth::require_manager(&req)?;
         let r = async {
@@ -510,22 +467,36 @@ impl pb::warren_api_server::WarrenApi for ApiService {
             .store
             .read(|s| s.secrets.values().map(convert::secret_to_pb).collect());
         secrets.sort_by(|a, b| a.name.cmp(&b.name));
-        self.done(
-            "ListSecrets",
-            t,
-            Ok(Response::new(pb::ListSecretsResponse { secrets })),
-        )
+        self.done("ListSecrets", t, Ok(Response::new(pb::ListSecretsResponse { secrets })))
     }
 
-    async fn remove_secret(
-        &self,
-        req: Request<pb::RemoveSecretRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
+    async fn remove_secret(&self, req: Request<pb::RemoveSecretRequest>) -> Result<Response<pb::Empty>, Status> {
         let t = Instant::now();
         auth::require_manager(&req)?;
         let r = async {
             let key = req.into_inner().secret;
-            let id = self.read(|s| Ok(s.secret(&key)?.id.clone()))?;
+            let id = self
+                .read(|s| {
+                    let secret = s.secret(&key)?;
+                    if let Some(svc) = s
+                        .services
+                        .values()
+                        .find(|svc| svc.spec.secrets.iter().any(|r| r.name == secret.name))
+                    {
+                        return Err(ApplyError::Invalid(format!(
+                            "secret {} is in use by service {}: remove it from the service first",
+                            secret.name, svc.name
+                        )));
+                    }
+                    Ok(secret.id.clone())
+                })
+                .map_err(|s| {
+                    if s.code() == tonic::Code::InvalidArgument {
+                        Status::failed_precondition(s.message())
+                    } else {
+                        s
+                    }
+                })?;
             self.write(Command::RemoveSecret { id }).await?;
             Ok(pb::Empty {})
         }
@@ -533,10 +504,7 @@ impl pb::warren_api_server::WarrenApi for ApiService {
         self.done("RemoveSecret", t, r).map(Response::new)
     }
 
-    async fn create_volume(
-        &self,
-        req: Request<pb::CreateVolumeRequest>,
-    ) -> Result<Response<pb::Volume>, Status> {
+    async fn create_volume(&self, req: Request<pb::CreateVolumeRequest>) -> Result<Response<pb::Volume>, Status> {
         let t = Instant::now();
         auth::require_manager(&req)?;
         let r = async {
@@ -580,22 +548,40 @@ impl pb::warren_api_server::WarrenApi for ApiService {
             .store
             .read(|s| s.volumes.values().map(convert::volume_to_pb).collect());
         volumes.sort_by(|a, b| a.name.cmp(&b.name));
-        self.done(
-            "ListVolumes",
-            t,
-            Ok(Response::new(pb::ListVolumesResponse { volumes })),
-        )
+        self.done("ListVolumes", t, Ok(Response::new(pb::ListVolumesResponse { volumes })))
     }
 
-    async fn remove_volume(
-        &self,
-        req: Request<pb::RemoveVolumeRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
+    async fn remove_volume(&self, req: Request<pb::RemoveVolumeRequest>) -> Result<Response<pb::Empty>, Status> {
         let t = Instant::now();
         auth::require_manager(&req)?;
         let r = async {
             let key = req.into_inner().volume;
-            let id = self.read(|s| Ok(s.volume(&key)?.id.clone()))?;
+            let id = self
+                .read(|s| {
+                    let vol = s.volume(&key)?;
+                    let user = s
+                        .services
+                        .values()
+                        .find(|svc| svc.spec.volume_names().any(|v| v == vol.name))
+                        .map(|svc| format!("service {}", svc.name))
+                        .or_else(|| {
+                            s.tasks
+                                .values()
+                                .find(|t| !t.status.state.is_terminal() && t.spec.volume_names().any(|v| v == vol.name))
+                                .map(|t| format!("task {} (still stopping)", t.name()))
+                        });
+                    match user {
+                        Some(u) => Err(ApplyError::Conflict(format!("volume {} is in use by {u}", vol.name))),
+                        None => Ok(vol.id.clone()),
+                    }
+                })
+                .map_err(|s| {
+                    if s.code() == tonic::Code::Aborted {
+                        Status::failed_precondition(s.message())
+                    } else {
+                        s
+                    }
+                })?;
             self.write(Command::RemoveVolume { id }).await?;
             Ok(pb::Empty {})
         }
@@ -603,10 +589,7 @@ impl pb::warren_api_server::WarrenApi for ApiService {
         self.done("RemoveVolume", t, r).map(Response::new)
     }
 
-    async fn get_join_token(
-        &self,
-        req: Request<pb::GetJoinTokenRequest>,
-    ) -> Result<Response<pb::JoinToken>, Status> {
+    async fn get_join_token(&self, req: Request<pb::GetJoinTokenRequest>) -> Result<Response<pb::JoinToken>, Status> {
         let t = Instant::now();
         auth::require_manager(&req)?;
         let r = async {
@@ -625,8 +608,7 @@ impl pb::warren_api_server::WarrenApi for ApiService {
                 .read(|s| s.meta.clone())
                 .ok_or_else(|| Status::unavailable("the cluster is not initialized yet"))?;
             let token = JoinToken {
-                ca_digest: crate::pki::ca_digest(&meta.ca_cert_pem)
-                    .map_err(|e| Status::internal(e.to_string()))?,
+                ca_digest: crate::pki::ca_digest(&meta.ca_cert_pem).map_err(|e| Status::internal(e.to_string()))?,
                 secret: match role {
                     NodeRole::Worker => meta.worker_token_secret,
                     NodeRole::Manager => meta.manager_token_secret,
@@ -699,10 +681,7 @@ impl pb::warren_api_server::WarrenApi for ApiService {
 
     type WatchEventsStream = EventStream;
 
-    async fn watch_events(
-        &self,
-        req: Request<pb::WatchEventsRequest>,
-    ) -> Result<Response<EventStream>, Status> {
+    async fn watch_events(&self, req: Request<pb::WatchEventsRequest>) -> Result<Response<EventStream>, Status> {
         auth::require_manager(&req)?;
         let kinds: Vec<i32> = req.into_inner().kinds;
         let mut rx = self.ctx.store.subscribe();
@@ -730,8 +709,8 @@ impl pb::warren_api_server::WarrenApi for ApiService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(out),
-        )))
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            out,
+        ))))
     }
 }

@@ -25,12 +25,7 @@ pub struct Cli {
     pub host: String,
     /// For tcp:// hosts: a directory with ca.pem and a client certificate (node.pem and
     /// node-key.pem, as in a node's <data-dir>/certs).
-    #[arg(
-        long,
-        global = true,
-        env = "WARREN_TLS_DIR",
-        default_value = "/var/lib/warren/certs"
-    )]
+    #[arg(long, global = true, env = "WARREN_TLS_DIR", default_value = "/var/lib/warren/certs")]
     pub tls_dir: PathBuf,
     /// Log format of the daemon.
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -131,9 +126,6 @@ pub struct TuningArgs {
     /// Take a Raft snapshot (and purge the log) every this many entries.
     #[arg(long, hide = true, default_value_t = 5000)]
     pub raft_snapshot_every: u64,
-    /// Delay before a failed task is replaced.
-    #[arg(long, hide = true, value_parser = humantime::parse_duration, default_value = "5s")]
-    pub restart_delay: std::time::Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -205,19 +197,10 @@ pub struct SpecArgs {
     #[arg(long)]
     pub replicas: Option<u64>,
     /// Environment variable KEY=VALUE (repeatable).
-    #[arg(
-        long = "env",
-        short = 'e',
-        visible_alias = "env-add",
-        value_name = "KEY=VALUE"
-    )]
+    #[arg(long = "env", short = 'e', visible_alias = "env-add", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
     /// Placement constraint, e.g. node.labels.zone==edge (repeatable).
-    #[arg(
-        long = "constraint",
-        visible_alias = "constraint-add",
-        value_name = "EXPR"
-    )]
+    #[arg(long = "constraint", visible_alias = "constraint-add", value_name = "EXPR")]
     pub constraints: Vec<String>,
     /// CPUs reserved for each task, e.g. 0.5.
     #[arg(long)]
@@ -232,16 +215,62 @@ pub struct SpecArgs {
     #[arg(long)]
     pub limit_memory: Option<String>,
     /// Publish a port: [mode=host,]PUBLISHED:TARGET[/udp] (repeatable).
-    #[arg(
-        long = "publish",
-        short = 'p',
-        visible_alias = "publish-add",
-        value_name = "PORT"
-    )]
+    #[arg(long = "publish", short = 'p', visible_alias = "publish-add", value_name = "PORT")]
     pub publish: Vec<String>,
     /// Service label KEY=VALUE (repeatable).
     #[arg(long = "label", visible_alias = "label-add", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// Working directory in the container.
+    #[arg(long, short = 'w')]
+    pub workdir: Option<String>,
+    /// User in the container: name, UID or UID:GID.
+    #[arg(long, short = 'u')]
+    pub user: Option<String>,
+    /// Mount: type=volume|bind|tmpfs,source=S,target=/PATH[,readonly] (repeatable).
+    #[arg(long = "mount", visible_alias = "mount-add", value_name = "MOUNT")]
+    pub mounts: Vec<String>,
+    /// Give a secret to the tasks: NAME or source=NAME,target=/PATH (repeatable).
+    #[arg(long = "secret", visible_alias = "secret-add", value_name = "SECRET")]
+    pub secrets: Vec<String>,
+    /// Health check: a command run in the container with /bin/sh -c.
+    #[arg(long, conflicts_with_all = ["health_http", "health_tcp", "no_healthcheck"])]
+    pub health_cmd: Option<String>,
+    /// Health check: HTTP GET on [PORT]/PATH of the task (2xx or 3xx is healthy).
+    #[arg(long, value_name = "[PORT]/PATH", conflicts_with_all = ["health_tcp", "no_healthcheck"])]
+    pub health_http: Option<String>,
+    /// Health check: a TCP connect to PORT of the task.
+    #[arg(long, value_name = "PORT", conflicts_with = "no_healthcheck")]
+    pub health_tcp: Option<u16>,
+    /// No health check, not even the image's HEALTHCHECK.
+    #[arg(long)]
+    pub no_healthcheck: bool,
+    /// Time between health checks [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub health_interval: Option<String>,
+    /// Time a health check may take [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub health_timeout: Option<String>,
+    /// Consecutive failures that make a task unhealthy [default: 3].
+    #[arg(long)]
+    pub health_retries: Option<u32>,
+    /// Grace time after start during which failures do not count [default: 0s].
+    #[arg(long, value_name = "DURATION")]
+    pub health_start_period: Option<String>,
+    /// Restart tasks that exit: none, on-failure or any [default: any].
+    #[arg(long)]
+    pub restart_condition: Option<String>,
+    /// Delay before a restart, doubled for each consecutive one [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    pub restart_delay: Option<String>,
+    /// Restarts of a replica before giving up; 0 is unlimited [default: 0].
+    #[arg(long)]
+    pub restart_max_attempts: Option<u64>,
+    /// Signal that stops a task [default: the image's, else SIGTERM].
+    #[arg(long)]
+    pub stop_signal: Option<String>,
+    /// Time a task has to stop before it is killed [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub stop_grace_period: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -303,6 +332,12 @@ pub enum ServiceCmd {
         /// Remove a service label (repeatable).
         #[arg(long, value_name = "KEY")]
         label_rm: Vec<String>,
+        /// Remove a mount by its target path (repeatable).
+        #[arg(long, value_name = "TARGET")]
+        mount_rm: Vec<String>,
+        /// Remove a secret by name (repeatable).
+        #[arg(long, value_name = "NAME")]
+        secret_rm: Vec<String>,
     },
     /// Remove services.
     #[command(visible_alias = "remove")]
@@ -424,11 +459,7 @@ mod tests {
 
     #[test]
     fn documented_spellings_parse() {
-        let parse = |args: &[&str]| {
-            Cli::try_parse_from(args)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        };
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|_| ()).map_err(|e| e.to_string());
         parse(&[
             "warren",
             "cluster",
@@ -466,15 +497,7 @@ mod tests {
             "127.0.0.1:2377",
         ])
         .unwrap();
-        parse(&[
-            "warren",
-            "daemon",
-            "--data-dir",
-            "/d",
-            "--listen-addr",
-            "127.0.0.1:1",
-        ])
-        .unwrap();
+        parse(&["warren", "daemon", "--data-dir", "/d", "--listen-addr", "127.0.0.1:1"]).unwrap();
         parse(&["warren", "cluster", "join-token", "worker", "--rotate"]).unwrap();
         parse(&["warren", "cluster", "info"]).unwrap();
         parse(&[
@@ -512,20 +535,45 @@ mod tests {
             "k=v",
         ])
         .unwrap();
+        #[rustfmt::skip]
+        parse(&[
+            "warren", "service", "create", "db", "--image", "img", "--mount", "type=volume,source=data,target=/data",
+            "--secret", "db-pass", "--secret", "source=x,target=/etc/x", "--health-http", "8080/healthz",
+            "--health-interval", "2s", "--health-timeout", "1s", "--health-retries", "2", "--health-start-period", "5s",
+            "--restart-condition", "on-failure", "--restart-delay", "1s", "--restart-max-attempts", "3",
+            "--stop-signal", "SIGQUIT", "--stop-grace-period", "20s", "--workdir", "/srv", "--user", "1000",
+        ])
+        .unwrap();
+        assert!(parse(&[
+            "warren",
+            "service",
+            "create",
+            "x",
+            "--image",
+            "i",
+            "--health-cmd",
+            "true",
+            "--health-tcp",
+            "80"
+        ])
+        .is_err());
         for cmd in [
             &["warren", "service", "ls", "--format", "json"][..],
             &["warren", "service", "inspect", "web", "--format", "json"],
             &["warren", "service", "ps", "web", "--format", "json"],
             &["warren", "service", "scale", "web=5"],
+            &["warren", "service", "update", "web", "--image", "x", "--replicas", "2"],
             &[
                 "warren",
                 "service",
                 "update",
                 "web",
-                "--image",
-                "x",
-                "--replicas",
-                "2",
+                "--mount-rm",
+                "/data",
+                "--secret-rm",
+                "db",
+                "--health-cmd",
+                "true",
             ],
             &["warren", "service", "rm", "web"],
             &["warren", "node", "ls", "--format", "json"],

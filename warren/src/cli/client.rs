@@ -39,10 +39,8 @@ pub async fn connect(host: &str, tls_dir: &Path) -> Result<Client> {
         let mut tls = crate::pki::anonymous_client_tls(&ca);
         let (cert, key) = (tls_dir.join("node.pem"), tls_dir.join("node-key.pem"));
         if cert.exists() && key.exists() {
-            let cert = std::fs::read_to_string(&cert)
-                .with_context(|| format!("reading {}", cert.display()))?;
-            let key = std::fs::read_to_string(&key)
-                .with_context(|| format!("reading {}", key.display()))?;
+            let cert = std::fs::read_to_string(&cert).with_context(|| format!("reading {}", cert.display()))?;
+            let key = std::fs::read_to_string(&key).with_context(|| format!("reading {}", key.display()))?;
             tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
         }
         Endpoint::from_shared(format!("https://{addr}"))

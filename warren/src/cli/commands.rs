@@ -6,8 +6,8 @@ use super::client::Client;
 use super::output::{ago, json, or_dash, short_id, table};
 use crate::api::convert;
 use crate::model::{
-    self, format_cpus, format_size, parse_cpus, parse_key_value, parse_publish, parse_size,
-    Constraint, NodeRole, PortConfig, Resources, Service, ServiceMode, ServiceSpec, Task,
+    self, format_cpus, format_size, parse_cpus, parse_key_value, parse_publish, parse_size, Constraint, NodeRole,
+    PortConfig, Resources, Service, ServiceMode, ServiceSpec, Task,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
@@ -41,7 +41,9 @@ fn apply_spec_args(spec: &mut ServiceSpec, a: &SpecArgs) -> Result<()> {
     if let Some(r) = a.replicas {
         match &mut spec.mode {
             ServiceMode::Replicated { replicas } => *replicas = r,
-            ServiceMode::Global => bail!("--replicas: a global service runs one task per eligible node; replicas cannot be set"),
+            ServiceMode::Global => {
+                bail!("--replicas: a global service runs one task per eligible node; replicas cannot be set")
+            }
         }
     }
     for e in &a.env {
@@ -77,6 +79,77 @@ fn apply_spec_args(spec: &mut ServiceSpec, a: &SpecArgs) -> Result<()> {
     for l in &a.labels {
         let (k, val) = parse_key_value("--label", l).map_err(v)?;
         spec.labels.insert(k, val);
+    }
+    if let Some(w) = &a.workdir {
+        spec.workdir = w.clone();
+    }
+    if let Some(u) = &a.user {
+        spec.user = u.clone();
+    }
+    for m in &a.mounts {
+        let m = model::Mount::parse("--mount", m).map_err(v)?;
+        spec.mounts.retain(|x| x.target != m.target);
+        spec.mounts.push(m);
+    }
+    for s in &a.secrets {
+        let s = model::SecretRef::parse("--secret", s).map_err(v)?;
+        spec.secrets.retain(|x| x.name != s.name && x.target != s.target);
+        spec.secrets.push(s);
+    }
+    let test = if a.no_healthcheck {
+        Some(model::HealthTest::Disabled)
+    } else if let Some(c) = &a.health_cmd {
+        Some(model::HealthTest::Cmd(c.clone()))
+    } else if let Some(h) = &a.health_http {
+        Some(model::parse_health_http("--health-http", h).map_err(v)?)
+    } else {
+        a.health_tcp.map(|port| model::HealthTest::Tcp { port })
+    };
+    if let Some(test) = test {
+        let mut h = spec
+            .health
+            .clone()
+            .unwrap_or_else(|| model::HealthCheck::new(test.clone()));
+        h.test = test;
+        spec.health = Some(h);
+    }
+    let tuning_given = a.health_interval.is_some()
+        || a.health_timeout.is_some()
+        || a.health_retries.is_some()
+        || a.health_start_period.is_some();
+    if tuning_given {
+        let h = spec.health.as_mut().ok_or_else(|| {
+            anyhow!("--health-interval/--health-timeout/--health-retries/--health-start-period need --health-cmd, --health-http or --health-tcp")
+        })?;
+        if let Some(d) = &a.health_interval {
+            h.interval_ms = model::parse_duration("--health-interval", d).map_err(v)?.as_millis() as u64;
+        }
+        if let Some(d) = &a.health_timeout {
+            h.timeout_ms = model::parse_duration("--health-timeout", d).map_err(v)?.as_millis() as u64;
+        }
+        if let Some(r) = a.health_retries {
+            h.retries = r;
+        }
+        if let Some(d) = &a.health_start_period {
+            h.start_period_ms = model::parse_duration("--health-start-period", d)
+                .map_err(v)?
+                .as_millis() as u64;
+        }
+    }
+    if let Some(c) = &a.restart_condition {
+        spec.restart.condition = model::RestartCondition::parse("--restart-condition", c).map_err(v)?;
+    }
+    if let Some(d) = &a.restart_delay {
+        spec.restart.delay_ms = model::parse_duration("--restart-delay", d).map_err(v)?.as_millis() as u64;
+    }
+    if let Some(n) = a.restart_max_attempts {
+        spec.restart.max_attempts = n;
+    }
+    if let Some(s) = &a.stop_signal {
+        spec.stop_signal = model::parse_signal("--stop-signal", s).map_err(v)?;
+    }
+    if let Some(d) = &a.stop_grace_period {
+        spec.stop_grace_ms = model::parse_duration("--stop-grace-period", d).map_err(v)?.as_millis() as u64;
     }
     // Same checks as the server, with the CLI's flag names, before anything is sent.
     spec.validate().map_err(|e| anyhow!("--{e}"))?;
@@ -181,9 +254,9 @@ pub async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<()> {
                 let (name, n) = s
                     .split_once('=')
                     .ok_or_else(|| anyhow!("invalid scale {s:?}: expected NAME=REPLICAS"))?;
-                let n: u64 = n.parse().map_err(|_| {
-                    anyhow!("invalid scale {s:?}: {n:?} is not a number of replicas")
-                })?;
+                let n: u64 = n
+                    .parse()
+                    .map_err(|_| anyhow!("invalid scale {s:?}: {n:?} is not a number of replicas"))?;
                 parsed.push((name.to_string(), n));
             }
             for (name, n) in parsed {
@@ -201,6 +274,8 @@ pub async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<()> {
             constraint_rm,
             publish_rm,
             label_rm,
+            mount_rm,
+            secret_rm,
         } => {
             let current = call!(c.get_service(pb::GetServiceRequest {
                 service: service.clone()
@@ -226,6 +301,18 @@ pub async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<()> {
             for k in &label_rm {
                 spec.labels.remove(k);
             }
+            for t in &mount_rm {
+                if !spec.mounts.iter().any(|m| &m.target == t) {
+                    bail!("--mount-rm: the service has no mount at {t}");
+                }
+                spec.mounts.retain(|m| &m.target != t);
+            }
+            for n in &secret_rm {
+                if !spec.secrets.iter().any(|s| &s.name == n) {
+                    bail!("--secret-rm: the service does not use secret {n}");
+                }
+                spec.secrets.retain(|s| &s.name != n);
+            }
             apply_spec_args(&mut spec, &a)?;
             call!(c.update_service(pb::UpdateServiceRequest {
                 service: current.id,
@@ -237,10 +324,7 @@ pub async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<()> {
         ServiceCmd::Rm { services } => {
             let mut failed = None;
             for s in services {
-                match c
-                    .remove_service(pb::RemoveServiceRequest { service: s.clone() })
-                    .await
-                {
+                match c.remove_service(pb::RemoveServiceRequest { service: s.clone() }).await {
                     Ok(_) => println!("{s}"),
                     Err(e) => {
                         eprintln!("error: {}", e.message());
@@ -300,14 +384,8 @@ fn print_service(s: &ServiceView) {
     println!("Name:        {}", s.service.name);
     println!("Image:       {}", spec.image);
     println!("Mode:        {}", mode_str(spec));
-    println!(
-        "Replicas:    {}/{} running",
-        s.replicas.running, s.replicas.desired
-    );
-    println!(
-        "Version:     {} (spec {})",
-        s.service.version, s.service.spec_version
-    );
+    println!("Replicas:    {}/{} running", s.replicas.running, s.replicas.desired);
+    println!("Version:     {} (spec {})", s.service.version, s.service.spec_version);
     println!("Created:     {}", ago(s.service.created_ms));
     println!("Updated:     {}", ago(s.service.updated_ms));
     if !spec.command.is_empty() {
@@ -455,11 +533,7 @@ pub async fn node(c: &mut Client, cmd: NodeCmd) -> Result<()> {
         NodeCmd::Ls { format, quiet } => {
             let self_id = call!(c.get_cluster_info(pb::ClusterInfoRequest {})).node_id;
             let nodes = call!(c.list_nodes(pb::ListNodesRequest {}));
-            let views: Vec<NodeView> = nodes
-                .nodes
-                .into_iter()
-                .map(|n| node_view(n, &self_id))
-                .collect();
+            let views: Vec<NodeView> = nodes.nodes.into_iter().map(|n| node_view(n, &self_id)).collect();
             if quiet {
                 for n in views {
                     println!("{}", n.node.id);
@@ -524,10 +598,7 @@ pub async fn node(c: &mut Client, cmd: NodeCmd) -> Result<()> {
                 );
                 println!("Availability: {}", n.node.availability.as_str());
                 println!("Address:      {}", n.node.addr);
-                println!(
-                    "Platform:     {}/{}",
-                    n.node.platform.os, n.node.platform.arch
-                );
+                println!("Platform:     {}/{}", n.node.platform.os, n.node.platform.arch);
                 println!(
                     "Resources:    cpu {} (reserved {}), memory {} (reserved {})",
                     format_cpus(n.node.resources.nano_cpus),
@@ -579,10 +650,7 @@ pub async fn node(c: &mut Client, cmd: NodeCmd) -> Result<()> {
         }
         NodeCmd::Rm { nodes, force } => {
             for n in nodes {
-                call!(c.remove_node(pb::RemoveNodeRequest {
-                    node: n.clone(),
-                    force
-                }));
+                call!(c.remove_node(pb::RemoveNodeRequest { node: n.clone(), force }));
                 println!("{n}");
             }
         }
@@ -607,11 +675,7 @@ pub async fn secret(c: &mut Client, cmd: SecretCmd) -> Result<()> {
             } else {
                 std::fs::read(&file).with_context(|| format!("reading the secret from {file}"))?
             };
-            let s = call!(c.create_secret(pb::CreateSecretRequest {
-                name,
-                data,
-                labels: l
-            }));
+            let s = call!(c.create_secret(pb::CreateSecretRequest { name, data, labels: l }));
             println!("{}", s.id);
         }
         SecretCmd::Ls { format, quiet } => {
@@ -669,9 +733,7 @@ pub async fn volume(c: &mut Client, cmd: VolumeCmd) -> Result<()> {
         } => {
             model::validate_name("name", &name).map_err(v)?;
             let kv = |flag: &str, xs: &[String]| -> Result<HashMap<String, String>> {
-                xs.iter()
-                    .map(|x| parse_key_value(flag, x).map_err(v))
-                    .collect()
+                xs.iter().map(|x| parse_key_value(flag, x).map_err(v)).collect()
             };
             let vol = call!(c.create_volume(pb::CreateVolumeRequest {
                 name,
@@ -719,10 +781,7 @@ pub async fn volume(c: &mut Client, cmd: VolumeCmd) -> Result<()> {
                             vec![
                                 x.driver.clone(),
                                 x.name.clone(),
-                                x.node_id
-                                    .clone()
-                                    .map(|n| short_id(&n))
-                                    .unwrap_or_else(|| "-".into()),
+                                x.node_id.clone().map(|n| short_id(&n)).unwrap_or_else(|| "-".into()),
                             ]
                         })
                         .collect(),
@@ -758,18 +817,10 @@ pub async fn events(c: &mut Client, kinds: Vec<KindArg>, format: Format) -> Resu
     use std::io::Write;
     while let Some(ev) = stream.message().await.map_err(status_error)? {
         let kind = pb::ObjectKind::try_from(ev.kind)
-            .map(|k| {
-                k.as_str_name()
-                    .trim_start_matches("OBJECT_KIND_")
-                    .to_ascii_lowercase()
-            })
+            .map(|k| k.as_str_name().trim_start_matches("OBJECT_KIND_").to_ascii_lowercase())
             .unwrap_or_default();
         let action = pb::EventAction::try_from(ev.action)
-            .map(|a| {
-                a.as_str_name()
-                    .trim_start_matches("EVENT_ACTION_")
-                    .to_ascii_lowercase()
-            })
+            .map(|a| a.as_str_name().trim_start_matches("EVENT_ACTION_").to_ascii_lowercase())
             .unwrap_or_default();
         if format == Format::Json {
             #[derive(Serialize)]
@@ -793,8 +844,7 @@ pub async fn events(c: &mut Client, kinds: Vec<KindArg>, format: Format) -> Resu
                 })?
             );
         } else {
-            let at = std::time::UNIX_EPOCH
-                + std::time::Duration::from_millis(ev.timestamp_ms.max(0) as u64);
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ev.timestamp_ms.max(0) as u64);
             let name = if ev.name.is_empty() {
                 String::new()
             } else {
@@ -832,11 +882,7 @@ pub async fn join_token(c: &mut Client, role: RoleArg, rotate: bool, quiet: bool
         "To add a {} to this cluster, run the following command:\n",
         role.as_str()
     );
-    let manager = t
-        .managers
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "MANAGER_IP:2377".into());
+    let manager = t.managers.first().cloned().unwrap_or_else(|| "MANAGER_IP:2377".into());
     println!("    warren cluster join --token {} {manager}\n", t.token);
     Ok(())
 }

@@ -17,10 +17,7 @@ use std::time::Duration;
 
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -60,11 +57,7 @@ fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
     };
 }
 
@@ -85,9 +78,7 @@ fn options(node: &NodeArgs) -> Result<DaemonOptions> {
     }
     let t = &node.tuning;
     if t.heartbeat_grace <= t.heartbeat_period {
-        return Err(anyhow!(
-            "--heartbeat-grace must be longer than --heartbeat-period"
-        ));
+        return Err(anyhow!("--heartbeat-grace must be longer than --heartbeat-period"));
     }
     Ok(DaemonOptions {
         data_dir: node.data_dir.clone(),
@@ -104,10 +95,6 @@ fn options(node: &NodeArgs) -> Result<DaemonOptions> {
         manager: ManagerSettings {
             heartbeat_period: t.heartbeat_period,
             heartbeat_grace: t.heartbeat_grace,
-            orchestrator: crate::manager::orchestrator::Settings {
-                restart_delay_ms: t.restart_delay.as_millis() as i64,
-                ..Default::default()
-            },
             ..Default::default()
         },
     })
@@ -122,8 +109,14 @@ fn print_ready(r: &Ready) {
         r.cluster_id
     );
     if let Some((worker, manager)) = &r.tokens {
-        println!("\nTo add a worker to this cluster, run:\n\n    warren cluster join --token {worker} {}\n", r.advertise_addr);
-        println!("To add a manager to this cluster, run:\n\n    warren cluster join --token {manager} {}\n", r.advertise_addr);
+        println!(
+            "\nTo add a worker to this cluster, run:\n\n    warren cluster join --token {worker} {}\n",
+            r.advertise_addr
+        );
+        println!(
+            "To add a manager to this cluster, run:\n\n    warren cluster join --token {manager} {}\n",
+            r.advertise_addr
+        );
     }
     if r.role == NodeRole::Manager {
         println!("The local API is on unix://{}", r.socket.display());
@@ -170,21 +163,15 @@ async fn run(cli: Cli) -> Result<()> {
             let mut c = client::connect(&cli.host, &cli.tls_dir).await?;
             let fut = async {
                 match cmd {
-                    Command::Cluster(ClusterCmd::JoinToken {
-                        role,
-                        rotate,
-                        quiet,
-                    }) => commands::join_token(&mut c, role, rotate, quiet).await,
-                    Command::Cluster(ClusterCmd::Info { format }) => {
-                        commands::cluster_info(&mut c, format).await
+                    Command::Cluster(ClusterCmd::JoinToken { role, rotate, quiet }) => {
+                        commands::join_token(&mut c, role, rotate, quiet).await
                     }
+                    Command::Cluster(ClusterCmd::Info { format }) => commands::cluster_info(&mut c, format).await,
                     Command::Service(s) => commands::service(&mut c, s).await,
                     Command::Node(n) => commands::node(&mut c, n).await,
                     Command::Secret(s) => commands::secret(&mut c, s).await,
                     Command::Volume(v) => commands::volume(&mut c, v).await,
-                    Command::Events { kinds, format } => {
-                        return commands::events(&mut c, kinds, format).await
-                    }
+                    Command::Events { kinds, format } => return commands::events(&mut c, kinds, format).await,
                     _ => unreachable!("daemon commands are handled above"),
                 }
             };

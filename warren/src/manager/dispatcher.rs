@@ -9,7 +9,7 @@ use super::ManagerCtx;
 use crate::api::{auth, convert};
 use crate::model::{now_ms, NodeState, Task};
 use crate::store::{Command, ObjectKind, State};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,20 +44,104 @@ impl Sessions {
     }
 }
 
-/// The tasks node `node_id` must know about: every one placed there that has not
-/// finished. Anything else the node runs is to be stopped.
-pub fn assignments_for(state: &State, node_id: &str) -> Vec<Task> {
-    state
+/// What one node must know: the tasks placed there that have not finished (it
+/// stops anything else it runs), the secrets those tasks use, and the other nodes'
+/// task subnets for routing.
+#[derive(Debug, Default, PartialEq)]
+pub struct NodeAssignment {
+    pub tasks: Vec<Task>,
+    /// Secret IDs, by name, that the tasks reference.
+    pub secrets: BTreeMap<String, String>,
+    /// (node ID, subnet, address to route through).
+    pub peers: Vec<(String, String, String)>,
+    /// Names of the local volumes that live on this node.
+    pub volumes: Vec<String>,
+}
+
+pub fn assignments_for(state: &State, node_id: &str) -> NodeAssignment {
+    let tasks: Vec<Task> = state
         .tasks_on_node(node_id)
         .filter(|t| !t.status.state.is_terminal())
         .cloned()
-        .collect()
+        .collect();
+    let mut secrets = BTreeMap::new();
+    for t in &tasks {
+        for r in &t.spec.secrets {
+            if let Some(s) = state.secrets.values().find(|s| s.name == r.name) {
+                secrets.insert(s.name.clone(), s.id.clone());
+            }
+        }
+    }
+    let peers = state
+        .nodes
+        .values()
+        .filter(|n| n.id != node_id && n.state != NodeState::Down)
+        .filter_map(|n| {
+            let ip = n.addr.parse::<std::net::SocketAddr>().ok()?.ip().to_string();
+            Some((n.id.clone(), n.subnet.clone()?, ip))
+        })
+        .collect();
+    let volumes = state
+        .volumes
+        .values()
+        .filter(|v| v.node_id.as_deref() == Some(node_id))
+        .map(|v| v.name.clone())
+        .collect();
+    NodeAssignment {
+        tasks,
+        secrets,
+        peers,
+        volumes,
+    }
 }
 
-fn fingerprint(tasks: &[Task]) -> Vec<(String, u64)> {
-    let mut f: Vec<_> = tasks.iter().map(|t| (t.id.clone(), t.version)).collect();
+type Fingerprint = (
+    Vec<(String, u64)>,
+    BTreeMap<String, String>,
+    Vec<(String, String, String)>,
+    Vec<String>,
+);
+
+fn fingerprint(a: &NodeAssignment) -> Fingerprint {
+    let mut f: Vec<_> = a.tasks.iter().map(|t| (t.id.clone(), t.version)).collect();
     f.sort();
-    f
+    (f, a.secrets.clone(), a.peers.clone(), a.volumes.clone())
+}
+
+fn assignments_pb(ctx: &ManagerCtx, a: &NodeAssignment, index: u64) -> pb::Assignments {
+    let secrets = ctx.store.read(|s| {
+        a.secrets
+            .values()
+            .filter_map(|id| {
+                let secret = s.secrets.get(id)?;
+                match ctx.secrets_key.open(&secret.sealed) {
+                    Ok(data) => Some(pb::SecretData {
+                        name: secret.name.clone(),
+                        data,
+                    }),
+                    Err(e) => {
+                        tracing::error!(secret = %secret.name, error = %e, "cannot unseal a secret for a node");
+                        None
+                    }
+                }
+            })
+            .collect()
+    });
+    pb::Assignments {
+        tasks: a.tasks.iter().map(convert::task_to_pb).collect(),
+        index,
+        secrets,
+        peers: a
+            .peers
+            .iter()
+            .map(|(node_id, subnet, via)| pb::NodeRoute {
+                node_id: node_id.clone(),
+                subnet: subnet.clone(),
+                via: via.clone(),
+            })
+            .collect(),
+        volumes: a.volumes.clone(),
+    }
 }
 
 pub struct DispatcherService {
@@ -76,10 +160,7 @@ type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::DispatcherMessage, Sta
 impl pb::dispatcher_server::Dispatcher for DispatcherService {
     type SessionStream = SessionStream;
 
-    async fn session(
-        &self,
-        req: Request<Streaming<pb::AgentMessage>>,
-    ) -> Result<Response<SessionStream>, Status> {
+    async fn session(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<SessionStream>, Status> {
         let peer = auth::require_node(&req)?;
         let (tx, rx) = mpsc::channel(16);
         if !self.ctx.raft.is_leader() {
@@ -96,9 +177,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         let span = tracing::info_span!("session", node = %peer.node_id);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                if let Err(status) =
-                    run_session(ctx, peer.node_id.clone(), inbound, tx.clone()).await
-                {
+                if let Err(status) = run_session(ctx, peer.node_id.clone(), inbound, tx.clone()).await {
                     tracing::info!(error = %status.message(), "session ended");
                     let _ = tx.send(Err(status)).await;
                 }
@@ -115,13 +194,12 @@ async fn run_session(
     mut inbound: Streaming<pb::AgentMessage>,
     tx: mpsc::Sender<Result<pb::DispatcherMessage, Status>>,
 ) -> Result<(), Status> {
-    let first = inbound.next().await.ok_or_else(|| {
-        Status::invalid_argument("the session ended before the agent said hello")
-    })??;
+    let first = inbound
+        .next()
+        .await
+        .ok_or_else(|| Status::invalid_argument("the session ended before the agent said hello"))??;
     let Some(AgentMsg::Hello(hello)) = first.msg else {
-        return Err(Status::invalid_argument(
-            "the first message of a session must be hello",
-        ));
+        return Err(Status::invalid_argument("the first message of a session must be hello"));
     };
     if hello.node_id != node_id {
         return Err(Status::permission_denied(format!(
@@ -169,26 +247,30 @@ async fn run_session(
                 .map_err(|_| Status::cancelled("the agent went away"))
         }
     };
+    let (node_subnet, cluster_cidr) = ctx.store.read(|s| {
+        (
+            s.nodes.get(&node_id).and_then(|n| n.subnet.clone()).unwrap_or_default(),
+            s.meta.as_ref().map(|m| m.pod_cidr.clone()).unwrap_or_default(),
+        )
+    });
     send(DispatcherMsg::Accepted(pb::SessionAccepted {
         heartbeat_period_ms: ctx.settings.heartbeat_period.as_millis() as i64,
         managers: ctx.manager_addrs(),
+        node_subnet,
+        cluster_cidr,
     }))
     .await?;
 
     let mut events = ctx.store.subscribe();
     let mut leadership = ctx.raft.raft.metrics();
-    let mut sent: Option<Vec<(String, u64)>> = None;
+    let mut sent: Option<Fingerprint> = None;
     loop {
-        let (tasks, index) = ctx
+        let (assignment, index) = ctx
             .store
             .read(|s| (assignments_for(s, &node_id), ctx.store.applied_index()));
-        let fp = fingerprint(&tasks);
+        let fp = fingerprint(&assignment);
         if sent.as_ref() != Some(&fp) {
-            send(DispatcherMsg::Assignments(pb::Assignments {
-                tasks: tasks.iter().map(convert::task_to_pb).collect(),
-                index,
-            }))
-            .await?;
+            send(DispatcherMsg::Assignments(assignments_pb(&ctx, &assignment, index))).await?;
             sent = Some(fp);
         }
         tokio::select! {
@@ -212,7 +294,14 @@ async fn run_session(
             }
             ev = events.recv() => {
                 match ev {
-                    Ok(a) if !a.reset && !a.changes.iter().any(|c| c.kind == ObjectKind::Task) => continue,
+                    Ok(a) if !a.reset
+                        && !a
+                            .changes
+                            .iter()
+                            .any(|c| matches!(c.kind, ObjectKind::Task | ObjectKind::Node | ObjectKind::Secret | ObjectKind::Volume)) =>
+                    {
+                        continue
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
                     _ => {}
                 }
@@ -241,11 +330,7 @@ fn reports_from_pb(reports: Vec<pb::TaskStatusReport>) -> Vec<(String, crate::mo
 pub async fn monitor_heartbeats(ctx: Arc<ManagerCtx>) {
     let started = Instant::now();
     let grace = ctx.settings.heartbeat_grace;
-    let mut tick = tokio::time::interval(
-        ctx.settings
-            .heartbeat_period
-            .min(Duration::from_millis(500)),
-    );
+    let mut tick = tokio::time::interval(ctx.settings.heartbeat_period.min(Duration::from_millis(500)));
     loop {
         tick.tick().await;
         let silent: Vec<(String, Duration)> = ctx.store.read(|s| {

@@ -2,9 +2,7 @@
 //! why not. The scheduler runs them in order and reports the reasons when no node
 //! is left; the global orchestrator uses the same ones to choose nodes.
 
-use crate::model::{
-    Availability, Constraint, ConstraintKey, ConstraintOp, Node, NodeState, Resources, ServiceSpec,
-};
+use crate::model::{Availability, Constraint, ConstraintKey, ConstraintOp, Node, NodeState, Resources, ServiceSpec};
 use std::fmt;
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -14,6 +12,8 @@ pub enum Rejection {
     Constraint(String),
     InsufficientCpu,
     InsufficientMemory,
+    /// A local volume the task mounts lives on another node (or does not exist).
+    VolumeElsewhere(String),
 }
 
 impl fmt::Display for Rejection {
@@ -26,6 +26,7 @@ impl fmt::Display for Rejection {
             Rejection::Constraint(c) => write!(f, "constraint {c} not met"),
             Rejection::InsufficientCpu => f.write_str("insufficient cpu"),
             Rejection::InsufficientMemory => f.write_str("insufficient memory"),
+            Rejection::VolumeElsewhere(v) => write!(f, "volume {v} is on another node"),
         }
     }
 }
@@ -63,11 +64,7 @@ pub fn constraint_matches(node: &Node, c: &Constraint) -> bool {
 }
 
 pub fn constraints(node: &Node, spec: &ServiceSpec) -> Result<(), Rejection> {
-    match spec
-        .constraints
-        .iter()
-        .find(|c| !constraint_matches(node, c))
-    {
+    match spec.constraints.iter().find(|c| !constraint_matches(node, c)) {
         None => Ok(()),
         Some(c) => Err(Rejection::Constraint(c.to_string())),
     }
@@ -76,24 +73,36 @@ pub fn constraints(node: &Node, spec: &ServiceSpec) -> Result<(), Rejection> {
 /// `reserved` is what the node's live tasks already reserve.
 pub fn resources(node: &Node, spec: &ServiceSpec, reserved: Resources) -> Result<(), Rejection> {
     let want = spec.reservations;
-    if want.nano_cpus > 0
-        && reserved.nano_cpus.saturating_add(want.nano_cpus) > node.resources.nano_cpus
-    {
+    if want.nano_cpus > 0 && reserved.nano_cpus.saturating_add(want.nano_cpus) > node.resources.nano_cpus {
         return Err(Rejection::InsufficientCpu);
     }
-    if want.memory_bytes > 0
-        && reserved.memory_bytes.saturating_add(want.memory_bytes) > node.resources.memory_bytes
-    {
+    if want.memory_bytes > 0 && reserved.memory_bytes.saturating_add(want.memory_bytes) > node.resources.memory_bytes {
         return Err(Rejection::InsufficientMemory);
     }
     Ok(())
 }
 
+/// Where each local volume lives: volume name to node ID (None: not placed yet).
+pub type VolumeHomes = std::collections::HashMap<String, Option<String>>;
+
+/// A task that mounts a local volume runs where the volume's data is.
+pub fn volumes(node: &Node, spec: &ServiceSpec, homes: &VolumeHomes) -> Result<(), Rejection> {
+    for name in spec.volume_names() {
+        match homes.get(name) {
+            Some(None) => {}
+            Some(Some(home)) if *home == node.id => {}
+            _ => return Err(Rejection::VolumeElsewhere(name.to_string())),
+        }
+    }
+    Ok(())
+}
+
 /// Every filter, in the order the scheduler applies them.
-pub fn check(node: &Node, spec: &ServiceSpec, reserved: Resources) -> Result<(), Rejection> {
+pub fn check(node: &Node, spec: &ServiceSpec, reserved: Resources, homes: &VolumeHomes) -> Result<(), Rejection> {
     ready(node)?;
     active(node)?;
     constraints(node, spec)?;
+    volumes(node, spec, homes)?;
     resources(node, spec, reserved)
 }
 
@@ -108,9 +117,7 @@ mod tests {
             name: "edge-1".into(),
             role: NodeRole::Worker,
             availability: Availability::Active,
-            labels: [("zone".to_string(), "a".to_string())]
-                .into_iter()
-                .collect(),
+            labels: [("zone".to_string(), "a".to_string())].into_iter().collect(),
             addr: String::new(),
             resources: Resources {
                 nano_cpus: 2_000_000_000,
@@ -123,6 +130,7 @@ mod tests {
             state: NodeState::Ready,
             message: String::new(),
             raft_id: 0,
+            subnet: None,
             warren_version: String::new(),
             created_ms: 0,
             updated_ms: 0,
@@ -133,10 +141,7 @@ mod tests {
     fn spec(constraints: &[&str]) -> ServiceSpec {
         ServiceSpec {
             image: "x".into(),
-            constraints: constraints
-                .iter()
-                .map(|c| Constraint::parse("c", c).unwrap())
-                .collect(),
+            constraints: constraints.iter().map(|c| Constraint::parse("c", c).unwrap()).collect(),
             ..Default::default()
         }
     }
@@ -144,17 +149,14 @@ mod tests {
     #[test]
     fn ready_and_active() {
         let mut n = node();
-        assert!(check(&n, &spec(&[]), Resources::default()).is_ok());
+        assert!(check(&n, &spec(&[]), Resources::default(), &VolumeHomes::new()).is_ok());
         n.state = NodeState::Down;
         assert_eq!(ready(&n), Err(Rejection::NotReady(NodeState::Down)));
-        assert_eq!(
-            Rejection::NotReady(NodeState::Down).to_string(),
-            "node is down"
-        );
+        assert_eq!(Rejection::NotReady(NodeState::Down).to_string(), "node is down");
         let mut n = node();
         n.availability = Availability::Drain;
         assert_eq!(
-            check(&n, &spec(&[]), Resources::default())
+            check(&n, &spec(&[]), Resources::default(), &VolumeHomes::new())
                 .unwrap_err()
                 .to_string(),
             "node is drained"
@@ -184,6 +186,25 @@ mod tests {
     }
 
     #[test]
+    fn volume_affinity() {
+        let n = node();
+        let mut s = spec(&[]);
+        s.mounts = vec![Mount::parse("m", "type=volume,source=data,target=/d").unwrap()];
+        let mut homes = VolumeHomes::new();
+        homes.insert("data".into(), None);
+        assert!(volumes(&n, &s, &homes).is_ok());
+        homes.insert("data".into(), Some("n1".into()));
+        assert!(volumes(&n, &s, &homes).is_ok());
+        homes.insert("data".into(), Some("n2".into()));
+        assert_eq!(
+            volumes(&n, &s, &homes).unwrap_err().to_string(),
+            "volume data is on another node"
+        );
+        homes.clear();
+        assert!(volumes(&n, &s, &homes).is_err(), "a missing volume cannot be mounted");
+    }
+
+    #[test]
     fn reservations_against_capacity() {
         let n = node();
         let mut s = spec(&[]);
@@ -196,10 +217,7 @@ mod tests {
         assert_eq!(resources(&n, &s, used), Err(Rejection::InsufficientMemory));
         let mut s = spec(&[]);
         s.reservations.nano_cpus = 3_000_000_000;
-        assert_eq!(
-            resources(&n, &s, Resources::default()),
-            Err(Rejection::InsufficientCpu)
-        );
+        assert_eq!(resources(&n, &s, Resources::default()), Err(Rejection::InsufficientCpu));
         // No reservation always fits, even on a full node.
         let full = Resources {
             nano_cpus: i64::MAX,

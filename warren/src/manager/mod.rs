@@ -179,10 +179,7 @@ async fn reconcile_membership(ctx: Arc<ManagerCtx>) {
                 .collect()
         });
         for id in stale {
-            tracing::info!(
-                raft_id = id,
-                "removing a deleted manager from the Raft membership"
-            );
+            tracing::info!(raft_id = id, "removing a deleted manager from the Raft membership");
             if let Err(e) = ctx.raft.remove_member(id).await {
                 tracing::warn!(raft_id = id, error = %e, "removing a Raft member failed");
             }
@@ -205,11 +202,9 @@ async fn reconcile_membership(ctx: Arc<ManagerCtx>) {
 
 /// Marks a node ready if its heartbeats say so but the state does not.
 pub(crate) async fn ensure_ready(ctx: &ManagerCtx, node_id: &str) {
-    let needs = ctx.store.read(|s| {
-        s.nodes
-            .get(node_id)
-            .is_some_and(|n| n.state != NodeState::Ready)
-    });
+    let needs = ctx
+        .store
+        .read(|s| s.nodes.get(node_id).is_some_and(|n| n.state != NodeState::Ready));
     if needs {
         let _ = ctx
             .raft

@@ -6,24 +6,72 @@
 //! scheduler's job; stopping containers is the agents'.
 
 use super::filters;
-use crate::model::{new_id, NodeState, Service, ServiceMode, Task, TaskState, TaskStatus};
+use crate::model::{new_id, NodeState, RestartCondition, Service, ServiceMode, Task, TaskState, TaskStatus};
 use crate::store::{Command, State};
 use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Delay before a failed task's slot is filled again.
-    pub restart_delay_ms: i64,
     /// Finished tasks kept per slot (per node for global services).
     pub history_limit: usize,
+    /// Upper bound of the backoff between restarts of a failing slot.
+    pub max_restart_backoff_ms: i64,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            restart_delay_ms: 5_000,
             history_limit: 5,
+            max_restart_backoff_ms: 300_000,
         }
+    }
+}
+
+/// What to do about an empty slot, from the task that last ran in it.
+#[derive(Debug, PartialEq, Eq)]
+enum Refill {
+    /// Create a task now, as restart number `attempt`.
+    Now { attempt: u64 },
+    /// The restart delay has not passed yet.
+    At(i64),
+    /// The restart policy says the slot stays empty.
+    Never,
+}
+
+/// The slot's most recent task decides: one that ended by itself (exit, failure,
+/// rejection) is restarted per the service's restart policy, after its delay,
+/// doubled for each consecutive restart up to a bound; one stopped by Warren
+/// (scaling, update, drain, node loss) is replaced at once.
+fn refill(svc: &Service, previous: &[&Task], now_ms: i64, settings: &Settings) -> Refill {
+    let Some(last) = previous.iter().max_by_key(|t| (t.created_ms, t.id.as_str())) else {
+        return Refill::Now { attempt: 0 };
+    };
+    let ended_by_itself = matches!(
+        last.status.state,
+        TaskState::Failed | TaskState::Rejected | TaskState::Complete
+    ) && last.desired_state <= TaskState::Running;
+    if !ended_by_itself || last.spec_version != svc.spec_version {
+        return Refill::Now { attempt: 0 };
+    }
+    let policy = &svc.spec.restart;
+    let failed = last.status.state != TaskState::Complete;
+    let allowed = match policy.condition {
+        RestartCondition::None => false,
+        RestartCondition::OnFailure => failed,
+        RestartCondition::Any => true,
+    };
+    let attempt = last.attempt + 1;
+    if !allowed || (policy.max_attempts > 0 && attempt > policy.max_attempts) {
+        return Refill::Never;
+    }
+    let backoff = (policy.delay_ms as i64)
+        .saturating_mul(1 << last.attempt.min(6))
+        .min(settings.max_restart_backoff_ms.max(policy.delay_ms as i64));
+    let at = last.status.timestamp_ms.saturating_add(backoff);
+    if now_ms < at {
+        Refill::At(at)
+    } else {
+        Refill::Now { attempt }
     }
 }
 
@@ -35,7 +83,7 @@ pub struct Plan {
     pub wake_at_ms: Option<i64>,
 }
 
-fn new_task(svc: &Service, slot: u64, node: Option<String>, now_ms: i64) -> Task {
+fn new_task(svc: &Service, slot: u64, node: Option<String>, attempt: u64, now_ms: i64) -> Task {
     Task {
         id: new_id(),
         service_id: svc.id.clone(),
@@ -51,18 +99,11 @@ fn new_task(svc: &Service, slot: u64, node: Option<String>, now_ms: i64) -> Task
         },
         spec: svc.spec.clone(),
         spec_version: svc.spec_version,
+        attempt,
         created_ms: now_ms,
         updated_ms: now_ms,
         version: 1,
     }
-}
-
-/// Ended by itself (as opposed to being stopped, orphaned or replaced).
-fn failed_by_itself(t: &Task) -> bool {
-    matches!(
-        t.status.state,
-        TaskState::Failed | TaskState::Rejected | TaskState::Complete
-    ) && t.desired_state <= TaskState::Running
 }
 
 pub fn reconcile(state: &State, now_ms: i64, settings: &Settings) -> Plan {
@@ -84,9 +125,7 @@ pub fn reconcile(state: &State, now_ms: i64, settings: &Settings) -> Plan {
         let Some(node_id) = &t.node_id else { continue };
         match state.nodes.get(node_id) {
             None => orphan.push((t.id.clone(), format!("node {node_id} was removed"))),
-            Some(n) if n.state == NodeState::Down => {
-                orphan.push((t.id.clone(), format!("node {} is down", n.name)))
-            }
+            Some(n) if n.state == NodeState::Down => orphan.push((t.id.clone(), format!("node {} is down", n.name))),
             _ => {}
         }
     }
@@ -121,20 +160,12 @@ pub fn reconcile(state: &State, now_ms: i64, settings: &Settings) -> Plan {
                 }
                 for slot in 1..=replicas {
                     let in_slot = slots.get(&slot).cloned().unwrap_or_default();
-                    let mut alive: Vec<&Task> =
-                        in_slot.iter().copied().filter(still_live).collect();
+                    let mut alive: Vec<&Task> = in_slot.iter().copied().filter(still_live).collect();
                     if alive.is_empty() {
-                        // Back off after a task that failed on its own.
-                        let last_failure = in_slot
-                            .iter()
-                            .filter(|t| failed_by_itself(t))
-                            .map(|t| t.status.timestamp_ms)
-                            .max();
-                        match last_failure {
-                            Some(at) if now_ms < at + settings.restart_delay_ms => {
-                                wake(at + settings.restart_delay_ms, &mut plan)
-                            }
-                            _ => create.push(new_task(svc, slot, None, now_ms)),
+                        match refill(svc, &in_slot, now_ms, settings) {
+                            Refill::Now { attempt } => create.push(new_task(svc, slot, None, attempt, now_ms)),
+                            Refill::At(at) => wake(at, &mut plan),
+                            Refill::Never => {}
                         }
                     } else if alive.len() > 1 {
                         alive.sort_by_key(|t| std::cmp::Reverse((t.created_ms, t.id.clone())));
@@ -158,8 +189,7 @@ pub fn reconcile(state: &State, now_ms: i64, settings: &Settings) -> Plan {
                     let keep_ok = node.state != NodeState::Down
                         && node.availability != crate::model::Availability::Drain
                         && filters::constraints(node, &svc.spec).is_ok();
-                    let mut alive: Vec<&Task> =
-                        on_node.iter().copied().filter(still_live).collect();
+                    let mut alive: Vec<&Task> = on_node.iter().copied().filter(still_live).collect();
                     if !keep_ok {
                         shutdown.extend(alive.iter().map(|t| t.id.clone()));
                         continue;
@@ -168,16 +198,12 @@ pub fn reconcile(state: &State, now_ms: i64, settings: &Settings) -> Plan {
                         if !node.is_schedulable() {
                             continue;
                         }
-                        let last_failure = on_node
-                            .iter()
-                            .filter(|t| failed_by_itself(t))
-                            .map(|t| t.status.timestamp_ms)
-                            .max();
-                        match last_failure {
-                            Some(at) if now_ms < at + settings.restart_delay_ms => {
-                                wake(at + settings.restart_delay_ms, &mut plan)
+                        match refill(svc, &on_node, now_ms, settings) {
+                            Refill::Now { attempt } => {
+                                create.push(new_task(svc, 0, Some(node.id.clone()), attempt, now_ms))
                             }
-                            _ => create.push(new_task(svc, 0, Some(node.id.clone()), now_ms)),
+                            Refill::At(at) => wake(at, &mut plan),
+                            Refill::Never => {}
                         }
                     } else if alive.len() > 1 {
                         alive.sort_by_key(|t| std::cmp::Reverse((t.created_ms, t.id.clone())));
@@ -194,12 +220,10 @@ pub fn reconcile(state: &State, now_ms: i64, settings: &Settings) -> Plan {
     // never placed and are no longer wanted, and history beyond the limit.
     let mut history: BTreeMap<(&str, u64, &str), Vec<&Task>> = BTreeMap::new();
     for t in state.tasks.values() {
-        let node_gone = t.node_id.as_ref().is_none_or(|n| {
-            state
-                .nodes
-                .get(n)
-                .is_none_or(|n| n.state == NodeState::Down)
-        });
+        let node_gone = t
+            .node_id
+            .as_ref()
+            .is_none_or(|n| state.nodes.get(n).is_none_or(|n| n.state == NodeState::Down));
         let finished = t.status.state.is_terminal() || orphaned.contains(t.id.as_str());
         if t.desired_state == TaskState::Remove && (finished || node_gone) {
             remove.insert(t.id.clone());
@@ -216,10 +240,7 @@ pub fn reconcile(state: &State, now_ms: i64, settings: &Settings) -> Plan {
             } else {
                 ""
             };
-            history
-                .entry((&t.service_id, t.slot, node_key))
-                .or_default()
-                .push(t);
+            history.entry((&t.service_id, t.slot, node_key)).or_default().push(t);
         }
     }
     for (_, mut done) in history {
@@ -296,6 +317,7 @@ mod tests {
             state: NodeState::Ready,
             message: String::new(),
             raft_id: 0,
+            subnet: None,
             warren_version: String::new(),
             created_ms: 0,
             updated_ms: 0,
@@ -341,10 +363,7 @@ mod tests {
             if t.status.state == TaskState::Assigned && t.desired_state == TaskState::Running {
                 t.status.state = TaskState::Running;
             }
-            if t.desired_state >= TaskState::Shutdown
-                && !t.status.state.is_terminal()
-                && t.node_id.is_some()
-            {
+            if t.desired_state >= TaskState::Shutdown && !t.status.state.is_terminal() && t.node_id.is_some() {
                 t.status.state = TaskState::Shutdown;
             }
         }
@@ -370,10 +389,8 @@ mod tests {
     fn fills_slots_and_is_idempotent() {
         let mut s = State::default();
         s.nodes.insert("a".into(), node("a"));
-        s.services.insert(
-            "svc".into(),
-            service(ServiceMode::Replicated { replicas: 3 }),
-        );
+        s.services
+            .insert("svc".into(), service(ServiceMode::Replicated { replicas: 3 }));
         let plan = reconcile(&s, 0, &Settings::default());
         assert_eq!(plan.commands.len(), 1);
         apply(&mut s, plan);
@@ -386,10 +403,8 @@ mod tests {
     #[test]
     fn zero_replicas_creates_nothing() {
         let mut s = State::default();
-        s.services.insert(
-            "svc".into(),
-            service(ServiceMode::Replicated { replicas: 0 }),
-        );
+        s.services
+            .insert("svc".into(), service(ServiceMode::Replicated { replicas: 0 }));
         assert!(reconcile(&s, 0, &Settings::default()).commands.is_empty());
     }
 
@@ -397,19 +412,12 @@ mod tests {
     fn scale_down_stops_the_highest_slots() {
         let mut s = State::default();
         s.nodes.insert("a".into(), node("a"));
-        s.services.insert(
-            "svc".into(),
-            service(ServiceMode::Replicated { replicas: 4 }),
-        );
+        s.services
+            .insert("svc".into(), service(ServiceMode::Replicated { replicas: 4 }));
         settle(&mut s, 0);
         s.services.get_mut("svc").unwrap().spec.mode = ServiceMode::Replicated { replicas: 2 };
         settle(&mut s, 0);
-        let running: BTreeSet<u64> = s
-            .tasks
-            .values()
-            .filter(|t| t.is_live())
-            .map(|t| t.slot)
-            .collect();
+        let running: BTreeSet<u64> = s.tasks.values().filter(|t| t.is_live()).map(|t| t.slot).collect();
         assert_eq!(running, BTreeSet::from([1, 2]));
     }
 
@@ -418,16 +426,10 @@ mod tests {
         let mut s = State::default();
         s.nodes.insert("a".into(), node("a"));
         s.nodes.insert("b".into(), node("b"));
-        s.services.insert(
-            "svc".into(),
-            service(ServiceMode::Replicated { replicas: 2 }),
-        );
+        s.services
+            .insert("svc".into(), service(ServiceMode::Replicated { replicas: 2 }));
         settle(&mut s, 0);
-        let on_a = s
-            .tasks
-            .values()
-            .filter(|t| t.node_id.as_deref() == Some("a"))
-            .count();
+        let on_a = s.tasks.values().filter(|t| t.node_id.as_deref() == Some("a")).count();
         assert_eq!(on_a, 1);
         s.nodes.get_mut("a").unwrap().state = NodeState::Down;
         settle(&mut s, 0);
@@ -447,10 +449,8 @@ mod tests {
         let mut s = State::default();
         s.nodes.insert("a".into(), node("a"));
         s.nodes.insert("b".into(), node("b"));
-        s.services.insert(
-            "svc".into(),
-            service(ServiceMode::Replicated { replicas: 4 }),
-        );
+        s.services
+            .insert("svc".into(), service(ServiceMode::Replicated { replicas: 4 }));
         settle(&mut s, 0);
         s.nodes.get_mut("a").unwrap().availability = Availability::Drain;
         settle(&mut s, 0);
@@ -466,10 +466,8 @@ mod tests {
     fn a_failed_task_is_replaced_after_the_restart_delay() {
         let mut s = State::default();
         s.nodes.insert("a".into(), node("a"));
-        s.services.insert(
-            "svc".into(),
-            service(ServiceMode::Replicated { replicas: 1 }),
-        );
+        s.services
+            .insert("svc".into(), service(ServiceMode::Replicated { replicas: 1 }));
         settle(&mut s, 0);
         let t = s.tasks.values_mut().next().unwrap();
         t.status.state = TaskState::Failed;
@@ -478,17 +476,63 @@ mod tests {
         assert!(plan.commands.is_empty());
         assert_eq!(plan.wake_at_ms, Some(6_000));
         let plan = reconcile(&s, 6_000, &Settings::default());
-        assert!(matches!(plan.commands[0], Command::CreateTasks { .. }));
+        match &plan.commands[0] {
+            Command::CreateTasks { tasks } => assert_eq!(tasks[0].attempt, 1),
+            c => panic!("{c:?}"),
+        }
+    }
+
+    fn ended(state: TaskState, attempt: u64, at: i64) -> Task {
+        let svc = service(ServiceMode::Replicated { replicas: 1 });
+        let mut t = new_task(&svc, 1, Some("a".into()), attempt, at - 100);
+        t.status.state = state;
+        t.status.timestamp_ms = at;
+        t
+    }
+
+    #[test]
+    fn restart_policies() {
+        let settings = Settings::default();
+        let mut svc = service(ServiceMode::Replicated { replicas: 1 });
+        svc.spec.restart.delay_ms = 1_000;
+        let failed = ended(TaskState::Failed, 0, 10_000);
+        let done = ended(TaskState::Complete, 0, 10_000);
+        // any: both restart, after the delay.
+        assert_eq!(refill(&svc, &[&failed], 10_500, &settings), Refill::At(11_000));
+        assert_eq!(refill(&svc, &[&done], 11_000, &settings), Refill::Now { attempt: 1 });
+        // on-failure: a clean exit stays down.
+        svc.spec.restart.condition = RestartCondition::OnFailure;
+        assert_eq!(refill(&svc, &[&done], 20_000, &settings), Refill::Never);
+        assert_eq!(refill(&svc, &[&failed], 20_000, &settings), Refill::Now { attempt: 1 });
+        // none: nothing restarts.
+        svc.spec.restart.condition = RestartCondition::None;
+        assert_eq!(refill(&svc, &[&failed], 20_000, &settings), Refill::Never);
+        // max attempts: the third restart is the last one allowed.
+        svc.spec.restart.condition = RestartCondition::Any;
+        svc.spec.restart.max_attempts = 3;
+        let third = ended(TaskState::Failed, 2, 10_000);
+        let mut fourth = ended(TaskState::Failed, 3, 10_000);
+        fourth.created_ms += 1;
+        assert!(matches!(
+            refill(&svc, &[&third], 99_000, &settings),
+            Refill::Now { attempt: 3 }
+        ));
+        assert_eq!(refill(&svc, &[&third, &fourth], 99_000, &settings), Refill::Never);
+        // Backoff doubles per consecutive restart: attempt 2 waits 4 x the delay.
+        svc.spec.restart.max_attempts = 0;
+        assert_eq!(refill(&svc, &[&third], 10_000, &settings), Refill::At(14_000));
+        // A task stopped by Warren (not by itself) is replaced at once, as attempt 0.
+        let mut stopped = ended(TaskState::Shutdown, 4, 10_000);
+        stopped.desired_state = TaskState::Shutdown;
+        assert_eq!(refill(&svc, &[&stopped], 10_000, &settings), Refill::Now { attempt: 0 });
     }
 
     #[test]
     fn an_update_replaces_every_task() {
         let mut s = State::default();
         s.nodes.insert("a".into(), node("a"));
-        s.services.insert(
-            "svc".into(),
-            service(ServiceMode::Replicated { replicas: 2 }),
-        );
+        s.services
+            .insert("svc".into(), service(ServiceMode::Replicated { replicas: 2 }));
         settle(&mut s, 0);
         let svc = s.services.get_mut("svc").unwrap();
         svc.spec.image = "y".into();
@@ -496,9 +540,7 @@ mod tests {
         settle(&mut s, 0);
         let live: Vec<_> = s.tasks.values().filter(|t| t.is_live()).collect();
         assert_eq!(live.len(), 2);
-        assert!(live
-            .iter()
-            .all(|t| t.spec.image == "y" && t.spec_version == 2));
+        assert!(live.iter().all(|t| t.spec.image == "y" && t.spec_version == 2));
     }
 
     #[test]
@@ -520,11 +562,7 @@ mod tests {
             .filter_map(|t| t.node_id.clone())
             .collect();
         assert_eq!(nodes, BTreeSet::from(["a".into(), "b".into(), "c".into()]));
-        s.nodes
-            .get_mut("c")
-            .unwrap()
-            .labels
-            .insert("edge".into(), "no".into());
+        s.nodes.get_mut("c").unwrap().labels.insert("edge".into(), "no".into());
         settle(&mut s, 0);
         assert_eq!(live_count(&s), 2);
     }
@@ -533,10 +571,8 @@ mod tests {
     fn removed_services_lose_their_finished_tasks() {
         let mut s = State::default();
         s.nodes.insert("a".into(), node("a"));
-        s.services.insert(
-            "svc".into(),
-            service(ServiceMode::Replicated { replicas: 2 }),
-        );
+        s.services
+            .insert("svc".into(), service(ServiceMode::Replicated { replicas: 2 }));
         settle(&mut s, 0);
         let mut ch = vec![];
         s.apply(
@@ -555,10 +591,9 @@ mod tests {
     fn history_is_bounded() {
         let mut s = State::default();
         s.nodes.insert("a".into(), node("a"));
-        s.services.insert(
-            "svc".into(),
-            service(ServiceMode::Replicated { replicas: 1 }),
-        );
+        s.services
+            .insert("svc".into(), service(ServiceMode::Replicated { replicas: 1 }));
+        s.services.get_mut("svc").unwrap().spec.restart.delay_ms = 0;
         for i in 0..8 {
             settle(&mut s, i * 10_000);
             for t in s.tasks.values_mut().filter(|t| t.is_live()) {
@@ -568,11 +603,7 @@ mod tests {
             }
         }
         settle(&mut s, 100_000);
-        let finished = s
-            .tasks
-            .values()
-            .filter(|t| t.status.state.is_terminal())
-            .count();
+        let finished = s.tasks.values().filter(|t| t.status.state.is_terminal()).count();
         assert_eq!(finished, Settings::default().history_limit);
     }
 }

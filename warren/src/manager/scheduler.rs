@@ -29,12 +29,7 @@ impl Placement {
         let changed: Vec<_> = self
             .unplaced
             .into_iter()
-            .filter(|(id, msg)| {
-                state
-                    .tasks
-                    .get(id)
-                    .is_some_and(|t| t.status.message != *msg)
-            })
+            .filter(|(id, msg)| state.tasks.get(id).is_some_and(|t| t.status.message != *msg))
             .collect();
         if !changed.is_empty() {
             cmds.push(Command::SetTasksPending {
@@ -70,6 +65,11 @@ pub fn schedule(state: &State) -> Placement {
     pending.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
 
     let mut reserved: BTreeMap<String, Resources> = state.reserved_by_node();
+    let mut homes: filters::VolumeHomes = state
+        .volumes
+        .values()
+        .map(|v| (v.name.clone(), v.node_id.clone()))
+        .collect();
     // (node, service) -> live tasks of that service on that node.
     let mut spread: HashMap<(String, String), u64> = HashMap::new();
     let mut load: HashMap<String, u64> = HashMap::new();
@@ -90,7 +90,7 @@ pub fn schedule(state: &State) -> Placement {
         let mut rejections: BTreeMap<Rejection, usize> = BTreeMap::new();
         for node in &candidates {
             let used = reserved.get(&node.id).copied().unwrap_or_default();
-            if let Err(r) = filters::check(node, &task.spec, used) {
+            if let Err(r) = filters::check(node, &task.spec, used, &homes) {
                 *rejections.entry(r).or_default() += 1;
                 continue;
             }
@@ -120,6 +120,11 @@ pub fn schedule(state: &State) -> Placement {
                     .entry((node_id.to_string(), task.service_id.clone()))
                     .or_default() += 1;
                 *load.entry(node_id.to_string()).or_default() += 1;
+                for v in task.spec.volume_names() {
+                    if let Some(home @ None) = homes.get_mut(v) {
+                        *home = Some(node_id.to_string());
+                    }
+                }
                 out.assignments.push((task.id.clone(), node_id.to_string()));
             }
             None => {
@@ -163,6 +168,7 @@ mod tests {
             state: NodeState::Ready,
             message: String::new(),
             raft_id: 0,
+            subnet: None,
             warren_version: String::new(),
             created_ms: 0,
             updated_ms: 0,
@@ -184,6 +190,7 @@ mod tests {
             },
             spec: spec.clone(),
             spec_version: 1,
+            attempt: 0,
             created_ms: created,
             updated_ms: created,
             version: 1,
@@ -210,9 +217,7 @@ mod tests {
 
     #[test]
     fn nine_replicas_spread_three_per_node() {
-        let tasks: Vec<_> = (0..9)
-            .map(|i| pending(&format!("t{i}"), "web", &spec(), i))
-            .collect();
+        let tasks: Vec<_> = (0..9).map(|i| pending(&format!("t{i}"), "web", &spec(), i)).collect();
         let s = state(&[node("a"), node("b"), node("c")], &tasks);
         let p = schedule(&s);
         assert!(p.unplaced.is_empty());
@@ -228,14 +233,8 @@ mod tests {
         let mut running = pending("r1", "web", &spec(), 0);
         running.node_id = Some("a".into());
         running.status.state = TaskState::Running;
-        let s = state(
-            &[node("a"), node("b")],
-            &[running, pending("t1", "web", &spec(), 1)],
-        );
-        assert_eq!(
-            schedule(&s).assignments,
-            vec![("t1".to_string(), "b".to_string())]
-        );
+        let s = state(&[node("a"), node("b")], &[running, pending("t1", "web", &spec(), 1)]);
+        assert_eq!(schedule(&s).assignments, vec![("t1".to_string(), "b".to_string())]);
     }
 
     #[test]
@@ -244,9 +243,7 @@ mod tests {
         b.labels.insert("zone".into(), "edge".into());
         let mut sp = spec();
         sp.constraints = vec![Constraint::parse("c", "node.labels.zone==edge").unwrap()];
-        let tasks: Vec<_> = (0..4)
-            .map(|i| pending(&format!("t{i}"), "web", &sp, i))
-            .collect();
+        let tasks: Vec<_> = (0..4).map(|i| pending(&format!("t{i}"), "web", &sp, i)).collect();
         let s = state(&[node("a"), b, node("c")], &tasks);
         let p = schedule(&s);
         assert_eq!(p.assignments.len(), 4);
@@ -260,10 +257,7 @@ mod tests {
         let mut b = node("b");
         b.state = NodeState::Down;
         let s = state(&[a, b, node("c")], &[pending("t1", "web", &spec(), 0)]);
-        assert_eq!(
-            schedule(&s).assignments,
-            vec![("t1".to_string(), "c".to_string())]
-        );
+        assert_eq!(schedule(&s).assignments, vec![("t1".to_string(), "c".to_string())]);
     }
 
     #[test]
@@ -279,8 +273,7 @@ mod tests {
             p.unplaced,
             vec![(
                 "t1".to_string(),
-                "no suitable node (node is drained on 1 node, insufficient memory on 2 nodes)"
-                    .to_string()
+                "no suitable node (node is drained on 1 node, insufficient memory on 2 nodes)".to_string()
             )]
         );
     }
@@ -309,11 +302,36 @@ mod tests {
         other.node_id = Some("a".into());
         other.status.state = TaskState::Running;
         other.spec.reservations.memory_bytes = 2 << 30;
-        let s = state(
-            &[node("a"), node("b")],
-            &[other, pending("t1", "web", &spec(), 1)],
-        );
+        let s = state(&[node("a"), node("b")], &[other, pending("t1", "web", &spec(), 1)]);
         assert_eq!(schedule(&s).assignments[0].1, "b");
+    }
+
+    #[test]
+    fn tasks_sharing_a_new_volume_land_together_and_follow_it() {
+        let mut sp = spec();
+        sp.mounts = vec![Mount::parse("m", "type=volume,source=data,target=/d").unwrap()];
+        let mut s = state(
+            &[node("a"), node("b")],
+            &[pending("t1", "db", &sp, 0), pending("t2", "db", &sp, 1)],
+        );
+        s.volumes.insert(
+            "v".into(),
+            Volume {
+                id: "v".into(),
+                name: "data".into(),
+                driver: "local".into(),
+                node_id: None,
+                labels: Default::default(),
+                options: Default::default(),
+                created_ms: 0,
+            },
+        );
+        let p = schedule(&s);
+        assert_eq!(p.assignments.len(), 2);
+        assert_eq!(p.assignments[0].1, p.assignments[1].1, "{p:?}");
+        s.volumes.get_mut("v").unwrap().node_id = Some("b".into());
+        let p = schedule(&s);
+        assert!(p.assignments.iter().all(|(_, n)| n == "b"));
     }
 
     #[test]

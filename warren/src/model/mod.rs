@@ -8,12 +8,14 @@ mod node;
 mod parse;
 mod service;
 mod task;
+mod workload;
 
 pub use cluster::*;
 pub use node::*;
 pub use parse::*;
 pub use service::*;
 pub use task::*;
+pub use workload::*;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -69,10 +71,7 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), ValidationError> {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric());
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
     if ok {
         Ok(())
     } else {
@@ -112,9 +111,7 @@ mod tests {
         let a = new_id();
         let b = new_id();
         assert_eq!(a.len(), 25);
-        assert!(a
-            .chars()
-            .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()));
+        assert!(a.chars().all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()));
         assert_ne!(a, b);
     }
 

@@ -20,9 +20,7 @@ impl NodeRole {
     }
 }
 
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Availability {
     /// Takes new tasks.
     #[default]
@@ -55,9 +53,7 @@ impl Availability {
     }
 }
 
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum NodeState {
     #[default]
     Unknown,
@@ -106,6 +102,9 @@ pub struct Node {
     pub message: String,
     /// The node's Raft member ID; 0 for workers.
     pub raft_id: u64,
+    /// The node's /24 of the cluster CIDR, for its tasks' addresses.
+    #[serde(default)]
+    pub subnet: Option<String>,
     pub warren_version: String,
     pub created_ms: i64,
     pub updated_ms: i64,

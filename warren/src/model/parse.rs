@@ -11,9 +11,7 @@ use std::fmt;
 /// `b`, `k`/`kb`/`kib`, `m`/`mb`/`mib`, `g`/`gb`/`gib`, `t`/`tb`/`tib`; no unit means bytes.
 pub fn parse_size(field: &str, input: &str) -> Result<i64, ValidationError> {
     let s = input.trim().to_ascii_lowercase();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let bad = || {
         ValidationError::new(
@@ -42,12 +40,7 @@ pub fn parse_size(field: &str, input: &str) -> Result<i64, ValidationError> {
 
 /// Formats a byte count the way `parse_size` reads it back, for tables.
 pub fn format_size(bytes: i64) -> String {
-    const UNITS: [(&str, i64); 4] = [
-        ("TiB", 1 << 40),
-        ("GiB", 1 << 30),
-        ("MiB", 1 << 20),
-        ("KiB", 1 << 10),
-    ];
+    const UNITS: [(&str, i64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
     for (unit, size) in UNITS {
         if bytes >= size {
             let v = bytes as f64 / size as f64;
@@ -213,13 +206,9 @@ pub fn parse_publish(field: &str, input: &str) -> Result<PortConfig, ValidationE
                         _ => return Err(bad("mode is host or ingress")),
                     }
                 }
-                "published" => {
-                    published = Some(parse_port(v).ok_or_else(|| bad("bad published port"))?)
-                }
+                "published" => published = Some(parse_port(v).ok_or_else(|| bad("bad published port"))?),
                 "target" => target = Some(parse_port(v).ok_or_else(|| bad("bad target port"))?),
-                "protocol" => {
-                    protocol = parse_protocol(v).ok_or_else(|| bad("protocol is tcp or udp"))?
-                }
+                "protocol" => protocol = parse_protocol(v).ok_or_else(|| bad("protocol is tcp or udp"))?,
                 _ => return Err(bad(&format!("unknown option {k:?}"))),
             }
         } else {
@@ -325,10 +314,7 @@ mod tests {
         assert_eq!(p.protocol, Protocol::Udp);
         assert_eq!(p.mode, PublishMode::Host);
         let p = parse_publish("p", "published=9000,target=90,protocol=udp").unwrap();
-        assert_eq!(
-            (p.published, p.target, p.protocol),
-            (9000, 90, Protocol::Udp)
-        );
+        assert_eq!((p.published, p.target, p.protocol), (9000, 90, Protocol::Udp));
         assert!(parse_publish("p", "8080").is_err());
         assert!(parse_publish("p", "0:80").is_err());
         assert!(parse_publish("p", "80:80/sctp").is_err());

@@ -2,7 +2,7 @@
 //! carries it (`Service`). Validation of a spec lives here so that the CLI, the API
 //! and the state machine agree on what is valid.
 
-use super::{Constraint, Labels, Resources, ValidationError};
+use super::{Constraint, HealthCheck, Labels, Mount, MountKind, Resources, RestartPolicy, SecretRef, ValidationError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,18 +55,12 @@ impl std::fmt::Display for PortConfig {
         if self.mode == PublishMode::Host {
             write!(f, "mode=host,")?;
         }
-        write!(
-            f,
-            "{}:{}/{}",
-            self.published,
-            self.target,
-            self.protocol.as_str()
-        )
+        write!(f, "{}:{}/{}", self.published, self.target, self.protocol.as_str())
     }
 }
 
 /// The desired state of a service, as the user wrote it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceSpec {
     pub image: String,
     pub mode: ServiceMode,
@@ -79,9 +73,67 @@ pub struct ServiceSpec {
     pub limits: Resources,
     pub ports: Vec<PortConfig>,
     pub labels: Labels,
+    /// Working directory and user (`uid[:gid]` or a name from the image); empty
+    /// means the image's.
+    #[serde(default)]
+    pub workdir: String,
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    #[serde(default)]
+    pub secrets: Vec<SecretRef>,
+    /// None: the image's HEALTHCHECK, if any.
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// Empty: the image's stop signal, else SIGTERM.
+    #[serde(default)]
+    pub stop_signal: String,
+    /// How long a task may take to stop before it is killed.
+    #[serde(default = "default_grace")]
+    pub stop_grace_ms: u64,
+}
+
+fn default_grace() -> u64 {
+    10_000
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        ServiceSpec {
+            image: String::new(),
+            mode: ServiceMode::default(),
+            env: vec![],
+            command: vec![],
+            args: vec![],
+            constraints: vec![],
+            reservations: Resources::default(),
+            limits: Resources::default(),
+            ports: vec![],
+            labels: Labels::default(),
+            workdir: String::new(),
+            user: String::new(),
+            mounts: vec![],
+            secrets: vec![],
+            health: None,
+            restart: RestartPolicy::default(),
+            stop_signal: String::new(),
+            stop_grace_ms: default_grace(),
+        }
+    }
 }
 
 impl ServiceSpec {
+    /// Names of the local volumes the tasks mount.
+    pub fn volume_names(&self) -> impl Iterator<Item = &str> {
+        self.mounts
+            .iter()
+            .filter(|m| m.kind == MountKind::Volume)
+            .map(|m| m.source.as_str())
+    }
+
     pub fn replicas(&self) -> Option<u64> {
         match self.mode {
             ServiceMode::Replicated { replicas } => Some(replicas),
@@ -98,10 +150,7 @@ impl ServiceSpec {
         if self.image.chars().any(|c| c.is_whitespace()) {
             return Err(ValidationError::new(
                 "image",
-                format!(
-                    "invalid image reference {:?}: contains whitespace",
-                    self.image
-                ),
+                format!("invalid image reference {:?}: contains whitespace", self.image),
             ));
         }
         if let ServiceMode::Replicated { replicas } = self.mode {
@@ -126,9 +175,7 @@ impl ServiceSpec {
                 "a memory limit must be at least 4MiB",
             ));
         }
-        if self.limits.memory_bytes != 0
-            && self.reservations.memory_bytes > self.limits.memory_bytes
-        {
+        if self.limits.memory_bytes != 0 && self.reservations.memory_bytes > self.limits.memory_bytes {
             return Err(ValidationError::new(
                 "reserve-memory",
                 "the memory reservation is larger than the memory limit",
@@ -140,22 +187,49 @@ impl ServiceSpec {
                 "the CPU reservation is larger than the CPU limit",
             ));
         }
+        if !self.workdir.is_empty() && !self.workdir.starts_with('/') {
+            return Err(ValidationError::new(
+                "workdir",
+                format!("{:?} must be an absolute path", self.workdir),
+            ));
+        }
+        let mut targets = std::collections::HashSet::new();
+        for m in &self.mounts {
+            m.validate("mount")?;
+            if !targets.insert(m.target.as_str()) {
+                return Err(ValidationError::new("mount", format!("two mounts at {}", m.target)));
+            }
+        }
+        for s in &self.secrets {
+            super::validate_name("secret", &s.name)?;
+            if !s.target.starts_with('/') {
+                return Err(ValidationError::new(
+                    "secret",
+                    format!("target {:?} must be an absolute path", s.target),
+                ));
+            }
+            if !targets.insert(s.target.as_str()) {
+                return Err(ValidationError::new(
+                    "secret",
+                    format!("{} is already a mount target", s.target),
+                ));
+            }
+        }
+        if let Some(h) = &self.health {
+            h.validate()?;
+        }
+        if !self.stop_signal.is_empty() {
+            super::parse_signal("stop-signal", &self.stop_signal)?;
+        }
         let mut seen = std::collections::HashSet::new();
         for p in &self.ports {
             if p.published == 0 || p.target == 0 {
-                return Err(ValidationError::new(
-                    "publish",
-                    "ports must be between 1 and 65535",
-                ));
+                return Err(ValidationError::new("publish", "ports must be between 1 and 65535"));
             }
             if !seen.insert((p.published, p.protocol)) {
                 return Err(ValidationError::new(
                     "publish",
-                    format!(
-                        "port {}/{} is published twice",
-                        p.published,
-                        p.protocol.as_str()
-                    ),
+                    format!("port {}/{} is published twice", p.published, p.protocol.as_str()),
                 ));
             }
         }

@@ -5,9 +5,7 @@
 use super::ServiceSpec;
 use serde::{Deserialize, Serialize};
 
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum TaskState {
     #[default]
     New,
@@ -70,6 +68,9 @@ pub struct TaskStatus {
     pub exit_code: Option<i32>,
     pub container_id: String,
     pub addr: String,
+    /// `starting`, `healthy` or `unhealthy` while a health check runs; empty without one.
+    #[serde(default)]
+    pub health: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -85,6 +86,9 @@ pub struct Task {
     pub status: TaskStatus,
     pub spec: ServiceSpec,
     pub spec_version: u64,
+    /// Restarts of this slot so far (0 for the first task), for `max_attempts`.
+    #[serde(default)]
+    pub attempt: u64,
     pub created_ms: i64,
     pub updated_ms: i64,
     pub version: u64,

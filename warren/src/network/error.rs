@@ -79,7 +79,9 @@ pub enum NetworkError {
     },
 
     /// A peer route would replace a route that Warren did not add.
-    #[error("route to {destination} already exists with protocol {protocol}, which warren does not own; not replacing it")]
+    #[error(
+        "route to {destination} already exists with protocol {protocol}, which warren does not own; not replacing it"
+    )]
     RouteConflict { destination: Ipv4Net, protocol: u8 },
 
     /// A network namespace file could not be created, entered or removed.
@@ -163,8 +165,7 @@ mod tests {
             source: io::Error::from_raw_os_error(libc::ENETUNREACH),
         };
         assert!(
-            e.to_string()
-                .starts_with("add route to 10.88.2.0/24 via 10.210.0.2: "),
+            e.to_string().starts_with("add route to 10.88.2.0/24 via 10.210.0.2: "),
             "{e}"
         );
 

@@ -107,10 +107,7 @@ fn validate(hostname: &str, dns: &DnsConfig) -> Result<(), NetworkError> {
     if dns.ndots > MAX_NDOTS {
         return Err(NetworkError::invalid(
             "ndots",
-            format!(
-                "{} is above the resolver's maximum of {MAX_NDOTS}",
-                dns.ndots
-            ),
+            format!("{} is above the resolver's maximum of {MAX_NDOTS}", dns.ndots),
         ));
     }
     Ok(())
@@ -178,13 +175,7 @@ mod tests {
     #[test]
     fn writes_hosts_and_resolv_conf() {
         let dir = tempfile::tempdir().unwrap();
-        let files = write_etc_files(
-            &dir.path().join("t1"),
-            "web-1",
-            Ipv4Addr::new(10, 88, 3, 7),
-            &dns(),
-        )
-        .unwrap();
+        let files = write_etc_files(&dir.path().join("t1"), "web-1", Ipv4Addr::new(10, 88, 3, 7), &dns()).unwrap();
         let hosts = std::fs::read_to_string(&files.hosts).unwrap();
         assert!(hosts.contains("127.0.0.1\tlocalhost\n"), "{hosts}");
         assert!(hosts.ends_with("10.88.3.7\tweb-1\n"), "{hosts}");
@@ -217,33 +208,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = Ipv4Addr::new(10, 88, 3, 7);
         let e = write_etc_files(dir.path(), "web_1", a, &dns()).unwrap_err();
-        assert!(
-            e.to_string().starts_with("invalid hostname: \"web_1\""),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("invalid hostname: \"web_1\""), "{e}");
         let mut d = dns();
         d.nameservers.clear();
         let e = write_etc_files(dir.path(), "web", a, &d).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("invalid nameservers: at least one"),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("invalid nameservers: at least one"), "{e}");
         let mut d = dns();
         d.nameservers = vec!["10.0.0.1".parse().unwrap(); 4];
         let e = write_etc_files(dir.path(), "web", a, &d).unwrap_err();
-        assert!(
-            e.to_string().starts_with("invalid nameservers: 4 given"),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("invalid nameservers: 4 given"), "{e}");
         let mut d = dns();
         d.search = vec!["-bad.example".into()];
         let e = write_etc_files(dir.path(), "web", a, &d).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("invalid search: \"-bad.example\""),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("invalid search: \"-bad.example\""), "{e}");
         let mut d = dns();
         d.ndots = 16;
         let e = write_etc_files(dir.path(), "web", a, &d).unwrap_err();

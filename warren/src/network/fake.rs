@@ -13,8 +13,7 @@ use ipnet::Ipv4Net;
 use super::error::NetworkError;
 use super::ipam::{gateway_of, host_range, pick, validate_subnet};
 use super::{
-    host_veth_name, validate_peers, validate_task_id, NetworkManager, PeerRoute, TaskNetwork,
-    TaskNetworkStatus,
+    host_veth_name, validate_peers, validate_task_id, NetworkManager, PeerRoute, TaskNetwork, TaskNetworkStatus,
 };
 
 /// One call the fake received, in order.
@@ -116,11 +115,8 @@ impl FakeNetwork {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let addr = pick(&used, host_range(self.subnet), st.next).ok_or(
-            NetworkError::AddressesExhausted {
-                subnet: self.subnet,
-            },
-        )?;
+        let addr = pick(&used, host_range(self.subnet), st.next)
+            .ok_or(NetworkError::AddressesExhausted { subnet: self.subnet })?;
         st.next = addr.wrapping_add(1);
         st.orphans.remove(task_id);
         let t = TaskNetwork {
@@ -184,10 +180,7 @@ impl NetworkManager for FakeNetwork {
         self.subnet
     }
 
-    fn setup_task<'a>(
-        &'a self,
-        task_id: &'a str,
-    ) -> BoxFuture<'a, Result<TaskNetwork, NetworkError>> {
+    fn setup_task<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<TaskNetwork, NetworkError>> {
         Box::pin(async move { self.setup(task_id) })
     }
 
@@ -195,10 +188,7 @@ impl NetworkManager for FakeNetwork {
         Box::pin(async move { self.teardown(task_id) })
     }
 
-    fn set_peer_routes<'a>(
-        &'a self,
-        peers: &'a [PeerRoute],
-    ) -> BoxFuture<'a, Result<(), NetworkError>> {
+    fn set_peer_routes<'a>(&'a self, peers: &'a [PeerRoute]) -> BoxFuture<'a, Result<(), NetworkError>> {
         Box::pin(async move { self.routes(peers) })
     }
 
@@ -245,18 +235,12 @@ mod tests {
             .set_peer_routes(&[("10.88.7.0/24".parse().unwrap(), via)])
             .await
             .unwrap_err();
-        assert!(
-            e.to_string().contains("overlaps this node's own subnet"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("overlaps this node's own subnet"), "{e}");
     }
 
     #[tokio::test]
     async fn failures_orphans_and_call_log() {
-        let f = FakeNetwork::new(
-            "10.88.7.0/24".parse().unwrap(),
-            "10.88.0.0/16".parse().unwrap(),
-        );
+        let f = FakeNetwork::new("10.88.7.0/24".parse().unwrap(), "10.88.0.0/16".parse().unwrap());
         f.fail_setup("t1");
         let e = f.setup_task("t1").await.unwrap_err();
         assert!(e.to_string().contains("injected failure"), "{e}");

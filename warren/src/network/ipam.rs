@@ -32,10 +32,7 @@ pub fn gateway_of(subnet: Ipv4Net) -> Ipv4Addr {
 
 /// The addresses tasks may get: from network + 2 (after the gateway) to broadcast - 1.
 pub(crate) fn host_range(subnet: Ipv4Net) -> (u32, u32) {
-    (
-        u32::from(subnet.network()) + 2,
-        u32::from(subnet.broadcast()) - 1,
-    )
+    (u32::from(subnet.network()) + 2, u32::from(subnet.broadcast()) - 1)
 }
 
 /// Checks that `subnet` can be a node subnet: no host bits, room for a gateway and at
@@ -50,10 +47,7 @@ pub fn validate_subnet(field: &'static str, subnet: Ipv4Net) -> Result<(), Netwo
     if subnet.trunc() != subnet {
         return Err(NetworkError::invalid(
             field,
-            format!(
-                "{subnet} has host bits set (did you mean {}?)",
-                subnet.trunc()
-            ),
+            format!("{subnet} has host bits set (did you mean {}?)", subnet.trunc()),
         ));
     }
     Ok(())
@@ -85,11 +79,7 @@ pub(crate) fn first_gap(used: impl IntoIterator<Item = u32>, from: u32, to: u32)
 /// the start of the range. `used` must be ascending.
 pub(crate) fn pick(used: &[u32], range: (u32, u32), next: u32) -> Option<u32> {
     let (first, last) = range;
-    let start = if (first..=last).contains(&next) {
-        next
-    } else {
-        first
-    };
+    let start = if (first..=last).contains(&next) { next } else { first };
     first_gap(used.iter().copied(), start, last).or_else(|| {
         if start > first {
             first_gap(used.iter().copied(), first, start - 1)
@@ -204,9 +194,7 @@ impl Ipam {
                 .map(|r| r.map(|(k, _)| k.value()))
                 .collect::<Result<Vec<u32>, _>>()
                 .map_err(|e| self.err(e))?;
-            let addr = pick(&used, range, next).ok_or(NetworkError::AddressesExhausted {
-                subnet: self.subnet,
-            })?;
+            let addr = pick(&used, range, next).ok_or(NetworkError::AddressesExhausted { subnet: self.subnet })?;
             by_task.insert(task_id, addr).map_err(|e| self.err(e))?;
             by_addr.insert(addr, task_id).map_err(|e| self.err(e))?;
             meta.insert(META_NEXT, addr.wrapping_add(1).to_string().as_str())
@@ -233,10 +221,7 @@ impl Ipam {
         let released = {
             let mut by_task = txn.open_table(BY_TASK).map_err(|e| self.err(e))?;
             let mut by_addr = txn.open_table(BY_ADDR).map_err(|e| self.err(e))?;
-            let addr = by_task
-                .remove(task_id)
-                .map_err(|e| self.err(e))?
-                .map(|a| a.value());
+            let addr = by_task.remove(task_id).map_err(|e| self.err(e))?.map(|a| a.value());
             if let Some(a) = addr {
                 by_addr.remove(a).map_err(|e| self.err(e))?;
             }
@@ -328,9 +313,7 @@ mod tests {
             "invalid subnet: 10.88.3.5/30 has host bits set (did you mean 10.88.3.4/30?)"
         );
         let e = validate_subnet("subnet", net("10.88.3.0/31")).unwrap_err();
-        assert!(e
-            .to_string()
-            .starts_with("invalid subnet: 10.88.3.0/31 is too small"));
+        assert!(e.to_string().starts_with("invalid subnet: 10.88.3.0/31 is too small"));
         validate_subnet("subnet", net("10.88.3.0/24")).unwrap();
         validate_subnet("subnet", net("10.88.3.4/30")).unwrap();
     }
@@ -350,10 +333,7 @@ mod tests {
         }
         let e = ipam.allocate("t6").unwrap_err();
         assert_eq!(e.to_string(), "no free address left in subnet 10.1.2.0/29");
-        assert_eq!(
-            ipam.release("t3").unwrap(),
-            Some(Ipv4Addr::new(10, 1, 2, 4))
-        );
+        assert_eq!(ipam.release("t3").unwrap(), Some(Ipv4Addr::new(10, 1, 2, 4)));
         assert_eq!(ipam.release("t3").unwrap(), None);
         assert_eq!(ipam.allocate("t6").unwrap(), Ipv4Addr::new(10, 1, 2, 4));
     }
@@ -375,8 +355,7 @@ mod tests {
 
         let e = Ipam::open(dir.path(), net("10.1.4.0/24")).unwrap_err();
         assert!(
-            e.to_string()
-                .contains("belongs to subnet 10.1.3.0/24, not 10.1.4.0/24"),
+            e.to_string().contains("belongs to subnet 10.1.3.0/24, not 10.1.4.0/24"),
             "{e}"
         );
     }
@@ -400,9 +379,7 @@ mod tests {
         let mut handles = Vec::new();
         for i in 0..140 {
             let ipam = ipam.clone();
-            handles.push(tokio::spawn(async move {
-                (i, ipam.allocate(&format!("task-{i}")))
-            }));
+            handles.push(tokio::spawn(async move { (i, ipam.allocate(&format!("task-{i}"))) }));
         }
         let mut got = HashSet::new();
         let mut exhausted = 0;

@@ -75,12 +75,7 @@ pub struct NetworkConfig {
 impl NetworkConfig {
     /// The defaults for node `node_id`: bridge `warren0`, namespaces
     /// `/run/netns/warren-<node_id>-<task>`, table `ip warren`, masquerade on.
-    pub fn new(
-        node_id: &str,
-        subnet: Ipv4Net,
-        cluster_cidr: Ipv4Net,
-        state_dir: impl Into<PathBuf>,
-    ) -> NetworkConfig {
+    pub fn new(node_id: &str, subnet: Ipv4Net, cluster_cidr: Ipv4Net, state_dir: impl Into<PathBuf>) -> NetworkConfig {
         NetworkConfig {
             bridge: DEFAULT_BRIDGE.to_string(),
             subnet,
@@ -112,10 +107,7 @@ impl NetworkConfig {
         if !self.cluster_cidr.contains(&self.subnet) {
             return Err(NetworkError::invalid(
                 "subnet",
-                format!(
-                    "{} is not inside the cluster CIDR {}",
-                    self.subnet, self.cluster_cidr
-                ),
+                format!("{} is not inside the cluster CIDR {}", self.subnet, self.cluster_cidr),
             ));
         }
         if self.state_dir.as_os_str().is_empty() {
@@ -127,9 +119,7 @@ impl NetworkConfig {
                 format!("{} is not an absolute path", self.netns_dir.display()),
             ));
         }
-        if self.netns_prefix.is_empty()
-            || self.netns_prefix.len() > 100
-            || !self.netns_prefix.chars().all(is_name_char)
+        if self.netns_prefix.is_empty() || self.netns_prefix.len() > 100 || !self.netns_prefix.chars().all(is_name_char)
         {
             return Err(NetworkError::invalid(
                 "netns_prefix",
@@ -179,9 +169,7 @@ fn validate_ifname(field: &'static str, name: &str) -> Result<(), NetworkError> 
     {
         return Err(NetworkError::invalid(
             field,
-            format!(
-                "{name:?} is not an interface name (1 to 15 characters, no '/', ':' or spaces)"
-            ),
+            format!("{name:?} is not an interface name (1 to 15 characters, no '/', ':' or spaces)"),
         ));
     }
     Ok(())
@@ -245,20 +233,14 @@ pub trait NetworkManager: Send + Sync {
     fn subnet(&self) -> Ipv4Net;
 
     /// Creates (or finds) the task's namespace, veth, address and routes.
-    fn setup_task<'a>(
-        &'a self,
-        task_id: &'a str,
-    ) -> BoxFuture<'a, Result<TaskNetwork, NetworkError>>;
+    fn setup_task<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<TaskNetwork, NetworkError>>;
 
     /// Removes the task's veth and namespace file and frees its address; nothing if
     /// they are already gone.
     fn teardown_task<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<(), NetworkError>>;
 
     /// Makes the routing table hold exactly one Warren route per peer subnet.
-    fn set_peer_routes<'a>(
-        &'a self,
-        peers: &'a [PeerRoute],
-    ) -> BoxFuture<'a, Result<(), NetworkError>>;
+    fn set_peer_routes<'a>(&'a self, peers: &'a [PeerRoute]) -> BoxFuture<'a, Result<(), NetworkError>>;
 
     /// Every task network present on the node, by task id.
     fn list(&self) -> BoxFuture<'_, Result<Vec<TaskNetworkStatus>, NetworkError>>;
@@ -313,10 +295,7 @@ pub fn validate_peers(
             }
             continue;
         }
-        if let Some(other) = out
-            .keys()
-            .find(|o| o.contains(&subnet) || subnet.contains(*o))
-        {
+        if let Some(other) = out.keys().find(|o| o.contains(&subnet) || subnet.contains(*o)) {
             return Err(NetworkError::invalid(
                 field,
                 format!("subnets {other} and {subnet} overlap"),
@@ -353,15 +332,9 @@ mod tests {
     #[test]
     fn bad_config_names_the_field() {
         let cases: Vec<(Mutation, &str)> = vec![
-            (
-                Box::new(|c| c.bridge = "a-very-long-bridge".into()),
-                "invalid bridge: ",
-            ),
+            (Box::new(|c| c.bridge = "a-very-long-bridge".into()), "invalid bridge: "),
             (Box::new(|c| c.bridge = "br/0".into()), "invalid bridge: "),
-            (
-                Box::new(|c| c.subnet = net("10.88.3.0/31")),
-                "invalid subnet: ",
-            ),
+            (Box::new(|c| c.subnet = net("10.88.3.0/31")), "invalid subnet: "),
             (
                 Box::new(|c| c.subnet = net("10.99.3.0/24")),
                 "invalid subnet: 10.99.3.0/24 is not inside",
@@ -370,26 +343,14 @@ mod tests {
                 Box::new(|c| c.cluster_cidr = net("10.88.1.0/16")),
                 "invalid cluster_cidr: ",
             ),
-            (
-                Box::new(|c| c.netns_dir = "run/netns".into()),
-                "invalid netns_dir: ",
-            ),
-            (
-                Box::new(|c| c.netns_prefix = "a/b".into()),
-                "invalid netns_prefix: ",
-            ),
-            (
-                Box::new(|c| c.nft_table = "1x".into()),
-                "invalid nft_table: ",
-            ),
+            (Box::new(|c| c.netns_dir = "run/netns".into()), "invalid netns_dir: "),
+            (Box::new(|c| c.netns_prefix = "a/b".into()), "invalid netns_prefix: "),
+            (Box::new(|c| c.nft_table = "1x".into()), "invalid nft_table: "),
             (
                 Box::new(|c| c.route_protocol = 4),
                 "invalid route_protocol: 4 is reserved",
             ),
-            (
-                Box::new(|c| c.state_dir = PathBuf::new()),
-                "invalid state_dir: ",
-            ),
+            (Box::new(|c| c.state_dir = PathBuf::new()), "invalid state_dir: "),
         ];
         for (mutate, want) in cases {
             let mut c = cfg();
@@ -437,14 +398,8 @@ mod tests {
                 vec![(net("10.88.4.1/24"), via)],
                 "subnet 10.88.4.1/24 has host bits set",
             ),
-            (
-                vec![(net("10.99.4.0/24"), via)],
-                "is not inside the cluster CIDR",
-            ),
-            (
-                vec![(net("10.88.3.0/24"), via)],
-                "overlaps this node's own subnet",
-            ),
+            (vec![(net("10.99.4.0/24"), via)], "is not inside the cluster CIDR"),
+            (vec![(net("10.88.3.0/24"), via)], "overlaps this node's own subnet"),
             (
                 vec![(net("10.88.4.0/24"), "0.0.0.0".parse().unwrap())],
                 "is not a node address",
@@ -460,10 +415,7 @@ mod tests {
                 ],
                 "is listed via both",
             ),
-            (
-                vec![(net("10.88.4.0/24"), via), (net("10.88.4.0/23"), via)],
-                "overlap",
-            ),
+            (vec![(net("10.88.4.0/24"), via), (net("10.88.4.0/23"), via)], "overlap"),
         ];
         for (peers, want) in cases {
             let e = validate_peers(own, cl, &peers).unwrap_err().to_string();

@@ -12,22 +12,18 @@ use futures::future::BoxFuture;
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
-};
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::error::{nl_errno, nl_io, NetworkError};
 use super::ipam::Ipam;
 use super::netns::{self, NetlinkConn, Ns};
 use super::{
-    host_veth_name, nft, validate_peers, validate_task_id, NetworkConfig, NetworkManager,
-    PeerRoute, TaskNetwork, TaskNetworkStatus, TASK_IFNAME,
+    host_veth_name, nft, validate_peers, validate_task_id, NetworkConfig, NetworkManager, PeerRoute, TaskNetwork,
+    TaskNetworkStatus, TASK_IFNAME,
 };
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -49,9 +45,7 @@ pub struct NetlinkNetwork {
 
 impl std::fmt::Debug for NetlinkNetwork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NetlinkNetwork")
-            .field("cfg", &self.cfg)
-            .finish()
+        f.debug_struct("NetlinkNetwork").field("cfg", &self.cfg).finish()
     }
 }
 
@@ -88,9 +82,7 @@ impl NetlinkNetwork {
 
     /// Where task `task_id`'s namespace file is (whether or not it exists).
     pub fn netns_path(&self, task_id: &str) -> PathBuf {
-        self.cfg
-            .netns_dir
-            .join(format!("{}{task_id}", self.cfg.netns_prefix))
+        self.cfg.netns_dir.join(format!("{}{task_id}", self.cfg.netns_prefix))
     }
 
     /// The host end of task `task_id`'s veth pair.
@@ -160,13 +152,11 @@ impl NetlinkNetwork {
                     Err(e) if nl_errno(&e) == Some(libc::EEXIST) => {}
                     Err(e) => return Err(link_err("create bridge", e)),
                 }
-                get_link(self.h(), name)
-                    .await?
-                    .ok_or_else(|| NetworkError::Link {
-                        op: "find created bridge",
-                        link: name.clone(),
-                        source: std::io::Error::from_raw_os_error(libc::ENODEV),
-                    })?
+                get_link(self.h(), name).await?.ok_or_else(|| NetworkError::Link {
+                    op: "find created bridge",
+                    link: name.clone(),
+                    source: std::io::Error::from_raw_os_error(libc::ENODEV),
+                })?
             }
         };
         match link_kind(&link) {
@@ -252,10 +242,7 @@ impl NetlinkNetwork {
         let eth0 = get_link(&task.handle, TASK_IFNAME).await?;
         match (host_link, eth0) {
             // Each end's IFLA_LINK is the other's index: the pair is intact.
-            (Some(h), Some(e))
-                if link_peer(&h) == Some(e.header.index)
-                    && link_peer(&e) == Some(h.header.index) =>
-            {
+            (Some(h), Some(e)) if link_peer(&h) == Some(e.header.index) && link_peer(&e) == Some(h.header.index) => {
                 if link_controller(&h) != Some(bridge) || !h.header.flags.contains(LinkFlags::Up) {
                     self.h()
                         .link()
@@ -305,12 +292,7 @@ impl NetlinkNetwork {
         })
     }
 
-    async fn create_veth(
-        &self,
-        host: &str,
-        bridge: u32,
-        netns_path: &std::path::Path,
-    ) -> Result<(), NetworkError> {
+    async fn create_veth(&self, host: &str, bridge: u32, netns_path: &std::path::Path) -> Result<(), NetworkError> {
         let ns_fd = netns::open_netns(netns_path)?;
         // The peer is born inside the task namespace as eth0, so no name is ever
         // taken in the node namespace and there is no window with a stray link.
@@ -490,22 +472,20 @@ impl NetlinkNetwork {
         if let Some(bridge) = get_link(self.h(), &self.cfg.bridge).await? {
             if link_kind(&bridge) == Some(InfoKind::Bridge) {
                 // veths of tasks whose state was lost still hang off the bridge.
-                let links: Vec<LinkMessage> = self
-                    .h()
-                    .link()
-                    .get()
-                    .execute()
-                    .try_collect()
-                    .await
-                    .map_err(|e| NetworkError::Link {
-                    op: "list links on",
-                    link: self.cfg.bridge.clone(),
-                    source: nl_io(e),
-                })?;
+                let links: Vec<LinkMessage> =
+                    self.h()
+                        .link()
+                        .get()
+                        .execute()
+                        .try_collect()
+                        .await
+                        .map_err(|e| NetworkError::Link {
+                            op: "list links on",
+                            link: self.cfg.bridge.clone(),
+                            source: nl_io(e),
+                        })?;
                 for l in links {
-                    if link_controller(&l) == Some(bridge.header.index)
-                        && link_kind(&l) == Some(InfoKind::Veth)
-                    {
+                    if link_controller(&l) == Some(bridge.header.index) && link_kind(&l) == Some(InfoKind::Veth) {
                         let name = link_name(&l).unwrap_or_default();
                         del_link(self.h(), l.header.index, &name).await?;
                     }
@@ -513,12 +493,7 @@ impl NetlinkNetwork {
                 del_link(self.h(), bridge.header.index, &self.cfg.bridge).await?;
             }
         }
-        nft::apply(
-            self.ns(),
-            &self.cfg.nft_table,
-            nft::delete_script(&self.cfg.nft_table),
-        )
-        .await?;
+        nft::apply(self.ns(), &self.cfg.nft_table, nft::delete_script(&self.cfg.nft_table)).await?;
         self.ipam.clear()?;
         tracing::info!(bridge = %self.cfg.bridge, "node network removed");
         Ok(())
@@ -530,10 +505,7 @@ impl NetworkManager for NetlinkNetwork {
         self.cfg.subnet
     }
 
-    fn setup_task<'a>(
-        &'a self,
-        task_id: &'a str,
-    ) -> BoxFuture<'a, Result<TaskNetwork, NetworkError>> {
+    fn setup_task<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<TaskNetwork, NetworkError>> {
         Box::pin(NetlinkNetwork::setup_task(self, task_id))
     }
 
@@ -541,10 +513,7 @@ impl NetworkManager for NetlinkNetwork {
         Box::pin(NetlinkNetwork::teardown_task(self, task_id))
     }
 
-    fn set_peer_routes<'a>(
-        &'a self,
-        peers: &'a [PeerRoute],
-    ) -> BoxFuture<'a, Result<(), NetworkError>> {
+    fn set_peer_routes<'a>(&'a self, peers: &'a [PeerRoute]) -> BoxFuture<'a, Result<(), NetworkError>> {
         Box::pin(NetlinkNetwork::set_peer_routes(self, peers))
     }
 
@@ -677,11 +646,7 @@ fn link_name(l: &LinkMessage) -> Option<String> {
 }
 
 /// The IPv4 addresses on link `index`, with the messages that delete them.
-async fn ipv4_addrs(
-    h: &Handle,
-    index: u32,
-    link: &str,
-) -> Result<Vec<(Ipv4Addr, u8, AddressMessage)>, NetworkError> {
+async fn ipv4_addrs(h: &Handle, index: u32, link: &str) -> Result<Vec<(Ipv4Addr, u8, AddressMessage)>, NetworkError> {
     let msgs: Vec<AddressMessage> = h
         .address()
         .get()

@@ -46,12 +46,10 @@ impl Ns {
             source,
         };
         match self {
-            Ns::Fd(fd) => setns(fd.as_fd(), CloneFlags::CLONE_NEWNET)
-                .map_err(|e| err("enter", io::Error::from(e))),
+            Ns::Fd(fd) => setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| err("enter", io::Error::from(e))),
             Ns::Path(p) => {
                 let f = std::fs::File::open(p).map_err(|e| err("open", e))?;
-                setns(f.as_fd(), CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| err("enter", io::Error::from(e)))
+                setns(f.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| err("enter", io::Error::from(e)))
             }
         }
     }
@@ -101,11 +99,9 @@ where
 pub(crate) async fn netlink_in(ns: Ns) -> Result<NetlinkConn, NetworkError> {
     let path = ns.describe();
     let socket = in_netns(ns, move || {
-        rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE).map_err(|source| {
-            NetworkError::Netlink {
-                context: format!("in {}", path.display()),
-                source,
-            }
+        rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE).map_err(|source| NetworkError::Netlink {
+            context: format!("in {}", path.display()),
+            source,
         })
     })
     .await?;
@@ -121,11 +117,12 @@ pub(crate) struct NetlinkConn {
 impl NetlinkConn {
     /// A connection in the calling thread's namespace.
     pub(crate) fn here() -> Result<NetlinkConn, NetworkError> {
-        let socket = rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)
-            .map_err(|source| NetworkError::Netlink {
+        let socket = rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE).map_err(|source| {
+            NetworkError::Netlink {
                 context: "in the node namespace".into(),
                 source,
-            })?;
+            }
+        })?;
         Ok(NetlinkConn::from_socket(socket))
     }
 
@@ -218,8 +215,7 @@ fn make_shared_mount(dir: &Path) -> Result<(), NetworkError> {
                 None::<&str>,
             )
             .map_err(|e| err("bind mount onto itself", e))?;
-            mount(None::<&str>, dir, None::<&str>, shared, None::<&str>)
-                .map_err(|e| err("make shared", e))
+            mount(None::<&str>, dir, None::<&str>, shared, None::<&str>).map_err(|e| err("make shared", e))
         }
         Err(e) => Err(err("make shared", e)),
     }

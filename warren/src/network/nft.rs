@@ -86,9 +86,6 @@ mod tests {
         assert!(s.starts_with("add table ip warren\ndelete table ip warren\n"));
         assert_eq!(s.matches("masquerade").count(), 1);
         assert!(s.contains("ip saddr 10.88.3.0/24 ip daddr != 10.88.0.0/16 counter masquerade"));
-        assert_eq!(
-            delete_script("warren"),
-            "add table ip warren\ndelete table ip warren\n"
-        );
+        assert_eq!(delete_script("warren"), "add table ip warren\ndelete table ip warren\n");
     }
 }

@@ -10,8 +10,8 @@ pub use token::{new_token_secret, JoinToken};
 
 use crate::model::NodeRole;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 use sha2::{Digest, Sha256};
@@ -34,15 +34,9 @@ pub enum PkiError {
     #[error("invalid PEM certificate: {0}")]
     BadPem(String),
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("cannot write {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    Write { path: String, source: std::io::Error },
     #[error("cannot reach {addr}: {reason}")]
     Unreachable { addr: String, reason: String },
     #[error(
@@ -95,10 +89,7 @@ impl CertificateAuthority {
     }
 
     /// Rebuilds the CA from its certificate and its PKCS#8 key.
-    pub fn from_parts(
-        cert_pem: &str,
-        key_pkcs8_der: &[u8],
-    ) -> Result<CertificateAuthority, PkiError> {
+    pub fn from_parts(cert_pem: &str, key_pkcs8_der: &[u8]) -> Result<CertificateAuthority, PkiError> {
         let cert_der = pem_to_der(cert_pem)?;
         let key = KeyPair::try_from(key_pkcs8_der)?;
         Ok(CertificateAuthority {
@@ -130,9 +121,8 @@ impl CertificateAuthority {
         node_id: &str,
         role: NodeRole,
     ) -> Result<String, PkiError> {
-        let csr =
-            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
-                .map_err(|e| PkiError::BadCsr(e.to_string()))?;
+        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+            .map_err(|e| PkiError::BadCsr(e.to_string()))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, node_id);
@@ -155,14 +145,8 @@ impl CertificateAuthority {
             ),
             SanType::DnsName(node_id.try_into()?),
         ];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - days(1);
         params.not_after = now + days(NODE_CERT_DAYS);
@@ -209,18 +193,8 @@ pub fn peer_identity(chain: &[CertificateDer<'_>]) -> Option<PeerIdentity> {
     let leaf = chain.first()?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
     let subject = cert.subject();
-    let node_id = subject
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
-    let ou = subject
-        .iter_organizational_unit()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
+    let node_id = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    let ou = subject.iter_organizational_unit().next()?.as_str().ok()?.to_string();
     let role = match ou.as_str() {
         OU_MANAGER => NodeRole::Manager,
         OU_WORKER => NodeRole::Worker,
@@ -312,10 +286,7 @@ impl NodeCredentials {
     pub fn client_tls(&self) -> tonic::transport::ClientTlsConfig {
         tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
-            .identity(tonic::transport::Identity::from_pem(
-                &self.cert_pem,
-                &self.key_pem,
-            ))
+            .identity(tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem))
             .domain_name(MANAGER_SERVER_NAME)
     }
 }
@@ -331,11 +302,7 @@ pub fn anonymous_client_tls(ca_pem: &str) -> tonic::transport::ClientTlsConfig {
 /// the CA from the end of the chain it presents, and accepts it only if its digest
 /// is the one in the token and it signed the manager's certificate. Everything after
 /// this uses normal verification against the returned CA.
-pub async fn fetch_ca(
-    addr: &str,
-    expected_digest: &str,
-    timeout: Duration,
-) -> Result<String, PkiError> {
+pub async fn fetch_ca(addr: &str, expected_digest: &str, timeout: Duration) -> Result<String, PkiError> {
     use rustls::pki_types::ServerName;
     let unreachable = |reason: String| PkiError::Unreachable {
         addr: addr.to_string(),
@@ -346,9 +313,7 @@ pub async fn fetch_ca(
         .with_safe_default_protocol_versions()
         .map_err(|e| unreachable(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(probe::AcceptAnyOnce(
-            provider.clone(),
-        )))
+        .with_custom_certificate_verifier(std::sync::Arc::new(probe::AcceptAnyOnce(provider.clone())))
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let fut = async {
@@ -394,15 +359,12 @@ pub async fn fetch_ca(
         addr: addr.to_string(),
         reason: e.to_string(),
     })?;
-    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-        std::sync::Arc::new(roots),
-        provider,
-    )
-    .build()
-    .map_err(|e| PkiError::BadServerCert {
-        addr: addr.to_string(),
-        reason: e.to_string(),
-    })?;
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(std::sync::Arc::new(roots), provider)
+        .build()
+        .map_err(|e| PkiError::BadServerCert {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?;
     rustls::client::danger::ServerCertVerifier::verify_server_cert(
         verifier.as_ref(),
         &leaf,
@@ -453,12 +415,7 @@ mod probe {
             cert: &CertificateDer<'_>,
             dss: &DigitallySignedStruct,
         ) -> Result<HandshakeSignatureValid, Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
         }
 
         fn verify_tls13_signature(
@@ -467,12 +424,7 @@ mod probe {
             cert: &CertificateDer<'_>,
             dss: &DigitallySignedStruct,
         ) -> Result<HandshakeSignatureValid, Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
         }
 
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -489,9 +441,7 @@ mod tests {
     fn a_signed_node_certificate_carries_id_and_role() {
         let ca = CertificateAuthority::generate("cluster1").unwrap();
         let (key, csr) = new_node_key("edge-1").unwrap();
-        let pem = ca
-            .sign_node(&csr, "cluster1", "node123", NodeRole::Manager)
-            .unwrap();
+        let pem = ca.sign_node(&csr, "cluster1", "node123", NodeRole::Manager).unwrap();
         let creds = NodeCredentials {
             ca_pem: ca.cert_pem().to_string(),
             cert_pem: pem,
@@ -505,9 +455,7 @@ mod tests {
             })
         );
         let (_, csr) = new_node_key("edge-2").unwrap();
-        let pem = ca
-            .sign_node(&csr, "cluster1", "node456", NodeRole::Worker)
-            .unwrap();
+        let pem = ca.sign_node(&csr, "cluster1", "node456", NodeRole::Worker).unwrap();
         let der = pem_to_der(&pem).unwrap();
         assert_eq!(peer_identity(&[der]).unwrap().role, NodeRole::Worker);
     }
@@ -525,12 +473,9 @@ mod tests {
     #[test]
     fn a_garbage_csr_is_refused() {
         let ca = CertificateAuthority::generate("c").unwrap();
-        let err = ca
-            .sign_node(b"not a csr", "c", "id", NodeRole::Worker)
-            .unwrap_err();
+        let err = ca.sign_node(b"not a csr", "c", "id", NodeRole::Worker).unwrap_err();
         assert!(
-            err.to_string()
-                .starts_with("invalid certificate signing request"),
+            err.to_string().starts_with("invalid certificate signing request"),
             "{err}"
         );
     }

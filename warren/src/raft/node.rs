@@ -48,9 +48,7 @@ impl Default for RaftTuning {
 pub enum WriteError {
     #[error(transparent)]
     Apply(#[from] ApplyError),
-    #[error(
-        "no manager is leader: an election is under way, or fewer than a majority of managers are reachable"
-    )]
+    #[error("no manager is leader: an election is under way, or fewer than a majority of managers are reachable")]
     NoLeader,
     #[error("the write was not committed within {0:?}: is a majority of managers up?")]
     Timeout(Duration),
@@ -144,12 +142,7 @@ impl RaftNode {
     /// Makes this member the single voter of a new cluster.
     pub async fn initialize(&self, addr: &str) -> Result<(), StartError> {
         let mut members = BTreeMap::new();
-        members.insert(
-            self.id,
-            BasicNode {
-                addr: addr.to_string(),
-            },
-        );
+        members.insert(self.id, BasicNode { addr: addr.to_string() });
         self.raft
             .initialize(members)
             .await
@@ -201,8 +194,7 @@ impl RaftNode {
                     WriteError::Timeout(self.tuning.write_timeout)
                 });
             }
-            let attempt =
-                tokio::time::timeout(remaining, self.raft.client_write(cmd.clone())).await;
+            let attempt = tokio::time::timeout(remaining, self.raft.client_write(cmd.clone())).await;
             match attempt {
                 Err(_) => return Err(WriteError::Timeout(self.tuning.write_timeout)),
                 Ok(Ok(resp)) => return resp.data.into_result().map_err(WriteError::Apply),
@@ -232,20 +224,12 @@ impl RaftNode {
         }
     }
 
-    async fn forward(
-        &self,
-        addr: &str,
-        cmd: &Command,
-        timeout: Duration,
-    ) -> Result<ForwardReply, String> {
+    async fn forward(&self, addr: &str, cmd: &Command, timeout: Duration) -> Result<ForwardReply, String> {
         let mut client = self.peers.raft_client(addr).map_err(|e| e.to_string())?;
         let data = serde_json::to_vec(cmd).map_err(|e| e.to_string())?;
         let mut req = tonic::Request::new(RaftPayload { data });
         req.set_timeout(timeout);
-        let reply = client
-            .forward(req)
-            .await
-            .map_err(|s| s.message().to_string())?;
+        let reply = client.forward(req).await.map_err(|s| s.message().to_string())?;
         serde_json::from_slice(&reply.into_inner().data).map_err(|e| e.to_string())
     }
 
@@ -260,9 +244,7 @@ impl RaftNode {
                 response: resp.data,
                 index: resp.log_id.index,
             },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                ForwardReply::NotLeader
-            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => ForwardReply::NotLeader,
             Ok(Err(e)) => ForwardReply::Failed(e.to_string()),
         }
     }
@@ -271,17 +253,9 @@ impl RaftNode {
     /// makes it a voter.
     pub async fn add_voter(&self, id: u64, addr: &str) -> Result<(), WriteError> {
         self.raft
-            .add_learner(
-                id,
-                BasicNode {
-                    addr: addr.to_string(),
-                },
-                true,
-            )
+            .add_learner(id, BasicNode { addr: addr.to_string() }, true)
             .await
-            .map_err(|e| {
-                WriteError::Raft(format!("adding manager {id} at {addr} as a learner: {e}"))
-            })?;
+            .map_err(|e| WriteError::Raft(format!("adding manager {id} at {addr} as a learner: {e}")))?;
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
@@ -302,9 +276,7 @@ impl RaftNode {
             self.raft
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                 .await
-                .map_err(|e| {
-                    WriteError::Raft(format!("removing manager {id} from the voters: {e}"))
-                })?;
+                .map_err(|e| WriteError::Raft(format!("removing manager {id} from the voters: {e}")))?;
         }
         if voter || learner {
             self.raft

@@ -35,10 +35,7 @@ fn encode<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
-    async fn append_entries(
-        &self,
-        req: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
+    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(req)?;
         encode(&self.node.raft.append_entries(rpc).await)
     }
@@ -48,10 +45,7 @@ impl RaftRpc for RaftService {
         encode(&self.node.raft.vote(rpc).await)
     }
 
-    async fn install_snapshot(
-        &self,
-        req: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
+    async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(req)?;
         encode(&self.node.raft.install_snapshot(rpc).await)
     }

@@ -3,8 +3,8 @@
 //! deterministically: IDs, timestamps and secrets are chosen by the proposer.
 
 use crate::model::{
-    Availability, ClusterMeta, Labels, Node, NodeRole, NodeState, Platform, Resources, Secret,
-    Service, ServiceSpec, Task, TaskState, TaskStatus, Volume,
+    Availability, ClusterMeta, Labels, Node, NodeRole, NodeState, Platform, Resources, Secret, Service, ServiceSpec,
+    Task, TaskState, TaskStatus, Volume,
 };
 use serde::{Deserialize, Serialize};
 

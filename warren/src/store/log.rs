@@ -49,10 +49,7 @@ impl LogStore {
         Ok(store)
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &str,
-    ) -> Result<Option<T>, StorageError> {
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
         let txn = self.db.begin_read().map_err(io_read)?;
         let table = txn.open_table(META).map_err(io_read)?;
         match table.get(key).map_err(io_read)? {
@@ -61,11 +58,7 @@ impl LogStore {
         }
     }
 
-    async fn put_meta<T: serde::Serialize>(
-        &self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), StorageError> {
+    async fn put_meta<T: serde::Serialize>(&self, key: &'static str, value: &T) -> Result<(), StorageError> {
         let bytes = serde_json::to_vec(value).map_err(io_write)?;
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
@@ -137,11 +130,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -182,8 +171,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let txn = db.begin_write().map_err(io_write)?;
             {
                 let mut t = txn.open_table(LOG).map_err(io_write)?;
-                t.retain_in(log_id.index.., |_, _| false)
-                    .map_err(io_write)?;
+                t.retain_in(log_id.index.., |_, _| false).map_err(io_write)?;
             }
             txn.commit().map_err(io_write)
         })
@@ -200,8 +188,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let mut m = txn.open_table(META).map_err(io_write)?;
                 m.insert(KEY_PURGED, bytes.as_slice()).map_err(io_write)?;
                 let mut t = txn.open_table(LOG).map_err(io_write)?;
-                t.retain_in(..=log_id.index, |_, _| false)
-                    .map_err(io_write)?;
+                t.retain_in(..=log_id.index, |_, _| false).map_err(io_write)?;
             }
             txn.commit().map_err(io_write)
         })

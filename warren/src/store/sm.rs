@@ -167,10 +167,8 @@ impl StateMachine {
             }
             {
                 let mut meta = txn.open_table(META).map_err(sm_write)?;
-                meta.insert(KEY_APPLIED, applied.as_slice())
-                    .map_err(sm_write)?;
-                meta.insert(KEY_MEMBERSHIP, membership.as_slice())
-                    .map_err(sm_write)?;
+                meta.insert(KEY_APPLIED, applied.as_slice()).map_err(sm_write)?;
+                meta.insert(KEY_MEMBERSHIP, membership.as_slice()).map_err(sm_write)?;
             }
             for (kind, key, value) in &rows {
                 let mut t = txn.open_table(table_of(*kind)).map_err(sm_write)?;
@@ -497,12 +495,7 @@ mod tests {
         )])
         .await
         .unwrap();
-        let snap = a
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snap = a.get_snapshot_builder().await.build_snapshot().await.unwrap();
 
         let store_b = Store::new();
         let path_b = dir.path().join("b.redb");

@@ -4,9 +4,7 @@
 //! state machine persists to redb and publishes as events.
 
 use super::command::{ApplyError, Command};
-use crate::model::{
-    ClusterMeta, Node, NodeRole, Resources, Secret, Service, Task, TaskState, Volume,
-};
+use crate::model::{ClusterMeta, Node, NodeRole, Resources, Secret, Service, Task, TaskState, Volume};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -54,9 +52,7 @@ fn resolve<'a, T>(
     key: &str,
 ) -> Result<&'a T, ApplyError> {
     if key.is_empty() {
-        return Err(ApplyError::Invalid(format!(
-            "{what}: a name or ID is required"
-        )));
+        return Err(ApplyError::Invalid(format!("{what}: a name or ID is required")));
     }
     if let Some(v) = map.get(key) {
         return Ok(v);
@@ -64,9 +60,7 @@ fn resolve<'a, T>(
     if let Some(v) = map.values().find(|v| name_of(v) == key) {
         return Ok(v);
     }
-    let mut prefixed = map
-        .range(key.to_string()..)
-        .take_while(|(id, _)| id.starts_with(key));
+    let mut prefixed = map.range(key.to_string()..).take_while(|(id, _)| id.starts_with(key));
     match (prefixed.next(), prefixed.next()) {
         (Some((_, v)), None) => Ok(v),
         (Some(_), Some(_)) => Err(ApplyError::Invalid(format!(
@@ -97,13 +91,8 @@ impl State {
         resolve(&self.volumes, |v| &v.name, "volume", key)
     }
 
-    pub fn tasks_of_service<'a>(
-        &'a self,
-        service_id: &'a str,
-    ) -> impl Iterator<Item = &'a Task> + 'a {
-        self.tasks
-            .values()
-            .filter(move |t| t.service_id == service_id)
+    pub fn tasks_of_service<'a>(&'a self, service_id: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks.values().filter(move |t| t.service_id == service_id)
     }
 
     pub fn tasks_on_node<'a>(&'a self, node_id: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
@@ -130,24 +119,14 @@ impl State {
         match cmd {
             Command::Bootstrap { meta, node } => {
                 if self.meta.is_some() {
-                    return Err(ApplyError::AlreadyExists(
-                        "the cluster is already initialized".into(),
-                    ));
+                    return Err(ApplyError::AlreadyExists("the cluster is already initialized".into()));
                 }
+                let mut node = node.clone();
+                node.subnet = Some(allocate_subnet(&meta.pod_cidr, &self.nodes, &node.name)?);
                 self.meta = Some(meta.clone());
-                changes.push(change(
-                    ObjectKind::Cluster,
-                    Action::Created,
-                    &meta.cluster_id,
-                    "",
-                ));
+                changes.push(change(ObjectKind::Cluster, Action::Created, &meta.cluster_id, ""));
                 self.nodes.insert(node.id.clone(), node.clone());
-                changes.push(change(
-                    ObjectKind::Node,
-                    Action::Created,
-                    &node.id,
-                    &node.name,
-                ));
+                changes.push(change(ObjectKind::Node, Action::Created, &node.id, &node.name));
                 Ok(())
             }
             Command::RotateJoinToken { role, secret } => {
@@ -159,20 +138,12 @@ impl State {
                     NodeRole::Worker => meta.worker_token_secret = secret.clone(),
                     NodeRole::Manager => meta.manager_token_secret = secret.clone(),
                 }
-                changes.push(change(
-                    ObjectKind::Cluster,
-                    Action::Updated,
-                    &meta.cluster_id,
-                    "",
-                ));
+                changes.push(change(ObjectKind::Cluster, Action::Updated, &meta.cluster_id, ""));
                 Ok(())
             }
             Command::AddNode { node } => {
                 if self.nodes.contains_key(&node.id) {
-                    return Err(ApplyError::AlreadyExists(format!(
-                        "node {} already exists",
-                        node.id
-                    )));
+                    return Err(ApplyError::AlreadyExists(format!("node {} already exists", node.id)));
                 }
                 if let Some(other) = self.nodes.values().find(|n| n.name == node.name) {
                     return Err(ApplyError::AlreadyExists(format!(
@@ -180,13 +151,12 @@ impl State {
                         node.name, other.id, other.name
                     )));
                 }
+                let mut node = node.clone();
+                if let Some(meta) = &self.meta {
+                    node.subnet = Some(allocate_subnet(&meta.pod_cidr, &self.nodes, &node.name)?);
+                }
                 self.nodes.insert(node.id.clone(), node.clone());
-                changes.push(change(
-                    ObjectKind::Node,
-                    Action::Created,
-                    &node.id,
-                    &node.name,
-                ));
+                changes.push(change(ObjectKind::Node, Action::Created, &node.id, &node.name));
                 Ok(())
             }
             Command::NodeHello {
@@ -204,12 +174,7 @@ impl State {
                 node.message.clear();
                 node.updated_ms = *at_ms;
                 node.version += 1;
-                changes.push(change(
-                    ObjectKind::Node,
-                    Action::Updated,
-                    id,
-                    &node.name.clone(),
-                ));
+                changes.push(change(ObjectKind::Node, Action::Updated, id, &node.name.clone()));
                 Ok(())
             }
             Command::SetNodeState {
@@ -226,12 +191,7 @@ impl State {
                 node.message = message.clone();
                 node.updated_ms = *at_ms;
                 node.version += 1;
-                changes.push(change(
-                    ObjectKind::Node,
-                    Action::Updated,
-                    id,
-                    &node.name.clone(),
-                ));
+                changes.push(change(ObjectKind::Node, Action::Updated, id, &node.name.clone()));
                 Ok(())
             }
             Command::UpdateNode {
@@ -253,12 +213,7 @@ impl State {
                 }
                 node.updated_ms = *at_ms;
                 node.version += 1;
-                changes.push(change(
-                    ObjectKind::Node,
-                    Action::Updated,
-                    id,
-                    &node.name.clone(),
-                ));
+                changes.push(change(ObjectKind::Node, Action::Updated, id, &node.name.clone()));
                 Ok(())
             }
             Command::RemoveNode { id } => {
@@ -291,12 +246,7 @@ impl State {
                     )));
                 }
                 self.services.insert(service.id.clone(), service.clone());
-                changes.push(change(
-                    ObjectKind::Service,
-                    Action::Created,
-                    &service.id,
-                    &service.name,
-                ));
+                changes.push(change(ObjectKind::Service, Action::Created, &service.id, &service.name));
                 Ok(())
             }
             Command::UpdateService {
@@ -321,19 +271,10 @@ impl State {
                 svc.spec = spec.clone();
                 svc.version += 1;
                 svc.updated_ms = *at_ms;
-                changes.push(change(
-                    ObjectKind::Service,
-                    Action::Updated,
-                    id,
-                    &svc.name.clone(),
-                ));
+                changes.push(change(ObjectKind::Service, Action::Updated, id, &svc.name.clone()));
                 Ok(())
             }
-            Command::ScaleService {
-                id,
-                replicas,
-                at_ms,
-            } => {
+            Command::ScaleService { id, replicas, at_ms } => {
                 let svc = self
                     .services
                     .get_mut(id)
@@ -342,19 +283,14 @@ impl State {
                     crate::model::ServiceMode::Replicated { replicas: r } => *r = *replicas,
                     crate::model::ServiceMode::Global => {
                         return Err(ApplyError::Invalid(format!(
-                        "replicas: service {:?} is global; only replicated services can be scaled",
-                        svc.name
-                    )))
+                            "replicas: service {:?} is global; only replicated services can be scaled",
+                            svc.name
+                        )))
                     }
                 }
                 svc.version += 1;
                 svc.updated_ms = *at_ms;
-                changes.push(change(
-                    ObjectKind::Service,
-                    Action::Updated,
-                    id,
-                    &svc.name.clone(),
-                ));
+                changes.push(change(ObjectKind::Service, Action::Updated, id, &svc.name.clone()));
                 Ok(())
             }
             Command::RemoveService { id, at_ms } => {
@@ -375,8 +311,7 @@ impl State {
             }
             Command::CreateTasks { tasks } => {
                 for t in tasks {
-                    if !self.services.contains_key(&t.service_id) || self.tasks.contains_key(&t.id)
-                    {
+                    if !self.services.contains_key(&t.service_id) || self.tasks.contains_key(&t.id) {
                         continue;
                     }
                     self.tasks.insert(t.id.clone(), t.clone());
@@ -392,9 +327,17 @@ impl State {
                     let Some(t) = self.tasks.get_mut(task_id) else {
                         continue;
                     };
-                    if t.status.state != TaskState::Pending || t.desired_state > TaskState::Running
-                    {
+                    if t.status.state != TaskState::Pending || t.desired_state > TaskState::Running {
                         continue;
+                    }
+                    // A local volume lives where its first task runs.
+                    for name in t.spec.volume_names() {
+                        if let Some(v) = self.volumes.values_mut().find(|v| v.name == name) {
+                            if v.node_id.is_none() {
+                                v.node_id = Some(node_id.clone());
+                                changes.push(change(ObjectKind::Volume, Action::Updated, &v.id, &v.name));
+                            }
+                        }
                     }
                     t.node_id = Some(node_id.clone());
                     t.status.state = TaskState::Assigned;
@@ -423,11 +366,7 @@ impl State {
                 }
                 Ok(())
             }
-            Command::SetTasksDesired {
-                ids,
-                desired,
-                at_ms,
-            } => {
+            Command::SetTasksDesired { ids, desired, at_ms } => {
                 for id in ids {
                     let Some(t) = self.tasks.get_mut(id) else {
                         continue;
@@ -450,9 +389,7 @@ impl State {
                     if t.node_id.as_deref() != Some(node_id.as_str()) {
                         continue;
                     }
-                    if status.state < t.status.state
-                        || t.status.state.is_terminal() && status.state != t.status.state
-                    {
+                    if status.state < t.status.state || t.status.state.is_terminal() && status.state != t.status.state {
                         continue;
                     }
                     if t.status == *status {
@@ -465,11 +402,7 @@ impl State {
                 }
                 Ok(())
             }
-            Command::OrphanTasks {
-                ids,
-                message,
-                at_ms,
-            } => {
+            Command::OrphanTasks { ids, message, at_ms } => {
                 for id in ids {
                     let Some(t) = self.tasks.get_mut(id) else {
                         continue;
@@ -495,21 +428,14 @@ impl State {
                 Ok(())
             }
             Command::CreateSecret { secret } => {
-                if self.secrets.values().any(|s| s.name == secret.name)
-                    || self.secrets.contains_key(&secret.id)
-                {
+                if self.secrets.values().any(|s| s.name == secret.name) || self.secrets.contains_key(&secret.id) {
                     return Err(ApplyError::AlreadyExists(format!(
                         "secret {:?} already exists",
                         secret.name
                     )));
                 }
                 self.secrets.insert(secret.id.clone(), secret.clone());
-                changes.push(change(
-                    ObjectKind::Secret,
-                    Action::Created,
-                    &secret.id,
-                    &secret.name,
-                ));
+                changes.push(change(ObjectKind::Secret, Action::Created, &secret.id, &secret.name));
                 Ok(())
             }
             Command::RemoveSecret { id } => {
@@ -521,21 +447,14 @@ impl State {
                 Ok(())
             }
             Command::CreateVolume { volume } => {
-                if self.volumes.values().any(|v| v.name == volume.name)
-                    || self.volumes.contains_key(&volume.id)
-                {
+                if self.volumes.values().any(|v| v.name == volume.name) || self.volumes.contains_key(&volume.id) {
                     return Err(ApplyError::AlreadyExists(format!(
                         "volume {:?} already exists",
                         volume.name
                     )));
                 }
                 self.volumes.insert(volume.id.clone(), volume.clone());
-                changes.push(change(
-                    ObjectKind::Volume,
-                    Action::Created,
-                    &volume.id,
-                    &volume.name,
-                ));
+                changes.push(change(ObjectKind::Volume, Action::Created, &volume.id, &volume.name));
                 Ok(())
             }
             Command::RemoveVolume { id } => {
@@ -565,17 +484,34 @@ impl State {
     }
 }
 
+/// The first /24 of `cidr` no node uses yet. Deterministic, so every manager
+/// applying the same command picks the same subnet.
+fn allocate_subnet(cidr: &str, nodes: &BTreeMap<String, Node>, node_name: &str) -> Result<String, ApplyError> {
+    let invalid = || ApplyError::Invalid(format!("the cluster CIDR {cidr:?} is not a valid IPv4 CIDR"));
+    let (ip, len) = cidr.split_once('/').ok_or_else(invalid)?;
+    let base = u32::from(ip.parse::<std::net::Ipv4Addr>().map_err(|_| invalid())?);
+    let len: u32 = len.parse().map_err(|_| invalid())?;
+    if len > 24 {
+        return Err(invalid());
+    }
+    let used: std::collections::BTreeSet<&str> = nodes.values().filter_map(|n| n.subnet.as_deref()).collect();
+    for i in 0..(1u32 << (24 - len)) {
+        let subnet = format!("{}/24", std::net::Ipv4Addr::from(base + (i << 8)));
+        if !used.contains(subnet.as_str()) {
+            return Ok(subnet);
+        }
+    }
+    Err(ApplyError::Invalid(format!(
+        "no free /24 left in the cluster CIDR {cidr} for node {node_name}: remove nodes that are gone, or re-create the cluster with a larger --pod-cidr"
+    )))
+}
+
 /// Whether running tasks must be replaced: anything but the replica count changed.
-pub fn spec_differs_beyond_scale(
-    a: &crate::model::ServiceSpec,
-    b: &crate::model::ServiceSpec,
-) -> bool {
+pub fn spec_differs_beyond_scale(a: &crate::model::ServiceSpec, b: &crate::model::ServiceSpec) -> bool {
     let mut a = a.clone();
     let mut b = b.clone();
-    if let (
-        crate::model::ServiceMode::Replicated { .. },
-        crate::model::ServiceMode::Replicated { .. },
-    ) = (a.mode, b.mode)
+    if let (crate::model::ServiceMode::Replicated { .. }, crate::model::ServiceMode::Replicated { .. }) =
+        (a.mode, b.mode)
     {
         a.mode = crate::model::ServiceMode::Replicated { replicas: 0 };
         b.mode = crate::model::ServiceMode::Replicated { replicas: 0 };
@@ -613,6 +549,7 @@ mod tests {
             state: NodeState::Ready,
             message: String::new(),
             raft_id: 0,
+            subnet: None,
             warren_version: String::new(),
             created_ms: 0,
             updated_ms: 0,
@@ -650,6 +587,7 @@ mod tests {
             },
             spec: svc.spec.clone(),
             spec_version: 1,
+            attempt: 0,
             created_ms: 0,
             updated_ms: 0,
             version: 1,
@@ -750,13 +688,8 @@ mod tests {
         let mut s = State::default();
         let mut ch = vec![];
         let svc = service("a", "web");
-        s.apply(
-            &Command::CreateService {
-                service: svc.clone(),
-            },
-            &mut ch,
-        )
-        .unwrap();
+        s.apply(&Command::CreateService { service: svc.clone() }, &mut ch)
+            .unwrap();
         s.apply(
             &Command::CreateTasks {
                 tasks: vec![task("t1", &svc)],
@@ -788,13 +721,8 @@ mod tests {
             &mut ch,
         )
         .unwrap();
-        s.apply(
-            &Command::CreateService {
-                service: svc.clone(),
-            },
-            &mut ch,
-        )
-        .unwrap();
+        s.apply(&Command::CreateService { service: svc.clone() }, &mut ch)
+            .unwrap();
         s.apply(
             &Command::CreateTasks {
                 tasks: vec![task("t1", &svc), task("t2", &svc)],
@@ -827,13 +755,8 @@ mod tests {
             &mut ch,
         )
         .unwrap();
-        s.apply(
-            &Command::CreateService {
-                service: svc.clone(),
-            },
-            &mut ch,
-        )
-        .unwrap();
+        s.apply(&Command::CreateService { service: svc.clone() }, &mut ch)
+            .unwrap();
         s.apply(
             &Command::CreateTasks {
                 tasks: vec![task("t1", &svc)],
@@ -909,6 +832,95 @@ mod tests {
         assert_eq!(s.service("abd").unwrap().name, "api");
         assert!(matches!(s.service("ab"), Err(ApplyError::Invalid(_))));
         assert!(matches!(s.service("zzz"), Err(ApplyError::NotFound(_))));
+    }
+
+    #[test]
+    fn nodes_get_distinct_subnets_of_the_cluster_cidr_and_reuse_freed_ones() {
+        let mut s = State::default();
+        let mut ch = vec![];
+        let meta = ClusterMeta {
+            pod_cidr: "10.88.0.0/23".into(),
+            ..Default::default()
+        };
+        s.apply(
+            &Command::Bootstrap {
+                meta,
+                node: node("n1", "one"),
+            },
+            &mut ch,
+        )
+        .unwrap();
+        s.apply(
+            &Command::AddNode {
+                node: node("n2", "two"),
+            },
+            &mut ch,
+        )
+        .unwrap();
+        assert_eq!(s.nodes["n1"].subnet.as_deref(), Some("10.88.0.0/24"));
+        assert_eq!(s.nodes["n2"].subnet.as_deref(), Some("10.88.1.0/24"));
+        let err = s
+            .apply(
+                &Command::AddNode {
+                    node: node("n3", "three"),
+                },
+                &mut ch,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("no free /24 left"), "{err}");
+        assert!(!s.nodes.contains_key("n3"));
+        s.apply(&Command::RemoveNode { id: "n1".into() }, &mut ch).unwrap();
+        s.apply(
+            &Command::AddNode {
+                node: node("n3", "three"),
+            },
+            &mut ch,
+        )
+        .unwrap();
+        assert_eq!(s.nodes["n3"].subnet.as_deref(), Some("10.88.0.0/24"));
+    }
+
+    #[test]
+    fn a_local_volume_is_bound_to_the_node_of_its_first_task() {
+        let mut s = State::default();
+        let mut ch = vec![];
+        s.apply(
+            &Command::AddNode {
+                node: node("n1", "one"),
+            },
+            &mut ch,
+        )
+        .unwrap();
+        let vol = Volume {
+            id: "v1".into(),
+            name: "data".into(),
+            driver: "local".into(),
+            node_id: None,
+            labels: Default::default(),
+            options: Default::default(),
+            created_ms: 0,
+        };
+        s.apply(&Command::CreateVolume { volume: vol }, &mut ch).unwrap();
+        let mut svc = service("a", "db");
+        svc.spec.mounts = vec![Mount::parse("m", "type=volume,source=data,target=/data").unwrap()];
+        s.apply(&Command::CreateService { service: svc.clone() }, &mut ch)
+            .unwrap();
+        s.apply(
+            &Command::CreateTasks {
+                tasks: vec![task("t1", &svc)],
+            },
+            &mut ch,
+        )
+        .unwrap();
+        s.apply(
+            &Command::AssignTasks {
+                assignments: vec![("t1".into(), "n1".into())],
+                at_ms: 1,
+            },
+            &mut ch,
+        )
+        .unwrap();
+        assert_eq!(s.volumes["v1"].node_id.as_deref(), Some("n1"));
     }
 
     #[test]
