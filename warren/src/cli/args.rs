@@ -57,7 +57,7 @@ pub enum Command {
     Daemon(DaemonArgs),
     /// Manage services.
     #[command(subcommand)]
-    Service(ServiceCmd),
+    Service(Box<ServiceCmd>),
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCmd),

@@ -167,7 +167,7 @@ async fn run(cli: Cli) -> Result<()> {
                         commands::join_token(&mut c, role, rotate, quiet).await
                     }
                     Command::Cluster(ClusterCmd::Info { format }) => commands::cluster_info(&mut c, format).await,
-                    Command::Service(s) => commands::service(&mut c, s).await,
+                    Command::Service(s) => commands::service(&mut c, *s).await,
                     Command::Node(n) => commands::node(&mut c, n).await,
                     Command::Secret(s) => commands::secret(&mut c, s).await,
                     Command::Volume(v) => commands::volume(&mut c, v).await,
