@@ -4,7 +4,7 @@
 //! the root-only unix socket, leader duties, the agent, metrics — and runs them
 //! until SIGTERM or SIGINT.
 
-use crate::agent::{self, executor};
+use crate::agent::{self, executor, node_service};
 use crate::api::{membership::MembershipService, server::ApiService};
 use crate::config::{ConfigError, NodeConfig};
 use crate::manager::{self, ManagerCtx, ManagerSettings};
@@ -363,6 +363,16 @@ async fn run(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let _metrics_server = metrics::serve(cfg.metrics_addr, metrics.clone()).await?;
     let mut servers = tokio::task::JoinSet::new();
+    let (report_tx, report_rx) = tokio::sync::mpsc::unbounded_channel();
+    let executor: Arc<dyn executor::Executor> = Arc::new(executor::Unavailable::new(report_tx));
+    let node_ops: Arc<dyn node_service::NodeOps> = Arc::new(node_service::NoRuntime);
+    let node_agent = || {
+        pb::node_agent_server::NodeAgentServer::new(node_service::NodeService::new(
+            node_ops.clone(),
+            data_dir.join("spool"),
+        ))
+        .max_decoding_message_size(8 << 20)
+    };
     let mut raft_node = None;
 
     if cfg.role == NodeRole::Manager {
@@ -381,6 +391,7 @@ async fn run(
         raft_node = Some(raft.clone());
         let ctx = Arc::new(ManagerCtx {
             node_id: cfg.node_id.clone(),
+            data_dir: data_dir.clone(),
             advertise_addr: cfg.advertise_addr.to_string(),
             raft: raft.clone(),
             store: store.clone(),
@@ -408,6 +419,7 @@ async fn run(
             .add_service(pb::membership_server::MembershipServer::new(MembershipService::new(
                 ctx.clone(),
             )))
+            .add_service(node_agent())
             .add_service(pb::dispatcher_server::DispatcherServer::new(
                 crate::manager::dispatcher::DispatcherService::new(ctx.clone()),
             ))
@@ -470,8 +482,32 @@ async fn run(
         tokio::spawn(manager::run_leader_duties(ctx.clone()));
     }
 
-    let (report_tx, report_rx) = tokio::sync::mpsc::unbounded_channel();
-    let executor: Arc<dyn executor::Executor> = Arc::new(executor::Unavailable::new(report_tx));
+    if cfg.role == NodeRole::Worker {
+        // Workers serve only what managers ask of nodes: logs and image imports.
+        let listener = tokio::net::TcpListener::bind(cfg.listen_addr)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                addr: cfg.listen_addr.to_string(),
+                source,
+            })?;
+        let server = tonic::transport::Server::builder()
+            .tls_config(creds.server_tls())
+            .map_err(|e| DaemonError::Invalid(format!("TLS settings: {e}")))?
+            .add_service(node_agent());
+        let mut rx = shutdown_rx.clone();
+        servers.spawn(async move {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            if let Err(e) = server
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+            {
+                tracing::error!(error = %e, "node port server failed");
+            }
+        });
+    }
+
     let managers_file = data_dir.clone();
     let cfg_for_agent = cfg.clone();
     let agent_cfg = agent::AgentConfig {

@@ -5,6 +5,7 @@
 //! cut off; the executor, not the link, owns them.
 
 pub mod executor;
+pub mod node_service;
 
 use crate::api::convert;
 use crate::model::{Platform, Resources};

@@ -5,4 +5,5 @@
 pub mod auth;
 pub mod convert;
 pub mod membership;
+pub mod node_proxy;
 pub mod server;

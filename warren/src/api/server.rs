@@ -136,6 +136,7 @@ pub fn replica_counts(s: &State, svc: &Service) -> (u64, u64) {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+type LogStream = super::node_proxy::LineStream;
 
 #[tonic::async_trait]
 impl pb::warren_api_server::WarrenApi for ApiService {
@@ -677,6 +678,49 @@ impl pb::warren_api_server::WarrenApi for ApiService {
             }
         });
         self.done("GetClusterInfo", t, Ok(Response::new(info)))
+    }
+
+    type ServiceLogsStream = LogStream;
+
+    async fn service_logs(&self, req: Request<pb::ServiceLogsRequest>) -> Result<Response<LogStream>, Status> {
+        auth::require_manager(&req)?;
+        let req = req.into_inner();
+        let by_node = self.read(|s| {
+            let svc = s.service(&req.service)?;
+            Ok(super::node_proxy::group_by_node(s, s.tasks_of_service(&svc.id)))
+        })?;
+        let lines = super::node_proxy::logs(self.ctx.clone(), by_node, req.follow, req.tail).await?;
+        Ok(Response::new(lines))
+    }
+
+    type TaskLogsStream = LogStream;
+
+    async fn task_logs(&self, req: Request<pb::TaskLogsRequest>) -> Result<Response<LogStream>, Status> {
+        auth::require_manager(&req)?;
+        let req = req.into_inner();
+        let by_node = self.read(|s| {
+            let t = s.task(&req.task)?;
+            if t.node_id.is_none() {
+                return Err(ApplyError::Invalid(format!(
+                    "task {} has not been placed on a node yet",
+                    t.name()
+                )));
+            }
+            Ok(super::node_proxy::group_by_node(s, std::iter::once(t)))
+        })?;
+        let lines = super::node_proxy::logs(self.ctx.clone(), by_node, req.follow, req.tail).await?;
+        Ok(Response::new(lines))
+    }
+
+    async fn load_image(
+        &self,
+        req: Request<tonic::Streaming<pb::LoadImageChunk>>,
+    ) -> Result<Response<pb::LoadImageReply>, Status> {
+        let t = Instant::now();
+        auth::require_manager(&req)?;
+        let spool = self.ctx.data_dir.join("spool");
+        let r = super::node_proxy::load_image(self.ctx.clone(), req.into_inner(), spool).await;
+        self.done("LoadImage", t, r).map(Response::new)
     }
 
     type WatchEventsStream = EventStream;

@@ -58,6 +58,12 @@ pub enum Command {
     /// Manage services.
     #[command(subcommand)]
     Service(Box<ServiceCmd>),
+    /// Inspect tasks.
+    #[command(subcommand)]
+    Task(TaskCmd),
+    /// Manage images on the nodes.
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCmd),
@@ -345,6 +351,51 @@ pub enum ServiceCmd {
         #[arg(required = true)]
         services: Vec<String>,
     },
+    /// Show the output of a service's tasks.
+    Logs {
+        service: String,
+        #[command(flatten)]
+        opts: LogArgs,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LogArgs {
+    /// Keep printing new output.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last N lines of each task.
+    #[arg(long, short = 'n', value_name = "N")]
+    pub tail: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TaskCmd {
+    /// Show a task in detail.
+    Inspect {
+        task: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Show the output of a task's container.
+    Logs {
+        task: String,
+        #[command(flatten)]
+        opts: LogArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// Import an image archive (OCI layout tar or `docker save` tar) into the nodes'
+    /// container runtimes, like `docker load`.
+    Load {
+        /// The archive; - reads standard input.
+        file: String,
+        /// Only these nodes (repeatable) [default: every ready node].
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -598,6 +649,10 @@ mod tests {
             &["warren", "volume", "ls"],
             &["warren", "volume", "rm", "v"],
             &["warren", "completion", "bash"],
+            &["warren", "service", "logs", "web", "--follow", "--tail", "10"],
+            &["warren", "task", "logs", "abc", "-n", "5"],
+            &["warren", "task", "inspect", "abc", "--format", "json"],
+            &["warren", "image", "load", "img.tar", "--node", "n1"],
             &[
                 "warren", "events", "--kind", "service", "--kind", "node", "--format", "json",
             ],

@@ -321,6 +321,14 @@ pub async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<()> {
             }));
             println!("{service}");
         }
+        ServiceCmd::Logs { service, opts } => {
+            let stream = call!(c.service_logs(pb::ServiceLogsRequest {
+                service,
+                follow: opts.follow,
+                tail: opts.tail.unwrap_or(0),
+            }));
+            print_logs(stream, true).await?;
+        }
         ServiceCmd::Rm { services } => {
             let mut failed = None;
             for s in services {
@@ -794,6 +802,97 @@ pub async fn volume(c: &mut Client, cmd: VolumeCmd) -> Result<()> {
                 println!("{x}");
             }
         }
+    }
+    Ok(())
+}
+
+async fn print_logs(mut stream: tonic::Streaming<pb::LogLine>, prefix: bool) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    while let Some(l) = stream.message().await.map_err(status_error)? {
+        if prefix {
+            writeln!(out, "{}@{} | {}", l.task_name, l.node_name, l.line)?;
+        } else {
+            writeln!(out, "{}", l.line)?;
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+pub async fn task(c: &mut Client, cmd: TaskCmd) -> Result<()> {
+    match cmd {
+        TaskCmd::Inspect { task, format } => {
+            let t = call!(c.get_task(pb::GetTaskRequest { task }));
+            let names = node_names(c).await?;
+            let view = TaskView::from_pb(t, &names)?;
+            if format == Format::Json {
+                json(&view)?;
+            } else {
+                print_tasks(std::slice::from_ref(&view));
+            }
+        }
+        TaskCmd::Logs { task, opts } => {
+            let stream = call!(c.task_logs(pb::TaskLogsRequest {
+                task,
+                follow: opts.follow,
+                tail: opts.tail.unwrap_or(0),
+            }));
+            print_logs(stream, false).await?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn image(c: &mut Client, cmd: ImageCmd) -> Result<()> {
+    let ImageCmd::Load { file, nodes } = cmd;
+    let mut reader: Box<dyn std::io::Read + Send> = if file == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(&file).with_context(|| format!("opening {file}"))?)
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::LoadImageChunk {
+        part: Some(pb::load_image_chunk::Part::Header(pb::LoadImageHeader { nodes })),
+    })
+    .await
+    .map_err(|_| anyhow!("the upload stopped"))?;
+    let reading = tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut reader, &mut buf).with_context(|| format!("reading {file}"))?;
+            if n == 0 {
+                return Ok(());
+            }
+            let chunk = pb::LoadImageChunk {
+                part: Some(pb::load_image_chunk::Part::Data(buf[..n].to_vec())),
+            };
+            if tx.blocking_send(chunk).is_err() {
+                return Ok(());
+            }
+        }
+    });
+    let reply = c
+        .clone()
+        .max_encoding_message_size(8 << 20)
+        .load_image(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    reading.await.map_err(|e| anyhow!("{e}"))??;
+    let reply = reply.map_err(status_error)?.into_inner();
+    let mut failed = 0;
+    for r in &reply.results {
+        if r.error.is_empty() {
+            println!("{}: loaded {}", r.node, r.images.join(", "));
+        } else {
+            failed += 1;
+            eprintln!("{}: {}", r.node, r.error);
+        }
+    }
+    if failed > 0 {
+        bail!(
+            "the image could not be loaded on {failed} of {} nodes",
+            reply.results.len()
+        );
     }
     Ok(())
 }

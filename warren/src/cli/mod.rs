@@ -155,11 +155,11 @@ async fn run(cli: Cli) -> Result<()> {
             clap_complete::generate(shell, &mut cmd, "wrn", &mut std::io::stdout());
         }
         cmd => {
-            let cmd_kind = if matches!(cmd, Command::Events { .. }) {
-                CmdKind::Stream
-            } else {
-                CmdKind::Call
-            };
+            let streaming = matches!(
+                cmd,
+                Command::Events { .. } | Command::Image(_) | Command::Task(TaskCmd::Logs { .. })
+            ) || matches!(&cmd, Command::Service(s) if matches!(**s, ServiceCmd::Logs { .. }));
+            let cmd_kind = if streaming { CmdKind::Stream } else { CmdKind::Call };
             let mut c = client::connect(&cli.host, &cli.tls_dir).await?;
             let fut = async {
                 match cmd {
@@ -169,6 +169,8 @@ async fn run(cli: Cli) -> Result<()> {
                     Command::Cluster(ClusterCmd::Info { format }) => commands::cluster_info(&mut c, format).await,
                     Command::Service(s) => commands::service(&mut c, *s).await,
                     Command::Node(n) => commands::node(&mut c, n).await,
+                    Command::Task(t) => return commands::task(&mut c, t).await,
+                    Command::Image(i) => commands::image(&mut c, i).await,
                     Command::Secret(s) => commands::secret(&mut c, s).await,
                     Command::Volume(v) => commands::volume(&mut c, v).await,
                     Command::Events { kinds, format } => return commands::events(&mut c, kinds, format).await,

@@ -43,6 +43,8 @@ impl Default for ManagerSettings {
 /// What a manager's API, dispatcher and leader duties share.
 pub struct ManagerCtx {
     pub node_id: String,
+    /// This node's data dir (uploads are staged under it).
+    pub data_dir: std::path::PathBuf,
     pub advertise_addr: String,
     pub raft: Arc<RaftNode>,
     pub store: Arc<Store>,

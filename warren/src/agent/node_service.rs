@@ -1,0 +1,110 @@
+//! `warren.v1.NodeAgent`: what a node offers the managers about its own containers —
+//! their logs and image imports. Every node serves it on its cluster port (mutual
+//! TLS; only managers may call). The work itself is the node's `NodeOps` (the
+//! executor); a node without a container runtime says so.
+
+use crate::api::auth;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tonic::{Request, Response, Status, Streaming};
+use warren_proto::v1 as pb;
+
+/// (task ID, line) pairs, ending when the logs end (or never, when following).
+pub type LogLines = BoxStream<'static, Result<(String, String), String>>;
+
+pub trait NodeOps: Send + Sync + 'static {
+    /// The output of these tasks' containers: the last `tail` lines of each (all when
+    /// None), then, when `follow`, new lines as they come.
+    fn logs(&self, task_ids: Vec<String>, follow: bool, tail: Option<usize>)
+        -> BoxFuture<'_, Result<LogLines, String>>;
+    /// Imports an OCI or docker-save archive; returns the image names it held.
+    fn load_image(&self, archive: PathBuf) -> BoxFuture<'_, Result<Vec<String>, String>>;
+}
+
+/// A node without a container runtime.
+pub struct NoRuntime;
+
+const NO_RUNTIME: &str = "this node has no container runtime";
+
+impl NodeOps for NoRuntime {
+    fn logs(&self, _: Vec<String>, _: bool, _: Option<usize>) -> BoxFuture<'_, Result<LogLines, String>> {
+        Box::pin(async { Err(NO_RUNTIME.to_string()) })
+    }
+
+    fn load_image(&self, _: PathBuf) -> BoxFuture<'_, Result<Vec<String>, String>> {
+        Box::pin(async { Err(NO_RUNTIME.to_string()) })
+    }
+}
+
+pub struct NodeService {
+    ops: Arc<dyn NodeOps>,
+    /// Where uploaded archives are staged before the import.
+    spool: PathBuf,
+}
+
+impl NodeService {
+    pub fn new(ops: Arc<dyn NodeOps>, spool: PathBuf) -> NodeService {
+        NodeService { ops, spool }
+    }
+}
+
+type LineStream = Pin<Box<dyn futures::Stream<Item = Result<pb::LogLine, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::node_agent_server::NodeAgent for NodeService {
+    type LogsStream = LineStream;
+
+    async fn logs(&self, req: Request<pb::NodeLogsRequest>) -> Result<Response<LineStream>, Status> {
+        auth::require_manager_node(&req)?;
+        let req = req.into_inner();
+        let tail = (req.tail > 0).then_some(req.tail as usize);
+        let lines = self
+            .ops
+            .logs(req.task_ids, req.follow, tail)
+            .await
+            .map_err(Status::failed_precondition)?;
+        let out = lines.map(|r| {
+            r.map(|(task_id, line)| pb::LogLine {
+                task_id,
+                line,
+                task_name: String::new(),
+                node_name: String::new(),
+            })
+            .map_err(Status::internal)
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn load_image(&self, req: Request<Streaming<pb::ImageChunk>>) -> Result<Response<pb::LoadedImages>, Status> {
+        auth::require_manager_node(&req)?;
+        let mut chunks = req.into_inner();
+        tokio::fs::create_dir_all(&self.spool)
+            .await
+            .map_err(|e| Status::internal(format!("creating {}: {e}", self.spool.display())))?;
+        let path = self.spool.join(format!("upload-{}.tar", crate::model::new_id()));
+        let result = async {
+            let mut f = tokio::fs::File::create(&path)
+                .await
+                .map_err(|e| Status::internal(format!("creating {}: {e}", path.display())))?;
+            while let Some(chunk) = chunks.message().await? {
+                f.write_all(&chunk.data)
+                    .await
+                    .map_err(|e| Status::internal(format!("writing {}: {e}", path.display())))?;
+            }
+            f.flush().await.map_err(|e| Status::internal(e.to_string()))?;
+            drop(f);
+            self.ops
+                .load_image(path.clone())
+                .await
+                .map_err(Status::failed_precondition)
+        }
+        .await;
+        let _ = tokio::fs::remove_file(&path).await;
+        Ok(Response::new(pb::LoadedImages { images: result? }))
+    }
+}
