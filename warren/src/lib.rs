@@ -4,6 +4,7 @@
 
 pub mod model;
 pub mod raft;
+pub mod runtime;
 pub mod store;
 
 /// The version printed by `warren --version` and reported by every node.
