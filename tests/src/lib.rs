@@ -4,4 +4,7 @@
 //! guard drops, also on panic.
 
 pub mod cluster;
+pub mod containerd;
+pub mod images;
 pub mod netns;
+pub mod registry;

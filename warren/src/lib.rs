@@ -14,6 +14,7 @@ pub mod network;
 pub mod pki;
 pub mod raft;
 pub mod secrets;
+pub mod runtime;
 pub mod store;
 
 /// The version printed by `warren --version` and reported by every node.

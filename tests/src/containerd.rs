@@ -1,0 +1,328 @@
+//! A private containerd for one test (own root, state, socket and config in a temp
+//! dir, CRI disabled), torn down on drop: its containers deleted through the API, the
+//! daemon and any leftover shim and container processes killed, mounts under its root
+//! unmounted, the dir removed. Also the harness's error type, binary checks, unique
+//! names and a cgroup-parent guard. Not images or registries.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use warren::runtime::supervisor::ManagedLayout;
+use warren::runtime::{ContainerRuntime, Containerd, RuntimeConfig};
+
+/// Why the harness could not set something up. A missing binary names its package.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("{binary} is not installed (Debian package: {package})")]
+    MissingBinary { binary: String, package: &'static str },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{command} failed ({status}): {output}")]
+    Command {
+        command: String,
+        status: String,
+        output: String,
+    },
+    #[error("{0}")]
+    Timeout(String),
+}
+
+/// Finds `binary` on PATH (and the sbin dirs), or names the package that has it.
+pub fn require(binary: &str, package: &'static str) -> Result<PathBuf, HarnessError> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+        .map(|d| Path::new(d).join(binary))
+        .find(|p| p.is_file());
+    found.ok_or_else(|| HarnessError::MissingBinary {
+        binary: binary.to_string(),
+        package,
+    })
+}
+
+/// A name unique in this machine for this test run: `<prefix>-<pid>-<n>`.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// A running private containerd.
+pub struct PrivateContainerd {
+    dir: Option<tempfile::TempDir>,
+    child: Option<Child>,
+    layout: ManagedLayout,
+}
+
+impl PrivateContainerd {
+    /// Starts containerd and waits until its socket accepts connections.
+    pub fn start() -> Result<PrivateContainerd, HarnessError> {
+        let bin = require("containerd", "containerd")?;
+        require("containerd-shim-runc-v2", "containerd")?;
+        require("runc", "runc")?;
+        // Short path: unix socket paths are limited to 108 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("wrn-ctd-")
+            .tempdir_in("/tmp")
+            .map_err(|e| io("create containerd temp dir", e))?;
+        let layout = ManagedLayout::new(dir.path());
+        layout.prepare().map_err(|e| io("write containerd config", e))?;
+        let log = std::fs::File::create(layout.log()).map_err(|e| io("create containerd log", e))?;
+        let child = Command::new(&bin)
+            .arg("--config")
+            .arg(layout.config())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| io("dup log", e))?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| io(format!("run {}", bin.display()), e))?;
+        let mut me = PrivateContainerd {
+            dir: Some(dir),
+            child: Some(child),
+            layout,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if std::os::unix::net::UnixStream::connect(me.layout.socket()).is_ok() {
+                return Ok(me);
+            }
+            if let Some(Ok(Some(status))) = me.child.as_mut().map(|c| c.try_wait()) {
+                return Err(HarnessError::Command {
+                    command: "containerd".into(),
+                    status: status.to_string(),
+                    output: me.log_tail(),
+                });
+            }
+            if Instant::now() > deadline {
+                return Err(HarnessError::Timeout(format!(
+                    "containerd socket {} did not come up: {}",
+                    me.layout.socket().display(),
+                    me.log_tail()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.layout.socket()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.layout.dir
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// A runtime config for this containerd: given namespace and cgroup parent, logs
+    /// and exec FIFOs under its dir, never starting another containerd.
+    pub fn runtime_config(&self, namespace: &str, cgroup_parent: &str) -> RuntimeConfig {
+        let mut c = RuntimeConfig::new(&self.layout.dir.join("warren"));
+        c.socket = self.socket();
+        c.namespace = namespace.to_string();
+        c.managed_dir = None;
+        c.cgroup_parent = cgroup_parent.to_string();
+        c
+    }
+
+    /// The last lines of containerd's log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.layout.log()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+fn io(context: impl Into<String>, source: std::io::Error) -> HarnessError {
+    HarnessError::Io {
+        context: context.into(),
+        source,
+    }
+}
+
+/// Deletes every container in every namespace through the API.
+fn delete_everything(socket: PathBuf, scratch: PathBuf) {
+    let work = move || -> Result<(), String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let ch = containerd_client::connect(&socket).await.map_err(|e| e.to_string())?;
+            let namespaces = containerd_client::services::v1::namespaces_client::NamespacesClient::new(ch)
+                .list(containerd_client::services::v1::ListNamespacesRequest { filter: String::new() })
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .namespaces;
+            for ns in namespaces {
+                let mut cfg = RuntimeConfig::new(&scratch);
+                cfg.socket = socket.clone();
+                cfg.namespace = ns.name.clone();
+                cfg.managed_dir = None;
+                let c = Containerd::connect(cfg).await.map_err(|e| e.to_string())?;
+                for container in c.list(&BTreeMap::new()).await.map_err(|e| e.to_string())? {
+                    match tokio::time::timeout(Duration::from_secs(40), c.delete(&container.id)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => eprintln!("harness: delete container {}: {e}", container.id),
+                        Err(_) => eprintln!("harness: delete container {} timed out", container.id),
+                    }
+                }
+            }
+            Ok(())
+        })
+    };
+    // Drop may run inside a test's tokio runtime, which cannot block on another.
+    match std::thread::spawn(work).join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("harness: cleaning containerd through its API: {e}"),
+        Err(_) => eprintln!("harness: cleanup thread panicked"),
+    }
+}
+
+/// Pids of processes whose command line mentions `needle`, and all their descendants.
+fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut parent: HashMap<i32, i32> = HashMap::new();
+    let mut roots = vec![];
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) {
+            // Field 4 (ppid) follows the parenthesized command name.
+            if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+                if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
+                    parent.insert(pid, ppid);
+                }
+            }
+        }
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(needle) {
+                roots.push(pid);
+            }
+        }
+    }
+    let mut out = roots.clone();
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        for (c, pp) in &parent {
+            if *pp == p && !out.contains(c) {
+                out.push(*c);
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Unmounts everything mounted at or below `dir`, deepest first.
+pub fn unmount_below(dir: &Path) {
+    let prefix = dir.to_string_lossy().to_string();
+    for _ in 0..3 {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<String> = info
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .map(|p| p.replace("\\040", " "))
+            .filter(|p| p == &prefix || p.starts_with(&format!("{prefix}/")))
+            .collect();
+        if points.is_empty() {
+            return;
+        }
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            if let Ok(c) = std::ffi::CString::new(p) {
+                unsafe {
+                    libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for PrivateContainerd {
+    fn drop(&mut self) {
+        let socket = self.socket();
+        delete_everything(socket.clone(), self.layout.dir.join("cleanup"));
+        if let Some(mut child) = self.child.take() {
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Shims (their command line names our socket) and their containers.
+        for pid in processes_mentioning(&socket.to_string_lossy()).into_iter().rev() {
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        unmount_below(&self.layout.dir);
+        if let Some(dir) = self.dir.take() {
+            if let Err(e) = dir.close() {
+                eprintln!("harness: remove {}: {e}", self.layout.dir.display());
+            }
+        }
+    }
+}
+
+/// A cgroup parent for a test's containers (`/<name>` in every hierarchy), removed
+/// on drop once its containers are gone.
+pub struct CgroupParent {
+    pub path: String,
+}
+
+impl CgroupParent {
+    pub fn new(prefix: &str) -> CgroupParent {
+        CgroupParent {
+            path: format!("/{}", unique(prefix)),
+        }
+    }
+
+    /// The directories of this cgroup: one per v1 hierarchy, plus the v2 one.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        let rel = self.path.trim_start_matches('/');
+        std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join(rel))
+            .collect()
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+impl Drop for CgroupParent {
+    fn drop(&mut self) {
+        for d in self.dirs() {
+            remove_cgroup_tree(&d);
+        }
+    }
+}
