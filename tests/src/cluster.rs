@@ -59,6 +59,8 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 
 pub struct NodeProc {
     pub name: String,
+    /// The network namespace the node runs in (None: the test's own).
+    pub netns: Option<String>,
     pub data_dir: PathBuf,
     pub socket: PathBuf,
     pub addr: String,
@@ -136,6 +138,8 @@ pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     /// Extra flags given to every daemon (e.g. faster heartbeats for tests).
     pub daemon_flags: Vec<String>,
+    /// Nodes to run inside a network namespace, by name: (namespace, address).
+    pub placements: std::collections::HashMap<String, (String, String)>,
     _heavy: MutexGuard<'static, ()>,
 }
 
@@ -167,18 +171,32 @@ impl Cluster {
                 .expect("temp dir"),
             nodes: Vec::new(),
             daemon_flags,
+            placements: Default::default(),
             _heavy: heavy,
         }
+    }
+
+    /// Runs node `name` (when started later) inside namespace `netns` at `ip`.
+    pub fn place(&mut self, name: &str, netns: &str, ip: &str) {
+        self.placements
+            .insert(name.to_string(), (netns.to_string(), ip.to_string()));
     }
 
     fn new_node(&self, name: &str) -> NodeProc {
         let data_dir = self.dir.path().join(name);
         std::fs::create_dir_all(&data_dir).unwrap();
+        let (netns, ip) = match self.placements.get(name) {
+            Some((ns, ip)) => (Some(ns.clone()), ip.clone()),
+            None => (None, "127.0.0.1".to_string()),
+        };
+        // In a namespace of its own, any port is free.
+        let port = |p: u16| if netns.is_some() { p } else { free_port() };
         NodeProc {
             name: name.to_string(),
+            netns: netns.clone(),
             socket: self.dir.path().join(format!("{name}.sock")),
-            addr: format!("127.0.0.1:{}", free_port()),
-            metrics_addr: format!("127.0.0.1:{}", free_port()),
+            addr: format!("{ip}:{}", port(2377)),
+            metrics_addr: format!("{ip}:{}", port(9090)),
             log: self.dir.path().join(format!("{name}.log")),
             data_dir,
             child: None,
@@ -192,7 +210,18 @@ impl Cluster {
             .append(true)
             .open(&node.log)
             .expect("log file");
-        let child = Command::new(warren_bin())
+        let mut cmd = match &node.netns {
+            // Only the network namespace: `ip netns exec` would also give the daemon a
+            // private mount namespace, hiding the netns and tmpfs mounts it makes from
+            // containerd.
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(warren_bin());
+                c
+            }
+            None => Command::new(warren_bin()),
+        };
+        let child = cmd
             .args(&args)
             .env("WARREN_LOG", "info,warren=debug,openraft=warn")
             .stdin(Stdio::null())
@@ -394,6 +423,33 @@ impl Cluster {
     pub fn dump_logs(&self) {
         for n in &self.nodes {
             eprintln!("===== {} =====\n{}", n.name, n.log_text());
+        }
+    }
+
+    /// Like `wait_for`, but prints the nodes' logs and `service ps` before failing.
+    pub fn wait<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if start.elapsed() > timeout {
+                self.dump_logs();
+                if let Some(m) = self.nodes.iter().position(|n| n.child.is_some() && n.socket.exists()) {
+                    for s in self.json(m, &["service", "ls", "-q"]).ok().into_iter() {
+                        let _ = s;
+                    }
+                    let out = self.cli(m, &["service", "ls"]);
+                    eprintln!("===== service ls =====\n{}", String::from_utf8_lossy(&out.stdout));
+                    let names = String::from_utf8_lossy(&self.cli(m, &["service", "ls", "-q"]).stdout).to_string();
+                    for id in names.lines() {
+                        let out = self.cli(m, &["service", "ps", id]);
+                        eprintln!("===== service ps {id} =====\n{}", String::from_utf8_lossy(&out.stdout));
+                    }
+                }
+                panic!("timed out after {timeout:?} waiting for {what}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }

@@ -166,7 +166,8 @@ impl Tar {
 
     fn dir(&mut self, path: &str, mode: u32, uid: u64) -> std::io::Result<()> {
         let mut h = Self::header(tar::EntryType::Directory, mode, 0, uid);
-        self.b.append_data(&mut h, format!("{}/", path.trim_end_matches('/')), std::io::empty())
+        self.b
+            .append_data(&mut h, format!("{}/", path.trim_end_matches('/')), std::io::empty())
     }
 
     fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> std::io::Result<()> {
@@ -230,7 +231,11 @@ fn base_layer(busybox: &Path) -> Result<Vec<u8>, HarnessError> {
     }
     t.dir("tmp", 0o1777, 0).map_err(f)?;
     t.file("bin/busybox", 0o755, &bin).map_err(f)?;
-    for a in applets.lines().map(str::trim).filter(|a| !a.is_empty() && *a != "bin/busybox") {
+    for a in applets
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "bin/busybox")
+    {
         t.symlink(a, "/bin/busybox").map_err(f)?;
     }
     t.file("etc/passwd", 0o644, PASSWD.as_bytes()).map_err(f)?;
@@ -262,15 +267,19 @@ fn app_layer(image: TestImage) -> Result<Vec<u8>, HarnessError> {
         TestImage::Http => {
             t.dir("www", 0o755, 0).map_err(f)?;
             t.dir("www/cgi-bin", 0o755, 0).map_err(f)?;
-            t.file("www/cgi-bin/index.cgi", 0o755, HTTP_INDEX.as_bytes()).map_err(f)?;
+            t.file("www/cgi-bin/index.cgi", 0o755, HTTP_INDEX.as_bytes())
+                .map_err(f)?;
             t.file("www/healthz", 0o644, b"ok\n").map_err(f)?;
-            t.file("usr/local/bin/warren-http", 0o755, HTTP_MAIN.as_bytes()).map_err(f)?;
+            t.file("usr/local/bin/warren-http", 0o755, HTTP_MAIN.as_bytes())
+                .map_err(f)?;
         }
         TestImage::Echo => {
-            t.file("usr/local/bin/warren-echo", 0o755, ECHO_MAIN.as_bytes()).map_err(f)?;
+            t.file("usr/local/bin/warren-echo", 0o755, ECHO_MAIN.as_bytes())
+                .map_err(f)?;
         }
         TestImage::Crash => {
-            t.file("usr/local/bin/warren-crash", 0o755, CRASH_MAIN.as_bytes()).map_err(f)?;
+            t.file("usr/local/bin/warren-crash", 0o755, CRASH_MAIN.as_bytes())
+                .map_err(f)?;
         }
     }
     t.finish().map_err(f)
@@ -380,8 +389,7 @@ pub fn build_layout(dir: &Path) -> Result<Layout, HarnessError> {
     let top = json!({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": entries});
     std::fs::write(dir.join("index.json"), serde_json::to_vec_pretty(&top).expect("json"))
         .map_err(io("write index.json"))?;
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
-        .map_err(io("write oci-layout"))?;
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io("write oci-layout"))?;
     Ok(Layout {
         dir: dir.to_path_buf(),
         manifests,
@@ -391,7 +399,10 @@ pub fn build_layout(dir: &Path) -> Result<Layout, HarnessError> {
 }
 
 fn read_blob(layout: &Layout, digest: &str) -> Result<Vec<u8>, HarnessError> {
-    let p = layout.dir.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let p = layout
+        .dir
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
     std::fs::read(&p).map_err(io(format!("read {}", p.display())))
 }
 
@@ -404,12 +415,14 @@ fn tar_file(t: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]) -> std
 /// `io.containerd.image.name` annotation (ref.name carries the tag, as Docker writes).
 pub fn oci_archive(layout: &Layout, image: TestImage, name: &str, out: &Path) -> Result<(), HarnessError> {
     let m = &layout.manifests[&image];
-    let manifest: Value =
-        serde_json::from_slice(&read_blob(layout, &m.digest)?).map_err(|e| HarnessError::Io {
-            context: "parse manifest".into(),
-            source: std::io::Error::other(e),
-        })?;
-    let mut digests = vec![m.digest.clone(), manifest["config"]["digest"].as_str().unwrap_or("").to_string()];
+    let manifest: Value = serde_json::from_slice(&read_blob(layout, &m.digest)?).map_err(|e| HarnessError::Io {
+        context: "parse manifest".into(),
+        source: std::io::Error::other(e),
+    })?;
+    let mut digests = vec![
+        m.digest.clone(),
+        manifest["config"]["digest"].as_str().unwrap_or("").to_string(),
+    ];
     for l in manifest["layers"].as_array().into_iter().flatten() {
         digests.push(l["digest"].as_str().unwrap_or("").to_string());
     }
@@ -427,7 +440,12 @@ pub fn oci_archive(layout: &Layout, image: TestImage, name: &str, out: &Path) ->
     tar_file(&mut t, "index.json", &serde_json::to_vec(&index).expect("json")).map_err(w)?;
     for d in digests {
         let data = read_blob(layout, &d)?;
-        tar_file(&mut t, &format!("blobs/sha256/{}", d.trim_start_matches("sha256:")), &data).map_err(w)?;
+        tar_file(
+            &mut t,
+            &format!("blobs/sha256/{}", d.trim_start_matches("sha256:")),
+            &data,
+        )
+        .map_err(w)?;
     }
     t.finish().map_err(w)
 }
@@ -436,11 +454,10 @@ pub fn oci_archive(layout: &Layout, image: TestImage, name: &str, out: &Path) ->
 /// uncompressed `<layer>/layer.tar`) of one image tagged `name`.
 pub fn docker_archive(layout: &Layout, image: TestImage, name: &str, out: &Path) -> Result<(), HarnessError> {
     let m = &layout.manifests[&image];
-    let manifest: Value =
-        serde_json::from_slice(&read_blob(layout, &m.digest)?).map_err(|e| HarnessError::Io {
-            context: "parse manifest".into(),
-            source: std::io::Error::other(e),
-        })?;
+    let manifest: Value = serde_json::from_slice(&read_blob(layout, &m.digest)?).map_err(|e| HarnessError::Io {
+        context: "parse manifest".into(),
+        source: std::io::Error::other(e),
+    })?;
     let config_digest = manifest["config"]["digest"].as_str().unwrap_or("").to_string();
     let config = read_blob(layout, &config_digest)?;
     let f = std::fs::File::create(out).map_err(io(format!("create {}", out.display())))?;
@@ -456,8 +473,7 @@ pub fn docker_archive(layout: &Layout, image: TestImage, name: &str, out: &Path)
         let d = l["digest"].as_str().unwrap_or("");
         let gz = read_blob(layout, d)?;
         let mut raw = vec![];
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw)
-            .map_err(io("gunzip layer"))?;
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).map_err(io("gunzip layer"))?;
         let dir = digest(&raw).trim_start_matches("sha256:").to_string();
         let name = format!("{dir}/layer.tar");
         tar_file(&mut t, &name, &raw).map_err(w)?;
@@ -479,8 +495,10 @@ mod tests {
         let index: Value = serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
         assert_eq!(index["manifests"].as_array().unwrap().len(), 4);
         for image in TestImage::ALL {
-            let m: Value = serde_json::from_slice(&read_blob(&layout, &layout.manifests[&image].digest).unwrap()).unwrap();
-            let cfg: Value = serde_json::from_slice(&read_blob(&layout, m["config"]["digest"].as_str().unwrap()).unwrap()).unwrap();
+            let m: Value =
+                serde_json::from_slice(&read_blob(&layout, &layout.manifests[&image].digest).unwrap()).unwrap();
+            let cfg: Value =
+                serde_json::from_slice(&read_blob(&layout, m["config"]["digest"].as_str().unwrap()).unwrap()).unwrap();
             let diff_ids = cfg["rootfs"]["diff_ids"].as_array().unwrap();
             let layers = m["layers"].as_array().unwrap();
             assert_eq!(diff_ids.len(), 2);

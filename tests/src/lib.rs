@@ -6,5 +6,6 @@
 pub mod cluster;
 pub mod containerd;
 pub mod images;
+pub mod lab;
 pub mod netns;
 pub mod registry;

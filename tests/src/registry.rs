@@ -122,7 +122,10 @@ impl LocalRegistry {
                 });
             }
             if Instant::now() > deadline {
-                return Err(HarnessError::Timeout(format!("registry on {addr} did not come up: {}", me.log())));
+                return Err(HarnessError::Timeout(format!(
+                    "registry on {addr} did not come up: {}",
+                    me.log()
+                )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -226,7 +229,9 @@ impl TokenServer {
         };
         let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| io("bind token server", e))?;
         let addr = listener.local_addr().map_err(|e| io("token server addr", e))?;
-        listener.set_nonblocking(true).map_err(|e| io("token server nonblocking", e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| io("token server nonblocking", e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -342,13 +347,13 @@ fn serve_token(stream: TcpStream, auth: &TokenAuth, signer: &Signer) -> std::io:
         let (Some(kind), Some(name), Some(actions)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
-        let granted: Vec<&str> = actions
-            .split(',')
-            .filter(|a| authenticated || *a == "pull")
-            .collect();
+        let granted: Vec<&str> = actions.split(',').filter(|a| authenticated || *a == "pull").collect();
         access.push(serde_json::json!({"type": kind, "name": name, "actions": granted}));
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     let header = serde_json::json!({
         "typ": "JWT",
         "alg": "ES256",

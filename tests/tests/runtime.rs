@@ -11,8 +11,8 @@ use containerd_client::services::v1::{GetContainerRequest, GetImageRequest, GetR
 use futures::StreamExt;
 use tonic::Request;
 use warren::runtime::{
-    ContainerRuntime, ContainerSpec, Containerd, Credentials, HealthTest, LogOptions, MountSpec,
-    NetworkMode, Protocol, Resources, RuntimeError, TaskState, LABEL_NODE, LABEL_TASK_ID,
+    ContainerRuntime, ContainerSpec, Containerd, Credentials, HealthTest, LogOptions, MountSpec, NetworkMode, Protocol,
+    Resources, RuntimeError, TaskState, LABEL_NODE, LABEL_TASK_ID,
 };
 use warren_tests::containerd::{require, unique, CgroupParent, PrivateContainerd};
 use warren_tests::images::{self, Layout, TestImage, HTTP_MULTI_REF};
@@ -119,7 +119,10 @@ impl Netns {
     fn create() -> Netns {
         let ip = require("ip", "iproute2").expect("ip");
         let name = unique("wrn-rt");
-        let ok = Command::new(&ip).args(["netns", "add", &name]).status().expect("ip netns add");
+        let ok = Command::new(&ip)
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip netns add");
         assert!(ok.success(), "ip netns add {name} failed");
         let n = Netns { name };
         let ok = Command::new(&ip)
@@ -185,12 +188,7 @@ fn sh(script: &str) -> Option<Vec<String>> {
 async fn exec_ok(rt: &Containerd, id: &str, cmd: &[&str]) -> String {
     let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
     let out = rt.exec(id, &cmd, Duration::from_secs(10)).await.expect("exec");
-    assert_eq!(
-        out.exit_code,
-        0,
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.exit_code, 0, "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -211,7 +209,10 @@ async fn wait_log(rt: &Containerd, id: &str, needle: &str) -> Vec<String> {
         if lines.iter().any(|l| l.contains(needle)) {
             return lines;
         }
-        assert!(Instant::now() < deadline, "{needle:?} never appeared in the log of {id}: {lines:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} never appeared in the log of {id}: {lines:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -233,8 +234,15 @@ async fn pull_index_and_run_http_in_netns() {
     let image = env.image("warren-test/http:multi");
     let info = env.rt.pull(&image, None).await.expect("pull through the index");
     assert_eq!(info.name, image);
-    assert_eq!(info.digest, env.layout.http_multi.digest, "image record targets the index");
-    assert_eq!(info.manifest_digest, env.layout.manifests[&TestImage::Http].digest, "amd64 manifest chosen");
+    assert_eq!(
+        info.digest, env.layout.http_multi.digest,
+        "image record targets the index"
+    );
+    assert_eq!(
+        info.manifest_digest,
+        env.layout.manifests[&TestImage::Http].digest,
+        "amd64 manifest chosen"
+    );
     assert_ne!(info.manifest_digest, env.layout.http_arm64_manifest.digest);
     assert_eq!(info.platform.architecture, "amd64");
     assert_eq!(info.config.exposed_ports, vec![(80, Protocol::Tcp)]);
@@ -243,7 +251,13 @@ async fn pull_index_and_run_http_in_netns() {
     let hc = info.config.healthcheck.clone().expect("healthcheck");
     assert_eq!(
         hc.test,
-        HealthTest::Exec(vec!["wget".into(), "-q".into(), "-O".into(), "/dev/null".into(), "http://127.0.0.1/healthz".into()])
+        HealthTest::Exec(vec![
+            "wget".into(),
+            "-q".into(),
+            "-O".into(),
+            "/dev/null".into(),
+            "http://127.0.0.1/healthz".into()
+        ])
     );
     assert_eq!(hc.interval, Duration::from_secs(2));
 
@@ -267,7 +281,10 @@ async fn pull_index_and_run_http_in_netns() {
     let index_labels = labels(&env.layout.http_multi.digest).await;
     assert_eq!(index_labels["containerd.io/gc.ref.content.m.1"], info.manifest_digest);
     let manifest_labels = labels(&info.manifest_digest).await;
-    assert_eq!(manifest_labels["containerd.io/gc.ref.content.config"], info.config_digest);
+    assert_eq!(
+        manifest_labels["containerd.io/gc.ref.content.config"],
+        info.config_digest
+    );
     let layer0 = manifest_labels["containerd.io/gc.ref.content.l.0"].clone();
     assert!(manifest_labels.contains_key("containerd.io/gc.ref.content.l.1"));
     let layer_labels = labels(&layer0).await;
@@ -298,7 +315,11 @@ async fn pull_index_and_run_http_in_netns() {
     let before = updated(&mut images_client).await;
     let again = env.rt.pull(&image, None).await.expect("second pull");
     assert_eq!(again, info);
-    assert_eq!(updated(&mut images_client).await, before, "second pull touched the image record");
+    assert_eq!(
+        updated(&mut images_client).await,
+        before,
+        "second pull touched the image record"
+    );
 
     // Run it in a network namespace of its own.
     let netns = env.netns();
@@ -326,14 +347,24 @@ async fn pull_index_and_run_http_in_netns() {
     let pid = env.rt.run(&s).await.expect("run http");
     assert!(pid > 0);
 
-    assert_eq!(ns.http_get("http://127.0.0.1/").trim(), "web-1", "answers with its hostname");
+    assert_eq!(
+        ns.http_get("http://127.0.0.1/").trim(),
+        "web-1",
+        "answers with its hostname"
+    );
     assert_eq!(ns.http_get("http://127.0.0.1/healthz").trim(), "ok");
 
-    assert!(exec_ok(&env.rt, &id, &["cat", "/etc/hosts"]).await.contains("warren-hosts-marker"));
-    assert!(exec_ok(&env.rt, &id, &["cat", "/etc/resolv.conf"]).await.contains("warren-resolv-marker"));
+    assert!(exec_ok(&env.rt, &id, &["cat", "/etc/hosts"])
+        .await
+        .contains("warren-hosts-marker"));
+    assert!(exec_ok(&env.rt, &id, &["cat", "/etc/resolv.conf"])
+        .await
+        .contains("warren-resolv-marker"));
     let mounts = exec_ok(&env.rt, &id, &["cat", "/proc/mounts"]).await;
     assert!(
-        mounts.lines().any(|l| l.starts_with("tmpfs /scratch tmpfs") && l.contains("size=4096k")),
+        mounts
+            .lines()
+            .any(|l| l.starts_with("tmpfs /scratch tmpfs") && l.contains("size=4096k")),
         "{mounts}"
     );
     let envs = exec_ok(&env.rt, &id, &["env"]).await;
@@ -344,7 +375,11 @@ async fn pull_index_and_run_http_in_netns() {
     // Exec: exit codes, separate streams, timeouts.
     let out = env
         .rt
-        .exec(&id, &["sh".into(), "-c".into(), "echo out; echo err >&2; exit 7".into()], Duration::from_secs(10))
+        .exec(
+            &id,
+            &["sh".into(), "-c".into(), "echo out; echo err >&2; exit 7".into()],
+            Duration::from_secs(10),
+        )
         .await
         .expect("exec");
     assert_eq!(out.exit_code, 7);
@@ -368,7 +403,11 @@ async fn pull_index_and_run_http_in_netns() {
     // Where runc puts the process in the unified (v2) hierarchy.
     let unified = cgroup_line(pid, "");
     eprintln!("cgroup v2 placement of {id}: {unified:?} (v1 memory: {mem_cg:?})");
-    assert_eq!(unified, format!("{}/{id}", env.cgroup.path), "runc places the task in the v2 tree too");
+    assert_eq!(
+        unified,
+        format!("{}/{id}", env.cgroup.path),
+        "runc places the task in the v2 tree too"
+    );
     let procs = std::fs::read_to_string(format!("/sys/fs/cgroup/unified{unified}/cgroup.procs")).expect("v2 procs");
     assert!(procs.lines().any(|p| p == pid.to_string()), "{procs}");
 
@@ -379,7 +418,13 @@ async fn pull_index_and_run_http_in_netns() {
     assert!(std::fs::read_to_string(&path).unwrap().contains("serving web-1"));
     let tail: Vec<String> = env
         .rt
-        .logs(&id, LogOptions { tail: Some(1), follow: false })
+        .logs(
+            &id,
+            LogOptions {
+                tail: Some(1),
+                follow: false,
+            },
+        )
         .await
         .expect("tail")
         .map(|l| l.unwrap())
@@ -390,7 +435,13 @@ async fn pull_index_and_run_http_in_netns() {
     // Follow sees what the process writes later (httpd -v logs each request).
     let mut follow = env
         .rt
-        .logs(&id, LogOptions { tail: Some(0), follow: true })
+        .logs(
+            &id,
+            LogOptions {
+                tail: Some(0),
+                follow: true,
+            },
+        )
         .await
         .expect("follow");
     ns.http_get("http://127.0.0.1/healthz");
@@ -424,7 +475,14 @@ async fn user_workdir_args_and_env_are_applied() {
     let lines = log_lines(&env.rt, &id).await;
     assert_eq!(
         lines,
-        ["1000", "1000", "1000 2000", "/home/warren", "greeting=hello", "args=first second"],
+        [
+            "1000",
+            "1000",
+            "1000 2000",
+            "/home/warren",
+            "greeting=hello",
+            "args=first second"
+        ],
         "uid, gid, groups (supplementary from /etc/group), cwd, env, args"
     );
 
@@ -444,42 +502,77 @@ async fn user_workdir_args_and_env_are_applied() {
         "invalid container spec: user: no user \"nosuchuser\" in the image's /etc/passwd"
     );
     // The failed create left no snapshot or container behind.
-    assert!(env.rt.list(&BTreeMap::new()).await.unwrap().iter().all(|c| c.id != s3.id));
+    assert!(env
+        .rt
+        .list(&BTreeMap::new())
+        .await
+        .unwrap()
+        .iter()
+        .all(|c| c.id != s3.id));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_errors_name_the_image_and_the_cause() {
     let env = setup(None, None);
     let host = env.registry.host();
-    let e = env.rt.pull(&format!("{host}/warren-test/http:nope"), None).await.unwrap_err();
-    assert_eq!(e.to_string(), format!("pull {host}/warren-test/http:nope: manifest unknown"));
+    let e = env
+        .rt
+        .pull(&format!("{host}/warren-test/http:nope"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("pull {host}/warren-test/http:nope: manifest unknown")
+    );
     let e = env.rt.pull(&format!("{host}/nope:1"), None).await.unwrap_err();
-    assert_eq!(e.to_string(), format!("pull {host}/nope:1: repository name not known to registry"));
+    assert_eq!(
+        e.to_string(),
+        format!("pull {host}/nope:1: repository name not known to registry")
+    );
     let e = env.rt.pull("Not A Reference", None).await.unwrap_err();
-    assert!(e.to_string().starts_with("invalid image reference \"Not A Reference\""), "{e}");
+    assert!(
+        e.to_string().starts_with("invalid image reference \"Not A Reference\""),
+        "{e}"
+    );
 
     // A registry not listed as insecure is spoken to over HTTPS only.
     let mut config = env.ctd.runtime_config(NS, &env.cgroup.path);
     config.registry.insecure = vec![];
     let strict = Containerd::connect(config).await.unwrap();
-    let e = strict.pull(&format!("{host}/warren-test/http:1"), None).await.unwrap_err();
+    let e = strict
+        .pull(&format!("{host}/warren-test/http:1"), None)
+        .await
+        .unwrap_err();
     let msg = e.to_string();
-    assert!(msg.starts_with(&format!("pull {host}/warren-test/http:1: GET https://{host}/v2/")), "{msg}");
+    assert!(
+        msg.starts_with(&format!("pull {host}/warren-test/http:1: GET https://{host}/v2/")),
+        "{msg}"
+    );
 
     // An index without the node's platform.
     let mut config = env.ctd.runtime_config(NS, &env.cgroup.path);
     config.registry.insecure = vec![host.clone()];
     config.platform = warren::runtime::Platform::parse("linux/s390x").unwrap();
     let s390 = Containerd::connect(config).await.unwrap();
-    let e = s390.pull(&format!("{host}/warren-test/http:multi"), None).await.unwrap_err();
+    let e = s390
+        .pull(&format!("{host}/warren-test/http:multi"), None)
+        .await
+        .unwrap_err();
     assert_eq!(
         e.to_string(),
         format!("pull {host}/warren-test/http:multi: no manifest for platform linux/s390x (index has: linux/arm64/v8, linux/amd64)")
     );
 
     // Creating from an image never pulled.
-    let e = env.rt.create(&spec(&unique("x"), &format!("{host}/warren-test/crash:1"))).await.unwrap_err();
-    assert_eq!(e.to_string(), format!("image {host}/warren-test/crash:1 not found; pull it first"));
+    let e = env
+        .rt
+        .create(&spec(&unique("x"), &format!("{host}/warren-test/crash:1")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("image {host}/warren-test/crash:1 not found; pull it first")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -497,12 +590,21 @@ async fn token_auth_with_and_without_credentials() {
     let image = env.image("warren-test/http:1");
     let e = env.rt.pull(&image, None).await.unwrap_err();
     let msg = e.to_string();
-    assert!(msg.starts_with(&format!("pull {image}: unauthorized: token server http://")), "{msg}");
+    assert!(
+        msg.starts_with(&format!("pull {image}: unauthorized: token server http://")),
+        "{msg}"
+    );
     let bad = Credentials {
         username: "warren".into(),
         password: "wrong".into(),
     };
-    assert!(env.rt.pull(&image, Some(&bad)).await.unwrap_err().to_string().contains("unauthorized"));
+    assert!(env
+        .rt
+        .pull(&image, Some(&bad))
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("unauthorized"));
     let info = env.rt.pull(&image, Some(&creds)).await.expect("pull with credentials");
     assert_eq!(info.manifest_digest, env.layout.manifests[&TestImage::Http].digest);
 
@@ -513,8 +615,13 @@ async fn token_auth_with_and_without_credentials() {
         anonymous_pull: true,
     })
     .expect("registry");
-    anon.push(&env.layout.dir, TestImage::Crash.layout_ref(), "warren-test/crash:1", false)
-        .expect("push");
+    anon.push(
+        &env.layout.dir,
+        TestImage::Crash.layout_ref(),
+        "warren-test/crash:1",
+        false,
+    )
+    .expect("push");
     let mut config = env.ctd.runtime_config(NS, &env.cgroup.path);
     config.registry.insecure = vec![anon.host()];
     let rt = Containerd::connect(config).await.unwrap();
@@ -536,17 +643,27 @@ async fn import_oci_and_docker_archives_and_run() {
     let imported = env.rt.import(&oci, None).await.expect("import OCI archive");
     assert_eq!(imported.len(), 1);
     assert_eq!(imported[0].name, "docker.io/warren-test/crash:oci");
-    assert_eq!(imported[0].manifest_digest, env.layout.manifests[&TestImage::Crash].digest);
+    assert_eq!(
+        imported[0].manifest_digest,
+        env.layout.manifests[&TestImage::Crash].digest
+    );
     let imported = env.rt.import(&docker, None).await.expect("import docker archive");
     assert_eq!(imported[0].name, "docker.io/warren-test/echo:docker");
     assert_eq!(imported[0].config.exposed_ports, vec![(7, Protocol::Tcp)]);
     // Same layers, so the same chain ID as the layout's echo image when pulled.
-    let renamed = env.rt.import(&docker, Some("local/echo:renamed")).await.expect("import with a name");
+    let renamed = env
+        .rt
+        .import(&docker, Some("local/echo:renamed"))
+        .await
+        .expect("import with a name");
     assert_eq!(renamed[0].name, "docker.io/local/echo:renamed");
     assert_eq!(renamed[0].chain_id, imported[0].chain_id);
 
     let crash = unique("crash");
-    env.rt.run(&spec(&crash, "warren-test/crash:oci")).await.expect("run imported OCI image");
+    env.rt
+        .run(&spec(&crash, "warren-test/crash:oci"))
+        .await
+        .expect("run imported OCI image");
     assert_eq!(env.rt.wait(&crash).await.expect("wait").code, 3);
 
     let netns = env.netns();
@@ -562,12 +679,20 @@ async fn import_oci_and_docker_archives_and_run() {
         if String::from_utf8_lossy(&out.stdout).trim() == "warren-echo-probe" {
             break;
         }
-        assert!(Instant::now() < deadline, "no echo: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            Instant::now() < deadline,
+            "no echo: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
     let bad = env.files.path().join("junk.tar");
-    std::fs::write(&bad, b"not a tar at all, just some bytes that are long enough to be read").unwrap();
+    std::fs::write(
+        &bad,
+        b"not a tar at all, just some bytes that are long enough to be read",
+    )
+    .unwrap();
     let e = env.rt.import(&bad, None).await.unwrap_err();
     assert!(e.to_string().starts_with(&format!("import {}: ", bad.display())), "{e}");
 }
@@ -600,9 +725,19 @@ async fn stop_kill_and_exit_codes() {
     s.command = sh("trap 'exit 42' TERM; echo ready; while true; do sleep 1; done");
     env.rt.run(&s).await.expect("run");
     wait_log(&env.rt, &polite, "ready").await;
-    let exit = env.rt.stop(&polite, libc::SIGTERM, Duration::from_secs(20)).await.unwrap().unwrap();
+    let exit = env
+        .rt
+        .stop(&polite, libc::SIGTERM, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(exit.code, 42);
-    assert!(env.rt.stop(&polite, libc::SIGTERM, Duration::from_secs(1)).await.unwrap().is_some());
+    assert!(env
+        .rt
+        .stop(&polite, libc::SIGTERM, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .is_some());
 
     // The crash image exits 3, seen by wait and by the event stream.
     let c = unique("crash");
@@ -672,10 +807,18 @@ async fn adoption_after_runtime_restart() {
     let others = rt2.list(&want).await.unwrap();
     assert_eq!(others.len(), 1);
     assert_eq!(others[0].task, None, "created, never started");
-    let serving = log_lines(&rt2, &id).await.iter().filter(|l| l.contains("serving")).count();
+    let serving = log_lines(&rt2, &id)
+        .await
+        .iter()
+        .filter(|l| l.contains("serving"))
+        .count();
     assert_eq!(serving, 1, "started once");
     // The adopted task can be waited on and stopped by the new runtime object.
-    let exit = rt2.stop(&id, libc::SIGTERM, Duration::from_secs(10)).await.unwrap().unwrap();
+    let exit = rt2
+        .stop(&id, libc::SIGTERM, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
     assert_ne!(exit.code, 0);
 }
 
@@ -723,7 +866,9 @@ async fn starts_and_supervises_its_own_containerd() {
     let mut config = warren::runtime::RuntimeConfig::new(dir.path());
     config.socket = dir.path().join("no-such.sock");
     config.managed_dir = Some(dir.path().join("ctd"));
-    let rt = Containerd::connect(config.clone()).await.expect("start our own containerd");
+    let rt = Containerd::connect(config.clone())
+        .await
+        .expect("start our own containerd");
     assert_eq!(rt.socket(), dir.path().join("ctd/containerd.sock"));
     let sup = rt.supervisor().expect("supervised");
     let first = sup.pid().expect("pid");
@@ -746,7 +891,10 @@ async fn starts_and_supervises_its_own_containerd() {
     let second = sup.pid().unwrap();
     rt.shutdown().await;
     assert!(sup.pid().is_none());
-    assert!(!Path::new(&format!("/proc/{second}")).exists() || is_zombie(second), "containerd stopped");
+    assert!(
+        !Path::new(&format!("/proc/{second}")).exists() || is_zombie(second),
+        "containerd stopped"
+    );
     warren_tests::containerd::unmount_below(dir.path());
 }
 

@@ -9,6 +9,31 @@ use std::path::{Path, PathBuf};
 
 pub const FILE: &str = "node.json";
 
+/// How the node runs containers (`--runtime`, `--containerd-socket`, ...).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeSettings {
+    /// false: `--runtime none`, a node that runs no tasks.
+    pub containerd: bool,
+    pub containerd_socket: PathBuf,
+    pub containerd_namespace: String,
+    pub cgroup_parent: String,
+    pub bridge: String,
+    pub insecure_registries: Vec<String>,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        RuntimeSettings {
+            containerd: true,
+            containerd_socket: "/run/containerd/containerd.sock".into(),
+            containerd_namespace: "warren".into(),
+            cgroup_parent: "/warren".into(),
+            bridge: "warren0".into(),
+            insecure_registries: vec![],
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeConfig {
     pub cluster_id: String,
@@ -29,6 +54,14 @@ pub struct NodeConfig {
     /// leader accepting it, so that a restart in between finishes the job).
     #[serde(default)]
     pub raft_member: bool,
+    /// This node's task subnet and the cluster CIDR, as the leader last announced
+    /// them, so that a restarted node can run its tasks before it reaches a manager.
+    #[serde(default)]
+    pub subnet: Option<String>,
+    #[serde(default)]
+    pub cluster_cidr: Option<String>,
+    #[serde(default)]
+    pub runtime: RuntimeSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +178,9 @@ mod tests {
             managers: vec!["127.0.0.1:2377".into()],
             capacity: None,
             raft_member: true,
+            subnet: None,
+            cluster_cidr: None,
+            runtime: RuntimeSettings::default(),
         }
     }
 

@@ -6,7 +6,7 @@
 
 use crate::agent::{self, executor, node_service};
 use crate::api::{membership::MembershipService, server::ApiService};
-use crate::config::{ConfigError, NodeConfig};
+use crate::config::{ConfigError, NodeConfig, RuntimeSettings};
 use crate::manager::{self, ManagerCtx, ManagerSettings};
 use crate::metrics::{self, Metrics};
 use crate::model::{self, new_id, now_ms, Availability, ClusterMeta, Node, NodeRole, NodeState, Platform, Resources};
@@ -41,6 +41,43 @@ pub struct DaemonOptions {
     pub capacity: Option<Resources>,
     pub raft: RaftTuning,
     pub manager: ManagerSettings,
+    /// Changes to the runtime settings (persisted ones, or the defaults, otherwise).
+    pub runtime: RuntimeOverrides,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeOverrides {
+    pub containerd: Option<bool>,
+    pub containerd_socket: Option<PathBuf>,
+    pub containerd_namespace: Option<String>,
+    pub cgroup_parent: Option<String>,
+    pub bridge: Option<String>,
+    pub insecure_registries: Vec<String>,
+}
+
+impl RuntimeOverrides {
+    pub fn apply(&self, base: &RuntimeSettings) -> RuntimeSettings {
+        let mut r = base.clone();
+        if let Some(v) = self.containerd {
+            r.containerd = v;
+        }
+        if let Some(v) = &self.containerd_socket {
+            r.containerd_socket = v.clone();
+        }
+        if let Some(v) = &self.containerd_namespace {
+            r.containerd_namespace = v.clone();
+        }
+        if let Some(v) = &self.cgroup_parent {
+            r.cgroup_parent = v.clone();
+        }
+        if let Some(v) = &self.bridge {
+            r.bridge = v.clone();
+        }
+        if !self.insecure_registries.is_empty() {
+            r.insecure_registries = self.insecure_registries.clone();
+        }
+        r
+    }
 }
 
 /// What `init` and `join` report once the node is up, for the CLI to print.
@@ -78,6 +115,8 @@ pub enum DaemonError {
     Join { manager: String, reason: String },
     #[error("{0}")]
     Io(String),
+    #[error("container runtime: {0}")]
+    Runtime(String),
 }
 
 fn hostname() -> String {
@@ -200,6 +239,9 @@ pub async fn init(opts: DaemonOptions, pod_cidr: &str, on_ready: impl FnOnce(&Re
         managers: vec![advertise.to_string()],
         capacity: opts.capacity,
         raft_member: true,
+        subnet: None,
+        cluster_cidr: None,
+        runtime: opts.runtime.apply(&RuntimeSettings::default()),
     };
     let ca_digest = ca.digest();
     let tokens = (
@@ -310,6 +352,9 @@ pub async fn join(
         managers,
         capacity: opts.capacity,
         raft_member: false,
+        subnet: None,
+        cluster_cidr: None,
+        runtime: opts.runtime.apply(&RuntimeSettings::default()),
     };
     cfg.save(&opts.data_dir)?;
     run(opts, cfg, creds, key, Start::Resume, on_ready, None).await
@@ -333,6 +378,7 @@ pub async fn resume(opts: DaemonOptions, on_ready: impl FnOnce(&Ready)) -> Resul
     if opts.capacity.is_some() {
         cfg.capacity = opts.capacity;
     }
+    cfg.runtime = opts.runtime.apply(&cfg.runtime);
     let creds = NodeCredentials::load(&opts.data_dir.join("certs"))?;
     let key = match cfg.role {
         NodeRole::Manager => Some(SecretsKey::load(&secrets_key_path(&opts.data_dir))?),
@@ -364,8 +410,7 @@ async fn run(
     let _metrics_server = metrics::serve(cfg.metrics_addr, metrics.clone()).await?;
     let mut servers = tokio::task::JoinSet::new();
     let (report_tx, report_rx) = tokio::sync::mpsc::unbounded_channel();
-    let executor: Arc<dyn executor::Executor> = Arc::new(executor::Unavailable::new(report_tx));
-    let node_ops: Arc<dyn node_service::NodeOps> = Arc::new(node_service::NoRuntime);
+    let (executor, node_ops, runtime) = start_executor(&cfg, &data_dir, report_tx).await?;
     let node_agent = || {
         pb::node_agent_server::NodeAgentServer::new(node_service::NodeService::new(
             node_ops.clone(),
@@ -516,11 +561,18 @@ async fn run(
         managers: cfg.managers.clone(),
         credentials: creds.clone(),
         resources: cfg.capacity.unwrap_or_else(agent::detect_resources),
-        on_managers: Box::new(move |list| {
-            let mut c = cfg_for_agent.clone();
-            c.managers = list.to_vec();
-            if let Err(e) = c.save(&managers_file) {
-                tracing::warn!(error = %e, "could not save the manager list");
+        on_session: Box::new(move |info| {
+            let mut c = NodeConfig::load(&managers_file).unwrap_or_else(|_| cfg_for_agent.clone());
+            let before = c.clone();
+            c.managers = info.managers.clone();
+            if let Some(n) = &info.network {
+                c.subnet = Some(n.subnet.clone());
+                c.cluster_cidr = Some(n.cluster_cidr.clone());
+            }
+            if c != before {
+                if let Err(e) = c.save(&managers_file) {
+                    tracing::warn!(error = %e, "could not save what the leader announced");
+                }
             }
         }),
     };
@@ -555,7 +607,90 @@ async fn run(
     if let Some(raft) = raft_node {
         raft.shutdown().await;
     }
+    // Our own containerd (if we started one) stops; the containers keep running
+    // under their shims, and are adopted on the next start.
+    if let Some(rt) = runtime {
+        rt.shutdown().await;
+    }
     Ok(())
+}
+
+/// The node's executor: containers through containerd (ours, if no socket
+/// answers), or none at all with `--runtime none`.
+async fn start_executor(
+    cfg: &NodeConfig,
+    data_dir: &Path,
+    reports: tokio::sync::mpsc::UnboundedSender<executor::Report>,
+) -> Result<
+    (
+        Arc<dyn executor::Executor>,
+        Arc<dyn node_service::NodeOps>,
+        Option<Arc<crate::runtime::Containerd>>,
+    ),
+    DaemonError,
+> {
+    let rs = &cfg.runtime;
+    if !rs.containerd {
+        tracing::warn!("--runtime none: this node runs no tasks; tasks placed here stay assigned");
+        return Ok((
+            Arc::new(executor::Unavailable::new(reports)),
+            Arc::new(node_service::NoRuntime),
+            None,
+        ));
+    }
+    let mut rc = crate::runtime::RuntimeConfig::new(data_dir);
+    rc.socket = rs.containerd_socket.clone();
+    rc.namespace = rs.containerd_namespace.clone();
+    rc.cgroup_parent = rs.cgroup_parent.clone();
+    rc.registry.insecure = rs.insecure_registries.clone();
+    let containerd = Arc::new(
+        crate::runtime::Containerd::connect(rc)
+            .await
+            .map_err(|e| DaemonError::Runtime(e.to_string()))?,
+    );
+    let node_id = cfg.node_id.clone();
+    let bridge = rs.bridge.clone();
+    let state_dir = data_dir.join("network");
+    let factory: crate::worker::NetworkFactory = Arc::new(move |n: executor::NodeNetwork| {
+        let (node_id, bridge, state_dir) = (node_id.clone(), bridge.clone(), state_dir.clone());
+        Box::pin(async move {
+            let subnet = n
+                .subnet
+                .parse()
+                .map_err(|e| format!("node subnet {:?}: {e}", n.subnet))?;
+            let cidr = n
+                .cluster_cidr
+                .parse()
+                .map_err(|e| format!("cluster CIDR {:?}: {e}", n.cluster_cidr))?;
+            let mut nc = crate::network::NetworkConfig::new(&node_id, subnet, cidr, state_dir);
+            nc.bridge = bridge;
+            let net = crate::network::NetlinkNetwork::new(nc)
+                .await
+                .map_err(|e| e.to_string())?;
+            net.ensure_node().await.map_err(|e| e.to_string())?;
+            Ok(Arc::new(net) as Arc<dyn crate::network::NetworkManager>)
+        })
+    });
+    let initial = match (&cfg.subnet, &cfg.cluster_cidr) {
+        (Some(s), Some(c)) => Some(executor::NodeNetwork {
+            subnet: s.clone(),
+            cluster_cidr: c.clone(),
+        }),
+        _ => None,
+    };
+    let worker = Arc::new(crate::worker::Worker::start(
+        crate::worker::WorkerConfig {
+            node_id: cfg.node_id.clone(),
+            data_dir: data_dir.to_path_buf(),
+            search_domains: vec!["warren".to_string()],
+            upstream_dns: vec![],
+        },
+        containerd.clone(),
+        factory,
+        reports,
+        initial,
+    ));
+    Ok((worker.clone(), worker, Some(containerd)))
 }
 
 /// Asks the managers to add this new manager to the Raft group, retrying until one

@@ -13,9 +13,10 @@ pub mod model;
 pub mod network;
 pub mod pki;
 pub mod raft;
-pub mod secrets;
 pub mod runtime;
+pub mod secrets;
 pub mod store;
+pub mod worker;
 
 /// The version printed by `warren --version` and reported by every node.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -5,16 +5,41 @@
 //! stops, since there is nothing to stop.
 
 use crate::model::{now_ms, Task, TaskState, TaskStatus};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use tokio::sync::mpsc;
 
 /// A task state change for the dispatcher.
 pub type Report = (String, TaskStatus);
 
+/// Everything the leader says this node must run, in one consistent set.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Assignment {
+    pub tasks: Vec<Task>,
+    /// Plaintext of the secrets these tasks use, by name. Kept in memory only.
+    pub secrets: BTreeMap<String, Vec<u8>>,
+    /// Other nodes' task subnets and the address to route each through.
+    pub peers: Vec<(String, Ipv4Addr)>,
+    /// Local volumes whose data lives on this node.
+    pub volumes: Vec<String>,
+}
+
+/// Where this node's tasks get their addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeNetwork {
+    /// This node's /24, e.g. `10.88.3.0/24`.
+    pub subnet: String,
+    /// The whole cluster CIDR, e.g. `10.88.0.0/16`.
+    pub cluster_cidr: String,
+}
+
 pub trait Executor: Send + Sync + 'static {
+    /// This node's task subnet; called on every session and at start-up with the
+    /// last one known, before any assignment.
+    fn configure(&self, network: NodeNetwork);
     /// The complete set of tasks placed on this node; idempotent.
-    fn assign(&self, tasks: Vec<Task>);
+    fn assign(&self, assignment: Assignment);
     /// The last known status of every task the executor holds (sent on reconnect).
     fn statuses(&self) -> Vec<Report>;
 }
@@ -35,7 +60,10 @@ impl Unavailable {
 }
 
 impl Executor for Unavailable {
-    fn assign(&self, tasks: Vec<Task>) {
+    fn configure(&self, _: NodeNetwork) {}
+
+    fn assign(&self, assignment: Assignment) {
+        let tasks = assignment.tasks;
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         known.retain(|id, _| tasks.iter().any(|t| &t.id == id));
         for t in tasks {
@@ -94,12 +122,16 @@ mod tests {
     fn never_reports_running_and_acknowledges_stops_once() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let ex = Unavailable::new(tx);
-        ex.assign(vec![task("a", TaskState::Running)]);
+        let with = |t: Task| Assignment {
+            tasks: vec![t],
+            ..Default::default()
+        };
+        ex.assign(with(task("a", TaskState::Running)));
         assert!(rx.try_recv().is_err(), "a task must stay assigned without a runtime");
-        ex.assign(vec![task("a", TaskState::Shutdown)]);
+        ex.assign(with(task("a", TaskState::Shutdown)));
         let (id, st) = rx.try_recv().unwrap();
         assert_eq!((id.as_str(), st.state), ("a", TaskState::Shutdown));
-        ex.assign(vec![task("a", TaskState::Shutdown)]);
+        ex.assign(with(task("a", TaskState::Shutdown)));
         assert!(rx.try_recv().is_err());
     }
 }

@@ -20,8 +20,15 @@ use warren_proto::v1 as pb;
 use warren_proto::v1::agent_message::Msg as AgentMsg;
 use warren_proto::v1::dispatcher_message::Msg as DispatcherMsg;
 
-/// Called with the managers' addresses whenever the leader announces them.
-pub type ManagersCallback = Box<dyn Fn(&[String]) + Send + Sync>;
+/// What the leader announces when a session starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub managers: Vec<String>,
+    pub network: Option<executor::NodeNetwork>,
+}
+
+/// Called with what the leader announced, so that it can be kept for restarts.
+pub type SessionCallback = Box<dyn Fn(&SessionInfo) + Send + Sync>;
 
 pub struct AgentConfig {
     pub node_id: String,
@@ -30,7 +37,7 @@ pub struct AgentConfig {
     pub credentials: NodeCredentials,
     pub resources: Resources,
     /// Called when the leader sends a new list of managers, so that it can be kept.
-    pub on_managers: ManagersCallback,
+    pub on_session: SessionCallback,
 }
 
 enum SessionEnd {
@@ -185,10 +192,17 @@ async fn session(
                         tracing::info!("connected to the leader");
                         let period = Duration::from_millis(a.heartbeat_period_ms.max(100) as u64);
                         heartbeat = tokio::time::interval(period);
-                        if !a.managers.is_empty() && a.managers != *managers {
-                            *managers = a.managers;
-                            (cfg.on_managers)(managers);
+                        if !a.managers.is_empty() {
+                            *managers = a.managers.clone();
                         }
+                        let network = (!a.node_subnet.is_empty()).then(|| executor::NodeNetwork {
+                            subnet: a.node_subnet.clone(),
+                            cluster_cidr: a.cluster_cidr.clone(),
+                        });
+                        if let Some(n) = &network {
+                            executor.configure(n.clone());
+                        }
+                        (cfg.on_session)(&SessionInfo { managers: managers.clone(), network });
                     }
                     Some(DispatcherMsg::Assignments(a)) => {
                         let mut tasks = Vec::with_capacity(a.tasks.len());
@@ -200,7 +214,17 @@ async fn session(
                             }
                         }
                         tracing::debug!(tasks = tasks.len(), index = a.index, "assignments");
-                        executor.assign(tasks);
+                        let peers = a
+                            .peers
+                            .into_iter()
+                            .filter_map(|p| Some((p.subnet, p.via.parse().ok()?)))
+                            .collect();
+                        executor.assign(executor::Assignment {
+                            tasks,
+                            secrets: a.secrets.into_iter().map(|s| (s.name, s.data)).collect(),
+                            peers,
+                            volumes: a.volumes,
+                        });
                     }
                     Some(DispatcherMsg::NotLeader(n)) => return Ok(SessionEnd::Redirect(n.leader_addr)),
                     None => {}

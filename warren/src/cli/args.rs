@@ -117,7 +117,42 @@ pub struct NodeArgs {
     #[arg(long, value_name = "SIZE")]
     pub capacity_memory: Option<String>,
     #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
     pub tuning: TuningArgs,
+}
+
+/// How the node runs containers.
+#[derive(Args, Debug, Clone)]
+pub struct RuntimeArgs {
+    /// containerd, or none for a node that runs no tasks (they stay assigned)
+    /// [default: containerd].
+    #[arg(long, value_enum)]
+    pub runtime: Option<RuntimeKind>,
+    /// containerd's socket; when nothing answers there and a containerd binary is
+    /// installed, Warren runs its own under <data-dir>/containerd
+    /// [default: /run/containerd/containerd.sock].
+    #[arg(long)]
+    pub containerd_socket: Option<std::path::PathBuf>,
+    /// containerd namespace of this node's containers [default: warren].
+    #[arg(long)]
+    pub containerd_namespace: Option<String>,
+    /// cgroup under which the containers are placed; give each node on a shared
+    /// machine its own [default: /warren].
+    #[arg(long)]
+    pub cgroup_parent: Option<String>,
+    /// The node's bridge for task interfaces [default: warren0].
+    #[arg(long)]
+    pub bridge: Option<String>,
+    /// A registry reached over plain HTTP, HOST:PORT (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum RuntimeKind {
+    Containerd,
+    None,
 }
 
 /// Timings for tests and unusual networks.

@@ -92,6 +92,14 @@ fn options(node: &NodeArgs) -> Result<DaemonOptions> {
             snapshot_every: t.raft_snapshot_every.max(10),
             ..Default::default()
         },
+        runtime: crate::daemon::RuntimeOverrides {
+            containerd: node.runtime.runtime.map(|k| k == RuntimeKind::Containerd),
+            containerd_socket: node.runtime.containerd_socket.clone(),
+            containerd_namespace: node.runtime.containerd_namespace.clone(),
+            cgroup_parent: node.runtime.cgroup_parent.clone(),
+            bridge: node.runtime.bridge.clone(),
+            insecure_registries: node.runtime.insecure_registries.clone(),
+        },
         manager: ManagerSettings {
             heartbeat_period: t.heartbeat_period,
             heartbeat_grace: t.heartbeat_grace,

@@ -7,14 +7,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use containerd_client::services::v1::snapshots::{
-    snapshots_client::SnapshotsClient, CommitSnapshotRequest, MountsRequest,
-    PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
+    snapshots_client::SnapshotsClient, CommitSnapshotRequest, MountsRequest, PrepareSnapshotRequest,
+    RemoveSnapshotRequest, StatSnapshotRequest,
 };
 use containerd_client::services::v1::{
     containers_client::ContainersClient, content_client::ContentClient, diff_client::DiffClient,
-    events_client::EventsClient, images_client::ImagesClient, leases_client::LeasesClient,
-    tasks_client::TasksClient, AbortRequest, CreateRequest, DeleteRequest, Info, InfoRequest,
-    ReadContentRequest, UpdateRequest, WriteAction, WriteContentRequest, WriteContentResponse,
+    events_client::EventsClient, images_client::ImagesClient, leases_client::LeasesClient, tasks_client::TasksClient,
+    AbortRequest, CreateRequest, DeleteRequest, Info, InfoRequest, ReadContentRequest, UpdateRequest, WriteAction,
+    WriteContentRequest, WriteContentResponse,
 };
 use containerd_client::types::Mount;
 use tokio::sync::mpsc;
@@ -88,10 +88,7 @@ impl Cd {
             rfc3339(SystemTime::now() + expire),
         );
         LeasesClient::new(self.channel.clone())
-            .create(self.req(CreateRequest {
-                id: id.clone(),
-                labels,
-            }))
+            .create(self.req(CreateRequest { id: id.clone(), labels }))
             .await
             .map_err(|s| RuntimeError::grpc("create lease", &id, s))?;
         Ok(id)
@@ -147,11 +144,7 @@ impl Cd {
     }
 
     /// Sets (merges) labels on a blob.
-    pub async fn content_label(
-        &self,
-        digest: &str,
-        labels: &BTreeMap<String, String>,
-    ) -> Result<()> {
+    pub async fn content_label(&self, digest: &str, labels: &BTreeMap<String, String>) -> Result<()> {
         if labels.is_empty() {
             return Ok(());
         }
@@ -278,13 +271,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// Opens an ingest named `reference` for the blob `digest` of `total` bytes.
-    pub async fn open(
-        cd: &Cd,
-        lease: &str,
-        reference: &str,
-        digest: &str,
-        total: i64,
-    ) -> Result<Opened> {
+    pub async fn open(cd: &Cd, lease: &str, reference: &str, digest: &str, total: i64) -> Result<Opened> {
         let deadline = tokio::time::Instant::now() + LOCKED_RETRY_FOR;
         loop {
             if cd.content_info(digest).await?.is_some() {
@@ -324,9 +311,7 @@ impl Writer {
                     }))
                 }
                 // Another client (a concurrent pull of the same layer) holds the ingest.
-                Err(s)
-                    if s.code() == Code::Unavailable && tokio::time::Instant::now() < deadline =>
-                {
+                Err(s) if s.code() == Code::Unavailable && tokio::time::Instant::now() < deadline => {
                     tracing::debug!(reference, "content ingest locked; waiting");
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
@@ -411,10 +396,7 @@ pub(crate) fn unique() -> String {
 
 /// RFC 3339 UTC timestamp, as containerd's `gc.expire` label wants.
 pub(crate) fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0) as i64;
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Civil-from-days (Howard Hinnant's algorithm).

@@ -10,10 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest, GetContainerRequest, GetRequest,
-    KillRequest, ListContainersRequest, ListTasksRequest, StartRequest, SubscribeRequest,
-    WaitRequest,
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteProcessRequest,
+    DeleteTaskRequest, ExecProcessRequest, GetContainerRequest, GetRequest, KillRequest, ListContainersRequest,
+    ListTasksRequest, StartRequest, SubscribeRequest, WaitRequest,
 };
 use containerd_client::types::v1::{Process, Status as ProcStatus};
 use futures::StreamExt;
@@ -32,8 +31,8 @@ use super::spec::{self, SpecInputs, User};
 use super::store;
 use super::supervisor::{find_binary, ManagedLayout, Supervisor};
 use super::{
-    ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, ExitEvent, ExitStatus,
-    ExitStream, ImageInfo, LogOptions, LogStream, TaskState, TaskStatus, EXEC_OUTPUT_LIMIT,
+    ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, ExitEvent, ExitStatus, ExitStream, ImageInfo,
+    LogOptions, LogStream, TaskState, TaskStatus, EXEC_OUTPUT_LIMIT,
 };
 
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
@@ -91,20 +90,12 @@ pub(crate) async fn probe(socket: &Path) -> std::result::Result<Channel, String>
     if !socket.exists() {
         return Err(format!("no socket at {}", socket.display()));
     }
-    let channel =
-        match tokio::time::timeout(PROBE_TIMEOUT, containerd_client::connect(socket)).await {
-            Err(_) => return Err(format!("{} did not accept a connection", socket.display())),
-            Ok(Err(e)) => {
-                return Err(format!(
-                    "{}: {}",
-                    socket.display(),
-                    super::registry::error_chain(&e)
-                ))
-            }
-            Ok(Ok(c)) => c,
-        };
-    let mut v =
-        containerd_client::services::v1::version_client::VersionClient::new(channel.clone());
+    let channel = match tokio::time::timeout(PROBE_TIMEOUT, containerd_client::connect(socket)).await {
+        Err(_) => return Err(format!("{} did not accept a connection", socket.display())),
+        Ok(Err(e)) => return Err(format!("{}: {}", socket.display(), super::registry::error_chain(&e))),
+        Ok(Ok(c)) => c,
+    };
+    let mut v = containerd_client::services::v1::version_client::VersionClient::new(channel.clone());
     match tokio::time::timeout(PROBE_TIMEOUT, v.version(())).await {
         Err(_) => Err(format!("{} did not answer", socket.display())),
         Ok(Err(s)) => Err(format!("{}: {}", socket.display(), s.message())),
@@ -150,9 +141,7 @@ impl Containerd {
                     })?;
                     tracing::info!(reason = %first, binary = %binary.display(), dir = %layout.dir.display(), "starting our own containerd");
                     let sup = Supervisor::start(&binary, layout.clone()).await?;
-                    let c = probe(&sup.socket())
-                        .await
-                        .map_err(RuntimeError::NoContainerd)?;
+                    let c = probe(&sup.socket()).await.map_err(RuntimeError::NoContainerd)?;
                     (c, sup.socket(), Some(sup))
                 }
             }
@@ -166,12 +155,7 @@ impl Containerd {
         config: RuntimeConfig,
         supervisor: Option<Supervisor>,
     ) -> Result<Containerd> {
-        if config.namespace.is_empty()
-            || config
-                .namespace
-                .parse::<tonic::metadata::MetadataValue<_>>()
-                .is_err()
-        {
+        if config.namespace.is_empty() || config.namespace.parse::<tonic::metadata::MetadataValue<_>>().is_err() {
             return Err(RuntimeError::InvalidSpec {
                 field: "namespace".into(),
                 reason: format!("{:?} is not a valid containerd namespace", config.namespace),
@@ -226,9 +210,7 @@ impl Containerd {
                 .into_inner()
                 .container
                 .ok_or_else(|| RuntimeError::NotFound { id: id.to_string() }),
-            Err(s) if s.code() == Code::NotFound => {
-                Err(RuntimeError::NotFound { id: id.to_string() })
-            }
+            Err(s) if s.code() == Code::NotFound => Err(RuntimeError::NotFound { id: id.to_string() }),
             Err(s) => Err(RuntimeError::grpc("get container", id, s)),
         }
     }
@@ -288,17 +270,8 @@ impl Containerd {
         })
     }
 
-    async fn resolve_user(
-        &self,
-        spec: &ContainerSpec,
-        image: &ImageConfig,
-        snapshot: &str,
-    ) -> Result<User> {
-        let user = spec
-            .user
-            .clone()
-            .or_else(|| image.user.clone())
-            .unwrap_or_default();
+    async fn resolve_user(&self, spec: &ContainerSpec, image: &ImageConfig, snapshot: &str) -> Result<User> {
+        let user = spec.user.clone().or_else(|| image.user.clone()).unwrap_or_default();
         let bad = |reason: String| RuntimeError::InvalidSpec {
             field: "user".into(),
             reason,
@@ -335,11 +308,7 @@ impl Containerd {
             reason,
         })?;
         match self.get_container(&spec.id).await {
-            Ok(_) => {
-                return Err(RuntimeError::AlreadyExists {
-                    id: spec.id.clone(),
-                })
-            }
+            Ok(_) => return Err(RuntimeError::AlreadyExists { id: spec.id.clone() }),
             Err(RuntimeError::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -409,9 +378,9 @@ impl Containerd {
                     .await
                 {
                     Ok(_) => Ok(()),
-                    Err(s) if s.code() == Code::AlreadyExists => Err(RuntimeError::AlreadyExists {
-                        id: spec.id.clone(),
-                    }),
+                    Err(s) if s.code() == Code::AlreadyExists => {
+                        Err(RuntimeError::AlreadyExists { id: spec.id.clone() })
+                    }
                     Err(s) => Err(RuntimeError::grpc("create container", &spec.id, s)),
                 }
             }
@@ -440,12 +409,8 @@ impl Containerd {
         }
         let rootfs = self.cd.snapshot_mounts(&container.snapshot_key).await?;
         let log = self.log_path(id);
-        std::fs::create_dir_all(&self.config.log_dir).map_err(|e| {
-            RuntimeError::io(
-                format!("create log dir {}", self.config.log_dir.display()),
-                e,
-            )
-        })?;
+        std::fs::create_dir_all(&self.config.log_dir)
+            .map_err(|e| RuntimeError::io(format!("create log dir {}", self.config.log_dir.display()), e))?;
         // The shim appends stdout and stderr to this file itself, so logging goes on
         // while Warren restarts.
         let uri = format!("file://{}", log.display());
@@ -495,12 +460,7 @@ impl Containerd {
         }
     }
 
-    async fn stop_task(
-        &self,
-        id: &str,
-        signal: i32,
-        grace: Duration,
-    ) -> Result<Option<ExitStatus>> {
+    async fn stop_task(&self, id: &str, signal: i32, grace: Duration) -> Result<Option<ExitStatus>> {
         let Some(p) = self.get_task(id).await? else {
             self.get_container(id).await?;
             return Ok(None);
@@ -518,11 +478,7 @@ impl Containerd {
         match tokio::time::timeout(grace, &mut waiter).await {
             Ok(r) => return join_wait(id, r).map(Some),
             Err(_) => {
-                tracing::info!(
-                    container = id,
-                    ?grace,
-                    "still running after the grace period; killing"
-                );
+                tracing::info!(container = id, ?grace, "still running after the grace period; killing");
             }
         }
         match self.kill_process(id, "", libc::SIGKILL, true).await {
@@ -563,10 +519,7 @@ impl Containerd {
         Ok(())
     }
 
-    async fn list_containers(
-        &self,
-        labels: &BTreeMap<String, String>,
-    ) -> Result<Vec<ContainerStatus>> {
+    async fn list_containers(&self, labels: &BTreeMap<String, String>) -> Result<Vec<ContainerStatus>> {
         let filters = if labels.is_empty() {
             vec![]
         } else {
@@ -583,9 +536,7 @@ impl Containerd {
         let tasks: HashMap<String, Process> = self
             .cd
             .tasks()
-            .list(self.cd.req(ListTasksRequest {
-                filter: String::new(),
-            }))
+            .list(self.cd.req(ListTasksRequest { filter: String::new() }))
             .await
             .map_err(|s| RuntimeError::grpc("list tasks", "", s))?
             .into_inner()
@@ -627,11 +578,9 @@ impl Containerd {
         let process = spec::exec_process(&spec, command);
         let exec_id = format!("exec-{}", unique());
         let dir = self.config.exec_dir.join(&exec_id);
-        let fifos = Fifos::create(&dir)
-            .map_err(|e| RuntimeError::io(format!("create exec fifos in {}", dir.display()), e))?;
-        let result = self
-            .exec_with(id, &exec_id, &process, &fifos, command, timeout)
-            .await;
+        let fifos =
+            Fifos::create(&dir).map_err(|e| RuntimeError::io(format!("create exec fifos in {}", dir.display()), e))?;
+        let result = self.exec_with(id, &exec_id, &process, &fifos, command, timeout).await;
         drop(fifos);
         let _ = std::fs::remove_dir_all(&dir);
         result
@@ -668,9 +617,7 @@ impl Containerd {
             }))
             .await
             .map_err(|s| match s.code() {
-                Code::NotFound | Code::FailedPrecondition => {
-                    RuntimeError::NotRunning { id: id.to_string() }
-                }
+                Code::NotFound | Code::FailedPrecondition => RuntimeError::NotRunning { id: id.to_string() },
                 _ => RuntimeError::grpc("exec", id, s),
             })?;
         // The shim holds the write ends now; ours would keep the readers from EOF.
@@ -750,18 +697,14 @@ struct Fifos {
 impl Fifos {
     fn create(dir: &Path) -> std::io::Result<Fifos> {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         let f = Fifos {
             dir: dir.to_path_buf(),
             stdout: dir.join("stdout"),
             stderr: dir.join("stderr"),
         };
         for p in [&f.stdout, &f.stderr] {
-            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
-                .map_err(std::io::Error::other)?;
+            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
             if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -771,10 +714,7 @@ impl Fifos {
 
     /// Opens the read end, plus a write end we hold until the shim has opened its own,
     /// since a FIFO without writers reads as end-of-file.
-    fn open(
-        &self,
-        path: &Path,
-    ) -> std::io::Result<(tokio::net::unix::pipe::Receiver, std::fs::File)> {
+    fn open(&self, path: &Path) -> std::io::Result<(tokio::net::unix::pipe::Receiver, std::fs::File)> {
         use std::os::unix::fs::OpenOptionsExt;
         let rx = tokio::net::unix::pipe::OpenOptions::new().open_receiver(path)?;
         let keep = std::fs::OpenOptions::new()
@@ -814,9 +754,7 @@ fn join_wait(
 ) -> Result<ExitStatus> {
     match r {
         Ok(Ok(s)) => Ok(s),
-        Ok(Err(s)) if s.code() == Code::NotFound => {
-            Err(RuntimeError::NotRunning { id: id.to_string() })
-        }
+        Ok(Err(s)) if s.code() == Code::NotFound => Err(RuntimeError::NotRunning { id: id.to_string() }),
         Ok(Err(s)) => Err(RuntimeError::grpc("wait task", id, s)),
         Err(e) => Err(RuntimeError::Containerd {
             op: "wait task",
@@ -880,10 +818,7 @@ impl ContainerRuntime for Containerd {
             Some(r) => r
                 .info(&name)
                 .map(Some)
-                .map_err(|reason| RuntimeError::BadImage {
-                    image: name,
-                    reason,
-                }),
+                .map_err(|reason| RuntimeError::BadImage { image: name, reason }),
         }
     }
 
@@ -945,16 +880,11 @@ impl ContainerRuntime for Containerd {
     }
 
     async fn exit_events(&self) -> Result<ExitStream> {
-        let filter = format!(
-            "topic==\"/tasks/exit\",namespace=={}",
-            self.config.namespace
-        );
+        let filter = format!("topic==\"/tasks/exit\",namespace=={}", self.config.namespace);
         let stream = self
             .cd
             .events()
-            .subscribe(SubscribeRequest {
-                filters: vec![filter],
-            })
+            .subscribe(SubscribeRequest { filters: vec![filter] })
             .await
             .map_err(|s| RuntimeError::grpc("subscribe", "/tasks/exit", s))?
             .into_inner();
@@ -1035,19 +965,13 @@ mod tests {
             Err(e) => e,
             Ok(_) => panic!("connected to nothing"),
         };
-        assert!(
-            e.to_string().starts_with("no containerd: no socket at "),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("no containerd: no socket at "), "{e}");
         c.managed_dir = Some(dir.path().join("containerd"));
         c.containerd_binary = Some(dir.path().join("no-containerd-here"));
         let e = match Containerd::connect(c).await {
             Err(e) => e,
             Ok(_) => panic!("connected to nothing"),
         };
-        assert!(
-            e.to_string().contains("no containerd binary is installed"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("no containerd binary is installed"), "{e}");
     }
 }

@@ -149,23 +149,13 @@ mod tests {
             image: "127.0.0.1:5000/nope:1".into(),
             source: PullError::NotFound("manifest unknown".into()),
         };
-        assert_eq!(
-            e.to_string(),
-            "pull 127.0.0.1:5000/nope:1: manifest unknown"
-        );
+        assert_eq!(e.to_string(), "pull 127.0.0.1:5000/nope:1: manifest unknown");
     }
 
     #[test]
     fn grpc_error_names_call_and_object() {
-        let e = RuntimeError::grpc(
-            "create container",
-            "web.1",
-            tonic::Status::already_exists("id exists"),
-        );
-        assert_eq!(
-            e.to_string(),
-            "create container web.1: containerd: id exists"
-        );
+        let e = RuntimeError::grpc("create container", "web.1", tonic::Status::already_exists("id exists"));
+        assert_eq!(e.to_string(), "create container web.1: containerd: id exists");
         assert!(e.is_code(tonic::Code::AlreadyExists));
     }
 

@@ -16,8 +16,8 @@ use super::image::{sha256_digest, ImageConfig, Platform};
 use super::reference::ImageRef;
 use super::registry::Credentials;
 use super::{
-    ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, ExitEvent, ExitStatus,
-    ExitStream, ImageInfo, LogOptions, LogStream, TaskState, TaskStatus,
+    ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, ExitEvent, ExitStatus, ExitStream, ImageInfo,
+    LogOptions, LogStream, TaskState, TaskStatus,
 };
 
 /// A call the fake received, in order.
@@ -90,22 +90,14 @@ impl FakeRuntime {
 
     /// Makes `reference` pullable with this config.
     pub fn add_registry_image(&self, reference: &str, config: ImageConfig) {
-        let name = ImageRef::parse(reference)
-            .expect("valid reference")
-            .to_string();
+        let name = ImageRef::parse(reference).expect("valid reference").to_string();
         self.state.lock().unwrap().registry.insert(name, config);
     }
 
     /// Makes pulls of `reference` fail with a registry "not found" carrying `message`.
     pub fn fail_pulls(&self, reference: &str, message: &str) {
-        let name = ImageRef::parse(reference)
-            .expect("valid reference")
-            .to_string();
-        self.state
-            .lock()
-            .unwrap()
-            .pull_errors
-            .insert(name, message.to_string());
+        let name = ImageRef::parse(reference).expect("valid reference").to_string();
+        self.state.lock().unwrap().pull_errors.insert(name, message.to_string());
     }
 
     /// The container's process exits with `code` (as if it ended by itself).
@@ -144,11 +136,7 @@ impl FakeRuntime {
 
     /// What `exec` in `id` returns (default: exit 0, no output).
     pub fn set_exec_result(&self, id: &str, out: ExecOutput) {
-        self.state
-            .lock()
-            .unwrap()
-            .exec_results
-            .insert(id.to_string(), out);
+        self.state.lock().unwrap().exec_results.insert(id.to_string(), out);
     }
 
     pub fn append_log(&self, id: &str, line: &str) {
@@ -167,12 +155,7 @@ impl FakeRuntime {
 
     /// The spec a container was created with.
     pub fn spec(&self, id: &str) -> Option<ContainerSpec> {
-        self.state
-            .lock()
-            .unwrap()
-            .containers
-            .get(id)
-            .map(|c| c.spec.clone())
+        self.state.lock().unwrap().containers.get(id).map(|c| c.spec.clone())
     }
 
     fn status_of(id: &str, c: &FakeContainer) -> ContainerStatus {
@@ -222,8 +205,7 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn import(&self, archive: &Path, name: Option<&str>) -> Result<Vec<ImageInfo>> {
         let mut st = self.state.lock().unwrap();
-        st.calls
-            .push(FakeCall::Import(archive.display().to_string()));
+        st.calls.push(FakeCall::Import(archive.display().to_string()));
         let Some(n) = name else {
             return Err(RuntimeError::Import {
                 path: archive.to_path_buf(),
@@ -250,9 +232,7 @@ impl ContainerRuntime for FakeRuntime {
             })?;
         super::spec::process_args(spec, &image.config)?;
         if st.containers.contains_key(&spec.id) {
-            return Err(RuntimeError::AlreadyExists {
-                id: spec.id.clone(),
-            });
+            return Err(RuntimeError::AlreadyExists { id: spec.id.clone() });
         }
         st.containers.insert(
             spec.id.clone(),
@@ -295,10 +275,7 @@ impl ContainerRuntime for FakeRuntime {
             .containers
             .get(id)
             .ok_or_else(|| RuntimeError::NotFound { id: id.to_string() })?;
-        if c.task
-            .as_ref()
-            .is_none_or(|t| t.state != TaskState::Running)
-        {
+        if c.task.as_ref().is_none_or(|t| t.state != TaskState::Running) {
             return Err(RuntimeError::NotRunning { id: id.to_string() });
         }
         if signal == libc::SIGKILL || !c.ignores_signals {
@@ -322,11 +299,7 @@ impl ContainerRuntime for FakeRuntime {
         if t.state == TaskState::Stopped {
             return Ok(t.exit);
         }
-        let sig = if c.ignores_signals {
-            libc::SIGKILL
-        } else {
-            signal
-        };
+        let sig = if c.ignores_signals { libc::SIGKILL } else { signal };
         let ev = Self::exit_locked(&mut st, id, 128 + sig as u32);
         let status = ev.as_ref().map(|e| e.status);
         if let Some(ev) = ev {
@@ -373,9 +346,7 @@ impl ContainerRuntime for FakeRuntime {
                 .ok_or_else(|| RuntimeError::NotFound { id: id.to_string() })?;
             match &c.task {
                 None => return Err(RuntimeError::NotRunning { id: id.to_string() }),
-                Some(t) if t.state == TaskState::Stopped => {
-                    return Ok(t.exit.expect("stopped has exit"))
-                }
+                Some(t) if t.state == TaskState::Stopped => return Ok(t.exit.expect("stopped has exit")),
                 Some(_) => {}
             }
         }
@@ -406,16 +377,12 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn exec(&self, id: &str, command: &[String], _timeout: Duration) -> Result<ExecOutput> {
         let mut st = self.state.lock().unwrap();
-        st.calls
-            .push(FakeCall::Exec(id.to_string(), command.to_vec()));
+        st.calls.push(FakeCall::Exec(id.to_string(), command.to_vec()));
         let c = st
             .containers
             .get(id)
             .ok_or_else(|| RuntimeError::NotFound { id: id.to_string() })?;
-        if c.task
-            .as_ref()
-            .is_none_or(|t| t.state != TaskState::Running)
-        {
+        if c.task.as_ref().is_none_or(|t| t.state != TaskState::Running) {
             return Err(RuntimeError::NotRunning { id: id.to_string() });
         }
         Ok(st.exec_results.get(id).cloned().unwrap_or(ExecOutput {
@@ -466,10 +433,7 @@ mod tests {
         assert_eq!(events.next().await.unwrap().unwrap().status.code, 3);
         rt.start("c1").await.unwrap();
         rt.ignore_signals("c1");
-        let st = rt
-            .stop("c1", libc::SIGTERM, Duration::from_secs(1))
-            .await
-            .unwrap();
+        let st = rt.stop("c1", libc::SIGTERM, Duration::from_secs(1)).await.unwrap();
         assert_eq!(st.unwrap().code, 137);
         rt.delete("c1").await.unwrap();
         assert!(rt.list(&BTreeMap::new()).await.unwrap().is_empty());
@@ -485,9 +449,6 @@ mod tests {
             ..Default::default()
         };
         let e = rt.create(&spec).await.unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "image example.com/app:1 not found; pull it first"
-        );
+        assert_eq!(e.to_string(), "image example.com/app:1 not found; pull it first");
     }
 }

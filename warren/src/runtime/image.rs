@@ -145,9 +145,9 @@ pub struct Index {
 impl Index {
     /// The first manifest for `platform`, as containerd's platform matcher picks it.
     pub fn select(&self, platform: &Platform) -> Option<&Descriptor> {
-        self.manifests.iter().find(|d| {
-            is_manifest(&d.media_type) && d.platform.as_ref().is_some_and(|p| platform.matches(p))
-        })
+        self.manifests
+            .iter()
+            .find(|d| is_manifest(&d.media_type) && d.platform.as_ref().is_some_and(|p| platform.matches(p)))
     }
 
     /// `os/arch` of every entry, for error messages.
@@ -155,11 +155,7 @@ impl Index {
         let v: Vec<String> = self
             .manifests
             .iter()
-            .map(|d| {
-                d.platform
-                    .as_ref()
-                    .map_or("unknown".into(), |p| p.to_string())
-            })
+            .map(|d| d.platform.as_ref().map_or("unknown".into(), |p| p.to_string()))
             .collect();
         v.join(", ")
     }
@@ -403,10 +399,7 @@ mod tests {
         assert_eq!(c.cmd, vec!["--port", "80"]);
         assert_eq!(c.working_dir.as_deref(), Some("/srv"));
         assert_eq!(c.user.as_deref(), Some("1000:1000"));
-        assert_eq!(
-            c.exposed_ports,
-            vec![(53, Protocol::Udp), (80, Protocol::Tcp)]
-        );
+        assert_eq!(c.exposed_ports, vec![(53, Protocol::Udp), (80, Protocol::Tcp)]);
         assert_eq!(c.stop_signal.as_deref(), Some("SIGQUIT"));
         let h = c.healthcheck.unwrap();
         assert_eq!(
@@ -464,9 +457,7 @@ mod tests {
         assert_eq!(idx.select(&amd).unwrap().digest, "sha256:amd");
         let arm = Platform::parse("linux/arm64").unwrap();
         assert_eq!(idx.select(&arm).unwrap().digest, "sha256:arm");
-        assert!(idx
-            .select(&Platform::parse("linux/s390x").unwrap())
-            .is_none());
+        assert!(idx.select(&Platform::parse("linux/s390x").unwrap()).is_none());
         assert_eq!(idx.platforms(), "linux/arm64/v8, linux/amd64");
     }
 

@@ -15,8 +15,8 @@ use sha2::{Digest as _, Sha256};
 use super::client::{Writer, WRITE_CHUNK};
 use super::error::{PullError, Result, RuntimeError};
 use super::image::{
-    sha256_digest, Descriptor, Index, Manifest, MEDIA_DOCKER_CONFIG, MEDIA_DOCKER_LAYER,
-    MEDIA_DOCKER_LAYER_GZIP, MEDIA_DOCKER_MANIFEST,
+    sha256_digest, Descriptor, Index, Manifest, MEDIA_DOCKER_CONFIG, MEDIA_DOCKER_LAYER, MEDIA_DOCKER_LAYER_GZIP,
+    MEDIA_DOCKER_MANIFEST,
 };
 use super::reference::ImageRef;
 use super::store::{self, BlobSource, Fetcher};
@@ -105,15 +105,10 @@ impl TarIndex {
 
     fn read(&self, name: &str, limit: u64) -> std::io::Result<Vec<u8>> {
         let (offset, size) = self.locate(name).ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("{name} is not in the archive"),
-            )
+            std::io::Error::new(std::io::ErrorKind::NotFound, format!("{name} is not in the archive"))
         })?;
         if size > limit {
-            return Err(std::io::Error::other(format!(
-                "{name} is larger than {limit} bytes"
-            )));
+            return Err(std::io::Error::other(format!("{name} is larger than {limit} bytes")));
         }
         let mut f = std::fs::File::open(&self.path)?;
         f.seek(SeekFrom::Start(offset))?;
@@ -125,10 +120,7 @@ impl TarIndex {
     /// sha256 digest, size and whether the member is gzip-compressed.
     fn hash(&self, name: &str) -> std::io::Result<(String, u64, bool)> {
         let (offset, size) = self.locate(name).ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("{name} is not in the archive"),
-            )
+            std::io::Error::new(std::io::ErrorKind::NotFound, format!("{name} is not in the archive"))
         })?;
         let mut f = std::fs::File::open(&self.path)?;
         f.seek(SeekFrom::Start(offset))?;
@@ -172,9 +164,7 @@ impl ArchiveSource {
             .ok_or_else(|| PullError::Invalid(format!("bad digest {digest}")))?;
         let name = format!("blobs/{alg}/{hex}");
         if self.tar.locate(&name).is_none() {
-            return Err(PullError::NotFound(format!(
-                "blob {digest} is not in the archive"
-            )));
+            return Err(PullError::NotFound(format!("blob {digest} is not in the archive")));
         }
         Ok(name)
     }
@@ -234,8 +224,7 @@ type Found = Vec<(Option<String>, Option<String>, Descriptor)>;
 
 fn scan_oci(tar: &TarIndex) -> std::io::Result<Found> {
     let bytes = tar.read("index.json", MAX_JSON)?;
-    let index: Index = serde_json::from_slice(&bytes)
-        .map_err(|e| std::io::Error::other(format!("index.json: {e}")))?;
+    let index: Index = serde_json::from_slice(&bytes).map_err(|e| std::io::Error::other(format!("index.json: {e}")))?;
     Ok(index
         .manifests
         .into_iter()
@@ -254,9 +243,7 @@ fn scan_oci(tar: &TarIndex) -> std::io::Result<Found> {
         .collect())
 }
 
-fn scan_docker(
-    tar: &TarIndex,
-) -> std::io::Result<(Found, HashMap<String, String>, HashMap<String, Bytes>)> {
+fn scan_docker(tar: &TarIndex) -> std::io::Result<(Found, HashMap<String, String>, HashMap<String, Bytes>)> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Item {
@@ -266,8 +253,8 @@ fn scan_docker(
         layers: Vec<String>,
     }
     let bytes = tar.read("manifest.json", MAX_JSON)?;
-    let items: Vec<Item> = serde_json::from_slice(&bytes)
-        .map_err(|e| std::io::Error::other(format!("manifest.json: {e}")))?;
+    let items: Vec<Item> =
+        serde_json::from_slice(&bytes).map_err(|e| std::io::Error::other(format!("manifest.json: {e}")))?;
     let mut found = vec![];
     let mut members = HashMap::new();
     let mut synthesized = HashMap::new();
@@ -322,11 +309,7 @@ fn scan_docker(
 }
 
 impl Containerd {
-    pub(crate) async fn import_archive(
-        &self,
-        path: &Path,
-        name: Option<&str>,
-    ) -> Result<Vec<ImageInfo>> {
+    pub(crate) async fn import_archive(&self, path: &Path, name: Option<&str>) -> Result<Vec<ImageInfo>> {
         let fail = |reason: String| RuntimeError::Import {
             path: path.to_path_buf(),
             reason,
@@ -374,10 +357,7 @@ impl Containerd {
                     )))
                 }
                 (None, None, None) => {
-                    return Err(fail(format!(
-                        "image {i} ({}) has no name; give it one",
-                        target.digest
-                    )))
+                    return Err(fail(format!("image {i} ({}) has no name; give it one", target.digest)))
                 }
             };
             let r = ImageRef::parse(&raw).map_err(|e| fail(e.to_string()))?;
@@ -388,10 +368,7 @@ impl Containerd {
             members,
             synthesized,
         };
-        let lease = self
-            .cd
-            .lease_create(std::time::Duration::from_secs(3600))
-            .await?;
+        let lease = self.cd.lease_create(std::time::Duration::from_secs(3600)).await?;
         let result = async {
             let mut out = vec![];
             for (image_name, target) in &images {
@@ -403,9 +380,7 @@ impl Containerd {
                 };
                 let pull_fail = |e: PullError| fail(format!("{image_name}: {e}"));
                 let resolved = fetcher.fetch(target).await.map_err(pull_fail)?;
-                store::unpack(&self.cd, &lease, &resolved)
-                    .await
-                    .map_err(pull_fail)?;
+                store::unpack(&self.cd, &lease, &resolved).await.map_err(pull_fail)?;
                 store::put_image_record(&self.cd, image_name, target).await?;
                 out.push(
                     resolved
@@ -462,9 +437,9 @@ mod tests {
 
     #[test]
     fn docker_save_gets_a_schema2_manifest() {
-        let config =
-            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
-        let manifest = br#"[{"Config":"c.json","RepoTags":["warren-test/x:1","warren-test/x:latest"],"Layers":["l/layer.tar"]}]"#;
+        let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let manifest =
+            br#"[{"Config":"c.json","RepoTags":["warren-test/x:1","warren-test/x:latest"],"Layers":["l/layer.tar"]}]"#;
         let f = tar_with(
             &[
                 ("c.json", config),
@@ -496,10 +471,7 @@ mod tests {
         let f = tar_with(&[("index.json", index)], &[]);
         let t = TarIndex::build(f.path()).unwrap();
         let found = scan_oci(&t).unwrap();
-        assert_eq!(
-            (found[0].0.clone(), found[0].1.clone()),
-            (None, Some("1".into()))
-        );
+        assert_eq!((found[0].0.clone(), found[0].1.clone()), (None, Some("1".into())));
         assert_eq!(found[1].0.as_deref(), Some("example.com/x:2"));
         assert_eq!(found[2].0.as_deref(), Some("docker.io/library/y:3"));
     }

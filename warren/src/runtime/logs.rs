@@ -116,15 +116,11 @@ pub(crate) async fn stream(path: &Path, options: LogOptions) -> Result<LogStream
                         if st.buf.is_empty() {
                             return None;
                         }
-                        let rest =
-                            String::from_utf8_lossy(&std::mem::take(&mut st.buf)).into_owned();
+                        let rest = String::from_utf8_lossy(&std::mem::take(&mut st.buf)).into_owned();
                         return Some((Ok(rest), st));
                     }
                     // The file was truncated or replaced: start over from its beginning.
-                    let len = tokio::fs::metadata(&st.path)
-                        .await
-                        .map(|m| m.len())
-                        .unwrap_or(st.pos);
+                    let len = tokio::fs::metadata(&st.path).await.map(|m| m.len()).unwrap_or(st.pos);
                     if len < st.pos {
                         match tokio::fs::File::open(&st.path).await {
                             Ok(f) => {
@@ -134,8 +130,7 @@ pub(crate) async fn stream(path: &Path, options: LogOptions) -> Result<LogStream
                             }
                             Err(e) => {
                                 st.done = true;
-                                let err =
-                                    RuntimeError::io(format!("read log {}", st.path.display()), e);
+                                let err = RuntimeError::io(format!("read log {}", st.path.display()), e);
                                 return Some((Err(err), st));
                             }
                         }
@@ -164,18 +159,12 @@ mod tests {
     use std::io::Write;
 
     async fn collect(path: &Path, tail: Option<usize>) -> Vec<String> {
-        stream(
-            path,
-            LogOptions {
-                tail,
-                follow: false,
-            },
-        )
-        .await
-        .unwrap()
-        .map(|l| l.unwrap())
-        .collect()
-        .await
+        stream(path, LogOptions { tail, follow: false })
+            .await
+            .unwrap()
+            .map(|l| l.unwrap())
+            .collect()
+            .await
     }
 
     #[tokio::test]
@@ -220,9 +209,6 @@ mod tests {
             Err(e) => e,
             Ok(_) => panic!("no error"),
         };
-        assert!(
-            e.to_string().starts_with("read log /nonexistent/x.log: "),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("read log /nonexistent/x.log: "), "{e}");
     }
 }

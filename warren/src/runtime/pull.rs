@@ -41,18 +41,12 @@ impl BlobSource for RegistrySource<'_> {
                 .await?
                 .bytes);
         }
-        let body = self
-            .registry
-            .blob(self.reference, &desc.digest, self.creds)
-            .await?;
+        let body = self.registry.blob(self.reference, &desc.digest, self.creds).await?;
         read_limited(body, 4 << 20, &desc.digest).await
     }
 
     async fn copy(&self, desc: &Descriptor, w: &mut Writer) -> Result<(), PullError> {
-        let mut body = self
-            .registry
-            .blob(self.reference, &desc.digest, self.creds)
-            .await?;
+        let mut body = self.registry.blob(self.reference, &desc.digest, self.creds).await?;
         let mut hasher = Sha256::new();
         let mut size: i64 = 0;
         let what = format!("blob {}", desc.digest);
@@ -65,9 +59,7 @@ impl BlobSource for RegistrySource<'_> {
                 )));
             }
             hasher.update(&chunk);
-            w.write(chunk)
-                .await
-                .map_err(|e| PullError::Store(Box::new(e)))?;
+            w.write(chunk).await.map_err(|e| PullError::Store(Box::new(e)))?;
         }
         let got = format!("sha256:{}", hex::encode(hasher.finalize()));
         if size != desc.size || got != desc.digest {
@@ -82,10 +74,7 @@ impl BlobSource for RegistrySource<'_> {
     fn labels(&self) -> BTreeMap<String, String> {
         let mut l = BTreeMap::new();
         l.insert(
-            format!(
-                "containerd.io/distribution.source.{}",
-                self.reference.domain
-            ),
+            format!("containerd.io/distribution.source.{}", self.reference.domain),
             self.reference.repository.clone(),
         );
         l
@@ -93,22 +82,14 @@ impl BlobSource for RegistrySource<'_> {
 }
 
 impl Containerd {
-    pub(crate) async fn pull_image(
-        &self,
-        reference: &str,
-        creds: Option<&Credentials>,
-    ) -> Result<ImageInfo> {
+    pub(crate) async fn pull_image(&self, reference: &str, creds: Option<&Credentials>) -> Result<ImageInfo> {
         let r = ImageRef::parse(reference)?;
         let name = r.to_string();
         let fail = |source: PullError| RuntimeError::Pull {
             image: reference.to_string(),
             source,
         };
-        let top = self
-            .registry
-            .manifest(&r, r.object(), creds)
-            .await
-            .map_err(fail)?;
+        let top = self.registry.manifest(&r, r.object(), creds).await.map_err(fail)?;
         let target = Descriptor {
             media_type: top.media_type.clone(),
             digest: top.digest.clone(),
@@ -141,16 +122,12 @@ impl Containerd {
                 platform: &self.config.platform,
             };
             let resolved = fetcher.fetch(&target).await.map_err(fail)?;
-            store::unpack(&self.cd, &lease, &resolved)
-                .await
-                .map_err(fail)?;
+            store::unpack(&self.cd, &lease, &resolved).await.map_err(fail)?;
             store::put_image_record(&self.cd, &name, &target).await?;
-            resolved
-                .info(&name)
-                .map_err(|reason| RuntimeError::BadImage {
-                    image: name.clone(),
-                    reason,
-                })
+            resolved.info(&name).map_err(|reason| RuntimeError::BadImage {
+                image: name.clone(),
+                reason,
+            })
         }
         .await;
         self.cd.lease_delete(&lease).await;
@@ -162,11 +139,7 @@ impl Containerd {
 
     /// The image if its record exists (pointing at `digest`, when given) and it is
     /// fully unpacked.
-    pub(crate) async fn present(
-        &self,
-        name: &str,
-        digest: Option<&str>,
-    ) -> Result<Option<ImageInfo>> {
+    pub(crate) async fn present(&self, name: &str, digest: Option<&str>) -> Result<Option<ImageInfo>> {
         let Some(resolved) = store::resolve_local(&self.cd, name, &self.config.platform)
             .await
             .or_else(|e| match e {

@@ -41,19 +41,14 @@ impl ImageRef {
         // A tag follows the last ':' only when no '/' comes after it (else the ':'
         // separates a registry port).
         let (name, tag) = match rest.rfind(':') {
-            Some(i) if !rest[i + 1..].contains('/') => {
-                (&rest[..i], Some(rest[i + 1..].to_string()))
-            }
+            Some(i) if !rest[i + 1..].contains('/') => (&rest[..i], Some(rest[i + 1..].to_string())),
             _ => (rest, None),
         };
         if let Some(t) = &tag {
             let ok = !t.is_empty()
                 && t.len() <= 128
-                && t.chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-                && t.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+                && t.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+                && t.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
             if !ok {
                 return Err(bad("invalid tag"));
             }
@@ -62,9 +57,7 @@ impl ImageRef {
             return Err(bad("missing repository name"));
         }
         let (domain, repository) = match name.split_once('/') {
-            Some((first, remainder))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
-            {
+            Some((first, remainder)) if first.contains('.') || first.contains(':') || first == "localhost" => {
                 (first.to_string(), remainder.to_string())
             }
             _ => ("docker.io".to_string(), name.to_string()),
@@ -79,11 +72,7 @@ impl ImageRef {
         } else {
             repository
         };
-        if domain.is_empty()
-            || !domain
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
-        {
+        if domain.is_empty() || !domain.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c)) {
             return Err(bad("invalid registry host"));
         }
         for component in repository.split('/') {
@@ -91,14 +80,8 @@ impl ImageRef {
                 && component
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
-                && component
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_alphanumeric())
-                && component
-                    .chars()
-                    .last()
-                    .is_some_and(|c| c.is_ascii_alphanumeric());
+                && component.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+                && component.chars().last().is_some_and(|c| c.is_ascii_alphanumeric());
             if !ok {
                 return Err(bad(
                     "repository path components must be lowercase letters, digits and separators (._-)",
@@ -129,10 +112,7 @@ impl ImageRef {
 
     /// What to ask the registry for: the digest if pinned, else the tag.
     pub fn object(&self) -> &str {
-        self.digest
-            .as_deref()
-            .or(self.tag.as_deref())
-            .unwrap_or("latest")
+        self.digest.as_deref().or(self.tag.as_deref()).unwrap_or("latest")
     }
 
     /// `domain/repository` without tag or digest.
@@ -158,16 +138,11 @@ impl fmt::Display for ImageRef {
 pub fn validate_digest(d: &str) -> Result<(), String> {
     match d.split_once(':') {
         Some(("sha256", hex))
-            if hex.len() == 64
-                && hex
-                    .chars()
-                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) =>
+            if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) =>
         {
             Ok(())
         }
-        _ => Err(format!(
-            "invalid digest {d:?} (want sha256:<64 lowercase hex>)"
-        )),
+        _ => Err(format!("invalid digest {d:?} (want sha256:<64 lowercase hex>)")),
     }
 }
 
@@ -211,8 +186,7 @@ mod tests {
         for bad in ["", "UPPER/case", "a/b:", "a@sha256:xyz", "a//b", "a:b c"] {
             let e = ImageRef::parse(bad).unwrap_err();
             assert!(
-                e.to_string()
-                    .starts_with(&format!("invalid image reference {bad:?}")),
+                e.to_string().starts_with(&format!("invalid image reference {bad:?}")),
                 "{bad}: {e}"
             );
         }

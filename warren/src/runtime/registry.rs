@@ -74,8 +74,7 @@ impl Registry {
         http.enforce_http(false);
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = match hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(provider.clone())
+        let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_native_roots(provider.clone())
         {
             Ok(b) => b,
             Err(e) => {
@@ -104,11 +103,7 @@ impl Registry {
         }
     }
 
-    fn credentials<'a>(
-        &'a self,
-        r: &ImageRef,
-        explicit: Option<&'a Credentials>,
-    ) -> Option<&'a Credentials> {
+    fn credentials<'a>(&'a self, r: &ImageRef, explicit: Option<&'a Credentials>) -> Option<&'a Credentials> {
         explicit.or_else(|| self.config.credentials.get(&r.domain))
     }
 
@@ -144,10 +139,8 @@ impl Registry {
         // Registries may send a generic content type; the document's own mediaType wins.
         let media_type = match serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
-            .and_then(|v| {
-                v.get("mediaType")
-                    .and_then(|m| m.as_str().map(str::to_string))
-            }) {
+            .and_then(|v| v.get("mediaType").and_then(|m| m.as_str().map(str::to_string)))
+        {
             Some(m) => m,
             None => media_type,
         };
@@ -159,20 +152,9 @@ impl Registry {
     }
 
     /// Starts a blob download; the caller reads (and verifies) the body.
-    pub async fn blob(
-        &self,
-        r: &ImageRef,
-        digest: &str,
-        creds: Option<&Credentials>,
-    ) -> Result<Incoming, PullError> {
+    pub async fn blob(&self, r: &ImageRef, digest: &str, creds: Option<&Credentials>) -> Result<Incoming, PullError> {
         let host = r.registry_host();
-        let url = format!(
-            "{}://{}/v2/{}/blobs/{}",
-            self.scheme(host),
-            host,
-            r.repository,
-            digest
-        );
+        let url = format!("{}://{}/v2/{}/blobs/{}", self.scheme(host), host, r.repository, digest);
         let resp = self.send(&url, &["*/*"], r, creds).await?;
         Ok(resp.into_body())
     }
@@ -208,17 +190,13 @@ impl Registry {
             if status.is_redirection() {
                 redirects += 1;
                 if redirects > MAX_REDIRECTS {
-                    return Err(PullError::Transport(format!(
-                        "too many redirects from {url}"
-                    )));
+                    return Err(PullError::Transport(format!("too many redirects from {url}")));
                 }
                 let location = resp
                     .headers()
                     .get(header::LOCATION)
                     .and_then(|v| v.to_str().ok())
-                    .ok_or_else(|| {
-                        PullError::Transport(format!("redirect without location from {url}"))
-                    })?;
+                    .ok_or_else(|| PullError::Transport(format!("redirect without location from {url}")))?;
                 let next = resolve_location(&url, location);
                 // Blob storage behind a redirect has its own (signed URL) auth.
                 authorized_host = uri_authority(&next).as_deref() == Some(host.as_str());
@@ -232,9 +210,7 @@ impl Registry {
                     .get(header::WWW_AUTHENTICATE)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
-                let body = read_limited(resp.into_body(), 64 << 10, &url)
-                    .await
-                    .unwrap_or_default();
+                let body = read_limited(resp.into_body(), 64 << 10, &url).await.unwrap_or_default();
                 let Some(challenge) = challenge else {
                     return Err(error_from_body(status, &body));
                 };
@@ -244,26 +220,16 @@ impl Registry {
                 self.tokens.lock().unwrap().insert(key.clone(), value);
                 continue;
             }
-            let body = read_limited(resp.into_body(), 64 << 10, &url)
-                .await
-                .unwrap_or_default();
+            let body = read_limited(resp.into_body(), 64 << 10, &url).await.unwrap_or_default();
             return Err(error_from_body(status, &body));
         }
     }
 
-    async fn get(
-        &self,
-        url: &str,
-        accept: &[&str],
-        auth: Option<&str>,
-    ) -> Result<Response<Incoming>, PullError> {
+    async fn get(&self, url: &str, accept: &[&str], auth: Option<&str>) -> Result<Response<Incoming>, PullError> {
         let mut req = Request::builder()
             .method(Method::GET)
             .uri(url)
-            .header(
-                header::USER_AGENT,
-                concat!("warren/", env!("CARGO_PKG_VERSION")),
-            )
+            .header(header::USER_AGENT, concat!("warren/", env!("CARGO_PKG_VERSION")))
             .header(header::ACCEPT, accept.join(", "));
         if let Some(a) = auth {
             req = req.header(header::AUTHORIZATION, a);
@@ -272,13 +238,8 @@ impl Registry {
             .body(Empty::new())
             .map_err(|e| PullError::Transport(format!("bad request URL {url}: {e}")))?;
         match tokio::time::timeout(IO_TIMEOUT, self.client.request(req)).await {
-            Err(_) => Err(PullError::Transport(format!(
-                "GET {url}: no answer in {IO_TIMEOUT:?}"
-            ))),
-            Ok(Err(e)) => Err(PullError::Transport(format!(
-                "GET {url}: {}",
-                error_chain(&e)
-            ))),
+            Err(_) => Err(PullError::Transport(format!("GET {url}: no answer in {IO_TIMEOUT:?}"))),
+            Ok(Err(e)) => Err(PullError::Transport(format!("GET {url}: {}", error_chain(&e)))),
             Ok(Ok(resp)) => Ok(resp),
         }
     }
@@ -301,9 +262,9 @@ impl Registry {
                 ))),
             },
             "bearer" => {
-                let realm = params.get("realm").ok_or_else(|| {
-                    PullError::Unauthorized(format!("bearer challenge without realm: {challenge}"))
-                })?;
+                let realm = params
+                    .get("realm")
+                    .ok_or_else(|| PullError::Unauthorized(format!("bearer challenge without realm: {challenge}")))?;
                 let mut query = vec![];
                 if let Some(service) = params.get("service") {
                     query.push(format!("service={}", encode(service)));
@@ -315,9 +276,7 @@ impl Registry {
                 let sep = if realm.contains('?') { '&' } else { '?' };
                 let url = format!("{realm}{sep}{}", query.join("&"));
                 let auth = creds.map(basic);
-                let resp = self
-                    .get(&url, &["application/json"], auth.as_deref())
-                    .await?;
+                let resp = self.get(&url, &["application/json"], auth.as_deref()).await?;
                 let status = resp.status();
                 let body = read_limited(resp.into_body(), 1 << 20, &url).await?;
                 if !status.is_success() {
@@ -331,21 +290,16 @@ impl Registry {
                     token: Option<String>,
                     access_token: Option<String>,
                 }
-                let t: Token = serde_json::from_slice(&body).map_err(|e| {
-                    PullError::Unauthorized(format!("token server {realm}: bad answer: {e}"))
-                })?;
+                let t: Token = serde_json::from_slice(&body)
+                    .map_err(|e| PullError::Unauthorized(format!("token server {realm}: bad answer: {e}")))?;
                 let token = t
                     .token
                     .or(t.access_token)
                     .filter(|t| !t.is_empty())
-                    .ok_or_else(|| {
-                        PullError::Unauthorized(format!("token server {realm} sent no token"))
-                    })?;
+                    .ok_or_else(|| PullError::Unauthorized(format!("token server {realm} sent no token")))?;
                 Ok(format!("Bearer {token}"))
             }
-            other => Err(PullError::Unauthorized(format!(
-                "unsupported auth scheme {other:?}"
-            ))),
+            other => Err(PullError::Unauthorized(format!("unsupported auth scheme {other:?}"))),
         }
     }
 }
@@ -359,38 +313,24 @@ fn refused_message(e: &PullError) -> String {
 
 fn basic(c: &Credentials) -> String {
     let raw = format!("{}:{}", c.username, c.password);
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(raw)
-    )
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
 }
 
 /// Reads a whole body, refusing more than `limit` bytes.
-pub(crate) async fn read_limited(
-    body: Incoming,
-    limit: usize,
-    url: &str,
-) -> Result<Bytes, PullError> {
+pub(crate) async fn read_limited(body: Incoming, limit: usize, url: &str) -> Result<Bytes, PullError> {
     let mut body = body;
     let mut out = Vec::new();
     loop {
         let frame = match tokio::time::timeout(IO_TIMEOUT, body.frame()).await {
             Err(_) => return Err(PullError::Transport(format!("GET {url}: body stalled"))),
             Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                return Err(PullError::Transport(format!(
-                    "GET {url}: {}",
-                    error_chain(&e)
-                )))
-            }
+            Ok(Some(Err(e))) => return Err(PullError::Transport(format!("GET {url}: {}", error_chain(&e)))),
             Ok(Some(Ok(f))) => f,
         };
         if let Ok(data) = frame.into_data() {
             out.extend_from_slice(&data);
             if out.len() > limit {
-                return Err(PullError::Invalid(format!(
-                    "{url}: answer larger than {limit} bytes"
-                )));
+                return Err(PullError::Invalid(format!("{url}: answer larger than {limit} bytes")));
             }
         }
     }
@@ -398,17 +338,12 @@ pub(crate) async fn read_limited(
 }
 
 /// Reads the next data chunk of a blob body (None at the end).
-pub(crate) async fn next_chunk(
-    body: &mut Incoming,
-    what: &str,
-) -> Result<Option<Bytes>, PullError> {
+pub(crate) async fn next_chunk(body: &mut Incoming, what: &str) -> Result<Option<Bytes>, PullError> {
     loop {
         match tokio::time::timeout(IO_TIMEOUT, body.frame()).await {
             Err(_) => return Err(PullError::Transport(format!("{what}: download stalled"))),
             Ok(None) => return Ok(None),
-            Ok(Some(Err(e))) => {
-                return Err(PullError::Transport(format!("{what}: {}", error_chain(&e))))
-            }
+            Ok(Some(Err(e))) => return Err(PullError::Transport(format!("{what}: {}", error_chain(&e)))),
             Ok(Some(Ok(f))) => {
                 if let Ok(data) = f.into_data() {
                     if !data.is_empty() {
@@ -568,10 +503,7 @@ mod tests {
     fn distribution_errors_become_typed() {
         let body = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{"Tag":"1"}}]}"#;
         let e = error_from_body(StatusCode::NOT_FOUND, body);
-        assert!(
-            matches!(&e, PullError::NotFound(m) if m == "manifest unknown"),
-            "{e}"
-        );
+        assert!(matches!(&e, PullError::NotFound(m) if m == "manifest unknown"), "{e}");
         let e = error_from_body(StatusCode::UNAUTHORIZED, b"");
         assert_eq!(e.to_string(), "unauthorized: unauthorized");
         let e = error_from_body(StatusCode::INTERNAL_SERVER_ERROR, b"boom");
@@ -589,10 +521,7 @@ mod tests {
             resolve_location("http://h:5000/v2/a/blobs/x", "/other/y"),
             "http://h:5000/other/y"
         );
-        assert_eq!(
-            resolve_location("http://h/v2/a/b", "https://s3/x"),
-            "https://s3/x"
-        );
+        assert_eq!(resolve_location("http://h/v2/a/b", "https://s3/x"), "https://s3/x");
         assert_eq!(resolve_location("http://h/v2/a/b", "c"), "http://h/v2/a/c");
     }
 

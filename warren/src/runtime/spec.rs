@@ -51,9 +51,7 @@ fn invalid(field: &str, reason: impl Into<String>) -> RuntimeError {
 pub fn validate_id(id: &str) -> Result<(), RuntimeError> {
     let ok = !id.is_empty()
         && id.len() <= 76
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
         && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && id.chars().last().is_some_and(|c| c.is_ascii_alphanumeric());
     if ok {
@@ -90,22 +88,13 @@ pub fn validate(spec: &ContainerSpec) -> Result<(), RuntimeError> {
     }
     if let Some(w) = &spec.workdir {
         if !w.starts_with('/') {
-            return Err(invalid(
-                "workdir",
-                format!("{w:?} must be an absolute path"),
-            ));
+            return Err(invalid("workdir", format!("{w:?} must be an absolute path")));
         }
     }
     if let Some(h) = &spec.hostname {
-        let ok = !h.is_empty()
-            && h.len() <= 64
-            && h.chars()
-                .all(|c| c.is_ascii_alphanumeric() || ".-".contains(c));
+        let ok = !h.is_empty() && h.len() <= 64 && h.chars().all(|c| c.is_ascii_alphanumeric() || ".-".contains(c));
         if !ok {
-            return Err(invalid(
-                "hostname",
-                format!("{h:?} is not a valid host name"),
-            ));
+            return Err(invalid("hostname", format!("{h:?} is not a valid host name")));
         }
     }
     if let NetworkMode::Join(p) = &spec.network {
@@ -133,25 +122,16 @@ pub fn validate(spec: &ContainerSpec) -> Result<(), RuntimeError> {
             }
         }
     }
-    for (field, p) in [
-        ("hosts_file", &spec.hosts_file),
-        ("resolv_conf", &spec.resolv_conf),
-    ] {
+    for (field, p) in [("hosts_file", &spec.hosts_file), ("resolv_conf", &spec.resolv_conf)] {
         if let Some(p) = p {
             if !p.is_absolute() {
-                return Err(invalid(
-                    field,
-                    format!("{} must be an absolute path", p.display()),
-                ));
+                return Err(invalid(field, format!("{} must be an absolute path", p.display())));
             }
         }
     }
     if let Some(c) = spec.resources.cpus {
         if !(c > 0.0 && c.is_finite()) {
-            return Err(invalid(
-                "resources.cpus",
-                format!("{c} must be a positive number"),
-            ));
+            return Err(invalid("resources.cpus", format!("{c} must be a positive number")));
         }
     }
     if spec.resources.memory_bytes == Some(0) {
@@ -164,27 +144,16 @@ pub fn validate(spec: &ContainerSpec) -> Result<(), RuntimeError> {
 }
 
 /// Process arguments: Docker's rules for ENTRYPOINT/CMD overrides.
-pub fn process_args(
-    spec: &ContainerSpec,
-    image: &ImageConfig,
-) -> Result<Vec<String>, RuntimeError> {
+pub fn process_args(spec: &ContainerSpec, image: &ImageConfig) -> Result<Vec<String>, RuntimeError> {
     let args = match (&spec.command, &spec.args) {
         (Some(cmd), Some(args)) => cmd.iter().chain(args).cloned().collect(),
         // Overriding the entrypoint drops the image's CMD.
         (Some(cmd), None) => cmd.clone(),
         (None, Some(args)) => image.entrypoint.iter().chain(args).cloned().collect(),
-        (None, None) => image
-            .entrypoint
-            .iter()
-            .chain(&image.cmd)
-            .cloned()
-            .collect::<Vec<_>>(),
+        (None, None) => image.entrypoint.iter().chain(&image.cmd).cloned().collect::<Vec<_>>(),
     };
     if args.is_empty() {
-        return Err(invalid(
-            "command",
-            "neither the spec nor the image says what to run",
-        ));
+        return Err(invalid("command", "neither the spec nor the image says what to run"));
     }
     Ok(args)
 }
@@ -217,10 +186,7 @@ pub fn process_env(spec: &ContainerSpec, image: &ImageConfig) -> Vec<String> {
             values.insert("HOSTNAME".into(), h.clone());
         }
     }
-    order
-        .into_iter()
-        .map(|k| format!("{k}={}", values[&k]))
-        .collect()
+    order.into_iter().map(|k| format!("{k}={}", values[&k])).collect()
 }
 
 /// Resolves `user[:group]` (names or numbers) against passwd/group file contents.
@@ -250,9 +216,7 @@ pub fn resolve_user(user: &str, passwd: Option<&str>, group: Option<&str>) -> Re
     };
     let uid = match (u.parse::<u32>(), entry) {
         (Ok(n), _) => n,
-        (Err(_), Some(e)) => e[2]
-            .parse()
-            .map_err(|_| format!("bad uid for {u} in /etc/passwd"))?,
+        (Err(_), Some(e)) => e[2].parse().map_err(|_| format!("bad uid for {u} in /etc/passwd"))?,
         (Err(_), None) => return Err(format!("no user {u:?} in the image's /etc/passwd")),
     };
     let gid = match g {
@@ -478,10 +442,7 @@ pub fn build(spec: &ContainerSpec, inputs: &SpecInputs<'_>) -> Result<Value, Run
 
 /// The process spec of an exec: the container's process with other args.
 pub fn exec_process(container_spec: &Value, args: &[String]) -> Value {
-    let mut p = container_spec
-        .get("process")
-        .cloned()
-        .unwrap_or_else(|| json!({}));
+    let mut p = container_spec.get("process").cloned().unwrap_or_else(|| json!({}));
     p["args"] = json!(args);
     p["terminal"] = json!(false);
     p
@@ -522,15 +483,9 @@ mod tests {
     fn docker_override_rules() {
         let img = image();
         let mut s = spec();
-        assert_eq!(
-            process_args(&s, &img).unwrap(),
-            ["/bin/serve", "--port", "80"]
-        );
+        assert_eq!(process_args(&s, &img).unwrap(), ["/bin/serve", "--port", "80"]);
         s.args = Some(vec!["--port".into(), "81".into()]);
-        assert_eq!(
-            process_args(&s, &img).unwrap(),
-            ["/bin/serve", "--port", "81"]
-        );
+        assert_eq!(process_args(&s, &img).unwrap(), ["/bin/serve", "--port", "81"]);
         s.args = None;
         s.command = Some(vec!["/bin/sh".into()]);
         assert_eq!(process_args(&s, &img).unwrap(), ["/bin/sh"]);
@@ -587,10 +542,7 @@ mod tests {
         let ns = v["linux"]["namespaces"].as_array().unwrap();
         assert!(ns.contains(&json!({"type": "network", "path": "/var/run/netns/t1"})));
         let mounts = v["mounts"].as_array().unwrap();
-        let dests: Vec<&str> = mounts
-            .iter()
-            .map(|m| m["destination"].as_str().unwrap())
-            .collect();
+        let dests: Vec<&str> = mounts.iter().map(|m| m["destination"].as_str().unwrap()).collect();
         let data = dests.iter().position(|d| *d == "/data").unwrap();
         let tmp = dests.iter().position(|d| *d == "/data/tmp").unwrap();
         assert!(data < tmp, "parent mount first: {dests:?}");
@@ -618,10 +570,7 @@ mod tests {
         let cases: Vec<(Box<dyn Fn(&mut ContainerSpec)>, &str)> = vec![
             (Box::new(|s| s.id = "-bad".into()), "id"),
             (Box::new(|s| s.workdir = Some("rel".into())), "workdir"),
-            (
-                Box::new(|s| s.env = vec![("A=B".into(), "x".into())]),
-                "env[\"A=B\"]",
-            ),
+            (Box::new(|s| s.env = vec![("A=B".into(), "x".into())]), "env[\"A=B\"]"),
             (
                 Box::new(|s| {
                     s.mounts = vec![MountSpec::Tmpfs {
@@ -633,10 +582,7 @@ mod tests {
                 "mounts[0].target",
             ),
             (Box::new(|s| s.resources.cpus = Some(0.0)), "resources.cpus"),
-            (
-                Box::new(|s| s.hostname = Some("bad host".into())),
-                "hostname",
-            ),
+            (Box::new(|s| s.hostname = Some("bad host".into())), "hostname"),
             (Box::new(|s| s.command = Some(vec![])), "command"),
         ];
         for (mutate, field) in cases {
@@ -644,8 +590,7 @@ mod tests {
             mutate(&mut s);
             let e = build(&s, &inputs(&img)).unwrap_err();
             assert!(
-                e.to_string()
-                    .starts_with(&format!("invalid container spec: {field}: ")),
+                e.to_string().starts_with(&format!("invalid container spec: {field}: ")),
                 "{field}: {e}"
             );
         }
@@ -694,10 +639,7 @@ mod tests {
             "overlay".to_string(),
             vec![format!("lowerdir={}:{}", top.display(), bottom.display())],
         )];
-        assert_eq!(
-            read_rootfs_file(&mounts, "etc/passwd").as_deref(),
-            Some("new")
-        );
+        assert_eq!(read_rootfs_file(&mounts, "etc/passwd").as_deref(), Some("new"));
         assert_eq!(read_rootfs_file(&mounts, "etc/group").as_deref(), Some("g"));
         assert_eq!(read_rootfs_file(&mounts, "etc/shadow"), None);
     }

@@ -17,8 +17,7 @@ use tonic::Code;
 use super::client::{unique, Cd, Opened, Writer};
 use super::error::{PullError, Result, RuntimeError};
 use super::image::{
-    chain_ids, is_index, is_manifest, sha256_digest, ConfigFile, Descriptor, ImageConfig, Index,
-    Manifest, Platform,
+    chain_ids, is_index, is_manifest, sha256_digest, ConfigFile, Descriptor, ImageConfig, Index, Manifest, Platform,
 };
 
 const LABEL_UNCOMPRESSED: &str = "containerd.io/uncompressed";
@@ -86,8 +85,7 @@ fn store_err(e: RuntimeError) -> PullError {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], desc: &Descriptor) -> Result<T, PullError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| PullError::Invalid(format!("{} {}: {e}", desc.media_type, desc.digest)))
+    serde_json::from_slice(bytes).map_err(|e| PullError::Invalid(format!("{} {}: {e}", desc.media_type, desc.digest)))
 }
 
 /// Writes an image's tree for `platform` into the content store under `lease`.
@@ -101,18 +99,8 @@ pub(crate) struct Fetcher<'a> {
 impl Fetcher<'_> {
     /// Reads a document: from the content store when it is there, else from the source.
     async fn document(&self, desc: &Descriptor) -> Result<(Bytes, bool), PullError> {
-        if self
-            .cd
-            .content_info(&desc.digest)
-            .await
-            .map_err(store_err)?
-            .is_some()
-        {
-            let b = self
-                .cd
-                .content_read(&desc.digest)
-                .await
-                .map_err(store_err)?;
+        if self.cd.content_info(&desc.digest).await.map_err(store_err)?.is_some() {
+            let b = self.cd.content_read(&desc.digest).await.map_err(store_err)?;
             return Ok((Bytes::from(b), true));
         }
         let b = self.source.read(desc).await?;
@@ -148,28 +136,14 @@ impl Fetcher<'_> {
     ) -> Result<(), PullError> {
         let labels = self.labels(labels);
         if present {
-            return self
-                .cd
-                .content_label(&desc.digest, &labels)
-                .await
-                .map_err(store_err);
+            return self.cd.content_label(&desc.digest, &labels).await.map_err(store_err);
         }
         let reference = ref_key(desc);
-        match Writer::open(
-            self.cd,
-            self.lease,
-            &reference,
-            &desc.digest,
-            bytes.len() as i64,
-        )
-        .await
-        .map_err(store_err)?
+        match Writer::open(self.cd, self.lease, &reference, &desc.digest, bytes.len() as i64)
+            .await
+            .map_err(store_err)?
         {
-            Opened::Exists => self
-                .cd
-                .content_label(&desc.digest, &labels)
-                .await
-                .map_err(store_err),
+            Opened::Exists => self.cd.content_label(&desc.digest, &labels).await.map_err(store_err),
             Opened::Writer(mut w) => {
                 if let Err(e) = w.write(bytes.clone()).await {
                     w.abort(self.cd).await;
@@ -188,11 +162,7 @@ impl Fetcher<'_> {
             .await
             .map_err(store_err)?
         {
-            Opened::Exists => self
-                .cd
-                .content_label(&desc.digest, &labels)
-                .await
-                .map_err(store_err),
+            Opened::Exists => self.cd.content_label(&desc.digest, &labels).await.map_err(store_err),
             Opened::Writer(mut w) => {
                 tracing::debug!(digest = %desc.digest, size = desc.size, "fetching layer");
                 if let Err(e) = self.source.copy(desc, &mut w).await {
@@ -209,14 +179,13 @@ impl Fetcher<'_> {
         if is_index(&target.media_type) {
             let (bytes, present) = self.document(target).await?;
             let index: Index = parse(&bytes, target)?;
-            let chosen =
-                index
-                    .select(self.platform)
-                    .cloned()
-                    .ok_or_else(|| PullError::NoPlatform {
-                        platform: self.platform.to_string(),
-                        available: index.platforms(),
-                    })?;
+            let chosen = index
+                .select(self.platform)
+                .cloned()
+                .ok_or_else(|| PullError::NoPlatform {
+                    platform: self.platform.to_string(),
+                    available: index.platforms(),
+                })?;
             let (manifest, config_desc, config) = self.fetch_manifest(&chosen).await?;
             // Like containerd, reference every child so the index keeps whichever
             // platform manifests this store holds.
@@ -224,12 +193,7 @@ impl Fetcher<'_> {
                 .manifests
                 .iter()
                 .enumerate()
-                .map(|(i, d)| {
-                    (
-                        format!("containerd.io/gc.ref.content.m.{i}"),
-                        d.digest.clone(),
-                    )
-                })
+                .map(|(i, d)| (format!("containerd.io/gc.ref.content.m.{i}"), d.digest.clone()))
                 .collect();
             self.put(target, &bytes, present, labels).await?;
             Ok(Resolved {
@@ -267,21 +231,13 @@ impl Fetcher<'_> {
         }
     }
 
-    async fn fetch_manifest(
-        &self,
-        desc: &Descriptor,
-    ) -> Result<(Manifest, Descriptor, ConfigFile), PullError> {
+    async fn fetch_manifest(&self, desc: &Descriptor) -> Result<(Manifest, Descriptor, ConfigFile), PullError> {
         let (bytes, present) = self.document(desc).await?;
         let manifest: Manifest = parse(&bytes, desc)?;
         let (config_bytes, config_present) = self.document(&manifest.config).await?;
         let config: ConfigFile = parse(&config_bytes, &manifest.config)?;
-        self.put(
-            &manifest.config,
-            &config_bytes,
-            config_present,
-            BTreeMap::new(),
-        )
-        .await?;
+        self.put(&manifest.config, &config_bytes, config_present, BTreeMap::new())
+            .await?;
         for layer in &manifest.layers {
             self.put_stream(layer).await?;
         }
@@ -291,10 +247,7 @@ impl Fetcher<'_> {
             manifest.config.digest.clone(),
         );
         for (i, l) in manifest.layers.iter().enumerate() {
-            labels.insert(
-                format!("containerd.io/gc.ref.content.l.{i}"),
-                l.digest.clone(),
-            );
+            labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), l.digest.clone());
         }
         self.put(desc, &bytes, present, labels).await?;
         Ok((manifest.clone(), manifest.config.clone(), config))
@@ -380,10 +333,7 @@ async fn unpack_layer(
     let mut mounts = None;
     for _ in 0..3 {
         key = format!("extract-{} {chain_id}", unique());
-        match cd
-            .snapshot_prepare(&key, parent, labels.clone(), Some(lease))
-            .await
-        {
+        match cd.snapshot_prepare(&key, parent, labels.clone(), Some(lease)).await {
             Ok(m) => {
                 mounts = Some(m);
                 break;
@@ -423,11 +373,7 @@ async fn unpack_layer(
         Ok(r) => r.into_inner().applied.map(|d| d.digest).unwrap_or_default(),
         Err(s) => {
             let _ = cd.snapshot_remove(&key).await;
-            return Err(store_err(RuntimeError::grpc(
-                "apply layer",
-                &layer.digest,
-                s,
-            )));
+            return Err(store_err(RuntimeError::grpc("apply layer", &layer.digest, s)));
         }
     };
     if applied != diff_id {
@@ -437,10 +383,7 @@ async fn unpack_layer(
             layer.digest
         )));
     }
-    match cd
-        .snapshot_commit(chain_id, &key, labels, Some(lease))
-        .await
-    {
+    match cd.snapshot_commit(chain_id, &key, labels, Some(lease)).await {
         Ok(()) => {}
         Err(s) if s.code() == Code::AlreadyExists => {
             let _ = cd.snapshot_remove(&key).await;
@@ -448,18 +391,12 @@ async fn unpack_layer(
         }
         Err(s) => {
             let _ = cd.snapshot_remove(&key).await;
-            return Err(store_err(RuntimeError::grpc(
-                "commit snapshot",
-                chain_id,
-                s,
-            )));
+            return Err(store_err(RuntimeError::grpc("commit snapshot", chain_id, s)));
         }
     }
     let mut l = BTreeMap::new();
     l.insert(LABEL_UNCOMPRESSED.to_string(), diff_id.to_string());
-    cd.content_label(&layer.digest, &l)
-        .await
-        .map_err(store_err)?;
+    cd.content_label(&layer.digest, &l).await.map_err(store_err)?;
     Ok(())
 }
 
@@ -500,27 +437,17 @@ pub(crate) async fn put_image_record(cd: &Cd, name: &str, target: &Descriptor) -
 pub(crate) async fn image_target(cd: &Cd, name: &str) -> Result<Option<Descriptor>> {
     match cd
         .images()
-        .get(cd.req(GetImageRequest {
-            name: name.to_string(),
-        }))
+        .get(cd.req(GetImageRequest { name: name.to_string() }))
         .await
     {
-        Ok(r) => Ok(r
-            .into_inner()
-            .image
-            .and_then(|i| i.target)
-            .map(|t| from_cd(&t))),
+        Ok(r) => Ok(r.into_inner().image.and_then(|i| i.target).map(|t| from_cd(&t))),
         Err(s) if s.code() == Code::NotFound => Ok(None),
         Err(s) => Err(RuntimeError::grpc("get image", name, s)),
     }
 }
 
 /// Resolves a stored image for `platform` from the content store alone.
-pub(crate) async fn resolve_local(
-    cd: &Cd,
-    name: &str,
-    platform: &Platform,
-) -> Result<Option<Resolved>> {
+pub(crate) async fn resolve_local(cd: &Cd, name: &str, platform: &Platform) -> Result<Option<Resolved>> {
     let Some(target) = image_target(cd, name).await? else {
         return Ok(None);
     };
@@ -531,31 +458,24 @@ pub(crate) async fn resolve_local(
     let read = |d: Descriptor| async move {
         match cd.content_read(&d.digest).await {
             Ok(b) => Ok(b),
-            Err(e) if e.is_code(Code::NotFound) => {
-                Err(bad(format!("content {} is missing", d.digest)))
-            }
+            Err(e) if e.is_code(Code::NotFound) => Err(bad(format!("content {} is missing", d.digest))),
             Err(e) => Err(e),
         }
     };
     let manifest_desc = if is_index(&target.media_type) {
         let bytes = read(target.clone()).await?;
-        let index: Index =
-            serde_json::from_slice(&bytes).map_err(|e| bad(format!("index: {e}")))?;
-        index.select(platform).cloned().ok_or_else(|| {
-            bad(format!(
-                "no manifest for {platform} (index has: {})",
-                index.platforms()
-            ))
-        })?
+        let index: Index = serde_json::from_slice(&bytes).map_err(|e| bad(format!("index: {e}")))?;
+        index
+            .select(platform)
+            .cloned()
+            .ok_or_else(|| bad(format!("no manifest for {platform} (index has: {})", index.platforms())))?
     } else {
         target.clone()
     };
     let bytes = read(manifest_desc.clone()).await?;
-    let manifest: Manifest =
-        serde_json::from_slice(&bytes).map_err(|e| bad(format!("manifest: {e}")))?;
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| bad(format!("manifest: {e}")))?;
     let bytes = read(manifest.config.clone()).await?;
-    let config: ConfigFile =
-        serde_json::from_slice(&bytes).map_err(|e| bad(format!("config: {e}")))?;
+    let config: ConfigFile = serde_json::from_slice(&bytes).map_err(|e| bad(format!("config: {e}")))?;
     Ok(Some(Resolved {
         target,
         manifest_desc,
@@ -584,18 +504,12 @@ mod tests {
             digest: "sha256:x".into(),
             ..Default::default()
         };
-        assert_eq!(
-            ref_key(&d(super::super::image::MEDIA_OCI_INDEX)),
-            "index-sha256:x"
-        );
+        assert_eq!(ref_key(&d(super::super::image::MEDIA_OCI_INDEX)), "index-sha256:x");
         assert_eq!(
             ref_key(&d(super::super::image::MEDIA_DOCKER_MANIFEST)),
             "manifest-sha256:x"
         );
-        assert_eq!(
-            ref_key(&d(super::super::image::MEDIA_OCI_CONFIG)),
-            "config-sha256:x"
-        );
+        assert_eq!(ref_key(&d(super::super::image::MEDIA_OCI_CONFIG)), "config-sha256:x");
         assert_eq!(
             ref_key(&d(super::super::image::MEDIA_DOCKER_LAYER_GZIP)),
             "layer-sha256:x"

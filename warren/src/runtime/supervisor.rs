@@ -105,12 +105,9 @@ impl Supervisor {
     /// Starts `binary` with its config under `layout` and waits until its socket
     /// answers.
     pub async fn start(binary: &Path, layout: ManagedLayout) -> Result<Supervisor, RuntimeError> {
-        layout.prepare().map_err(|e| {
-            RuntimeError::io(
-                format!("prepare containerd dir {}", layout.dir.display()),
-                e,
-            )
-        })?;
+        layout
+            .prepare()
+            .map_err(|e| RuntimeError::io(format!("prepare containerd dir {}", layout.dir.display()), e))?;
         let pid = Arc::new(AtomicU32::new(0));
         let (stop, stop_rx) = watch::channel(false);
         let (ready_tx, mut ready_rx) = watch::channel::<Option<String>>(None);
@@ -204,10 +201,7 @@ async fn supervise(
         if *stop.borrow() {
             return;
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(layout.log());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(layout.log());
         let (out, err) = match log.and_then(|f| Ok((f.try_clone()?, f))) {
             Ok((a, b)) => (Stdio::from(a), Stdio::from(b)),
             Err(_) => (Stdio::null(), Stdio::null()),
@@ -279,10 +273,7 @@ mod tests {
     fn config_keeps_everything_under_dir_and_disables_cri() {
         let l = ManagedLayout::new("/var/lib/warren/containerd");
         let c = l.config_toml();
-        assert!(
-            c.contains("root = \"/var/lib/warren/containerd/root\""),
-            "{c}"
-        );
+        assert!(c.contains("root = \"/var/lib/warren/containerd/root\""), "{c}");
         assert!(c.contains("state = \"/var/lib/warren/containerd/state\""));
         assert!(c.contains("address = \"/var/lib/warren/containerd/containerd.sock\""));
         assert!(c.contains("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]"));

@@ -1,0 +1,385 @@
+//! One task's life on the node: prepare (image, network, /etc files, secrets,
+//! volumes), run its container, watch its exit, its health and the stop signal,
+//! report each state, and clean up everything but the log. An adopted container
+//! skips the preparation and is watched from where it is.
+
+use super::health::{self, Tracker, Verdict};
+use super::{mounts, status, Inner};
+use crate::model::{signal_number, MountKind, Task, TaskState};
+use crate::network::{write_etc_files, DnsConfig, NetworkManager};
+use crate::runtime::{ContainerSpec, ContainerStatus, ExitStatus, MountSpec, NetworkMode, Resources};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Why the supervision ended, for the final report.
+enum End {
+    Exited(ExitStatus),
+    Stopped(Option<ExitStatus>),
+    Unhealthy(String),
+}
+
+pub(super) async fn supervise(
+    inner: Arc<Inner>,
+    network: Arc<dyn NetworkManager>,
+    task: Task,
+    secrets: Vec<(String, Vec<u8>)>,
+    adopted: Option<ContainerStatus>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let id = task.id.clone();
+    let rt = inner.runtime.clone();
+
+    let (addr, image_health, stop_signal) = match &adopted {
+        Some(c) => {
+            let net = network.setup_task(&id).await.ok();
+            let addr = net.map(|n| n.address);
+            let image = rt.image(&task.spec.image).await.ok().flatten();
+            let exited = c.task.as_ref().and_then(|t| t.exit).filter(|_| {
+                c.task
+                    .as_ref()
+                    .is_none_or(|t| t.state != crate::runtime::TaskState::Running)
+            });
+            if let Some(exit) = exited {
+                // It ended while the daemon was away.
+                report_end(&inner, &task, End::Exited(exit), addr);
+                cleanup(&inner, network.as_ref(), &id, &c.id).await;
+                return;
+            }
+            if c.task.is_none() {
+                let mut st = status(
+                    TaskState::Failed,
+                    "the container had no running process after a restart",
+                );
+                st.err = "container found without a task".into();
+                inner.report(&id, st);
+                cleanup(&inner, network.as_ref(), &id, &c.id).await;
+                return;
+            }
+            let mut st = status(TaskState::Running, "adopted after a restart of the node's daemon");
+            st.container_id = c.id.clone();
+            st.addr = addr.map(|a| a.to_string()).unwrap_or_default();
+            inner.report(&id, st);
+            let sig = image.as_ref().and_then(|i| i.config.stop_signal.clone());
+            (addr, image.and_then(|i| i.config.healthcheck), sig)
+        }
+        None => match prepare_and_start(&inner, network.as_ref(), &task, &secrets, &mut stop).await {
+            Some(v) => v,
+            None => return,
+        },
+    };
+
+    let signal = if !task.spec.stop_signal.is_empty() {
+        signal_number(&task.spec.stop_signal)
+    } else {
+        stop_signal
+            .and_then(|s| crate::model::parse_signal("stop-signal", &s).ok())
+            .map(|s| signal_number(&s))
+            .unwrap_or(libc::SIGTERM)
+    };
+    let grace = Duration::from_millis(task.spec.stop_grace_ms);
+    let plan = health::plan(task.spec.health.as_ref(), image_health.as_ref());
+    let started = Instant::now();
+    let mut tracker = Tracker::default();
+    let mut last_health = String::new();
+    let wait = rt.wait(&id);
+    tokio::pin!(wait);
+    let mut tick = tokio::time::interval(plan.as_ref().map(|p| p.interval).unwrap_or(Duration::from_secs(3600)));
+    tick.tick().await;
+    if plan.is_some() {
+        last_health = "starting".into();
+        report_running(&inner, &task, addr, &last_health);
+    }
+
+    let end = loop {
+        if *stop.borrow() {
+            break End::Stopped(rt.stop(&id, signal, grace).await.unwrap_or(None));
+        }
+        tokio::select! {
+            exit = &mut wait => match exit {
+                Ok(e) => break End::Exited(e),
+                Err(e) => {
+                    tracing::warn!(task = %id, error = %e, "lost track of the container; checking its status");
+                    match rt.status(&id).await {
+                        Ok(ContainerStatus { task: Some(t), .. }) if t.exit.is_some() => break End::Exited(t.exit.unwrap_or(ExitStatus { code: 255, exited_at: None })),
+                        Ok(ContainerStatus { task: Some(_), .. }) => {
+                            wait.set(rt.wait(&id));
+                            continue;
+                        }
+                        _ => break End::Exited(ExitStatus { code: 255, exited_at: None }),
+                    }
+                }
+            },
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() {
+                    break End::Stopped(rt.stop(&id, signal, grace).await.unwrap_or(None));
+                }
+            }
+            _ = tick.tick(), if plan.is_some() => {
+                let Some(plan) = plan.as_ref() else { continue };
+                let Some(a) = addr else { continue };
+                let result = health::probe(rt.as_ref(), &id, a, plan).await;
+                let in_start = started.elapsed() < plan.start_period;
+                let verdict = tracker.record(result.is_ok(), in_start, plan.retries);
+                let health = match &verdict {
+                    Verdict::Starting => "starting",
+                    Verdict::Healthy => "healthy",
+                    Verdict::Failing(_) => if tracker.healthy_once { "healthy" } else { "starting" },
+                    Verdict::Unhealthy => "unhealthy",
+                };
+                if verdict == Verdict::Unhealthy {
+                    let why = result.err().unwrap_or_default();
+                    tracing::info!(task = %id, reason = %why, "task is unhealthy: stopping it");
+                    let _ = rt.stop(&id, signal, grace).await;
+                    break End::Unhealthy(why);
+                }
+                if health != last_health {
+                    last_health = health.to_string();
+                    report_running(&inner, &task, addr, health);
+                }
+            }
+        }
+    };
+    report_end(&inner, &task, end, addr);
+    cleanup(&inner, network.as_ref(), &id, &id).await;
+}
+
+fn report_running(inner: &Inner, task: &Task, addr: Option<std::net::Ipv4Addr>, health: &str) {
+    let mut st = status(TaskState::Running, "running");
+    st.container_id = task.id.clone();
+    st.addr = addr.map(|a| a.to_string()).unwrap_or_default();
+    st.health = health.to_string();
+    inner.report(&task.id, st);
+}
+
+fn report_end(inner: &Inner, task: &Task, end: End, addr: Option<std::net::Ipv4Addr>) {
+    let mut st = match end {
+        End::Exited(e) if e.code == 0 => {
+            let mut s = status(TaskState::Complete, "exited with code 0");
+            s.exit_code = Some(0);
+            s
+        }
+        End::Exited(e) => {
+            let mut s = status(TaskState::Failed, format!("exited with code {}", e.code));
+            s.err = format!("task: non-zero exit ({})", e.code);
+            s.exit_code = Some(e.code as i32);
+            s
+        }
+        End::Stopped(e) => {
+            let mut s = status(TaskState::Shutdown, "stopped");
+            s.exit_code = e.map(|e| e.code as i32);
+            s
+        }
+        End::Unhealthy(why) => {
+            let mut s = status(TaskState::Failed, "unhealthy");
+            s.err = format!("task: unhealthy: {why}");
+            s.health = "unhealthy".into();
+            s
+        }
+    };
+    st.container_id = task.id.clone();
+    st.addr = addr.map(|a| a.to_string()).unwrap_or_default();
+    inner.report(&task.id, st);
+}
+
+type Started = (
+    Option<std::net::Ipv4Addr>,
+    Option<crate::runtime::Healthcheck>,
+    Option<String>,
+);
+
+/// Everything before the container runs. Returns None when the task ended here
+/// (rejected, failed, or stopped before it started), having reported why.
+async fn prepare_and_start(
+    inner: &Arc<Inner>,
+    network: &dyn NetworkManager,
+    task: &Task,
+    secrets: &[(String, Vec<u8>)],
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Started> {
+    let id = &task.id;
+    let rt = inner.runtime.clone();
+    let spec = &task.spec;
+    let reject = |st_err: String| {
+        let mut st = status(TaskState::Rejected, "rejected");
+        st.err = st_err;
+        inner.report(id, st);
+    };
+    inner.report(
+        id,
+        status(TaskState::Preparing, format!("preparing: pulling {}", spec.image)),
+    );
+    let image = match rt.ensure_image(&spec.image, None).await {
+        Ok(i) => i,
+        Err(e) => {
+            reject(e.to_string());
+            return None;
+        }
+    };
+    if *stop.borrow() {
+        inner.report(id, status(TaskState::Shutdown, "stopped before it started"));
+        return None;
+    }
+    let net = match network.setup_task(id).await {
+        Ok(n) => n,
+        Err(e) => {
+            reject(format!("network: {e}"));
+            let _ = network.teardown_task(id).await;
+            return None;
+        }
+    };
+    let fail = |inner: &Inner, err: String| {
+        let mut st = status(TaskState::Rejected, "rejected");
+        st.err = err;
+        inner.report(id, st);
+    };
+    let dir = inner.task_dir(id);
+    let hostname: String = id.chars().take(12).collect();
+    let mut nameservers = vec![std::net::IpAddr::V4(net.gateway)];
+    nameservers.extend(
+        inner
+            .cfg
+            .upstream_dns
+            .iter()
+            .copied()
+            .filter(|a| !a.is_loopback())
+            .take(2),
+    );
+    let dns = DnsConfig {
+        nameservers,
+        search: inner.cfg.search_domains.clone(),
+        ndots: 0,
+    };
+    let etc = match write_etc_files(&dir, &hostname, net.address, &dns) {
+        Ok(e) => e,
+        Err(e) => {
+            fail(inner, format!("/etc files: {e}"));
+            cleanup(inner, network, id, id).await;
+            return None;
+        }
+    };
+    let mut mount_specs = Vec::new();
+    if !secrets.is_empty() {
+        let owner = mounts::numeric_owner(&spec.user);
+        match mounts::write_secrets(id, &inner.secrets_dir(id), secrets, owner) {
+            Ok(paths) => {
+                for r in &spec.secrets {
+                    if let Some(p) = paths.get(&r.name) {
+                        mount_specs.push(MountSpec::Bind {
+                            source: p.clone(),
+                            target: r.target.clone(),
+                            read_only: true,
+                        });
+                    }
+                }
+            }
+            Err(e) => {
+                fail(inner, e.to_string());
+                cleanup(inner, network, id, id).await;
+                return None;
+            }
+        }
+    }
+    for m in &spec.mounts {
+        let ms = match m.kind {
+            MountKind::Volume => match mounts::volume_dir(&inner.volumes_dir(), &m.source) {
+                Ok(dir) => MountSpec::Bind {
+                    source: dir,
+                    target: m.target.clone(),
+                    read_only: m.readonly,
+                },
+                Err(e) => {
+                    fail(inner, e.to_string());
+                    cleanup(inner, network, id, id).await;
+                    return None;
+                }
+            },
+            MountKind::Bind => MountSpec::Bind {
+                source: m.source.clone().into(),
+                target: m.target.clone(),
+                read_only: m.readonly,
+            },
+            MountKind::Tmpfs => MountSpec::Tmpfs {
+                target: m.target.clone(),
+                size_bytes: None,
+                mode: None,
+            },
+        };
+        mount_specs.push(ms);
+    }
+    let labels = BTreeMap::from([
+        (crate::runtime::LABEL_NODE.to_string(), inner.cfg.node_id.clone()),
+        (crate::runtime::LABEL_TASK_ID.to_string(), id.clone()),
+        (crate::runtime::LABEL_SERVICE.to_string(), task.service_name.clone()),
+        ("warren.slot".to_string(), task.slot.to_string()),
+    ]);
+    let cspec = ContainerSpec {
+        id: id.clone(),
+        image: spec.image.clone(),
+        labels,
+        command: (!spec.command.is_empty()).then(|| spec.command.clone()),
+        args: (!spec.args.is_empty()).then(|| spec.args.clone()),
+        env: spec
+            .env
+            .iter()
+            .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect(),
+        workdir: (!spec.workdir.is_empty()).then(|| spec.workdir.clone()),
+        user: (!spec.user.is_empty()).then(|| spec.user.clone()),
+        hostname: Some(hostname),
+        network: NetworkMode::Join(net.netns_path.clone()),
+        mounts: mount_specs,
+        resources: Resources {
+            cpus: (spec.limits.nano_cpus > 0).then(|| spec.limits.nano_cpus as f64 / 1e9),
+            memory_bytes: (spec.limits.memory_bytes > 0).then_some(spec.limits.memory_bytes as u64),
+            pids_limit: None,
+        },
+        hosts_file: Some(etc.hosts),
+        resolv_conf: Some(etc.resolv_conf),
+        read_only_rootfs: false,
+    };
+    if *stop.borrow() {
+        inner.report(id, status(TaskState::Shutdown, "stopped before it started"));
+        cleanup(inner, network, id, id).await;
+        return None;
+    }
+    inner.report(id, status(TaskState::Starting, "starting"));
+    if let Err(e) = rt.run(&cspec).await {
+        let mut st = status(TaskState::Failed, "the container did not start");
+        st.err = e.to_string();
+        inner.report(id, st);
+        cleanup(inner, network, id, id).await;
+        return None;
+    }
+    let mut st = status(TaskState::Running, "running");
+    st.container_id = id.clone();
+    st.addr = net.address.to_string();
+    inner.report(id, st);
+    Some((
+        Some(net.address),
+        image.config.healthcheck.clone(),
+        image.config.stop_signal.clone(),
+    ))
+}
+
+/// Removes the container (not its log), the task's network, secrets and files.
+async fn cleanup(inner: &Inner, network: &dyn NetworkManager, task_id: &str, container_id: &str) {
+    if let Err(e) = inner.runtime.delete(container_id).await {
+        tracing::warn!(task = task_id, error = %e, "removing the container");
+    }
+    if let Err(e) = network.teardown_task(task_id).await {
+        tracing::warn!(task = task_id, error = %e, "removing the task's network");
+    }
+    mounts::remove_secrets(&inner.secrets_dir(task_id));
+    let _ = std::fs::remove_dir_all(inner.task_dir(task_id));
+}
+
+/// A container from before a restart that no assignment wants any more.
+pub(super) async fn remove_leftover(inner: &Inner, network: &dyn NetworkManager, task_id: &str, container_id: &str) {
+    let _ = inner
+        .runtime
+        .stop(container_id, libc::SIGTERM, Duration::from_secs(10))
+        .await;
+    cleanup(inner, network, task_id, container_id).await;
+}
