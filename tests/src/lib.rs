@@ -4,4 +4,5 @@
 //! guard drops, also on panic.
 
 pub mod cluster;
+pub mod dnsutil;
 pub mod netns;
