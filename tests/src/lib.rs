@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod containerd;
+pub mod dnsutil;
 pub mod images;
 pub mod lab;
 pub mod netns;
