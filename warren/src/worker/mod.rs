@@ -68,8 +68,9 @@ impl Inner {
         self.cfg.data_dir.join("tasks").join(task_id)
     }
 
+    /// On a tmpfs of its own, outside the data dir: secrets never reach a disk.
     fn secrets_dir(&self, task_id: &str) -> PathBuf {
-        self.cfg.data_dir.join("secrets").join(task_id)
+        PathBuf::from("/run/warren/secrets").join(&self.cfg.node_id).join(task_id)
     }
 
     fn volumes_dir(&self) -> PathBuf {
