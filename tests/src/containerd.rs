@@ -17,7 +17,10 @@ use warren::runtime::{ContainerRuntime, Containerd, RuntimeConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
     #[error("{binary} is not installed (Debian package: {package})")]
-    MissingBinary { binary: String, package: &'static str },
+    MissingBinary {
+        binary: String,
+        package: &'static str,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -51,7 +54,11 @@ pub fn require(binary: &str, package: &'static str) -> Result<PathBuf, HarnessEr
 /// A name unique in this machine for this test run: `<prefix>-<pid>-<n>`.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// A running private containerd.
@@ -69,12 +76,15 @@ impl PrivateContainerd {
         require("runc", "runc")?;
         // Short path: unix socket paths are limited to 108 bytes.
         let dir = tempfile::Builder::new()
-            .prefix("wrn-ctd-")
+            .prefix("warren-rt-ctd-")
             .tempdir_in("/tmp")
             .map_err(|e| io("create containerd temp dir", e))?;
         let layout = ManagedLayout::new(dir.path());
-        layout.prepare().map_err(|e| io("write containerd config", e))?;
-        let log = std::fs::File::create(layout.log()).map_err(|e| io("create containerd log", e))?;
+        layout
+            .prepare()
+            .map_err(|e| io("write containerd config", e))?;
+        let log =
+            std::fs::File::create(layout.log()).map_err(|e| io("create containerd log", e))?;
         let child = Command::new(&bin)
             .arg("--config")
             .arg(layout.config())
@@ -157,13 +167,18 @@ fn delete_everything(socket: PathBuf, scratch: PathBuf) {
             .build()
             .map_err(|e| e.to_string())?;
         rt.block_on(async {
-            let ch = containerd_client::connect(&socket).await.map_err(|e| e.to_string())?;
-            let namespaces = containerd_client::services::v1::namespaces_client::NamespacesClient::new(ch)
-                .list(containerd_client::services::v1::ListNamespacesRequest { filter: String::new() })
+            let ch = containerd_client::connect(&socket)
                 .await
-                .map_err(|e| e.to_string())?
-                .into_inner()
-                .namespaces;
+                .map_err(|e| e.to_string())?;
+            let namespaces =
+                containerd_client::services::v1::namespaces_client::NamespacesClient::new(ch)
+                    .list(containerd_client::services::v1::ListNamespacesRequest {
+                        filter: String::new(),
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner()
+                    .namespaces;
             for ns in namespaces {
                 let mut cfg = RuntimeConfig::new(&scratch);
                 cfg.socket = socket.clone();
@@ -171,7 +186,9 @@ fn delete_everything(socket: PathBuf, scratch: PathBuf) {
                 cfg.managed_dir = None;
                 let c = Containerd::connect(cfg).await.map_err(|e| e.to_string())?;
                 for container in c.list(&BTreeMap::new()).await.map_err(|e| e.to_string())? {
-                    match tokio::time::timeout(Duration::from_secs(40), c.delete(&container.id)).await {
+                    match tokio::time::timeout(Duration::from_secs(40), c.delete(&container.id))
+                        .await
+                    {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => eprintln!("harness: delete container {}: {e}", container.id),
                         Err(_) => eprintln!("harness: delete container {} timed out", container.id),
@@ -269,7 +286,10 @@ impl Drop for PrivateContainerd {
             let _ = child.wait();
         }
         // Shims (their command line names our socket) and their containers.
-        for pid in processes_mentioning(&socket.to_string_lossy()).into_iter().rev() {
+        for pid in processes_mentioning(&socket.to_string_lossy())
+            .into_iter()
+            .rev()
+        {
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
             }

@@ -95,7 +95,9 @@ fn digest(data: &[u8]) -> String {
 
 fn write_blob(dir: &Path, media_type: &str, data: &[u8]) -> Result<Blob, HarnessError> {
     let d = digest(data);
-    let path = dir.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
+    let path = dir
+        .join("blobs/sha256")
+        .join(d.trim_start_matches("sha256:"));
     std::fs::write(&path, data).map_err(io(format!("write {}", path.display())))?;
     Ok(Blob {
         media_type: media_type.to_string(),
@@ -124,7 +126,10 @@ pub fn busybox() -> Result<PathBuf, HarnessError> {
 /// Whether a 64-bit little-endian ELF file names a program interpreter (PT_INTERP),
 /// i.e. is dynamically linked.
 fn has_interpreter(elf: &[u8]) -> bool {
-    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u16_at = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
     let u64_at = |o: usize| {
         elf.get(o..o + 8)
             .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
@@ -132,7 +137,8 @@ fn has_interpreter(elf: &[u8]) -> bool {
     if elf.get(..4) != Some(b"\x7fELF") {
         return true;
     }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
         return true;
     };
     (0..phnum).any(|i| {
@@ -166,7 +172,11 @@ impl Tar {
 
     fn dir(&mut self, path: &str, mode: u32, uid: u64) -> std::io::Result<()> {
         let mut h = Self::header(tar::EntryType::Directory, mode, 0, uid);
-        self.b.append_data(&mut h, format!("{}/", path.trim_end_matches('/')), std::io::empty())
+        self.b.append_data(
+            &mut h,
+            format!("{}/", path.trim_end_matches('/')),
+            std::io::empty(),
+        )
     }
 
     fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> std::io::Result<()> {
@@ -230,12 +240,17 @@ fn base_layer(busybox: &Path) -> Result<Vec<u8>, HarnessError> {
     }
     t.dir("tmp", 0o1777, 0).map_err(f)?;
     t.file("bin/busybox", 0o755, &bin).map_err(f)?;
-    for a in applets.lines().map(str::trim).filter(|a| !a.is_empty() && *a != "bin/busybox") {
+    for a in applets
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "bin/busybox")
+    {
         t.symlink(a, "/bin/busybox").map_err(f)?;
     }
     t.file("etc/passwd", 0o644, PASSWD.as_bytes()).map_err(f)?;
     t.file("etc/group", 0o644, GROUP.as_bytes()).map_err(f)?;
-    t.file("etc/hosts", 0o644, b"127.0.0.1 localhost\n").map_err(f)?;
+    t.file("etc/hosts", 0o644, b"127.0.0.1 localhost\n")
+        .map_err(f)?;
     t.file("etc/resolv.conf", 0o644, b"").map_err(f)?;
     t.finish().map_err(f)
 }
@@ -262,15 +277,19 @@ fn app_layer(image: TestImage) -> Result<Vec<u8>, HarnessError> {
         TestImage::Http => {
             t.dir("www", 0o755, 0).map_err(f)?;
             t.dir("www/cgi-bin", 0o755, 0).map_err(f)?;
-            t.file("www/cgi-bin/index.cgi", 0o755, HTTP_INDEX.as_bytes()).map_err(f)?;
+            t.file("www/cgi-bin/index.cgi", 0o755, HTTP_INDEX.as_bytes())
+                .map_err(f)?;
             t.file("www/healthz", 0o644, b"ok\n").map_err(f)?;
-            t.file("usr/local/bin/warren-http", 0o755, HTTP_MAIN.as_bytes()).map_err(f)?;
+            t.file("usr/local/bin/warren-http", 0o755, HTTP_MAIN.as_bytes())
+                .map_err(f)?;
         }
         TestImage::Echo => {
-            t.file("usr/local/bin/warren-echo", 0o755, ECHO_MAIN.as_bytes()).map_err(f)?;
+            t.file("usr/local/bin/warren-echo", 0o755, ECHO_MAIN.as_bytes())
+                .map_err(f)?;
         }
         TestImage::Crash => {
-            t.file("usr/local/bin/warren-crash", 0o755, CRASH_MAIN.as_bytes()).map_err(f)?;
+            t.file("usr/local/bin/warren-crash", 0o755, CRASH_MAIN.as_bytes())
+                .map_err(f)?;
         }
     }
     t.finish().map_err(f)
@@ -343,7 +362,11 @@ pub fn build_layout(dir: &Path) -> Result<Layout, HarnessError> {
         let app = write_blob(dir, MEDIA_LAYER, &gz(&app_tar)?)?;
         let layers = vec![base.clone(), app];
         let config = image_config(image, "amd64", &diff_ids);
-        let config = write_blob(dir, MEDIA_CONFIG, &serde_json::to_vec(&config).expect("json"))?;
+        let config = write_blob(
+            dir,
+            MEDIA_CONFIG,
+            &serde_json::to_vec(&config).expect("json"),
+        )?;
         let m = write_blob(
             dir,
             MEDIA_MANIFEST,
@@ -360,7 +383,11 @@ pub fn build_layout(dir: &Path) -> Result<Layout, HarnessError> {
     }
     let (diff_ids, layers) = http_parts.expect("http built");
     let arm_config = image_config(TestImage::Http, "arm64", &diff_ids);
-    let arm_config = write_blob(dir, MEDIA_CONFIG, &serde_json::to_vec(&arm_config).expect("json"))?;
+    let arm_config = write_blob(
+        dir,
+        MEDIA_CONFIG,
+        &serde_json::to_vec(&arm_config).expect("json"),
+    )?;
     let arm = write_blob(
         dir,
         MEDIA_MANIFEST,
@@ -372,14 +399,18 @@ pub fn build_layout(dir: &Path) -> Result<Layout, HarnessError> {
     let mut arm_entry = arm.json();
     arm_entry["platform"] = json!({"os": "linux", "architecture": "arm64", "variant": "v8"});
     // The foreign platform first, so that picking the first entry would be wrong.
-    let index = json!({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": [arm_entry, amd_entry]});
+    let index =
+        json!({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": [arm_entry, amd_entry]});
     let multi = write_blob(dir, MEDIA_INDEX, &serde_json::to_vec(&index).expect("json"))?;
     let mut e = multi.json();
     e["annotations"] = json!({ REF_NAME: HTTP_MULTI_REF });
     entries.push(e);
     let top = json!({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": entries});
-    std::fs::write(dir.join("index.json"), serde_json::to_vec_pretty(&top).expect("json"))
-        .map_err(io("write index.json"))?;
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec_pretty(&top).expect("json"),
+    )
+    .map_err(io("write index.json"))?;
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
         .map_err(io("write oci-layout"))?;
     Ok(Layout {
@@ -391,7 +422,10 @@ pub fn build_layout(dir: &Path) -> Result<Layout, HarnessError> {
 }
 
 fn read_blob(layout: &Layout, digest: &str) -> Result<Vec<u8>, HarnessError> {
-    let p = layout.dir.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let p = layout
+        .dir
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
     std::fs::read(&p).map_err(io(format!("read {}", p.display())))
 }
 
@@ -402,14 +436,25 @@ fn tar_file(t: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]) -> std
 
 /// Writes an OCI archive (a tar of a layout) holding one image, named `name` by the
 /// `io.containerd.image.name` annotation (ref.name carries the tag, as Docker writes).
-pub fn oci_archive(layout: &Layout, image: TestImage, name: &str, out: &Path) -> Result<(), HarnessError> {
+pub fn oci_archive(
+    layout: &Layout,
+    image: TestImage,
+    name: &str,
+    out: &Path,
+) -> Result<(), HarnessError> {
     let m = &layout.manifests[&image];
     let manifest: Value =
         serde_json::from_slice(&read_blob(layout, &m.digest)?).map_err(|e| HarnessError::Io {
             context: "parse manifest".into(),
             source: std::io::Error::other(e),
         })?;
-    let mut digests = vec![m.digest.clone(), manifest["config"]["digest"].as_str().unwrap_or("").to_string()];
+    let mut digests = vec![
+        m.digest.clone(),
+        manifest["config"]["digest"]
+            .as_str()
+            .unwrap_or("")
+            .to_string(),
+    ];
     for l in manifest["layers"].as_array().into_iter().flatten() {
         digests.push(l["digest"].as_str().unwrap_or("").to_string());
     }
@@ -424,24 +469,42 @@ pub fn oci_archive(layout: &Layout, image: TestImage, name: &str, out: &Path) ->
         source: e,
     };
     tar_file(&mut t, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(w)?;
-    tar_file(&mut t, "index.json", &serde_json::to_vec(&index).expect("json")).map_err(w)?;
+    tar_file(
+        &mut t,
+        "index.json",
+        &serde_json::to_vec(&index).expect("json"),
+    )
+    .map_err(w)?;
     for d in digests {
         let data = read_blob(layout, &d)?;
-        tar_file(&mut t, &format!("blobs/sha256/{}", d.trim_start_matches("sha256:")), &data).map_err(w)?;
+        tar_file(
+            &mut t,
+            &format!("blobs/sha256/{}", d.trim_start_matches("sha256:")),
+            &data,
+        )
+        .map_err(w)?;
     }
     t.finish().map_err(w)
 }
 
 /// Writes a `docker save` archive (legacy format: manifest.json, `<id>.json`,
 /// uncompressed `<layer>/layer.tar`) of one image tagged `name`.
-pub fn docker_archive(layout: &Layout, image: TestImage, name: &str, out: &Path) -> Result<(), HarnessError> {
+pub fn docker_archive(
+    layout: &Layout,
+    image: TestImage,
+    name: &str,
+    out: &Path,
+) -> Result<(), HarnessError> {
     let m = &layout.manifests[&image];
     let manifest: Value =
         serde_json::from_slice(&read_blob(layout, &m.digest)?).map_err(|e| HarnessError::Io {
             context: "parse manifest".into(),
             source: std::io::Error::other(e),
         })?;
-    let config_digest = manifest["config"]["digest"].as_str().unwrap_or("").to_string();
+    let config_digest = manifest["config"]["digest"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     let config = read_blob(layout, &config_digest)?;
     let f = std::fs::File::create(out).map_err(io(format!("create {}", out.display())))?;
     let mut t = tar::Builder::new(f);
@@ -464,7 +527,12 @@ pub fn docker_archive(layout: &Layout, image: TestImage, name: &str, out: &Path)
         layer_names.push(name);
     }
     let mf = json!([{"Config": config_name, "RepoTags": [name], "Layers": layer_names}]);
-    tar_file(&mut t, "manifest.json", &serde_json::to_vec(&mf).expect("json")).map_err(w)?;
+    tar_file(
+        &mut t,
+        "manifest.json",
+        &serde_json::to_vec(&mf).expect("json"),
+    )
+    .map_err(w)?;
     t.finish().map_err(w)
 }
 
@@ -476,11 +544,18 @@ mod tests {
     fn layout_is_consistent() {
         let dir = tempfile::tempdir().unwrap();
         let layout = build_layout(dir.path()).expect("busybox-static must be installed");
-        let index: Value = serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
+        let index: Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
         assert_eq!(index["manifests"].as_array().unwrap().len(), 4);
         for image in TestImage::ALL {
-            let m: Value = serde_json::from_slice(&read_blob(&layout, &layout.manifests[&image].digest).unwrap()).unwrap();
-            let cfg: Value = serde_json::from_slice(&read_blob(&layout, m["config"]["digest"].as_str().unwrap()).unwrap()).unwrap();
+            let m: Value = serde_json::from_slice(
+                &read_blob(&layout, &layout.manifests[&image].digest).unwrap(),
+            )
+            .unwrap();
+            let cfg: Value = serde_json::from_slice(
+                &read_blob(&layout, m["config"]["digest"].as_str().unwrap()).unwrap(),
+            )
+            .unwrap();
             let diff_ids = cfg["rootfs"]["diff_ids"].as_array().unwrap();
             let layers = m["layers"].as_array().unwrap();
             assert_eq!(diff_ids.len(), 2);
@@ -488,7 +563,8 @@ mod tests {
                 let gz = read_blob(&layout, l["digest"].as_str().unwrap()).unwrap();
                 assert_eq!(gz.len() as u64, l["size"].as_u64().unwrap());
                 let mut raw = vec![];
-                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).unwrap();
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw)
+                    .unwrap();
                 assert_eq!(&digest(&raw), d.as_str().unwrap());
             }
         }

@@ -46,7 +46,9 @@ fn io(context: impl Into<String>, source: std::io::Error) -> HarnessError {
 
 fn free_port() -> Result<u16, HarnessError> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| io("find a free port", e))?;
-    Ok(l.local_addr().map_err(|e| io("find a free port", e))?.port())
+    Ok(l.local_addr()
+        .map_err(|e| io("find a free port", e))?
+        .port())
 }
 
 impl LocalRegistry {
@@ -63,7 +65,7 @@ impl LocalRegistry {
     fn start_inner(auth: Option<TokenAuth>) -> Result<LocalRegistry, HarnessError> {
         let bin = require("docker-registry", "docker-registry")?;
         let dir = tempfile::Builder::new()
-            .prefix("wrn-reg-")
+            .prefix("warren-rt-reg-")
             .tempdir()
             .map_err(|e| io("create registry temp dir", e))?;
         let storage = dir.path().join("storage");
@@ -93,7 +95,8 @@ impl LocalRegistry {
         };
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).map_err(|e| io("write registry config", e))?;
-        let log = std::fs::File::create(dir.path().join("registry.log")).map_err(|e| io("create registry log", e))?;
+        let log = std::fs::File::create(dir.path().join("registry.log"))
+            .map_err(|e| io("create registry log", e))?;
         let child = Command::new(&bin)
             .arg("serve")
             .arg(&config_path)
@@ -122,7 +125,10 @@ impl LocalRegistry {
                 });
             }
             if Instant::now() > deadline {
-                return Err(HarnessError::Timeout(format!("registry on {addr} did not come up: {}", me.log())));
+                return Err(HarnessError::Timeout(format!(
+                    "registry on {addr} did not come up: {}",
+                    me.log()
+                )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -138,21 +144,33 @@ impl LocalRegistry {
     }
 
     /// `skopeo copy [--all] oci:LAYOUT:REF docker://HOST/DEST` (DEST = `repo:tag`).
-    pub fn push(&self, layout: &Path, layout_ref: &str, dest: &str, all: bool) -> Result<(), HarnessError> {
+    pub fn push(
+        &self,
+        layout: &Path,
+        layout_ref: &str,
+        dest: &str,
+        all: bool,
+    ) -> Result<(), HarnessError> {
         let skopeo = require("skopeo", "skopeo")?;
         let mut cmd = Command::new(&skopeo);
-        cmd.arg("--insecure-policy").arg("copy").arg("--dest-tls-verify=false");
+        cmd.arg("--insecure-policy")
+            .arg("copy")
+            .arg("--dest-tls-verify=false");
         if all {
             cmd.arg("--all");
         }
         if let Some(a) = &self.auth {
-            cmd.arg("--dest-creds").arg(format!("{}:{}", a.username, a.password));
+            cmd.arg("--dest-creds")
+                .arg(format!("{}:{}", a.username, a.password));
         }
         // Keep skopeo's auth and cache files out of the user's home.
-        cmd.env("HOME", self.dir.path()).env("XDG_RUNTIME_DIR", self.dir.path());
+        cmd.env("HOME", self.dir.path())
+            .env("XDG_RUNTIME_DIR", self.dir.path());
         cmd.arg(format!("oci:{}:{layout_ref}", layout.display()))
             .arg(format!("docker://{}/{dest}", self.host()));
-        let out = cmd.output().map_err(|e| io(format!("run {}", skopeo.display()), e))?;
+        let out = cmd
+            .output()
+            .map_err(|e| io(format!("run {}", skopeo.display()), e))?;
         if !out.status.success() {
             return Err(HarnessError::Command {
                 command: format!("{cmd:?}"),
@@ -207,7 +225,8 @@ struct Signer {
 
 impl TokenServer {
     fn start(auth: TokenAuth) -> Result<TokenServer, HarnessError> {
-        let key = rcgen::KeyPair::generate().map_err(|e| io("generate token key", std::io::Error::other(e)))?;
+        let key = rcgen::KeyPair::generate()
+            .map_err(|e| io("generate token key", std::io::Error::other(e)))?;
         let params = rcgen::CertificateParams::new(vec!["warren-test-token".to_string()])
             .map_err(|e| io("token cert params", std::io::Error::other(e)))?;
         let cert = params
@@ -225,8 +244,12 @@ impl TokenServer {
             rng,
         };
         let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| io("bind token server", e))?;
-        let addr = listener.local_addr().map_err(|e| io("token server addr", e))?;
-        listener.set_nonblocking(true).map_err(|e| io("token server nonblocking", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| io("token server addr", e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| io("token server nonblocking", e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -321,10 +344,15 @@ fn serve_token(stream: TcpStream, auth: &TokenAuth, signer: &Signer) -> std::io:
             }
         }
     }
-    let authenticated = match authorization.as_deref().and_then(|a| a.strip_prefix("Basic ")) {
+    let authenticated = match authorization
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Basic "))
+    {
         Some(b) => {
             let want = format!("{}:{}", auth.username, auth.password);
-            let got = base64::engine::general_purpose::STANDARD.decode(b).unwrap_or_default();
+            let got = base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .unwrap_or_default();
             if got != want.as_bytes() {
                 return respond(stream, 401, r#"{"details":"bad credentials"}"#);
             }
@@ -339,7 +367,8 @@ fn serve_token(stream: TcpStream, auth: &TokenAuth, signer: &Signer) -> std::io:
     for scope in scopes {
         // repository:<name>:<actions>
         let mut parts = scope.splitn(3, ':');
-        let (Some(kind), Some(name), Some(actions)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(kind), Some(name), Some(actions)) = (parts.next(), parts.next(), parts.next())
+        else {
             continue;
         };
         let granted: Vec<&str> = actions
@@ -348,7 +377,10 @@ fn serve_token(stream: TcpStream, auth: &TokenAuth, signer: &Signer) -> std::io:
             .collect();
         access.push(serde_json::json!({"type": kind, "name": name, "actions": granted}));
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     let header = serde_json::json!({
         "typ": "JWT",
         "alg": "ES256",
@@ -374,7 +406,8 @@ fn serve_token(stream: TcpStream, auth: &TokenAuth, signer: &Signer) -> std::io:
         .sign(&signer.rng, signing_input.as_bytes())
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let token = format!("{signing_input}.{}", b64url(sig.as_ref()));
-    let body = serde_json::json!({"token": token, "access_token": token, "expires_in": 300}).to_string();
+    let body =
+        serde_json::json!({"token": token, "access_token": token, "expires_in": 300}).to_string();
     respond(stream, 200, &body)
 }
 
@@ -398,7 +431,10 @@ mod tests {
 
     #[test]
     fn query_decoding() {
-        assert_eq!(decode_query("repository%3Aa%2Fb%3Apull"), "repository:a/b:pull");
+        assert_eq!(
+            decode_query("repository%3Aa%2Fb%3Apull"),
+            "repository:a/b:pull"
+        );
         assert_eq!(decode_query("a+b"), "a b");
     }
 }

@@ -7,7 +7,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use containerd_client::services::v1::snapshots::StatSnapshotRequest;
-use containerd_client::services::v1::{GetContainerRequest, GetImageRequest, GetRequest, InfoRequest};
+use containerd_client::services::v1::{
+    GetContainerRequest, GetImageRequest, GetRequest, InfoRequest,
+};
 use futures::StreamExt;
 use tonic::Request;
 use warren::runtime::{
@@ -42,13 +44,23 @@ fn setup(auth: Option<TokenAuth>, creds: Option<Credentials>) -> Env {
     }
     .expect("start docker-registry");
     registry
-        .push(&layout.dir, TestImage::Http.layout_ref(), "warren-test/http:1", false)
+        .push(
+            &layout.dir,
+            TestImage::Http.layout_ref(),
+            "warren-test/http:1",
+            false,
+        )
         .expect("push http");
     registry
         .push(&layout.dir, HTTP_MULTI_REF, "warren-test/http:multi", true)
         .expect("push http index");
     registry
-        .push(&layout.dir, TestImage::Crash.layout_ref(), "warren-test/crash:1", false)
+        .push(
+            &layout.dir,
+            TestImage::Crash.layout_ref(),
+            "warren-test/crash:1",
+            false,
+        )
         .expect("push crash");
     let ctd = PrivateContainerd::start().expect("start containerd");
     let cgroup = CgroupParent::new("wrn-rt");
@@ -106,7 +118,8 @@ impl Env {
 
 fn req<T>(msg: T) -> Request<T> {
     let mut r = Request::new(msg);
-    r.metadata_mut().insert("containerd-namespace", NS.parse().unwrap());
+    r.metadata_mut()
+        .insert("containerd-namespace", NS.parse().unwrap());
     r
 }
 
@@ -119,7 +132,10 @@ impl Netns {
     fn create() -> Netns {
         let ip = require("ip", "iproute2").expect("ip");
         let name = unique("wrn-rt");
-        let ok = Command::new(&ip).args(["netns", "add", &name]).status().expect("ip netns add");
+        let ok = Command::new(&ip)
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip netns add");
         assert!(ok.success(), "ip netns add {name} failed");
         let n = Netns { name };
         let ok = Command::new(&ip)
@@ -145,11 +161,18 @@ impl Netns {
             .expect("ip netns exec")
     }
 
-    /// GETs `url` from inside the namespace, retrying while the server starts.
+    /// GETs `url` from inside the namespace with curl (the host's static busybox
+    /// wget crashes in glibc's resolver), retrying while the server starts.
     fn http_get(&self, url: &str) -> String {
+        let curl = require("curl", "curl").expect("curl");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let out = self.busybox(&["wget", "-q", "-O", "-", "-T", "3", url]);
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.name])
+                .arg(&curl)
+                .args(["-sS", "-f", "-m", "3", url])
+                .output()
+                .expect("ip netns exec curl");
             if out.status.success() {
                 return String::from_utf8_lossy(&out.stdout).into_owned();
             }
@@ -166,7 +189,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -184,7 +209,10 @@ fn sh(script: &str) -> Option<Vec<String>> {
 
 async fn exec_ok(rt: &Containerd, id: &str, cmd: &[&str]) -> String {
     let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
-    let out = rt.exec(id, &cmd, Duration::from_secs(10)).await.expect("exec");
+    let out = rt
+        .exec(id, &cmd, Duration::from_secs(10))
+        .await
+        .expect("exec");
     assert_eq!(
         out.exit_code,
         0,
@@ -211,13 +239,17 @@ async fn wait_log(rt: &Containerd, id: &str, needle: &str) -> Vec<String> {
         if lines.iter().any(|l| l.contains(needle)) {
             return lines;
         }
-        assert!(Instant::now() < deadline, "{needle:?} never appeared in the log of {id}: {lines:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} never appeared in the log of {id}: {lines:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 fn cgroup_line(pid: u32, controller: &str) -> String {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read /proc/pid/cgroup");
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read /proc/pid/cgroup");
     text.lines()
         .find(|l| l.split(':').nth(1) == Some(controller))
         .unwrap_or_else(|| panic!("no {controller:?} line in /proc/{pid}/cgroup: {text}"))
@@ -231,10 +263,21 @@ fn cgroup_line(pid: u32, controller: &str) -> String {
 async fn pull_index_and_run_http_in_netns() {
     let mut env = setup(None, None);
     let image = env.image("warren-test/http:multi");
-    let info = env.rt.pull(&image, None).await.expect("pull through the index");
+    let info = env
+        .rt
+        .pull(&image, None)
+        .await
+        .expect("pull through the index");
     assert_eq!(info.name, image);
-    assert_eq!(info.digest, env.layout.http_multi.digest, "image record targets the index");
-    assert_eq!(info.manifest_digest, env.layout.manifests[&TestImage::Http].digest, "amd64 manifest chosen");
+    assert_eq!(
+        info.digest, env.layout.http_multi.digest,
+        "image record targets the index"
+    );
+    assert_eq!(
+        info.manifest_digest,
+        env.layout.manifests[&TestImage::Http].digest,
+        "amd64 manifest chosen"
+    );
     assert_ne!(info.manifest_digest, env.layout.http_arm64_manifest.digest);
     assert_eq!(info.platform.architecture, "amd64");
     assert_eq!(info.config.exposed_ports, vec![(80, Protocol::Tcp)]);
@@ -243,13 +286,20 @@ async fn pull_index_and_run_http_in_netns() {
     let hc = info.config.healthcheck.clone().expect("healthcheck");
     assert_eq!(
         hc.test,
-        HealthTest::Exec(vec!["wget".into(), "-q".into(), "-O".into(), "/dev/null".into(), "http://127.0.0.1/healthz".into()])
+        HealthTest::Exec(vec![
+            "wget".into(),
+            "-q".into(),
+            "-O".into(),
+            "/dev/null".into(),
+            "http://127.0.0.1/healthz".into()
+        ])
     );
     assert_eq!(hc.interval, Duration::from_secs(2));
 
     // GC labels as containerd's own pull leaves them.
     let ch = env.cd();
-    let mut content = containerd_client::services::v1::content_client::ContentClient::new(ch.clone());
+    let mut content =
+        containerd_client::services::v1::content_client::ContentClient::new(ch.clone());
     let labels = |digest: &str| {
         let mut content = content.clone();
         let digest = digest.to_string();
@@ -265,9 +315,15 @@ async fn pull_index_and_run_http_in_netns() {
         }
     };
     let index_labels = labels(&env.layout.http_multi.digest).await;
-    assert_eq!(index_labels["containerd.io/gc.ref.content.m.1"], info.manifest_digest);
+    assert_eq!(
+        index_labels["containerd.io/gc.ref.content.m.1"],
+        info.manifest_digest
+    );
     let manifest_labels = labels(&info.manifest_digest).await;
-    assert_eq!(manifest_labels["containerd.io/gc.ref.content.config"], info.config_digest);
+    assert_eq!(
+        manifest_labels["containerd.io/gc.ref.content.config"],
+        info.config_digest
+    );
     let layer0 = manifest_labels["containerd.io/gc.ref.content.l.0"].clone();
     assert!(manifest_labels.contains_key("containerd.io/gc.ref.content.l.1"));
     let layer_labels = labels(&layer0).await;
@@ -277,11 +333,15 @@ async fn pull_index_and_run_http_in_netns() {
         "warren-test/http"
     );
     let config_labels = labels(&info.config_digest).await;
-    assert_eq!(config_labels["containerd.io/gc.ref.snapshot.overlayfs"], info.chain_id);
+    assert_eq!(
+        config_labels["containerd.io/gc.ref.snapshot.overlayfs"],
+        info.chain_id
+    );
     let _ = &mut content;
 
     // Pulling again writes nothing: the image record is not even updated.
-    let mut images_client = containerd_client::services::v1::images_client::ImagesClient::new(ch.clone());
+    let mut images_client =
+        containerd_client::services::v1::images_client::ImagesClient::new(ch.clone());
     let updated = |c: &mut containerd_client::services::v1::images_client::ImagesClient<_>| {
         let mut c = c.clone();
         let name = image.clone();
@@ -298,13 +358,23 @@ async fn pull_index_and_run_http_in_netns() {
     let before = updated(&mut images_client).await;
     let again = env.rt.pull(&image, None).await.expect("second pull");
     assert_eq!(again, info);
-    assert_eq!(updated(&mut images_client).await, before, "second pull touched the image record");
+    assert_eq!(
+        updated(&mut images_client).await,
+        before,
+        "second pull touched the image record"
+    );
 
     // Run it in a network namespace of its own.
     let netns = env.netns();
     let ns = env.netns.last().unwrap();
-    let hosts = env.file("hosts", "127.0.0.1 localhost\n10.99.0.7 warren-hosts-marker\n");
-    let resolv = env.file("resolv.conf", "nameserver 10.99.0.53\n# warren-resolv-marker\n");
+    let hosts = env.file(
+        "hosts",
+        "127.0.0.1 localhost\n10.99.0.7 warren-hosts-marker\n",
+    );
+    let resolv = env.file(
+        "resolv.conf",
+        "nameserver 10.99.0.53\n# warren-resolv-marker\n",
+    );
     let id = unique("web");
     let mut s = spec(&id, &image);
     s.hostname = Some("web-1".into());
@@ -325,26 +395,65 @@ async fn pull_index_and_run_http_in_netns() {
     s.labels.insert(LABEL_NODE.into(), "node-a".into());
     let pid = env.rt.run(&s).await.expect("run http");
     assert!(pid > 0);
-
-    assert_eq!(ns.http_get("http://127.0.0.1/").trim(), "web-1", "answers with its hostname");
+    assert_eq!(
+        ns.http_get("http://127.0.0.1/").trim(),
+        "web-1",
+        "answers with its hostname"
+    );
     assert_eq!(ns.http_get("http://127.0.0.1/healthz").trim(), "ok");
+    // The image's own health check command works inside the container.
+    let HealthTest::Exec(check) = &hc.test else {
+        panic!("exec health check")
+    };
+    let out = env
+        .rt
+        .exec(&id, check, hc.timeout * 5)
+        .await
+        .expect("health check exec");
+    assert_eq!(
+        out.exit_code,
+        0,
+        "health check: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    assert!(exec_ok(&env.rt, &id, &["cat", "/etc/hosts"]).await.contains("warren-hosts-marker"));
-    assert!(exec_ok(&env.rt, &id, &["cat", "/etc/resolv.conf"]).await.contains("warren-resolv-marker"));
+    assert!(exec_ok(&env.rt, &id, &["cat", "/etc/hosts"])
+        .await
+        .contains("warren-hosts-marker"));
+    assert!(exec_ok(&env.rt, &id, &["cat", "/etc/resolv.conf"])
+        .await
+        .contains("warren-resolv-marker"));
     let mounts = exec_ok(&env.rt, &id, &["cat", "/proc/mounts"]).await;
     assert!(
-        mounts.lines().any(|l| l.starts_with("tmpfs /scratch tmpfs") && l.contains("size=4096k")),
+        mounts
+            .lines()
+            .any(|l| l.starts_with("tmpfs /scratch tmpfs") && l.contains("size=4096k")),
         "{mounts}"
     );
     let envs = exec_ok(&env.rt, &id, &["env"]).await;
     assert!(envs.lines().any(|l| l == "FOO=bar"), "{envs}");
-    assert!(envs.lines().any(|l| l == "PORT=80"), "image env kept: {envs}");
-    assert_eq!(exec_ok(&env.rt, &id, &["pwd"]).await.trim(), "/www", "image workdir");
+    assert!(
+        envs.lines().any(|l| l == "PORT=80"),
+        "image env kept: {envs}"
+    );
+    assert_eq!(
+        exec_ok(&env.rt, &id, &["pwd"]).await.trim(),
+        "/www",
+        "image workdir"
+    );
 
     // Exec: exit codes, separate streams, timeouts.
     let out = env
         .rt
-        .exec(&id, &["sh".into(), "-c".into(), "echo out; echo err >&2; exit 7".into()], Duration::from_secs(10))
+        .exec(
+            &id,
+            &[
+                "sh".into(),
+                "-c".into(),
+                "echo out; echo err >&2; exit 7".into(),
+            ],
+            Duration::from_secs(10),
+        )
         .await
         .expect("exec");
     assert_eq!(out.exit_code, 7);
@@ -352,7 +461,11 @@ async fn pull_index_and_run_http_in_netns() {
     assert_eq!(out.stderr, b"err\n");
     let e = env
         .rt
-        .exec(&id, &["sleep".into(), "30".into()], Duration::from_millis(500))
+        .exec(
+            &id,
+            &["sleep".into(), "30".into()],
+            Duration::from_millis(500),
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, RuntimeError::ExecTimeout { .. }), "{e}");
@@ -360,26 +473,42 @@ async fn pull_index_and_run_http_in_netns() {
     // Limits in the container's cgroup (v1 memory hierarchy on this hybrid machine).
     let mem_cg = cgroup_line(pid, "memory");
     assert_eq!(mem_cg, format!("{}/{id}", env.cgroup.path));
-    let limit = std::fs::read_to_string(format!("/sys/fs/cgroup/memory{mem_cg}/memory.limit_in_bytes"))
-        .expect("memory.limit_in_bytes");
+    let limit = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory{mem_cg}/memory.limit_in_bytes"
+    ))
+    .expect("memory.limit_in_bytes");
     assert_eq!(limit.trim(), (64u64 << 20).to_string());
-    let quota = std::fs::read_to_string(format!("/sys/fs/cgroup/cpu{mem_cg}/cpu.cfs_quota_us")).expect("cfs quota");
+    let quota = std::fs::read_to_string(format!("/sys/fs/cgroup/cpu{mem_cg}/cpu.cfs_quota_us"))
+        .expect("cfs quota");
     assert_eq!(quota.trim(), "50000");
     // Where runc puts the process in the unified (v2) hierarchy.
     let unified = cgroup_line(pid, "");
     eprintln!("cgroup v2 placement of {id}: {unified:?} (v1 memory: {mem_cg:?})");
-    assert_eq!(unified, format!("{}/{id}", env.cgroup.path), "runc places the task in the v2 tree too");
-    let procs = std::fs::read_to_string(format!("/sys/fs/cgroup/unified{unified}/cgroup.procs")).expect("v2 procs");
+    assert_eq!(
+        unified,
+        format!("{}/{id}", env.cgroup.path),
+        "runc places the task in the v2 tree too"
+    );
+    let procs = std::fs::read_to_string(format!("/sys/fs/cgroup/unified{unified}/cgroup.procs"))
+        .expect("v2 procs");
     assert!(procs.lines().any(|p| p == pid.to_string()), "{procs}");
 
     // Its stdout is in the log file, and logs(tail) returns it.
     let lines = wait_log(&env.rt, &id, "warren-test/http: serving web-1 on port 80").await;
     assert!(!lines.is_empty());
     let path = env.rt.log_path(&id);
-    assert!(std::fs::read_to_string(&path).unwrap().contains("serving web-1"));
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("serving web-1"));
     let tail: Vec<String> = env
         .rt
-        .logs(&id, LogOptions { tail: Some(1), follow: false })
+        .logs(
+            &id,
+            LogOptions {
+                tail: Some(1),
+                follow: false,
+            },
+        )
         .await
         .expect("tail")
         .map(|l| l.unwrap())
@@ -390,7 +519,13 @@ async fn pull_index_and_run_http_in_netns() {
     // Follow sees what the process writes later (httpd -v logs each request).
     let mut follow = env
         .rt
-        .logs(&id, LogOptions { tail: Some(0), follow: true })
+        .logs(
+            &id,
+            LogOptions {
+                tail: Some(0),
+                follow: true,
+            },
+        )
         .await
         .expect("follow");
     ns.http_get("http://127.0.0.1/healthz");
@@ -399,10 +534,16 @@ async fn pull_index_and_run_http_in_netns() {
         .expect("a new log line")
         .expect("stream open")
         .expect("line");
-    assert!(next.contains("healthz"), "{next}");
+    assert!(
+        next.contains("127.0.0.1") && next.contains("response:200"),
+        "{next}"
+    );
 
     let status = env.rt.status(&id).await.expect("status");
-    assert_eq!(status.task.as_ref().map(|t| t.state), Some(TaskState::Running));
+    assert_eq!(
+        status.task.as_ref().map(|t| t.state),
+        Some(TaskState::Running)
+    );
     assert_eq!(status.labels[LABEL_NODE], "node-a");
 }
 
@@ -424,7 +565,14 @@ async fn user_workdir_args_and_env_are_applied() {
     let lines = log_lines(&env.rt, &id).await;
     assert_eq!(
         lines,
-        ["1000", "1000", "1000 2000", "/home/warren", "greeting=hello", "args=first second"],
+        [
+            "1000",
+            "1000",
+            "1000 2000",
+            "/home/warren",
+            "greeting=hello",
+            "args=first second"
+        ],
         "uid, gid, groups (supplementary from /etc/group), cwd, env, args"
     );
 
@@ -444,42 +592,84 @@ async fn user_workdir_args_and_env_are_applied() {
         "invalid container spec: user: no user \"nosuchuser\" in the image's /etc/passwd"
     );
     // The failed create left no snapshot or container behind.
-    assert!(env.rt.list(&BTreeMap::new()).await.unwrap().iter().all(|c| c.id != s3.id));
+    assert!(env
+        .rt
+        .list(&BTreeMap::new())
+        .await
+        .unwrap()
+        .iter()
+        .all(|c| c.id != s3.id));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_errors_name_the_image_and_the_cause() {
     let env = setup(None, None);
     let host = env.registry.host();
-    let e = env.rt.pull(&format!("{host}/warren-test/http:nope"), None).await.unwrap_err();
-    assert_eq!(e.to_string(), format!("pull {host}/warren-test/http:nope: manifest unknown"));
-    let e = env.rt.pull(&format!("{host}/nope:1"), None).await.unwrap_err();
-    assert_eq!(e.to_string(), format!("pull {host}/nope:1: repository name not known to registry"));
+    let e = env
+        .rt
+        .pull(&format!("{host}/warren-test/http:nope"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("pull {host}/warren-test/http:nope: manifest unknown")
+    );
+    let e = env
+        .rt
+        .pull(&format!("{host}/nope:1"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("pull {host}/nope:1: manifest unknown")
+    );
     let e = env.rt.pull("Not A Reference", None).await.unwrap_err();
-    assert!(e.to_string().starts_with("invalid image reference \"Not A Reference\""), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("invalid image reference \"Not A Reference\""),
+        "{e}"
+    );
 
     // A registry not listed as insecure is spoken to over HTTPS only.
     let mut config = env.ctd.runtime_config(NS, &env.cgroup.path);
     config.registry.insecure = vec![];
     let strict = Containerd::connect(config).await.unwrap();
-    let e = strict.pull(&format!("{host}/warren-test/http:1"), None).await.unwrap_err();
+    let e = strict
+        .pull(&format!("{host}/warren-test/http:1"), None)
+        .await
+        .unwrap_err();
     let msg = e.to_string();
-    assert!(msg.starts_with(&format!("pull {host}/warren-test/http:1: GET https://{host}/v2/")), "{msg}");
+    assert!(
+        msg.starts_with(&format!(
+            "pull {host}/warren-test/http:1: GET https://{host}/v2/"
+        )),
+        "{msg}"
+    );
 
     // An index without the node's platform.
     let mut config = env.ctd.runtime_config(NS, &env.cgroup.path);
     config.registry.insecure = vec![host.clone()];
     config.platform = warren::runtime::Platform::parse("linux/s390x").unwrap();
     let s390 = Containerd::connect(config).await.unwrap();
-    let e = s390.pull(&format!("{host}/warren-test/http:multi"), None).await.unwrap_err();
+    let e = s390
+        .pull(&format!("{host}/warren-test/http:multi"), None)
+        .await
+        .unwrap_err();
     assert_eq!(
         e.to_string(),
         format!("pull {host}/warren-test/http:multi: no manifest for platform linux/s390x (index has: linux/arm64/v8, linux/amd64)")
     );
 
     // Creating from an image never pulled.
-    let e = env.rt.create(&spec(&unique("x"), &format!("{host}/warren-test/crash:1"))).await.unwrap_err();
-    assert_eq!(e.to_string(), format!("image {host}/warren-test/crash:1 not found; pull it first"));
+    let e = env
+        .rt
+        .create(&spec(&unique("x"), &format!("{host}/warren-test/crash:1")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("image {host}/warren-test/crash:1 not found; pull it first")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -497,14 +687,30 @@ async fn token_auth_with_and_without_credentials() {
     let image = env.image("warren-test/http:1");
     let e = env.rt.pull(&image, None).await.unwrap_err();
     let msg = e.to_string();
-    assert!(msg.starts_with(&format!("pull {image}: unauthorized: token server http://")), "{msg}");
+    assert!(
+        msg.starts_with(&format!("pull {image}: unauthorized: token server http://")),
+        "{msg}"
+    );
     let bad = Credentials {
         username: "warren".into(),
         password: "wrong".into(),
     };
-    assert!(env.rt.pull(&image, Some(&bad)).await.unwrap_err().to_string().contains("unauthorized"));
-    let info = env.rt.pull(&image, Some(&creds)).await.expect("pull with credentials");
-    assert_eq!(info.manifest_digest, env.layout.manifests[&TestImage::Http].digest);
+    assert!(env
+        .rt
+        .pull(&image, Some(&bad))
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("unauthorized"));
+    let info = env
+        .rt
+        .pull(&image, Some(&creds))
+        .await
+        .expect("pull with credentials");
+    assert_eq!(
+        info.manifest_digest,
+        env.layout.manifests[&TestImage::Http].digest
+    );
 
     // Anonymous pulls through a Bearer challenge (as from Docker Hub).
     let anon = LocalRegistry::start_with_token_auth(TokenAuth {
@@ -513,8 +719,13 @@ async fn token_auth_with_and_without_credentials() {
         anonymous_pull: true,
     })
     .expect("registry");
-    anon.push(&env.layout.dir, TestImage::Crash.layout_ref(), "warren-test/crash:1", false)
-        .expect("push");
+    anon.push(
+        &env.layout.dir,
+        TestImage::Crash.layout_ref(),
+        "warren-test/crash:1",
+        false,
+    )
+    .expect("push");
     let mut config = env.ctd.runtime_config(NS, &env.cgroup.path);
     config.registry.insecure = vec![anon.host()];
     let rt = Containerd::connect(config).await.unwrap();
@@ -522,31 +733,55 @@ async fn token_auth_with_and_without_credentials() {
         .pull(&format!("{}/warren-test/crash:1", anon.host()), None)
         .await
         .expect("anonymous pull");
-    assert_eq!(info.manifest_digest, env.layout.manifests[&TestImage::Crash].digest);
+    assert_eq!(
+        info.manifest_digest,
+        env.layout.manifests[&TestImage::Crash].digest
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_oci_and_docker_archives_and_run() {
     let mut env = setup(None, None);
     let oci = env.files.path().join("crash-oci.tar");
-    images::oci_archive(&env.layout, TestImage::Crash, "warren-test/crash:oci", &oci).expect("oci archive");
+    images::oci_archive(&env.layout, TestImage::Crash, "warren-test/crash:oci", &oci)
+        .expect("oci archive");
     let docker = env.files.path().join("echo-docker.tar");
-    images::docker_archive(&env.layout, TestImage::Echo, "warren-test/echo:docker", &docker).expect("docker archive");
+    images::docker_archive(
+        &env.layout,
+        TestImage::Echo,
+        "warren-test/echo:docker",
+        &docker,
+    )
+    .expect("docker archive");
 
     let imported = env.rt.import(&oci, None).await.expect("import OCI archive");
     assert_eq!(imported.len(), 1);
     assert_eq!(imported[0].name, "docker.io/warren-test/crash:oci");
-    assert_eq!(imported[0].manifest_digest, env.layout.manifests[&TestImage::Crash].digest);
-    let imported = env.rt.import(&docker, None).await.expect("import docker archive");
+    assert_eq!(
+        imported[0].manifest_digest,
+        env.layout.manifests[&TestImage::Crash].digest
+    );
+    let imported = env
+        .rt
+        .import(&docker, None)
+        .await
+        .expect("import docker archive");
     assert_eq!(imported[0].name, "docker.io/warren-test/echo:docker");
     assert_eq!(imported[0].config.exposed_ports, vec![(7, Protocol::Tcp)]);
     // Same layers, so the same chain ID as the layout's echo image when pulled.
-    let renamed = env.rt.import(&docker, Some("local/echo:renamed")).await.expect("import with a name");
+    let renamed = env
+        .rt
+        .import(&docker, Some("local/echo:renamed"))
+        .await
+        .expect("import with a name");
     assert_eq!(renamed[0].name, "docker.io/local/echo:renamed");
     assert_eq!(renamed[0].chain_id, imported[0].chain_id);
 
     let crash = unique("crash");
-    env.rt.run(&spec(&crash, "warren-test/crash:oci")).await.expect("run imported OCI image");
+    env.rt
+        .run(&spec(&crash, "warren-test/crash:oci"))
+        .await
+        .expect("run imported OCI image");
     assert_eq!(env.rt.wait(&crash).await.expect("wait").code, 3);
 
     let netns = env.netns();
@@ -558,18 +793,34 @@ async fn import_oci_and_docker_archives_and_run() {
     wait_log(&env.rt, &echo, "tcp echo on port 7").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let out = ns.busybox(&["sh", "-c", "echo warren-echo-probe | /bin/busybox nc -w 2 127.0.0.1 7"]);
+        let out = ns.busybox(&[
+            "sh",
+            "-c",
+            "echo warren-echo-probe | /bin/busybox nc -w 2 127.0.0.1 7",
+        ]);
         if String::from_utf8_lossy(&out.stdout).trim() == "warren-echo-probe" {
             break;
         }
-        assert!(Instant::now() < deadline, "no echo: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            Instant::now() < deadline,
+            "no echo: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
     let bad = env.files.path().join("junk.tar");
-    std::fs::write(&bad, b"not a tar at all, just some bytes that are long enough to be read").unwrap();
+    std::fs::write(
+        &bad,
+        b"not a tar at all, just some bytes that are long enough to be read",
+    )
+    .unwrap();
     let e = env.rt.import(&bad, None).await.unwrap_err();
-    assert!(e.to_string().starts_with(&format!("import {}: ", bad.display())), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("import {}: ", bad.display())),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -593,16 +844,30 @@ async fn stop_kill_and_exit_codes() {
         .await
         .expect("stop")
         .expect("had a task");
-    assert_eq!(exit.code, 128 + libc::SIGKILL as u32, "killed, not terminated");
+    assert_eq!(
+        exit.code,
+        128 + libc::SIGKILL as u32,
+        "killed, not terminated"
+    );
     // A process that honours SIGTERM ends with it.
     let polite = unique("polite");
     let mut s = spec(&polite, &http);
     s.command = sh("trap 'exit 42' TERM; echo ready; while true; do sleep 1; done");
     env.rt.run(&s).await.expect("run");
     wait_log(&env.rt, &polite, "ready").await;
-    let exit = env.rt.stop(&polite, libc::SIGTERM, Duration::from_secs(20)).await.unwrap().unwrap();
+    let exit = env
+        .rt
+        .stop(&polite, libc::SIGTERM, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(exit.code, 42);
-    assert!(env.rt.stop(&polite, libc::SIGTERM, Duration::from_secs(1)).await.unwrap().is_some());
+    assert!(env
+        .rt
+        .stop(&polite, libc::SIGTERM, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .is_some());
 
     // The crash image exits 3, seen by wait and by the event stream.
     let c = unique("crash");
@@ -672,10 +937,18 @@ async fn adoption_after_runtime_restart() {
     let others = rt2.list(&want).await.unwrap();
     assert_eq!(others.len(), 1);
     assert_eq!(others[0].task, None, "created, never started");
-    let serving = log_lines(&rt2, &id).await.iter().filter(|l| l.contains("serving")).count();
+    let serving = log_lines(&rt2, &id)
+        .await
+        .iter()
+        .filter(|l| l.contains("serving"))
+        .count();
     assert_eq!(serving, 1, "started once");
     // The adopted task can be waited on and stopped by the new runtime object.
-    let exit = rt2.stop(&id, libc::SIGTERM, Duration::from_secs(10)).await.unwrap().unwrap();
+    let exit = rt2
+        .stop(&id, libc::SIGTERM, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
     assert_ne!(exit.code, 0);
 }
 
@@ -713,17 +986,25 @@ async fn delete_removes_task_container_and_snapshot() {
     assert!(env.rt.list(&BTreeMap::new()).await.unwrap().is_empty());
     assert!(!Path::new(&format!("/sys/fs/cgroup/memory{}/{id}", env.cgroup.path)).exists());
     env.rt.delete(&id).await.expect("deleting again is fine");
-    assert!(matches!(env.rt.status(&id).await, Err(RuntimeError::NotFound { .. })));
+    assert!(matches!(
+        env.rt.status(&id).await,
+        Err(RuntimeError::NotFound { .. })
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_and_supervises_its_own_containerd() {
     require("containerd", "containerd").expect("containerd");
-    let dir = tempfile::Builder::new().prefix("wrn-sup-").tempdir_in("/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("wrn-sup-")
+        .tempdir_in("/tmp")
+        .unwrap();
     let mut config = warren::runtime::RuntimeConfig::new(dir.path());
     config.socket = dir.path().join("no-such.sock");
     config.managed_dir = Some(dir.path().join("ctd"));
-    let rt = Containerd::connect(config.clone()).await.expect("start our own containerd");
+    let rt = Containerd::connect(config.clone())
+        .await
+        .expect("start our own containerd");
     assert_eq!(rt.socket(), dir.path().join("ctd/containerd.sock"));
     let sup = rt.supervisor().expect("supervised");
     let first = sup.pid().expect("pid");
@@ -746,12 +1027,18 @@ async fn starts_and_supervises_its_own_containerd() {
     let second = sup.pid().unwrap();
     rt.shutdown().await;
     assert!(sup.pid().is_none());
-    assert!(!Path::new(&format!("/proc/{second}")).exists() || is_zombie(second), "containerd stopped");
+    assert!(
+        !Path::new(&format!("/proc/{second}")).exists() || is_zombie(second),
+        "containerd stopped"
+    );
     warren_tests::containerd::unmount_below(dir.path());
 }
 
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }
