@@ -615,7 +615,8 @@ mod tests {
     #[test]
     fn bad_fields_are_named() {
         let img = image();
-        let cases: Vec<(Box<dyn Fn(&mut ContainerSpec)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut ContainerSpec)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|s| s.id = "-bad".into()), "id"),
             (Box::new(|s| s.workdir = Some("rel".into())), "workdir"),
             (
