@@ -69,7 +69,7 @@ impl PrivateContainerd {
         require("runc", "runc")?;
         // Short path: unix socket paths are limited to 108 bytes.
         let dir = tempfile::Builder::new()
-            .prefix("wrn-ctd-")
+            .prefix("warren-rt-ctd-")
             .tempdir_in("/tmp")
             .map_err(|e| io("create containerd temp dir", e))?;
         let layout = ManagedLayout::new(dir.path());
@@ -149,9 +149,10 @@ fn io(context: impl Into<String>, source: std::io::Error) -> HarnessError {
     }
 }
 
-/// Deletes every container in every namespace through the API.
-fn delete_everything(socket: PathBuf, scratch: PathBuf) {
-    let work = move || -> Result<(), String> {
+/// Deletes every container in every namespace through the API; returns the
+/// namespaces.
+fn delete_everything(socket: PathBuf, scratch: PathBuf) -> Vec<String> {
+    let work = move || -> Result<Vec<String>, String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -164,6 +165,7 @@ fn delete_everything(socket: PathBuf, scratch: PathBuf) {
                 .map_err(|e| e.to_string())?
                 .into_inner()
                 .namespaces;
+            let names = namespaces.iter().map(|n| n.name.clone()).collect();
             for ns in namespaces {
                 let mut cfg = RuntimeConfig::new(&scratch);
                 cfg.socket = socket.clone();
@@ -178,14 +180,20 @@ fn delete_everything(socket: PathBuf, scratch: PathBuf) {
                     }
                 }
             }
-            Ok(())
+            Ok(names)
         })
     };
     // Drop may run inside a test's tokio runtime, which cannot block on another.
     match std::thread::spawn(work).join() {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("harness: cleaning containerd through its API: {e}"),
-        Err(_) => eprintln!("harness: cleanup thread panicked"),
+        Ok(Ok(names)) => names,
+        Ok(Err(e)) => {
+            eprintln!("harness: cleaning containerd through its API: {e}");
+            vec![]
+        }
+        Err(_) => {
+            eprintln!("harness: cleanup thread panicked");
+            vec![]
+        }
     }
 }
 
@@ -253,7 +261,7 @@ pub fn unmount_below(dir: &Path) {
 impl Drop for PrivateContainerd {
     fn drop(&mut self) {
         let socket = self.socket();
-        delete_everything(socket.clone(), self.layout.dir.join("cleanup"));
+        let namespaces = delete_everything(socket.clone(), self.layout.dir.join("cleanup"));
         if let Some(mut child) = self.child.take() {
             unsafe {
                 libc::kill(child.id() as i32, libc::SIGTERM);
@@ -275,6 +283,11 @@ impl Drop for PrivateContainerd {
             }
         }
         unmount_below(&self.layout.dir);
+        // runc's state root per namespace is shared by all containerds; remove it
+        // only when empty (no other test's container is in it).
+        for ns in namespaces {
+            let _ = std::fs::remove_dir(Path::new("/run/containerd/runc").join(ns));
+        }
         if let Some(dir) = self.dir.take() {
             if let Err(e) = dir.close() {
                 eprintln!("harness: remove {}: {e}", self.layout.dir.display());

@@ -63,7 +63,7 @@ impl LocalRegistry {
     fn start_inner(auth: Option<TokenAuth>) -> Result<LocalRegistry, HarnessError> {
         let bin = require("docker-registry", "docker-registry")?;
         let dir = tempfile::Builder::new()
-            .prefix("wrn-reg-")
+            .prefix("warren-rt-reg-")
             .tempdir()
             .map_err(|e| io("create registry temp dir", e))?;
         let storage = dir.path().join("storage");

@@ -163,7 +163,9 @@ impl Env {
             .build()
             .unwrap()
             .block_on(async {
-                let c = warren::runtime::Containerd::connect(cfg).await.expect("connecting to containerd");
+                let c = warren::runtime::Containerd::connect(cfg)
+                    .await
+                    .expect("connecting to containerd");
                 f(&c).await
             })
     }
@@ -222,13 +224,19 @@ fn crashes_kills_and_unhealthy_tasks_are_replaced_and_missing_images_retried() {
 
     // 1. kill -9 of a container's process: the task fails with the signal's exit code
     //    and the restart policy starts a replacement.
-    env.c.ok(m1, &["service", "create", "web", "--image", &http, "--restart-delay", "1s"]);
+    env.c.ok(
+        m1,
+        &["service", "create", "web", "--image", &http, "--restart-delay", "1s"],
+    );
     let first = env.running(m1, "web", 1).remove(0);
     let id = first["id"].as_str().unwrap().to_string();
     let pid = env.pid("m1", &id);
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     let failed = env.c.wait("the killed task to be failed", Duration::from_secs(30), || {
-        env.c.tasks(m1, "web").into_iter().find(|t| t["id"] == id.as_str() && t["status"]["state"] == "Failed")
+        env.c
+            .tasks(m1, "web")
+            .into_iter()
+            .find(|t| t["id"] == id.as_str() && t["status"]["state"] == "Failed")
     });
     assert_eq!(failed["status"]["exit_code"], 137, "{failed}");
     let again = env.running(m1, "web", 1).remove(0);
@@ -239,21 +247,46 @@ fn crashes_kills_and_unhealthy_tasks_are_replaced_and_missing_images_retried() {
     env.c.ok(
         m1,
         &[
-            "service", "create", "sick", "--image", &http, "--health-cmd", "test -e /tmp/never", "--health-interval",
-            "500ms", "--health-timeout", "1s", "--health-retries", "2", "--restart-delay", "1s",
+            "service",
+            "create",
+            "sick",
+            "--image",
+            &http,
+            "--health-cmd",
+            "test -e /tmp/never",
+            "--health-interval",
+            "500ms",
+            "--health-timeout",
+            "1s",
+            "--health-retries",
+            "2",
+            "--restart-delay",
+            "1s",
         ],
     );
     let unhealthy = env.c.wait("an unhealthy task", Duration::from_secs(45), || {
-        tasks_in(&env, m1, "sick", "Failed").into_iter().find(|t| t["status"]["health"] == "unhealthy")
+        tasks_in(&env, m1, "sick", "Failed")
+            .into_iter()
+            .find(|t| t["status"]["health"] == "unhealthy")
     });
-    assert!(unhealthy["status"]["err"].as_str().unwrap().contains("unhealthy"), "{unhealthy}");
-    env.c.wait("a replacement of the unhealthy task", Duration::from_secs(30), || {
-        env.c.tasks(m1, "sick").into_iter().find(|t| t["attempt"].as_u64() >= Some(1))
-    });
+    assert!(
+        unhealthy["status"]["err"].as_str().unwrap().contains("unhealthy"),
+        "{unhealthy}"
+    );
+    env.c
+        .wait("a replacement of the unhealthy task", Duration::from_secs(30), || {
+            env.c
+                .tasks(m1, "sick")
+                .into_iter()
+                .find(|t| t["attempt"].as_u64() >= Some(1))
+        });
 
     // 3. An image that does not exist: rejected with the pull error, retried with backoff.
     let ghost = format!("{}/warren-test/nope:1", env.registry);
-    env.c.ok(m1, &["service", "create", "ghost", "--image", &ghost, "--restart-delay", "1s"]);
+    env.c.ok(
+        m1,
+        &["service", "create", "ghost", "--image", &ghost, "--restart-delay", "1s"],
+    );
     let rejected = env.c.wait("two rejected attempts", Duration::from_secs(30), || {
         let r = tasks_in(&env, m1, "ghost", "Rejected");
         (r.len() >= 2).then_some(r)
@@ -268,8 +301,17 @@ fn crashes_kills_and_unhealthy_tasks_are_replaced_and_missing_images_retried() {
     env.c.ok(
         m1,
         &[
-            "service", "create", "crash", "--image", &crash, "--restart-condition", "on-failure", "--restart-delay",
-            "500ms", "--restart-max-attempts", "2",
+            "service",
+            "create",
+            "crash",
+            "--image",
+            &crash,
+            "--restart-condition",
+            "on-failure",
+            "--restart-delay",
+            "500ms",
+            "--restart-max-attempts",
+            "2",
         ],
     );
     let done = env.c.wait("three failed runs", Duration::from_secs(60), || {
@@ -304,9 +346,19 @@ fn secrets_stay_off_disk_volumes_outlive_tasks_and_limits_apply() {
     env.c.ok(
         m1,
         &[
-            "service", "create", "db", "--image", &http, "--secret", "db-pass", "--secret",
-            "source=db-pass,target=/etc/app/password", "--mount", "type=volume,source=data,target=/data",
-            "--limit-memory", "64m",
+            "service",
+            "create",
+            "db",
+            "--image",
+            &http,
+            "--secret",
+            "db-pass",
+            "--secret",
+            "source=db-pass,target=/etc/app/password",
+            "--mount",
+            "type=volume,source=data,target=/data",
+            "--limit-memory",
+            "64m",
         ],
     );
     let t = env.running(m1, "db", 1).remove(0);
@@ -319,7 +371,10 @@ fn secrets_stay_off_disk_volumes_outlive_tasks_and_limits_apply() {
         assert_eq!(std::fs::read_to_string(&p).unwrap(), plaintext, "{p}");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o400);
-        let fs = std::process::Command::new("stat").args(["-f", "-c", "%T", &p]).output().unwrap();
+        let fs = std::process::Command::new("stat")
+            .args(["-f", "-c", "%T", &p])
+            .output()
+            .unwrap();
         assert_eq!(String::from_utf8_lossy(&fs.stdout).trim(), "tmpfs", "{p}");
     }
     // ... and its plaintext appears nowhere under the node's data dir.
@@ -345,14 +400,32 @@ fn secrets_stay_off_disk_volumes_outlive_tasks_and_limits_apply() {
 
     // 3. The memory limit is in the container's cgroup.
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let (limit_file, expect) = match cgroups.lines().find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|c| c == "memory"))) {
-        Some(l) => (format!("/sys/fs/cgroup/memory{}/memory.limit_in_bytes", l.rsplit(':').next().unwrap()), "67108864"),
+    let (limit_file, expect) = match cgroups
+        .lines()
+        .find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|c| c == "memory")))
+    {
+        Some(l) => (
+            format!(
+                "/sys/fs/cgroup/memory{}/memory.limit_in_bytes",
+                l.rsplit(':').next().unwrap()
+            ),
+            "67108864",
+        ),
         None => {
-            let path = cgroups.lines().find(|l| l.starts_with("0::")).unwrap().trim_start_matches("0::").to_string();
+            let path = cgroups
+                .lines()
+                .find(|l| l.starts_with("0::"))
+                .unwrap()
+                .trim_start_matches("0::")
+                .to_string();
             (format!("/sys/fs/cgroup/unified{path}/memory.max"), "67108864")
         }
     };
-    assert_eq!(std::fs::read_to_string(&limit_file).unwrap().trim(), expect, "{limit_file}");
+    assert_eq!(
+        std::fs::read_to_string(&limit_file).unwrap().trim(),
+        expect,
+        "{limit_file}"
+    );
 
     // 4. A file in the volume survives the task's replacement; the volume cannot be
     //    removed while in use.
@@ -362,7 +435,10 @@ fn secrets_stay_off_disk_volumes_outlive_tasks_and_limits_apply() {
         env.running(m1, "db", 1).into_iter().find(|x| x["id"] != t["id"])
     });
     let pid2 = env.pid("m1", t2["id"].as_str().unwrap());
-    assert_eq!(std::fs::read_to_string(format!("/proc/{pid2}/root/data/hello")).unwrap(), "kept");
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid2}/root/data/hello")).unwrap(),
+        "kept"
+    );
     let err = env.c.fails(m1, &["volume", "rm", "data"]);
     assert!(err.contains("volume data is in use by service db"), "{err}");
     env.c.ok(m1, &["service", "rm", "db"]);
@@ -376,8 +452,13 @@ fn daemon_restarts_adopt_containers_and_removal_leaves_nothing() {
     let mut env = Env::new();
     let m1 = env.init("m1");
     let http = env.image("warren-test/http");
-    env.c.ok(m1, &["service", "create", "web", "--image", &http, "--replicas", "2"]);
-    let before: BTreeSet<String> = env.running(m1, "web", 2).iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+    env.c
+        .ok(m1, &["service", "create", "web", "--image", &http, "--replicas", "2"]);
+    let before: BTreeSet<String> = env
+        .running(m1, "web", 2)
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
     let pids: Vec<u32> = before.iter().map(|id| env.pid("m1", id)).collect();
 
     for how in ["SIGTERM", "SIGKILL"] {
@@ -388,13 +469,19 @@ fn daemon_restarts_adopt_containers_and_removal_leaves_nothing() {
             env.c.nodes[m1].kill9();
         }
         for pid in &pids {
-            assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "{how}: container process {pid} died");
+            assert!(
+                std::path::Path::new(&format!("/proc/{pid}")).exists(),
+                "{how}: container process {pid} died"
+            );
         }
         // 2. Restart it: the same tasks run, adopted, with no duplicates.
         env.c.restart(m1);
         env.c.wait_api(m1);
-        let after: BTreeSet<String> =
-            env.running(m1, "web", 2).iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+        let after: BTreeSet<String> = env
+            .running(m1, "web", 2)
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect();
         assert_eq!(after, before, "{how}: the tasks changed");
         std::thread::sleep(Duration::from_secs(2));
         let containers: BTreeSet<String> = env.containers("m1").into_iter().collect();
@@ -407,10 +494,15 @@ fn daemon_restarts_adopt_containers_and_removal_leaves_nothing() {
 
     // 3. service rm leaves no container, snapshot, netns, veth or address.
     env.c.ok(m1, &["service", "rm", "web"]);
-    env.c.wait("no containers", Duration::from_secs(30), || env.containers("m1").is_empty().then_some(()));
+    env.c.wait("no containers", Duration::from_secs(30), || {
+        env.containers("m1").is_empty().then_some(())
+    });
     let snapshots = env.ctr("m1", &["snapshots", "ls"]);
     assert!(!before.iter().any(|id| snapshots.contains(id.as_str())), "{snapshots}");
-    let node_id = env.c.json(m1, &["cluster", "info", "--format", "json"]).unwrap()["node_id"].as_str().unwrap().to_string();
+    let node_id = env.c.json(m1, &["cluster", "info", "--format", "json"]).unwrap()["node_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let netns: Vec<String> = std::fs::read_dir("/run/netns")
         .unwrap()
         .flatten()
@@ -419,11 +511,18 @@ fn daemon_restarts_adopt_containers_and_removal_leaves_nothing() {
         .collect();
     assert!(netns.is_empty(), "{netns:?}");
     let ns = env.c.nodes[m1].netns.clone().unwrap();
-    let links = std::process::Command::new("ip").args(["-n", &ns, "-o", "link"]).output().unwrap();
+    let links = std::process::Command::new("ip")
+        .args(["-n", &ns, "-o", "link"])
+        .output()
+        .unwrap();
     let links = String::from_utf8_lossy(&links.stdout);
     assert!(!links.contains(" wv"), "{links}");
     env.c.nodes[m1].stop();
-    let ipam = warren::network::Ipam::open(&env.c.nodes[m1].data_dir.join("network"), "10.88.0.0/24".parse().unwrap()).unwrap();
+    let ipam = warren::network::Ipam::open(
+        &env.c.nodes[m1].data_dir.join("network"),
+        "10.88.0.0/24".parse().unwrap(),
+    )
+    .unwrap();
     assert!(ipam.allocations().unwrap().is_empty());
 }
 
@@ -436,9 +535,15 @@ fn logs_image_load_and_two_nodes_reaching_each_other() {
     let http = env.image("warren-test/http");
 
     // 1. One task per node (spread); the two reach each other by address.
-    env.c.ok(m1, &["service", "create", "web", "--image", &http, "--replicas", "2"]);
+    env.c
+        .ok(m1, &["service", "create", "web", "--image", &http, "--replicas", "2"]);
     let tasks = env.running(m1, "web", 2);
-    let on = |node: &str| tasks.iter().find(|t| t["node_name"] == node).unwrap_or_else(|| panic!("no task on {node}: {tasks:?}"));
+    let on = |node: &str| {
+        tasks
+            .iter()
+            .find(|t| t["node_name"] == node)
+            .unwrap_or_else(|| panic!("no task on {node}: {tasks:?}"))
+    };
     let (a, b) = (on("m1"), on("w1"));
     let pid_a = env.pid("m1", a["id"].as_str().unwrap());
     let addr_b = b["status"]["addr"].as_str().unwrap();
@@ -448,7 +553,9 @@ fn logs_image_load_and_two_nodes_reaching_each_other() {
             .args(["curl", "-sf", "--max-time", "3", &format!("http://{addr_b}/")])
             .output()
             .ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).to_string())
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).to_string())
     });
     assert!(b["id"].as_str().unwrap().starts_with(body.trim()), "{body}");
 
@@ -456,20 +563,42 @@ fn logs_image_load_and_two_nodes_reaching_each_other() {
     let logs = env.c.ok(m1, &["service", "logs", "web"]);
     assert!(logs.contains("web.1@") && logs.contains("web.2@"), "{logs}");
     assert!(logs.contains("warren-test/http: serving"), "{logs}");
-    let one = env.c.ok(m1, &["task", "logs", b["id"].as_str().unwrap(), "--tail", "1"]);
+    let one = env
+        .c
+        .ok(m1, &["task", "logs", b["id"].as_str().unwrap(), "--tail", "1"]);
     assert_eq!(one.lines().count(), 1, "{one}");
 
     // 3. `image load` puts an archive on every node; a service runs from it without a registry.
-    let archive = env.lab.oci_archive(warren_tests::images::TestImage::Echo, "local/echo:1");
+    let archive = env
+        .lab
+        .oci_archive(warren_tests::images::TestImage::Echo, "local/echo:1");
     let out = env.c.ok(m1, &["image", "load", archive.to_str().unwrap()]);
     assert!(out.contains("m1: loaded") && out.contains("w1: loaded"), "{out}");
-    env.c.ok(m1, &["service", "create", "echo", "--image", "local/echo:1", "--replicas", "2"]);
+    env.c.ok(
+        m1,
+        &[
+            "service",
+            "create",
+            "echo",
+            "--image",
+            "local/echo:1",
+            "--replicas",
+            "2",
+        ],
+    );
     let echo = env.running(m1, "echo", 2);
     let ns = env.c.nodes[m1].netns.clone().unwrap();
     for t in echo {
         let addr = t["status"]["addr"].as_str().unwrap();
         let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &ns, "sh", "-c", &format!("echo hello | busybox nc -w 2 {addr} 7")])
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "sh",
+                "-c",
+                &format!("echo hello | busybox nc -w 2 {addr} 7"),
+            ])
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello", "echo on {addr}");

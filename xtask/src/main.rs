@@ -4,7 +4,9 @@
 //!   and lints, builds, and runs every test (what `.ci/run` runs);
 //! - `up`: installs, builds and starts a one-node cluster with a demo service;
 //! - `down`: stops what `up` started and removes its state;
-//! - `bench`: runs the benchmarks (`bench/`) and regenerates `docs/benchmarks.md`.
+//! - `bench`: runs the benchmarks (`bench/`) and regenerates `docs/benchmarks.md`;
+//! - `image [--out DIR]`: builds the busybox test images as an OCI layout (default
+//!   `target/test-images`), with `warren-test-images` from the test harness.
 //!
 //! xtask itself needs nothing but std, so that it builds on a fresh machine before
 //! any Debian package (protoc, clang, ...) is installed.
@@ -23,6 +25,7 @@ fn main() -> ExitCode {
         Some("up") => up(),
         Some("down") => down(),
         Some("bench") => bench(&args[1..]),
+        Some("image") => image(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <test [--no-lint] [-- TEST ARGS]|up|down|bench [--quick] [--only SCENARIO]...>"
@@ -121,6 +124,15 @@ fn test(args: &[String]) -> Result<()> {
     run(&mut cmd)?;
     eprintln!("xtask test: everything passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// `cargo xtask image`: the test images, built by the harness's own binary so that
+/// xtask needs nothing but std to build.
+fn image(args: &[String]) -> Result<()> {
+    ensure_packages(PACKAGES)?;
+    run(cargo()
+        .args(["run", "-q", "-p", "warren-tests", "--bin", "warren-test-images", "--"])
+        .args(args))
 }
 
 /// `cargo xtask bench`: release builds, then every scenario side by side.

@@ -254,7 +254,7 @@ impl Cd {
 
 /// The outcome of opening a content writer.
 pub(crate) enum Opened {
-    Writer(Writer),
+    Writer(Box<Writer>),
     /// The blob is already in the store.
     Exists,
 }
@@ -301,14 +301,14 @@ impl Writer {
             .await;
             match result {
                 Ok((stream, _)) => {
-                    return Ok(Opened::Writer(Writer {
+                    return Ok(Opened::Writer(Box::new(Writer {
                         tx,
                         rx: stream,
                         reference: reference.to_string(),
                         digest: digest.to_string(),
                         total,
                         offset: 0,
-                    }))
+                    })))
                 }
                 // Another client (a concurrent pull of the same layer) holds the ingest.
                 Err(s) if s.code() == Code::Unavailable && tokio::time::Instant::now() < deadline => {

@@ -12,7 +12,7 @@ use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteProcessRequest,
     DeleteTaskRequest, ExecProcessRequest, GetContainerRequest, GetRequest, KillRequest, ListContainersRequest,
-    ListTasksRequest, StartRequest, SubscribeRequest, WaitRequest,
+    ListTasksRequest, PublishRequest, StartRequest, SubscribeRequest, WaitRequest,
 };
 use containerd_client::types::v1::{Process, Status as ProcStatus};
 use futures::StreamExt;
@@ -39,6 +39,8 @@ const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/S
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 const KILL_WAIT: Duration = Duration::from_secs(30);
+/// Topic of the events Warren publishes to itself to open a subscription.
+const PROBE_TOPIC: &str = "/warren/subscribed";
 
 /// How to reach (or run) containerd, and where containers go.
 #[derive(Debug, Clone)]
@@ -542,7 +544,15 @@ impl Containerd {
             .into_inner()
             .tasks
             .into_iter()
-            .map(|p| (p.container_id.clone(), p))
+            // containerd 1.6 sets only `id` (the container id, for init processes).
+            .map(|p| {
+                let key = if p.container_id.is_empty() {
+                    p.id.clone()
+                } else {
+                    p.container_id.clone()
+                };
+                (key, p)
+            })
             .collect();
         let mut out: Vec<ContainerStatus> = containers
             .into_iter()
@@ -620,9 +630,6 @@ impl Containerd {
                 Code::NotFound | Code::FailedPrecondition => RuntimeError::NotRunning { id: id.to_string() },
                 _ => RuntimeError::grpc("exec", id, s),
             })?;
-        // The shim holds the write ends now; ours would keep the readers from EOF.
-        drop(stdout_keep);
-        drop(stderr_keep);
         let out_reader = tokio::spawn(read_capped(stdout_rx));
         let err_reader = tokio::spawn(read_capped(stderr_rx));
         let waiter = self.spawn_wait(id, exec_id);
@@ -634,6 +641,10 @@ impl Containerd {
                 exec_id: exec_id.to_string(),
             }))
             .await;
+        // The shim opened its write ends while starting; ours would keep the readers
+        // from ever seeing end-of-file.
+        drop(stdout_keep);
+        drop(stderr_keep);
         if let Err(s) = started {
             waiter.abort();
             self.delete_exec(id, exec_id).await;
@@ -880,19 +891,59 @@ impl ContainerRuntime for Containerd {
     }
 
     async fn exit_events(&self) -> Result<ExitStream> {
-        let filter = format!("topic==\"/tasks/exit\",namespace=={}", self.config.namespace);
-        let stream = self
-            .cd
-            .events()
-            .subscribe(SubscribeRequest { filters: vec![filter] })
-            .await
-            .map_err(|s| RuntimeError::grpc("subscribe", "/tasks/exit", s))?
-            .into_inner();
+        let filters = vec![
+            format!("topic==\"/tasks/exit\",namespace=={}", self.config.namespace),
+            format!("topic==\"{PROBE_TOPIC}\""),
+        ];
+        // containerd sends a stream's headers only with its first event, and tonic
+        // returns the stream only with the headers: publish probe events until one
+        // comes back, which also proves the subscription is live from here on.
+        let cd = self.cd.clone();
+        let mut subscribe = tokio::spawn(async move { cd.events().subscribe(SubscribeRequest { filters }).await });
+        let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT * 2;
+        let stream = loop {
+            let probe = containerd_client::to_any(&containerd_client::events::TaskOom {
+                container_id: String::new(),
+            });
+            let _ = self
+                .cd
+                .events()
+                .publish(self.cd.req(PublishRequest {
+                    topic: PROBE_TOPIC.to_string(),
+                    event: Some(probe),
+                }))
+                .await;
+            match tokio::time::timeout(Duration::from_millis(100), &mut subscribe).await {
+                Ok(Ok(Ok(r))) => break r.into_inner(),
+                Ok(Ok(Err(s))) => return Err(RuntimeError::grpc("subscribe", "/tasks/exit", s)),
+                Ok(Err(e)) => {
+                    return Err(RuntimeError::Containerd {
+                        op: "subscribe",
+                        object: "/tasks/exit".into(),
+                        code: Code::Cancelled,
+                        message: e.to_string(),
+                    })
+                }
+                Err(_) if tokio::time::Instant::now() > deadline => {
+                    subscribe.abort();
+                    return Err(RuntimeError::Containerd {
+                        op: "subscribe",
+                        object: "/tasks/exit".into(),
+                        code: Code::DeadlineExceeded,
+                        message: "no event came back from containerd".into(),
+                    });
+                }
+                Err(_) => {}
+            }
+        };
         let s = stream.filter_map(|envelope| async move {
             let envelope = match envelope {
                 Ok(e) => e,
                 Err(s) => return Some(Err(RuntimeError::grpc("receive event", "/tasks/exit", s))),
             };
+            if envelope.topic != "/tasks/exit" {
+                return None;
+            }
             let any = envelope.event?;
             let exit = containerd_client::events::TaskExit::decode(any.value.as_slice()).ok()?;
             // Exits of exec'd processes carry their exec id; only init processes count.

@@ -221,6 +221,8 @@ impl BlobSource for ArchiveSource {
 
 /// The images found in an archive: (name, if any; bare tag, if any; target).
 type Found = Vec<(Option<String>, Option<String>, Descriptor)>;
+/// A docker-save scan: images, digest → member, synthesized manifests.
+type DockerScan = (Found, HashMap<String, String>, HashMap<String, Bytes>);
 
 fn scan_oci(tar: &TarIndex) -> std::io::Result<Found> {
     let bytes = tar.read("index.json", MAX_JSON)?;
@@ -243,7 +245,7 @@ fn scan_oci(tar: &TarIndex) -> std::io::Result<Found> {
         .collect())
 }
 
-fn scan_docker(tar: &TarIndex) -> std::io::Result<(Found, HashMap<String, String>, HashMap<String, Bytes>)> {
+fn scan_docker(tar: &TarIndex) -> std::io::Result<DockerScan> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Item {

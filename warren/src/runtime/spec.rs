@@ -567,7 +567,8 @@ mod tests {
     #[test]
     fn bad_fields_are_named() {
         let img = image();
-        let cases: Vec<(Box<dyn Fn(&mut ContainerSpec)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut ContainerSpec)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|s| s.id = "-bad".into()), "id"),
             (Box::new(|s| s.workdir = Some("rel".into())), "workdir"),
             (Box::new(|s| s.env = vec![("A=B".into(), "x".into())]), "env[\"A=B\"]"),

@@ -70,7 +70,9 @@ impl Inner {
 
     /// On a tmpfs of its own, outside the data dir: secrets never reach a disk.
     fn secrets_dir(&self, task_id: &str) -> PathBuf {
-        PathBuf::from("/run/warren/secrets").join(&self.cfg.node_id).join(task_id)
+        PathBuf::from("/run/warren/secrets")
+            .join(&self.cfg.node_id)
+            .join(task_id)
     }
 
     fn volumes_dir(&self) -> PathBuf {
