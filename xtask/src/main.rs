@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         Some("image") => image(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-lint] [-- TEST ARGS]|up|down|bench [--quick] [--only SCENARIO]...>"
+                "usage: cargo xtask <test [--no-lint] [-- TEST ARGS]|up|down|bench [--quick] [--only SCENARIO]...|image [--out DIR]>"
             );
             return ExitCode::from(2);
         }
