@@ -140,7 +140,7 @@ pub struct Cluster {
     pub daemon_flags: Vec<String>,
     /// Nodes to run inside a network namespace, by name: (namespace, address).
     pub placements: std::collections::HashMap<String, (String, String)>,
-    _heavy: MutexGuard<'static, ()>,
+    _heavy: Option<MutexGuard<'static, ()>>,
 }
 
 /// Flags that make failure detection fast enough for tests.
@@ -172,8 +172,14 @@ impl Cluster {
             nodes: Vec::new(),
             daemon_flags,
             placements: Default::default(),
-            _heavy: heavy,
+            _heavy: Some(heavy),
         }
+    }
+
+    /// Hands over the lock that keeps heavy tests apart, so that a test holding more
+    /// than the cluster can release it after everything else is torn down.
+    pub fn take_heavy_guard(&mut self) -> Option<MutexGuard<'static, ()>> {
+        self._heavy.take()
     }
 
     /// Runs node `name` (when started later) inside namespace `netns` at `ip`.

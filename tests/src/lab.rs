@@ -37,9 +37,10 @@ impl Lab {
         crate::netns::require_root();
         crate::netns::require_network_tools();
         // Several labs in one test binary get distinct /24s (10.200.0.0 and up).
-        let n = NEXT_NET.fetch_add(1, Ordering::SeqCst) + (std::process::id() % 20) * 2;
+        let seq = NEXT_NET.fetch_add(1, Ordering::SeqCst);
+        let n = seq + (std::process::id() % 20) * 2;
         let prefix = format!("10.{}.0", 200 + n % 50);
-        let tag = crate::netns::unique_name("lab");
+        let tag = format!("lab{}x{seq}", std::process::id() % 100_000);
         let lan = NetNs::new(&format!("{tag}-lan"));
         let br = bridge(&lan, "lanbr");
         lan.ip(&["addr", "add", &format!("{prefix}.254/24"), "dev", "lanbr"]);
@@ -62,10 +63,8 @@ impl Lab {
     pub fn node(&mut self) -> (String, String) {
         let i = self.nodes.len() + 1;
         let ns = NetNs::new(&format!("{}-n{i}", self.tag));
-        let host_end = format!(
-            "lv{}",
-            crate::netns::unique_name("").chars().rev().take(8).collect::<String>()
-        );
+        // The lan side lives in the lab's own namespace: a short name is unique enough.
+        let host_end = format!("n{i}");
         let link = veth_pair(&self.lan, &host_end, &ns, "eth0");
         self.lan.ip(&["link", "set", &host_end, "master", "lanbr"]);
         let ip = format!("{}.{i}", self.prefix);

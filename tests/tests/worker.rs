@@ -13,30 +13,60 @@ use warren_tests::netns::NetnsFiles;
 /// One private containerd, a lab with a registry, and a cluster whose nodes use them.
 struct Env {
     // Field order is drop order: the cluster's processes first, then containers,
-    // then the network.
+    // then the network, and only then the lock that lets the next test start.
     c: Cluster,
     _netns_files: NetnsFiles,
+    _secrets: SecretMounts,
     containerd: PrivateContainerd,
     _cgroups: Vec<CgroupParent>,
     lab: Lab,
     registry: String,
     namespace: String,
+    _heavy: Option<std::sync::MutexGuard<'static, ()>>,
+}
+
+/// Secret tmpfs mounts that killed daemons leave under /run/warren/secrets.
+struct SecretMounts(BTreeSet<String>);
+
+const SECRETS_ROOT: &str = "/run/warren/secrets";
+
+fn secret_node_dirs() -> BTreeSet<String> {
+    std::fs::read_dir(SECRETS_ROOT)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Drop for SecretMounts {
+    fn drop(&mut self) {
+        for dir in secret_node_dirs().difference(&self.0) {
+            let path = std::path::Path::new(SECRETS_ROOT).join(dir);
+            warren_tests::containerd::unmount_below(&path);
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
 }
 
 impl Env {
     fn new() -> Env {
-        let c = Cluster::new();
+        let mut c = Cluster::new();
+        let heavy = c.take_heavy_guard();
         let mut lab = Lab::new();
         let registry = lab.registry();
         let containerd = PrivateContainerd::start().expect("starting a private containerd");
         Env {
             c,
             _netns_files: NetnsFiles::new("/run/netns", "warren-"),
+            _secrets: SecretMounts(secret_node_dirs()),
             containerd,
             _cgroups: vec![],
             lab,
             registry,
             namespace: warren_tests::containerd::unique("wrn"),
+            _heavy: heavy,
         }
     }
 

@@ -38,11 +38,11 @@ pub async fn logs(ctx: Arc<ManagerCtx>, by_node: ByNode, follow: bool, tail: u64
         return Ok(Box::pin(futures::stream::empty()));
     }
     let mut streams = Vec::new();
-    for (_, (node_name, addr, tasks)) in by_node {
+    for (node_id, (node_name, addr, tasks)) in by_node {
         let channel = ctx
             .raft
             .peers()
-            .channel(&addr)
+            .node_channel(&addr, &node_id)
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let names: BTreeMap<String, String> = tasks.iter().cloned().collect();
         let req = pb::NodeLogsRequest {
@@ -71,20 +71,18 @@ pub async fn logs(ctx: Arc<ManagerCtx>, by_node: ByNode, follow: bool, tail: u64
     Ok(Box::pin(futures::stream::select_all(streams)))
 }
 
-/// Targets of an image load: named nodes, or every ready node.
-pub fn load_targets(state: &State, wanted: &[String]) -> Result<Vec<(String, String)>, ApplyError> {
+/// Targets of an image load, (ID, name, address): named nodes, or every ready node.
+pub fn load_targets(state: &State, wanted: &[String]) -> Result<Vec<(String, String, String)>, ApplyError> {
+    let target = |n: &crate::model::Node| (n.id.clone(), n.name.clone(), n.addr.clone());
     if wanted.is_empty() {
         return Ok(state
             .nodes
             .values()
             .filter(|n| n.state == NodeState::Ready)
-            .map(|n| (n.name.clone(), n.addr.clone()))
+            .map(target)
             .collect());
     }
-    wanted
-        .iter()
-        .map(|w| state.node(w).map(|n| (n.name.clone(), n.addr.clone())))
-        .collect()
+    wanted.iter().map(|w| state.node(w).map(target)).collect()
 }
 
 pub async fn load_image(
@@ -127,11 +125,11 @@ pub async fn load_image(
         return Err(e);
     }
     let mut results = Vec::new();
-    let sends = targets.into_iter().map(|(name, addr)| {
+    let sends = targets.into_iter().map(|(id, name, addr)| {
         let ctx = ctx.clone();
         let path = path.clone();
         async move {
-            let r = send_image(&ctx, &addr, &path).await;
+            let r = send_image(&ctx, &id, &addr, &path).await;
             match r {
                 Ok(images) => pb::NodeImages {
                     node: name,
@@ -151,8 +149,17 @@ pub async fn load_image(
     Ok(pb::LoadImageReply { results })
 }
 
-async fn send_image(ctx: &ManagerCtx, addr: &str, path: &std::path::Path) -> Result<Vec<String>, String> {
-    let channel = ctx.raft.peers().channel(addr).map_err(|e| e.to_string())?;
+async fn send_image(
+    ctx: &ManagerCtx,
+    node_id: &str,
+    addr: &str,
+    path: &std::path::Path,
+) -> Result<Vec<String>, String> {
+    let channel = ctx
+        .raft
+        .peers()
+        .node_channel(addr, node_id)
+        .map_err(|e| e.to_string())?;
     let mut f = tokio::fs::File::open(path).await.map_err(|e| e.to_string())?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {

@@ -93,7 +93,7 @@ fn apply_spec_args(spec: &mut ServiceSpec, a: &SpecArgs) -> Result<()> {
     }
     for s in &a.secrets {
         let s = model::SecretRef::parse("--secret", s).map_err(v)?;
-        spec.secrets.retain(|x| x.name != s.name && x.target != s.target);
+        spec.secrets.retain(|x| x.target != s.target);
         spec.secrets.push(s);
     }
     let test = if a.no_healthcheck {

@@ -62,6 +62,29 @@ impl Peers {
         Ok(channel)
     }
 
+    /// A channel to any node's cluster port, verifying that it is node `node_id`
+    /// (every node certificate names its node ID).
+    pub fn node_channel(&self, addr: &str, node_id: &str) -> Result<Channel, PeerError> {
+        let key = format!("{addr}#{node_id}");
+        let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(&key) {
+            return Ok(c.clone());
+        }
+        let bad = |reason: String| PeerError::BadAddr {
+            addr: addr.to_string(),
+            reason,
+        };
+        let channel = Endpoint::from_shared(format!("https://{addr}"))
+            .map_err(|e| bad(e.to_string()))?
+            .tls_config(self.tls.clone().domain_name(node_id))
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        map.insert(key, channel.clone());
+        Ok(channel)
+    }
+
     pub fn raft_client(&self, addr: &str) -> Result<RaftClient<Channel>, PeerError> {
         Ok(RaftClient::new(self.channel(addr)?).max_decoding_message_size(256 << 20))
     }
