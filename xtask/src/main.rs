@@ -15,8 +15,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-/// Debian packages the build and the test suite need.
-const PACKAGES: &[&str] = &["protobuf-compiler", "iproute2", "curl", "ca-certificates"];
+/// Debian packages the build, the demo and the test suite need.
+const PACKAGES: &[&str] = &[
+    "protobuf-compiler",
+    "iproute2",
+    "util-linux",
+    "curl",
+    "ca-certificates",
+    "containerd",
+    "runc",
+    "docker-registry",
+    "skopeo",
+    "busybox-static",
+    "nftables",
+    "bind9-dnsutils",
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -163,7 +176,18 @@ fn up() -> Result<()> {
         return Err("`cargo xtask up` starts a cluster node and must run as root".into());
     }
     ensure_packages(PACKAGES)?;
-    run(cargo().args(["build", "--release", "-p", "warren"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "warren",
+        "-p",
+        "warren-tests",
+        "--bin",
+        "warren",
+        "--bin",
+        "warren-test-images",
+    ]))?;
     let built = root().join("target/release/warren");
     run(Command::new("install")
         .args(["-m", "0755"])
@@ -217,6 +241,16 @@ fn up() -> Result<()> {
         }
     }
     if !warren_ok(&["service", "inspect", "demo"]) {
+        // No image can be downloaded here: build the demo image from busybox-static
+        // and load it into the node, as `docker load` would.
+        let archive = std::env::temp_dir().join("warren-demo-http.tar");
+        run(Command::new(root().join("target/release/warren-test-images"))
+            .arg("--out")
+            .arg(root().join("target/test-images"))
+            .args(["--archive", "http", "warren-test/http:1"])
+            .arg(&archive))?;
+        run(Command::new("warren").arg("image").arg("load").arg(&archive))?;
+        let _ = std::fs::remove_file(&archive);
         run(Command::new("warren").args([
             "service",
             "create",
@@ -225,16 +259,47 @@ fn up() -> Result<()> {
             "warren-test/http:1",
             "--replicas",
             "2",
-            "--publish",
-            "8080:80",
         ]))?;
     }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let addrs = loop {
+        let out = Command::new("warren")
+            .args(["service", "ps", "demo", "--format", "json"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // xtask has no JSON parser: count the running tasks and pick their addresses.
+        let running = text.matches("\"state\": \"Running\"").count();
+        let addrs: Vec<String> = text
+            .split("\"addr\": \"")
+            .skip(1)
+            .filter_map(|s| s.split('"').next())
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect();
+        if running >= 2 && addrs.len() >= 2 {
+            break addrs;
+        }
+        if Instant::now() > deadline {
+            let _ = Command::new("warren").args(["service", "ps", "demo"]).status();
+            return Err(format!(
+                "the demo service did not reach 2 running tasks within 60s; see {UP_LOG}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     run(Command::new("warren").args(["node", "ls"]))?;
     run(Command::new("warren").args(["service", "ls"]))?;
     run(Command::new("warren").args(["service", "ps", "demo"]))?;
     println!(
         "\nWarren is running as a one-node cluster (log: {UP_LOG}, state: {UP_DIR}).\n\
-         Try: warren service ls | warren service ps demo | curl -s 127.0.0.1:9090/metrics\n\
+         The demo service answers with each task's hostname:\n"
+    );
+    for a in &addrs {
+        println!("    curl -s http://{a}/");
+    }
+    println!(
+        "\nMore: warren service logs demo | warren service scale demo=4 | curl -s 127.0.0.1:9090/metrics\n\
          Stop and remove it with: cargo xtask down"
     );
     Ok(())
@@ -251,6 +316,26 @@ fn warren_ok(args: &[&str]) -> bool {
 }
 
 fn down() -> Result<()> {
+    // Remove the services first so that the node stops and deletes their containers.
+    if warren_ok(&["cluster", "info"]) {
+        let out = Command::new("warren")
+            .args(["service", "ls", "-q"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = Command::new("warren").args(["service", "rm", id]).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let out = Command::new("warren")
+                .args(["cluster", "info", "--format", "json"])
+                .output();
+            if out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"tasks\": 0")) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
     if let Ok(pid) = std::fs::read_to_string(UP_PID) {
         let pid = pid.trim().to_string();
         let _ = Command::new("kill").arg(&pid).status();
@@ -260,7 +345,28 @@ fn down() -> Result<()> {
         }
         let _ = std::fs::remove_file(UP_PID);
     }
+    // What the node left on the host: mounts under its data dir, its bridge and its
+    // outbound NAT table.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|m| m.starts_with(UP_DIR) || m.starts_with("/run/warren/secrets"))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = Command::new("umount").args(["-l", m]).status();
+    }
+    let _ = Command::new("ip")
+        .args(["link", "del", "warren0"])
+        .stderr(Stdio::null())
+        .status();
+    let _ = Command::new("nft")
+        .args(["delete", "table", "ip", "warren"])
+        .stderr(Stdio::null())
+        .status();
     let _ = std::fs::remove_dir_all(UP_DIR);
+    let _ = std::fs::remove_dir_all("/run/warren");
     println!("stopped the demo node and removed {UP_DIR}");
     Ok(())
 }
