@@ -43,8 +43,8 @@ pub(super) async fn supervise(
             });
             if let Some(exit) = exited {
                 // It ended while the daemon was away.
-                report_end(&inner, &task, End::Exited(exit), addr);
                 cleanup(&inner, network.as_ref(), &id, &c.id).await;
+                report_end(&inner, &task, End::Exited(exit), addr);
                 return;
             }
             if c.task.is_none() {
@@ -53,8 +53,8 @@ pub(super) async fn supervise(
                     "the container had no running process after a restart",
                 );
                 st.err = "container found without a task".into();
-                inner.report(&id, st);
                 cleanup(&inner, network.as_ref(), &id, &c.id).await;
+                inner.report(&id, st);
                 return;
             }
             let mut st = status(TaskState::Running, "adopted after a restart of the node's daemon");
@@ -141,8 +141,10 @@ pub(super) async fn supervise(
             }
         }
     };
-    report_end(&inner, &task, end, addr);
+    // Everything is released before the final state is reported: a task the
+    // managers see finished holds nothing on the node any more.
     cleanup(&inner, network.as_ref(), &id, &id).await;
+    report_end(&inner, &task, end, addr);
 }
 
 fn report_running(inner: &Inner, task: &Task, addr: Option<std::net::Ipv4Addr>, health: &str) {
@@ -224,8 +226,8 @@ async fn prepare_and_start(
     let net = match network.setup_task(id).await {
         Ok(n) => n,
         Err(e) => {
-            reject(format!("network: {e}"));
             let _ = network.teardown_task(id).await;
+            reject(format!("network: {e}"));
             return None;
         }
     };
@@ -254,8 +256,8 @@ async fn prepare_and_start(
     let etc = match write_etc_files(&dir, &hostname, net.address, &dns) {
         Ok(e) => e,
         Err(e) => {
-            fail(inner, format!("/etc files: {e}"));
             cleanup(inner, network, id, id).await;
+            fail(inner, format!("/etc files: {e}"));
             return None;
         }
     };
@@ -275,8 +277,8 @@ async fn prepare_and_start(
                 }
             }
             Err(e) => {
-                fail(inner, e.to_string());
                 cleanup(inner, network, id, id).await;
+                fail(inner, e.to_string());
                 return None;
             }
         }
@@ -290,8 +292,8 @@ async fn prepare_and_start(
                     read_only: m.readonly,
                 },
                 Err(e) => {
-                    fail(inner, e.to_string());
                     cleanup(inner, network, id, id).await;
+                    fail(inner, e.to_string());
                     return None;
                 }
             },
@@ -340,16 +342,16 @@ async fn prepare_and_start(
         read_only_rootfs: false,
     };
     if *stop.borrow() {
-        inner.report(id, status(TaskState::Shutdown, "stopped before it started"));
         cleanup(inner, network, id, id).await;
+        inner.report(id, status(TaskState::Shutdown, "stopped before it started"));
         return None;
     }
     inner.report(id, status(TaskState::Starting, "starting"));
     if let Err(e) = rt.run(&cspec).await {
         let mut st = status(TaskState::Failed, "the container did not start");
         st.err = e.to_string();
-        inner.report(id, st);
         cleanup(inner, network, id, id).await;
+        inner.report(id, st);
         return None;
     }
     let mut st = status(TaskState::Running, "running");
