@@ -158,8 +158,11 @@ impl Default for Cluster {
 }
 
 impl Cluster {
+    /// Nodes without a container runtime (`--runtime none`): control-plane tests.
     pub fn new() -> Cluster {
-        Cluster::with_flags(fast_flags())
+        let mut flags = fast_flags();
+        flags.extend(["--runtime".to_string(), "none".to_string()]);
+        Cluster::with_flags(flags)
     }
 
     pub fn with_flags(daemon_flags: Vec<String>) -> Cluster {

@@ -69,7 +69,11 @@ fn three_managers_survive_a_leader_kill_and_a_full_restart() {
             ],
         );
     }
-    assert_eq!(service_names(&c, m3).len(), 100);
+    wait_for(
+        "every manager to hold the 100 services",
+        Duration::from_secs(10),
+        || (service_names(&c, m3).len() == 100).then_some(()),
+    );
 
     // 3. Kill the leader; a write on a survivor succeeds at the first attempt.
     let leader = c.leader();
@@ -138,7 +142,12 @@ fn three_managers_survive_a_leader_kill_and_a_full_restart() {
             "0",
         ],
     );
-    assert_eq!(service_names(&c, m3).len(), 142);
+    // Read-your-writes holds on the manager that took the write; another follows
+    // within a heartbeat.
+    assert_eq!(service_names(&c, m2).len(), 142);
+    wait_for("m3 to apply the write", Duration::from_secs(10), || {
+        (service_names(&c, m3).len() == 142).then_some(())
+    });
     let nodes = c.json(m1, &["node", "ls", "--format", "json"]).unwrap();
     assert_eq!(nodes.as_array().unwrap().len(), 3);
 
@@ -281,7 +290,7 @@ fn scheduling_spreads_pins_drains_and_reschedules() {
 
     // 1. Nine replicas spread 3/3/3.
     c.ok(m1, &["service", "create", "web", "--image", "img:1", "--replicas", "9"]);
-    let spread = wait_for("9 placed tasks", Duration::from_secs(20), || {
+    let spread = c.wait("9 placed tasks", Duration::from_secs(20), || {
         let p = live_per_node(&c, m1, "web");
         (p.values().sum::<usize>() == 9 && !p.contains_key("-")).then_some(p)
     });

@@ -52,7 +52,7 @@ impl Drop for SecretMounts {
 
 impl Env {
     fn new() -> Env {
-        let mut c = Cluster::new();
+        let mut c = Cluster::with_flags(warren_tests::cluster::fast_flags());
         let heavy = c.take_heavy_guard();
         let mut lab = Lab::new();
         let registry = lab.registry();

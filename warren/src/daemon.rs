@@ -160,6 +160,39 @@ fn parse_cidr(field: &str, s: &str) -> Result<(), DaemonError> {
     Ok(())
 }
 
+fn parse_net(s: &str) -> Option<(u32, u32)> {
+    let (ip, len) = s.split_once('/')?;
+    let ip: std::net::Ipv4Addr = ip.parse().ok()?;
+    let len: u32 = len.parse().ok().filter(|l| *l <= 32)?;
+    Some((u32::from(ip), len))
+}
+
+fn parse_service_cidr(s: &str) -> Result<(), DaemonError> {
+    match parse_net(s) {
+        Some((ip, len)) if (8..=28).contains(&len) && ip & !(u32::MAX.checked_shl(32 - len).unwrap_or(0)) == 0 => {
+            Ok(())
+        }
+        Some((_, len)) if !(8..=28).contains(&len) => Err(DaemonError::Invalid(format!(
+            "service-cidr: {s} must be between /8 and /28"
+        ))),
+        Some(_) => Err(DaemonError::Invalid(format!("service-cidr: {s} has host bits set"))),
+        None => Err(DaemonError::Invalid(format!(
+            "service-cidr: invalid CIDR {s:?}: expected e.g. 10.96.0.0/16"
+        ))),
+    }
+}
+
+fn cidrs_overlap(a: &str, b: &str) -> bool {
+    match (parse_net(a), parse_net(b)) {
+        (Some((ia, la)), Some((ib, lb))) => {
+            let l = la.min(lb);
+            let mask = u32::MAX.checked_shl(32 - l).unwrap_or(0);
+            ia & mask == ib & mask
+        }
+        _ => false,
+    }
+}
+
 fn addr_or(v: Option<SocketAddr>, default: &str) -> SocketAddr {
     v.unwrap_or_else(|| default.parse().expect("default address parses"))
 }
@@ -169,9 +202,20 @@ fn secrets_key_path(data_dir: &Path) -> PathBuf {
 }
 
 /// `warren cluster init`: a new cluster with this node as its first manager.
-pub async fn init(opts: DaemonOptions, pod_cidr: &str, on_ready: impl FnOnce(&Ready)) -> Result<(), DaemonError> {
+pub async fn init(
+    opts: DaemonOptions,
+    pod_cidr: &str,
+    service_cidr: &str,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<(), DaemonError> {
     NodeConfig::ensure_fresh(&opts.data_dir)?;
     parse_cidr("pod-cidr", pod_cidr)?;
+    parse_service_cidr(service_cidr)?;
+    if cidrs_overlap(pod_cidr, service_cidr) {
+        return Err(DaemonError::Invalid(format!(
+            "service-cidr: {service_cidr} overlaps the pod CIDR {pod_cidr}"
+        )));
+    }
     let listen = addr_or(opts.listen_addr, DEFAULT_LISTEN);
     let advertise = match opts.advertise_addr {
         Some(a) => a,
@@ -206,6 +250,7 @@ pub async fn init(opts: DaemonOptions, pod_cidr: &str, on_ready: impl FnOnce(&Re
         worker_token_secret: pki::new_token_secret(),
         manager_token_secret: pki::new_token_secret(),
         pod_cidr: pod_cidr.to_string(),
+        service_cidr: service_cidr.to_string(),
     };
     let capacity = opts.capacity.unwrap_or_else(agent::detect_resources);
     let node = Node {
@@ -553,6 +598,20 @@ async fn run(
         });
     }
 
+    // The node's service DNS, on its bridge address, for nodes that run tasks.
+    let mut listeners: Vec<Arc<dyn agent::EndpointsListener>> = Vec::new();
+    if cfg.runtime.containerd {
+        let dns_metrics = crate::dns::DnsMetrics::register(&metrics.registry)
+            .map_err(|e| DaemonError::Invalid(format!("dns metrics: {e}")))?;
+        let dns = agent::node_dns::NodeDns::start(Some(dns_metrics), vec![]);
+        if let (Some(s), Some(c)) = (&cfg.subnet, &cfg.cluster_cidr) {
+            dns.configure(&executor::NodeNetwork {
+                subnet: s.clone(),
+                cluster_cidr: c.clone(),
+            });
+        }
+        listeners.push(dns);
+    }
     let managers_file = data_dir.clone();
     let cfg_for_agent = cfg.clone();
     let agent_cfg = agent::AgentConfig {
@@ -561,6 +620,7 @@ async fn run(
         managers: cfg.managers.clone(),
         credentials: creds.clone(),
         resources: cfg.capacity.unwrap_or_else(agent::detect_resources),
+        listeners: listeners.clone(),
         on_session: Box::new(move |info| {
             let mut c = NodeConfig::load(&managers_file).unwrap_or_else(|_| cfg_for_agent.clone());
             let before = c.clone();
@@ -793,6 +853,21 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("pod-cidr: invalid CIDR"));
+    }
+
+    #[test]
+    fn service_cidrs_are_checked() {
+        parse_service_cidr("10.96.0.0/16").unwrap();
+        assert!(parse_service_cidr("10.96.0.0/30")
+            .unwrap_err()
+            .to_string()
+            .contains("between /8 and /28"));
+        assert!(parse_service_cidr("10.96.1.0/16")
+            .unwrap_err()
+            .to_string()
+            .contains("host bits"));
+        assert!(cidrs_overlap("10.88.0.0/16", "10.88.128.0/17"));
+        assert!(!cidrs_overlap("10.88.0.0/16", "10.96.0.0/16"));
     }
 
     #[test]

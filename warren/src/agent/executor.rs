@@ -23,6 +23,8 @@ pub struct Assignment {
     pub peers: Vec<(String, Ipv4Addr)>,
     /// Local volumes whose data lives on this node.
     pub volumes: Vec<String>,
+    /// Every service's reachable tasks.
+    pub services: Vec<crate::model::ServiceEndpoints>,
 }
 
 /// Where this node's tasks get their addresses.
@@ -112,6 +114,7 @@ mod tests {
             spec: ServiceSpec::default(),
             spec_version: 1,
             attempt: 0,
+            canary: false,
             created_ms: 0,
             updated_ms: 0,
             version: 1,

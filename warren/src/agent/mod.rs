@@ -5,6 +5,7 @@
 //! cut off; the executor, not the link, owns them.
 
 pub mod executor;
+pub mod node_dns;
 pub mod node_service;
 
 use crate::api::convert;
@@ -30,6 +31,22 @@ pub struct SessionInfo {
 /// Called with what the leader announced, so that it can be kept for restarts.
 pub type SessionCallback = Box<dyn Fn(&SessionInfo) + Send + Sync>;
 
+/// A node component that follows the cluster's services (DNS, data plane).
+pub trait EndpointsListener: Send + Sync {
+    fn configure(&self, network: &executor::NodeNetwork);
+    fn endpoints(&self, services: &[crate::model::ServiceEndpoints]);
+}
+
+impl EndpointsListener for node_dns::NodeDns {
+    fn configure(&self, network: &executor::NodeNetwork) {
+        node_dns::NodeDns::configure(self, network)
+    }
+
+    fn endpoints(&self, services: &[crate::model::ServiceEndpoints]) {
+        self.update(services)
+    }
+}
+
 pub struct AgentConfig {
     pub node_id: String,
     pub hostname: String,
@@ -38,6 +55,9 @@ pub struct AgentConfig {
     pub resources: Resources,
     /// Called when the leader sends a new list of managers, so that it can be kept.
     pub on_session: SessionCallback,
+    /// Told about every endpoints change before the executor sees the tasks, so that
+    /// a stopping task leaves the node's data plane before its container stops.
+    pub listeners: Vec<std::sync::Arc<dyn EndpointsListener>>,
 }
 
 enum SessionEnd {
@@ -199,7 +219,10 @@ async fn session(
                             subnet: a.node_subnet.clone(),
                             cluster_cidr: a.cluster_cidr.clone(),
                         });
-                        if let Some(n) = &network {
+                                                if let Some(n) = &network {
+                            for l in &cfg.listeners {
+                                l.configure(n);
+                            }
                             executor.configure(n.clone());
                         }
                         (cfg.on_session)(&SessionInfo { managers: managers.clone(), network });
@@ -219,11 +242,23 @@ async fn session(
                             .into_iter()
                             .filter_map(|p| Some((p.subnet, p.via.parse().ok()?)))
                             .collect();
+                                                let mut services = Vec::with_capacity(a.services.len());
+                        for s in a.services {
+                            let name = s.name.clone();
+                            match convert::endpoints_from_pb(s) {
+                                Ok(s) => services.push(s),
+                                Err(e) => tracing::warn!(service = %name, error = %e, "ignoring endpoints this agent cannot read"),
+                            }
+                        }
+                        for l in &cfg.listeners {
+                            l.endpoints(&services);
+                        }
                         executor.assign(executor::Assignment {
                             tasks,
                             secrets: a.secrets.into_iter().map(|s| (s.name, s.data)).collect(),
                             peers,
                             volumes: a.volumes,
+                            services,
                         });
                     }
                     Some(DispatcherMsg::NotLeader(n)) => return Ok(SessionEnd::Redirect(n.leader_addr)),

@@ -4,9 +4,9 @@
 //! report the offending field.
 
 use crate::model::{
-    self, Availability, Constraint, HealthCheck, HealthTest, Mount, MountKind, Node, NodeRole, NodeState, PortConfig,
-    Protocol, PublishMode, Resources, RestartCondition, RestartPolicy, SecretRef, Service, ServiceMode, ServiceSpec,
-    Task, TaskState, TaskStatus, ValidationError,
+    self, Availability, Canary, Constraint, EndpointMode, HealthCheck, HealthTest, Mount, MountKind, Node, NodeRole,
+    NodeState, PortConfig, Protocol, PublishMode, RateLimit, Resources, RestartCondition, RestartPolicy, SecretRef,
+    Service, ServiceMode, ServiceSpec, Task, TaskState, TaskStatus, ValidationError,
 };
 use crate::store::{Action, Change, ObjectKind};
 use warren_proto::v1 as pb;
@@ -91,6 +91,14 @@ pub fn spec_to_pb(s: &ServiceSpec) -> pb::ServiceSpec {
         }),
         stop_signal: s.stop_signal.clone(),
         stop_grace_ms: Some(s.stop_grace_ms),
+        endpoint_mode: match s.endpoint_mode {
+            EndpointMode::Vip => pb::EndpointMode::Vip,
+            EndpointMode::Dnsrr => pb::EndpointMode::Dnsrr,
+        } as i32,
+        rate_limit: s.rate_limit.map(|r| pb::RateLimit {
+            per_sec: r.per_sec,
+            burst: r.burst,
+        }),
     }
 }
 
@@ -237,6 +245,20 @@ pub fn spec_from_pb(s: pb::ServiceSpec) -> Result<ServiceSpec, ValidationError> 
         restart,
         stop_signal: s.stop_signal,
         stop_grace_ms: s.stop_grace_ms.unwrap_or(10_000),
+        endpoint_mode: match pb::EndpointMode::try_from(s.endpoint_mode) {
+            Ok(pb::EndpointMode::Vip) => EndpointMode::Vip,
+            Ok(pb::EndpointMode::Dnsrr) => EndpointMode::Dnsrr,
+            Err(_) => {
+                return Err(ValidationError::new(
+                    "endpoint-mode",
+                    format!("unknown endpoint mode {}", s.endpoint_mode),
+                ))
+            }
+        },
+        rate_limit: s.rate_limit.map(|r| RateLimit {
+            per_sec: r.per_sec,
+            burst: r.burst,
+        }),
     };
     spec.validate()?;
     Ok(spec)
@@ -290,7 +312,16 @@ fn port_from_pb(p: pb::PortConfig) -> Result<PortConfig, ValidationError> {
     })
 }
 
-pub fn service_to_pb(s: &Service, running: u64, desired: u64) -> pb::Service {
+/// Running and desired tasks of a service's stable and canary versions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub running: u64,
+    pub desired: u64,
+    pub canary_running: u64,
+    pub canary_desired: u64,
+}
+
+pub fn service_to_pb(s: &Service, c: Counts) -> pb::Service {
     pb::Service {
         id: s.id.clone(),
         name: s.name.clone(),
@@ -298,16 +329,49 @@ pub fn service_to_pb(s: &Service, running: u64, desired: u64) -> pb::Service {
         version: s.version,
         created_ms: s.created_ms,
         updated_ms: s.updated_ms,
-        replicas: Some(pb::ReplicaStatus { running, desired }),
+        replicas: Some(pb::ReplicaStatus {
+            running: c.running,
+            desired: c.desired,
+        }),
         spec_version: s.spec_version,
+        vip: s.vip.map(|v| v.to_string()).unwrap_or_default(),
+        canary: s.canary.as_ref().map(|k| pb::CanaryStatus {
+            spec: Some(spec_to_pb(&k.spec)),
+            weight: u32::from(k.weight),
+            spec_version: k.spec_version,
+            replicas: Some(pb::ReplicaStatus {
+                running: c.canary_running,
+                desired: c.canary_desired,
+            }),
+        }),
+        has_previous_spec: s.previous_spec.is_some(),
     }
 }
 
 /// For clients: the service record back from the wire (the replica counts are
 /// returned beside it).
-pub fn service_from_pb(s: pb::Service) -> Result<(Service, u64, u64), ValidationError> {
+pub fn service_from_pb(s: pb::Service) -> Result<(Service, Counts), ValidationError> {
     let spec = spec_from_pb(s.spec.unwrap_or_default())?;
     let (running, desired) = s.replicas.map(|r| (r.running, r.desired)).unwrap_or((0, 0));
+    let mut counts = Counts {
+        running,
+        desired,
+        ..Default::default()
+    };
+    let canary = match s.canary {
+        None => None,
+        Some(c) => {
+            if let Some(r) = c.replicas {
+                counts.canary_running = r.running;
+                counts.canary_desired = r.desired;
+            }
+            Some(Canary {
+                spec: spec_from_pb(c.spec.unwrap_or_default())?,
+                spec_version: c.spec_version,
+                weight: c.weight.min(100) as u8,
+            })
+        }
+    };
     Ok((
         Service {
             id: s.id,
@@ -317,9 +381,12 @@ pub fn service_from_pb(s: pb::Service) -> Result<(Service, u64, u64), Validation
             spec_version: s.spec_version,
             created_ms: s.created_ms,
             updated_ms: s.updated_ms,
+            vip: s.vip.parse().ok(),
+            dp_id: 0,
+            canary,
+            previous_spec: None,
         },
-        running,
-        desired,
+        counts,
     ))
 }
 
@@ -401,6 +468,7 @@ pub fn task_to_pb(t: &Task) -> pb::Task {
         updated_ms: t.updated_ms,
         version: t.version,
         attempt: t.attempt,
+        canary: t.canary,
     }
 }
 
@@ -416,6 +484,7 @@ pub fn task_from_pb(t: pb::Task) -> Result<Task, ValidationError> {
         spec: spec_from_pb(t.spec.unwrap_or_default())?,
         spec_version: t.spec_version,
         attempt: t.attempt,
+        canary: t.canary,
         created_ms: t.created_ms,
         updated_ms: t.updated_ms,
         version: t.version,
@@ -565,6 +634,71 @@ pub fn event_to_pb(c: &Change, index: u64, at_ms: i64) -> pb::Event {
     }
 }
 
+pub fn endpoints_to_pb(s: &model::ServiceEndpoints) -> pb::ServiceEndpoints {
+    pb::ServiceEndpoints {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        dp_id: s.dp_id,
+        vip: s.vip.map(|v| v.to_string()).unwrap_or_default(),
+        endpoint_mode: match s.endpoint_mode {
+            EndpointMode::Vip => pb::EndpointMode::Vip,
+            EndpointMode::Dnsrr => pb::EndpointMode::Dnsrr,
+        } as i32,
+        ports: s.ports.iter().map(port_to_pb).collect(),
+        canary_weight: u32::from(s.canary_weight),
+        rate_limit: s.rate_limit.map(|r| pb::RateLimit {
+            per_sec: r.per_sec,
+            burst: r.burst,
+        }),
+        endpoints: s
+            .endpoints
+            .iter()
+            .map(|e| pb::Endpoint {
+                task_id: e.task_id.clone(),
+                slot: e.slot,
+                addr: e.addr.to_string(),
+                node_id: e.node_id.clone(),
+                canary: e.canary,
+                ready: e.ready,
+            })
+            .collect(),
+    }
+}
+
+/// Agent side; endpoints with an unreadable address are dropped.
+pub fn endpoints_from_pb(s: pb::ServiceEndpoints) -> Result<model::ServiceEndpoints, ValidationError> {
+    Ok(model::ServiceEndpoints {
+        id: s.id,
+        name: s.name,
+        dp_id: s.dp_id,
+        vip: s.vip.parse().ok(),
+        endpoint_mode: match pb::EndpointMode::try_from(s.endpoint_mode) {
+            Ok(pb::EndpointMode::Dnsrr) => EndpointMode::Dnsrr,
+            _ => EndpointMode::Vip,
+        },
+        ports: s.ports.into_iter().map(port_from_pb).collect::<Result<_, _>>()?,
+        canary_weight: s.canary_weight.min(100) as u8,
+        rate_limit: s.rate_limit.map(|r| RateLimit {
+            per_sec: r.per_sec,
+            burst: r.burst,
+        }),
+        endpoints: s
+            .endpoints
+            .into_iter()
+            .filter_map(|e| {
+                Some(model::Endpoint {
+                    addr: e.addr.parse().ok()?,
+                    task_id: e.task_id,
+                    slot: e.slot,
+                    node_id: e.node_id,
+                    canary: e.canary,
+                    ready: e.ready,
+                })
+            })
+            .collect(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,6 +752,11 @@ mod tests {
             },
             stop_signal: "SIGQUIT".into(),
             stop_grace_ms: 0,
+            endpoint_mode: EndpointMode::Dnsrr,
+            rate_limit: Some(RateLimit {
+                per_sec: 50,
+                burst: 100,
+            }),
         };
         assert_eq!(spec_from_pb(spec_to_pb(&spec)).unwrap(), spec);
         for test in [

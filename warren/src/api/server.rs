@@ -41,8 +41,11 @@ impl ApiService {
     }
 
     fn service_pb(&self, s: &State, svc: &Service) -> pb::Service {
-        let (running, desired) = replica_counts(s, svc);
-        convert::service_to_pb(svc, running, desired)
+        let mut c = TaskCounts::default();
+        for t in s.tasks_of_service(&svc.id) {
+            c.add(t);
+        }
+        convert::service_to_pb(svc, c.counts(svc))
     }
 
     fn node_pb(&self, s: &State, n: &model::Node, reserved: Resources) -> pb::Node {
@@ -117,22 +120,41 @@ fn check_references(s: &State, spec: &model::ServiceSpec) -> Result<(), Status> 
 
 /// Running tasks and the desired count (replicas, or eligible nodes for global
 /// services, counted as the tasks meant to run).
-pub fn replica_counts(s: &State, svc: &Service) -> (u64, u64) {
-    let mut running = 0;
-    let mut wanted = 0;
-    for t in s.tasks_of_service(&svc.id) {
-        if t.desired_state == TaskState::Running {
-            wanted += 1;
-            if t.status.state == TaskState::Running {
-                running += 1;
-            }
+/// Tasks meant to run, and running, of each version of a service.
+#[derive(Default)]
+struct TaskCounts {
+    running: u64,
+    wanted: u64,
+    canary_running: u64,
+}
+
+impl TaskCounts {
+    fn add(&mut self, t: &model::Task) {
+        if t.desired_state != TaskState::Running {
+            return;
+        }
+        let running = t.status.state == TaskState::Running;
+        if t.canary {
+            self.canary_running += u64::from(running);
+        } else {
+            self.wanted += 1;
+            self.running += u64::from(running);
         }
     }
-    let desired = match svc.spec.mode {
-        ServiceMode::Replicated { replicas } => replicas,
-        ServiceMode::Global => wanted,
-    };
-    (running, desired)
+
+    /// Desired counts: the replicas (or, for global services, the tasks meant to run).
+    fn counts(&self, svc: &Service) -> convert::Counts {
+        let desired = match svc.spec.mode {
+            ServiceMode::Replicated { replicas } => replicas,
+            ServiceMode::Global => self.wanted,
+        };
+        convert::Counts {
+            running: self.running,
+            desired,
+            canary_running: self.canary_running,
+            canary_desired: svc.canary.as_ref().map_or(0, |c| c.replicas(desired)),
+        }
+    }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
@@ -158,6 +180,10 @@ impl pb::warren_api_server::WarrenApi for ApiService {
                 spec_version: 1,
                 created_ms: now,
                 updated_ms: now,
+                vip: None,
+                dp_id: 0,
+                canary: None,
+                previous_spec: None,
             };
             let id = svc.id.clone();
             match self.write(Command::CreateService { service: svc }).await {
@@ -193,23 +219,16 @@ impl pb::warren_api_server::WarrenApi for ApiService {
         auth::require_manager(&req)?;
         let services = self.ctx.store.read(|s| {
             // One pass over the tasks instead of one per service.
-            let mut counts: std::collections::HashMap<&str, (u64, u64)> = std::collections::HashMap::new();
+            let mut counts: std::collections::HashMap<&str, TaskCounts> = std::collections::HashMap::new();
             for task in s.tasks.values() {
-                if task.desired_state == TaskState::Running {
-                    let c = counts.entry(task.service_id.as_str()).or_default();
-                    c.1 += 1;
-                    if task.status.state == TaskState::Running {
-                        c.0 += 1;
-                    }
-                }
+                counts.entry(task.service_id.as_str()).or_default().add(task);
             }
             let mut out: Vec<pb::Service> = s
                 .services
                 .values()
                 .map(|svc| {
-                    let (running, wanted) = counts.get(svc.id.as_str()).copied().unwrap_or_default();
-                    let desired = svc.spec.replicas().unwrap_or(wanted);
-                    convert::service_to_pb(svc, running, desired)
+                    let c = counts.get(svc.id.as_str()).map(|c| c.counts(svc));
+                    convert::service_to_pb(svc, c.unwrap_or_else(|| TaskCounts::default().counts(svc)))
                 })
                 .collect();
             out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -231,23 +250,93 @@ impl pb::warren_api_server::WarrenApi for ApiService {
             let spec = convert::spec_from_pb(req.spec.ok_or_else(|| Status::invalid_argument("spec: missing"))?)
                 .map_err(invalid)?;
             self.ctx.store.read(|s| check_references(s, &spec))?;
-            let current_mode = self.read(|s| Ok(s.service(&id)?.spec.mode))?;
-            if matches!(current_mode, ServiceMode::Global) != matches!(spec.mode, ServiceMode::Global) {
+            let current = self.read(|s| Ok(s.service(&id)?.clone()))?;
+            if matches!(current.spec.mode, ServiceMode::Global) != matches!(spec.mode, ServiceMode::Global) {
                 return Err(Status::invalid_argument(
                     "mode: a service's mode cannot change; remove and re-create the service",
                 ));
             }
-            self.write(Command::UpdateService {
+            let cmd = match req.canary_weight {
+                None => Command::UpdateService {
+                    id: id.clone(),
+                    expected_version: req.version,
+                    spec,
+                    at_ms: now_ms(),
+                },
+                Some(w) if w > 100 => {
+                    return Err(Status::invalid_argument(format!(
+                        "canary-weight: {w} is not between 0 and 100"
+                    )))
+                }
+                Some(w) => {
+                    let same_as_stable = !crate::store::state::spec_differs_beyond_scale(&current.spec, &spec);
+                    let same_as_canary = current
+                        .canary
+                        .as_ref()
+                        .is_some_and(|c| !crate::store::state::spec_differs_beyond_scale(&c.spec, &spec));
+                    if current.canary.is_some() && (same_as_stable || same_as_canary) {
+                        Command::SetCanaryWeight {
+                            id: id.clone(),
+                            weight: w as u8,
+                            at_ms: now_ms(),
+                        }
+                    } else if same_as_stable {
+                        return Err(Status::invalid_argument(
+                            "canary-weight: nothing to run as a canary: change the service (e.g. --image) in the same update",
+                        ));
+                    } else {
+                        Command::StartCanary {
+                            id: id.clone(),
+                            expected_version: req.version,
+                            spec,
+                            weight: w as u8,
+                            at_ms: now_ms(),
+                        }
+                    }
+                }
+            };
+            self.write(cmd).await?;
+            self.read(|s| Ok(self.service_pb(s, s.service(&id)?)))
+        }
+        .await;
+        self.done("UpdateService", t, r).map(Response::new)
+    }
+
+    async fn promote_service(&self, req: Request<pb::PromoteServiceRequest>) -> Result<Response<pb::Service>, Status> {
+        let t = Instant::now();
+        auth::require_manager(&req)?;
+        let r = async {
+            let key = req.into_inner().service;
+            let id = self.read(|s| Ok(s.service(&key)?.id.clone()))?;
+            self.write(Command::PromoteCanary {
                 id: id.clone(),
-                expected_version: req.version,
-                spec,
                 at_ms: now_ms(),
             })
             .await?;
             self.read(|s| Ok(self.service_pb(s, s.service(&id)?)))
         }
         .await;
-        self.done("UpdateService", t, r).map(Response::new)
+        self.done("PromoteService", t, r).map(Response::new)
+    }
+
+    async fn rollback_service(
+        &self,
+        req: Request<pb::RollbackServiceRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
+        let t = Instant::now();
+        auth::require_manager(&req)?;
+        let r = async {
+            let key = req.into_inner().service;
+            let id = self.read(|s| Ok(s.service(&key)?.id.clone()))?;
+            self.write(Command::RollbackService {
+                id: id.clone(),
+                at_ms: now_ms(),
+            })
+            .await?;
+            self.read(|s| Ok(self.service_pb(s, s.service(&id)?)))
+        }
+        .await;
+        self.done("RollbackService", t, r).map(Response::new)
     }
 
     async fn scale_service(&self, req: Request<pb::ScaleServiceRequest>) -> Result<Response<pb::Service>, Status> {
@@ -673,6 +762,7 @@ impl pb::warren_api_server::WarrenApi for ApiService {
                 tasks: s.tasks.len() as u64,
                 pod_cidr: meta.pod_cidr,
                 node_id: self.ctx.node_id.clone(),
+                service_cidr: meta.service_cidr.clone(),
                 snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
                 purged_index: m.purged.map(|l| l.index).unwrap_or(0),
             }

@@ -178,6 +178,9 @@ pub enum ClusterCmd {
         /// The cluster CIDR; every node gets a /24 of it for its tasks.
         #[arg(long, default_value = "10.88.0.0/16")]
         pod_cidr: String,
+        /// Where services' virtual IPs come from.
+        #[arg(long, default_value = "10.96.0.0/16")]
+        service_cidr: String,
     },
     /// Join an existing cluster (runs in the foreground); the token decides the role.
     Join {
@@ -312,6 +315,17 @@ pub struct SpecArgs {
     /// Time a task has to stop before it is killed [default: 10s].
     #[arg(long, value_name = "DURATION")]
     pub stop_grace_period: Option<String>,
+    /// vip (a virtual IP balanced by the data plane) or dnsrr (DNS round robin over
+    /// the tasks) [default: vip].
+    #[arg(long, value_name = "MODE")]
+    pub endpoint_mode: Option<String>,
+    /// New connections (and UDP datagrams) per second allowed per client address,
+    /// e.g. 100/s; `none` removes the limit.
+    #[arg(long, value_name = "N/s")]
+    pub rate_limit: Option<String>,
+    /// Connections a client may open at once above the rate [default: the rate].
+    #[arg(long, value_name = "N")]
+    pub rate_burst: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -379,7 +393,16 @@ pub enum ServiceCmd {
         /// Remove a secret by name (repeatable).
         #[arg(long, value_name = "NAME")]
         secret_rm: Vec<String>,
+        /// Run the changed service as a canary beside the stable version, taking W%
+        /// of new connections (0-100); without other changes, re-weights the canary.
+        #[arg(long, value_name = "W")]
+        canary_weight: Option<u32>,
     },
+    /// Make the canary the stable version (the other tasks are replaced).
+    Promote { service: String },
+    /// Drop the canary (all traffic back to the stable version), or return to the
+    /// version before the last update.
+    Rollback { service: String },
     /// Remove services.
     #[command(visible_alias = "remove")]
     Rm {
@@ -586,6 +609,44 @@ mod tests {
         parse(&["warren", "daemon", "--data-dir", "/d", "--listen-addr", "127.0.0.1:1"]).unwrap();
         parse(&["warren", "cluster", "join-token", "worker", "--rotate"]).unwrap();
         parse(&["warren", "cluster", "info"]).unwrap();
+        parse(&[
+            "warren",
+            "cluster",
+            "init",
+            "--pod-cidr",
+            "10.0.0.0/16",
+            "--service-cidr",
+            "10.1.0.0/16",
+        ])
+        .unwrap();
+        parse(&[
+            "warren",
+            "service",
+            "update",
+            "web",
+            "--image",
+            "x:2",
+            "--canary-weight",
+            "20",
+        ])
+        .unwrap();
+        parse(&["warren", "service", "promote", "web"]).unwrap();
+        parse(&["warren", "service", "rollback", "web"]).unwrap();
+        parse(&[
+            "warren",
+            "service",
+            "create",
+            "web",
+            "--image",
+            "x",
+            "--endpoint-mode",
+            "dnsrr",
+            "--rate-limit",
+            "50/s",
+            "--rate-burst",
+            "100",
+        ])
+        .unwrap();
         parse(&[
             "warren",
             "-H",

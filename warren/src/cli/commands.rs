@@ -148,6 +148,22 @@ fn apply_spec_args(spec: &mut ServiceSpec, a: &SpecArgs) -> Result<()> {
     if let Some(s) = &a.stop_signal {
         spec.stop_signal = model::parse_signal("--stop-signal", s).map_err(v)?;
     }
+    if let Some(m) = &a.endpoint_mode {
+        spec.endpoint_mode = model::EndpointMode::parse("--endpoint-mode", m).map_err(v)?;
+    }
+    match (&a.rate_limit, a.rate_burst) {
+        (Some(r), _) if r == "none" || r == "0" => spec.rate_limit = None,
+        (Some(r), burst) => {
+            let per_sec = model::parse_rate("--rate-limit", r).map_err(v)?;
+            let burst = burst.or(spec.rate_limit.map(|l| l.burst)).unwrap_or(per_sec);
+            spec.rate_limit = Some(model::RateLimit { per_sec, burst });
+        }
+        (None, Some(burst)) => match &mut spec.rate_limit {
+            Some(l) => l.burst = burst,
+            None => bail!("--rate-burst needs --rate-limit"),
+        },
+        (None, None) => {}
+    }
     if let Some(d) = &a.stop_grace_period {
         spec.stop_grace_ms = model::parse_duration("--stop-grace-period", d).map_err(v)?.as_millis() as u64;
     }
@@ -211,7 +227,7 @@ pub async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<()> {
                                 short_id(&s.service.id),
                                 s.service.name.clone(),
                                 mode_str(&s.service.spec),
-                                format!("{}/{}", s.replicas.running, s.replicas.desired),
+                                s.replicas_str(),
                                 s.service.spec.image.clone(),
                                 ports_str(&s.service.spec.ports),
                             ]
@@ -276,7 +292,14 @@ pub async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<()> {
             label_rm,
             mount_rm,
             secret_rm,
+            canary_weight,
         } => {
+            if canary_weight.is_some_and(|w| w > 100) {
+                bail!(
+                    "--canary-weight: {} is not between 0 and 100",
+                    canary_weight.unwrap_or(0)
+                );
+            }
             let current = call!(c.get_service(pb::GetServiceRequest {
                 service: service.clone()
             }));
@@ -318,8 +341,21 @@ pub async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<()> {
                 service: current.id,
                 version,
                 spec: Some(convert::spec_to_pb(&spec)),
+                canary_weight,
             }));
             println!("{service}");
+        }
+        ServiceCmd::Promote { service } => {
+            call!(c.promote_service(pb::PromoteServiceRequest {
+                service: service.clone()
+            }));
+            println!("{service}: the canary is now the stable version");
+        }
+        ServiceCmd::Rollback { service } => {
+            call!(c.rollback_service(pb::RollbackServiceRequest {
+                service: service.clone()
+            }));
+            println!("{service}: rolled back");
         }
         ServiceCmd::Logs { service, opts } => {
             let stream = call!(c.service_logs(pb::ServiceLogsRequest {
@@ -364,25 +400,27 @@ fn ports_str(ports: &[PortConfig]) -> String {
 }
 
 #[derive(Serialize)]
-struct Replicas {
-    running: u64,
-    desired: u64,
-}
-
-#[derive(Serialize)]
 struct ServiceView {
     #[serde(flatten)]
     service: Service,
-    replicas: Replicas,
+    replicas: convert::Counts,
 }
 
 impl ServiceView {
     fn from_pb(s: pb::Service) -> Result<ServiceView> {
-        let (service, running, desired) = convert::service_from_pb(s).map_err(v)?;
-        Ok(ServiceView {
-            service,
-            replicas: Replicas { running, desired },
-        })
+        let (service, replicas) = convert::service_from_pb(s).map_err(v)?;
+        Ok(ServiceView { service, replicas })
+    }
+
+    fn replicas_str(&self) -> String {
+        let r = &self.replicas;
+        match &self.service.canary {
+            Some(c) => format!(
+                "{}/{} (+{}/{} canary {}%)",
+                r.running, r.desired, r.canary_running, r.canary_desired, c.weight
+            ),
+            None => format!("{}/{}", r.running, r.desired),
+        }
     }
 }
 
@@ -392,7 +430,20 @@ fn print_service(s: &ServiceView) {
     println!("Name:        {}", s.service.name);
     println!("Image:       {}", spec.image);
     println!("Mode:        {}", mode_str(spec));
-    println!("Replicas:    {}/{} running", s.replicas.running, s.replicas.desired);
+    println!("Replicas:    {} running", s.replicas_str());
+    match s.service.vip {
+        Some(vip) => println!("Endpoint:    vip {vip}"),
+        None => println!("Endpoint:    {}", spec.endpoint_mode.as_str()),
+    }
+    if let Some(r) = spec.rate_limit {
+        println!("Rate limit:  {}/s per client, burst {}", r.per_sec, r.burst);
+    }
+    if let Some(c) = &s.service.canary {
+        println!(
+            "Canary:      {} (spec {}), {}% of new connections, {}/{} running",
+            c.spec.image, c.spec_version, c.weight, s.replicas.canary_running, s.replicas.canary_desired
+        );
+    }
     println!("Version:     {} (spec {})", s.service.version, s.service.spec_version);
     println!("Created:     {}", ago(s.service.created_ms));
     println!("Updated:     {}", ago(s.service.updated_ms));

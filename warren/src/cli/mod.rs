@@ -138,10 +138,14 @@ enum CmdKind {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Cluster(ClusterCmd::Init { node, pod_cidr }) => {
+        Command::Cluster(ClusterCmd::Init {
+            node,
+            pod_cidr,
+            service_cidr,
+        }) => {
             init_logging(cli.log_format);
             let opts = options(&node)?;
-            daemon::init(opts, &pod_cidr, print_ready).await?;
+            daemon::init(opts, &pod_cidr, &service_cidr, print_ready).await?;
         }
         Command::Cluster(ClusterCmd::Join {
             token,

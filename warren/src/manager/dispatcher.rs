@@ -56,6 +56,8 @@ pub struct NodeAssignment {
     pub peers: Vec<(String, String, String)>,
     /// Names of the local volumes that live on this node.
     pub volumes: Vec<String>,
+    /// Every service's reachable tasks (the same for every node).
+    pub services: Vec<crate::model::ServiceEndpoints>,
 }
 
 pub fn assignments_for(state: &State, node_id: &str) -> NodeAssignment {
@@ -92,6 +94,7 @@ pub fn assignments_for(state: &State, node_id: &str) -> NodeAssignment {
         secrets,
         peers,
         volumes,
+        services: crate::model::service_endpoints(state),
     }
 }
 
@@ -100,12 +103,19 @@ type Fingerprint = (
     BTreeMap<String, String>,
     Vec<(String, String, String)>,
     Vec<String>,
+    Vec<crate::model::ServiceEndpoints>,
 );
 
 fn fingerprint(a: &NodeAssignment) -> Fingerprint {
     let mut f: Vec<_> = a.tasks.iter().map(|t| (t.id.clone(), t.version)).collect();
     f.sort();
-    (f, a.secrets.clone(), a.peers.clone(), a.volumes.clone())
+    (
+        f,
+        a.secrets.clone(),
+        a.peers.clone(),
+        a.volumes.clone(),
+        a.services.clone(),
+    )
 }
 
 fn assignments_pb(ctx: &ManagerCtx, a: &NodeAssignment, index: u64) -> pb::Assignments {
@@ -141,6 +151,7 @@ fn assignments_pb(ctx: &ManagerCtx, a: &NodeAssignment, index: u64) -> pb::Assig
             })
             .collect(),
         volumes: a.volumes.clone(),
+        services: a.services.iter().map(convert::endpoints_to_pb).collect(),
     }
 }
 
@@ -298,7 +309,7 @@ async fn run_session(
                         && !a
                             .changes
                             .iter()
-                            .any(|c| matches!(c.kind, ObjectKind::Task | ObjectKind::Node | ObjectKind::Secret | ObjectKind::Volume)) =>
+                            .any(|c| c.kind != ObjectKind::Cluster) =>
                     {
                         continue
                     }

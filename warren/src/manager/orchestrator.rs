@@ -42,7 +42,24 @@ enum Refill {
 /// rejection) is restarted per the service's restart policy, after its delay,
 /// doubled for each consecutive restart up to a bound; one stopped by Warren
 /// (scaling, update, drain, node loss) is replaced at once.
-fn refill(svc: &Service, previous: &[&Task], now_ms: i64, settings: &Settings) -> Refill {
+/// One version of a service: the stable one, or its canary.
+struct Version<'a> {
+    spec: &'a crate::model::ServiceSpec,
+    spec_version: u64,
+    canary: bool,
+}
+
+impl<'a> Version<'a> {
+    fn stable(svc: &'a Service) -> Self {
+        Version {
+            spec: &svc.spec,
+            spec_version: svc.spec_version,
+            canary: false,
+        }
+    }
+}
+
+fn refill(v: &Version<'_>, previous: &[&Task], now_ms: i64, settings: &Settings) -> Refill {
     let Some(last) = previous.iter().max_by_key(|t| (t.created_ms, t.id.as_str())) else {
         return Refill::Now { attempt: 0 };
     };
@@ -50,10 +67,10 @@ fn refill(svc: &Service, previous: &[&Task], now_ms: i64, settings: &Settings) -
         last.status.state,
         TaskState::Failed | TaskState::Rejected | TaskState::Complete
     ) && last.desired_state <= TaskState::Running;
-    if !ended_by_itself || last.spec_version != svc.spec_version {
+    if !ended_by_itself || last.spec_version != v.spec_version {
         return Refill::Now { attempt: 0 };
     }
-    let policy = &svc.spec.restart;
+    let policy = &v.spec.restart;
     let failed = last.status.state != TaskState::Complete;
     let allowed = match policy.condition {
         RestartCondition::None => false,
@@ -83,7 +100,7 @@ pub struct Plan {
     pub wake_at_ms: Option<i64>,
 }
 
-fn new_task(svc: &Service, slot: u64, node: Option<String>, attempt: u64, now_ms: i64) -> Task {
+fn new_task(svc: &Service, v: &Version<'_>, slot: u64, node: Option<String>, attempt: u64, now_ms: i64) -> Task {
     Task {
         id: new_id(),
         service_id: svc.id.clone(),
@@ -97,9 +114,10 @@ fn new_task(svc: &Service, slot: u64, node: Option<String>, attempt: u64, now_ms
             timestamp_ms: now_ms,
             ..Default::default()
         },
-        spec: svc.spec.clone(),
-        spec_version: svc.spec_version,
+        spec: v.spec.clone(),
+        spec_version: v.spec_version,
         attempt,
+        canary: v.canary,
         created_ms: now_ms,
         updated_ms: now_ms,
         version: 1,
@@ -147,34 +165,55 @@ pub fn reconcile(state: &State, now_ms: i64, settings: &Settings) -> Plan {
                 .as_ref()
                 .and_then(|n| state.nodes.get(n))
                 .is_some_and(|n| n.availability == crate::model::Availability::Drain);
-            if t.spec_version != svc.spec_version || drained {
+            let current = match (&svc.canary, t.canary) {
+                (_, false) => t.spec_version == svc.spec_version,
+                (Some(c), true) => t.spec_version == c.spec_version,
+                (None, true) => false,
+            };
+            if !current || drained {
                 stale.insert(t.id.clone());
             }
         }
         let still_live = |t: &&Task| live(t) && !stale.contains(&t.id);
         match svc.spec.mode {
             ServiceMode::Replicated { replicas } => {
-                let mut slots: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
-                for t in &tasks {
-                    slots.entry(t.slot).or_default().push(t);
+                let mut versions = vec![(Version::stable(svc), replicas)];
+                if let Some(c) = &svc.canary {
+                    let v = Version {
+                        spec: &c.spec,
+                        spec_version: c.spec_version,
+                        canary: true,
+                    };
+                    versions.push((v, c.replicas(replicas)));
                 }
-                for slot in 1..=replicas {
-                    let in_slot = slots.get(&slot).cloned().unwrap_or_default();
-                    let mut alive: Vec<&Task> = in_slot.iter().copied().filter(still_live).collect();
-                    if alive.is_empty() {
-                        match refill(svc, &in_slot, now_ms, settings) {
-                            Refill::Now { attempt } => create.push(new_task(svc, slot, None, attempt, now_ms)),
-                            Refill::At(at) => wake(at, &mut plan),
-                            Refill::Never => {}
-                        }
-                    } else if alive.len() > 1 {
-                        alive.sort_by_key(|t| std::cmp::Reverse((t.created_ms, t.id.clone())));
-                        shutdown.extend(alive[1..].iter().map(|t| t.id.clone()));
+                for canary in [false, true] {
+                    let want = versions.iter().find(|(v, _)| v.canary == canary);
+                    let count = want.map_or(0, |(_, n)| *n);
+                    let mut slots: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
+                    for t in tasks.iter().filter(|t| t.canary == canary) {
+                        slots.entry(t.slot).or_default().push(t);
                     }
-                }
-                for (slot, in_slot) in slots.range(replicas + 1..) {
-                    let _ = slot;
-                    shutdown.extend(in_slot.iter().filter(|t| live(t)).map(|t| t.id.clone()));
+                    if let Some((v, _)) = want {
+                        for slot in 1..=count {
+                            let in_slot = slots.get(&slot).cloned().unwrap_or_default();
+                            let mut alive: Vec<&Task> = in_slot.iter().copied().filter(still_live).collect();
+                            if alive.is_empty() {
+                                match refill(v, &in_slot, now_ms, settings) {
+                                    Refill::Now { attempt } => {
+                                        create.push(new_task(svc, v, slot, None, attempt, now_ms))
+                                    }
+                                    Refill::At(at) => wake(at, &mut plan),
+                                    Refill::Never => {}
+                                }
+                            } else if alive.len() > 1 {
+                                alive.sort_by_key(|t| std::cmp::Reverse((t.created_ms, t.id.clone())));
+                                shutdown.extend(alive[1..].iter().map(|t| t.id.clone()));
+                            }
+                        }
+                    }
+                    for (_, in_slot) in slots.range(count + 1..) {
+                        shutdown.extend(in_slot.iter().filter(|t| live(t)).map(|t| t.id.clone()));
+                    }
                 }
             }
             ServiceMode::Global => {
@@ -198,9 +237,10 @@ pub fn reconcile(state: &State, now_ms: i64, settings: &Settings) -> Plan {
                         if !node.is_schedulable() {
                             continue;
                         }
-                        match refill(svc, &on_node, now_ms, settings) {
+                        let v = Version::stable(svc);
+                        match refill(&v, &on_node, now_ms, settings) {
                             Refill::Now { attempt } => {
-                                create.push(new_task(svc, 0, Some(node.id.clone()), attempt, now_ms))
+                                create.push(new_task(svc, &v, 0, Some(node.id.clone()), attempt, now_ms))
                             }
                             Refill::At(at) => wake(at, &mut plan),
                             Refill::Never => {}
@@ -338,6 +378,10 @@ mod tests {
             spec_version: 1,
             created_ms: 0,
             updated_ms: 0,
+            vip: None,
+            dp_id: 0,
+            canary: None,
+            previous_spec: None,
         }
     }
 
@@ -484,7 +528,7 @@ mod tests {
 
     fn ended(state: TaskState, attempt: u64, at: i64) -> Task {
         let svc = service(ServiceMode::Replicated { replicas: 1 });
-        let mut t = new_task(&svc, 1, Some("a".into()), attempt, at - 100);
+        let mut t = new_task(&svc, &Version::stable(&svc), 1, Some("a".into()), attempt, at - 100);
         t.status.state = state;
         t.status.timestamp_ms = at;
         t
@@ -498,15 +542,30 @@ mod tests {
         let failed = ended(TaskState::Failed, 0, 10_000);
         let done = ended(TaskState::Complete, 0, 10_000);
         // any: both restart, after the delay.
-        assert_eq!(refill(&svc, &[&failed], 10_500, &settings), Refill::At(11_000));
-        assert_eq!(refill(&svc, &[&done], 11_000, &settings), Refill::Now { attempt: 1 });
+        assert_eq!(
+            refill(&Version::stable(&svc), &[&failed], 10_500, &settings),
+            Refill::At(11_000)
+        );
+        assert_eq!(
+            refill(&Version::stable(&svc), &[&done], 11_000, &settings),
+            Refill::Now { attempt: 1 }
+        );
         // on-failure: a clean exit stays down.
         svc.spec.restart.condition = RestartCondition::OnFailure;
-        assert_eq!(refill(&svc, &[&done], 20_000, &settings), Refill::Never);
-        assert_eq!(refill(&svc, &[&failed], 20_000, &settings), Refill::Now { attempt: 1 });
+        assert_eq!(
+            refill(&Version::stable(&svc), &[&done], 20_000, &settings),
+            Refill::Never
+        );
+        assert_eq!(
+            refill(&Version::stable(&svc), &[&failed], 20_000, &settings),
+            Refill::Now { attempt: 1 }
+        );
         // none: nothing restarts.
         svc.spec.restart.condition = RestartCondition::None;
-        assert_eq!(refill(&svc, &[&failed], 20_000, &settings), Refill::Never);
+        assert_eq!(
+            refill(&Version::stable(&svc), &[&failed], 20_000, &settings),
+            Refill::Never
+        );
         // max attempts: the third restart is the last one allowed.
         svc.spec.restart.condition = RestartCondition::Any;
         svc.spec.restart.max_attempts = 3;
@@ -514,17 +573,26 @@ mod tests {
         let mut fourth = ended(TaskState::Failed, 3, 10_000);
         fourth.created_ms += 1;
         assert!(matches!(
-            refill(&svc, &[&third], 99_000, &settings),
+            refill(&Version::stable(&svc), &[&third], 99_000, &settings),
             Refill::Now { attempt: 3 }
         ));
-        assert_eq!(refill(&svc, &[&third, &fourth], 99_000, &settings), Refill::Never);
+        assert_eq!(
+            refill(&Version::stable(&svc), &[&third, &fourth], 99_000, &settings),
+            Refill::Never
+        );
         // Backoff doubles per consecutive restart: attempt 2 waits 4 x the delay.
         svc.spec.restart.max_attempts = 0;
-        assert_eq!(refill(&svc, &[&third], 10_000, &settings), Refill::At(14_000));
+        assert_eq!(
+            refill(&Version::stable(&svc), &[&third], 10_000, &settings),
+            Refill::At(14_000)
+        );
         // A task stopped by Warren (not by itself) is replaced at once, as attempt 0.
         let mut stopped = ended(TaskState::Shutdown, 4, 10_000);
         stopped.desired_state = TaskState::Shutdown;
-        assert_eq!(refill(&svc, &[&stopped], 10_000, &settings), Refill::Now { attempt: 0 });
+        assert_eq!(
+            refill(&Version::stable(&svc), &[&stopped], 10_000, &settings),
+            Refill::Now { attempt: 0 }
+        );
     }
 
     #[test]
@@ -541,6 +609,88 @@ mod tests {
         let live: Vec<_> = s.tasks.values().filter(|t| t.is_live()).collect();
         assert_eq!(live.len(), 2);
         assert!(live.iter().all(|t| t.spec.image == "y" && t.spec_version == 2));
+    }
+
+    #[test]
+    fn canaries_run_beside_the_stable_version_and_promote_or_roll_back() {
+        let mut s = State::default();
+        s.nodes.insert("a".into(), node("a"));
+        s.services
+            .insert("svc".into(), service(ServiceMode::Replicated { replicas: 5 }));
+        settle(&mut s, 0);
+        let mut ch = vec![];
+        let mut v2 = s.services["svc"].spec.clone();
+        v2.image = "y".into();
+        let version = s.services["svc"].version;
+        s.apply(
+            &Command::StartCanary {
+                id: "svc".into(),
+                expected_version: version,
+                spec: v2,
+                weight: 20,
+                at_ms: 1,
+            },
+            &mut ch,
+        )
+        .unwrap();
+        settle(&mut s, 0);
+        let live: Vec<_> = s.tasks.values().filter(|t| t.is_live()).collect();
+        assert_eq!(live.iter().filter(|t| !t.canary && t.spec.image == "x").count(), 5);
+        assert_eq!(live.iter().filter(|t| t.canary && t.spec.image == "y").count(), 1);
+        // Weight 50 at 5 replicas: three canary tasks.
+        s.apply(
+            &Command::SetCanaryWeight {
+                id: "svc".into(),
+                weight: 50,
+                at_ms: 2,
+            },
+            &mut ch,
+        )
+        .unwrap();
+        settle(&mut s, 0);
+        assert_eq!(s.tasks.values().filter(|t| t.is_live() && t.canary).count(), 3);
+        // Promote: every task runs the new version, no canary left.
+        s.apply(
+            &Command::PromoteCanary {
+                id: "svc".into(),
+                at_ms: 3,
+            },
+            &mut ch,
+        )
+        .unwrap();
+        settle(&mut s, 0);
+        let live: Vec<_> = s.tasks.values().filter(|t| t.is_live()).collect();
+        assert_eq!(live.len(), 5);
+        assert!(live.iter().all(|t| !t.canary && t.spec.image == "y"), "{live:?}");
+        // A new canary, then rollback: the canary tasks go, the stable ones stay.
+        let mut v3 = s.services["svc"].spec.clone();
+        v3.image = "z".into();
+        let version = s.services["svc"].version;
+        s.apply(
+            &Command::StartCanary {
+                id: "svc".into(),
+                expected_version: version,
+                spec: v3,
+                weight: 10,
+                at_ms: 4,
+            },
+            &mut ch,
+        )
+        .unwrap();
+        settle(&mut s, 0);
+        assert_eq!(s.tasks.values().filter(|t| t.is_live() && t.canary).count(), 1);
+        s.apply(
+            &Command::RollbackService {
+                id: "svc".into(),
+                at_ms: 5,
+            },
+            &mut ch,
+        )
+        .unwrap();
+        settle(&mut s, 0);
+        let live: Vec<_> = s.tasks.values().filter(|t| t.is_live()).collect();
+        assert_eq!(live.len(), 5);
+        assert!(live.iter().all(|t| !t.canary && t.spec.image == "y"));
     }
 
     #[test]

@@ -191,6 +191,7 @@ mod tests {
             spec: spec.clone(),
             spec_version: 1,
             attempt: 0,
+            canary: false,
             created_ms: created,
             updated_ms: created,
             version: 1,

@@ -16,6 +16,13 @@ pub struct ClusterMeta {
     pub manager_token_secret: String,
     /// The cluster CIDR from which every node gets a /24 (`--pod-cidr`).
     pub pod_cidr: String,
+    /// Where services' virtual IPs come from (`--service-cidr`).
+    #[serde(default = "default_service_cidr")]
+    pub service_cidr: String,
+}
+
+pub fn default_service_cidr() -> String {
+    "10.96.0.0/16".to_string()
 }
 
 /// A secret as stored: the value is sealed with AES-256-GCM under the managers'

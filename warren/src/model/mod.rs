@@ -4,6 +4,7 @@
 //! here: the API converts at its boundary (`api::convert`).
 
 mod cluster;
+mod endpoints;
 mod node;
 mod parse;
 mod service;
@@ -11,6 +12,7 @@ mod task;
 mod workload;
 
 pub use cluster::*;
+pub use endpoints::*;
 pub use node::*;
 pub use parse::*;
 pub use service::*;

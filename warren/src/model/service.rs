@@ -42,6 +42,54 @@ pub enum PublishMode {
     Host,
 }
 
+/// How clients reach a service's tasks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndpointMode {
+    /// A virtual IP, balanced by the data plane.
+    #[default]
+    Vip,
+    /// DNS round robin over the tasks' own addresses.
+    Dnsrr,
+}
+
+impl EndpointMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointMode::Vip => "vip",
+            EndpointMode::Dnsrr => "dnsrr",
+        }
+    }
+
+    pub fn parse(field: &str, s: &str) -> Result<Self, ValidationError> {
+        match s {
+            "vip" => Ok(EndpointMode::Vip),
+            "dnsrr" => Ok(EndpointMode::Dnsrr),
+            _ => Err(ValidationError::new(
+                field,
+                format!("invalid endpoint mode {s:?}: expected vip or dnsrr"),
+            )),
+        }
+    }
+}
+
+/// New connections (and UDP datagrams) per client address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub per_sec: u32,
+    pub burst: u32,
+}
+
+/// `--rate-limit N/s` (or `N`).
+pub fn parse_rate(field: &str, s: &str) -> Result<u32, ValidationError> {
+    let n = s.trim().trim_end_matches("/s");
+    n.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+        ValidationError::new(
+            field,
+            format!("invalid rate {s:?}: expected a number of new connections per second, e.g. 100/s"),
+        )
+    })
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortConfig {
     pub published: u16,
@@ -94,6 +142,10 @@ pub struct ServiceSpec {
     /// How long a task may take to stop before it is killed.
     #[serde(default = "default_grace")]
     pub stop_grace_ms: u64,
+    #[serde(default)]
+    pub endpoint_mode: EndpointMode,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
 }
 
 fn default_grace() -> u64 {
@@ -121,6 +173,8 @@ impl Default for ServiceSpec {
             restart: RestartPolicy::default(),
             stop_signal: String::new(),
             stop_grace_ms: default_grace(),
+            endpoint_mode: EndpointMode::Vip,
+            rate_limit: None,
         }
     }
 }
@@ -218,6 +272,20 @@ impl ServiceSpec {
         if let Some(h) = &self.health {
             h.validate()?;
         }
+        if let Some(r) = &self.rate_limit {
+            if r.per_sec == 0 {
+                return Err(ValidationError::new("rate-limit", "must be at least 1/s"));
+            }
+            if r.burst == 0 {
+                return Err(ValidationError::new("rate-burst", "must be at least 1"));
+            }
+        }
+        if self.endpoint_mode == EndpointMode::Dnsrr && self.ports.iter().any(|p| p.mode == PublishMode::Ingress) {
+            return Err(ValidationError::new(
+                "endpoint-mode",
+                "dnsrr services have no virtual IP: publish their ports with mode=host",
+            ));
+        }
         if !self.stop_signal.is_empty() {
             super::parse_signal("stop-signal", &self.stop_signal)?;
         }
@@ -249,6 +317,37 @@ pub struct Service {
     pub spec_version: u64,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// The service's virtual IP (endpoint mode `vip`), from the service CIDR.
+    #[serde(default)]
+    pub vip: Option<std::net::Ipv4Addr>,
+    /// A small number naming the service in the data plane's maps; never reused
+    /// while the service exists.
+    #[serde(default)]
+    pub dp_id: u32,
+    /// A new version running beside the stable one and taking `weight`% of new
+    /// connections.
+    #[serde(default)]
+    pub canary: Option<Canary>,
+    /// The spec before the last update, for `service rollback`.
+    #[serde(default)]
+    pub previous_spec: Option<ServiceSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Canary {
+    pub spec: ServiceSpec,
+    /// The version the canary tasks run (a spec version above the stable one's).
+    pub spec_version: u64,
+    /// Percent of new connections, 0-100.
+    pub weight: u8,
+}
+
+impl Canary {
+    /// Canary tasks to run: enough for the weight at the service's scale, and at
+    /// least one (the traffic split is the data plane's, not the task count's).
+    pub fn replicas(&self, stable_replicas: u64) -> u64 {
+        ((stable_replicas * u64::from(self.weight)).div_ceil(100)).max(1)
+    }
 }
 
 #[cfg(test)]

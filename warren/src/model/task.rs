@@ -89,6 +89,9 @@ pub struct Task {
     /// Restarts of this slot so far (0 for the first task), for `max_attempts`.
     #[serde(default)]
     pub attempt: u64,
+    /// A task of the service's canary version (its slots are counted apart).
+    #[serde(default)]
+    pub canary: bool,
     pub created_ms: i64,
     pub updated_ms: i64,
     pub version: u64,

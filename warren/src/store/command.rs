@@ -8,6 +8,9 @@ use crate::model::{
 };
 use serde::{Deserialize, Serialize};
 
+// A command is built once per write and moved into the log; boxing the large
+// variants would only add an allocation to every one.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// First entry of a new cluster: its identity and the initial manager.
@@ -66,6 +69,30 @@ pub enum Command {
     },
     /// Deletes the service and marks its tasks for removal.
     RemoveService {
+        id: String,
+        at_ms: i64,
+    },
+    /// Runs `spec` beside the stable version, taking `weight`% of new connections
+    /// (replaces a canary already running).
+    StartCanary {
+        id: String,
+        expected_version: u64,
+        spec: ServiceSpec,
+        weight: u8,
+        at_ms: i64,
+    },
+    SetCanaryWeight {
+        id: String,
+        weight: u8,
+        at_ms: i64,
+    },
+    /// The canary becomes the stable version.
+    PromoteCanary {
+        id: String,
+        at_ms: i64,
+    },
+    /// Drops the canary; without one, returns to the spec before the last update.
+    RollbackService {
         id: String,
         at_ms: i64,
     },
@@ -138,6 +165,10 @@ impl Command {
             Command::UpdateService { .. } => "update_service",
             Command::ScaleService { .. } => "scale_service",
             Command::RemoveService { .. } => "remove_service",
+            Command::StartCanary { .. } => "start_canary",
+            Command::SetCanaryWeight { .. } => "set_canary_weight",
+            Command::PromoteCanary { .. } => "promote_canary",
+            Command::RollbackService { .. } => "rollback_service",
             Command::CreateTasks { .. } => "create_tasks",
             Command::AssignTasks { .. } => "assign_tasks",
             Command::SetTasksPending { .. } => "set_tasks_pending",

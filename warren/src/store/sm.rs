@@ -437,6 +437,10 @@ mod tests {
             spec_version: 1,
             created_ms: 1,
             updated_ms: 1,
+            vip: None,
+            dp_id: 0,
+            canary: None,
+            previous_spec: None,
         }
     }
 

@@ -5,6 +5,7 @@
 
 use super::command::{ApplyError, Command};
 use crate::model::{ClusterMeta, Node, NodeRole, Resources, Secret, Service, Task, TaskState, Volume};
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -245,6 +246,14 @@ impl State {
                         service.name
                     )));
                 }
+                let mut service = service.clone();
+                service.dp_id = (1..)
+                    .find(|n| self.services.values().all(|s| s.dp_id != *n))
+                    .unwrap_or(u32::MAX);
+                service.vip = match service.spec.endpoint_mode {
+                    crate::model::EndpointMode::Vip => Some(self.allocate_vip(&service.name)?),
+                    crate::model::EndpointMode::Dnsrr => None,
+                };
                 self.services.insert(service.id.clone(), service.clone());
                 changes.push(change(ObjectKind::Service, Action::Created, &service.id, &service.name));
                 Ok(())
@@ -265,13 +274,33 @@ impl State {
                         svc.name, expected_version, svc.version
                     )));
                 }
-                if spec_differs_beyond_scale(&svc.spec, spec) {
-                    svc.spec_version += 1;
+                let changed = spec_differs_beyond_scale(&svc.spec, spec);
+                if changed && svc.canary.is_some() {
+                    return Err(ApplyError::Invalid(format!(
+                        "service {:?} has a canary running: promote it or roll it back first (scaling and --canary-weight are allowed)",
+                        svc.name
+                    )));
+                }
+                let (name, old_mode) = (svc.name.clone(), svc.spec.endpoint_mode);
+                let vip = match (old_mode, spec.endpoint_mode) {
+                    (crate::model::EndpointMode::Dnsrr, crate::model::EndpointMode::Vip) => {
+                        Some(Some(self.allocate_vip(&name)?))
+                    }
+                    (crate::model::EndpointMode::Vip, crate::model::EndpointMode::Dnsrr) => Some(None),
+                    _ => None,
+                };
+                let svc = self.services.get_mut(id).expect("checked above");
+                if let Some(v) = vip {
+                    svc.vip = v;
+                }
+                if changed {
+                    svc.previous_spec = Some(svc.spec.clone());
+                    svc.spec_version = svc.spec_version.max(svc.canary.as_ref().map_or(0, |c| c.spec_version)) + 1;
                 }
                 svc.spec = spec.clone();
                 svc.version += 1;
                 svc.updated_ms = *at_ms;
-                changes.push(change(ObjectKind::Service, Action::Updated, id, &svc.name.clone()));
+                changes.push(change(ObjectKind::Service, Action::Updated, id, &name));
                 Ok(())
             }
             Command::ScaleService { id, replicas, at_ms } => {
@@ -307,6 +336,126 @@ impl State {
                         changes.push(change(ObjectKind::Task, Action::Updated, &t.id, ""));
                     }
                 }
+                Ok(())
+            }
+            Command::StartCanary {
+                id,
+                expected_version,
+                spec,
+                weight,
+                at_ms,
+            } => {
+                let svc = self
+                    .services
+                    .get_mut(id)
+                    .ok_or_else(|| ApplyError::NotFound(format!("service {id:?} not found")))?;
+                if svc.version != *expected_version {
+                    return Err(ApplyError::Conflict(format!(
+                        "service {:?} changed since it was read (version {} read, now {}): read it again and retry",
+                        svc.name, expected_version, svc.version
+                    )));
+                }
+                if svc.spec.mode == crate::model::ServiceMode::Global {
+                    return Err(ApplyError::Invalid(format!(
+                        "canary-weight: service {:?} is global; canaries need a replicated service",
+                        svc.name
+                    )));
+                }
+                if *weight > 100 {
+                    return Err(ApplyError::Invalid(format!("canary-weight: {weight} is more than 100")));
+                }
+                let next = svc.spec_version.max(svc.canary.as_ref().map_or(0, |c| c.spec_version)) + 1;
+                let mut canary_spec = spec.clone();
+                // The canary keeps the stable version's scale; only the stable replica
+                // count says how many tasks the service has.
+                canary_spec.mode = svc.spec.mode;
+                svc.canary = Some(crate::model::Canary {
+                    spec: canary_spec,
+                    spec_version: next,
+                    weight: *weight,
+                });
+                svc.version += 1;
+                svc.updated_ms = *at_ms;
+                changes.push(change(ObjectKind::Service, Action::Updated, id, &svc.name.clone()));
+                Ok(())
+            }
+            Command::SetCanaryWeight { id, weight, at_ms } => {
+                let svc = self
+                    .services
+                    .get_mut(id)
+                    .ok_or_else(|| ApplyError::NotFound(format!("service {id:?} not found")))?;
+                if *weight > 100 {
+                    return Err(ApplyError::Invalid(format!("canary-weight: {weight} is more than 100")));
+                }
+                let name = svc.name.clone();
+                let canary = svc.canary.as_mut().ok_or_else(|| {
+                    ApplyError::Invalid(format!(
+                        "canary-weight: service {name:?} has no canary: start one with `warren service update {name} --image IMG --canary-weight W`"
+                    ))
+                })?;
+                canary.weight = *weight;
+                svc.version += 1;
+                svc.updated_ms = *at_ms;
+                changes.push(change(ObjectKind::Service, Action::Updated, id, &name));
+                Ok(())
+            }
+            Command::PromoteCanary { id, at_ms } => {
+                let svc = self
+                    .services
+                    .get_mut(id)
+                    .ok_or_else(|| ApplyError::NotFound(format!("service {id:?} not found")))?;
+                let name = svc.name.clone();
+                let canary = svc
+                    .canary
+                    .take()
+                    .ok_or_else(|| ApplyError::Invalid(format!("service {name:?} has no canary to promote")))?;
+                let mut spec = canary.spec;
+                spec.mode = svc.spec.mode;
+                svc.previous_spec = Some(std::mem::replace(&mut svc.spec, spec));
+                svc.spec_version = canary.spec_version;
+                svc.version += 1;
+                svc.updated_ms = *at_ms;
+                changes.push(change(ObjectKind::Service, Action::Updated, id, &name));
+                // The canary tasks become stable ones, in the first slots: the
+                // orchestrator keeps them (the newest task of a slot wins) and replaces
+                // the rest of the old version.
+                let mut slot = 0;
+                let mut promoted: Vec<&mut Task> = self
+                    .tasks
+                    .values_mut()
+                    .filter(|t| t.service_id == *id && t.canary && t.is_live())
+                    .collect();
+                promoted.sort_by_key(|t| t.slot);
+                for t in promoted {
+                    slot += 1;
+                    t.canary = false;
+                    t.slot = slot;
+                    t.version += 1;
+                    t.updated_ms = *at_ms;
+                    changes.push(change(ObjectKind::Task, Action::Updated, &t.id, ""));
+                }
+                Ok(())
+            }
+            Command::RollbackService { id, at_ms } => {
+                let svc = self
+                    .services
+                    .get_mut(id)
+                    .ok_or_else(|| ApplyError::NotFound(format!("service {id:?} not found")))?;
+                let name = svc.name.clone();
+                if svc.canary.take().is_none() {
+                    let previous = svc.previous_spec.take().ok_or_else(|| {
+                        ApplyError::Invalid(format!(
+                            "service {name:?} has no canary and no previous version to roll back to"
+                        ))
+                    })?;
+                    let mut previous = previous;
+                    previous.mode = svc.spec.mode;
+                    svc.previous_spec = Some(std::mem::replace(&mut svc.spec, previous));
+                    svc.spec_version += 1;
+                }
+                svc.version += 1;
+                svc.updated_ms = *at_ms;
+                changes.push(change(ObjectKind::Service, Action::Updated, id, &name));
                 Ok(())
             }
             Command::CreateTasks { tasks } => {
@@ -477,6 +626,34 @@ impl State {
         }
     }
 
+    /// The lowest free address of the service CIDR (not its network or broadcast
+    /// address). Deterministic, like every other allocation in `apply`.
+    fn allocate_vip(&self, service: &str) -> Result<std::net::Ipv4Addr, ApplyError> {
+        let cidr = self
+            .meta
+            .as_ref()
+            .map(|m| m.service_cidr.clone())
+            .unwrap_or_else(crate::model::default_service_cidr);
+        let invalid = || ApplyError::Invalid(format!("the service CIDR {cidr:?} is not a valid IPv4 CIDR"));
+        let (ip, len) = cidr.split_once('/').ok_or_else(invalid)?;
+        let base = u32::from(ip.parse::<std::net::Ipv4Addr>().map_err(|_| invalid())?);
+        let len: u32 = len.parse().map_err(|_| invalid())?;
+        if !(8..=30).contains(&len) {
+            return Err(invalid());
+        }
+        let size = 1u32 << (32 - len);
+        let used: std::collections::HashSet<std::net::Ipv4Addr> =
+            self.services.values().filter_map(|s| s.vip).collect();
+        (1..size - 1)
+            .map(|i| std::net::Ipv4Addr::from(base + i))
+            .find(|a| !used.contains(a))
+            .ok_or_else(|| {
+                ApplyError::Invalid(format!(
+                    "no free virtual IP left in the service CIDR {cidr} for service {service}"
+                ))
+            })
+    }
+
     fn node_mut(&mut self, id: &str) -> Result<&mut Node, ApplyError> {
         self.nodes
             .get_mut(id)
@@ -570,6 +747,10 @@ mod tests {
             spec_version: 1,
             created_ms: 0,
             updated_ms: 0,
+            vip: None,
+            dp_id: 0,
+            canary: None,
+            previous_spec: None,
         }
     }
 
@@ -588,6 +769,7 @@ mod tests {
             spec: svc.spec.clone(),
             spec_version: 1,
             attempt: 0,
+            canary: false,
             created_ms: 0,
             updated_ms: 0,
             version: 1,
@@ -878,6 +1060,153 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.nodes["n3"].subnet.as_deref(), Some("10.88.0.0/24"));
+    }
+
+    #[test]
+    fn services_get_distinct_vips_and_data_plane_ids_that_are_reused() {
+        let mut s = State::default();
+        let mut ch = vec![];
+        for (id, name) in [("a", "one"), ("b", "two")] {
+            s.apply(
+                &Command::CreateService {
+                    service: service(id, name),
+                },
+                &mut ch,
+            )
+            .unwrap();
+        }
+        let mut dnsrr = service("c", "three");
+        dnsrr.spec.endpoint_mode = EndpointMode::Dnsrr;
+        s.apply(&Command::CreateService { service: dnsrr }, &mut ch).unwrap();
+        assert_eq!(s.services["a"].vip, Some("10.96.0.1".parse().unwrap()));
+        assert_eq!(s.services["b"].vip, Some("10.96.0.2".parse().unwrap()));
+        assert_eq!(s.services["c"].vip, None);
+        assert_eq!(
+            (s.services["a"].dp_id, s.services["b"].dp_id, s.services["c"].dp_id),
+            (1, 2, 3)
+        );
+        s.apply(
+            &Command::RemoveService {
+                id: "a".into(),
+                at_ms: 1,
+            },
+            &mut ch,
+        )
+        .unwrap();
+        s.apply(
+            &Command::CreateService {
+                service: service("d", "four"),
+            },
+            &mut ch,
+        )
+        .unwrap();
+        assert_eq!(s.services["d"].vip, Some("10.96.0.1".parse().unwrap()));
+        assert_eq!(s.services["d"].dp_id, 1);
+    }
+
+    #[test]
+    fn canary_lifecycle() {
+        let mut s = State::default();
+        let mut ch = vec![];
+        s.apply(
+            &Command::CreateService {
+                service: service("a", "web"),
+            },
+            &mut ch,
+        )
+        .unwrap();
+        let mut v2 = s.services["a"].spec.clone();
+        v2.image = "img:2".into();
+        s.apply(
+            &Command::StartCanary {
+                id: "a".into(),
+                expected_version: 1,
+                spec: v2.clone(),
+                weight: 20,
+                at_ms: 1,
+            },
+            &mut ch,
+        )
+        .unwrap();
+        let c = s.services["a"].canary.clone().unwrap();
+        assert_eq!((c.weight, c.spec_version, c.spec.image.as_str()), (20, 2, "img:2"));
+        assert_eq!(s.services["a"].spec.image, "img");
+        s.apply(
+            &Command::SetCanaryWeight {
+                id: "a".into(),
+                weight: 50,
+                at_ms: 2,
+            },
+            &mut ch,
+        )
+        .unwrap();
+        assert_eq!(s.services["a"].canary.as_ref().unwrap().weight, 50);
+        let e = s
+            .apply(
+                &Command::SetCanaryWeight {
+                    id: "a".into(),
+                    weight: 101,
+                    at_ms: 2,
+                },
+                &mut ch,
+            )
+            .unwrap_err();
+        assert!(e.to_string().starts_with("canary-weight:"), "{e}");
+        // A plain update is refused while a canary runs.
+        let version = s.services["a"].version;
+        let e = s
+            .apply(
+                &Command::UpdateService {
+                    id: "a".into(),
+                    expected_version: version,
+                    spec: v2.clone(),
+                    at_ms: 3,
+                },
+                &mut ch,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("promote it or roll it back"), "{e}");
+        s.apply(
+            &Command::PromoteCanary {
+                id: "a".into(),
+                at_ms: 4,
+            },
+            &mut ch,
+        )
+        .unwrap();
+        let svc = &s.services["a"];
+        assert!(svc.canary.is_none());
+        assert_eq!((svc.spec.image.as_str(), svc.spec_version), ("img:2", 2));
+        // Rollback without a canary returns to the previous spec.
+        s.apply(
+            &Command::RollbackService {
+                id: "a".into(),
+                at_ms: 5,
+            },
+            &mut ch,
+        )
+        .unwrap();
+        assert_eq!(s.services["a"].spec.image, "img");
+        assert_eq!(s.services["a"].spec_version, 3);
+        s.apply(
+            &Command::RollbackService {
+                id: "a".into(),
+                at_ms: 6,
+            },
+            &mut ch,
+        )
+        .unwrap();
+        assert_eq!(s.services["a"].spec.image, "img:2");
+        let e = s
+            .apply(
+                &Command::PromoteCanary {
+                    id: "a".into(),
+                    at_ms: 7,
+                },
+                &mut ch,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("no canary to promote"));
     }
 
     #[test]
