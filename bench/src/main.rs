@@ -9,6 +9,7 @@
 mod control;
 mod report;
 mod stats;
+mod worker;
 
 use report::{Machine, Results};
 use std::collections::BTreeMap;
@@ -75,9 +76,18 @@ const SCENARIOS: &[(&str, &str)] = &[
          services present; percentiles per run of 200 (quick) or 1,000 calls after 50 warm-up calls.",
     ),
     (
+        "control.schedule",
+        "A manager and a worker, each in its own network namespace, with a private containerd; the \
+         image is loaded once with `warren image load` and warmed up with one container. A service \
+         pinned to the worker is created with 1, 10 or 50 replicas and the time until every task \
+         reports running is measured through the API (polling every 10 ms); the service is removed \
+         between runs.",
+    ),
+    (
         "footprint",
         "Size of the stripped release binary; resident memory (VmRSS) of a fresh single-node manager \
-         after 3 s idle, and of the three-manager leader once 1,000 or more services exist.",
+                  after 3 s idle, of the three-manager leader once 1,000 or more services exist, and of a \
+         worker running 50 tasks (see control.schedule).",
     ),
 ];
 
@@ -113,6 +123,11 @@ async fn main() -> std::process::ExitCode {
     if wanted("footprint") {
         eprintln!("warren-bench: footprint");
         records.extend(control::footprint(&args.warren).await);
+    }
+    if wanted("control.schedule") || wanted("footprint") {
+        eprintln!("warren-bench: control.schedule");
+        let r = worker::schedule(args.quick).await;
+        records.extend(r.into_iter().filter(|r| wanted(&r.scenario)));
     }
     baselines.insert("control.create".to_string(), "16 clients, leader".to_string());
     baselines.retain(|k, _| methods.contains_key(k));
