@@ -484,11 +484,51 @@ fn print_service(s: &ServiceView) {
             println!("  {p}");
         }
     }
-    if !spec.labels.is_empty() {
+        if !spec.labels.is_empty() {
         println!("Labels:");
         for (k, val) in &spec.labels {
             println!("  {k}={val}");
         }
+    }
+    if !spec.mounts.is_empty() {
+        println!("Mounts:");
+        for m in &spec.mounts {
+            let kind = match m.kind {
+                model::MountKind::Volume => "volume",
+                model::MountKind::Bind => "bind",
+                model::MountKind::Tmpfs => "tmpfs",
+            };
+            let ro = if m.readonly { " (read-only)" } else { "" };
+            println!("  {kind} {} -> {}{ro}", or_dash(&m.source), m.target);
+        }
+    }
+    if !spec.secrets.is_empty() {
+        println!("Secrets:");
+        for r in &spec.secrets {
+            println!("  {} -> {}", r.name, r.target);
+        }
+    }
+    if let Some(h) = &spec.health {
+        let test = match &h.test {
+            model::HealthTest::Cmd(c) => format!("cmd {c:?}"),
+            model::HealthTest::Http { port, path } => format!("http {port}{path}"),
+            model::HealthTest::Tcp { port } => format!("tcp {port}"),
+            model::HealthTest::Disabled => "disabled".into(),
+        };
+        println!(
+            "Health:      {test}, every {}ms, timeout {}ms, {} retries, start period {}ms",
+            h.interval_ms, h.timeout_ms, h.retries, h.start_period_ms
+        );
+    }
+    let r = &spec.restart;
+    println!(
+        "Restart:     {}, delay {}ms{}",
+        r.condition.as_str(),
+        r.delay_ms,
+        if r.max_attempts > 0 { format!(", at most {} times", r.max_attempts) } else { String::new() }
+    );
+    if !spec.stop_signal.is_empty() || spec.stop_grace_ms != 10_000 {
+        println!("Stop:        {} then kill after {}ms", or_dash(&spec.stop_signal), spec.stop_grace_ms);
     }
 }
 
