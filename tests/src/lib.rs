@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod containerd;
 pub mod dnsutil;
+pub mod env;
 pub mod images;
 pub mod lab;
 pub mod netns;

@@ -484,7 +484,7 @@ fn print_service(s: &ServiceView) {
             println!("  {p}");
         }
     }
-        if !spec.labels.is_empty() {
+    if !spec.labels.is_empty() {
         println!("Labels:");
         for (k, val) in &spec.labels {
             println!("  {k}={val}");
@@ -525,10 +525,18 @@ fn print_service(s: &ServiceView) {
         "Restart:     {}, delay {}ms{}",
         r.condition.as_str(),
         r.delay_ms,
-        if r.max_attempts > 0 { format!(", at most {} times", r.max_attempts) } else { String::new() }
+        if r.max_attempts > 0 {
+            format!(", at most {} times", r.max_attempts)
+        } else {
+            String::new()
+        }
     );
     if !spec.stop_signal.is_empty() || spec.stop_grace_ms != 10_000 {
-        println!("Stop:        {} then kill after {}ms", or_dash(&spec.stop_signal), spec.stop_grace_ms);
+        println!(
+            "Stop:        {} then kill after {}ms",
+            or_dash(&spec.stop_signal),
+            spec.stop_grace_ms
+        );
     }
 }
 
