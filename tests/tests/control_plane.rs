@@ -85,6 +85,16 @@ fn three_managers_survive_a_leader_kill_and_a_full_restart() {
     );
     let names = service_names(&c, survivor);
     assert_eq!(names.len(), 101);
+    // The survivors' agents follow the new leader; the killed manager is down.
+    let killed = c.nodes[leader].name.clone();
+    c.wait("agents on the new leader", Duration::from_secs(20), || {
+        let nodes = c.json(survivor, &["node", "ls", "--format", "json"]).ok()?;
+        nodes
+            .as_array()?
+            .iter()
+            .all(|n| (n["state"] == "Down") == (n["name"] == killed.as_str()))
+            .then_some(())
+    });
     assert!((0..100).all(|i| names.contains(&format!("svc-{i:03}"))));
 
     // 4. More writes than a snapshot interval while the old leader is down.

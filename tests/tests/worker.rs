@@ -115,6 +115,11 @@ fn crashes_kills_and_unhealthy_tasks_are_replaced_and_missing_images_retried() {
             "1s",
         ],
     );
+    let ps = env.c.wait("the health in service ps", Duration::from_secs(30), || {
+        let ps = env.c.ok(m1, &["service", "ps", "sick"]);
+        ps.contains("Running (starting)").then_some(ps)
+    });
+    assert!(ps.contains("sick.1"), "{ps}");
     let unhealthy = env.c.wait("an unhealthy task", Duration::from_secs(45), || {
         tasks_in(&env, m1, "sick", "Failed")
             .into_iter()

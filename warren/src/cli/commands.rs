@@ -591,7 +591,16 @@ fn print_tasks(views: &[TaskView]) {
                     t.node_name.clone().unwrap_or_else(|| "-".into()),
                     or_dash(&st.addr),
                     t.task.desired_state.to_string(),
-                    format!("{} {}", capitalize(st.state.as_str()), ago(st.timestamp_ms)),
+                    if st.health.is_empty() {
+                        format!("{} {}", capitalize(st.state.as_str()), ago(st.timestamp_ms))
+                    } else {
+                        format!(
+                            "{} ({}) {}",
+                            capitalize(st.state.as_str()),
+                            st.health,
+                            ago(st.timestamp_ms)
+                        )
+                    },
                     or_dash(&message),
                 ]
             })
