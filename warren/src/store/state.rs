@@ -340,10 +340,12 @@ impl State {
                     .ok_or_else(|| ApplyError::NotFound(format!("service {id:?} not found")))?;
                 match &mut svc.spec.mode {
                     crate::model::ServiceMode::Replicated { replicas: r } => *r = *replicas,
-                    crate::model::ServiceMode::Global => return Err(ApplyError::Invalid(format!(
+                    crate::model::ServiceMode::Global => {
+                        return Err(ApplyError::Invalid(format!(
                         "replicas: service {:?} is global; only replicated services can be scaled",
                         svc.name
-                    ))),
+                    )))
+                    }
                 }
                 svc.version += 1;
                 svc.updated_ms = *at_ms;
