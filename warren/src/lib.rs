@@ -2,6 +2,7 @@
 //! scheduler, dispatcher), the node agent and the data plane. `main.rs` only calls
 //! `cli::main`.
 
+pub mod dataplane;
 pub mod model;
 pub mod raft;
 pub mod store;
