@@ -1,1 +1,3 @@
 //! Harness for the end-to-end tests.
+
+pub mod dataplane;

@@ -217,6 +217,57 @@ static __always_inline int tc_rewrite(struct __sk_buff *skb, __u32 l4off, __u8 p
 	return 0;
 }
 
+#define AF_INET 2
+
+/* Set by the loader when the kernel has bpf_redirect_neigh (5.10+); on older
+ * kernels the verifier never sees the dead branch that calls it. */
+volatile const __u32 warren_redirect_neigh = 0;
+
+/*
+ * Forwards a translated packet straight to its next hop. Going back through the
+ * stack would drop a packet whose source became the node's own address (SNAT:
+ * "martian source"), so the route is used directly, with bpf_redirect_neigh when
+ * the neighbour is not resolved yet (5.10+). Anything else (a local destination,
+ * forwarding disabled) is left to the stack.
+ */
+static __always_inline int tc_forward(struct __sk_buff *skb, const struct iphdr *iph, __be32 saddr,
+				      __be32 daddr, __be16 sport, __be16 dport)
+{
+	struct bpf_fib_lookup fib = {};
+	__be16 old_word, new_word;
+	__u8 ttl = iph->ttl;
+	int rc;
+
+	fib.family = AF_INET;
+	fib.l4_protocol = iph->protocol;
+	fib.sport = sport;
+	fib.dport = dport;
+	fib.tot_len = bpf_ntohs(iph->tot_len);
+	fib.ipv4_src = saddr;
+	fib.ipv4_dst = daddr;
+	fib.ifindex = skb->ingress_ifindex;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (ttl <= 1)
+		return TC_ACT_OK; /* the stack sends the ICMP time exceeded */
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS &&
+	    !(rc == BPF_FIB_LKUP_RET_NO_NEIGH && warren_redirect_neigh))
+		return TC_ACT_OK;
+
+	/* Forwarding decrements the TTL, as the stack would. */
+	old_word = bpf_htons(((__u16)ttl << 8) | iph->protocol);
+	new_word = bpf_htons(((__u16)(ttl - 1) << 8) | iph->protocol);
+	ttl--;
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_word, new_word, 2) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + offsetof(struct iphdr, ttl), &ttl, 1, 0) < 0)
+		return TC_ACT_SHOT;
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+	if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(fib.ifindex, 0);
+}
+
 static __always_inline int ct_backend_alive(const struct warren_ct_value *ct)
 {
 	__u32 id = ct->backend_id;
@@ -344,9 +395,12 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int ingress)
 		}
 		ct->last_seen_ns = bpf_ktime_get_ns();
 		count_packet(ct->svc_id, ct->backend_id, skb->len);
-		if (tc_rewrite(skb, l4off, key.proto, &key, ct) < 0)
+		fwd = *ct;
+		if (tc_rewrite(skb, l4off, key.proto, &key, &fwd) < 0)
 			return TC_ACT_SHOT;
-		return TC_ACT_OK;
+		if (!ingress)
+			return TC_ACT_OK;
+		return tc_forward(skb, &iph, fwd.saddr, fwd.daddr, fwd.sport, fwd.dport);
 	}
 	if (!ingress)
 		return TC_ACT_OK;
@@ -380,7 +434,7 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int ingress)
 	count_packet(svc_id, be_id, skb->len);
 	if (tc_rewrite(skb, l4off, key.proto, &key, &fwd) < 0)
 		return TC_ACT_SHOT;
-	return TC_ACT_OK;
+	return tc_forward(skb, &iph, fwd.saddr, fwd.daddr, fwd.sport, fwd.dport);
 }
 
 SEC("classifier")

@@ -449,6 +449,19 @@ fn run_iter(ebpf: &mut Ebpf, name: &str) -> Result<(), DataplaneError> {
     Ok(())
 }
 
+/// An error and its sources on one line (aya's pin errors hide the errno in the
+/// source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// The verifier log is the useful part of a load failure.
 fn verifier_detail(e: &aya::programs::ProgramError) -> String {
     match e {
@@ -525,11 +538,12 @@ fn attach_pinned(
         }
     }
     let link = create()?;
-    let tmp = pin.with_extension("new");
+    // bpffs refuses names with a '.'.
+    let tmp = PathBuf::from(format!("{}_new", pin.display()));
     let _ = std::fs::remove_file(&tmp);
     link.pin(&tmp).map_err(|e| DataplaneError::Link {
         path: tmp.clone(),
-        detail: e.to_string(),
+        detail: error_chain(&e),
     })?;
     std::fs::rename(&tmp, pin).map_err(|e| DataplaneError::Link {
         path: pin.to_path_buf(),
@@ -664,8 +678,10 @@ impl EbpfDataplane {
         checks::check_cgroup2(&cfg.cgroup_root)?;
         check_pinned_maps(&cfg.bpffs_dir)?;
 
+        let redirect_neigh = u32::from((kernel.version.0, kernel.version.1) >= (5, 10));
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&cfg.bpffs_dir)
+            .override_global("warren_redirect_neigh", &redirect_neigh, true)
             .load(warren_ebpf::warren_object())
             .map_err(|e| DataplaneError::Load {
                 object: "warren.bpf.o",

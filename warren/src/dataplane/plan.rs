@@ -832,7 +832,8 @@ mod tests {
 
     #[test]
     fn invalid_services_name_the_field() {
-        let cases: Vec<(Box<dyn Fn(&mut Vec<ServiceEntry>)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut Vec<ServiceEntry>)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|v| v[0].id = MAX_SERVICES), "invalid service web: id: 1024 is out of range (0..1024)"),
             (Box::new(|v| v[1].id = 3), "invalid service api: id: 3 is also the id of service web"),
             (Box::new(|v| v[0].canary_weight = 101), "invalid service web: canary_weight: 101 is not a percentage (0-100)"),
