@@ -202,17 +202,19 @@ impl Proc {
         }
     }
 
-    /// Reads stdout lines until one equals `line`.
-    pub fn wait_line(&mut self, line: &str) {
+    /// Reads stdout lines until one equals `line`; returns the lines before it.
+    pub fn wait_line(&mut self, line: &str) -> Vec<String> {
         let out = self.stdout.as_mut().expect("stdout");
+        let mut before = Vec::new();
         let mut buf = String::new();
         loop {
             buf.clear();
             let n = out.read_line(&mut buf).expect("read child stdout");
             assert!(n > 0, "{} exited before printing {line:?}", self.what);
             if buf.trim() == line {
-                return;
+                return before;
             }
+            before.push(buf.trim().to_string());
         }
     }
 

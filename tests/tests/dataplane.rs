@@ -6,10 +6,11 @@
 
 use std::{net::Ipv4Addr, process::Command, sync::Arc};
 
+use aya::programs::{SchedClassifier, TcAttachType};
 use warren::dataplane::{
     Backend, BackendGroup, Dataplane, EbpfDataplane, Protocol, RateLimit, ServiceEntry, ServicePort,
 };
-use warren_tests::dataplane::{run, Lab, TCP_PORT, UDP_PORT};
+use warren_tests::dataplane::{run, Lab, Proc, TCP_PORT, UDP_PORT};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_warren-dp-probe");
 
@@ -360,7 +361,20 @@ fn published_port_from_the_wire_via_tc() {
         published: Some(host_port),
         host_mode: true,
     }];
-    dp.sync(&[web, host]).expect("sync");
+    let limited_port = 32000 + u16::from(lab.net);
+    let mut limited = service(&lab, 3, "udplimited", &[(0, BackendGroup::Stable, true)]);
+    limited.vip = None;
+    limited.ports = vec![ServicePort {
+        protocol: Protocol::Udp,
+        target: UDP_PORT,
+        published: Some(limited_port),
+        host_mode: false,
+    }];
+    limited.rate_limit = Some(RateLimit {
+        per_sec: 1,
+        burst: 3,
+    });
+    dp.sync(&[web, host, limited]).expect("sync");
 
     let node_addr = Ipv4Addr::new(10, 202, lab.net, 1);
     let client_addr = Ipv4Addr::new(10, 202, lab.net, 2).to_string();
@@ -407,16 +421,58 @@ fn published_port_from_the_wire_via_tc() {
         "mode=host goes to local tasks only"
     );
 
+    // Over the rate limit, datagrams from the wire are dropped at tc and counted.
+    let r = lab.outside_client(&[
+        "udp",
+        "--to",
+        &to(node_addr, limited_port),
+        "--n",
+        "10",
+        "--timeout-ms",
+        "300",
+    ]);
+    let answered = r.answers();
+    assert!(
+        (3..10).contains(&answered),
+        "burst 3 at 1/s answered {answered} of 10: {r:?}"
+    );
+
     let st = dp.status();
     let web = st.services.iter().find(|s| s.name == "web").unwrap();
     assert!(
         web.packets > 0 && web.bytes > 0,
         "tc counts packets and bytes: {web:?}"
     );
+    let lim = st.services.iter().find(|s| s.name == "udplimited").unwrap();
+    assert_eq!(
+        lim.drops.rate_limited,
+        10 - answered,
+        "every dropped datagram is counted"
+    );
     let ct = st.maps.iter().find(|m| m.name == "warren_ct_v1").unwrap();
     assert!(ct.entries > 0, "connection tracking holds the flows");
     assert!(st.programs.iter().any(|p| p.target == "tc-ingress:vc0"));
     assert!(st.programs.iter().any(|p| p.target == "tc-egress:br0"));
+
+    // tcx programs per hook, as the kernel reports them (bpftool 7.1 predates tcx).
+    let tc_progs = |dev: &str, t: TcAttachType| -> Vec<String> {
+        lab.node.enter(|| {
+            let (_, progs) = SchedClassifier::query_tcx(dev, t).expect("query tcx");
+            progs
+                .iter()
+                .map(|p| p.name_as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+    };
+    assert_eq!(tc_progs("vc0", TcAttachType::Ingress), ["warren_tc_in"]);
+    assert_eq!(tc_progs("br0", TcAttachType::Egress), ["warren_tc_out"]);
+    drop(dp);
+    EbpfDataplane::cleanup(&lab.cfg()).expect("cleanup");
+    for dev in ["vc0", "br0"] {
+        for t in [TcAttachType::Ingress, TcAttachType::Egress] {
+            assert!(tc_progs(dev, t).is_empty(), "tc programs left on {dev}");
+        }
+    }
 }
 
 #[test]
@@ -499,6 +555,82 @@ fn pinned_programs_survive_the_loader_and_are_adopted_without_a_gap() {
     let r = lab.client(&["connect", "--to", &to(vip(lab.net), TCP_PORT), "--n", "1"]);
     assert_eq!(r.answers(), 0, "the VIP is gone after cleanup");
     EbpfDataplane::cleanup(&lab.cfg()).expect("cleanup is idempotent");
+}
+
+#[test]
+fn a_daemon_killed_with_sigkill_and_restarted_causes_no_failed_connection() {
+    let lab = Lab::new("kill9", 20, 2, false, PROBE);
+    let cfg = lab.cfg();
+    let port = TCP_PORT.to_string();
+    let vip_s = vip(lab.net).to_string();
+    let b0 = lab.backends[0].addr.to_string();
+    let b1 = lab.backends[1].addr.to_string();
+    let bpffs = cfg.bpffs_dir.to_string_lossy().into_owned();
+    let cgroup = cfg.cgroup_root.to_string_lossy().into_owned();
+    let start_daemon = || {
+        let mut c = Command::new(PROBE);
+        c.args([
+            "daemon",
+            "--node",
+            "kill9",
+            "--bpffs",
+            &bpffs,
+            "--cgroup",
+            &cgroup,
+            "--vip",
+            &vip_s,
+            "--port",
+            &port,
+            "--backend",
+            &b0,
+            "--backend",
+            &b1,
+        ]);
+        let mut d = Proc::spawn(c, "daemon");
+        let lines = d.wait_line("synced");
+        (d, lines)
+    };
+    let (mut daemon, lines) = start_daemon();
+    assert_eq!(lines, ["adopted 0"], "a fresh start attaches new links");
+
+    let stop = lab.tmp.join("stop");
+    let mut looping = lab.spawn_client(&[
+        "loop",
+        "--to",
+        &to(vip(lab.net), TCP_PORT),
+        "--stop-file",
+        &stop.to_string_lossy(),
+    ]);
+    looping.wait_line("started");
+    for _ in 0..3 {
+        daemon.child.kill().expect("SIGKILL the daemon");
+        daemon.child.wait().expect("reap the daemon");
+        let r = lab.client(&["connect", "--to", &to(vip(lab.net), TCP_PORT), "--n", "10"]);
+        assert_eq!(
+            r.answers(),
+            10,
+            "VIP works while no daemon runs: {:?}",
+            r.errors
+        );
+        let (d, lines) = start_daemon();
+        assert_eq!(
+            lines,
+            ["adopted 4"],
+            "a restart adopts the 4 pinned cgroup links"
+        );
+        daemon = d;
+    }
+    std::fs::write(&stop, b"").unwrap();
+    let r = looping.finish();
+    assert!(r.values["attempts"] > 10, "the loop ran: {r:?}");
+    assert_eq!(
+        r.error_count(),
+        0,
+        "connections failed across kill -9 and restart: {:?}",
+        r.errors
+    );
+    assert_eq!(r.names.len(), 2, "both backends served: {:?}", r.names);
+    drop(daemon);
 }
 
 #[test]

@@ -6,10 +6,14 @@
 //! ```text
 //! serve   --name N --tcp PORT --udp PORT --count-file PATH
 //! connect --to A:P [--n N] [--rate R --secs S] [--bind ADDR]
-//! udp     --to A:P --n N [--connected]
+//! udp     --to A:P --n N [--connected] [--timeout-ms MS]
 //! loop    --to A:P --stop-file PATH
 //! hold    --to A:P --n N [--udp]      (then reads "check" on stdin)
+//! daemon  --node N --bpffs DIR --cgroup DIR --vip A --port P --backend A...
 //! ```
+//!
+//! `daemon` stands in for the Warren daemon: it opens the data plane, syncs one
+//! service, prints `synced` and waits to be killed.
 
 use std::{
     collections::BTreeMap,
@@ -39,6 +43,13 @@ impl Args {
     fn req(&self, flag: &str) -> &str {
         self.get(flag)
             .unwrap_or_else(|| panic!("warren-dp-probe: missing {flag}"))
+    }
+    fn all(&self, flag: &str) -> Vec<&str> {
+        self.0
+            .windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
     }
     fn has(&self, flag: &str) -> bool {
         self.0.iter().any(|a| a == flag)
@@ -70,6 +81,7 @@ pub fn main() {
         "udp" => udp(&args),
         "loop" => connect_loop(&args),
         "hold" => hold(&args),
+        "daemon" => daemon(&args),
         other => {
             eprintln!("warren-dp-probe: unknown mode {other}");
             std::process::exit(2);
@@ -139,6 +151,7 @@ fn errno_name(e: &io::Error) -> String {
         Some(libc::ETIMEDOUT) => "ETIMEDOUT".into(),
         Some(libc::EHOSTUNREACH) => "EHOSTUNREACH".into(),
         Some(libc::ENETUNREACH) => "ENETUNREACH".into(),
+        Some(libc::EAGAIN) => "EAGAIN".into(),
         Some(n) => format!("errno{n}"),
         None => format!("{:?}", e.kind()),
     }
@@ -250,7 +263,8 @@ fn udp(args: &Args) {
     let to = args.addr("--to");
     let connected = args.has("--connected");
     let sock = UdpSocket::bind("0.0.0.0:0").expect("bind udp");
-    sock.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    sock.set_read_timeout(Some(Duration::from_millis(args.num("--timeout-ms", 2000))))
+        .ok();
     if connected {
         sock.connect(to).expect("connect udp");
     }
@@ -369,5 +383,46 @@ fn hold(args: &Args) {
             }
         };
         println!("conn {name} {state}");
+    }
+}
+
+fn daemon(args: &Args) {
+    use warren::dataplane::{
+        Backend, BackendGroup, Dataplane, DataplaneConfig, EbpfDataplane, Protocol, ServiceEntry,
+        ServicePort,
+    };
+    let mut cfg = DataplaneConfig::new(args.req("--node"));
+    cfg.bpffs_dir = PathBuf::from(args.req("--bpffs"));
+    cfg.cgroup_root = PathBuf::from(args.req("--cgroup"));
+    let dp = EbpfDataplane::open(cfg).expect("open data plane");
+    let svc = ServiceEntry {
+        id: 1,
+        name: "web".into(),
+        vip: Some(args.req("--vip").parse().expect("--vip")),
+        ports: vec![ServicePort {
+            protocol: Protocol::Tcp,
+            target: args.num("--port", 0) as u16,
+            published: None,
+            host_mode: false,
+        }],
+        backends: args
+            .all("--backend")
+            .iter()
+            .map(|a| Backend {
+                addr: a.parse().expect("--backend"),
+                group: BackendGroup::Stable,
+                local: true,
+            })
+            .collect(),
+        canary_weight: 0,
+        rate_limit: None,
+    };
+    dp.sync(&[svc]).expect("sync");
+    let adopted = dp.status().programs.iter().filter(|p| p.adopted).count();
+    println!("adopted {adopted}");
+    println!("synced");
+    io::stdout().flush().ok();
+    loop {
+        thread::sleep(Duration::from_secs(3600));
     }
 }

@@ -552,6 +552,35 @@ fn attach_pinned(
     Ok(false)
 }
 
+/// The link pins a data plane with `cfg` owns.
+fn expected_pins(cfg: &DataplaneConfig) -> BTreeSet<String> {
+    let mut pins: BTreeSet<String> = CGROUP_PROGRAMS
+        .iter()
+        .map(|(_, pin, _)| pin.to_string())
+        .collect();
+    for iface in &cfg.ifaces {
+        pins.insert(format!("link_tc_in_{iface}"));
+        pins.insert(format!("link_tc_out_{iface}"));
+    }
+    pins
+}
+
+/// Unpins (and so detaches) links of a previous configuration, e.g. an interface
+/// no longer listed.
+fn remove_stale_links(dir: &Path, expected: &BTreeSet<String>) -> Result<(), DataplaneError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| DataplaneError::io(format!("read {}", dir.display()), e))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("link_") && !expected.contains(&name) {
+            tracing::info!(pin = %e.path().display(), "detaching a link of a previous configuration");
+            std::fs::remove_file(e.path())
+                .map_err(|err| DataplaneError::io(format!("unpin {}", e.path().display()), err))?;
+        }
+    }
+    Ok(())
+}
+
 fn ifindex(iface: &str) -> Result<u32, DataplaneError> {
     let c = std::ffi::CString::new(iface).map_err(|_| DataplaneError::NoSuchInterface {
         iface: iface.to_string(),
@@ -817,6 +846,8 @@ impl EbpfDataplane {
                 });
             }
         }
+
+        remove_stale_links(&cfg.bpffs_dir, &expected_pins(&cfg))?;
 
         let mut maps = Maps::take(&mut ebpf)?;
         maps.sync_node_addrs(&cfg.node_addrs)?;
