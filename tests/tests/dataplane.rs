@@ -683,6 +683,33 @@ fn bpftool_prints_map_fields_by_name() {
         state.contains("\"backends_all\""),
         "warren_state_v1 dump lacks fields"
     );
+
+    // The lookups docs/dataplane.md shows: keys as bytes in memory order.
+    let lookup = |map: &str, key: &[String]| {
+        let out = run(Command::new("bpftool")
+            .args(["map", "lookup", "pinned"])
+            .arg(dir.join(map))
+            .arg("key")
+            .args(key));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let v = vip(lab.net).octets();
+    let [hi, lo] = TCP_PORT.to_be_bytes();
+    let key: Vec<String> = [v[0], v[1], v[2], v[3], hi, lo, 6, 0]
+        .iter()
+        .map(|b| b.to_string())
+        .collect();
+    let entry = lookup("warren_svc_v1", &key);
+    assert!(
+        entry.contains("\"svc_id\": 5"),
+        "VIP:8080/tcp lookup:\n{entry}"
+    );
+    let key: Vec<String> = ["5", "0", "0", "0"].iter().map(|s| s.to_string()).collect();
+    let entry = lookup("warren_state_v1", &key);
+    assert!(
+        entry.contains("\"backends_all\": 1"),
+        "state of service 5:\n{entry}"
+    );
 }
 
 #[test]

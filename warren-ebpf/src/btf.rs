@@ -246,6 +246,15 @@ impl Btf {
         err("type chain too long")
     }
 
+    /// The names of every named struct.
+    pub fn struct_names(&self) -> Vec<String> {
+        self.types
+            .iter()
+            .filter(|t| t.kind == KIND_STRUCT && t.name_off != 0)
+            .map(|t| self.name(t.name_off))
+            .collect()
+    }
+
     /// The layout of `struct name`, if the object's BTF has it.
     pub fn struct_layout(&self, name: &str) -> Result<Option<StructLayout>, BtfError> {
         let Some(t) = self

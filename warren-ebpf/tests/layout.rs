@@ -101,3 +101,23 @@ fn a_diverging_layout_is_reported() {
         ]
     );
 }
+
+/// A struct added to `warren.h` without a Rust mirror fails here.
+#[test]
+fn every_shared_c_struct_has_a_rust_mirror() {
+    let mirrored: Vec<&str> = SHARED_LAYOUTS.iter().map(|(n, _, _)| *n).collect();
+    for obj in [
+        warren_ebpf::warren_object(),
+        warren_ebpf::sock_destroy_object_raw(),
+    ] {
+        let btf = Btf::from_elf(obj).expect("BTF");
+        for name in btf.struct_names() {
+            if name.starts_with("warren_") {
+                assert!(
+                    mirrored.contains(&name.as_str()),
+                    "struct {name} has no #[repr(C)] mirror in warren-common"
+                );
+            }
+        }
+    }
+}
