@@ -552,6 +552,19 @@ fn attach_pinned(
     Ok(false)
 }
 
+/// Detaches the link pinned at `pin` at once. Before Linux 5.9 there is no
+/// BPF_LINK_DETACH; removing the pin then detaches it shortly after.
+fn detach_pinned(pin: &Path) {
+    match sys::obj_get(pin) {
+        Ok(fd) => {
+            if let Err(e) = sys::link_detach(fd.as_fd()) {
+                tracing::debug!(pin = %pin.display(), error = %e, "BPF_LINK_DETACH failed; relying on unpin");
+            }
+        }
+        Err(e) => tracing::debug!(pin = %pin.display(), error = %e, "cannot open pinned link"),
+    }
+}
+
 /// The link pins a data plane with `cfg` owns.
 fn expected_pins(cfg: &DataplaneConfig) -> BTreeSet<String> {
     let mut pins: BTreeSet<String> = CGROUP_PROGRAMS
@@ -574,6 +587,7 @@ fn remove_stale_links(dir: &Path, expected: &BTreeSet<String>) -> Result<(), Dat
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with("link_") && !expected.contains(&name) {
             tracing::info!(pin = %e.path().display(), "detaching a link of a previous configuration");
+            detach_pinned(&e.path());
             std::fs::remove_file(e.path())
                 .map_err(|err| DataplaneError::io(format!("unpin {}", e.path().display()), err))?;
         }
@@ -919,6 +933,11 @@ impl EbpfDataplane {
                 .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
         });
         for p in paths {
+            if p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
+            {
+                detach_pinned(&p);
+            }
             std::fs::remove_file(&p)
                 .map_err(|e| DataplaneError::io(format!("unpin {}", p.display()), e))?;
         }

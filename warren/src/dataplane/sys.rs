@@ -1,5 +1,5 @@
 //! The few bpf(2) commands aya 0.14 does not expose on a raw link fd (open a pin,
-//! read a link's target, swap a link's program), plus
+//! read a link's target, swap a link's program, detach it), plus
 //! statfs and setns. Thin unsafe wrappers; no policy here.
 
 use std::{
@@ -13,6 +13,7 @@ const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_LINK_DETACH: libc::c_long = 34;
 
 pub(crate) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub(crate) const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -119,6 +120,15 @@ pub(crate) fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Res
     attr.put_u32(0, link.as_raw_fd() as u32);
     attr.put_u32(4, prog.as_raw_fd() as u32);
     bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+}
+
+/// BPF_LINK_DETACH (5.9+): detaches now, rather than when the kernel gets round
+/// to releasing the link's last reference (that release is deferred to a work
+/// queue, so a removed pin alone detaches "soon").
+pub(crate) fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = Attr::new();
+    attr.put_u32(0, link.as_raw_fd() as u32);
+    bpf(BPF_LINK_DETACH, &mut attr).map(|_| ())
 }
 
 /// The filesystem magic of `path` (statfs f_type).
