@@ -57,6 +57,15 @@ fn stable(lab: &Lab, id: u32, name: &str) -> ServiceEntry {
     service(lab, id, name, &groups)
 }
 
+/// Waits for an eventual condition (events arrive asynchronously); fails naming it.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "never saw {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn to(addr: Ipv4Addr, port: u16) -> String {
     format!("{addr}:{port}")
 }
@@ -266,6 +275,19 @@ fn rate_limit_refuses_new_connections_over_the_bucket_per_client() {
         "every refusal is counted as a drop"
     );
     assert_eq!(s.drops.no_backend, 0);
+
+    // The programs also report the drops through the events ring buffer.
+    let busy_ip: Ipv4Addr = busy_src.parse().unwrap();
+    wait_for("rate-limit drop events of the busy client", || {
+        dp.status().recent_drops.iter().any(|e| {
+            e.reason == "rate_limited" && e.client == busy_ip && e.service_id == 2 && !e.from_wire
+        })
+    });
+    let calm_ip: Ipv4Addr = calm_src.parse().unwrap();
+    assert!(
+        !dp.status().recent_drops.iter().any(|e| e.client == calm_ip),
+        "the calm client was never dropped"
+    );
 }
 
 #[test]
@@ -462,6 +484,12 @@ fn published_port_from_the_wire_via_tc() {
         10 - answered,
         "every dropped datagram is counted"
     );
+    let client_ip = Ipv4Addr::new(10, 202, lab.net, 2);
+    wait_for("tc drop events", || {
+        dp.status().recent_drops.iter().any(|e| {
+            e.from_wire && e.client == client_ip && e.port == limited_port && e.proto == 17
+        })
+    });
     let ct = st.maps.iter().find(|m| m.name == "warren_ct_v1").unwrap();
     assert!(ct.entries > 0, "connection tracking holds the flows");
     assert!(st.programs.iter().any(|p| p.target == "tc-ingress:vc0"));

@@ -39,6 +39,11 @@ pub const RL_ENTRIES: u32 = 65536;
 pub const CT_ENTRIES: u32 = 131072;
 /// Capacity of the map of backends whose sockets are being destroyed.
 pub const KILL_ENTRIES: u32 = 4096;
+/// Size in bytes of the events ring buffer.
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// [`Event::kind`]: a refused connection or dropped packet; `reason` is a `DROP_*`.
+pub const EVENT_DROP: u32 = 1;
 
 /// Slot table of every backend of a service.
 pub const KIND_ALL: u32 = 0;
@@ -104,8 +109,10 @@ pub mod map_names {
     pub const BACKEND_COUNTERS: &str = "warren_bec_v1";
     /// Backends whose sockets are being destroyed.
     pub const KILL: &str = "warren_kill_v1";
+    /// Ring buffer of [`Event`](super::Event)s.
+    pub const EVENTS: &str = "warren_event_v1";
     /// Every map, in a stable order.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         SVC,
         STATE,
         SLOT,
@@ -118,6 +125,7 @@ pub mod map_names {
         SVC_COUNTERS,
         BACKEND_COUNTERS,
         KILL,
+        EVENTS,
     ];
 }
 
@@ -399,6 +407,26 @@ shared_struct! {
     }
 }
 
+shared_struct! {
+    /// A record of the `warren_event_v1` ring buffer.
+    pub struct Event = "warren_event" {
+        pub ts_ns: u64,
+        /// `EVENT_*`.
+        pub kind: u32,
+        pub svc_id: u32,
+        /// The client's address (0 for an unbound local socket).
+        pub addr: Be32,
+        /// The service port the client used.
+        pub port: Be16,
+        pub proto: u8,
+        /// `DROP_*` for [`EVENT_DROP`].
+        pub reason: u8,
+        /// 0 = socket (connect/sendmsg), 1 = tc.
+        pub source: u8,
+        pub pad: [u8; 7],
+    }
+}
+
 // SAFETY: repr(transparent) over an integer.
 #[cfg(feature = "aya")]
 unsafe impl aya::Pod for Be32 {}
@@ -407,7 +435,7 @@ unsafe impl aya::Pod for Be32 {}
 unsafe impl aya::Pod for Be16 {}
 
 /// Every shared struct: (C name, size, fields), for the layout test.
-pub const SHARED_LAYOUTS: [(&str, usize, &[FieldLayout]); 15] = [
+pub const SHARED_LAYOUTS: [(&str, usize, &[FieldLayout]); 16] = [
     layout_of::<SvcKey>(),
     layout_of::<SvcValue>(),
     layout_of::<SvcState>(),
@@ -423,6 +451,7 @@ pub const SHARED_LAYOUTS: [(&str, usize, &[FieldLayout]); 15] = [
     layout_of::<SvcCounters>(),
     layout_of::<BackendCounters>(),
     layout_of::<KillKey>(),
+    layout_of::<Event>(),
 ];
 
 const fn layout_of<T: SharedLayout>() -> (&'static str, usize, &'static [FieldLayout]) {

@@ -104,4 +104,10 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } warren_bec_v1 SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, WARREN_EVENTS_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} warren_event_v1 SEC(".maps");
+
 #endif /* WARREN_MAPS_H */

@@ -28,6 +28,7 @@
 #define WARREN_RL_ENTRIES 65536      /* token buckets */
 #define WARREN_CT_ENTRIES 131072     /* tc connection tracking, both directions */
 #define WARREN_KILL_ENTRIES 4096     /* backends whose sockets are being destroyed */
+#define WARREN_EVENTS_BYTES (256 * 1024) /* ring buffer of events for the daemon's log */
 
 /* Table kinds, the second index of a slot table. */
 #define WARREN_KIND_ALL 0
@@ -165,6 +166,21 @@ struct warren_backend_counters {
 	__u64 conns;
 	__u64 packets;
 	__u64 bytes;
+};
+
+/* warren_event_v1 (ring buffer): what the daemon turns into log records. */
+#define WARREN_EVENT_DROP 1 /* reason = WARREN_DROP_*; addr/port = client */
+
+struct warren_event {
+	__u64 ts_ns;   /* bpf_ktime_get_ns() */
+	__u32 kind;    /* WARREN_EVENT_* */
+	__u32 svc_id;
+	__be32 addr;
+	__be16 port;
+	__u8 proto;
+	__u8 reason;
+	__u8 source;   /* 0 = socket (connect/sendmsg), 1 = tc */
+	__u8 pad[7];
 };
 
 /* warren_kill_v1: sockets connected to these backends are destroyed by the

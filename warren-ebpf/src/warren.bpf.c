@@ -31,6 +31,28 @@
 
 char _license[] SEC("license") = "Dual BSD/GPL";
 
+/* Never read: it puts struct warren_event into the object's BTF, where the layout
+ * test finds it (ring buffer records carry no type). */
+volatile const struct warren_event warren_event_layout = {};
+
+/* Reports a refused connection or dropped packet to the daemon's log. Losing an
+ * event when the ring is full is fine: the counters stay exact. */
+static __always_inline void emit_drop(__u32 svc_id, __u32 reason, __be32 client, __be16 port,
+				      __u8 proto, __u8 source)
+{
+	struct warren_event ev = {};
+
+	ev.ts_ns = bpf_ktime_get_ns();
+	ev.kind = WARREN_EVENT_DROP;
+	ev.svc_id = svc_id;
+	ev.addr = client;
+	ev.port = port;
+	ev.proto = proto;
+	ev.reason = reason;
+	ev.source = source;
+	bpf_ringbuf_output(&warren_event_v1, &ev, sizeof(ev), 0);
+}
+
 /* ---------------------------------------------------------------- sockets */
 
 /* The client a token bucket is kept for: the bound source address, or for an
@@ -84,6 +106,7 @@ static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, int sendmsg)
 	sock_client(ctx, sendmsg, &client, &netns);
 	if (!rate_allow(svc_id, st, client, netns)) {
 		count_drop(svc_id, WARREN_DROP_RATE_LIMITED);
+		emit_drop(svc_id, WARREN_DROP_RATE_LIMITED, client, dport, proto, 0);
 		return SYS_REJECT;
 	}
 
@@ -106,6 +129,7 @@ static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, int sendmsg)
 		be_id = pick_backend(svc_id, st, svc_kind(svc), &be);
 		if (!be_id || !be) {
 			count_drop(svc_id, WARREN_DROP_NO_BACKEND);
+			emit_drop(svc_id, WARREN_DROP_NO_BACKEND, client, dport, proto, 0);
 			return SYS_REJECT;
 		}
 		count_conn(svc_id, be_id);
@@ -390,6 +414,8 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int ingress)
 			st = svc_state(ct->svc_id);
 			if (st && !rate_allow(ct->svc_id, st, iph.saddr, 0)) {
 				count_drop(ct->svc_id, WARREN_DROP_RATE_LIMITED);
+				emit_drop(ct->svc_id, WARREN_DROP_RATE_LIMITED, iph.saddr, ports[1],
+					  key.proto, 1);
 				return TC_ACT_SHOT;
 			}
 		}
@@ -417,17 +443,20 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int ingress)
 		return TC_ACT_OK;
 	if (!rate_allow(svc_id, st, iph.saddr, 0)) {
 		count_drop(svc_id, WARREN_DROP_RATE_LIMITED);
+		emit_drop(svc_id, WARREN_DROP_RATE_LIMITED, iph.saddr, ports[1], key.proto, 1);
 		return TC_ACT_SHOT;
 	}
 	be_id = pick_backend(svc_id, st, svc_kind(svc), &be);
 	if (!be_id || !be) {
 		count_drop(svc_id, WARREN_DROP_NO_BACKEND);
+		emit_drop(svc_id, WARREN_DROP_NO_BACKEND, iph.saddr, ports[1], key.proto, 1);
 		return TC_ACT_SHOT;
 	}
 	tport = svc->target_port ? svc->target_port : ports[1];
 	reason = ct_create(&key, be->addr, tport, svc_id, be_id, !(be->flags & WARREN_BE_F_LOCAL), &fwd);
 	if (reason >= 0) {
 		count_drop(svc_id, reason);
+		emit_drop(svc_id, reason, iph.saddr, ports[1], key.proto, 1);
 		return TC_ACT_SHOT;
 	}
 	count_conn(svc_id, be_id);

@@ -18,7 +18,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues, RingBuf},
     programs::{
         links::FdLink,
         tc::{self, NlOptions, TcAttachOptions},
@@ -30,13 +30,15 @@ use warren_common::{
     map_names as names, slot_index, Affinity, Backend as BeValue, BackendCounters, Be16, Be32,
     CtKey, CtValue, KillKey, NodeAddr, RevNat, RlKey, RlValue, SockKey, SvcCounters, SvcKey,
     SvcState, SvcValue, BE_F_ACTIVE, BE_F_CANARY, BE_F_LOCAL, CT_ENTRIES, DROP_CT_FULL,
-    DROP_NO_BACKEND, DROP_RATE_LIMITED, DROP_SNAT_EXHAUSTED, KILL_ENTRIES, KINDS, MAX_BACKENDS,
-    MAX_NODE_ADDRS, MAX_SERVICES, MAX_SVC_ENTRIES, RL_ENTRIES, SLOTS, SLOT_ENTRIES, SOCK_ENTRIES,
+    DROP_NO_BACKEND, DROP_RATE_LIMITED, DROP_SNAT_EXHAUSTED, EVENTS_BYTES, KILL_ENTRIES, KINDS,
+    MAX_BACKENDS, MAX_NODE_ADDRS, MAX_SERVICES, MAX_SVC_ENTRIES, RL_ENTRIES, SLOTS, SLOT_ENTRIES,
+    SOCK_ENTRIES,
 };
 use warren_ebpf::programs as progs;
 
 use super::{
     checks::{self, KernelSupport},
+    events::EventReader,
     plan::{self, Current, CurrentService, KillTarget, MapOps},
     sys, AttachedProgram, BackendStats, Dataplane, DataplaneConfig, DataplaneError,
     DataplaneStatus, DropCounters, MapFill, ServiceEntry, ServiceStats,
@@ -64,12 +66,13 @@ const CGROUP_PROGRAMS: [(&str, &str, u32); 4] = [
 
 /// Every map: (name, kernel map type, key size, value size, max entries). A pinned
 /// map that differs is refused rather than reused.
-fn map_specs() -> [(&'static str, u32, usize, usize, u32); 12] {
+fn map_specs() -> [(&'static str, u32, usize, usize, u32); 13] {
     use std::mem::size_of;
     const HASH: u32 = 1;
     const ARRAY: u32 = 2;
     const PERCPU_ARRAY: u32 = 6;
     const LRU_HASH: u32 = 9;
+    const RINGBUF: u32 = 27;
     [
         (
             names::SVC,
@@ -131,6 +134,7 @@ fn map_specs() -> [(&'static str, u32, usize, usize, u32); 12] {
             MAX_BACKENDS,
         ),
         (names::KILL, HASH, size_of::<KillKey>(), 4, KILL_ENTRIES),
+        (names::EVENTS, RINGBUF, 0, 0, EVENTS_BYTES),
     ]
 }
 
@@ -690,6 +694,7 @@ impl MapTypeRaw for MapInfo {
             Ok(MapType::Array) => 2,
             Ok(MapType::PerCpuArray) => 6,
             Ok(MapType::LruHash) => 9,
+            Ok(MapType::RingBuf) => 27,
             _ => u32::MAX,
         }
     }
@@ -699,6 +704,7 @@ struct Inner {
     maps: Maps,
     current: Current,
     destroyer: Option<SockDestroyer>,
+    events: Option<EventReader>,
 }
 
 /// The eBPF data plane of one node. Dropping it leaves everything attached and
@@ -864,6 +870,14 @@ impl EbpfDataplane {
         remove_stale_links(&cfg.bpffs_dir, &expected_pins(&cfg))?;
 
         let mut maps = Maps::take(&mut ebpf)?;
+        let ring: RingBuf<MapData> = take(&mut ebpf, names::EVENTS)?;
+        let events = match EventReader::start(cfg.node_name.clone(), ring) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(node = %cfg.node_name, error = %e, "cannot start the data plane event reader");
+                None
+            }
+        };
         maps.sync_node_addrs(&cfg.node_addrs)?;
         let current = maps.read_current()?;
 
@@ -904,6 +918,7 @@ impl EbpfDataplane {
                 maps,
                 current,
                 destroyer,
+                events,
             }),
         })
     }
@@ -962,6 +977,11 @@ impl EbpfDataplane {
             node_name: self.cfg.node_name.clone(),
             programs: self.programs.clone(),
             sock_destroy: inner.destroyer.is_some(),
+            recent_drops: inner
+                .events
+                .as_ref()
+                .map(EventReader::recent)
+                .unwrap_or_default(),
             ..Default::default()
         };
         let maps = &inner.maps;

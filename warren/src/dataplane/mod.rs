@@ -11,6 +11,7 @@
 mod checks;
 mod ebpf;
 mod error;
+mod events;
 mod fake;
 mod metrics;
 mod plan;
@@ -21,6 +22,7 @@ use std::{net::Ipv4Addr, path::PathBuf};
 pub use checks::{check_kernel, ensure_bpffs, KernelSupport};
 pub use ebpf::EbpfDataplane;
 pub use error::DataplaneError;
+pub use events::DropEvent;
 pub use fake::FakeDataplane;
 pub use metrics::register_metrics;
 pub use plan::validate;
@@ -238,6 +240,8 @@ pub struct DataplaneStatus {
     pub backends: Vec<BackendStats>,
     /// Sockets to removed backends are destroyed (bpf_sock_destroy, Linux 6.5+).
     pub sock_destroy: bool,
+    /// The most recent drops reported through the events ring buffer (oldest first).
+    pub recent_drops: Vec<DropEvent>,
     /// Problems met while reading the status (a map that could not be read).
     pub errors: Vec<String>,
 }
