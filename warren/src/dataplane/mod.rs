@@ -9,10 +9,13 @@
 //! `docs/dataplane.md` describes the design and how to inspect every map.
 
 mod checks;
+mod destroy;
 mod ebpf;
 mod error;
 mod events;
 mod fake;
+mod links;
+mod maps;
 mod metrics;
 mod plan;
 mod sys;
