@@ -320,6 +320,15 @@ impl Drop for Pins {
     }
 }
 
+/// A scratch directory (count files, stop files), removed on drop.
+pub struct TmpDir(pub PathBuf);
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// One backend of a lab.
 pub struct BackendNs {
     pub name: String,
@@ -337,6 +346,7 @@ pub struct Lab {
     pub client: Option<Netns>,
     pub node: Netns,
     pub tmp: PathBuf,
+    pub tmp_guard: TmpDir,
     pub probe: PathBuf,
     pub net: u8,
 }
@@ -355,6 +365,7 @@ impl Lab {
         let tmp = std::env::temp_dir().join(format!("warren-dptest-{test}"));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).unwrap();
+        let tmp_guard = TmpDir(tmp.clone());
 
         let node = Netns::new(&format!("{prefix}-node"));
         node.ip(&["link", "add", "br0", "type", "bridge"]);
@@ -431,6 +442,7 @@ impl Lab {
             client,
             node,
             tmp,
+            tmp_guard,
             probe: PathBuf::from(probe),
             net,
         };
