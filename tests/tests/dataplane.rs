@@ -130,6 +130,14 @@ fn vip_reaches_every_backend_over_tcp_and_udp() {
         "published port on the node address: {:?}",
         r.errors
     );
+    let r = lab.client(&[
+        "connect",
+        "--to",
+        &to(Ipv4Addr::LOCALHOST, published),
+        "--n",
+        "5",
+    ]);
+    assert_eq!(r.answers(), 5, "published port on loopback: {:?}", r.errors);
 
     // A service that declares no port: every port of its VIP still reaches the
     // same port of a backend (the wildcard entry, Swarm semantics).
@@ -149,9 +157,9 @@ fn vip_reaches_every_backend_over_tcp_and_udp() {
         .iter()
         .find(|s| s.name == "web")
         .expect("web counters");
-    // 150 + 30 TCP connections, one unconnected UDP socket (its datagrams keep
-    // their backend) and one connected UDP socket.
-    assert_eq!(web.connections, 182, "connections counted: {web:?}");
+    // 150 + 30 + 5 TCP connections, one unconnected UDP socket (its datagrams
+    // keep their backend) and one connected UDP socket.
+    assert_eq!(web.connections, 187, "connections counted: {web:?}");
     assert_eq!(web.packets, 20, "datagrams through sendmsg: {web:?}");
     let web_backends: Vec<_> = st.backends.iter().filter(|b| b.service == "web").collect();
     assert_eq!(web_backends.len(), 3);
