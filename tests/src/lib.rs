@@ -1,10 +1,11 @@
 //! Harness for Warren's end-to-end tests (`tests/tests/*.rs`): real `warren`
-//! processes and, as the features need them, real containerd, a local OCI registry,
+//! Harness for the end-to-end tests.
 //! eBPF and network namespaces. Everything a test starts is torn down when its
 //! guard drops, also on panic.
-
+//! processes and, as the features need them, real containerd, a local OCI registry,
 pub mod cluster;
 pub mod containerd;
+pub mod dataplane;
 pub mod dnsutil;
 pub mod env;
 pub mod images;

@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dataplane;
 pub mod dns;
 pub mod manager;
 pub mod metrics;

@@ -1,0 +1,413 @@
+//! `warren-dp-probe`: the small TCP/UDP servers and clients of the data-plane
+//! tests. Servers run inside backend network namespaces and answer with their
+//! name; clients run inside a test cgroup (so the socket programs apply) and print
+//! what they saw as `key value...` lines for the test to parse.
+//!
+//! ```text
+//! serve   --name N --tcp PORT --udp PORT --count-file PATH
+//! connect --to A:P [--n N] [--rate R --secs S] [--bind ADDR]
+//! udp     --to A:P --n N [--connected] [--timeout-ms MS]
+//! loop    --to A:P --stop-file PATH
+//! hold    --to A:P --n N [--udp]      (then reads "check" on stdin)
+//! daemon  --node N --bpffs DIR --cgroup DIR --vip A --port P --backend A...
+//! ```
+//!
+//! `daemon` stands in for the Warren daemon: it opens the data plane, syncs one
+//! service, prints `synced` and waits to be killed.
+
+use std::{
+    collections::BTreeMap,
+    io::{self, BufRead, Read, Write},
+    mem,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    os::fd::{FromRawFd, OwnedFd},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+struct Args(Vec<String>);
+
+impl Args {
+    fn get(&self, flag: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .position(|a| a == flag)
+            .and_then(|i| self.0.get(i + 1))
+            .map(String::as_str)
+    }
+    fn req(&self, flag: &str) -> &str {
+        self.get(flag)
+            .unwrap_or_else(|| panic!("warren-dp-probe: missing {flag}"))
+    }
+    fn all(&self, flag: &str) -> Vec<&str> {
+        self.0
+            .windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+    fn has(&self, flag: &str) -> bool {
+        self.0.iter().any(|a| a == flag)
+    }
+    fn num(&self, flag: &str, default: u64) -> u64 {
+        self.get(flag).map_or(default, |v| {
+            v.parse().unwrap_or_else(|_| panic!("warren-dp-probe: bad {flag} {v}"))
+        })
+    }
+    fn addr(&self, flag: &str) -> SocketAddrV4 {
+        self.req(flag)
+            .parse()
+            .unwrap_or_else(|_| panic!("warren-dp-probe: bad {flag}"))
+    }
+}
+
+/// Entry point of the `warren-dp-probe` binary.
+pub fn main() {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some(mode) = argv.first().cloned() else {
+        eprintln!("usage: warren-dp-probe serve|connect|udp|loop|hold ...");
+        std::process::exit(2);
+    };
+    let args = Args(argv);
+    match mode.as_str() {
+        "serve" => serve(&args),
+        "connect" => connect(&args),
+        "udp" => udp(&args),
+        "loop" => connect_loop(&args),
+        "hold" => hold(&args),
+        "daemon" => daemon(&args),
+        other => {
+            eprintln!("warren-dp-probe: unknown mode {other}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn write_count(path: &PathBuf, tcp: u64, udp: u64) {
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, format!("{tcp} {udp}\n")).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+fn serve(args: &Args) {
+    let name = args.req("--name").to_string();
+    let count_file = PathBuf::from(args.req("--count-file"));
+    let tcp = TcpListener::bind(("0.0.0.0", args.num("--tcp", 0) as u16)).expect("bind tcp");
+    let udp = UdpSocket::bind(("0.0.0.0", args.num("--udp", 0) as u16)).expect("bind udp");
+    let tcp_count = Arc::new(AtomicU64::new(0));
+    let udp_count = Arc::new(AtomicU64::new(0));
+    write_count(&count_file, 0, 0);
+    {
+        let (name, tcp_count, udp_count, count_file) =
+            (name.clone(), tcp_count.clone(), udp_count.clone(), count_file.clone());
+        thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            loop {
+                let Ok((_, from)) = udp.recv_from(&mut buf) else {
+                    continue;
+                };
+                let n = udp_count.fetch_add(1, Ordering::SeqCst) + 1;
+                write_count(&count_file, tcp_count.load(Ordering::SeqCst), n);
+                let _ = udp.send_to(format!("{name}@{}\n", from.ip()).as_bytes(), from);
+            }
+        });
+    }
+    println!("listening");
+    io::stdout().flush().ok();
+    for conn in tcp.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let n = tcp_count.fetch_add(1, Ordering::SeqCst) + 1;
+        write_count(&count_file, n, udp_count.load(Ordering::SeqCst));
+        let reply = match conn.peer_addr() {
+            Ok(peer) => format!("{name}@{}\n", peer.ip()),
+            Err(_) => format!("{name}@unknown\n"),
+        };
+        thread::spawn(move || {
+            let _ = conn.write_all(reply.as_bytes());
+            // Keep the connection until the client closes it (hold mode).
+            let mut sink = [0u8; 64];
+            while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+        });
+    }
+}
+
+fn errno_name(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => "EPERM".into(),
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
+        Some(libc::ECONNABORTED) => "ECONNABORTED".into(),
+        Some(libc::ECONNRESET) => "ECONNRESET".into(),
+        Some(libc::ETIMEDOUT) => "ETIMEDOUT".into(),
+        Some(libc::EHOSTUNREACH) => "EHOSTUNREACH".into(),
+        Some(libc::ENETUNREACH) => "ENETUNREACH".into(),
+        Some(libc::EAGAIN) => "EAGAIN".into(),
+        Some(n) => format!("errno{n}"),
+        None => format!("{:?}", e.kind()),
+    }
+}
+
+fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is plain data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_in = unsafe { mem::zeroed() };
+    sa.sin_family = libc::AF_INET as libc::sa_family_t;
+    sa.sin_port = a.port().to_be();
+    sa.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+    sa
+}
+
+/// A TCP connection, optionally from a bound source address (std cannot bind
+/// before connecting).
+fn tcp_connect(to: SocketAddrV4, bind: Option<Ipv4Addr>) -> io::Result<TcpStream> {
+    let Some(src) = bind else {
+        return TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(3));
+    };
+    // SAFETY: plain socket syscalls on a descriptor owned by `fd`.
+    unsafe {
+        let raw = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(raw);
+        let sa = sockaddr(SocketAddrV4::new(src, 0));
+        let len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::bind(raw, (&sa as *const libc::sockaddr_in).cast(), len) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let sa = sockaddr(to);
+        if libc::connect(raw, (&sa as *const libc::sockaddr_in).cast(), len) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(TcpStream::from(fd))
+    }
+}
+
+/// One connection: the backend's name, or the error.
+fn one(to: SocketAddrV4, bind: Option<Ipv4Addr>, peer_mismatch: &mut u64) -> Result<String, String> {
+    let s = tcp_connect(to, bind).map_err(|e| errno_name(&e))?;
+    if s.peer_addr().ok() != Some(SocketAddr::V4(to)) {
+        *peer_mismatch += 1;
+    }
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+    let mut line = String::new();
+    io::BufReader::new(&s)
+        .read_line(&mut line)
+        .map_err(|e| errno_name(&e))?;
+    let name = line.trim().to_string();
+    if name.is_empty() {
+        return Err("EOF".into());
+    }
+    Ok(name)
+}
+
+fn report(names: &BTreeMap<String, u64>, errors: &BTreeMap<String, u64>) {
+    for (k, v) in names {
+        println!("name {k} {v}");
+    }
+    for (k, v) in errors {
+        println!("error {k} {v}");
+    }
+}
+
+fn connect(args: &Args) {
+    let to = args.addr("--to");
+    let bind = args.get("--bind").map(|b| b.parse().expect("--bind"));
+    let mut names = BTreeMap::new();
+    let mut errors = BTreeMap::new();
+    let mut mismatch = 0;
+    let start = Instant::now();
+    let mut attempts = 0u64;
+    let mut record = |r: Result<String, String>| match r {
+        Ok(n) => *names.entry(n).or_insert(0u64) += 1,
+        Err(e) => *errors.entry(e).or_insert(0u64) += 1,
+    };
+    if let Some(rate) = args.get("--rate") {
+        let rate: f64 = rate.parse().expect("--rate");
+        let secs = args.num("--secs", 1) as f64;
+        let total = (rate * secs) as u64;
+        for i in 0..total {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                thread::sleep(wait);
+            }
+            attempts += 1;
+            record(one(to, bind, &mut mismatch));
+        }
+    } else {
+        for _ in 0..args.num("--n", 1) {
+            attempts += 1;
+            record(one(to, bind, &mut mismatch));
+        }
+    }
+    report(&names, &errors);
+    println!("attempts {attempts}");
+    println!("peer_mismatch {mismatch}");
+    println!("elapsed_ms {}", start.elapsed().as_millis());
+}
+
+fn udp(args: &Args) {
+    let to = args.addr("--to");
+    let connected = args.has("--connected");
+    let sock = UdpSocket::bind("0.0.0.0:0").expect("bind udp");
+    sock.set_read_timeout(Some(Duration::from_millis(args.num("--timeout-ms", 2000))))
+        .ok();
+    if connected {
+        sock.connect(to).expect("connect udp");
+    }
+    let mut names = BTreeMap::new();
+    let mut errors = BTreeMap::new();
+    let mut sources = BTreeMap::new();
+    let mut buf = [0u8; 1500];
+    for i in 0..args.num("--n", 1) {
+        let msg = format!("ping {i}\n");
+        let sent = if connected {
+            sock.send(msg.as_bytes())
+        } else {
+            sock.send_to(msg.as_bytes(), to)
+        };
+        if let Err(e) = sent {
+            *errors.entry(errno_name(&e)).or_insert(0u64) += 1;
+            continue;
+        }
+        let got = if connected {
+            sock.recv(&mut buf).map(|n| (n, sock.peer_addr().ok()))
+        } else {
+            sock.recv_from(&mut buf).map(|(n, from)| (n, Some(from)))
+        };
+        match got {
+            Ok((n, from)) => {
+                let name = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+                *names.entry(name).or_insert(0u64) += 1;
+                let from = from.map_or("unknown".into(), |f| f.to_string());
+                *sources.entry(from).or_insert(0u64) += 1;
+            }
+            Err(e) => *errors.entry(errno_name(&e)).or_insert(0u64) += 1,
+        }
+    }
+    report(&names, &errors);
+    for (k, v) in sources {
+        println!("from {k} {v}");
+    }
+}
+
+fn connect_loop(args: &Args) {
+    let to = args.addr("--to");
+    let stop = PathBuf::from(args.req("--stop-file"));
+    let mut names = BTreeMap::new();
+    let mut errors = BTreeMap::new();
+    let mut mismatch = 0;
+    let mut attempts = 0u64;
+    println!("started");
+    io::stdout().flush().ok();
+    while !stop.exists() {
+        attempts += 1;
+        match one(to, None, &mut mismatch) {
+            Ok(n) => *names.entry(n).or_insert(0u64) += 1,
+            Err(e) => *errors.entry(e).or_insert(0u64) += 1,
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    report(&names, &errors);
+    println!("attempts {attempts}");
+}
+
+enum Held {
+    Tcp(TcpStream),
+    Udp(UdpSocket),
+}
+
+fn hold(args: &Args) {
+    let to = args.addr("--to");
+    let udp = args.has("--udp");
+    let mut held = Vec::new();
+    for i in 0..args.num("--n", 1) {
+        let mut buf = [0u8; 256];
+        let (name, sock) = if udp {
+            let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            s.connect(to).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+            s.send(format!("hello {i}\n").as_bytes()).expect("send");
+            let n = s.recv(&mut buf).expect("recv");
+            (String::from_utf8_lossy(&buf[..n]).trim().to_string(), Held::Udp(s))
+        } else {
+            let s = tcp_connect(to, None).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+            let mut line = String::new();
+            io::BufReader::new(&s).read_line(&mut line).expect("read name");
+            (line.trim().to_string(), Held::Tcp(s))
+        };
+        held.push((name, sock));
+    }
+    println!("ready");
+    io::stdout().flush().ok();
+    let mut line = String::new();
+    io::stdin().read_line(&mut line).ok();
+    let mut buf = [0u8; 64];
+    for (name, sock) in &mut held {
+        let state = match sock {
+            Held::Tcp(s) => {
+                s.set_nonblocking(true).ok();
+                match s.read(&mut buf) {
+                    Ok(0) => "eof".to_string(),
+                    Ok(_) => "data".to_string(),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => "alive".to_string(),
+                    Err(e) => errno_name(&e),
+                }
+            }
+            Held::Udp(s) => {
+                s.set_nonblocking(true).ok();
+                match s.recv(&mut buf) {
+                    Ok(_) => "data".to_string(),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => "alive".to_string(),
+                    Err(e) => errno_name(&e),
+                }
+            }
+        };
+        println!("conn {name} {state}");
+    }
+}
+
+fn daemon(args: &Args) {
+    use warren::dataplane::{
+        Backend, BackendGroup, Dataplane, DataplaneConfig, EbpfDataplane, Protocol, ServiceEntry, ServicePort,
+    };
+    let mut cfg = DataplaneConfig::new(args.req("--node"));
+    cfg.bpffs_dir = PathBuf::from(args.req("--bpffs"));
+    cfg.cgroup_root = PathBuf::from(args.req("--cgroup"));
+    let dp = EbpfDataplane::open(cfg).expect("open data plane");
+    let svc = ServiceEntry {
+        id: 1,
+        name: "web".into(),
+        vip: Some(args.req("--vip").parse().expect("--vip")),
+        ports: vec![ServicePort {
+            protocol: Protocol::Tcp,
+            target: args.num("--port", 0) as u16,
+            published: None,
+            host_mode: false,
+        }],
+        backends: args
+            .all("--backend")
+            .iter()
+            .map(|a| Backend {
+                addr: a.parse().expect("--backend"),
+                group: BackendGroup::Stable,
+                local: true,
+            })
+            .collect(),
+        canary_weight: 0,
+        rate_limit: None,
+    };
+    dp.sync(&[svc]).expect("sync");
+    let adopted = dp.status().programs.iter().filter(|p| p.adopted).count();
+    println!("adopted {adopted}");
+    println!("synced");
+    io::stdout().flush().ok();
+    loop {
+        thread::sleep(Duration::from_secs(3600));
+    }
+}

@@ -1,0 +1,694 @@
+//! The eBPF data plane against a real kernel: socket load balancing through VIPs
+//! and published ports, canary weights, rate limits, socket destruction, the tc
+//! path, pinning/adoption/cleanup, BTF-described maps, and no iptables/nft rules.
+//! Each test builds its own namespaces, cgroup and pin directory (see
+//! `warren_tests::dataplane`), with its own 10.201.<net>.0/24 range. Needs root.
+
+use std::{net::Ipv4Addr, process::Command, sync::Arc};
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use warren::dataplane::{
+    Backend, BackendGroup, Dataplane, EbpfDataplane, Protocol, RateLimit, ServiceEntry, ServicePort,
+};
+use warren_tests::dataplane::{run, Lab, Proc, TCP_PORT, UDP_PORT};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_warren-dp-probe");
+
+fn vip(net: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 203, net, 1)
+}
+
+fn service(lab: &Lab, id: u32, name: &str, groups: &[(usize, BackendGroup, bool)]) -> ServiceEntry {
+    ServiceEntry {
+        id,
+        name: name.into(),
+        vip: Some(vip(lab.net)),
+        ports: vec![
+            ServicePort {
+                protocol: Protocol::Tcp,
+                target: TCP_PORT,
+                published: Some(30000 + u16::from(lab.net)),
+                host_mode: false,
+            },
+            ServicePort {
+                protocol: Protocol::Udp,
+                target: UDP_PORT,
+                published: Some(30000 + u16::from(lab.net)),
+                host_mode: false,
+            },
+        ],
+        backends: groups
+            .iter()
+            .map(|&(i, group, local)| Backend {
+                addr: lab.backends[i].addr,
+                group,
+                local,
+            })
+            .collect(),
+        canary_weight: 0,
+        rate_limit: None,
+    }
+}
+
+fn stable(lab: &Lab, id: u32, name: &str) -> ServiceEntry {
+    let groups: Vec<_> = (0..lab.backends.len())
+        .map(|i| (i, BackendGroup::Stable, true))
+        .collect();
+    service(lab, id, name, &groups)
+}
+
+/// Waits for an eventual condition (events arrive asynchronously); fails naming it.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "never saw {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn to(addr: Ipv4Addr, port: u16) -> String {
+    format!("{addr}:{port}")
+}
+
+#[test]
+fn vip_reaches_every_backend_over_tcp_and_udp() {
+    let lab = Lab::new("vip", 11, 3, false, PROBE);
+    let dp = EbpfDataplane::open(lab.cfg()).expect("open data plane");
+    dp.sync(&[stable(&lab, 1, "web")]).expect("sync");
+
+    let r = lab.client(&["connect", "--to", &to(vip(lab.net), TCP_PORT), "--n", "150"]);
+    assert_eq!(r.error_count(), 0, "connect errors: {:?}", r.errors);
+    assert_eq!(r.answers(), 150);
+    assert_eq!(
+        r.names.keys().cloned().collect::<Vec<_>>(),
+        ["b0", "b1", "b2"],
+        "every backend answers through the VIP: {:?}",
+        r.names
+    );
+    assert_eq!(r.values["peer_mismatch"], 0, "getpeername must return the VIP");
+
+    // Unconnected UDP: replies come from the VIP, not from the backend.
+    let r = lab.client(&["udp", "--to", &to(vip(lab.net), UDP_PORT), "--n", "20"]);
+    assert_eq!(r.error_count(), 0, "udp errors: {:?}", r.errors);
+    assert_eq!(r.answers(), 20);
+    assert_eq!(
+        r.from.keys().cloned().collect::<Vec<_>>(),
+        [to(vip(lab.net), UDP_PORT)],
+        "reply source must be the VIP"
+    );
+    // Connected UDP, too.
+    let r = lab.client(&["udp", "--to", &to(vip(lab.net), UDP_PORT), "--n", "5", "--connected"]);
+    assert_eq!(r.answers(), 5, "{:?}", r.errors);
+    assert_eq!(r.from.keys().cloned().collect::<Vec<_>>(), [to(vip(lab.net), UDP_PORT)]);
+
+    // Any port of the VIP reaches the same port of a backend (wildcard entry); a
+    // node address reaches the published port.
+    let published = 30000 + u16::from(lab.net);
+    let r = lab.client(&[
+        "connect",
+        "--to",
+        &to(Ipv4Addr::new(10, 201, lab.net, 1), published),
+        "--n",
+        "30",
+    ]);
+    assert_eq!(r.answers(), 30, "published port on the node address: {:?}", r.errors);
+    let r = lab.client(&["connect", "--to", &to(Ipv4Addr::LOCALHOST, published), "--n", "5"]);
+    assert_eq!(r.answers(), 5, "published port on loopback: {:?}", r.errors);
+
+    // A service that declares no port: every port of its VIP still reaches the
+    // same port of a backend (the wildcard entry, Swarm semantics).
+    let bare_vip = Ipv4Addr::new(10, 203, lab.net, 2);
+    let mut bare = stable(&lab, 2, "bare");
+    bare.vip = Some(bare_vip);
+    bare.ports.clear();
+    dp.sync(&[stable(&lab, 1, "web"), bare]).expect("sync");
+    let r = lab.client(&["connect", "--to", &to(bare_vip, TCP_PORT), "--n", "30"]);
+    assert_eq!(r.answers(), 30, "wildcard VIP over TCP: {:?}", r.errors);
+    let r = lab.client(&["udp", "--to", &to(bare_vip, UDP_PORT), "--n", "5"]);
+    assert_eq!(r.answers(), 5, "wildcard VIP over UDP: {:?}", r.errors);
+
+    let st = dp.status();
+    let web = st.services.iter().find(|s| s.name == "web").expect("web counters");
+    // 150 + 30 + 5 TCP connections, one unconnected UDP socket (its datagrams
+    // keep their backend) and one connected UDP socket.
+    assert_eq!(web.connections, 187, "connections counted: {web:?}");
+    assert_eq!(web.packets, 20, "datagrams through sendmsg: {web:?}");
+    let web_backends: Vec<_> = st.backends.iter().filter(|b| b.service == "web").collect();
+    assert_eq!(web_backends.len(), 3);
+    assert!(web_backends.iter().all(|b| b.connections > 0), "{:?}", web_backends);
+}
+
+fn fraction(r: &warren_tests::dataplane::Report, name: &str) -> f64 {
+    r.names.get(name).copied().unwrap_or(0) as f64 / r.answers() as f64
+}
+
+#[test]
+fn canary_weight_splits_new_connections() {
+    let lab = Lab::new("canary", 12, 4, false, PROBE);
+    let dp = EbpfDataplane::open(lab.cfg()).expect("open data plane");
+    // Three stable tasks and one canary: the split follows the weight, not the count.
+    let groups = [
+        (0, BackendGroup::Stable, true),
+        (1, BackendGroup::Stable, true),
+        (2, BackendGroup::Stable, true),
+        (3, BackendGroup::Canary, true),
+    ];
+    let target = to(vip(lab.net), TCP_PORT);
+    for (weight, tolerance) in [(20u8, 0.03), (50, 0.04), (0, 0.0)] {
+        let mut svc = service(&lab, 7, "web", &groups);
+        svc.canary_weight = weight;
+        dp.sync(&[svc]).expect("sync");
+        let r = lab.client(&["connect", "--to", &target, "--n", "2000"]);
+        assert_eq!(r.error_count(), 0, "weight {weight}: errors {:?}", r.errors);
+        assert_eq!(r.answers(), 2000);
+        let canary = fraction(&r, "b3");
+        let want = f64::from(weight) / 100.0;
+        assert!(
+            (canary - want).abs() <= tolerance,
+            "weight {weight}: canary got {:.1}% of new connections ({:?})",
+            canary * 100.0,
+            r.names
+        );
+        if weight == 0 {
+            assert!(!r.names.contains_key("b3"), "weight 0 sends nothing to the canary");
+        }
+        // The stable share is spread over the stable tasks.
+        for b in ["b0", "b1", "b2"] {
+            assert!(
+                r.names.get(b).copied().unwrap_or(0) > 0,
+                "weight {weight}: {b} got nothing"
+            );
+        }
+    }
+}
+
+#[test]
+fn rate_limit_refuses_new_connections_over_the_bucket_per_client() {
+    let lab = Lab::new("ratelimit", 13, 2, false, PROBE);
+    let dp = EbpfDataplane::open(lab.cfg()).expect("open data plane");
+    let mut svc = stable(&lab, 2, "limited");
+    svc.rate_limit = Some(RateLimit { per_sec: 50, burst: 50 });
+    dp.sync(&[svc]).expect("sync");
+
+    let target = to(vip(lab.net), TCP_PORT);
+    let busy_src = Ipv4Addr::new(10, 201, lab.net, 101).to_string();
+    let calm_src = Ipv4Addr::new(10, 201, lab.net, 102).to_string();
+    let before: u64 = (0..2).map(|i| lab.backend_counts(i).0).sum();
+    let busy = lab.spawn_client(&[
+        "connect", "--to", &target, "--rate", "500", "--secs", "5", "--bind", &busy_src,
+    ]);
+    let calm = lab.spawn_client(&[
+        "connect", "--to", &target, "--rate", "10", "--secs", "5", "--bind", &calm_src,
+    ]);
+    let busy = busy.finish();
+    let calm = calm.finish();
+    let after: u64 = (0..2).map(|i| lab.backend_counts(i).0).sum();
+
+    // The second client stays under its own bucket: nothing refused.
+    assert_eq!(calm.error_count(), 0, "second client was limited: {:?}", calm.errors);
+    assert_eq!(calm.answers(), calm.values["attempts"]);
+
+    // burst + rate × duration, measured rather than assumed.
+    let secs = busy.values["elapsed_ms"] as f64 / 1000.0;
+    let expected = 50.0 + 50.0 * secs;
+    let accepted_at_backends = after - before - calm.answers();
+    assert!(
+        (accepted_at_backends as f64 - expected).abs() <= expected * 0.10,
+        "accepted {accepted_at_backends} of {} attempts in {secs:.2}s, expected {expected:.0} ± 10%",
+        busy.values["attempts"]
+    );
+    assert_eq!(busy.answers(), accepted_at_backends, "client and backends disagree");
+    let refused = busy.errors.get("EPERM").copied().unwrap_or(0);
+    assert_eq!(
+        refused + busy.answers(),
+        busy.values["attempts"],
+        "refusals are EPERM: {:?}",
+        busy.errors
+    );
+    let st = dp.status();
+    let s = st.services.iter().find(|s| s.name == "limited").expect("counters");
+    assert_eq!(s.drops.rate_limited, refused, "every refusal is counted as a drop");
+    assert_eq!(s.drops.no_backend, 0);
+
+    // The programs also report the drops through the events ring buffer.
+    let busy_ip: Ipv4Addr = busy_src.parse().unwrap();
+    wait_for("rate-limit drop events of the busy client", || {
+        dp.status()
+            .recent_drops
+            .iter()
+            .any(|e| e.reason == "rate_limited" && e.client == busy_ip && e.service_id == 2 && !e.from_wire)
+    });
+    let calm_ip: Ipv4Addr = calm_src.parse().unwrap();
+    assert!(
+        !dp.status().recent_drops.iter().any(|e| e.client == calm_ip),
+        "the calm client was never dropped"
+    );
+}
+
+#[test]
+fn removed_backend_gets_no_connections_and_its_sockets_are_destroyed() {
+    let lab = Lab::new("remove", 14, 2, false, PROBE);
+    let dp = EbpfDataplane::open(lab.cfg()).expect("open data plane");
+    assert!(
+        dp.status().sock_destroy,
+        "this kernel (6.5+) must support bpf_sock_destroy"
+    );
+    dp.sync(&[stable(&lab, 3, "web")]).expect("sync");
+
+    let mut tcp = lab.spawn_client(&["hold", "--to", &to(vip(lab.net), TCP_PORT), "--n", "24"]);
+    let mut udp = lab.spawn_client(&["hold", "--to", &to(vip(lab.net), UDP_PORT), "--n", "24", "--udp"]);
+    tcp.wait_line("ready");
+    udp.wait_line("ready");
+
+    // b1 leaves the service.
+    let svc = service(&lab, 3, "web", &[(0, BackendGroup::Stable, true)]);
+    dp.sync(&[svc]).expect("sync");
+    tcp.send_line("check");
+    udp.send_line("check");
+    for (what, r) in [("tcp", tcp.finish()), ("udp", udp.finish())] {
+        assert_eq!(r.conns.len(), 24);
+        let on = |b: &str| r.conns.iter().filter(|(n, _)| n == b).collect::<Vec<_>>();
+        assert!(
+            !on("b0").is_empty() && !on("b1").is_empty(),
+            "{what}: both backends held connections: {:?}",
+            r.conns
+        );
+        for (_, state) in on("b0") {
+            assert_eq!(
+                state, "alive",
+                "{what}: a connection to the remaining backend was touched"
+            );
+        }
+        for (_, state) in on("b1") {
+            assert_eq!(
+                state, "ECONNABORTED",
+                "{what}: a connection to the removed backend survived"
+            );
+        }
+    }
+
+    let r = lab.client(&["connect", "--to", &to(vip(lab.net), TCP_PORT), "--n", "100"]);
+    assert_eq!(r.answers(), 100, "{:?}", r.errors);
+    assert_eq!(r.names.keys().cloned().collect::<Vec<_>>(), ["b0"]);
+    let r = lab.client(&["udp", "--to", &to(vip(lab.net), UDP_PORT), "--n", "20"]);
+    assert_eq!(r.names.keys().cloned().collect::<Vec<_>>(), ["b0"]);
+
+    // No backend at all: a connect to the VIP is refused at once and counted.
+    let mut empty = stable(&lab, 3, "web");
+    empty.backends.clear();
+    dp.sync(&[empty]).expect("sync");
+    let r = lab.client(&["connect", "--to", &to(vip(lab.net), TCP_PORT), "--n", "3"]);
+    assert_eq!(r.errors.get("EPERM"), Some(&3), "{:?}", r.errors);
+    let st = dp.status();
+    assert_eq!(st.services[0].drops.no_backend, 3);
+}
+
+#[test]
+fn published_port_from_the_wire_via_tc() {
+    let lab = Lab::new("tc", 15, 3, true, PROBE);
+    let mut cfg = lab.cfg();
+    cfg.ifaces = vec!["vc0".into(), "br0".into()];
+    // tc programs attach to interfaces of the namespace the loader runs in.
+    let dp = lab.node.enter(|| EbpfDataplane::open(cfg)).expect("open data plane");
+
+    let web_port = 30000 + u16::from(lab.net);
+    let host_port = 31000 + u16::from(lab.net);
+    // b0 and b1 run on this node, b2 on another one (reached with SNAT).
+    let mut web = service(
+        &lab,
+        1,
+        "web",
+        &[
+            (0, BackendGroup::Stable, true),
+            (1, BackendGroup::Stable, true),
+            (2, BackendGroup::Stable, false),
+        ],
+    );
+    web.vip = None;
+    let mut host = service(
+        &lab,
+        2,
+        "hostmode",
+        &[(0, BackendGroup::Stable, true), (2, BackendGroup::Stable, false)],
+    );
+    host.vip = None;
+    host.ports = vec![ServicePort {
+        protocol: Protocol::Tcp,
+        target: TCP_PORT,
+        published: Some(host_port),
+        host_mode: true,
+    }];
+    let limited_port = 32000 + u16::from(lab.net);
+    let mut limited = service(&lab, 3, "udplimited", &[(0, BackendGroup::Stable, true)]);
+    limited.vip = None;
+    limited.ports = vec![ServicePort {
+        protocol: Protocol::Udp,
+        target: UDP_PORT,
+        published: Some(limited_port),
+        host_mode: false,
+    }];
+    limited.rate_limit = Some(RateLimit { per_sec: 1, burst: 3 });
+    dp.sync(&[web, host, limited]).expect("sync");
+
+    let node_addr = Ipv4Addr::new(10, 202, lab.net, 1);
+    let client_addr = Ipv4Addr::new(10, 202, lab.net, 2).to_string();
+    let r = lab.outside_client(&["connect", "--to", &to(node_addr, web_port), "--n", "90"]);
+    assert_eq!(r.error_count(), 0, "tc path errors: {:?}", r.errors);
+    assert_eq!(r.answers(), 90);
+    assert_eq!(
+        r.names.keys().cloned().collect::<Vec<_>>(),
+        ["b0", "b1", "b2"],
+        "{:?}",
+        r.names
+    );
+    assert_eq!(r.values["peer_mismatch"], 0, "the reply comes from the node address");
+    assert_eq!(
+        r.seen_from["b0"], client_addr,
+        "client address preserved to a local backend"
+    );
+    assert_eq!(
+        r.seen_from["b1"], client_addr,
+        "client address preserved to a local backend"
+    );
+    assert_eq!(
+        r.seen_from["b2"],
+        node_addr.to_string(),
+        "SNAT to the node address for a remote backend"
+    );
+
+    let r = lab.outside_client(&["udp", "--to", &to(node_addr, web_port), "--n", "20"]);
+    assert_eq!(r.error_count(), 0, "udp errors: {:?}", r.errors);
+    assert_eq!(
+        r.from.keys().cloned().collect::<Vec<_>>(),
+        [to(node_addr, web_port)],
+        "UDP replies come from the node address"
+    );
+
+    let r = lab.outside_client(&["connect", "--to", &to(node_addr, host_port), "--n", "30"]);
+    assert_eq!(r.answers(), 30, "{:?}", r.errors);
+    assert_eq!(
+        r.names.keys().cloned().collect::<Vec<_>>(),
+        ["b0"],
+        "mode=host goes to local tasks only"
+    );
+
+    // Over the rate limit, datagrams from the wire are dropped at tc and counted.
+    let r = lab.outside_client(&[
+        "udp",
+        "--to",
+        &to(node_addr, limited_port),
+        "--n",
+        "10",
+        "--timeout-ms",
+        "300",
+    ]);
+    let answered = r.answers();
+    assert!(
+        (3..10).contains(&answered),
+        "burst 3 at 1/s answered {answered} of 10: {r:?}"
+    );
+
+    let st = dp.status();
+    let web = st.services.iter().find(|s| s.name == "web").unwrap();
+    assert!(web.packets > 0 && web.bytes > 0, "tc counts packets and bytes: {web:?}");
+    let lim = st.services.iter().find(|s| s.name == "udplimited").unwrap();
+    assert_eq!(
+        lim.drops.rate_limited,
+        10 - answered,
+        "every dropped datagram is counted"
+    );
+    let client_ip = Ipv4Addr::new(10, 202, lab.net, 2);
+    wait_for("tc drop events", || {
+        dp.status()
+            .recent_drops
+            .iter()
+            .any(|e| e.from_wire && e.client == client_ip && e.port == limited_port && e.proto == 17)
+    });
+    let ct = st.maps.iter().find(|m| m.name == "warren_ct_v1").unwrap();
+    assert!(ct.entries > 0, "connection tracking holds the flows");
+    assert!(st.programs.iter().any(|p| p.target == "tc-ingress:vc0"));
+    assert!(st.programs.iter().any(|p| p.target == "tc-egress:br0"));
+
+    // tcx programs per hook, as the kernel reports them (bpftool 7.1 predates tcx).
+    let tc_progs = |dev: &str, t: TcAttachType| -> Vec<String> {
+        lab.node.enter(|| {
+            let (_, progs) = SchedClassifier::query_tcx(dev, t).expect("query tcx");
+            progs
+                .iter()
+                .map(|p| p.name_as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+    };
+    assert_eq!(tc_progs("vc0", TcAttachType::Ingress), ["warren_tc_in"]);
+    assert_eq!(tc_progs("br0", TcAttachType::Egress), ["warren_tc_out"]);
+    drop(dp);
+    EbpfDataplane::cleanup(&lab.cfg()).expect("cleanup");
+    for dev in ["vc0", "br0"] {
+        for t in [TcAttachType::Ingress, TcAttachType::Egress] {
+            assert!(tc_progs(dev, t).is_empty(), "tc programs left on {dev}");
+        }
+    }
+}
+
+#[test]
+fn pinned_programs_survive_the_loader_and_are_adopted_without_a_gap() {
+    let lab = Lab::new("adopt", 16, 2, false, PROBE);
+    let svc = stable(&lab, 4, "web");
+    {
+        let dp = EbpfDataplane::open(lab.cfg()).expect("open data plane");
+        dp.sync(std::slice::from_ref(&svc)).expect("sync");
+        assert!(dp.status().programs.iter().all(|p| !p.adopted));
+    }
+    // The loader is gone (as after kill -9): the pins keep everything attached.
+    let stop = lab.tmp.join("stop");
+    let mut looping = lab.spawn_client(&[
+        "loop",
+        "--to",
+        &to(vip(lab.net), TCP_PORT),
+        "--stop-file",
+        &stop.to_string_lossy(),
+    ]);
+    looping.wait_line("started");
+    let r = lab.client(&["connect", "--to", &to(vip(lab.net), TCP_PORT), "--n", "20"]);
+    assert_eq!(r.answers(), 20, "VIP works with no loader running: {:?}", r.errors);
+
+    for _ in 0..3 {
+        let dp = EbpfDataplane::open(lab.cfg()).expect("adopt data plane");
+        let st = dp.status();
+        assert!(
+            st.programs.iter().all(|p| p.adopted),
+            "links adopted: {:?}",
+            st.programs
+        );
+        assert_eq!(st.services.len(), 1, "map contents adopted");
+        assert_eq!(st.backends.len(), 2);
+        dp.sync(std::slice::from_ref(&svc)).expect("sync after adoption");
+    }
+    std::fs::write(&stop, b"").unwrap();
+    let r = looping.finish();
+    assert!(r.values["attempts"] > 10, "the loop ran: {r:?}");
+    assert_eq!(r.error_count(), 0, "connections failed across restarts: {:?}", r.errors);
+
+    // One program per hook: adoption updated the links instead of adding new ones.
+    let out = run(Command::new("bpftool").args(["cgroup", "show"]).arg(&lab.cgroup.path));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "warren_connect4",
+        "warren_sendmsg4",
+        "warren_recvmsg4",
+        "warren_getpeer4",
+    ] {
+        assert_eq!(text.matches(name).count(), 1, "{name} attached once:\n{text}");
+    }
+
+    EbpfDataplane::cleanup(&lab.cfg()).expect("cleanup");
+    assert!(!lab.cfg().bpffs_dir.exists(), "pin directory removed");
+    let out = run(Command::new("bpftool").args(["cgroup", "show"]).arg(&lab.cgroup.path));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("warren_"),
+        "programs detached after cleanup"
+    );
+    let r = lab.client(&["connect", "--to", &to(vip(lab.net), TCP_PORT), "--n", "1"]);
+    assert_eq!(r.answers(), 0, "the VIP is gone after cleanup");
+    EbpfDataplane::cleanup(&lab.cfg()).expect("cleanup is idempotent");
+}
+
+#[test]
+fn a_daemon_killed_with_sigkill_and_restarted_causes_no_failed_connection() {
+    let lab = Lab::new("kill9", 20, 2, false, PROBE);
+    let cfg = lab.cfg();
+    let port = TCP_PORT.to_string();
+    let vip_s = vip(lab.net).to_string();
+    let b0 = lab.backends[0].addr.to_string();
+    let b1 = lab.backends[1].addr.to_string();
+    let bpffs = cfg.bpffs_dir.to_string_lossy().into_owned();
+    let cgroup = cfg.cgroup_root.to_string_lossy().into_owned();
+    let start_daemon = || {
+        let mut c = Command::new(PROBE);
+        c.args([
+            "daemon",
+            "--node",
+            "kill9",
+            "--bpffs",
+            &bpffs,
+            "--cgroup",
+            &cgroup,
+            "--vip",
+            &vip_s,
+            "--port",
+            &port,
+            "--backend",
+            &b0,
+            "--backend",
+            &b1,
+        ]);
+        let mut d = Proc::spawn(c, "daemon");
+        let lines = d.wait_line("synced");
+        (d, lines)
+    };
+    let (mut daemon, lines) = start_daemon();
+    assert_eq!(lines, ["adopted 0"], "a fresh start attaches new links");
+
+    let stop = lab.tmp.join("stop");
+    let mut looping = lab.spawn_client(&[
+        "loop",
+        "--to",
+        &to(vip(lab.net), TCP_PORT),
+        "--stop-file",
+        &stop.to_string_lossy(),
+    ]);
+    looping.wait_line("started");
+    for _ in 0..3 {
+        daemon.child.kill().expect("SIGKILL the daemon");
+        daemon.child.wait().expect("reap the daemon");
+        let r = lab.client(&["connect", "--to", &to(vip(lab.net), TCP_PORT), "--n", "10"]);
+        assert_eq!(r.answers(), 10, "VIP works while no daemon runs: {:?}", r.errors);
+        let (d, lines) = start_daemon();
+        assert_eq!(lines, ["adopted 4"], "a restart adopts the 4 pinned cgroup links");
+        daemon = d;
+    }
+    std::fs::write(&stop, b"").unwrap();
+    let r = looping.finish();
+    assert!(r.values["attempts"] > 10, "the loop ran: {r:?}");
+    assert_eq!(
+        r.error_count(),
+        0,
+        "connections failed across kill -9 and restart: {:?}",
+        r.errors
+    );
+    assert_eq!(r.names.len(), 2, "both backends served: {:?}", r.names);
+    drop(daemon);
+}
+
+#[test]
+fn bpftool_prints_map_fields_by_name() {
+    let lab = Lab::new("bpftool", 17, 1, false, PROBE);
+    let dp = EbpfDataplane::open(lab.cfg()).expect("open data plane");
+    dp.sync(&[stable(&lab, 5, "web")]).expect("sync");
+    let dir = lab.cfg().bpffs_dir;
+    let dump = |map: &str| {
+        let out = run(Command::new("bpftool")
+            .args(["map", "dump", "pinned"])
+            .arg(dir.join(map)));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let svc = dump("warren_svc_v1");
+    for field in [
+        "\"addr\"",
+        "\"port\"",
+        "\"proto\"",
+        "\"svc_id\"",
+        "\"target_port\"",
+        "\"flags\"",
+    ] {
+        assert!(svc.contains(field), "warren_svc_v1 dump lacks {field}:\n{svc}");
+    }
+    let be = dump("warren_be_v1");
+    assert!(
+        be.contains("\"svc_id\": 5"),
+        "warren_be_v1 dump:\n{}",
+        &be[..be.len().min(2000)]
+    );
+    let state = dump("warren_state_v1");
+    assert!(state.contains("\"backends_all\""), "warren_state_v1 dump lacks fields");
+
+    // The lookups docs/dataplane.md shows: keys as bytes in memory order.
+    let lookup = |map: &str, key: &[String]| {
+        let out = run(Command::new("bpftool")
+            .args(["map", "lookup", "pinned"])
+            .arg(dir.join(map))
+            .arg("key")
+            .args(key));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let v = vip(lab.net).octets();
+    let [hi, lo] = TCP_PORT.to_be_bytes();
+    let key: Vec<String> = [v[0], v[1], v[2], v[3], hi, lo, 6, 0]
+        .iter()
+        .map(|b| b.to_string())
+        .collect();
+    let entry = lookup("warren_svc_v1", &key);
+    assert!(entry.contains("\"svc_id\": 5"), "VIP:8080/tcp lookup:\n{entry}");
+    let key: Vec<String> = ["5", "0", "0", "0"].iter().map(|s| s.to_string()).collect();
+    let entry = lookup("warren_state_v1", &key);
+    assert!(entry.contains("\"backends_all\": 1"), "state of service 5:\n{entry}");
+}
+
+#[test]
+fn no_iptables_or_nft_rules_for_services() {
+    let lab = Lab::new("nonft", 18, 1, true, PROBE);
+    let mut cfg = lab.cfg();
+    cfg.ifaces = vec!["vc0".into()];
+    let dp = lab.node.enter(|| EbpfDataplane::open(cfg)).expect("open data plane");
+    dp.sync(&[stable(&lab, 6, "web")]).expect("sync");
+    let r = lab.client(&["connect", "--to", &to(vip(lab.net), TCP_PORT), "--n", "5"]);
+    assert_eq!(r.answers(), 5, "the service works: {:?}", r.errors);
+
+    let vip = vip(lab.net).to_string();
+    let published = (30000 + u16::from(lab.net)).to_string();
+    for ns in [None, Some(&lab.node)] {
+        for argv in [&["iptables-save"][..], &["nft", "list", "ruleset"][..]] {
+            let mut cmd = match ns {
+                Some(ns) => ns.exec(argv),
+                None => {
+                    let mut c = Command::new(argv[0]);
+                    c.args(&argv[1..]);
+                    c
+                }
+            };
+            let out = cmd.output().expect("run rule listing");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(!text.contains(&vip), "{argv:?} mentions the VIP {vip}:\n{text}");
+            assert!(
+                !text.contains(&published),
+                "{argv:?} mentions published port {published}:\n{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn metrics_are_registered_on_a_registry() {
+    let lab = Lab::new("metrics", 19, 1, false, PROBE);
+    let dp = Arc::new(EbpfDataplane::open(lab.cfg()).expect("open data plane"));
+    dp.sync(&[stable(&lab, 8, "web")]).expect("sync");
+    let r = lab.client(&["connect", "--to", &to(vip(lab.net), TCP_PORT), "--n", "7"]);
+    assert_eq!(r.answers(), 7);
+    let registry = prometheus::Registry::new();
+    warren::dataplane::register_metrics(&registry, dp.clone()).expect("register");
+    let mut out = Vec::new();
+    prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains("warren_dataplane_connections_total{service=\"web\"} 7"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warren_dataplane_map_entries{map=\"warren_svc_v1\"} 6"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warren_dataplane_program_attached{program=\"warren_connect4\""),
+        "{text}"
+    );
+}

@@ -1,0 +1,195 @@
+/* SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only */
+/*
+ * Warren data plane ABI: every map key and value shared between the eBPF programs
+ * and the Rust loader. The Rust mirrors live in warren-common/src/lib.rs; a test reads
+ * this object's BTF and fails when the two layouts diverge. Change a layout only
+ * together with WARREN_LAYOUT_VERSION (it is part of every pinned map's name).
+ *
+ * Byte order: fields typed __be16/__be32 hold network byte order; everything else is
+ * host order. Padding is explicit so that both compilers agree byte for byte.
+ */
+#ifndef WARREN_H
+#define WARREN_H
+
+#include <linux/types.h>
+
+#define WARREN_LAYOUT_VERSION 1
+
+/* Limits (mirrored in warren-common). */
+#define WARREN_MAX_SERVICES 1024     /* service ids are 0..WARREN_MAX_SERVICES-1 */
+#define WARREN_MAX_SVC_ENTRIES 8192  /* (address, port, protocol) entries */
+#define WARREN_MAX_BACKENDS 16384    /* backend ids are 1..WARREN_MAX_BACKENDS-1; 0 = none */
+#define WARREN_SLOTS 256             /* slots per backend table; a power of two */
+#define WARREN_REVS 2                /* double buffering: tables per (service, kind) */
+#define WARREN_KINDS 2               /* table kinds: all backends, local backends only */
+#define WARREN_SLOT_ENTRIES (WARREN_MAX_SERVICES * WARREN_REVS * WARREN_KINDS * WARREN_SLOTS)
+#define WARREN_MAX_NODE_ADDRS 64
+#define WARREN_SOCK_ENTRIES 65536    /* reverse translation and affinity per socket */
+#define WARREN_RL_ENTRIES 65536      /* token buckets */
+#define WARREN_CT_ENTRIES 131072     /* tc connection tracking, both directions */
+#define WARREN_KILL_ENTRIES 4096     /* backends whose sockets are being destroyed */
+#define WARREN_EVENTS_BYTES (256 * 1024) /* ring buffer of events for the daemon's log */
+
+/* Table kinds, the second index of a slot table. */
+#define WARREN_KIND_ALL 0
+#define WARREN_KIND_LOCAL 1
+
+/* warren_svc_value.flags */
+#define WARREN_SVC_F_HOST_MODE 0x01 /* pick from local backends only */
+#define WARREN_SVC_F_NODEPORT 0x02  /* a published port on the node's addresses */
+#define WARREN_SVC_F_WILDCARD 0x04  /* port 0: any port, same port on the backend */
+
+/* warren_backend.flags */
+#define WARREN_BE_F_ACTIVE 0x01
+#define WARREN_BE_F_LOCAL 0x02
+#define WARREN_BE_F_CANARY 0x04
+
+/* warren_ct_value.flags */
+#define WARREN_CT_F_REPLY 0x01 /* this entry translates the reply direction */
+#define WARREN_CT_F_SNAT 0x02  /* the source was rewritten to the node address */
+
+/* Drop reasons, the index into warren_svc_counters.drops. */
+#define WARREN_DROP_RATE_LIMITED 0
+#define WARREN_DROP_NO_BACKEND 1
+#define WARREN_DROP_CT_FULL 2
+#define WARREN_DROP_SNAT_EXHAUSTED 3
+#define WARREN_DROP_REASONS 4
+
+/* warren_svc_v1: which service answers at (addr, port, proto).
+ * addr = 0 means "any node address" (a published port); port = 0 is a wildcard. */
+struct warren_svc_key {
+	__be32 addr;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct warren_svc_value {
+	__u32 svc_id;
+	__be16 target_port; /* 0 = keep the destination port (wildcard) */
+	__u8 flags;         /* WARREN_SVC_F_* */
+	__u8 pad;
+};
+
+/* warren_state_v1[svc_id]: the per-service entry that flips between slot tables. */
+struct warren_svc_state {
+	__u32 rev;            /* active slot table revision, 0 or 1 */
+	__u16 backends_all;   /* backends in the "all" table; 0 = none */
+	__u16 backends_local; /* backends in the "local" table; 0 = none */
+	__u32 rate_per_sec;   /* new connections (UDP datagrams) per second per client; 0 = off */
+	__u32 rate_burst;
+};
+
+/* warren_slot_v1[((svc_id * REVS + rev) * KINDS + kind) * SLOTS + slot] = backend id */
+
+/* warren_be_v1[backend_id] */
+struct warren_backend {
+	__be32 addr;
+	__u32 svc_id;
+	__u8 flags; /* WARREN_BE_F_* */
+	__u8 pad[3];
+};
+
+/* warren_rnat_v1 and warren_aff_v1: per-socket state of the socket load balancer. */
+struct warren_sock_key {
+	__u64 cookie;
+	__be32 addr; /* rnat: backend address; aff: service address */
+	__be16 port; /* rnat: backend port; aff: service port */
+	__u16 pad;
+};
+
+/* warren_rnat_v1 value: what the peer looks like to the application. */
+struct warren_revnat {
+	__be32 addr;
+	__be16 port;
+	__u16 pad;
+};
+
+/* warren_aff_v1 value: the backend an unconnected UDP socket talks to. */
+struct warren_affinity {
+	__u32 backend_id;
+	__u32 svc_id;
+};
+
+/* warren_rl_v1: a token bucket per (service, client). The client is the source
+ * address; for an unbound socket it is its network namespace (netns cookie). */
+struct warren_rl_key {
+	__u32 svc_id;
+	__be32 client;
+	__u64 netns;
+};
+
+struct warren_rl_value {
+	__u64 tokens;  /* in thousandths of a token */
+	__u64 last_ns; /* bpf_ktime_get_ns() of the last refill */
+};
+
+/* warren_ct_v1: tc connection tracking. The key is the packet's tuple as it arrives;
+ * the value is the tuple to rewrite it to. */
+struct warren_ct_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct warren_ct_value {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u32 svc_id;
+	__u32 backend_id;
+	__u8 flags; /* WARREN_CT_F_* */
+	__u8 pad[3];
+	__u64 last_seen_ns;
+};
+
+/* warren_naddr_v1: the node's own addresses (published ports answer there). */
+struct warren_node_addr {
+	__u32 ifindex; /* informational; 0 when unknown */
+	__u32 flags;
+};
+
+/* warren_svcc_v1[svc_id], per CPU. */
+struct warren_svc_counters {
+	__u64 conns;
+	__u64 packets;
+	__u64 bytes;
+	__u64 drops[WARREN_DROP_REASONS];
+};
+
+/* warren_bec_v1[backend_id], per CPU. */
+struct warren_backend_counters {
+	__u64 conns;
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* warren_event_v1 (ring buffer): what the daemon turns into log records. */
+#define WARREN_EVENT_DROP 1 /* reason = WARREN_DROP_*; addr/port = client */
+
+struct warren_event {
+	__u64 ts_ns;   /* bpf_ktime_get_ns() */
+	__u32 kind;    /* WARREN_EVENT_* */
+	__u32 svc_id;
+	__be32 addr;
+	__be16 port;
+	__u8 proto;
+	__u8 reason;
+	__u8 source;   /* 0 = socket (connect/sendmsg), 1 = tc */
+	__u8 pad[7];
+};
+
+/* warren_kill_v1: sockets connected to these backends are destroyed by the
+ * iter/tcp and iter/udp programs. port = 0 matches any port. */
+struct warren_kill_key {
+	__be32 addr;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+#endif /* WARREN_H */

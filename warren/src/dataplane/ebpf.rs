@@ -1,0 +1,442 @@
+//! The real data plane: loads `warren-ebpf`'s objects with aya, checks the system,
+//! attaches (or adopts) the cgroup and tc programs, keeps the maps equal to the
+//! last `sync`, has sockets to removed backends destroyed, reports status, and
+//! removes everything on `cleanup`. Maps, links and socket destruction have their
+//! own modules.
+
+use std::{collections::BTreeSet, fs::File, os::fd::AsFd, os::unix::fs::MetadataExt, path::PathBuf, sync::Mutex};
+
+use aya::{
+    maps::{MapData, MapError, RingBuf},
+    programs::{
+        links::FdLink,
+        tc::{self, NlOptions, TcAttachOptions},
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+    },
+    EbpfLoader,
+};
+use warren_common::{
+    map_names as names, BE_F_CANARY, BE_F_LOCAL, CT_ENTRIES, DROP_CT_FULL, DROP_NO_BACKEND, DROP_RATE_LIMITED,
+    DROP_SNAT_EXHAUSTED, MAX_BACKENDS, MAX_NODE_ADDRS, MAX_SERVICES, MAX_SVC_ENTRIES, RL_ENTRIES, SLOT_ENTRIES,
+    SOCK_ENTRIES,
+};
+use warren_ebpf::programs as progs;
+
+use super::{
+    checks::{self, KernelSupport},
+    destroy::{netns_under, SockDestroyer},
+    error::verifier_detail,
+    events::EventReader,
+    links::{
+        attach_pinned, detach_pinned, expected_pins, ifindex, remove_stale_links, BPF_TCX_EGRESS, BPF_TCX_INGRESS,
+        CGROUP_PROGRAMS,
+    },
+    maps::{check_pinned_maps, take, Maps},
+    plan::{self, Current},
+    sys, AttachedProgram, BackendStats, Dataplane, DataplaneConfig, DataplaneError, DataplaneStatus, DropCounters,
+    MapFill, ServiceEntry, ServiceStats,
+};
+
+fn validate_config(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
+    if cfg.node_name.is_empty() || cfg.node_name.contains('/') {
+        return Err(DataplaneError::InvalidConfig {
+            field: "node_name",
+            problem: format!("{:?} must be non-empty and contain no '/'", cfg.node_name),
+        });
+    }
+    if cfg.node_addrs.len() > MAX_NODE_ADDRS as usize {
+        return Err(DataplaneError::InvalidConfig {
+            field: "node_addrs",
+            problem: format!("{} addresses, at most {MAX_NODE_ADDRS}", cfg.node_addrs.len()),
+        });
+    }
+    if let Some(a) = cfg.node_addrs.iter().find(|a| a.is_unspecified() || a.is_multicast()) {
+        return Err(DataplaneError::InvalidConfig {
+            field: "node_addrs",
+            problem: format!("{a} is not a node address"),
+        });
+    }
+    let mut seen = BTreeSet::new();
+    for iface in &cfg.ifaces {
+        if !seen.insert(iface) {
+            return Err(DataplaneError::InvalidConfig {
+                field: "ifaces",
+                problem: format!("{iface} is listed twice"),
+            });
+        }
+        ifindex(iface)?;
+    }
+    Ok(())
+}
+
+struct Inner {
+    maps: Maps,
+    current: Current,
+    destroyer: Option<SockDestroyer>,
+    events: Option<EventReader>,
+}
+
+/// The eBPF data plane of one node. Dropping it leaves everything attached and
+/// pinned (a restarted daemon adopts it); [`EbpfDataplane::cleanup`] removes it.
+pub struct EbpfDataplane {
+    cfg: DataplaneConfig,
+    kernel: KernelSupport,
+    programs: Vec<AttachedProgram>,
+    inner: Mutex<Inner>,
+}
+
+impl EbpfDataplane {
+    /// Checks the system, loads the programs (reusing pinned maps), attaches them
+    /// or adopts the pinned links, and reads back what the maps hold so that the
+    /// next `sync` only writes differences.
+    pub fn open(cfg: DataplaneConfig) -> Result<Self, DataplaneError> {
+        validate_config(&cfg)?;
+        let kernel = checks::check_kernel()?;
+        checks::ensure_bpffs(&cfg.bpffs_dir)?;
+        checks::check_cgroup2(&cfg.cgroup_root)?;
+        check_pinned_maps(&cfg.bpffs_dir)?;
+
+        let redirect_neigh = u32::from((kernel.version.0, kernel.version.1) >= (5, 10));
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&cfg.bpffs_dir)
+            .override_global("warren_redirect_neigh", &redirect_neigh, true)
+            .load(warren_ebpf::warren_object())
+            .map_err(|e| DataplaneError::Load {
+                object: "warren.bpf.o",
+                source: Box::new(e),
+            })?;
+
+        let mut programs = Vec::new();
+        let cgroup = File::open(&cfg.cgroup_root)
+            .map_err(|e| DataplaneError::io(format!("open cgroup {}", cfg.cgroup_root.display()), e))?;
+        let cgroup_id = cgroup
+            .metadata()
+            .map_err(|e| DataplaneError::io(format!("stat cgroup {}", cfg.cgroup_root.display()), e))?
+            .ino();
+        for (name, pin, attach_type) in CGROUP_PROGRAMS {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or_else(|| DataplaneError::program(name, "missing from the object"))?
+                .try_into()
+                .map_err(|e| DataplaneError::program(name, e))?;
+            prog.load()
+                .map_err(|e| DataplaneError::program(name, verifier_detail(&e)))?;
+            let prog_fd = prog
+                .fd()
+                .map_err(|e| DataplaneError::program(name, e))?
+                .try_clone()
+                .map_err(|e| DataplaneError::program(name, e))?;
+            let adopted = attach_pinned(
+                &cfg.bpffs_dir.join(pin),
+                (sys::LINK_TYPE_CGROUP, cgroup_id, attach_type),
+                prog_fd.as_fd(),
+                || {
+                    let id = prog
+                        .attach(&cgroup, CgroupAttachMode::Single)
+                        .map_err(|e| DataplaneError::program(name, e))?;
+                    let link = prog.take_link(id).map_err(|e| DataplaneError::program(name, e))?;
+                    FdLink::try_from(link).map_err(|e| DataplaneError::program(name, e))
+                },
+            )?;
+            programs.push(AttachedProgram {
+                program: name.to_string(),
+                target: format!("cgroup:{}", cfg.cgroup_root.display()),
+                adopted,
+            });
+        }
+
+        for name in [progs::TC_INGRESS, progs::TC_EGRESS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| DataplaneError::program(name, "missing from the object"))?
+                .try_into()
+                .map_err(|e| DataplaneError::program(name, e))?;
+            prog.load()
+                .map_err(|e| DataplaneError::program(name, verifier_detail(&e)))?;
+        }
+        for iface in &cfg.ifaces {
+            for (name, dir, attach_type, tcx_type) in [
+                (progs::TC_INGRESS, "in", TcAttachType::Ingress, BPF_TCX_INGRESS),
+                (progs::TC_EGRESS, "out", TcAttachType::Egress, BPF_TCX_EGRESS),
+            ] {
+                let prog: &mut SchedClassifier = ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| DataplaneError::program(name, "missing from the object"))?
+                    .try_into()
+                    .map_err(|e| DataplaneError::program(name, e))?;
+                let adopted = if kernel.tcx {
+                    let prog_fd = prog
+                        .fd()
+                        .map_err(|e| DataplaneError::program(name, e))?
+                        .try_clone()
+                        .map_err(|e| DataplaneError::program(name, e))?;
+                    attach_pinned(
+                        &cfg.bpffs_dir.join(format!("link_tc_{dir}_{iface}")),
+                        (sys::LINK_TYPE_TCX, u64::from(ifindex(iface)?), tcx_type),
+                        prog_fd.as_fd(),
+                        || {
+                            let id = prog
+                                .attach_with_options(
+                                    iface,
+                                    attach_type,
+                                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                                )
+                                .map_err(|e| DataplaneError::program(name, format!("{iface}: {e}")))?;
+                            let link = prog.take_link(id).map_err(|e| DataplaneError::program(name, e))?;
+                            FdLink::try_from(link).map_err(|e| DataplaneError::program(name, e))
+                        },
+                    )?
+                } else {
+                    // Before tcx (Linux < 6.6) a netlink filter is replaced by
+                    // delete-then-add: a short gap on restart, documented.
+                    let _ = tc::qdisc_add_clsact(iface);
+                    let _ = tc::qdisc_detach_program(iface, attach_type, name);
+                    let id = prog
+                        .attach_with_options(iface, attach_type, TcAttachOptions::Netlink(NlOptions::default()))
+                        .map_err(|e| DataplaneError::program(name, format!("{iface}: {e}")))?;
+                    // Netlink filters outlive the process; forget the link so that
+                    // dropping `ebpf` leaves the filter in place.
+                    std::mem::forget(prog.take_link(id).map_err(|e| DataplaneError::program(name, e))?);
+                    false
+                };
+                programs.push(AttachedProgram {
+                    program: name.to_string(),
+                    target: format!("tc-{}:{iface}", if dir == "in" { "ingress" } else { "egress" }),
+                    adopted,
+                });
+            }
+        }
+
+        remove_stale_links(&cfg.bpffs_dir, &expected_pins(&cfg))?;
+
+        let mut maps = Maps::take(&mut ebpf)?;
+        let ring: RingBuf<MapData> = take(&mut ebpf, names::EVENTS)?;
+        let events = match EventReader::start(cfg.node_name.clone(), ring) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(node = %cfg.node_name, error = %e, "cannot start the data plane event reader");
+                None
+            }
+        };
+        maps.sync_node_addrs(&cfg.node_addrs)?;
+        let current = maps.read_current()?;
+
+        let destroyer = match kernel.sock_destroy_btf_id {
+            None => {
+                tracing::warn!(node = %cfg.node_name, kernel = %kernel.release, "kernel lacks bpf_sock_destroy (Linux 6.5+): sockets to removed backends stay open until the client notices");
+                None
+            }
+            Some(id) => match SockDestroyer::load(&cfg.bpffs_dir, id) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(node = %cfg.node_name, error = %e, "cannot load the socket-destroy programs: sockets to removed backends stay open until the client notices");
+                    None
+                }
+            },
+        };
+
+        let adopted = programs.iter().filter(|p| p.adopted).count();
+        tracing::info!(
+            node = %cfg.node_name,
+            bpffs = %cfg.bpffs_dir.display(),
+            cgroup = %cfg.cgroup_root.display(),
+            programs = programs.len(),
+            adopted,
+            services = current.services.len(),
+            backends = current.backends.len(),
+            sock_destroy = destroyer.is_some(),
+            "data plane ready"
+        );
+        // The programs stay attached through their pinned links; the maps were
+        // taken out, so dropping the object only closes our program fds.
+        drop(ebpf);
+        Ok(Self {
+            cfg,
+            kernel,
+            programs,
+            inner: Mutex::new(Inner {
+                maps,
+                current,
+                destroyer,
+                events,
+            }),
+        })
+    }
+
+    /// Detaches every program and removes every pinned link and map of `cfg`'s
+    /// node (and legacy tc filters on its interfaces). Idempotent.
+    pub fn cleanup(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
+        for iface in &cfg.ifaces {
+            for (name, t) in [
+                (progs::TC_INGRESS, TcAttachType::Ingress),
+                (progs::TC_EGRESS, TcAttachType::Egress),
+            ] {
+                // Only netlink filters (pre-tcx kernels) need this; absence is fine.
+                let _ = tc::qdisc_detach_program(iface, t, name);
+            }
+        }
+        let dir = &cfg.bpffs_dir;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(DataplaneError::io(format!("read {}", dir.display()), e)),
+        };
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        // Links first, so no program runs against half-removed maps.
+        paths.sort_by_key(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("link_")));
+        for p in paths {
+            if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("link_")) {
+                detach_pinned(&p);
+            }
+            std::fs::remove_file(&p).map_err(|e| DataplaneError::io(format!("unpin {}", p.display()), e))?;
+        }
+        std::fs::remove_dir(dir).map_err(|e| DataplaneError::io(format!("remove {}", dir.display()), e))?;
+        tracing::info!(node = %cfg.node_name, bpffs = %dir.display(), "data plane removed");
+        Ok(())
+    }
+
+    /// The configuration this data plane was opened with.
+    pub fn config(&self) -> &DataplaneConfig {
+        &self.cfg
+    }
+
+    /// What the kernel offers.
+    pub fn kernel(&self) -> &KernelSupport {
+        &self.kernel
+    }
+
+    fn status_of(&self, inner: &Inner) -> DataplaneStatus {
+        let mut st = DataplaneStatus {
+            node_name: self.cfg.node_name.clone(),
+            programs: self.programs.clone(),
+            sock_destroy: inner.destroyer.is_some(),
+            recent_drops: inner.events.as_ref().map(EventReader::recent).unwrap_or_default(),
+            ..Default::default()
+        };
+        let maps = &inner.maps;
+        let cur = &inner.current;
+        let mut fill =
+            |name: &str, entries: Result<u64, MapError>, capacity: u32, errors: &mut Vec<String>| match entries {
+                Ok(n) => st.maps.push(MapFill {
+                    name: name.to_string(),
+                    entries: n,
+                    capacity: u64::from(capacity),
+                }),
+                Err(e) => errors.push(format!("map {name}: {e}")),
+            };
+        let mut errors = Vec::new();
+        fn count<K: aya::Pod>(keys: impl Iterator<Item = Result<K, MapError>>) -> Result<u64, MapError> {
+            let mut n = 0;
+            for k in keys {
+                k?;
+                n += 1;
+            }
+            Ok(n)
+        }
+        fill(names::SVC, count(maps.svc.keys()), MAX_SVC_ENTRIES, &mut errors);
+        fill(names::STATE, Ok(cur.services.len() as u64), MAX_SERVICES, &mut errors);
+        fill(
+            names::SLOT,
+            Ok(cur
+                .services
+                .values()
+                .flat_map(|s| s.tables.iter())
+                .map(|t| t.len() as u64)
+                .sum()),
+            SLOT_ENTRIES,
+            &mut errors,
+        );
+        fill(names::BACKEND, Ok(cur.backends.len() as u64), MAX_BACKENDS, &mut errors);
+        fill(names::REVNAT, count(maps.rnat.keys()), SOCK_ENTRIES, &mut errors);
+        fill(names::AFFINITY, count(maps.aff.keys()), SOCK_ENTRIES, &mut errors);
+        fill(names::RATE_LIMIT, count(maps.rl.keys()), RL_ENTRIES, &mut errors);
+        fill(names::CT, count(maps.ct.keys()), CT_ENTRIES, &mut errors);
+        fill(names::NODE_ADDR, count(maps.naddr.keys()), MAX_NODE_ADDRS, &mut errors);
+
+        for (&id, svc) in &cur.services {
+            match maps.svc_counters(id) {
+                Ok(c) => st.services.push(ServiceStats {
+                    id,
+                    name: svc.name.clone(),
+                    connections: c.conns,
+                    packets: c.packets,
+                    bytes: c.bytes,
+                    drops: DropCounters {
+                        rate_limited: c.drops[DROP_RATE_LIMITED],
+                        no_backend: c.drops[DROP_NO_BACKEND],
+                        ct_full: c.drops[DROP_CT_FULL],
+                        snat_exhausted: c.drops[DROP_SNAT_EXHAUSTED],
+                    },
+                }),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        for (&id, b) in &cur.backends {
+            match maps.backend_counters(id) {
+                Ok(c) => st.backends.push(BackendStats {
+                    service_id: b.svc_id,
+                    service: cur
+                        .services
+                        .get(&b.svc_id)
+                        .map_or_else(|| format!("#{}", b.svc_id), |s| s.name.clone()),
+                    addr: b.addr.ip(),
+                    canary: b.flags & BE_F_CANARY != 0,
+                    local: b.flags & BE_F_LOCAL != 0,
+                    connections: c.conns,
+                    packets: c.packets,
+                    bytes: c.bytes,
+                }),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        st.errors = errors;
+        st
+    }
+}
+
+impl Dataplane for EbpfDataplane {
+    fn sync(&self, services: &[ServiceEntry]) -> Result<(), DataplaneError> {
+        let plan = plan::plan(services)?;
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = &mut *guard;
+        // Work on a copy: if a write fails midway, the cache must keep describing
+        // the maps as they were, and the next sync retries.
+        let mut next = inner.current.clone();
+        let result = plan::reconcile(&mut next, &plan, &mut inner.maps);
+        let outcome = match result {
+            Ok(o) => {
+                inner.current = next;
+                o
+            }
+            Err(e) => {
+                // Re-read what actually landed, so the next sync diffs against truth.
+                if let Ok(cur) = inner.maps.read_current() {
+                    inner.current = cur;
+                }
+                return Err(e);
+            }
+        };
+        tracing::debug!(node = %self.cfg.node_name, services = services.len(), writes = outcome.writes, "data plane synced");
+        if !outcome.kill.is_empty() {
+            match inner.destroyer.as_mut() {
+                Some(d) => {
+                    let netns = netns_under(&self.cfg.cgroup_root);
+                    if let Err(e) = d.destroy(&outcome.kill, &netns) {
+                        tracing::warn!(node = %self.cfg.node_name, error = %e, "destroying sockets to removed backends failed");
+                    } else {
+                        tracing::info!(node = %self.cfg.node_name, targets = outcome.kill.len(), namespaces = netns.len(), "destroyed sockets to removed backends");
+                    }
+                }
+                None => {
+                    tracing::info!(node = %self.cfg.node_name, targets = outcome.kill.len(), "sockets to removed backends left open (no bpf_sock_destroy)")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> DataplaneStatus {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        self.status_of(&inner)
+    }
+}

@@ -1,0 +1,846 @@
+//! From a desired set of services to map contents, and from the current map
+//! contents to the smallest ordered list of map writes that reaches them. Pure
+//! logic behind the [`MapOps`] seam, so the ordering rules (a slot table is
+//! complete before the service entry flips to it; a backend exists before a table
+//! names it; a service address disappears before its state) are unit-tested
+//! without a kernel. Validation of [`ServiceEntry`] lives here too.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use warren_common::{
+    Backend as BeValue, Be16, Be32, SvcKey, SvcState, SvcValue, BE_F_ACTIVE, BE_F_CANARY, BE_F_LOCAL, KINDS,
+    MAX_BACKENDS, MAX_SERVICES, MAX_SVC_ENTRIES, SLOTS, SVC_F_HOST_MODE, SVC_F_NODEPORT, SVC_F_WILDCARD,
+};
+
+use super::{BackendGroup, DataplaneError, Protocol, ServiceEntry};
+
+/// A backend as planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct PlannedBackend {
+    pub addr: Ipv4Addr,
+    pub canary: bool,
+    pub local: bool,
+}
+
+/// A service as planned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PlannedService {
+    pub name: String,
+    /// Sorted by address.
+    pub backends: Vec<PlannedBackend>,
+    pub canary_weight: u8,
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+}
+
+/// The desired contents of the service map and the per-service state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub services: BTreeMap<u32, PlannedService>,
+    pub svc_entries: BTreeMap<SvcKey, SvcValue>,
+}
+
+fn label(s: &ServiceEntry, index: usize) -> String {
+    if s.name.is_empty() {
+        format!("#{index}")
+    } else {
+        s.name.clone()
+    }
+}
+
+fn bad_addr(a: Ipv4Addr) -> Option<&'static str> {
+    if a.is_unspecified() {
+        Some("0.0.0.0 is not an address")
+    } else if a.is_loopback() {
+        Some("a loopback address cannot be used")
+    } else if a.is_multicast() || a.is_broadcast() {
+        Some("a multicast or broadcast address cannot be used")
+    } else {
+        None
+    }
+}
+
+/// Checks a desired set of services; the error names the service and the field.
+pub fn validate(services: &[ServiceEntry]) -> Result<(), DataplaneError> {
+    plan(services).map(|_| ())
+}
+
+/// Validates `services` and computes the desired map contents.
+pub(crate) fn plan(services: &[ServiceEntry]) -> Result<Plan, DataplaneError> {
+    let mut out = Plan::default();
+    let mut ids: BTreeMap<u32, String> = BTreeMap::new();
+    let mut vips: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+    let mut published: BTreeMap<(Protocol, u16), String> = BTreeMap::new();
+    let mut backend_count = 0usize;
+
+    for (index, s) in services.iter().enumerate() {
+        let name = label(s, index);
+        let invalid = |field: &str, problem: String| DataplaneError::invalid(&name, field, problem);
+        if s.name.is_empty() {
+            return Err(invalid("name", "must not be empty".into()));
+        }
+        if s.id >= MAX_SERVICES {
+            return Err(invalid("id", format!("{} is out of range (0..{MAX_SERVICES})", s.id)));
+        }
+        if let Some(other) = ids.insert(s.id, name.clone()) {
+            return Err(invalid("id", format!("{} is also the id of service {other}", s.id)));
+        }
+        if s.canary_weight > 100 {
+            return Err(invalid(
+                "canary_weight",
+                format!("{} is not a percentage (0-100)", s.canary_weight),
+            ));
+        }
+        let (rate_per_sec, rate_burst) = match s.rate_limit {
+            None => (0, 0),
+            Some(r) if r.per_sec == 0 => {
+                return Err(invalid(
+                    "rate_limit.per_sec",
+                    "must be at least 1 (omit rate_limit for no limit)".into(),
+                ))
+            }
+            Some(r) if r.burst == 0 => return Err(invalid("rate_limit.burst", "must be at least 1".into())),
+            Some(r) if r.burst > u32::MAX / 1000 => {
+                return Err(invalid("rate_limit.burst", format!("{} is too large", r.burst)))
+            }
+            Some(r) => (r.per_sec, r.burst),
+        };
+
+        if let Some(vip) = s.vip {
+            if let Some(problem) = bad_addr(vip) {
+                return Err(invalid("vip", format!("{vip}: {problem}")));
+            }
+            if let Some(other) = vips.insert(vip, name.clone()) {
+                return Err(invalid("vip", format!("{vip} is also the VIP of service {other}")));
+            }
+            for proto in [Protocol::Tcp, Protocol::Udp] {
+                out.svc_entries.insert(
+                    SvcKey {
+                        addr: Be32::from_ip(vip),
+                        port: Be16::new(0),
+                        proto: proto.ip_proto(),
+                        pad: 0,
+                    },
+                    SvcValue {
+                        svc_id: s.id,
+                        target_port: Be16::new(0),
+                        flags: SVC_F_WILDCARD,
+                        pad: 0,
+                    },
+                );
+            }
+        }
+
+        for (i, p) in s.ports.iter().enumerate() {
+            if p.target == 0 {
+                return Err(invalid(&format!("ports[{i}].target"), "port 0 is not a port".into()));
+            }
+            if let Some(vip) = s.vip {
+                out.svc_entries.insert(
+                    SvcKey {
+                        addr: Be32::from_ip(vip),
+                        port: Be16::new(p.target),
+                        proto: p.protocol.ip_proto(),
+                        pad: 0,
+                    },
+                    SvcValue {
+                        svc_id: s.id,
+                        target_port: Be16::new(p.target),
+                        flags: 0,
+                        pad: 0,
+                    },
+                );
+            }
+            match p.published {
+                None if p.host_mode => {
+                    return Err(invalid(
+                        &format!("ports[{i}].host_mode"),
+                        "mode=host needs a published port".into(),
+                    ))
+                }
+                None => {}
+                Some(0) => {
+                    return Err(invalid(
+                        &format!("ports[{i}].published"),
+                        "port 0 cannot be published".into(),
+                    ))
+                }
+                Some(pp) => {
+                    if let Some(other) = published.insert((p.protocol, pp), name.clone()) {
+                        return Err(invalid(
+                            &format!("ports[{i}].published"),
+                            format!("{}/{pp} is already published by service {other}", p.protocol.as_str()),
+                        ));
+                    }
+                    out.svc_entries.insert(
+                        SvcKey {
+                            addr: Be32::new(0),
+                            port: Be16::new(pp),
+                            proto: p.protocol.ip_proto(),
+                            pad: 0,
+                        },
+                        SvcValue {
+                            svc_id: s.id,
+                            target_port: Be16::new(p.target),
+                            flags: SVC_F_NODEPORT | if p.host_mode { SVC_F_HOST_MODE } else { 0 },
+                            pad: 0,
+                        },
+                    );
+                }
+            }
+        }
+
+        let mut seen = BTreeSet::new();
+        let mut backends = Vec::with_capacity(s.backends.len());
+        for (i, b) in s.backends.iter().enumerate() {
+            if let Some(problem) = bad_addr(b.addr) {
+                return Err(invalid(
+                    &format!("backends[{i}].addr"),
+                    format!("{}: {problem}", b.addr),
+                ));
+            }
+            if !seen.insert(b.addr) {
+                return Err(invalid(
+                    &format!("backends[{i}].addr"),
+                    format!("{} is listed twice", b.addr),
+                ));
+            }
+            backends.push(PlannedBackend {
+                addr: b.addr,
+                canary: b.group == BackendGroup::Canary,
+                local: b.local,
+            });
+        }
+        backends.sort();
+        backend_count += backends.len();
+
+        out.services.insert(
+            s.id,
+            PlannedService {
+                name: s.name.clone(),
+                backends,
+                canary_weight: s.canary_weight,
+                rate_per_sec,
+                rate_burst,
+            },
+        );
+    }
+
+    if out.svc_entries.len() > MAX_SVC_ENTRIES as usize {
+        return Err(DataplaneError::Exhausted {
+            what: "service map entries",
+            limit: MAX_SVC_ENTRIES,
+        });
+    }
+    if backend_count >= MAX_BACKENDS as usize {
+        return Err(DataplaneError::Exhausted {
+            what: "backend ids",
+            limit: MAX_BACKENDS - 1,
+        });
+    }
+    Ok(out)
+}
+
+/// A slot table: `SLOTS` backend ids, `canary_weight`% of them (rounded) from the
+/// canary group, the rest from the stable group, each group's slots spread evenly
+/// over its backends. A group without backends gives its share to the other; no
+/// backends at all gives an empty table.
+pub(crate) fn fill_table(stable: &[u32], canary: &[u32], canary_weight: u8) -> Vec<u32> {
+    if stable.is_empty() && canary.is_empty() {
+        return Vec::new();
+    }
+    let canary_slots = if canary.is_empty() {
+        0
+    } else if stable.is_empty() {
+        SLOTS
+    } else {
+        (u32::from(canary_weight.min(100)) * SLOTS + 50) / 100
+    };
+    let mut t = Vec::with_capacity(SLOTS as usize);
+    for i in 0..canary_slots {
+        t.push(canary[i as usize % canary.len()]);
+    }
+    for i in 0..SLOTS - canary_slots {
+        t.push(stable[i as usize % stable.len()]);
+    }
+    t
+}
+
+/// A service as it is in the maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CurrentService {
+    pub name: String,
+    pub state: SvcState,
+    /// The active tables, indexed by kind.
+    pub tables: [Vec<u32>; KINDS as usize],
+}
+
+/// What the maps hold (cached; rebuilt from the maps on adoption).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Current {
+    pub svc_entries: BTreeMap<SvcKey, SvcValue>,
+    pub services: BTreeMap<u32, CurrentService>,
+    /// Active backend entries by id.
+    pub backends: BTreeMap<u32, BeValue>,
+}
+
+/// The map writes a reconciliation needs; implemented over the real maps and, in
+/// tests, by a recorder.
+pub(crate) trait MapOps {
+    fn set_backend(&mut self, id: u32, value: BeValue) -> Result<(), DataplaneError>;
+    fn zero_backend_counters(&mut self, id: u32) -> Result<(), DataplaneError>;
+    fn zero_service_counters(&mut self, svc_id: u32) -> Result<(), DataplaneError>;
+    fn write_table(&mut self, svc_id: u32, rev: u32, kind: u32, ids: &[u32]) -> Result<(), DataplaneError>;
+    fn set_state(&mut self, svc_id: u32, state: SvcState) -> Result<(), DataplaneError>;
+    fn put_svc(&mut self, key: SvcKey, value: SvcValue) -> Result<(), DataplaneError>;
+    fn del_svc(&mut self, key: SvcKey) -> Result<(), DataplaneError>;
+}
+
+/// A socket destination whose connections must be destroyed: port 0 = any port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct KillTarget {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub proto: u8,
+}
+
+/// What a reconciliation removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Outcome {
+    pub kill: Vec<KillTarget>,
+    pub writes: usize,
+}
+
+/// The ports through which `svc_id` reached its backends, from the service map.
+fn service_ports(entries: &BTreeMap<SvcKey, SvcValue>, svc_id: u32) -> BTreeSet<(u8, u16)> {
+    entries
+        .iter()
+        .filter(|(_, v)| v.svc_id == svc_id)
+        .map(|(k, v)| {
+            if v.flags & SVC_F_WILDCARD != 0 {
+                (k.proto, 0)
+            } else {
+                (k.proto, v.target_port.get())
+            }
+        })
+        .collect()
+}
+
+/// Brings the maps from `current` to `plan` through `ops`, in an order where no
+/// program ever reads a half-written table or a backend that does not exist yet.
+/// On success `current` equals the new contents.
+pub(crate) fn reconcile(current: &mut Current, plan: &Plan, ops: &mut dyn MapOps) -> Result<Outcome, DataplaneError> {
+    let mut out = Outcome::default();
+
+    // 1. Service addresses that go away (or move to another service) stop matching
+    //    first, so no new connection reaches a service being removed.
+    let stale: Vec<SvcKey> = current
+        .svc_entries
+        .iter()
+        .filter(|(k, v)| plan.svc_entries.get(k).is_none_or(|nv| nv.svc_id != v.svc_id))
+        .map(|(k, _)| *k)
+        .collect();
+    for k in &stale {
+        ops.del_svc(*k)?;
+        out.writes += 1;
+    }
+    let old_entries = current.svc_entries.clone();
+    for k in &stale {
+        current.svc_entries.remove(k);
+    }
+
+    // 2. Backend ids: keep the id of a (service, address) that stays, allocate new
+    //    ones, and write every new or changed entry before a table refers to it.
+    let mut by_key: BTreeMap<(u32, Ipv4Addr), u32> = current
+        .backends
+        .iter()
+        .map(|(id, b)| ((b.svc_id, b.addr.ip()), *id))
+        .collect();
+    let mut used: BTreeSet<u32> = current.backends.keys().copied().collect();
+    let mut next_free = 1u32;
+    let mut wanted: BTreeSet<u32> = BTreeSet::new();
+    let mut ids_of: BTreeMap<u32, Vec<(u32, PlannedBackend)>> = BTreeMap::new();
+    for (&svc_id, svc) in &plan.services {
+        for b in &svc.backends {
+            let id = match by_key.get(&(svc_id, b.addr)) {
+                Some(&id) => id,
+                None => {
+                    while used.contains(&next_free) {
+                        next_free += 1;
+                    }
+                    if next_free >= MAX_BACKENDS {
+                        return Err(DataplaneError::Exhausted {
+                            what: "backend ids",
+                            limit: MAX_BACKENDS - 1,
+                        });
+                    }
+                    let id = next_free;
+                    used.insert(id);
+                    by_key.insert((svc_id, b.addr), id);
+                    ops.zero_backend_counters(id)?;
+                    id
+                }
+            };
+            let value = BeValue {
+                addr: Be32::from_ip(b.addr),
+                svc_id,
+                flags: BE_F_ACTIVE | if b.local { BE_F_LOCAL } else { 0 } | if b.canary { BE_F_CANARY } else { 0 },
+                pad: [0; 3],
+            };
+            if current.backends.get(&id) != Some(&value) {
+                ops.set_backend(id, value)?;
+                out.writes += 1;
+                current.backends.insert(id, value);
+            }
+            wanted.insert(id);
+            ids_of.entry(svc_id).or_default().push((id, *b));
+        }
+    }
+
+    // 3. Per service: new tables go to the inactive revision, then one state
+    //    update flips to them.
+    for (&svc_id, svc) in &plan.services {
+        let members = ids_of.remove(&svc_id).unwrap_or_default();
+        let group = |local_only: bool, canary: bool| -> Vec<u32> {
+            members
+                .iter()
+                .filter(|(_, b)| b.canary == canary && (!local_only || b.local))
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let tables = [
+            fill_table(&group(false, false), &group(false, true), svc.canary_weight),
+            fill_table(&group(true, false), &group(true, true), svc.canary_weight),
+        ];
+        let count = |local_only: bool| -> u16 { members.iter().filter(|(_, b)| !local_only || b.local).count() as u16 };
+        let existing = current.services.get(&svc_id);
+        let (rev, tables_changed) = match existing {
+            None => {
+                ops.zero_service_counters(svc_id)?;
+                (0, true)
+            }
+            Some(c) if c.tables != tables => (c.state.rev ^ 1, true),
+            Some(c) => (c.state.rev, false),
+        };
+        if tables_changed {
+            for (kind, table) in tables.iter().enumerate() {
+                if !table.is_empty() {
+                    ops.write_table(svc_id, rev, kind as u32, table)?;
+                    out.writes += table.len();
+                }
+            }
+        }
+        let state = SvcState {
+            rev,
+            backends_all: count(false),
+            backends_local: count(true),
+            rate_per_sec: svc.rate_per_sec,
+            rate_burst: svc.rate_burst,
+        };
+        if existing.map(|c| c.state) != Some(state) {
+            ops.set_state(svc_id, state)?;
+            out.writes += 1;
+        }
+        current.services.insert(
+            svc_id,
+            CurrentService {
+                name: svc.name.clone(),
+                state,
+                tables,
+            },
+        );
+    }
+
+    // 4. Service addresses that are new or changed, now that their state exists.
+    for (k, v) in &plan.svc_entries {
+        if current.svc_entries.get(k) != Some(v) {
+            ops.put_svc(*k, *v)?;
+            out.writes += 1;
+            current.svc_entries.insert(*k, *v);
+        }
+    }
+
+    // 5. Removed services lose their state once nothing points at it.
+    let removed: Vec<u32> = current
+        .services
+        .keys()
+        .filter(|id| !plan.services.contains_key(id))
+        .copied()
+        .collect();
+    for svc_id in removed {
+        ops.set_state(svc_id, SvcState::default())?;
+        out.writes += 1;
+        current.services.remove(&svc_id);
+    }
+
+    // 6. Backends no table refers to any more are freed, and their sockets listed
+    //    for destruction.
+    let still_backend: BTreeSet<Ipv4Addr> = wanted
+        .iter()
+        .filter_map(|id| current.backends.get(id))
+        .map(|b| b.addr.ip())
+        .collect();
+    let gone: Vec<u32> = current
+        .backends
+        .keys()
+        .filter(|id| !wanted.contains(id))
+        .copied()
+        .collect();
+    let mut kill = BTreeSet::new();
+    for id in gone {
+        let b = current.backends.remove(&id).expect("listed above");
+        ops.set_backend(id, BeValue::default())?;
+        out.writes += 1;
+        let addr = b.addr.ip();
+        let mut ports = service_ports(&old_entries, b.svc_id);
+        if still_backend.contains(&addr) {
+            // A wildcard would also hit the address's connections through other
+            // services it still serves; keep to this service's declared ports.
+            ports.retain(|&(_, port)| port != 0);
+        }
+        let wild: BTreeSet<u8> = ports.iter().filter(|p| p.1 == 0).map(|p| p.0).collect();
+        for (proto, port) in ports {
+            if port == 0 || !wild.contains(&proto) {
+                kill.insert(KillTarget { addr, port, proto });
+            }
+        }
+    }
+    out.kill = kill.into_iter().collect();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::{Backend, RateLimit, ServicePort};
+    use warren_common::{KIND_ALL, KIND_LOCAL};
+
+    fn svc(id: u32, name: &str) -> ServiceEntry {
+        ServiceEntry {
+            id,
+            name: name.into(),
+            vip: Some(Ipv4Addr::new(10, 99, 0, id as u8 + 1)),
+            ports: vec![ServicePort {
+                protocol: Protocol::Tcp,
+                target: 80,
+                published: Some(8000 + id as u16),
+                host_mode: false,
+            }],
+            backends: vec![
+                Backend {
+                    addr: Ipv4Addr::new(10, 1, 0, 2),
+                    group: BackendGroup::Stable,
+                    local: true,
+                },
+                Backend {
+                    addr: Ipv4Addr::new(10, 1, 0, 3),
+                    group: BackendGroup::Stable,
+                    local: false,
+                },
+            ],
+            canary_weight: 0,
+            rate_limit: None,
+        }
+    }
+
+    #[derive(Default)]
+    struct Recorder {
+        log: Vec<String>,
+        tables: BTreeMap<(u32, u32, u32), Vec<u32>>,
+        states: BTreeMap<u32, SvcState>,
+        backends: BTreeMap<u32, BeValue>,
+    }
+
+    impl MapOps for Recorder {
+        fn set_backend(&mut self, id: u32, value: BeValue) -> Result<(), DataplaneError> {
+            self.log.push(format!("backend {id} {:?}", value.addr));
+            self.backends.insert(id, value);
+            Ok(())
+        }
+        fn zero_backend_counters(&mut self, id: u32) -> Result<(), DataplaneError> {
+            self.log.push(format!("zero backend {id}"));
+            Ok(())
+        }
+        fn zero_service_counters(&mut self, svc_id: u32) -> Result<(), DataplaneError> {
+            self.log.push(format!("zero service {svc_id}"));
+            Ok(())
+        }
+        fn write_table(&mut self, svc_id: u32, rev: u32, kind: u32, ids: &[u32]) -> Result<(), DataplaneError> {
+            self.log.push(format!("table {svc_id} rev {rev} kind {kind}"));
+            self.tables.insert((svc_id, rev, kind), ids.to_vec());
+            Ok(())
+        }
+        fn set_state(&mut self, svc_id: u32, state: SvcState) -> Result<(), DataplaneError> {
+            self.log.push(format!("state {svc_id} rev {}", state.rev));
+            self.states.insert(svc_id, state);
+            Ok(())
+        }
+        fn put_svc(&mut self, key: SvcKey, value: SvcValue) -> Result<(), DataplaneError> {
+            self.log
+                .push(format!("put {:?}:{} -> {}", key.addr, key.port.get(), value.svc_id));
+            Ok(())
+        }
+        fn del_svc(&mut self, key: SvcKey) -> Result<(), DataplaneError> {
+            self.log.push(format!("del {:?}:{}", key.addr, key.port.get()));
+            Ok(())
+        }
+    }
+
+    fn pos(log: &[String], prefix: &str) -> usize {
+        log.iter()
+            .position(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` in {log:#?}"))
+    }
+
+    #[test]
+    fn table_follows_canary_weight() {
+        let stable = [1, 2, 3];
+        let canary = [9];
+        for (w, expect) in [(0u8, 0usize), (10, 26), (20, 51), (50, 128), (100, 256)] {
+            let t = fill_table(&stable, &canary, w);
+            assert_eq!(t.len(), SLOTS as usize);
+            assert_eq!(t.iter().filter(|&&id| id == 9).count(), expect, "weight {w}");
+        }
+        // Stable slots are spread evenly over the stable backends.
+        let t = fill_table(&stable, &canary, 0);
+        for id in stable {
+            let n = t.iter().filter(|&&x| x == id).count();
+            assert!((85..=86).contains(&n), "backend {id}: {n} slots");
+        }
+        assert!(fill_table(&[], &[], 50).is_empty());
+        assert!(fill_table(&[], &[7], 0).iter().all(|&id| id == 7));
+        assert!(fill_table(&[4], &[], 100).iter().all(|&id| id == 4));
+    }
+
+    #[test]
+    fn first_sync_writes_backends_then_tables_then_state_then_addresses() {
+        let plan = plan(&[svc(3, "web")]).unwrap();
+        let mut cur = Current::default();
+        let mut rec = Recorder::default();
+        let out = reconcile(&mut cur, &plan, &mut rec).unwrap();
+        assert!(out.kill.is_empty());
+        let log = &rec.log;
+        assert!(pos(log, "backend 1") < pos(log, "table 3 rev 0 kind 0"));
+        assert!(pos(log, "backend 2") < pos(log, "table 3 rev 0 kind 0"));
+        assert!(pos(log, "table 3 rev 0 kind 1") < pos(log, "state 3 rev 0"));
+        assert!(pos(log, "state 3") < pos(log, "put"));
+        // Only the local backend is in the local table.
+        assert!(rec.tables[&(3, 0, KIND_LOCAL)].iter().all(|&id| id == 1));
+        assert_eq!(rec.states[&3].backends_all, 2);
+        assert_eq!(rec.states[&3].backends_local, 1);
+        // VIP wildcard (tcp, udp) + VIP:80 + published 8003.
+        assert_eq!(cur.svc_entries.len(), 4);
+    }
+
+    #[test]
+    fn an_unchanged_sync_writes_nothing() {
+        let services = [svc(3, "web"), svc(4, "api")];
+        let plan = plan(&services).unwrap();
+        let mut cur = Current::default();
+        reconcile(&mut cur, &plan, &mut Recorder::default()).unwrap();
+        let mut rec = Recorder::default();
+        let out = reconcile(&mut cur, &plan, &mut rec).unwrap();
+        assert_eq!(out.writes, 0);
+        assert!(rec.log.is_empty(), "{:#?}", rec.log);
+    }
+
+    #[test]
+    fn a_backend_change_flips_to_the_other_revision_and_kills_its_sockets() {
+        let mut s = svc(3, "web");
+        let mut cur = Current::default();
+        reconcile(
+            &mut cur,
+            &plan(std::slice::from_ref(&s)).unwrap(),
+            &mut Recorder::default(),
+        )
+        .unwrap();
+        s.backends.remove(1);
+        let mut rec = Recorder::default();
+        let out = reconcile(&mut cur, &plan(&[s]).unwrap(), &mut rec).unwrap();
+        let log = &rec.log;
+        assert!(pos(log, "table 3 rev 1 kind 0") < pos(log, "state 3 rev 1"));
+        assert!(pos(log, "state 3 rev 1") < pos(log, "backend 2 0.0.0.0"));
+        assert!(rec.tables[&(3, 1, KIND_ALL)].iter().all(|&id| id == 1));
+        assert_eq!(
+            out.kill,
+            [
+                KillTarget {
+                    addr: Ipv4Addr::new(10, 1, 0, 3),
+                    port: 0,
+                    proto: 6
+                },
+                KillTarget {
+                    addr: Ipv4Addr::new(10, 1, 0, 3),
+                    port: 0,
+                    proto: 17
+                },
+            ]
+        );
+        assert_eq!(cur.services[&3].state.rev, 1);
+    }
+
+    #[test]
+    fn a_rate_limit_change_updates_state_in_place() {
+        let mut s = svc(3, "web");
+        let mut cur = Current::default();
+        reconcile(
+            &mut cur,
+            &plan(std::slice::from_ref(&s)).unwrap(),
+            &mut Recorder::default(),
+        )
+        .unwrap();
+        s.rate_limit = Some(RateLimit {
+            per_sec: 50,
+            burst: 100,
+        });
+        let mut rec = Recorder::default();
+        reconcile(&mut cur, &plan(&[s]).unwrap(), &mut rec).unwrap();
+        assert_eq!(rec.log, ["state 3 rev 0"]);
+        assert_eq!(rec.states[&3].rate_per_sec, 50);
+        assert_eq!(rec.states[&3].rate_burst, 100);
+    }
+
+    #[test]
+    fn a_removed_service_loses_its_addresses_before_its_state() {
+        let mut cur = Current::default();
+        reconcile(
+            &mut cur,
+            &plan(&[svc(3, "web"), svc(4, "api")]).unwrap(),
+            &mut Recorder::default(),
+        )
+        .unwrap();
+        let mut rec = Recorder::default();
+        let out = reconcile(&mut cur, &plan(&[svc(4, "api")]).unwrap(), &mut rec).unwrap();
+        let log = &rec.log;
+        assert!(pos(log, "del") < pos(log, "state 3 rev 0"));
+        assert!(pos(log, "state 3") < pos(log, "backend 1 0.0.0.0"));
+        // The addresses still serve service 4, so only service 3's declared port dies.
+        assert_eq!(
+            out.kill,
+            [
+                KillTarget {
+                    addr: Ipv4Addr::new(10, 1, 0, 2),
+                    port: 80,
+                    proto: 6
+                },
+                KillTarget {
+                    addr: Ipv4Addr::new(10, 1, 0, 3),
+                    port: 80,
+                    proto: 6
+                },
+            ]
+        );
+        assert!(!cur.services.contains_key(&3));
+        assert_eq!(cur.svc_entries.len(), 4);
+    }
+
+    #[test]
+    fn backend_ids_are_kept_and_reused() {
+        let mut s = svc(3, "web");
+        let mut cur = Current::default();
+        reconcile(
+            &mut cur,
+            &plan(std::slice::from_ref(&s)).unwrap(),
+            &mut Recorder::default(),
+        )
+        .unwrap();
+        let ids: Vec<_> = cur.backends.keys().copied().collect();
+        assert_eq!(ids, [1, 2]);
+        s.backends[0].group = BackendGroup::Canary;
+        s.canary_weight = 50;
+        let mut rec = Recorder::default();
+        reconcile(&mut cur, &plan(std::slice::from_ref(&s)).unwrap(), &mut rec).unwrap();
+        assert_eq!(cur.backends.keys().copied().collect::<Vec<_>>(), [1, 2]);
+        assert!(cur.backends[&1].flags & BE_F_CANARY != 0);
+        s.backends.remove(0);
+        reconcile(
+            &mut cur,
+            &plan(std::slice::from_ref(&s)).unwrap(),
+            &mut Recorder::default(),
+        )
+        .unwrap();
+        s.backends.push(Backend {
+            addr: Ipv4Addr::new(10, 1, 0, 9),
+            group: BackendGroup::Stable,
+            local: true,
+        });
+        reconcile(&mut cur, &plan(&[s]).unwrap(), &mut Recorder::default()).unwrap();
+        assert_eq!(cur.backends.keys().copied().collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(cur.backends[&1].addr.ip(), Ipv4Addr::new(10, 1, 0, 9));
+    }
+
+    #[test]
+    fn invalid_services_name_the_field() {
+        type Mutation = Box<dyn Fn(&mut Vec<ServiceEntry>)>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (
+                Box::new(|v| v[0].id = MAX_SERVICES),
+                "invalid service web: id: 1024 is out of range (0..1024)",
+            ),
+            (
+                Box::new(|v| v[1].id = 3),
+                "invalid service api: id: 3 is also the id of service web",
+            ),
+            (
+                Box::new(|v| v[0].canary_weight = 101),
+                "invalid service web: canary_weight: 101 is not a percentage (0-100)",
+            ),
+            (
+                Box::new(|v| v[0].vip = Some(Ipv4Addr::LOCALHOST)),
+                "invalid service web: vip: 127.0.0.1: a loopback address cannot be used",
+            ),
+            (
+                Box::new(|v| v[1].vip = v[0].vip),
+                "invalid service api: vip: 10.99.0.4 is also the VIP of service web",
+            ),
+            (
+                Box::new(|v| v[0].ports[0].target = 0),
+                "invalid service web: ports[0].target: port 0 is not a port",
+            ),
+            (
+                Box::new(|v| v[0].ports[0].published = Some(0)),
+                "invalid service web: ports[0].published: port 0 cannot be published",
+            ),
+            (
+                Box::new(|v| v[1].ports[0].published = Some(8003)),
+                "invalid service api: ports[0].published: tcp/8003 is already published by service web",
+            ),
+            (
+                Box::new(|v| {
+                    v[0].ports[0].published = None;
+                    v[0].ports[0].host_mode = true;
+                }),
+                "invalid service web: ports[0].host_mode: mode=host needs a published port",
+            ),
+            (
+                Box::new(|v| v[0].backends[1].addr = v[0].backends[0].addr),
+                "invalid service web: backends[1].addr: 10.1.0.2 is listed twice",
+            ),
+            (
+                Box::new(|v| v[0].backends[0].addr = Ipv4Addr::UNSPECIFIED),
+                "invalid service web: backends[0].addr: 0.0.0.0: 0.0.0.0 is not an address",
+            ),
+            (
+                Box::new(|v| v[0].rate_limit = Some(RateLimit { per_sec: 0, burst: 1 })),
+                "invalid service web: rate_limit.per_sec: must be at least 1 (omit rate_limit for no limit)",
+            ),
+            (
+                Box::new(|v| v[0].rate_limit = Some(RateLimit { per_sec: 1, burst: 0 })),
+                "invalid service web: rate_limit.burst: must be at least 1",
+            ),
+            (
+                Box::new(|v| v[1].name.clear()),
+                "invalid service #1: name: must not be empty",
+            ),
+        ];
+        for (mutate, expected) in cases {
+            let mut v = vec![svc(3, "web"), svc(4, "api")];
+            validate(&v).unwrap();
+            mutate(&mut v);
+            assert_eq!(validate(&v).unwrap_err().to_string(), expected);
+        }
+    }
+}
