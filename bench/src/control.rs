@@ -85,7 +85,7 @@ async fn create_many(socket: &Path, prefix: &str, n: usize, concurrency: usize) 
 }
 
 fn three_managers() -> (Cluster, [usize; 3]) {
-    let mut c = Cluster::with_flags(vec!["--runtime".into(), "none".into()]);
+    let mut c = Cluster::with_flags(["--runtime", "none", "--dataplane", "none"].map(String::from).to_vec());
     let m1 = c.init("m1", &[]);
     let token = c.token(m1, "manager");
     let m2 = c.join("m2", &token, m1, &[]);
@@ -274,7 +274,7 @@ pub async fn footprint(warren: &Path) -> Vec<Record> {
         false,
         size.into_iter().collect(),
     ));
-    let mut c = Cluster::with_flags(vec!["--runtime".into(), "none".into()]);
+    let mut c = Cluster::with_flags(["--runtime", "none", "--dataplane", "none"].map(String::from).to_vec());
     let m1 = c.init("idle", &[]);
     // Let the node settle: first heartbeats, sessions, allocator warm-up.
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -96,8 +96,10 @@ pub async fn schedule(quick: bool) -> Vec<Record> {
             containerd.socket().display().to_string(),
             "--containerd-namespace".into(),
             format!("{ns}-{node}"),
-            "--cgroup-parent".into(),
+                        "--cgroup-parent".into(),
             cg.path.clone(),
+            "--dataplane".into(),
+            "none".into(),
         ];
         cgroups.push(cg);
         f

@@ -18,12 +18,41 @@ pub struct Env {
     pub c: Cluster,
     _netns_files: NetnsFiles,
     _secrets: SecretMounts,
+    pins: std::collections::BTreeMap<String, BpfPins>,
     pub containerd: PrivateContainerd,
     _cgroups: Vec<CgroupParent>,
     pub lab: Lab,
     pub registry: String,
     pub namespace: String,
     _heavy: Option<std::sync::MutexGuard<'static, ()>>,
+}
+
+/// A node's pinned data plane: programs detached and pins removed on drop (a
+/// killed daemon leaves them attached, as it should in production).
+pub struct BpfPins {
+    pub dir: std::path::PathBuf,
+    pub cgroup_root: std::path::PathBuf,
+}
+
+impl BpfPins {
+    pub fn new(cgroup_root: &str) -> BpfPins {
+        BpfPins {
+            dir: std::path::PathBuf::from("/sys/fs/bpf/warren-e2e").join(crate::containerd::unique("n")),
+            cgroup_root: cgroup_root.into(),
+        }
+    }
+}
+
+impl Drop for BpfPins {
+    fn drop(&mut self) {
+        let mut cfg = warren::dataplane::DataplaneConfig::new("e2e");
+        cfg.bpffs_dir = self.dir.clone();
+        cfg.cgroup_root = self.cgroup_root.clone();
+        if let Err(e) = warren::dataplane::EbpfDataplane::cleanup(&cfg) {
+            eprintln!("harness: cleaning up the data plane at {}: {e}", self.dir.display());
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }
 
 /// Secret tmpfs mounts that killed daemons leave under /run/warren/secrets.
@@ -68,6 +97,7 @@ impl Env {
             c,
             _netns_files: NetnsFiles::new("/run/netns", "warren-"),
             _secrets: SecretMounts(secret_node_dirs()),
+            pins: Default::default(),
             containerd,
             _cgroups: vec![],
             lab,
@@ -77,8 +107,10 @@ impl Env {
         }
     }
 
-    pub fn runtime_flags(&mut self, node: &str) -> Vec<String> {
+        pub fn runtime_flags(&mut self, node: &str) -> Vec<String> {
         let cg = CgroupParent::new(&format!("wrn-{node}"));
+        // Each node's data plane on its own cgroup subtree and pin directory.
+        let pins = BpfPins::new(&format!("/sys/fs/cgroup/unified{}", cg.path));
         let flags = vec![
             "--runtime".into(),
             "containerd".into(),
@@ -90,8 +122,15 @@ impl Env {
             cg.path.clone(),
             "--insecure-registry".into(),
             self.registry.clone(),
+            "--cgroup-root".into(),
+            pins.cgroup_root.display().to_string(),
+            "--bpffs".into(),
+            pins.dir.display().to_string(),
+            "--dataplane-iface".into(),
+            "eth0".into(),
         ];
         self._cgroups.push(cg);
+        self.pins.insert(node.to_string(), pins);
         flags
     }
 
@@ -183,14 +222,64 @@ impl Env {
         })
     }
 
+    /// The cgroup v2 directory whose processes node `node`'s data plane translates.
+    pub fn node_cgroup(&self, node: &str) -> std::path::PathBuf {
+        self.pins[node].cgroup_root.clone()
+    }
+
+        /// The bpffs directory of node `node`'s data plane.
+    pub fn pins_dir(&self, node: &str) -> std::path::PathBuf {
+        self.pins[node].dir.clone()
+    }
+
+    /// The network namespace node `node` runs in.
+    pub fn node_netns(&self, node: &str) -> String {
+        let i = self.c.nodes.iter().position(|n| n.name == node).expect("a node of that name");
+        self.c.nodes[i].netns.clone().expect("the node runs in a namespace")
+    }
+
+    /// A `warren-dp-probe` client inside namespace `ns` and, when given, cgroup
+    /// `cgroup` (where a node's socket programs apply).
+    pub fn probe(&self, ns: &str, cgroup: Option<&std::path::Path>, args: &[&str]) -> std::process::Command {
+        let probe = crate::cluster::warren_bin().with_file_name("warren-dp-probe");
+        assert!(
+            probe.exists(),
+            "{} is missing: build it with `cargo build -p warren-tests --bins`",
+            probe.display()
+        );
+        let mut line = String::new();
+        if let Some(cg) = cgroup {
+            line.push_str(&format!("echo $$ > {}/cgroup.procs && ", cg.display()));
+        }
+        line.push_str("exec");
+        for a in std::iter::once(probe.to_str().unwrap()).chain(args.iter().copied()) {
+            line.push_str(&format!(" '{a}'"));
+        }
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{ns}")).args(["--", "sh", "-c", &line]);
+        cmd
+    }
+
+    /// Runs a probe client to completion and parses what it saw.
+    pub fn probe_run(&self, ns: &str, cgroup: Option<&std::path::Path>, args: &[&str]) -> crate::dataplane::Report {
+        let out = self.probe(ns, cgroup, args).output().expect("running warren-dp-probe");
+        assert!(out.status.success(), "warren-dp-probe {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        crate::dataplane::Report::parse(&String::from_utf8_lossy(&out.stdout))
+    }
+
     /// Runs `args` inside a task's container (its mount and network namespaces).
+        /// The process also joins the container's cgroup v2, so that the node's socket
+    /// programs see it as the container.
     pub fn exec_in(&self, node: &str, task_id: &str, args: &[&str]) -> std::process::Output {
         let pid = self.pid(node, task_id);
-        std::process::Command::new("nsenter")
-            .arg("-t")
-            .arg(pid.to_string())
-            .args(["-m", "-n", "--"])
-            .args(args)
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let v2 = cgroups.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/").to_string();
+        let mut line = format!("echo $$ > /sys/fs/cgroup/unified{v2}/cgroup.procs && exec nsenter -t {pid} -m -n --");
+        for a in args {
+            line.push_str(&format!(" '{a}'"));
+        }
+        std::process::Command::new("sh")
+            .args(["-c", &line])
             .output()
             .expect("running nsenter (Debian package util-linux)")
     }

@@ -250,8 +250,60 @@ echo \"warren-test/http: serving $(hostname) on port ${PORT:-80}\"\n\
 exec httpd -f -v -p \"${PORT:-80}\" -h /www\n";
 const HTTP_INDEX: &str = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\nhostname\n";
 const ECHO_MAIN: &str = "#!/bin/sh\n\
-echo \"warren-test/echo: tcp echo on port 7\"\n\
+echo \"warren-test/echo: tcp echo on port 7, udp hostname on port 7\"\n\
+/usr/local/bin/udp-name 7 &\n\
 exec nc -ll -p 7 -e /bin/cat\n";
+
+/// A UDP responder for the echo image (Debian's busybox has no UDP server applet):
+/// answers every datagram with `<hostname>@<sender address>`.
+const UDP_NAME_C: &str = r#"
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int port = argc > 1 ? atoi(argv[1]) : 7;
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) < 0) { perror("udp-name"); return 1; }
+    char host[256] = {0}, buf[2048], out[512];
+    gethostname(host, sizeof host - 1);
+    for (;;) {
+        struct sockaddr_in from;
+        socklen_t len = sizeof from;
+        if (recvfrom(s, buf, sizeof buf, 0, (struct sockaddr *)&from, &len) < 0) continue;
+        int n = snprintf(out, sizeof out, "%s@%s\n", host, inet_ntoa(from.sin_addr));
+        sendto(s, out, n, 0, (struct sockaddr *)&from, len);
+    }
+}
+"#;
+
+/// Compiles the UDP responder statically (gcc and libc6-dev, no download).
+fn udp_name_binary() -> Result<Vec<u8>, HarnessError> {
+    let gcc = crate::containerd::require("gcc", "gcc")?;
+    let dir = tempfile::tempdir().map_err(io("temp dir for udp-name".to_string()))?;
+    let src = dir.path().join("udp-name.c");
+    let bin = dir.path().join("udp-name");
+    std::fs::write(&src, UDP_NAME_C).map_err(io("write udp-name.c".to_string()))?;
+    let out = std::process::Command::new(&gcc)
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .map_err(io("run gcc".to_string()))?;
+    if !out.status.success() {
+        return Err(HarnessError::Command {
+            command: format!("gcc -static {} (needs Debian's libc6-dev)", src.display()),
+            status: out.status.to_string(),
+            output: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    std::fs::read(&bin).map_err(io("read udp-name".to_string()))
+}
 const CRASH_MAIN: &str = "#!/bin/sh\n\
 echo \"warren-test/crash: exiting with 3 in 1s\"\n\
 sleep 1\n\
@@ -273,8 +325,10 @@ fn app_layer(image: TestImage) -> Result<Vec<u8>, HarnessError> {
             t.file("usr/local/bin/warren-http", 0o755, HTTP_MAIN.as_bytes())
                 .map_err(f)?;
         }
-        TestImage::Echo => {
+                TestImage::Echo => {
             t.file("usr/local/bin/warren-echo", 0o755, ECHO_MAIN.as_bytes())
+                .map_err(f)?;
+            t.file("usr/local/bin/udp-name", 0o755, &udp_name_binary()?)
                 .map_err(f)?;
         }
         TestImage::Crash => {

@@ -253,6 +253,10 @@ volatile const __u32 warren_redirect_neigh = 0;
  * "martian source"), so the route is used directly, with bpf_redirect_neigh when
  * the neighbour is not resolved yet (5.10+). Anything else (a local destination,
  * forwarding disabled) is left to the stack.
+ *
+ * A flow to a local backend without SNAT goes through the stack instead: the
+ * node's netfilter conntrack must see its first packet, or the backend's reply
+ * looks like a new flow to it and the node's outbound masquerade rewrites it.
  */
 static __always_inline int tc_forward(struct __sk_buff *skb, const struct iphdr *iph, __be32 saddr,
 				      __be32 daddr, __be16 sport, __be16 dport)
@@ -424,7 +428,7 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int ingress)
 		fwd = *ct;
 		if (tc_rewrite(skb, l4off, key.proto, &key, &fwd) < 0)
 			return TC_ACT_SHOT;
-		if (!ingress)
+		if (!ingress || !(fwd.flags & (WARREN_CT_F_SNAT | WARREN_CT_F_REPLY)))
 			return TC_ACT_OK;
 		return tc_forward(skb, &iph, fwd.saddr, fwd.daddr, fwd.sport, fwd.dport);
 	}
@@ -463,6 +467,8 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int ingress)
 	count_packet(svc_id, be_id, skb->len);
 	if (tc_rewrite(skb, l4off, key.proto, &key, &fwd) < 0)
 		return TC_ACT_SHOT;
+	if (!(fwd.flags & WARREN_CT_F_SNAT))
+		return TC_ACT_OK;
 	return tc_forward(skb, &iph, fwd.saddr, fwd.daddr, fwd.sport, fwd.dport);
 }
 

@@ -17,8 +17,24 @@ pub struct RuntimeSettings {
     pub containerd_socket: PathBuf,
     pub containerd_namespace: String,
     pub cgroup_parent: String,
-    pub bridge: String,
+        pub bridge: String,
     pub insecure_registries: Vec<String>,
+    /// false: `--dataplane none` (no eBPF programs on this node).
+    #[serde(default = "yes")]
+    pub dataplane: bool,
+    /// bpffs directory for the pinned maps and links; None: `/sys/fs/bpf/warren/<node name>`.
+    #[serde(default)]
+    pub bpffs: Option<PathBuf>,
+    /// cgroup v2 directory whose processes get socket load balancing; None: the root.
+    #[serde(default)]
+    pub cgroup_root: Option<PathBuf>,
+    /// Interfaces carrying published-port traffic; empty: the advertise address's.
+    #[serde(default)]
+    pub dataplane_ifaces: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for RuntimeSettings {
@@ -28,8 +44,12 @@ impl Default for RuntimeSettings {
             containerd_socket: "/run/containerd/containerd.sock".into(),
             containerd_namespace: "warren".into(),
             cgroup_parent: "/warren".into(),
-            bridge: "warren0".into(),
+                        bridge: "warren0".into(),
             insecure_registries: vec![],
+            dataplane: true,
+            bpffs: None,
+            cgroup_root: None,
+            dataplane_ifaces: vec![],
         }
     }
 }

@@ -51,8 +51,12 @@ pub struct RuntimeOverrides {
     pub containerd_socket: Option<PathBuf>,
     pub containerd_namespace: Option<String>,
     pub cgroup_parent: Option<String>,
-    pub bridge: Option<String>,
+        pub bridge: Option<String>,
     pub insecure_registries: Vec<String>,
+    pub dataplane: Option<bool>,
+    pub bpffs: Option<PathBuf>,
+    pub cgroup_root: Option<PathBuf>,
+    pub dataplane_ifaces: Vec<String>,
 }
 
 impl RuntimeOverrides {
@@ -73,8 +77,20 @@ impl RuntimeOverrides {
         if let Some(v) = &self.bridge {
             r.bridge = v.clone();
         }
-        if !self.insecure_registries.is_empty() {
+                if !self.insecure_registries.is_empty() {
             r.insecure_registries = self.insecure_registries.clone();
+        }
+        if let Some(v) = self.dataplane {
+            r.dataplane = v;
+        }
+        if self.bpffs.is_some() {
+            r.bpffs = self.bpffs.clone();
+        }
+        if self.cgroup_root.is_some() {
+            r.cgroup_root = self.cgroup_root.clone();
+        }
+        if !self.dataplane_ifaces.is_empty() {
+            r.dataplane_ifaces = self.dataplane_ifaces.clone();
         }
         r
     }
@@ -115,8 +131,10 @@ pub enum DaemonError {
     Join { manager: String, reason: String },
     #[error("{0}")]
     Io(String),
-    #[error("container runtime: {0}")]
+        #[error("container runtime: {0}")]
     Runtime(String),
+    #[error("data plane: {0}")]
+    Dataplane(String),
 }
 
 fn hostname() -> String {
@@ -598,8 +616,12 @@ async fn run(
         });
     }
 
-    // The node's service DNS, on its bridge address, for nodes that run tasks.
+        // The data plane first: a stopping task leaves it before anything else reacts.
     let mut listeners: Vec<Arc<dyn agent::EndpointsListener>> = Vec::new();
+    if let Some(dp) = start_dataplane(&cfg, &metrics)? {
+        listeners.push(Arc::new(agent::node_dataplane::NodeDataplane::new(dp, cfg.node_id.clone())));
+    }
+    // The node's service DNS, on its bridge address, for nodes that run tasks.
     if cfg.runtime.containerd {
         let dns_metrics = crate::dns::DnsMetrics::register(&metrics.registry)
             .map_err(|e| DaemonError::Invalid(format!("dns metrics: {e}")))?;
@@ -673,6 +695,81 @@ async fn run(
         rt.shutdown().await;
     }
     Ok(())
+}
+
+/// The node's eBPF data plane (None with `--dataplane none`). Pinned programs and
+/// maps of an earlier run are adopted; a kernel that cannot run it stops the daemon
+/// with a message naming what is missing.
+fn start_dataplane(
+    cfg: &NodeConfig,
+    metrics: &Metrics,
+) -> Result<Option<Arc<dyn crate::dataplane::Dataplane>>, DaemonError> {
+    let rs = &cfg.runtime;
+    if !rs.dataplane {
+        tracing::warn!("--dataplane none: no service load balancing on this node");
+        return Ok(None);
+    }
+    let mut dc = crate::dataplane::DataplaneConfig::new(&cfg.node_name);
+    if let Some(b) = &rs.bpffs {
+        dc.bpffs_dir = b.clone();
+    }
+    if let Some(c) = &rs.cgroup_root {
+        // A node's own subtree may not exist until its first container; programs
+        // attach to the directory, so make it now.
+        std::fs::create_dir_all(c)
+            .map_err(|e| DaemonError::Dataplane(format!("cgroup-root {}: {e}", c.display())))?;
+        dc.cgroup_root = c.clone();
+    }
+    let (ifaces, addrs) = dataplane_interfaces(cfg.advertise_addr.ip(), &rs.dataplane_ifaces)?;
+    dc.ifaces = ifaces;
+    dc.node_addrs = addrs;
+    let dp = crate::dataplane::EbpfDataplane::open(dc.clone()).map_err(|e| DaemonError::Dataplane(e.to_string()))?;
+    tracing::info!(
+        bpffs = %dc.bpffs_dir.display(),
+        cgroup = %dc.cgroup_root.display(),
+        ifaces = ?dc.ifaces,
+        "eBPF data plane attached"
+    );
+    let dp: Arc<dyn crate::dataplane::Dataplane> = Arc::new(dp);
+    crate::dataplane::register_metrics(&metrics.registry, dp.clone())
+        .map_err(|e| DaemonError::Dataplane(format!("metrics: {e}")))?;
+    Ok(Some(dp))
+}
+
+/// The interfaces whose published-port traffic the data plane translates (given,
+/// or the one holding the advertise address; none for loopback), and the node's
+/// IPv4 addresses on them.
+fn dataplane_interfaces(
+    advertise: std::net::IpAddr,
+    given: &[String],
+) -> Result<(Vec<String>, Vec<std::net::Ipv4Addr>), DaemonError> {
+    let mut addrs_of: std::collections::BTreeMap<String, Vec<std::net::Ipv4Addr>> = Default::default();
+    for ifa in nix::ifaddrs::getifaddrs().map_err(|e| DaemonError::Dataplane(format!("listing interfaces: {e}")))? {
+        if let Some(a) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
+            addrs_of.entry(ifa.interface_name.clone()).or_default().push(a.ip());
+        }
+    }
+    let ifaces: Vec<String> = if given.is_empty() {
+        addrs_of
+            .iter()
+            .filter(|(name, addrs)| *name != "lo" && addrs.iter().any(|a| std::net::IpAddr::V4(*a) == advertise))
+            .map(|(name, _)| name.clone())
+            .collect()
+    } else {
+        for i in given {
+            if !addrs_of.contains_key(i) && !std::path::Path::new("/sys/class/net").join(i).exists() {
+                return Err(DaemonError::Invalid(format!("dataplane-iface: no interface named {i:?}")));
+            }
+        }
+        given.to_vec()
+    };
+    let mut addrs: Vec<std::net::Ipv4Addr> = ifaces.iter().flat_map(|i| addrs_of.get(i).cloned().unwrap_or_default()).collect();
+    if let std::net::IpAddr::V4(a) = advertise {
+        if !a.is_unspecified() && !addrs.contains(&a) {
+            addrs.push(a);
+        }
+    }
+    Ok((ifaces, addrs))
 }
 
 /// The node's executor: containers through containerd (ours, if no socket

@@ -5,9 +5,9 @@
 //!
 //! ```text
 //! serve   --name N --tcp PORT --udp PORT --count-file PATH
-//! connect --to A:P [--n N] [--rate R --secs S] [--bind ADDR]
+//! connect --to A:P [--n N] [--rate R --secs S] [--bind ADDR] [--http]
 //! udp     --to A:P --n N [--connected] [--timeout-ms MS]
-//! loop    --to A:P --stop-file PATH
+//! loop    --to A:P --stop-file PATH [--http]
 //! hold    --to A:P --n N [--udp]      (then reads "check" on stdin)
 //! daemon  --node N --bpffs DIR --cgroup DIR --vip A --port P --backend A...
 //! ```
@@ -188,12 +188,27 @@ fn tcp_connect(to: SocketAddrV4, bind: Option<Ipv4Addr>) -> io::Result<TcpStream
 }
 
 /// One connection: the backend's name, or the error.
-fn one(to: SocketAddrV4, bind: Option<Ipv4Addr>, peer_mismatch: &mut u64) -> Result<String, String> {
-    let s = tcp_connect(to, bind).map_err(|e| errno_name(&e))?;
+fn one(to: SocketAddrV4, bind: Option<Ipv4Addr>, peer_mismatch: &mut u64, http: bool) -> Result<String, String> {
+    let mut s = tcp_connect(to, bind).map_err(|e| errno_name(&e))?;
     if s.peer_addr().ok() != Some(SocketAddr::V4(to)) {
         *peer_mismatch += 1;
     }
     s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+    if http {
+        // An HTTP backend (the test image answers with its hostname): the name is
+        // the last line of the body.
+        s.write_all(format!("GET / HTTP/1.0\r\nHost: {to}\r\n\r\n").as_bytes())
+            .map_err(|e| errno_name(&e))?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).map_err(|e| errno_name(&e))?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        return body
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| "EOF".into());
+    }
     let mut line = String::new();
     io::BufReader::new(&s)
         .read_line(&mut line)
@@ -216,6 +231,7 @@ fn report(names: &BTreeMap<String, u64>, errors: &BTreeMap<String, u64>) {
 
 fn connect(args: &Args) {
     let to = args.addr("--to");
+    let http = args.has("--http");
     let bind = args.get("--bind").map(|b| b.parse().expect("--bind"));
     let mut names = BTreeMap::new();
     let mut errors = BTreeMap::new();
@@ -236,12 +252,12 @@ fn connect(args: &Args) {
                 thread::sleep(wait);
             }
             attempts += 1;
-            record(one(to, bind, &mut mismatch));
+            record(one(to, bind, &mut mismatch, http));
         }
     } else {
         for _ in 0..args.num("--n", 1) {
             attempts += 1;
-            record(one(to, bind, &mut mismatch));
+            record(one(to, bind, &mut mismatch, http));
         }
     }
     report(&names, &errors);
@@ -297,6 +313,7 @@ fn udp(args: &Args) {
 
 fn connect_loop(args: &Args) {
     let to = args.addr("--to");
+    let http = args.has("--http");
     let stop = PathBuf::from(args.req("--stop-file"));
     let mut names = BTreeMap::new();
     let mut errors = BTreeMap::new();
@@ -306,7 +323,7 @@ fn connect_loop(args: &Args) {
     io::stdout().flush().ok();
     while !stop.exists() {
         attempts += 1;
-        match one(to, None, &mut mismatch) {
+        match one(to, None, &mut mismatch, http) {
             Ok(n) => *names.entry(n).or_insert(0u64) += 1,
             Err(e) => *errors.entry(e).or_insert(0u64) += 1,
         }

@@ -5,6 +5,7 @@
 //! cut off; the executor, not the link, owns them.
 
 pub mod executor;
+pub mod node_dataplane;
 pub mod node_dns;
 pub mod node_service;
 

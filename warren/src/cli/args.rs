@@ -144,9 +144,28 @@ pub struct RuntimeArgs {
     /// The node's bridge for task interfaces [default: warren0].
     #[arg(long)]
     pub bridge: Option<String>,
-    /// A registry reached over plain HTTP, HOST:PORT (repeatable).
+        /// A registry reached over plain HTTP, HOST:PORT (repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,
+    /// ebpf, or none for a node without service load balancing [default: ebpf].
+    #[arg(long, value_enum)]
+    pub dataplane: Option<DataplaneKind>,
+    /// bpffs directory of the node's pinned maps and links [default: /sys/fs/bpf/warren/<node-name>].
+    #[arg(long)]
+    pub bpffs: Option<std::path::PathBuf>,
+    /// cgroup v2 directory whose processes get socket load balancing [default: the cgroup v2 root].
+    #[arg(long)]
+    pub cgroup_root: Option<std::path::PathBuf>,
+    /// An interface whose traffic to published ports is translated (repeatable)
+    /// [default: the interface of the advertise address].
+    #[arg(long = "dataplane-iface", value_name = "IFACE")]
+    pub dataplane_ifaces: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum DataplaneKind {
+    Ebpf,
+    None,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]

@@ -98,7 +98,11 @@ fn options(node: &NodeArgs) -> Result<DaemonOptions> {
             containerd_namespace: node.runtime.containerd_namespace.clone(),
             cgroup_parent: node.runtime.cgroup_parent.clone(),
             bridge: node.runtime.bridge.clone(),
-            insecure_registries: node.runtime.insecure_registries.clone(),
+                        insecure_registries: node.runtime.insecure_registries.clone(),
+            dataplane: node.runtime.dataplane.map(|k| k == DataplaneKind::Ebpf),
+            bpffs: node.runtime.bpffs.clone(),
+            cgroup_root: node.runtime.cgroup_root.clone(),
+            dataplane_ifaces: node.runtime.dataplane_ifaces.clone(),
         },
         manager: ManagerSettings {
             heartbeat_period: t.heartbeat_period,

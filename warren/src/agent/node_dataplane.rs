@@ -1,0 +1,89 @@
+//! Feeds the node's data plane from the cluster's endpoints: every service with a
+//! VIP or published ports becomes a `ServiceEntry` whose backends are its ready
+//! tasks (canary tasks in their own group), marked local when they run here. How
+//! connections are balanced is `crate::dataplane`; this only translates and syncs.
+
+use crate::dataplane::{Backend, BackendGroup, Dataplane, Protocol, RateLimit, ServiceEntry, ServicePort};
+use crate::model::{self, EndpointMode, PublishMode, ServiceEndpoints};
+use std::sync::{Arc, Mutex};
+
+pub struct NodeDataplane {
+    dp: Arc<dyn Dataplane>,
+    node_id: String,
+    last: Mutex<Option<Vec<ServiceEntry>>>,
+}
+
+/// The data plane's view of the services.
+pub fn entries(node_id: &str, services: &[ServiceEndpoints]) -> Vec<ServiceEntry> {
+    let mut out = Vec::with_capacity(services.len());
+    for s in services {
+        let vip = match s.endpoint_mode {
+            EndpointMode::Vip => s.vip,
+            EndpointMode::Dnsrr => None,
+        };
+        let ports: Vec<ServicePort> = s
+            .ports
+            .iter()
+            .map(|p| ServicePort {
+                protocol: match p.protocol {
+                    model::Protocol::Tcp => Protocol::Tcp,
+                    model::Protocol::Udp => Protocol::Udp,
+                },
+                target: p.target,
+                published: Some(p.published),
+                host_mode: p.mode == PublishMode::Host,
+            })
+            .collect();
+        if vip.is_none() && ports.is_empty() {
+            continue;
+        }
+        out.push(ServiceEntry {
+            id: s.dp_id,
+            name: s.name.clone(),
+            vip,
+            ports,
+            backends: s
+                .endpoints
+                .iter()
+                .filter(|e| e.ready)
+                .map(|e| Backend {
+                    addr: e.addr,
+                    group: if e.canary { BackendGroup::Canary } else { BackendGroup::Stable },
+                    local: e.node_id == node_id,
+                })
+                .collect(),
+            canary_weight: s.canary_weight,
+            rate_limit: s.rate_limit.map(|r| RateLimit {
+                per_sec: r.per_sec,
+                burst: r.burst,
+            }),
+        });
+    }
+    out
+}
+
+impl NodeDataplane {
+    pub fn new(dp: Arc<dyn Dataplane>, node_id: String) -> NodeDataplane {
+        NodeDataplane {
+            dp,
+            node_id,
+            last: Mutex::new(None),
+        }
+    }
+}
+
+impl super::EndpointsListener for NodeDataplane {
+    fn configure(&self, _network: &super::executor::NodeNetwork) {}
+
+    fn endpoints(&self, services: &[ServiceEndpoints]) {
+        let wanted = entries(&self.node_id, services);
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.as_ref() == Some(&wanted) {
+            return;
+        }
+        match self.dp.sync(&wanted) {
+            Ok(()) => *last = Some(wanted),
+            Err(e) => tracing::error!(error = %e, "the data plane refused the services; keeping the previous set"),
+        }
+    }
+}
