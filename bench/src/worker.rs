@@ -96,7 +96,7 @@ pub async fn schedule(quick: bool) -> Vec<Record> {
             containerd.socket().display().to_string(),
             "--containerd-namespace".into(),
             format!("{ns}-{node}"),
-                        "--cgroup-parent".into(),
+            "--cgroup-parent".into(),
             cg.path.clone(),
             "--dataplane".into(),
             "none".into(),

@@ -160,7 +160,7 @@ impl Default for Cluster {
 impl Cluster {
     /// Nodes without a container runtime (`--runtime none`): control-plane tests.
     pub fn new() -> Cluster {
-                let mut flags = fast_flags();
+        let mut flags = fast_flags();
         flags.extend(["--runtime", "none", "--dataplane", "none"].map(String::from));
         Cluster::with_flags(flags)
     }

@@ -107,7 +107,7 @@ impl Env {
         }
     }
 
-        pub fn runtime_flags(&mut self, node: &str) -> Vec<String> {
+    pub fn runtime_flags(&mut self, node: &str) -> Vec<String> {
         let cg = CgroupParent::new(&format!("wrn-{node}"));
         // Each node's data plane on its own cgroup subtree and pin directory.
         let pins = BpfPins::new(&format!("/sys/fs/cgroup/unified{}", cg.path));
@@ -227,15 +227,42 @@ impl Env {
         self.pins[node].cgroup_root.clone()
     }
 
-        /// The bpffs directory of node `node`'s data plane.
+    /// The bpffs directory of node `node`'s data plane.
     pub fn pins_dir(&self, node: &str) -> std::path::PathBuf {
         self.pins[node].dir.clone()
     }
 
     /// The network namespace node `node` runs in.
     pub fn node_netns(&self, node: &str) -> String {
-        let i = self.c.nodes.iter().position(|n| n.name == node).expect("a node of that name");
+        let i = self
+            .c
+            .nodes
+            .iter()
+            .position(|n| n.name == node)
+            .expect("a node of that name");
         self.c.nodes[i].netns.clone().expect("the node runs in a namespace")
+    }
+
+    /// The text of `node`'s `/metrics` page, fetched from inside its namespace.
+    pub fn metrics(&self, node: &str) -> String {
+        let i = self
+            .c
+            .nodes
+            .iter()
+            .position(|n| n.name == node)
+            .expect("a node of that name");
+        let url = format!("http://{}/metrics", self.c.nodes[i].metrics_addr);
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.node_netns(node)))
+            .args(["--", "curl", "-sS", "--noproxy", "*", "--max-time", "5", &url])
+            .output()
+            .expect("running curl (Debian package curl)");
+        assert!(
+            out.status.success(),
+            "GET {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// A `warren-dp-probe` client inside namespace `ns` and, when given, cgroup
@@ -256,24 +283,33 @@ impl Env {
             line.push_str(&format!(" '{a}'"));
         }
         let mut cmd = std::process::Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{ns}")).args(["--", "sh", "-c", &line]);
+        cmd.arg(format!("--net=/run/netns/{ns}"))
+            .args(["--", "sh", "-c", &line]);
         cmd
     }
 
     /// Runs a probe client to completion and parses what it saw.
     pub fn probe_run(&self, ns: &str, cgroup: Option<&std::path::Path>, args: &[&str]) -> crate::dataplane::Report {
         let out = self.probe(ns, cgroup, args).output().expect("running warren-dp-probe");
-        assert!(out.status.success(), "warren-dp-probe {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "warren-dp-probe {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         crate::dataplane::Report::parse(&String::from_utf8_lossy(&out.stdout))
     }
 
     /// Runs `args` inside a task's container (its mount and network namespaces).
-        /// The process also joins the container's cgroup v2, so that the node's socket
+    /// The process also joins the container's cgroup v2, so that the node's socket
     /// programs see it as the container.
     pub fn exec_in(&self, node: &str, task_id: &str, args: &[&str]) -> std::process::Output {
         let pid = self.pid(node, task_id);
         let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        let v2 = cgroups.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/").to_string();
+        let v2 = cgroups
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or("/")
+            .to_string();
         let mut line = format!("echo $$ > /sys/fs/cgroup/unified{v2}/cgroup.procs && exec nsenter -t {pid} -m -n --");
         for a in args {
             line.push_str(&format!(" '{a}'"));

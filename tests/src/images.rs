@@ -325,7 +325,7 @@ fn app_layer(image: TestImage) -> Result<Vec<u8>, HarnessError> {
             t.file("usr/local/bin/warren-http", 0o755, HTTP_MAIN.as_bytes())
                 .map_err(f)?;
         }
-                TestImage::Echo => {
+        TestImage::Echo => {
             t.file("usr/local/bin/warren-echo", 0o755, ECHO_MAIN.as_bytes())
                 .map_err(f)?;
             t.file("usr/local/bin/udp-name", 0o755, &udp_name_binary()?)

@@ -118,11 +118,15 @@ impl Lab {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-                for image in TestImage::ALL {
+        for image in TestImage::ALL {
             self.push(&layout, image.layout_ref(), &format!("{addr}/{}:1", image.repository()));
         }
         // A second tag of the HTTP image, for updates and canaries.
-        self.push(&layout, TestImage::Http.layout_ref(), &format!("{addr}/warren-test/http:2"));
+        self.push(
+            &layout,
+            TestImage::Http.layout_ref(),
+            &format!("{addr}/warren-test/http:2"),
+        );
         self.registry_addr = Some(addr.clone());
         addr
     }

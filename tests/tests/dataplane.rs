@@ -674,7 +674,7 @@ fn metrics_are_registered_on_a_registry() {
     dp.sync(&[stable(&lab, 8, "web")]).expect("sync");
     let r = lab.client(&["connect", "--to", &to(vip(lab.net), TCP_PORT), "--n", "7"]);
     assert_eq!(r.answers(), 7);
-    let registry = prometheus::Registry::new();
+    let registry = prometheus::Registry::new_custom(Some("warren".into()), None).unwrap();
     warren::dataplane::register_metrics(&registry, dp.clone()).expect("register");
     let mut out = Vec::new();
     prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut out).unwrap();

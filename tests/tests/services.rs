@@ -95,7 +95,10 @@ fn service_names_resolve_in_containers_and_follow_the_tasks() {
 }
 
 fn vip_of(env: &Env, m: usize, service: &str) -> String {
-    let s: Value = env.c.json(m, &["service", "inspect", service, "--format", "json"]).unwrap();
+    let s: Value = env
+        .c
+        .json(m, &["service", "inspect", service, "--format", "json"])
+        .unwrap();
     s["vip"].as_str().expect("a VIP").to_string()
 }
 
@@ -112,16 +115,20 @@ fn hostnames(env: &Env, m: usize, service: &str, canary: Option<bool>) -> BTreeS
 
 /// Waits until every running task of `service` is healthy, so that all are backends.
 fn wait_healthy(env: &Env, m: usize, service: &str, n: usize) {
-    env.c.wait(&format!("{n} healthy tasks of {service}"), Duration::from_secs(60), || {
-        let healthy = env
-            .c
-            .tasks(m, service)
-            .into_iter()
-            .filter(|t| t["status"]["state"] == "Running" && t["desired_state"] == "Running")
-            .filter(|t| t["status"]["health"] == "healthy")
-            .count();
-        (healthy == n).then_some(())
-    });
+    env.c.wait(
+        &format!("{n} healthy tasks of {service}"),
+        Duration::from_secs(60),
+        || {
+            let healthy = env
+                .c
+                .tasks(m, service)
+                .into_iter()
+                .filter(|t| t["status"]["state"] == "Running" && t["desired_state"] == "Running")
+                .filter(|t| t["status"]["health"] == "healthy")
+                .count();
+            (healthy == n).then_some(())
+        },
+    );
 }
 
 #[test]
@@ -130,8 +137,22 @@ fn vips_and_published_ports_reach_every_backend_over_tcp_and_udp() {
     let m1 = env.init("m1");
     let http = env.image("warren-test/http");
     let echo = env.image("warren-test/echo");
-    env.c.ok(m1, &["service", "create", "web", "--image", &http, "--replicas", "3", "--publish", "8080:80"]);
-    env.c.ok(m1, &["service", "create", "echo", "--image", &echo, "--replicas", "2"]);
+    env.c.ok(
+        m1,
+        &[
+            "service",
+            "create",
+            "web",
+            "--image",
+            &http,
+            "--replicas",
+            "3",
+            "--publish",
+            "8080:80",
+        ],
+    );
+    env.c
+        .ok(m1, &["service", "create", "echo", "--image", &echo, "--replicas", "2"]);
     wait_healthy(&env, m1, "web", 3);
     let echo_tasks = env.running(m1, "echo", 2);
     let vip = vip_of(&env, m1, "web");
@@ -141,34 +162,54 @@ fn vips_and_published_ports_reach_every_backend_over_tcp_and_udp() {
 
     // 1. From the node (a process in the node's cgroup): VIP:80 reaches every backend.
     let r = env.c.wait("the VIP to answer", Duration::from_secs(20), || {
-        let r = env.probe_run(&ns, Some(&cg), &["connect", "--to", &format!("{vip}:80"), "--n", "60", "--http"]);
+        let r = env.probe_run(
+            &ns,
+            Some(&cg),
+            &["connect", "--to", &format!("{vip}:80"), "--n", "60", "--http"],
+        );
         (r.error_count() == 0 && r.names.len() == 3).then_some(r)
     });
     assert_eq!(r.names.keys().cloned().collect::<BTreeSet<_>>(), web_names, "{r:?}");
-    assert_eq!(r.values.get("peer_mismatch"), Some(&0), "getpeername must return the VIP");
+    assert_eq!(
+        r.values.get("peer_mismatch"),
+        Some(&0),
+        "getpeername must return the VIP"
+    );
 
-        // 2. From inside a container, the service name resolves to the VIP, and the VIP
+    // 2. From inside a container, the service name resolves to the VIP, and the VIP
     //    reaches every backend. (The image's static busybox wget cannot use glibc's
     //    resolver, so the name is looked up with nslookup, busybox's own client.)
     let client = echo_tasks[0]["id"].as_str().unwrap().to_string();
     assert_eq!(lookup(&env, "m1", &client, "web"), BTreeSet::from([vip.clone()]));
     let mut seen = BTreeSet::new();
     for _ in 0..40 {
-        let out = env.exec_in("m1", &client, &["/bin/busybox", "wget", "-q", "-O", "-", &format!("http://{vip}/")]);
-        assert!(out.status.success(), "wget in a container: {}", String::from_utf8_lossy(&out.stderr));
+        let out = env.exec_in(
+            "m1",
+            &client,
+            &["/bin/busybox", "wget", "-q", "-O", "-", &format!("http://{vip}/")],
+        );
+        assert!(
+            out.status.success(),
+            "wget in a container: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         seen.insert(String::from_utf8_lossy(&out.stdout).trim().to_string());
     }
     assert_eq!(seen, web_names, "from a container through the VIP");
 
     // 3. UDP through the VIP, both ways: every reply comes from the VIP.
+    //    A socket keeps its backend; new sockets are spread.
     let evip = vip_of(&env, m1, "echo");
-        //    A socket keeps its backend; new sockets are spread.
     let mut udp_names = BTreeSet::new();
     for _ in 0..20 {
         let r = env.probe_run(&ns, Some(&cg), &["udp", "--to", &format!("{evip}:7"), "--n", "3"]);
         assert_eq!(r.error_count(), 0, "{r:?}");
         assert_eq!(r.names.len(), 1, "one socket, one backend: {r:?}");
-        assert_eq!(r.from.keys().cloned().collect::<Vec<_>>(), vec![format!("{evip}:7")], "{r:?}");
+        assert_eq!(
+            r.from.keys().cloned().collect::<Vec<_>>(),
+            vec![format!("{evip}:7")],
+            "{r:?}"
+        );
         udp_names.extend(r.names.keys().cloned());
     }
     assert_eq!(udp_names.len(), 2, "both UDP backends answer: {udp_names:?}");
@@ -177,25 +218,31 @@ fn vips_and_published_ports_reach_every_backend_over_tcp_and_udp() {
     //    node-address:published-port; the reply comes from the node address.
     let (client_ns, _) = env.lab.node();
     let node_ip = env.c.nodes[m1].addr.split(':').next().unwrap().to_string();
-        let r = env.probe_run(&client_ns, None, &["connect", "--to", &format!("{node_ip}:8080"), "--n", "60", "--http"]);
-    if r.error_count() > 0 {
-        for cmd in [vec!["bpftool", "net", "show"], vec!["tc", "filter", "show", "dev", "eth0", "ingress"], vec!["ip", "addr"], vec!["sysctl", "net.ipv4.ip_forward"]] {
-            let out = std::process::Command::new("ip").args(["netns", "exec", &ns]).args(&cmd).output().unwrap();
-            eprintln!("DEBUG {cmd:?}:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        }
-        for l in env.c.nodes[m1].log_text().lines().filter(|l| l.contains("data plane") || l.contains("dataplane")) {
-            eprintln!("DEBUG log: {l}");
-        }
-    }
+    let r = env.probe_run(
+        &client_ns,
+        None,
+        &["connect", "--to", &format!("{node_ip}:8080"), "--n", "60", "--http"],
+    );
     assert_eq!(r.error_count(), 0, "{r:?}");
     assert_eq!(r.names.keys().cloned().collect::<BTreeSet<_>>(), web_names);
-    assert_eq!(r.values.get("peer_mismatch"), Some(&0), "replies come from the node address");
+    assert_eq!(
+        r.values.get("peer_mismatch"),
+        Some(&0),
+        "replies come from the node address"
+    );
 
     // 5. Nothing of this is in iptables or nftables; the maps print their fields.
     for (cmd, args) in [("iptables-save", vec![]), ("nft", vec!["list", "ruleset"])] {
-        let out = std::process::Command::new("ip").args(["netns", "exec", &ns, cmd]).args(&args).output().unwrap();
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, cmd])
+            .args(&args)
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(!text.contains(&vip) && !text.contains("8080"), "{cmd} mentions a service:\n{text}");
+        assert!(
+            !text.contains(&vip) && !text.contains("8080"),
+            "{cmd} mentions a service:\n{text}"
+        );
     }
     let pins = env.c.nodes[m1].log_text();
     assert!(pins.contains("eBPF data plane attached"), "{pins}");
@@ -214,22 +261,38 @@ fn canary_weights_shift_new_connections_and_promote_or_roll_back() {
     let m1 = env.init("m1");
     let v1 = env.image("warren-test/http");
     let v2 = format!("{}/warren-test/http:2", env.registry);
-    env.c.ok(m1, &["service", "create", "web", "--image", &v1, "--replicas", "4"]);
+    env.c
+        .ok(m1, &["service", "create", "web", "--image", &v1, "--replicas", "4"]);
     wait_healthy(&env, m1, "web", 4);
     let vip = vip_of(&env, m1, "web");
     let (ns, cg) = (env.node_netns("m1"), env.node_cgroup("m1"));
     let share = |n: u64| {
         let canary = hostnames(&env, m1, "web", Some(true));
-        let r = env.probe_run(&ns, Some(&cg), &["connect", "--to", &format!("{vip}:80"), "--n", &n.to_string(), "--http"]);
+        let r = env.probe_run(
+            &ns,
+            Some(&cg),
+            &["connect", "--to", &format!("{vip}:80"), "--n", &n.to_string(), "--http"],
+        );
         assert_eq!(r.error_count(), 0, "{r:?}");
-        let c: u64 = r.names.iter().filter(|(k, _)| canary.contains(*k)).map(|(_, v)| v).sum();
+        let c: u64 = r
+            .names
+            .iter()
+            .filter(|(k, _)| canary.contains(*k))
+            .map(|(_, v)| v)
+            .sum();
         (c as f64 / r.answers() as f64 * 100.0, r)
     };
 
     // 1. Weight 20: 20 ± 3% of 2,000 new connections go to the canary.
-    env.c.ok(m1, &["service", "update", "web", "--image", &v2, "--canary-weight", "20"]);
+    env.c.ok(
+        m1,
+        &["service", "update", "web", "--image", &v2, "--canary-weight", "20"],
+    );
     wait_healthy(&env, m1, "web", 5);
-    let s: Value = env.c.json(m1, &["service", "inspect", "web", "--format", "json"]).unwrap();
+    let s: Value = env
+        .c
+        .json(m1, &["service", "inspect", "web", "--format", "json"])
+        .unwrap();
     assert_eq!(s["canary"]["weight"], 20);
     assert_eq!(s["canary"]["spec"]["image"], v2.as_str());
     let (pct, _) = share(2000);
@@ -238,10 +301,11 @@ fn canary_weights_shift_new_connections_and_promote_or_roll_back() {
     // 2. Weight 50: 50 ± 4%.
     env.c.ok(m1, &["service", "update", "web", "--canary-weight", "50"]);
     wait_healthy(&env, m1, "web", 6);
-    env.c.wait("the new weight in the data plane", Duration::from_secs(10), || {
-        let (pct, _) = share(200);
-        (pct > 35.0).then_some(())
-    });
+    env.c
+        .wait("the new weight in the data plane", Duration::from_secs(10), || {
+            let (pct, _) = share(200);
+            (pct > 35.0).then_some(())
+        });
     let (pct, _) = share(2000);
     assert!((46.0..=54.0).contains(&pct), "weight 50 gave {pct:.1}%");
 
@@ -261,7 +325,10 @@ fn canary_weights_shift_new_connections_and_promote_or_roll_back() {
     assert!(r.names.keys().all(|k| stable.contains(k)), "{r:?} vs {stable:?}");
 
     // 4. A canary again, then promote: every task runs the new image.
-    env.c.ok(m1, &["service", "update", "web", "--image", &v2, "--canary-weight", "10"]);
+    env.c.ok(
+        m1,
+        &["service", "update", "web", "--image", &v2, "--canary-weight", "10"],
+    );
     wait_healthy(&env, m1, "web", 5);
     env.c.ok(m1, &["service", "promote", "web"]);
     env.c.wait("every task on the new image", Duration::from_secs(90), || {
@@ -272,8 +339,10 @@ fn canary_weights_shift_new_connections_and_promote_or_roll_back() {
             .filter(|t| t["desired_state"] == "Running")
             .collect();
         (live.len() == 4
-            && live.iter().all(|t| t["spec"]["image"] == v2.as_str() && t["status"]["state"] == "Running" && t["canary"] == false))
-            .then_some(())
+            && live.iter().all(|t| {
+                t["spec"]["image"] == v2.as_str() && t["status"]["state"] == "Running" && t["canary"] == false
+            }))
+        .then_some(())
     });
 }
 
@@ -289,19 +358,48 @@ fn rate_limits_unhealthy_backends_and_a_daemon_restart_under_load() {
     //    client meanwhile is not limited.
     env.c.ok(
         m1,
-        &["service", "create", "rl", "--image", &http, "--replicas", "2", "--rate-limit", "50/s", "--rate-burst", "50"],
+        &[
+            "service",
+            "create",
+            "rl",
+            "--image",
+            &http,
+            "--replicas",
+            "2",
+            "--rate-limit",
+            "50/s",
+            "--rate-burst",
+            "50",
+        ],
     );
     wait_healthy(&env, m1, "rl", 2);
     let vip = vip_of(&env, m1, "rl");
     let other = env.running(m1, "rl", 2)[0]["id"].as_str().unwrap().to_string();
-    let flood = env.probe(&ns, Some(&cg), &["connect", "--to", &format!("{vip}:80"), "--rate", "500", "--secs", "5", "--http"]);
+    let flood = env.probe(
+        &ns,
+        Some(&cg),
+        &[
+            "connect",
+            "--to",
+            &format!("{vip}:80"),
+            "--rate",
+            "500",
+            "--secs",
+            "5",
+            "--http",
+        ],
+    );
     let flood = std::thread::spawn(move || {
         let mut flood = flood;
         flood.output().expect("flood client")
     });
     let mut second_ok = 0;
     for _ in 0..20 {
-        let out = env.exec_in("m1", &other, &["/bin/busybox", "wget", "-q", "-O", "-", &format!("http://{vip}/")]);
+        let out = env.exec_in(
+            "m1",
+            &other,
+            &["/bin/busybox", "wget", "-q", "-O", "-", &format!("http://{vip}/")],
+        );
         second_ok += usize::from(out.status.success());
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -310,35 +408,47 @@ fn rate_limits_unhealthy_backends_and_a_daemon_restart_under_load() {
     let elapsed = *r.values.get("elapsed_ms").unwrap() as f64 / 1000.0;
     let expected = 50.0 + 50.0 * elapsed;
     let accepted = r.answers() as f64;
-    assert!((accepted - expected).abs() <= expected * 0.1, "accepted {accepted}, expected {expected:.0} ± 10%: {r:?}");
-    assert!(r.errors.get("EPERM").copied().unwrap_or(0) > 1000, "over-limit connects are refused: {r:?}");
+    assert!(
+        (accepted - expected).abs() <= expected * 0.1,
+        "accepted {accepted}, expected {expected:.0} ± 10%: {r:?}"
+    );
+    assert!(
+        r.errors.get("EPERM").copied().unwrap_or(0) > 1000,
+        "over-limit connects are refused: {r:?}"
+    );
     assert_eq!(second_ok, 20, "the second client must not be limited");
-    let (status, metrics) = warren_tests::cluster::http_get(&env.c.nodes[m1].metrics_addr, "/metrics")
-        .ok()
-        .filter(|(s, _)| *s == 200)
-        .map(|(s, b)| (s, b))
-        .unwrap_or_else(|| {
-            // The metrics port is inside the node's namespace.
-            let out = std::process::Command::new("ip")
-                .args(["netns", "exec", &ns, "curl", "-s", &format!("http://{}/metrics", env.c.nodes[m1].metrics_addr)])
-                .output()
-                .unwrap();
-            (200, String::from_utf8_lossy(&out.stdout).to_string())
-        });
-    assert_eq!(status, 200);
+    let metrics = env.metrics("m1");
     let dropped: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("warren_dataplane_drops_total") && l.contains("rate_limited"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    assert!(dropped >= r.errors.get("EPERM").copied().unwrap_or(0) as f64, "drops counted: {dropped}, refused {r:?}");
+    assert!(
+        dropped >= r.errors.get("EPERM").copied().unwrap_or(0) as f64,
+        "rate-limited connects counted in metrics: {dropped}, refused {r:?}"
+    );
 
     // 2. A backend made unhealthy gets no new connections after one probe interval.
     env.c.ok(
         m1,
         &[
-            "service", "create", "hc", "--image", &http, "--replicas", "2", "--health-cmd", "test ! -e /tmp/sick",
-            "--health-interval", "1s", "--health-retries", "1", "--health-timeout", "1s", "--restart-delay", "30s",
+            "service",
+            "create",
+            "hc",
+            "--image",
+            &http,
+            "--replicas",
+            "2",
+            "--health-cmd",
+            "test ! -e /tmp/sick",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "1",
+            "--health-timeout",
+            "1s",
+            "--restart-delay",
+            "30s",
         ],
     );
     wait_healthy(&env, m1, "hc", 2);
@@ -347,16 +457,35 @@ fn rate_limits_unhealthy_backends_and_a_daemon_restart_under_load() {
     let sick = tasks[0]["id"].as_str().unwrap().to_string();
     let out = env.exec_in("m1", &sick, &["/bin/busybox", "touch", "/tmp/sick"]);
     assert!(out.status.success());
+    // One probe interval (1 s) to notice, then the report and every node's sync.
     std::thread::sleep(Duration::from_millis(2500));
-    let r = env.probe_run(&ns, Some(&cg), &["connect", "--to", &format!("{hvip}:80"), "--n", "100", "--http"]);
-    assert!(!r.names.contains_key(&sick[..12]), "the unhealthy backend still got connections: {r:?}");
+    let r = env.probe_run(
+        &ns,
+        Some(&cg),
+        &["connect", "--to", &format!("{hvip}:80"), "--n", "100", "--http"],
+    );
+    assert!(
+        !r.names.contains_key(&sick[..12]),
+        "the unhealthy backend still got connections: {r:?}"
+    );
     assert_eq!(r.error_count(), 0, "{r:?}");
 
     // 3. kill -9 of the daemon and a restart: a client connecting to the VIP the whole
     //    time sees no failure.
     let stop = env.c.dir.path().join("stop-loop");
     let client = env
-        .probe(&ns, Some(&cg), &["loop", "--to", &format!("{hvip}:80"), "--stop-file", stop.to_str().unwrap(), "--http"])
+        .probe(
+            &ns,
+            Some(&cg),
+            &[
+                "loop",
+                "--to",
+                &format!("{hvip}:80"),
+                "--stop-file",
+                stop.to_str().unwrap(),
+                "--http",
+            ],
+        )
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -370,5 +499,9 @@ fn rate_limits_unhealthy_backends_and_a_daemon_restart_under_load() {
     let out = client.wait_with_output().unwrap();
     let r = warren_tests::dataplane::Report::parse(&String::from_utf8_lossy(&out.stdout));
     assert!(r.answers() > 50, "{r:?}");
-    assert_eq!(r.error_count(), 0, "connections failed while the daemon restarted: {r:?}");
+    assert_eq!(
+        r.error_count(),
+        0,
+        "connections failed while the daemon restarted: {r:?}"
+    );
 }

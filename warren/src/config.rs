@@ -17,7 +17,7 @@ pub struct RuntimeSettings {
     pub containerd_socket: PathBuf,
     pub containerd_namespace: String,
     pub cgroup_parent: String,
-        pub bridge: String,
+    pub bridge: String,
     pub insecure_registries: Vec<String>,
     /// false: `--dataplane none` (no eBPF programs on this node).
     #[serde(default = "yes")]
@@ -44,7 +44,7 @@ impl Default for RuntimeSettings {
             containerd_socket: "/run/containerd/containerd.sock".into(),
             containerd_namespace: "warren".into(),
             cgroup_parent: "/warren".into(),
-                        bridge: "warren0".into(),
+            bridge: "warren0".into(),
             insecure_registries: vec![],
             dataplane: true,
             bpffs: None,

@@ -51,7 +51,7 @@ pub struct RuntimeOverrides {
     pub containerd_socket: Option<PathBuf>,
     pub containerd_namespace: Option<String>,
     pub cgroup_parent: Option<String>,
-        pub bridge: Option<String>,
+    pub bridge: Option<String>,
     pub insecure_registries: Vec<String>,
     pub dataplane: Option<bool>,
     pub bpffs: Option<PathBuf>,
@@ -77,7 +77,7 @@ impl RuntimeOverrides {
         if let Some(v) = &self.bridge {
             r.bridge = v.clone();
         }
-                if !self.insecure_registries.is_empty() {
+        if !self.insecure_registries.is_empty() {
             r.insecure_registries = self.insecure_registries.clone();
         }
         if let Some(v) = self.dataplane {
@@ -131,7 +131,7 @@ pub enum DaemonError {
     Join { manager: String, reason: String },
     #[error("{0}")]
     Io(String),
-        #[error("container runtime: {0}")]
+    #[error("container runtime: {0}")]
     Runtime(String),
     #[error("data plane: {0}")]
     Dataplane(String),
@@ -616,10 +616,13 @@ async fn run(
         });
     }
 
-        // The data plane first: a stopping task leaves it before anything else reacts.
+    // The data plane first: a stopping task leaves it before anything else reacts.
     let mut listeners: Vec<Arc<dyn agent::EndpointsListener>> = Vec::new();
     if let Some(dp) = start_dataplane(&cfg, &metrics)? {
-        listeners.push(Arc::new(agent::node_dataplane::NodeDataplane::new(dp, cfg.node_id.clone())));
+        listeners.push(Arc::new(agent::node_dataplane::NodeDataplane::new(
+            dp,
+            cfg.node_id.clone(),
+        )));
     }
     // The node's service DNS, on its bridge address, for nodes that run tasks.
     if cfg.runtime.containerd {
@@ -716,8 +719,7 @@ fn start_dataplane(
     if let Some(c) = &rs.cgroup_root {
         // A node's own subtree may not exist until its first container; programs
         // attach to the directory, so make it now.
-        std::fs::create_dir_all(c)
-            .map_err(|e| DaemonError::Dataplane(format!("cgroup-root {}: {e}", c.display())))?;
+        std::fs::create_dir_all(c).map_err(|e| DaemonError::Dataplane(format!("cgroup-root {}: {e}", c.display())))?;
         dc.cgroup_root = c.clone();
     }
     let (ifaces, addrs) = dataplane_interfaces(cfg.advertise_addr.ip(), &rs.dataplane_ifaces)?;
@@ -758,12 +760,17 @@ fn dataplane_interfaces(
     } else {
         for i in given {
             if !addrs_of.contains_key(i) && !std::path::Path::new("/sys/class/net").join(i).exists() {
-                return Err(DaemonError::Invalid(format!("dataplane-iface: no interface named {i:?}")));
+                return Err(DaemonError::Invalid(format!(
+                    "dataplane-iface: no interface named {i:?}"
+                )));
             }
         }
         given.to_vec()
     };
-    let mut addrs: Vec<std::net::Ipv4Addr> = ifaces.iter().flat_map(|i| addrs_of.get(i).cloned().unwrap_or_default()).collect();
+    let mut addrs: Vec<std::net::Ipv4Addr> = ifaces
+        .iter()
+        .flat_map(|i| addrs_of.get(i).cloned().unwrap_or_default())
+        .collect();
     if let std::net::IpAddr::V4(a) = advertise {
         if !a.is_unspecified() && !addrs.contains(&a) {
             addrs.push(a);

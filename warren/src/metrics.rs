@@ -160,7 +160,9 @@ impl Metrics {
     pub fn render(&self) -> String {
         self.refresh();
         let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
         String::from_utf8(buf).unwrap_or_default()
     }
 }

@@ -48,7 +48,11 @@ pub fn entries(node_id: &str, services: &[ServiceEndpoints]) -> Vec<ServiceEntry
                 .filter(|e| e.ready)
                 .map(|e| Backend {
                     addr: e.addr,
-                    group: if e.canary { BackendGroup::Canary } else { BackendGroup::Stable },
+                    group: if e.canary {
+                        BackendGroup::Canary
+                    } else {
+                        BackendGroup::Stable
+                    },
                     local: e.node_id == node_id,
                 })
                 .collect(),

@@ -144,7 +144,7 @@ pub struct RuntimeArgs {
     /// The node's bridge for task interfaces [default: warren0].
     #[arg(long)]
     pub bridge: Option<String>,
-        /// A registry reached over plain HTTP, HOST:PORT (repeatable).
+    /// A registry reached over plain HTTP, HOST:PORT (repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,
     /// ebpf, or none for a node without service load balancing [default: ebpf].

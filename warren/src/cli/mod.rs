@@ -98,7 +98,7 @@ fn options(node: &NodeArgs) -> Result<DaemonOptions> {
             containerd_namespace: node.runtime.containerd_namespace.clone(),
             cgroup_parent: node.runtime.cgroup_parent.clone(),
             bridge: node.runtime.bridge.clone(),
-                        insecure_registries: node.runtime.insecure_registries.clone(),
+            insecure_registries: node.runtime.insecure_registries.clone(),
             dataplane: node.runtime.dataplane.map(|k| k == DataplaneKind::Ebpf),
             bpffs: node.runtime.bpffs.clone(),
             cgroup_root: node.runtime.cgroup_root.clone(),

@@ -21,67 +21,67 @@ struct Family {
 
 const FAMILIES: &[Family] = &[
     Family {
-        name: "warren_dataplane_connections_total",
+        name: "dataplane_connections_total",
         help: "New connections (and UDP flows) translated, per service.",
         labels: &["service"],
         counter: true,
     },
     Family {
-        name: "warren_dataplane_packets_total",
+        name: "dataplane_packets_total",
         help: "Packets on the tc path and datagrams through sendmsg, per service.",
         labels: &["service"],
         counter: true,
     },
     Family {
-        name: "warren_dataplane_bytes_total",
+        name: "dataplane_bytes_total",
         help: "Bytes on the tc path, per service.",
         labels: &["service"],
         counter: true,
     },
     Family {
-        name: "warren_dataplane_drops_total",
+        name: "dataplane_drops_total",
         help: "Refused connections and dropped packets, per service and reason.",
         labels: &["service", "reason"],
         counter: true,
     },
     Family {
-        name: "warren_dataplane_backend_connections_total",
+        name: "dataplane_backend_connections_total",
         help: "New connections per backend.",
         labels: &["service", "backend"],
         counter: true,
     },
     Family {
-        name: "warren_dataplane_backend_packets_total",
+        name: "dataplane_backend_packets_total",
         help: "Packets per backend.",
         labels: &["service", "backend"],
         counter: true,
     },
     Family {
-        name: "warren_dataplane_backend_bytes_total",
+        name: "dataplane_backend_bytes_total",
         help: "Bytes per backend.",
         labels: &["service", "backend"],
         counter: true,
     },
     Family {
-        name: "warren_dataplane_map_entries",
+        name: "dataplane_map_entries",
         help: "Entries in use per eBPF map.",
         labels: &["map"],
         counter: false,
     },
     Family {
-        name: "warren_dataplane_map_capacity",
+        name: "dataplane_map_capacity",
         help: "Capacity per eBPF map.",
         labels: &["map"],
         counter: false,
     },
     Family {
-        name: "warren_dataplane_program_attached",
+        name: "dataplane_program_attached",
         help: "1 per attached eBPF program and hook.",
         labels: &["program", "target"],
         counter: false,
     },
     Family {
-        name: "warren_dataplane_sock_destroy_supported",
+        name: "dataplane_sock_destroy_supported",
         help: "1 when sockets to removed backends are destroyed (bpf_sock_destroy).",
         labels: &[],
         counter: false,
@@ -172,7 +172,8 @@ impl Collector for DataplaneCollector {
     }
 }
 
-/// Registers the `warren_dataplane_*` metrics of `dp` on `registry`.
+/// Registers the `dataplane_*` metrics of `dp` on `registry` (the daemon's registry
+/// prefixes every name with `warren_`).
 pub fn register_metrics(registry: &Registry, dp: Arc<dyn Dataplane>) -> Result<(), prometheus::Error> {
     let templates = FAMILIES.iter().map(Vec_::new).collect::<Result<_, _>>()?;
     registry.register(Box::new(DataplaneCollector { dp, templates }))
@@ -233,7 +234,7 @@ mod tests {
             sock_destroy: true,
             ..Default::default()
         };
-        let registry = Registry::new();
+        let registry = Registry::new_custom(Some("warren".into()), None).unwrap();
         register_metrics(&registry, Arc::new(Canned(status))).unwrap();
         let mut out = Vec::new();
         TextEncoder::new().encode(&registry.gather(), &mut out).unwrap();

@@ -210,11 +210,9 @@ async fn reconcile_loop(inner: Arc<Inner>, factory: NetworkFactory) {
                     .task
                     .as_ref()
                     .is_some_and(|t| t.state == crate::runtime::TaskState::Running);
-                if running {
-                    let mut st = status(TaskState::Running, "adopted after a restart of the node's daemon");
-                    st.container_id = c.id.clone();
-                    inner.report(&id, st);
-                }
+                // Nothing is reported until the assignment arrives: a status without
+                // the task's address and health would take it out of every node's
+                // balancing tables for a moment.
                 tracing::info!(task = %id, running, "found a container of this node");
                 adoptable.insert(id, c);
             }
@@ -230,17 +228,6 @@ async fn reconcile_loop(inner: Arc<Inner>, factory: NetworkFactory) {
                 match factory(info.clone()).await {
                     Ok(n) => {
                         tracing::info!(subnet = %info.subnet, "task network ready");
-                        // The addresses of adopted tasks are known once the network is.
-                        if let Ok(list) = n.list().await {
-                            for t in list {
-                                if let (Some(addr), true) = (t.address, adoptable.contains_key(&t.task_id)) {
-                                    let mut map = inner.statuses.lock().unwrap_or_else(|e| e.into_inner());
-                                    if let Some(s) = map.get_mut(&t.task_id) {
-                                        s.addr = addr.to_string();
-                                    }
-                                }
-                            }
-                        }
                         network = Some(n);
                         retry_network = false;
                     }

@@ -60,6 +60,9 @@ pub(super) async fn supervise(
             let mut st = status(TaskState::Running, "adopted after a restart of the node's daemon");
             st.container_id = c.id.clone();
             st.addr = addr.map(|a| a.to_string()).unwrap_or_default();
+            // The health it had before the restart stands until the next probe: a
+            // "starting" here would take every backend out of the balancing tables.
+            st.health = task.status.health.clone();
             inner.report(&id, st);
             let sig = image.as_ref().and_then(|i| i.config.stop_signal.clone());
             (addr, image.and_then(|i| i.config.healthcheck), sig)
@@ -83,11 +86,15 @@ pub(super) async fn supervise(
     let started = Instant::now();
     let mut tracker = Tracker::default();
     let mut last_health = String::new();
+    if adopted.is_some() && !task.status.health.is_empty() {
+        last_health = task.status.health.clone();
+        tracker.healthy_once = last_health == "healthy";
+    }
     let wait = rt.wait(&id);
     tokio::pin!(wait);
     let mut tick = tokio::time::interval(plan.as_ref().map(|p| p.interval).unwrap_or(Duration::from_secs(3600)));
     tick.tick().await;
-    if plan.is_some() {
+    if plan.is_some() && last_health.is_empty() {
         last_health = "starting".into();
         report_running(&inner, &task, addr, &last_health);
     }
@@ -131,6 +138,9 @@ pub(super) async fn supervise(
                 if verdict == Verdict::Unhealthy {
                     let why = result.err().unwrap_or_default();
                     tracing::info!(task = %id, reason = %why, "task is unhealthy: stopping it");
+                    // Reported first, so that every node takes the task out of its
+                    // balancing tables during the stop grace period, not after it.
+                    report_running(&inner, &task, addr, "unhealthy");
                     let _ = rt.stop(&id, signal, grace).await;
                     break End::Unhealthy(why);
                 }
