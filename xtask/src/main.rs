@@ -29,7 +29,20 @@ const PACKAGES: &[&str] = &[
     "busybox-static",
     "nftables",
     "bind9-dnsutils",
+    // The eBPF programs: clang with the BPF target, libbpf's helper headers, the
+    // kernel's uapi headers (through libc6-dev).
+    "clang-19",
+    "libbpf-dev",
+    "libc6-dev",
+    // The static UDP responder of the test images; bpftool and iptables for the
+    // data-plane tests (maps print their fields; no service rules anywhere).
+    "gcc",
+    "bpftool",
+    "iptables",
 ];
+
+/// What the benchmarks compare Warren against, and drive it with.
+const BENCH_PACKAGES: &[&str] = &["haproxy", "wrk", "iperf3"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -130,7 +143,7 @@ fn test(args: &[String]) -> Result<()> {
         run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     }
     // The end-to-end tests run the warren binary: build it before the tests start.
-    run(cargo().args(["build", "-p", "warren"]))?;
+    run(cargo().args(["build", "-p", "warren", "-p", "warren-tests", "--bins"]))?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace"]);
     cmd.args(&rest);
@@ -151,6 +164,7 @@ fn image(args: &[String]) -> Result<()> {
 /// `cargo xtask bench`: release builds, then every scenario side by side.
 fn bench(args: &[String]) -> Result<()> {
     ensure_packages(PACKAGES)?;
+    ensure_packages(BENCH_PACKAGES)?;
     run(cargo().args(["build", "--release", "-p", "warren", "-p", "warren-bench"]))?;
     let commit = Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -259,6 +273,8 @@ fn up() -> Result<()> {
             "warren-test/http:1",
             "--replicas",
             "2",
+            "--publish",
+            "8080:80",
         ]))?;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -288,18 +304,51 @@ fn up() -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(500));
     };
+    let inspect = Command::new("warren")
+        .args(["service", "inspect", "demo", "--format", "json"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let inspect = String::from_utf8_lossy(&inspect.stdout).to_string();
+    let vip = inspect
+        .split("\"vip\": \"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .ok_or_else(|| format!("the demo service has no VIP: {inspect}"))?
+        .to_string();
+    // The data plane is synced right after the tasks report running; both paths
+    // must answer before the demo is declared up.
+    let urls = [format!("http://{vip}/"), "http://127.0.0.1:8080/".to_string()];
+    for url in &urls {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !Command::new("curl")
+            .args(["-sf", "--noproxy", "*", "--max-time", "2", "-o", "/dev/null", url])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+        {
+            if Instant::now() > deadline {
+                return Err(format!("the demo service does not answer on {url}; see {UP_LOG}"));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
     run(Command::new("warren").args(["node", "ls"]))?;
     run(Command::new("warren").args(["service", "ls"]))?;
     run(Command::new("warren").args(["service", "ps", "demo"]))?;
     println!(
         "\nWarren is running as a one-node cluster (log: {UP_LOG}, state: {UP_DIR}).\n\
-         The demo service answers with each task's hostname:\n"
+         The demo service answers with a task's hostname on its VIP (balanced by eBPF),\n\
+         on the published port 8080 of every node address, and on each task's address:\n"
     );
+    println!("    curl -s http://{vip}/            # service VIP");
+    println!("    curl -s http://127.0.0.1:8080/     # published port");
     for a in &addrs {
-        println!("    curl -s http://{a}/");
+        println!("    curl -s http://{a}/            # one task");
     }
     println!(
-        "\nMore: warren service logs demo | warren service scale demo=4 | curl -s 127.0.0.1:9090/metrics\n\
+        "\nMore: warren service inspect demo | warren node inspect self | bpftool map dump pinned \
+         /sys/fs/bpf/warren/<node>/warren_svc_v1\n      warren service logs demo | warren service scale demo=4 | \
+         curl -s 127.0.0.1:9090/metrics | grep warren_dataplane\n\
          Stop and remove it with: cargo xtask down"
     );
     Ok(())
