@@ -3,10 +3,14 @@
 //! `docs/benchmarks.md` with its charts.
 //!
 //! ```text
-//! warren-bench --warren target/release/warren [--quick] [--only PREFIX]...
+//! warren-bench --warren target/release/warren [--probe PATH] [--quick] [--only PREFIX]...
 //! ```
+//!
+//! The data-plane scenarios need `warren-dp-probe` (from `warren-tests`), by
+//! default next to this binary.
 
 mod control;
+mod dataplane;
 mod report;
 mod stats;
 mod worker;
@@ -17,6 +21,7 @@ use std::path::PathBuf;
 
 struct Args {
     warren: PathBuf,
+    probe: PathBuf,
     quick: bool,
     only: Vec<String>,
     results_dir: PathBuf,
@@ -28,6 +33,10 @@ fn parse_args() -> Result<Args, String> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut a = Args {
         warren: root.join("target/release/warren"),
+        probe: std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join("warren-dp-probe")))
+            .unwrap_or_else(|| root.join("target/release/warren-dp-probe")),
         quick: false,
         only: vec![],
         results_dir: root.join("bench/results"),
@@ -41,6 +50,7 @@ fn parse_args() -> Result<Args, String> {
             "--quick" => a.quick = true,
             "--only" => a.only.push(value("--only")?),
             "--warren" => a.warren = PathBuf::from(value("--warren")?),
+            "--probe" => a.probe = PathBuf::from(value("--probe")?),
             "--results-dir" => a.results_dir = PathBuf::from(value("--results-dir")?),
             "--docs" => a.docs = PathBuf::from(value("--docs")?),
             "--commit" => a.commit = value("--commit")?,
@@ -57,6 +67,83 @@ fn parse_args() -> Result<Args, String> {
 }
 
 const SCENARIOS: &[(&str, &str)] = &[
+    (
+        "dataplane.rr",
+        "HTTP requests per second over keep-alive connections, and wrk's p50/p99 request latency: \
+         `wrk -t1 -c32 --latency` for 1 s (quick) or 4 s per run, 2 (quick) or 5 runs per variant, \
+         variants alternating run by run after a 0.3 s / 1 s warm-up each. Every variant has its own \
+         client network namespace on its own veth to one backend namespace, where a single-threaded \
+         hyper HTTP/1.1 server answers on every address with a 11-byte body. `direct`: the client \
+         connects to a backend address. `warren-vip`: the client runs in the cgroup v2 subtree where \
+         Warren's eBPF data plane is attached (used as a library, its own bpffs directory) and \
+         connects to a service VIP with two backends; cgroup/connect4 picks the backend once per \
+         connection. `iptables-dnat`: kube-proxy-style nat rules in the client's namespace \
+         (KUBE-SERVICES → KUBE-SVC-* with `statistic --mode random` → KUBE-SEP-* DNAT, Debian 12's \
+         iptables-nft), same two backends. `userspace-proxy (haproxy)`: HAProxy 2.6 from Debian in \
+         TCP mode, default threads, round-robin over the two backends, on 127.0.0.1 in the client's \
+         namespace. Client, server and proxy share the machine's cores.",
+    ),
+    (
+        "dataplane.crr",
+        "New connections per second with one HTTP request each (`Connection: close`, the server closes \
+         first), and the p50/p99 time from connect() to the end of the response. Client: \
+         `warren-dp-probe crr`, a single-threaded tokio loop with 16 concurrent connections, 1 s \
+         (quick) or 4 s per run; runs, warm-up, alternation, namespaces and variants as in \
+         dataplane.rr. A run with more than 1% failed attempts is reported as not measured.",
+    ),
+    (
+        "dataplane.scale",
+        "dataplane.crr's measurement (16 concurrent connection-per-request loops) through a service \
+         while 1, 1,000 or 10,000 other services (each with a VIP and two backends) are installed \
+         besides it. `warren-vip`: all services synced into Warren's data plane (hash-map lookups). \
+         `iptables-dnat`: the kube-proxy rules of all services restored into the client's namespace, \
+         the measured service's rule in the middle of KUBE-SERVICES (the average case of iptables' \
+         linear match, paid by the first packet of every connection). The two variants alternate run \
+         by run at each size. A size the data plane refuses is reported with its error.",
+    ),
+    (
+        "dataplane.program",
+        "Time from the start of adding one service (VIP with two backends) to the first HTTP answer \
+         through its VIP, while 1,000 or 10,000 other services are present. A poller in the client \
+         namespace (in the data plane's cgroup for Warren) tries a fresh connection every 0.2 ms \
+         (each attempt gives up after 0.2 ms) and reports the CLOCK_MONOTONIC time of its first \
+         answer; the clock starts just before the change. `warren`: one `Dataplane::sync` call with \
+         the complete new set of services (the diff is computed and written to the maps). \
+         `iptables-restore`: what kube-proxy 1.28+ does on a partial sync, an `iptables-restore \
+         --noflush` process that rewrites KUBE-SERVICES and KUBE-NODEPORTS whole and adds the new \
+         service's chains. The service is removed again between runs (the same way); one untimed \
+         round first; variants alternate.",
+    ),
+    (
+        "dataplane.nodeport",
+        "A published port reached from a client namespace through a router namespace (veth on both \
+         sides) to the backend namespace: new connections per second with p50/p99 (as in \
+         dataplane.crr) and keep-alive requests per second (as in dataplane.rr), alternating per run. \
+         Each variant has its own client and router namespaces. `direct`: the client connects to a \
+         backend address, the router only forwards. `warren-tc`: Warren's tc programs on both router \
+         interfaces translate router-address:30080 to one of two local backends (client address \
+         kept, replies translated back by tc). `iptables-dnat`: kube-proxy's node-port rules \
+         (KUBE-NODEPORTS → KUBE-EXT → KUBE-SVL → KUBE-SEP DNAT, externalTrafficPolicy: Local, so no \
+         SNAT either) in the router's namespace.",
+    ),
+    (
+        "dataplane.canary",
+        "Share of new connections that reached the canary, measured at the client from the backend \
+         address each answer names: a service with three stable backends and one canary, its canary \
+         weight set with `Dataplane::sync` before each run, then connection-per-request load (16 \
+         loops) for 0.5 s (quick) or 2 s; weights alternate run by run. The configured weight is in \
+         the variant's name.",
+    ),
+    (
+        "dataplane.ratelimit",
+        "A service limited to 1,000 new connections/s per client (burst 100) is flooded from one \
+         client namespace with 20,000 connection attempts/s (32 paced loops, open loop); at the same \
+         time another client runs closed-loop connection-per-request load (16 loops) against an \
+         unlimited service. Measured over 1 s (quick) or 4 s after a 0.3 s / 1 s lead-in that spends \
+         the burst: the limited service's accepted connections/s (HTTP answers), refused attempts/s \
+         (connect() fails with EPERM) and attempts/s actually made, and the unlimited service's \
+         connections/s during the flood and, in a separate run just before, alone.",
+    ),
     (
         "control.failover",
         "Three managers as separate processes on 127.0.0.1. A client connected to a follower's socket \
@@ -111,6 +198,10 @@ async fn main() -> std::process::ExitCode {
             methods.insert(name.to_string(), method.to_string());
         }
     }
+    let dp_wanted = |s: &str| wanted(s);
+    records.extend(tokio::task::block_in_place(|| {
+        dataplane::run(args.quick, &args.probe, &dp_wanted)
+    }));
     if wanted("control.failover") {
         eprintln!("warren-bench: control.failover");
         records.extend(control::failover(args.quick).await);
@@ -130,6 +221,13 @@ async fn main() -> std::process::ExitCode {
         records.extend(r.into_iter().filter(|r| wanted(&r.scenario)));
     }
     baselines.insert("control.create".to_string(), "16 clients, leader".to_string());
+    for s in ["dataplane.rr", "dataplane.crr", "dataplane.nodeport"] {
+        baselines.insert(s.to_string(), "direct".to_string());
+    }
+    baselines.insert(
+        "dataplane.ratelimit".to_string(),
+        "unlimited service, alone".to_string(),
+    );
     baselines.retain(|k, _| methods.contains_key(k));
     // Keep the scenarios in the documented order.
     let order = |s: &str| SCENARIOS.iter().position(|(n, _)| *n == s).unwrap_or(usize::MAX);

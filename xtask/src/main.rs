@@ -165,7 +165,18 @@ fn image(args: &[String]) -> Result<()> {
 fn bench(args: &[String]) -> Result<()> {
     ensure_packages(PACKAGES)?;
     ensure_packages(BENCH_PACKAGES)?;
-    run(cargo().args(["build", "--release", "-p", "warren", "-p", "warren-bench"]))?;
+    // warren-tests brings warren-dp-probe, the clients and server of the data-plane scenarios.
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "warren",
+        "-p",
+        "warren-bench",
+        "-p",
+        "warren-tests",
+        "--bins",
+    ]))?;
     let commit = Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .current_dir(root())

@@ -10,10 +10,16 @@
 //! loop    --to A:P --stop-file PATH [--http]
 //! hold    --to A:P --n N [--udp]      (then reads "check" on stdin)
 //! daemon  --node N --bpffs DIR --cgroup DIR --vip A --port P --backend A...
+//! http    --listen A:P [--threads N]
+//! crr     --to A:P --ms MS [--warmup-ms MS] [--conns C] [--rate R] [--threads N]
+//! await   --to A:P [--timeout-ms MS] [--poll-us US]
 //! ```
 //!
 //! `daemon` stands in for the Warren daemon: it opens the data plane, syncs one
-//! service, prints `synced` and waits to be killed.
+//! service, prints `synced` and waits to be killed. `http`, `crr` and `await` are
+//! the HTTP server and load clients of the benchmarks ([`http`]).
+
+mod http;
 
 use std::{
     collections::BTreeMap,
@@ -70,7 +76,7 @@ impl Args {
 pub fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some(mode) = argv.first().cloned() else {
-        eprintln!("usage: warren-dp-probe serve|connect|udp|loop|hold ...");
+        eprintln!("usage: warren-dp-probe serve|connect|udp|loop|hold|daemon|http|crr|await ...");
         std::process::exit(2);
     };
     let args = Args(argv);
@@ -81,6 +87,9 @@ pub fn main() {
         "loop" => connect_loop(&args),
         "hold" => hold(&args),
         "daemon" => daemon(&args),
+        "http" => http::serve(&args),
+        "crr" => http::crr(&args),
+        "await" => http::await_answer(&args),
         other => {
             eprintln!("warren-dp-probe: unknown mode {other}");
             std::process::exit(2);
