@@ -95,6 +95,10 @@ pub async fn leave(data_dir: &Path, force: bool) -> Result<LeaveReport, LeaveErr
             what: "data plane",
             reason: e.to_string(),
         })?;
+        // The shared parent (`/sys/fs/bpf/warren`) goes with its last node.
+        if let Some(parent) = dc.bpffs_dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
         report.dataplane = Some(dc.bpffs_dir.clone());
     }
     let secrets = PathBuf::from("/run/warren/secrets").join(&cfg.node_id);
