@@ -1,5 +1,6 @@
 //! End-to-end tests of how services are reached: the node's DNS, virtual IPs,
-//! published ports, canaries and rate limits, on real containers.
+//! published ports, canaries and rate limits, on real containers; and what a node's
+//! data plane shows (`node inspect`) and leaves behind (`cluster leave`).
 
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -504,4 +505,133 @@ fn rate_limits_unhealthy_backends_and_a_daemon_restart_under_load() {
         0,
         "connections failed while the daemon restarted: {r:?}"
     );
+}
+
+#[test]
+fn node_inspect_shows_the_data_plane_and_leave_removes_everything() {
+    let mut env = Env::new();
+    let m1 = env.init("m1");
+    let http = env.image("warren-test/http");
+    let (ns, cg, pins) = (env.node_netns("m1"), env.node_cgroup("m1"), env.pins_dir("m1"));
+    let node_id = env.c.json(m1, &["cluster", "info", "--format", "json"]).unwrap()["node_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // 1. A service with a published port, so that every part of the node is in use.
+    env.c.ok(
+        m1,
+        &[
+            "service",
+            "create",
+            "web",
+            "--image",
+            &http,
+            "--replicas",
+            "2",
+            "--publish",
+            "8080:80",
+        ],
+    );
+    env.running(m1, "web", 2);
+
+    // 2. `node inspect` shows the attached programs and the map fill, asked of the node.
+    let text = env
+        .c
+        .wait("the data plane to hold both backends", Duration::from_secs(10), || {
+            let t = env.c.ok(m1, &["node", "inspect", "self"]);
+            t.contains("Data plane:   eBPF, 1 services, 2 backends").then_some(t)
+        });
+    for p in [
+        "warren_connect4",
+        "warren_sendmsg4",
+        "warren_recvmsg4",
+        "warren_getpeer4",
+        "warren_tc_in",
+        "warren_tc_out",
+        "warren_svc_v1",
+        "warren_be_v1",
+    ] {
+        assert!(text.contains(p), "{p} is missing from node inspect:\n{text}");
+    }
+    let j = env.c.json(m1, &["node", "inspect", "m1", "--format", "json"]).unwrap();
+    let dp = &j["dataplane"];
+    assert_eq!(dp["enabled"], true, "{j}");
+    assert_eq!(dp["programs"].as_array().unwrap().len(), 6, "{dp}");
+    let svc = dp["maps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "warren_svc_v1")
+        .unwrap();
+    assert!(
+        svc["entries"].as_u64().unwrap() > 0 && svc["capacity"].as_u64().unwrap() >= 1024,
+        "{svc}"
+    );
+
+    // 3. A manager does not leave without --force, and nothing changes.
+    let data_dir = env.c.nodes[m1].data_dir.clone();
+    let leave = |force: bool| {
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{ns}"))
+            .arg("--")
+            .arg(warren_tests::cluster::warren_bin())
+            .args(["cluster", "leave", "--data-dir"])
+            .arg(&data_dir);
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.output().expect("running warren cluster leave")
+    };
+    let out = leave(false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is a manager") && err.contains("--force"),
+        "{err}"
+    );
+    env.c.ok(m1, &["cluster", "info"]);
+    assert!(pins.exists() && data_dir.exists());
+
+    // 4. `cluster leave --force` stops the daemon and removes everything the node left.
+    let out = leave(true);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("Removed 2 container(s)."), "{said}");
+    assert!(!env.c.nodes[m1].is_running(), "the daemon still runs");
+    assert!(
+        env.containers("m1").is_empty(),
+        "containers left: {:?}",
+        env.containers("m1")
+    );
+    assert!(!pins.exists(), "{} is still there", pins.display());
+    let cgroup = std::process::Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(&cg)
+        .output()
+        .expect("bpftool (Debian package bpftool)");
+    let cgroup = String::from_utf8_lossy(&cgroup.stdout);
+    assert!(
+        !cgroup.contains("warren_"),
+        "programs still attached to {}:\n{cgroup}",
+        cg.display()
+    );
+    let net = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "bpftool", "net", "show"])
+        .output()
+        .unwrap();
+    let net = String::from_utf8_lossy(&net.stdout);
+    assert!(!net.contains("warren_tc"), "tc programs still attached:\n{net}");
+    let bridge = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "ip", "link", "show", "warren0"])
+        .output()
+        .unwrap();
+    assert!(!bridge.status.success(), "the bridge is still there");
+    let left: Vec<_> = std::fs::read_dir("/run/netns")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(&node_id))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "task namespaces left: {left:?}");
+    assert!(!data_dir.exists(), "{} is still there", data_dir.display());
 }

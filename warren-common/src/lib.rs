@@ -16,19 +16,19 @@ use core::{fmt, net::Ipv4Addr};
 pub const LAYOUT_VERSION: u32 = 1;
 
 /// Service ids are `0..MAX_SERVICES`.
-pub const MAX_SERVICES: u32 = 1024;
+pub const MAX_SERVICES: u32 = 16384;
 /// Capacity of the service map: (address, port, protocol) entries.
-pub const MAX_SVC_ENTRIES: u32 = 8192;
+pub const MAX_SVC_ENTRIES: u32 = 65536;
 /// Backend ids are `1..MAX_BACKENDS`; 0 means "no backend".
 pub const MAX_BACKENDS: u32 = 16384;
 /// Slots per backend table (a power of two).
 pub const SLOTS: u32 = 256;
-/// Slot tables per (service, kind): the active one and the one being written.
-pub const REVS: u32 = 2;
 /// Table kinds: [`KIND_ALL`] and [`KIND_LOCAL`].
 pub const KINDS: u32 = 2;
+/// Slot tables in the shared pool; table ids are `1..MAX_TABLES`, 0 means none.
+pub const MAX_TABLES: u32 = 16384;
 /// Entries of the slot map.
-pub const SLOT_ENTRIES: u32 = MAX_SERVICES * REVS * KINDS * SLOTS;
+pub const SLOT_ENTRIES: u32 = MAX_TABLES * SLOTS;
 /// Capacity of the node address map.
 pub const MAX_NODE_ADDRS: u32 = 64;
 /// Capacity of the per-socket maps (reverse translation, UDP affinity).
@@ -128,10 +128,10 @@ pub mod map_names {
     ];
 }
 
-/// The slot index of `(svc_id, rev, kind, slot)` in the slot map; the same formula
-/// as `slot_index()` in `include/lb.h`.
-pub const fn slot_index(svc_id: u32, rev: u32, kind: u32, slot: u32) -> u32 {
-    ((svc_id * REVS + (rev & 1)) * KINDS + kind) * SLOTS + slot
+/// The slot index of `slot` of table `table` in the slot map; the same formula as
+/// `slot_index()` in `include/lb.h`.
+pub const fn slot_index(table: u32, slot: u32) -> u32 {
+    table * SLOTS + slot
 }
 
 /// A 16-bit value in network byte order.
@@ -273,8 +273,10 @@ shared_struct! {
     /// Value of `warren_state_v1[svc_id]`; updating it flips the service to
     /// another slot table in one map update.
     pub struct SvcState = "warren_svc_state" {
-        /// Active slot table revision (0 or 1).
-        pub rev: u32,
+        /// Slot table of all backends; 0 = none.
+        pub table_all: u32,
+        /// Slot table of this node's backends; 0 = none (no host-mode port).
+        pub table_local: u32,
         pub backends_all: u16,
         pub backends_local: u16,
         /// New connections (UDP datagrams) per second per client; 0 = no limit.
@@ -474,9 +476,9 @@ mod tests {
 
     #[test]
     fn slot_index_stays_inside_the_map() {
-        assert_eq!(slot_index(0, 0, 0, 0), 0);
-        assert_eq!(slot_index(MAX_SERVICES - 1, 1, KIND_LOCAL, SLOTS - 1), SLOT_ENTRIES - 1);
-        assert_eq!(slot_index(3, 2, 0, 0), slot_index(3, 0, 0, 0), "rev is taken mod 2");
+        assert_eq!(slot_index(0, 0), 0);
+        assert_eq!(slot_index(1, 0), SLOTS);
+        assert_eq!(slot_index(MAX_TABLES - 1, SLOTS - 1), SLOT_ENTRIES - 1);
     }
 
     #[test]

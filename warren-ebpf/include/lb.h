@@ -143,9 +143,9 @@ static __always_inline int rate_allow(__u32 svc_id, const struct warren_svc_stat
 	return 1;
 }
 
-static __always_inline __u32 slot_index(__u32 svc_id, __u32 rev, __u32 kind, __u32 slot)
+static __always_inline __u32 slot_index(__u32 table, __u32 slot)
 {
-	return ((svc_id * WARREN_REVS + (rev & 1)) * WARREN_KINDS + kind) * WARREN_SLOTS + slot;
+	return table * WARREN_SLOTS + slot;
 }
 
 /* Picks a backend from the service's active table; returns its id or 0. */
@@ -155,10 +155,11 @@ static __always_inline __u32 pick_backend(__u32 svc_id, const struct warren_svc_
 	__u32 idx, *id;
 	struct warren_backend *be;
 	__u16 n = kind == WARREN_KIND_LOCAL ? st->backends_local : st->backends_all;
+	__u32 table = kind == WARREN_KIND_LOCAL ? st->table_local : st->table_all;
 
-	if (!n || svc_id >= WARREN_MAX_SERVICES)
+	if (!n || !table || table >= WARREN_MAX_TABLES)
 		return 0;
-	idx = slot_index(svc_id, st->rev, kind, bpf_get_prandom_u32() & (WARREN_SLOTS - 1));
+	idx = slot_index(table, bpf_get_prandom_u32() & (WARREN_SLOTS - 1));
 	id = bpf_map_lookup_elem(&warren_slot_v1, &idx);
 	if (!id || !*id)
 		return 0;

@@ -16,13 +16,17 @@
 #define WARREN_LAYOUT_VERSION 1
 
 /* Limits (mirrored in warren-common). */
-#define WARREN_MAX_SERVICES 1024     /* service ids are 0..WARREN_MAX_SERVICES-1 */
-#define WARREN_MAX_SVC_ENTRIES 8192  /* (address, port, protocol) entries */
+#define WARREN_MAX_SERVICES 16384    /* service ids are 0..WARREN_MAX_SERVICES-1 */
+#define WARREN_MAX_SVC_ENTRIES 65536 /* (address, port, protocol) entries */
 #define WARREN_MAX_BACKENDS 16384    /* backend ids are 1..WARREN_MAX_BACKENDS-1; 0 = none */
 #define WARREN_SLOTS 256             /* slots per backend table; a power of two */
-#define WARREN_REVS 2                /* double buffering: tables per (service, kind) */
 #define WARREN_KINDS 2               /* table kinds: all backends, local backends only */
-#define WARREN_SLOT_ENTRIES (WARREN_MAX_SERVICES * WARREN_REVS * WARREN_KINDS * WARREN_SLOTS)
+/* Slot tables come from a shared pool (ids 1..WARREN_MAX_TABLES-1; 0 = none): a
+ * service uses one per kind it needs, plus one while a new table is written beside
+ * the active one. A fixed table per (service, revision, kind) would cost 4 KiB of
+ * kernel memory per possible service whether it exists or not. */
+#define WARREN_MAX_TABLES 16384
+#define WARREN_SLOT_ENTRIES (WARREN_MAX_TABLES * WARREN_SLOTS)
 #define WARREN_MAX_NODE_ADDRS 64
 #define WARREN_SOCK_ENTRIES 65536    /* reverse translation and affinity per socket */
 #define WARREN_RL_ENTRIES 65536      /* token buckets */
@@ -73,14 +77,15 @@ struct warren_svc_value {
 
 /* warren_state_v1[svc_id]: the per-service entry that flips between slot tables. */
 struct warren_svc_state {
-	__u32 rev;            /* active slot table revision, 0 or 1 */
+	__u32 table_all;      /* slot table of all backends; 0 = none */
+	__u32 table_local;    /* slot table of this node's backends; 0 = none (no host-mode port) */
 	__u16 backends_all;   /* backends in the "all" table; 0 = none */
 	__u16 backends_local; /* backends in the "local" table; 0 = none */
 	__u32 rate_per_sec;   /* new connections (UDP datagrams) per second per client; 0 = off */
 	__u32 rate_burst;
 };
 
-/* warren_slot_v1[((svc_id * REVS + rev) * KINDS + kind) * SLOTS + slot] = backend id */
+/* warren_slot_v1[table * SLOTS + slot] = backend id */
 
 /* warren_be_v1[backend_id] */
 struct warren_backend {

@@ -467,6 +467,8 @@ async fn run(
     tokens: Option<(String, String)>,
 ) -> Result<(), DaemonError> {
     let data_dir = opts.data_dir.clone();
+    std::fs::write(pid_file(&data_dir), std::process::id().to_string())
+        .map_err(|e| DaemonError::Invalid(format!("writing {}: {e}", pid_file(&data_dir).display())))?;
     let metrics = Metrics::new();
     let store = Store::new();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -474,10 +476,13 @@ async fn run(
     let mut servers = tokio::task::JoinSet::new();
     let (report_tx, report_rx) = tokio::sync::mpsc::unbounded_channel();
     let (executor, node_ops, runtime) = start_executor(&cfg, &data_dir, report_tx).await?;
+    let dataplane = start_dataplane(&cfg, &metrics)?;
     let node_agent = || {
         pb::node_agent_server::NodeAgentServer::new(node_service::NodeService::new(
             node_ops.clone(),
             data_dir.join("spool"),
+            cfg.node_name.clone(),
+            dataplane.clone(),
         ))
         .max_decoding_message_size(8 << 20)
     };
@@ -618,7 +623,7 @@ async fn run(
 
     // The data plane first: a stopping task leaves it before anything else reacts.
     let mut listeners: Vec<Arc<dyn agent::EndpointsListener>> = Vec::new();
-    if let Some(dp) = start_dataplane(&cfg, &metrics)? {
+    if let Some(dp) = dataplane.clone() {
         listeners.push(Arc::new(agent::node_dataplane::NodeDataplane::new(
             dp,
             cfg.node_id.clone(),
@@ -697,6 +702,7 @@ async fn run(
     if let Some(rt) = runtime {
         rt.shutdown().await;
     }
+    let _ = std::fs::remove_file(pid_file(&data_dir));
     Ok(())
 }
 
@@ -712,19 +718,12 @@ fn start_dataplane(
         tracing::warn!("--dataplane none: no service load balancing on this node");
         return Ok(None);
     }
-    let mut dc = crate::dataplane::DataplaneConfig::new(&cfg.node_name);
-    if let Some(b) = &rs.bpffs {
-        dc.bpffs_dir = b.clone();
-    }
     if let Some(c) = &rs.cgroup_root {
         // A node's own subtree may not exist until its first container; programs
         // attach to the directory, so make it now.
         std::fs::create_dir_all(c).map_err(|e| DaemonError::Dataplane(format!("cgroup-root {}: {e}", c.display())))?;
-        dc.cgroup_root = c.clone();
     }
-    let (ifaces, addrs) = dataplane_interfaces(cfg.advertise_addr.ip(), &rs.dataplane_ifaces)?;
-    dc.ifaces = ifaces;
-    dc.node_addrs = addrs;
+    let dc = dataplane_config(cfg)?;
     let dp = crate::dataplane::EbpfDataplane::open(dc.clone()).map_err(|e| DaemonError::Dataplane(e.to_string()))?;
     tracing::info!(
         bpffs = %dc.bpffs_dir.display(),
@@ -736,6 +735,38 @@ fn start_dataplane(
     crate::dataplane::register_metrics(&metrics.registry, dp.clone())
         .map_err(|e| DaemonError::Dataplane(format!("metrics: {e}")))?;
     Ok(Some(dp))
+}
+
+/// Where this node's data plane lives: pin directory, cgroup, interfaces.
+pub(crate) fn dataplane_config(cfg: &NodeConfig) -> Result<crate::dataplane::DataplaneConfig, DaemonError> {
+    let rs = &cfg.runtime;
+    let mut dc = crate::dataplane::DataplaneConfig::new(&cfg.node_name);
+    if let Some(b) = &rs.bpffs {
+        dc.bpffs_dir = b.clone();
+    }
+    if let Some(c) = &rs.cgroup_root {
+        dc.cgroup_root = c.clone();
+    }
+    let (ifaces, addrs) = dataplane_interfaces(cfg.advertise_addr.ip(), &rs.dataplane_ifaces)?;
+    dc.ifaces = ifaces;
+    dc.node_addrs = addrs;
+    Ok(dc)
+}
+
+/// How this node reaches containerd (or starts its own under the data dir).
+pub(crate) fn runtime_config(cfg: &NodeConfig, data_dir: &Path) -> crate::runtime::RuntimeConfig {
+    let rs = &cfg.runtime;
+    let mut rc = crate::runtime::RuntimeConfig::new(data_dir);
+    rc.socket = rs.containerd_socket.clone();
+    rc.namespace = rs.containerd_namespace.clone();
+    rc.cgroup_parent = rs.cgroup_parent.clone();
+    rc.registry.insecure = rs.insecure_registries.clone();
+    rc
+}
+
+/// The file holding the running daemon's process ID, for `warren cluster leave`.
+pub fn pid_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("warren.pid")
 }
 
 /// The interfaces whose published-port traffic the data plane translates (given,
@@ -802,11 +833,7 @@ async fn start_executor(
             None,
         ));
     }
-    let mut rc = crate::runtime::RuntimeConfig::new(data_dir);
-    rc.socket = rs.containerd_socket.clone();
-    rc.namespace = rs.containerd_namespace.clone();
-    rc.cgroup_parent = rs.cgroup_parent.clone();
-    rc.registry.insecure = rs.insecure_registries.clone();
+    let rc = runtime_config(cfg, data_dir);
     let containerd = Arc::new(
         crate::runtime::Containerd::connect(rc)
             .await

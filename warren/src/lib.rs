@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod dns;
+pub mod leave;
 pub mod manager;
 pub mod metrics;
 pub mod model;

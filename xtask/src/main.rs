@@ -351,16 +351,17 @@ fn up() -> Result<()> {
          The demo service answers with a task's hostname on its VIP (balanced by eBPF),\n\
          on the published port 8080 of every node address, and on each task's address:\n"
     );
-    println!("    curl -s http://{vip}/            # service VIP");
-    println!("    curl -s http://127.0.0.1:8080/     # published port");
+    let line = |cmd: String, what: &str| println!("    {cmd:<36} # {what}");
+    line(format!("curl -s http://{vip}/"), "the service VIP");
+    line("curl -s http://127.0.0.1:8080/".into(), "the published port");
     for a in &addrs {
-        println!("    curl -s http://{a}/            # one task");
+        line(format!("curl -s http://{a}/"), "one task");
     }
     println!(
         "\nMore: warren service inspect demo | warren node inspect self | bpftool map dump pinned \
          /sys/fs/bpf/warren/<node>/warren_svc_v1\n      warren service logs demo | warren service scale demo=4 | \
          curl -s 127.0.0.1:9090/metrics | grep warren_dataplane\n\
-         Stop and remove it with: cargo xtask down"
+         Stop and remove it with: cargo xtask down (warren cluster leave --force)"
     );
     Ok(())
 }
@@ -396,36 +397,12 @@ fn down() -> Result<()> {
             std::thread::sleep(Duration::from_millis(300));
         }
     }
-    if let Ok(pid) = std::fs::read_to_string(UP_PID) {
-        let pid = pid.trim().to_string();
-        let _ = Command::new("kill").arg(&pid).status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = std::fs::remove_file(UP_PID);
+    // `cluster leave` stops the daemon and removes its containers, network, pinned
+    // eBPF programs and maps, and the data dir.
+    if Path::new(UP_DIR).join("node.json").exists() {
+        run(Command::new("warren").args(["cluster", "leave", "--force", "--data-dir", UP_DIR]))?;
     }
-    // What the node left on the host: mounts under its data dir, its bridge and its
-    // outbound NAT table.
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut mounts: Vec<&str> = mountinfo
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .filter(|m| m.starts_with(UP_DIR) || m.starts_with("/run/warren/secrets"))
-        .collect();
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    for m in mounts {
-        let _ = Command::new("umount").args(["-l", m]).status();
-    }
-    let _ = Command::new("ip")
-        .args(["link", "del", "warren0"])
-        .stderr(Stdio::null())
-        .status();
-    let _ = Command::new("nft")
-        .args(["delete", "table", "ip", "warren"])
-        .stderr(Stdio::null())
-        .status();
-    let _ = std::fs::remove_dir_all(UP_DIR);
+    let _ = std::fs::remove_file(UP_PID);
     let _ = std::fs::remove_dir_all("/run/warren");
     println!("stopped the demo node and removed {UP_DIR}");
     Ok(())

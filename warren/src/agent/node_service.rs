@@ -1,5 +1,5 @@
-//! `warren.v1.NodeAgent`: what a node offers the managers about its own containers —
-//! their logs and image imports. Every node serves it on its cluster port (mutual
+//! `warren.v1.NodeAgent`: what a node offers the managers about itself — its
+//! containers' logs, image imports and the status of its eBPF data plane. Every node serves it on its cluster port (mutual
 //! TLS; only managers may call). The work itself is the node's `NodeOps` (the
 //! executor); a node without a container runtime says so.
 
@@ -45,11 +45,24 @@ pub struct NodeService {
     ops: Arc<dyn NodeOps>,
     /// Where uploaded archives are staged before the import.
     spool: PathBuf,
+    node_name: String,
+    /// None with `--dataplane none`.
+    dataplane: Option<Arc<dyn crate::dataplane::Dataplane>>,
 }
 
 impl NodeService {
-    pub fn new(ops: Arc<dyn NodeOps>, spool: PathBuf) -> NodeService {
-        NodeService { ops, spool }
+    pub fn new(
+        ops: Arc<dyn NodeOps>,
+        spool: PathBuf,
+        node_name: String,
+        dataplane: Option<Arc<dyn crate::dataplane::Dataplane>>,
+    ) -> NodeService {
+        NodeService {
+            ops,
+            spool,
+            node_name,
+            dataplane,
+        }
     }
 }
 
@@ -58,6 +71,19 @@ type LineStream = Pin<Box<dyn futures::Stream<Item = Result<pb::LogLine, Status>
 #[tonic::async_trait]
 impl pb::node_agent_server::NodeAgent for NodeService {
     type LogsStream = LineStream;
+
+    async fn dataplane(&self, req: Request<pb::Empty>) -> Result<Response<pb::NodeDataplane>, Status> {
+        auth::require_manager_node(&req)?;
+        let dp = self.dataplane.clone();
+        // Reading every per-CPU counter map is blocking syscalls.
+        let st = tokio::task::spawn_blocking(move || dp.map(|d| d.status()))
+            .await
+            .map_err(|e| Status::internal(format!("reading the data plane: {e}")))?;
+        Ok(Response::new(crate::api::convert::dataplane_to_pb(
+            &self.node_name,
+            st.as_ref(),
+        )))
+    }
 
     async fn logs(&self, req: Request<pb::NodeLogsRequest>) -> Result<Response<LineStream>, Status> {
         auth::require_manager_node(&req)?;

@@ -1,6 +1,6 @@
 //! The API calls that a manager answers by asking nodes: service and task logs
-//! (one `NodeAgent.Logs` stream per node, merged) and image loads (the archive staged
-//! once, then streamed to each target node). Nodes are reached with this manager's
+//! (one `NodeAgent.Logs` stream per node, merged), image loads (the archive staged
+//! once, then streamed to each target node) and a node's data-plane status. Nodes are reached with this manager's
 //! own certificate over the cluster port.
 
 use crate::manager::ManagerCtx;
@@ -187,4 +187,21 @@ async fn send_image(
         .await
         .map_err(|s| s.message().to_string())?;
     Ok(reply.into_inner().images)
+}
+
+/// The data-plane status of one node, asked of the node itself.
+pub async fn dataplane(ctx: &ManagerCtx, node_id: &str, name: &str, addr: &str) -> Result<pb::NodeDataplane, Status> {
+    let channel = ctx
+        .raft
+        .peers()
+        .node_channel(addr, node_id)
+        .map_err(|e| Status::unavailable(format!("node {name}: {e}")))?;
+    let reply = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        pb::node_agent_client::NodeAgentClient::new(channel).dataplane(pb::Empty {}),
+    )
+    .await
+    .map_err(|_| Status::unavailable(format!("node {name} did not answer within 5s")))?
+    .map_err(|s| Status::new(s.code(), format!("node {name}: {}", s.message())))?;
+    Ok(reply.into_inner())
 }

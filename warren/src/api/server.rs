@@ -448,6 +448,27 @@ impl pb::warren_api_server::WarrenApi for ApiService {
         self.done("GetNode", t, r).map(Response::new)
     }
 
+    async fn get_node_dataplane(
+        &self,
+        req: Request<pb::GetNodeRequest>,
+    ) -> Result<Response<pb::NodeDataplane>, Status> {
+        let t = Instant::now();
+        auth::require_manager(&req)?;
+        let key = req.into_inner().node;
+        let r = async {
+            let (id, name, addr, state) = self.read(|s| {
+                let n = s.node(&key)?;
+                Ok((n.id.clone(), n.name.clone(), n.addr.clone(), n.state))
+            })?;
+            if state == crate::model::NodeState::Down {
+                return Err(Status::unavailable(format!("node {name} is down")));
+            }
+            super::node_proxy::dataplane(&self.ctx, &id, &name, &addr).await
+        }
+        .await;
+        self.done("GetNodeDataplane", t, r).map(Response::new)
+    }
+
     async fn update_node(&self, req: Request<pb::UpdateNodeRequest>) -> Result<Response<pb::Node>, Status> {
         let t = Instant::now();
         auth::require_manager(&req)?;

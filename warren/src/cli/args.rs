@@ -221,6 +221,17 @@ pub enum ClusterCmd {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Leave the cluster: stop this node's daemon and remove its containers, network,
+    /// eBPF programs and maps, and data dir (local volumes with data are kept).
+    /// The node stays listed as down until a manager runs `warren node rm`.
+    Leave {
+        /// The node's data dir.
+        #[arg(long, default_value = "/var/lib/warren")]
+        data_dir: std::path::PathBuf,
+        /// Leave even though this node is a manager.
+        #[arg(long)]
+        force: bool,
+    },
     /// Show the cluster: ID, leader, Raft members, counts.
     Info {
         #[arg(long, value_enum, default_value_t)]

@@ -644,6 +644,70 @@ fn node_view(n: pb::Node, self_id: &str) -> NodeView {
     }
 }
 
+fn dataplane_json(dp: &std::result::Result<pb::NodeDataplane, String>) -> serde_json::Value {
+    match dp {
+        Err(e) => serde_json::json!({ "error": e }),
+        Ok(d) => serde_json::json!({
+            "enabled": d.enabled,
+            "programs": d.programs.iter().map(|p| serde_json::json!({
+                "program": p.program, "target": p.target, "adopted": p.adopted,
+            })).collect::<Vec<_>>(),
+            "maps": d.maps.iter().map(|m| serde_json::json!({
+                "name": m.name, "entries": m.entries, "capacity": m.capacity,
+            })).collect::<Vec<_>>(),
+            "sock_destroy": d.sock_destroy,
+            "services": d.services,
+            "backends": d.backends,
+            "connections": d.connections,
+            "drops": d.drops,
+            "errors": d.errors,
+        }),
+    }
+}
+
+fn print_dataplane(dp: &std::result::Result<pb::NodeDataplane, String>) {
+    let d = match dp {
+        Err(e) => {
+            println!("Data plane:   unknown ({e})");
+            return;
+        }
+        Ok(d) if !d.enabled => {
+            println!("Data plane:   none (--dataplane none: no service load balancing)");
+            return;
+        }
+        Ok(d) => d,
+    };
+    println!(
+        "Data plane:   eBPF, {} services, {} backends, {} connections, {} drops, socket destroy {}",
+        d.services,
+        d.backends,
+        d.connections,
+        d.drops,
+        if d.sock_destroy { "on" } else { "unsupported" }
+    );
+    println!("  Programs:");
+    for p in &d.programs {
+        println!(
+            "    {:<16} {}{}",
+            p.program,
+            p.target,
+            if p.adopted { " (adopted)" } else { "" }
+        );
+    }
+    println!("  Maps:");
+    for m in &d.maps {
+        let pct = if m.capacity > 0 {
+            m.entries as f64 * 100.0 / m.capacity as f64
+        } else {
+            0.0
+        };
+        println!("    {:<16} {:>8} / {:<8} {pct:5.1}%", m.name, m.entries, m.capacity);
+    }
+    for e in &d.errors {
+        println!("  Error: {e}");
+    }
+}
+
 pub async fn node(c: &mut Client, cmd: NodeCmd) -> Result<()> {
     match cmd {
         NodeCmd::Ls { format, quiet } => {
@@ -696,9 +760,20 @@ pub async fn node(c: &mut Client, cmd: NodeCmd) -> Result<()> {
         }
         NodeCmd::Inspect { node, format } => {
             let self_id = call!(c.get_cluster_info(pb::ClusterInfoRequest {})).node_id;
-            let n = node_view(call!(c.get_node(pb::GetNodeRequest { node })), &self_id);
+            // `self`, as in Swarm: the node this CLI talks to.
+            let node = if node == "self" { self_id.clone() } else { node };
+            let n = node_view(call!(c.get_node(pb::GetNodeRequest { node: node.clone() })), &self_id);
+            // The data plane is asked of the node itself; a node that cannot answer
+            // (down, unreachable) still gets the rest of its inspect.
+            let dp = c
+                .get_node_dataplane(pb::GetNodeRequest { node })
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| s.message().to_string());
             if format == Format::Json {
-                json(&n)?;
+                let mut v = serde_json::to_value(&n)?;
+                v["dataplane"] = dataplane_json(&dp);
+                json(&v)?;
             } else {
                 println!("ID:           {}", n.node.id);
                 println!("Hostname:     {}", n.node.name);
@@ -736,6 +811,7 @@ pub async fn node(c: &mut Client, cmd: NodeCmd) -> Result<()> {
                         println!("  {k}={val}");
                     }
                 }
+                print_dataplane(&dp);
             }
         }
         NodeCmd::Update {

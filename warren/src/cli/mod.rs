@@ -165,6 +165,35 @@ async fn run(cli: Cli) -> Result<()> {
             let opts = options(&node)?;
             daemon::resume(opts, print_ready).await?;
         }
+        Command::Cluster(ClusterCmd::Leave { data_dir, force }) => {
+            init_logging(cli.log_format);
+            let r = crate::leave::leave(&data_dir, force).await?;
+            if let Some(pid) = r.stopped_pid {
+                println!("Stopped the daemon (pid {pid}).");
+            }
+            println!("Removed {} container(s).", r.containers);
+            if r.network {
+                println!("Removed the node network (task namespaces, bridge, nft table).");
+            }
+            if let Some(dir) = &r.dataplane {
+                println!(
+                    "Removed the eBPF data plane (programs detached, {} unpinned).",
+                    dir.display()
+                );
+            }
+            match &r.kept_volumes {
+                Some(v) => println!(
+                    "Removed {} except local volumes holding data, kept in {}.",
+                    data_dir.display(),
+                    v.display()
+                ),
+                None => println!("Removed {}.", data_dir.display()),
+            }
+            println!(
+                "Node {} left the cluster; on a manager, `warren node rm {}` removes it from the node list.",
+                r.node_name, r.node_name
+            );
+        }
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "warren", &mut std::io::stdout());

@@ -11,8 +11,8 @@ use aya::{
 use warren_common::{
     map_names as names, slot_index, Affinity, Backend as BeValue, BackendCounters, Be32, CtKey, CtValue, KillKey,
     NodeAddr, RevNat, RlKey, RlValue, SockKey, SvcCounters, SvcKey, SvcState, SvcValue, BE_F_ACTIVE, CT_ENTRIES,
-    EVENTS_BYTES, KILL_ENTRIES, KINDS, MAX_BACKENDS, MAX_NODE_ADDRS, MAX_SERVICES, MAX_SVC_ENTRIES, RL_ENTRIES, SLOTS,
-    SLOT_ENTRIES, SOCK_ENTRIES,
+    EVENTS_BYTES, KILL_ENTRIES, KINDS, MAX_BACKENDS, MAX_NODE_ADDRS, MAX_SERVICES, MAX_SVC_ENTRIES, MAX_TABLES,
+    RL_ENTRIES, SLOTS, SLOT_ENTRIES, SOCK_ENTRIES,
 };
 
 use super::{
@@ -146,18 +146,14 @@ impl Maps {
                 .map_err(|e| DataplaneError::map(names::STATE, e))?;
             let mut tables: [Vec<u32>; KINDS as usize] = Default::default();
             for (kind, table) in tables.iter_mut().enumerate() {
-                let n = if kind == 0 {
-                    state.backends_all
-                } else {
-                    state.backends_local
-                };
-                if n == 0 {
+                let t = if kind == 0 { state.table_all } else { state.table_local };
+                if t == 0 || t >= MAX_TABLES {
                     continue;
                 }
                 for slot in 0..SLOTS {
                     let id = self
                         .slot
-                        .get(&slot_index(id, state.rev, kind as u32, slot), 0)
+                        .get(&slot_index(t, slot), 0)
                         .map_err(|e| DataplaneError::map(names::SLOT, e))?;
                     table.push(id);
                 }
@@ -262,10 +258,10 @@ impl MapOps for Maps {
             .map_err(|e| DataplaneError::map(names::SVC_COUNTERS, e))
     }
 
-    fn write_table(&mut self, svc_id: u32, rev: u32, kind: u32, ids: &[u32]) -> Result<(), DataplaneError> {
+    fn write_table(&mut self, table: u32, ids: &[u32]) -> Result<(), DataplaneError> {
         for (slot, id) in ids.iter().enumerate() {
             self.slot
-                .set(slot_index(svc_id, rev, kind, slot as u32), id, 0)
+                .set(slot_index(table, slot as u32), id, 0)
                 .map_err(|e| DataplaneError::map(names::SLOT, e))?;
         }
         Ok(())

@@ -12,7 +12,7 @@ use std::{
 
 use warren_common::{
     Backend as BeValue, Be16, Be32, SvcKey, SvcState, SvcValue, BE_F_ACTIVE, BE_F_CANARY, BE_F_LOCAL, KINDS,
-    MAX_BACKENDS, MAX_SERVICES, MAX_SVC_ENTRIES, SLOTS, SVC_F_HOST_MODE, SVC_F_NODEPORT, SVC_F_WILDCARD,
+    MAX_BACKENDS, MAX_SERVICES, MAX_SVC_ENTRIES, MAX_TABLES, SLOTS, SVC_F_HOST_MODE, SVC_F_NODEPORT, SVC_F_WILDCARD,
 };
 
 use super::{BackendGroup, DataplaneError, Protocol, ServiceEntry};
@@ -285,6 +285,8 @@ pub(crate) struct Current {
     pub services: BTreeMap<u32, CurrentService>,
     /// Active backend entries by id.
     pub backends: BTreeMap<u32, BeValue>,
+    /// Slot tables replaced by the last reconciliation: free from the next one on.
+    pub cooling: BTreeSet<u32>,
 }
 
 /// The map writes a reconciliation needs; implemented over the real maps and, in
@@ -293,7 +295,7 @@ pub(crate) trait MapOps {
     fn set_backend(&mut self, id: u32, value: BeValue) -> Result<(), DataplaneError>;
     fn zero_backend_counters(&mut self, id: u32) -> Result<(), DataplaneError>;
     fn zero_service_counters(&mut self, svc_id: u32) -> Result<(), DataplaneError>;
-    fn write_table(&mut self, svc_id: u32, rev: u32, kind: u32, ids: &[u32]) -> Result<(), DataplaneError>;
+    fn write_table(&mut self, table: u32, ids: &[u32]) -> Result<(), DataplaneError>;
     fn set_state(&mut self, svc_id: u32, state: SvcState) -> Result<(), DataplaneError>;
     fn put_svc(&mut self, key: SvcKey, value: SvcValue) -> Result<(), DataplaneError>;
     fn del_svc(&mut self, key: SvcKey) -> Result<(), DataplaneError>;
@@ -400,8 +402,37 @@ pub(crate) fn reconcile(current: &mut Current, plan: &Plan, ops: &mut dyn MapOps
         }
     }
 
-    // 3. Per service: new tables go to the inactive revision, then one state
-    //    update flips to them.
+    // 3. Per service: a changed table is written into a free table of the pool, then
+    //    one state update flips the service to it. The table it replaces is only
+    //    reused after the next reconciliation, so a program that read the old state
+    //    an instant before the flip never sees that table rewritten under it.
+    let host_mode: BTreeSet<u32> = plan
+        .svc_entries
+        .values()
+        .filter(|v| v.flags & SVC_F_HOST_MODE != 0)
+        .map(|v| v.svc_id)
+        .collect();
+    let mut busy: BTreeSet<u32> = current
+        .services
+        .values()
+        .flat_map(|c| [c.state.table_all, c.state.table_local])
+        .filter(|t| *t != 0)
+        .collect();
+    let mut cooling = BTreeSet::new();
+    let mut next_table = 1u32;
+    let mut alloc = |busy: &mut BTreeSet<u32>| -> Result<u32, DataplaneError> {
+        while busy.contains(&next_table) {
+            next_table += 1;
+        }
+        if next_table >= MAX_TABLES {
+            return Err(DataplaneError::Exhausted {
+                what: "slot tables",
+                limit: MAX_TABLES - 1,
+            });
+        }
+        busy.insert(next_table);
+        Ok(next_table)
+    };
     for (&svc_id, svc) in &plan.services {
         let members = ids_of.remove(&svc_id).unwrap_or_default();
         let group = |local_only: bool, canary: bool| -> Vec<u32> {
@@ -411,30 +442,39 @@ pub(crate) fn reconcile(current: &mut Current, plan: &Plan, ops: &mut dyn MapOps
                 .map(|(id, _)| *id)
                 .collect()
         };
+        // Only host-mode ports pick from local backends; other services need no
+        // local table.
         let tables = [
             fill_table(&group(false, false), &group(false, true), svc.canary_weight),
-            fill_table(&group(true, false), &group(true, true), svc.canary_weight),
+            if host_mode.contains(&svc_id) {
+                fill_table(&group(true, false), &group(true, true), svc.canary_weight)
+            } else {
+                Vec::new()
+            },
         ];
         let count = |local_only: bool| -> u16 { members.iter().filter(|(_, b)| !local_only || b.local).count() as u16 };
         let existing = current.services.get(&svc_id);
-        let (rev, tables_changed) = match existing {
-            None => {
-                ops.zero_service_counters(svc_id)?;
-                (0, true)
+        if existing.is_none() {
+            ops.zero_service_counters(svc_id)?;
+        }
+        let old_ids = existing.map_or([0, 0], |c| [c.state.table_all, c.state.table_local]);
+        let mut ids = [0u32; KINDS as usize];
+        for (kind, table) in tables.iter().enumerate() {
+            if table.is_empty() {
+                continue;
             }
-            Some(c) if c.tables != tables => (c.state.rev ^ 1, true),
-            Some(c) => (c.state.rev, false),
-        };
-        if tables_changed {
-            for (kind, table) in tables.iter().enumerate() {
-                if !table.is_empty() {
-                    ops.write_table(svc_id, rev, kind as u32, table)?;
-                    out.writes += table.len();
-                }
+            if old_ids[kind] != 0 && existing.is_some_and(|c| c.tables[kind] == *table) {
+                ids[kind] = old_ids[kind];
+                continue;
             }
+            let t = alloc(&mut busy)?;
+            ops.write_table(t, table)?;
+            out.writes += table.len();
+            ids[kind] = t;
         }
         let state = SvcState {
-            rev,
+            table_all: ids[0],
+            table_local: ids[1],
             backends_all: count(false),
             backends_local: count(true),
             rate_per_sec: svc.rate_per_sec,
@@ -444,6 +484,13 @@ pub(crate) fn reconcile(current: &mut Current, plan: &Plan, ops: &mut dyn MapOps
             ops.set_state(svc_id, state)?;
             out.writes += 1;
         }
+        cooling.extend(
+            old_ids
+                .iter()
+                .zip(ids)
+                .filter(|(o, n)| **o != 0 && **o != *n)
+                .map(|(o, _)| *o),
+        );
         current.services.insert(
             svc_id,
             CurrentService {
@@ -473,8 +520,11 @@ pub(crate) fn reconcile(current: &mut Current, plan: &Plan, ops: &mut dyn MapOps
     for svc_id in removed {
         ops.set_state(svc_id, SvcState::default())?;
         out.writes += 1;
-        current.services.remove(&svc_id);
+        if let Some(c) = current.services.remove(&svc_id) {
+            cooling.extend([c.state.table_all, c.state.table_local].into_iter().filter(|t| *t != 0));
+        }
     }
+    current.cooling = cooling;
 
     // 6. Backends no table refers to any more are freed, and their sockets listed
     //    for destruction.
@@ -516,7 +566,6 @@ pub(crate) fn reconcile(current: &mut Current, plan: &Plan, ops: &mut dyn MapOps
 mod tests {
     use super::*;
     use crate::dataplane::{Backend, RateLimit, ServicePort};
-    use warren_common::{KIND_ALL, KIND_LOCAL};
 
     fn svc(id: u32, name: &str) -> ServiceEntry {
         ServiceEntry {
@@ -549,7 +598,7 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         log: Vec<String>,
-        tables: BTreeMap<(u32, u32, u32), Vec<u32>>,
+        tables: BTreeMap<u32, Vec<u32>>,
         states: BTreeMap<u32, SvcState>,
         backends: BTreeMap<u32, BeValue>,
     }
@@ -568,13 +617,16 @@ mod tests {
             self.log.push(format!("zero service {svc_id}"));
             Ok(())
         }
-        fn write_table(&mut self, svc_id: u32, rev: u32, kind: u32, ids: &[u32]) -> Result<(), DataplaneError> {
-            self.log.push(format!("table {svc_id} rev {rev} kind {kind}"));
-            self.tables.insert((svc_id, rev, kind), ids.to_vec());
+        fn write_table(&mut self, table: u32, ids: &[u32]) -> Result<(), DataplaneError> {
+            self.log.push(format!("table {table}"));
+            self.tables.insert(table, ids.to_vec());
             Ok(())
         }
         fn set_state(&mut self, svc_id: u32, state: SvcState) -> Result<(), DataplaneError> {
-            self.log.push(format!("state {svc_id} rev {}", state.rev));
+            self.log.push(format!(
+                "state {svc_id} all {} local {}",
+                state.table_all, state.table_local
+            ));
             self.states.insert(svc_id, state);
             Ok(())
         }
@@ -623,12 +675,12 @@ mod tests {
         let out = reconcile(&mut cur, &plan, &mut rec).unwrap();
         assert!(out.kill.is_empty());
         let log = &rec.log;
-        assert!(pos(log, "backend 1") < pos(log, "table 3 rev 0 kind 0"));
-        assert!(pos(log, "backend 2") < pos(log, "table 3 rev 0 kind 0"));
-        assert!(pos(log, "table 3 rev 0 kind 1") < pos(log, "state 3 rev 0"));
+        assert!(pos(log, "backend 1") < pos(log, "table 1"));
+        assert!(pos(log, "backend 2") < pos(log, "table 1"));
+        assert!(pos(log, "table 1") < pos(log, "state 3 all 1 local 0"));
         assert!(pos(log, "state 3") < pos(log, "put"));
-        // Only the local backend is in the local table.
-        assert!(rec.tables[&(3, 0, KIND_LOCAL)].iter().all(|&id| id == 1));
+        // No host-mode port: no local table.
+        assert_eq!(rec.tables.len(), 1);
         assert_eq!(rec.states[&3].backends_all, 2);
         assert_eq!(rec.states[&3].backends_local, 1);
         // VIP wildcard (tcp, udp) + VIP:80 + published 8003.
@@ -648,7 +700,7 @@ mod tests {
     }
 
     #[test]
-    fn a_backend_change_flips_to_the_other_revision_and_kills_its_sockets() {
+    fn a_backend_change_flips_to_a_new_table_and_kills_its_sockets() {
         let mut s = svc(3, "web");
         let mut cur = Current::default();
         reconcile(
@@ -661,9 +713,9 @@ mod tests {
         let mut rec = Recorder::default();
         let out = reconcile(&mut cur, &plan(&[s]).unwrap(), &mut rec).unwrap();
         let log = &rec.log;
-        assert!(pos(log, "table 3 rev 1 kind 0") < pos(log, "state 3 rev 1"));
-        assert!(pos(log, "state 3 rev 1") < pos(log, "backend 2 0.0.0.0"));
-        assert!(rec.tables[&(3, 1, KIND_ALL)].iter().all(|&id| id == 1));
+        assert!(pos(log, "table 2") < pos(log, "state 3 all 2"));
+        assert!(pos(log, "state 3 all 2") < pos(log, "backend 2 0.0.0.0"));
+        assert!(rec.tables[&2].iter().all(|&id| id == 1));
         assert_eq!(
             out.kill,
             [
@@ -679,7 +731,63 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(cur.services[&3].state.rev, 1);
+        assert_eq!(cur.services[&3].state.table_all, 2);
+        assert_eq!(
+            cur.cooling,
+            BTreeSet::from([1]),
+            "the old table rests for one reconciliation"
+        );
+    }
+
+    #[test]
+    fn a_replaced_table_is_reused_only_after_the_next_reconciliation() {
+        let mut s = svc(3, "web");
+        let mut other = svc(4, "api");
+        other.backends.truncate(1);
+        let mut cur = Current::default();
+        let mut rec = Recorder::default();
+        reconcile(&mut cur, &plan(&[s.clone(), other.clone()]).unwrap(), &mut rec).unwrap();
+        assert_eq!(
+            (cur.services[&3].state.table_all, cur.services[&4].state.table_all),
+            (1, 2)
+        );
+        // Service 3 moves off table 1 and service 4 changes in the same pass: table 1
+        // is not handed to service 4 while a program may still read it.
+        s.backends.remove(1);
+        other.canary_weight = 0;
+        other.backends.push(Backend {
+            addr: Ipv4Addr::new(10, 1, 0, 9),
+            group: BackendGroup::Stable,
+            local: false,
+        });
+        reconcile(&mut cur, &plan(&[s.clone(), other.clone()]).unwrap(), &mut rec).unwrap();
+        assert_eq!(
+            (cur.services[&3].state.table_all, cur.services[&4].state.table_all),
+            (3, 4)
+        );
+        assert_eq!(cur.cooling, BTreeSet::from([1, 2]));
+        // One pass later both are free again.
+        other.backends.pop();
+        reconcile(&mut cur, &plan(&[s, other]).unwrap(), &mut rec).unwrap();
+        assert_eq!(cur.services[&4].state.table_all, 1);
+        assert_eq!(cur.cooling, BTreeSet::from([4]));
+    }
+
+    #[test]
+    fn host_mode_ports_get_a_table_of_local_backends() {
+        let mut s = svc(3, "web");
+        s.ports[0].host_mode = true;
+        let mut cur = Current::default();
+        let mut rec = Recorder::default();
+        reconcile(&mut cur, &plan(&[s]).unwrap(), &mut rec).unwrap();
+        let st = rec.states[&3];
+        assert_ne!(st.table_local, 0);
+        assert!(
+            rec.tables[&st.table_local].iter().all(|&id| id == 1),
+            "only the local backend"
+        );
+        assert!(rec.tables[&st.table_all].contains(&2));
+        assert_eq!((st.backends_all, st.backends_local), (2, 1));
     }
 
     #[test]
@@ -698,7 +806,7 @@ mod tests {
         });
         let mut rec = Recorder::default();
         reconcile(&mut cur, &plan(&[s]).unwrap(), &mut rec).unwrap();
-        assert_eq!(rec.log, ["state 3 rev 0"]);
+        assert_eq!(rec.log, ["state 3 all 1 local 0"]);
         assert_eq!(rec.states[&3].rate_per_sec, 50);
         assert_eq!(rec.states[&3].rate_burst, 100);
     }
@@ -715,7 +823,7 @@ mod tests {
         let mut rec = Recorder::default();
         let out = reconcile(&mut cur, &plan(&[svc(4, "api")]).unwrap(), &mut rec).unwrap();
         let log = &rec.log;
-        assert!(pos(log, "del") < pos(log, "state 3 rev 0"));
+        assert!(pos(log, "del") < pos(log, "state 3 all 0 local 0"));
         assert!(pos(log, "state 3") < pos(log, "backend 1 0.0.0.0"));
         // The addresses still serve service 4, so only service 3's declared port dies.
         assert_eq!(
@@ -778,7 +886,7 @@ mod tests {
         let cases: Vec<(Mutation, &str)> = vec![
             (
                 Box::new(|v| v[0].id = MAX_SERVICES),
-                "invalid service web: id: 1024 is out of range (0..1024)",
+                "invalid service web: id: 16384 is out of range (0..16384)",
             ),
             (
                 Box::new(|v| v[1].id = 3),

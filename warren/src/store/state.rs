@@ -247,9 +247,15 @@ impl State {
                     )));
                 }
                 let mut service = service.clone();
-                service.dp_id = (1..)
-                    .find(|n| self.services.values().all(|s| s.dp_id != *n))
-                    .unwrap_or(u32::MAX);
+                let used: std::collections::HashSet<u32> = self.services.values().map(|s| s.dp_id).collect();
+                // Every node's data plane numbers services 0..MAX_SERVICES.
+                service.dp_id = (1..warren_common::MAX_SERVICES).find(|n| !used.contains(n)).ok_or_else(|| {
+                    ApplyError::Invalid(format!(
+                        "cannot create service {}: the cluster already has {} services, the most a node's data plane balances",
+                        service.name,
+                        warren_common::MAX_SERVICES - 1
+                    ))
+                })?;
                 service.vip = match service.spec.endpoint_mode {
                     crate::model::EndpointMode::Vip => Some(self.allocate_vip(&service.name)?),
                     crate::model::EndpointMode::Dnsrr => None,
@@ -1102,6 +1108,30 @@ mod tests {
         .unwrap();
         assert_eq!(s.services["d"].vip, Some("10.96.0.1".parse().unwrap()));
         assert_eq!(s.services["d"].dp_id, 1);
+    }
+
+    #[test]
+    fn no_service_beyond_what_a_data_plane_balances() {
+        let mut s = State::default();
+        for n in 1..warren_common::MAX_SERVICES {
+            let mut svc = service(&format!("s{n}"), &format!("svc-{n}"));
+            svc.dp_id = n;
+            s.services.insert(svc.id.clone(), svc);
+        }
+        let before = s.clone();
+        let e = s
+            .apply(
+                &Command::CreateService {
+                    service: service("x", "one-too-many"),
+                },
+                &mut vec![],
+            )
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot create service one-too-many: the cluster already has 16383 services, the most a node's data plane balances"
+        );
+        assert!(s == before, "a refused create changes nothing");
     }
 
     #[test]

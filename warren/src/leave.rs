@@ -1,0 +1,304 @@
+//! `warren cluster leave`: stops this node's daemon and removes everything the node
+//! left on the host — its containers, task namespaces, bridge and nft table, pinned
+//! eBPF programs and maps, secrets mounts and its data dir (local volumes are kept).
+//! The cluster's record of the node is not touched here: as in Swarm, the node shows
+//! as down until a manager runs `warren node rm`.
+
+use crate::config::NodeConfig;
+use crate::model::NodeRole;
+use crate::runtime::ContainerRuntime;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaveError {
+    #[error("no warren node in {dir}: nothing to leave")]
+    NoNode { dir: String },
+    #[error("reading the node in {dir}: {reason}")]
+    Config { dir: String, reason: String },
+    #[error(
+        "node {name} is a manager: leaving takes one member out of the Raft group, which a cluster \
+         of fewer than three managers cannot survive; pass --force to leave anyway"
+    )]
+    Manager { name: String },
+    #[error("the daemon (pid {pid}) did not stop: {reason}")]
+    Stop { pid: i32, reason: String },
+    #[error("removing the node's {what}: {reason}")]
+    Cleanup { what: &'static str, reason: String },
+}
+
+/// What was removed, for the CLI to tell.
+#[derive(Debug, Default)]
+pub struct LeaveReport {
+    pub node_name: String,
+    pub stopped_pid: Option<i32>,
+    pub containers: usize,
+    pub network: bool,
+    pub dataplane: Option<PathBuf>,
+    pub kept_volumes: Option<PathBuf>,
+}
+
+/// A manager leaves only when forced.
+pub fn check_role(cfg: &NodeConfig, force: bool) -> Result<(), LeaveError> {
+    if cfg.role == NodeRole::Manager && !force {
+        return Err(LeaveError::Manager {
+            name: cfg.node_name.clone(),
+        });
+    }
+    Ok(())
+}
+
+pub async fn leave(data_dir: &Path, force: bool) -> Result<LeaveReport, LeaveError> {
+    let cfg = NodeConfig::load(data_dir).map_err(|e| match e {
+        crate::config::ConfigError::Missing { dir } => LeaveError::NoNode { dir },
+        e => LeaveError::Config {
+            dir: data_dir.display().to_string(),
+            reason: e.to_string(),
+        },
+    })?;
+    check_role(&cfg, force)?;
+    let mut report = LeaveReport {
+        node_name: cfg.node_name.clone(),
+        ..Default::default()
+    };
+    report.stopped_pid = stop_daemon(data_dir)?;
+
+    if cfg.runtime.containerd {
+        report.containers = remove_containers(&cfg, data_dir).await?;
+    }
+    if let (Some(subnet), Some(cidr)) = (&cfg.subnet, &cfg.cluster_cidr) {
+        let bad = |what: &str, e: String| LeaveError::Cleanup {
+            what: "network",
+            reason: format!("{what}: {e}"),
+        };
+        let subnet = subnet
+            .parse()
+            .map_err(|e: ipnet::AddrParseError| bad("subnet", e.to_string()))?;
+        let cidr = cidr
+            .parse()
+            .map_err(|e: ipnet::AddrParseError| bad("cluster CIDR", e.to_string()))?;
+        let mut nc = crate::network::NetworkConfig::new(&cfg.node_id, subnet, cidr, data_dir.join("network"));
+        nc.bridge = cfg.runtime.bridge.clone();
+        let net = crate::network::NetlinkNetwork::new(nc)
+            .await
+            .map_err(|e| bad("netlink", e.to_string()))?;
+        net.cleanup_node().await.map_err(|e| bad("cleanup", e.to_string()))?;
+        report.network = true;
+    }
+    if cfg.runtime.dataplane {
+        let dc = crate::daemon::dataplane_config(&cfg).map_err(|e| LeaveError::Cleanup {
+            what: "data plane",
+            reason: e.to_string(),
+        })?;
+        crate::dataplane::EbpfDataplane::cleanup(&dc).map_err(|e| LeaveError::Cleanup {
+            what: "data plane",
+            reason: e.to_string(),
+        })?;
+        // The shared parent (`/sys/fs/bpf/warren`) goes with its last node.
+        if let Some(parent) = dc.bpffs_dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+        report.dataplane = Some(dc.bpffs_dir.clone());
+    }
+    let secrets = PathBuf::from("/run/warren/secrets").join(&cfg.node_id);
+    unmount_under(&secrets);
+    let _ = std::fs::remove_dir_all(&secrets);
+    report.kept_volumes = remove_data_dir(data_dir)?;
+    Ok(report)
+}
+
+/// SIGTERM to the daemon of this data dir, if one runs; SIGKILL after 30 s.
+fn stop_daemon(data_dir: &Path) -> Result<Option<i32>, LeaveError> {
+    let Ok(text) = std::fs::read_to_string(crate::daemon::pid_file(data_dir)) else {
+        return Ok(None);
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else {
+        return Ok(None);
+    };
+    // A stale file (the daemon was killed) may name an unrelated process by now.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let ours = std::env::current_exe().ok();
+    let is_warren = exe
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("warren"))
+        || ours.as_deref().is_some_and(|o| o == exe);
+    if !alive(pid) || !is_warren {
+        return Ok(None);
+    }
+    let signal = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    signal(nix::sys::signal::Signal::SIGTERM).map_err(|e| LeaveError::Stop {
+        pid,
+        reason: e.to_string(),
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive(pid) {
+        if Instant::now() > deadline {
+            let _ = signal(nix::sys::signal::Signal::SIGKILL);
+            std::thread::sleep(Duration::from_millis(500));
+            if alive(pid) {
+                return Err(LeaveError::Stop {
+                    pid,
+                    reason: "still running 30 s after SIGTERM and after SIGKILL".into(),
+                });
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Some(pid))
+}
+
+/// Running, and not a zombie waiting for its parent.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+/// Every container of this node, stopped and deleted (with its snapshot).
+async fn remove_containers(cfg: &NodeConfig, data_dir: &Path) -> Result<usize, LeaveError> {
+    let err = |e: crate::runtime::RuntimeError| LeaveError::Cleanup {
+        what: "containers",
+        reason: e.to_string(),
+    };
+    let rt = crate::runtime::Containerd::connect(crate::daemon::runtime_config(cfg, data_dir))
+        .await
+        .map_err(err)?;
+    let labels = BTreeMap::from([(crate::runtime::LABEL_NODE.to_string(), cfg.node_id.clone())]);
+    let result = async {
+        let containers = rt.list(&labels).await.map_err(err)?;
+        for c in &containers {
+            rt.stop(&c.id, libc::SIGTERM, Duration::from_secs(5))
+                .await
+                .map_err(err)?;
+            rt.delete(&c.id).await.map_err(err)?;
+            tracing::info!(container = %c.id, "removed a container of the leaving node");
+        }
+        Ok(containers.len())
+    }
+    .await;
+    rt.shutdown().await;
+    result
+}
+
+/// Mounts at or below `dir`, deepest first, lazily detached.
+fn unmount_under(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut mounts: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(PathBuf::from)
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+    for m in mounts {
+        if let Err(e) = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(path = %m.display(), error = %e, "unmounting");
+        }
+    }
+}
+
+/// Everything in the data dir but non-empty local volumes, which hold user data.
+fn remove_data_dir(data_dir: &Path) -> Result<Option<PathBuf>, LeaveError> {
+    unmount_under(data_dir);
+    let volumes = data_dir.join("volumes");
+    let keep = std::fs::read_dir(&volumes).is_ok_and(|mut d| d.next().is_some());
+    let entries = match std::fs::read_dir(data_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(LeaveError::Cleanup {
+                what: "data dir",
+                reason: format!("{}: {e}", data_dir.display()),
+            })
+        }
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if keep && p == volumes {
+            continue;
+        }
+        let r = if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.map_err(|e| LeaveError::Cleanup {
+            what: "data dir",
+            reason: format!("{}: {e}", p.display()),
+        })?;
+    }
+    if keep {
+        return Ok(Some(volumes));
+    }
+    std::fs::remove_dir(data_dir).map_err(|e| LeaveError::Cleanup {
+        what: "data dir",
+        reason: format!("{}: {e}", data_dir.display()),
+    })?;
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(role: NodeRole) -> NodeConfig {
+        NodeConfig {
+            cluster_id: "c".into(),
+            node_id: "n".into(),
+            node_name: "edge-1".into(),
+            role,
+            raft_id: 0,
+            listen_addr: "127.0.0.1:2377".parse().unwrap(),
+            advertise_addr: "127.0.0.1:2377".parse().unwrap(),
+            socket: "/run/warren/warren.sock".into(),
+            metrics_addr: "127.0.0.1:9090".parse().unwrap(),
+            managers: vec![],
+            capacity: None,
+            raft_member: false,
+            subnet: None,
+            cluster_cidr: None,
+            runtime: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_manager_leaves_only_with_force() {
+        let e = check_role(&cfg(NodeRole::Manager), false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "node edge-1 is a manager: leaving takes one member out of the Raft group, which a cluster of \
+             fewer than three managers cannot survive; pass --force to leave anyway"
+        );
+        assert!(check_role(&cfg(NodeRole::Manager), true).is_ok());
+        assert!(check_role(&cfg(NodeRole::Worker), false).is_ok());
+    }
+
+    #[test]
+    fn the_data_dir_goes_but_volumes_with_data_stay() {
+        let dir = std::env::temp_dir().join(format!("warren-leave-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("raft")).unwrap();
+        std::fs::write(dir.join("node.json"), "{}").unwrap();
+        std::fs::create_dir_all(dir.join("volumes/db")).unwrap();
+        std::fs::write(dir.join("volumes/db/data"), "x").unwrap();
+        assert_eq!(remove_data_dir(&dir).unwrap(), Some(dir.join("volumes")));
+        assert!(!dir.join("raft").exists() && !dir.join("node.json").exists());
+        assert!(dir.join("volumes/db/data").exists());
+        std::fs::remove_dir_all(dir.join("volumes")).unwrap();
+        assert_eq!(remove_data_dir(&dir).unwrap(), None);
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn a_missing_process_is_not_alive() {
+        assert!(alive(std::process::id() as i32));
+        assert!(!alive(i32::MAX));
+    }
+}
