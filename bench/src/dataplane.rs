@@ -150,16 +150,16 @@ impl Collector {
     fn records(self) -> Vec<Record> {
         self.rows
             .into_iter()
-            .map(|(variant, (metric, unit, higher), runs)| {
-                match self.failed.iter().find(|(v, _)| *v == variant) {
+            .map(
+                |(variant, (metric, unit, higher), runs)| match self.failed.iter().find(|(v, _)| *v == variant) {
                     Some((_, why)) => {
                         let mut r = Record::skipped(self.scenario, &variant, metric, unit, why.clone());
                         r.higher_is_better = higher;
                         r
                     }
                     None => Record::new(self.scenario, &variant, metric, unit, higher, runs),
-                }
-            })
+                },
+            )
             .collect()
     }
 }
@@ -399,7 +399,11 @@ fn scale(lab: &mut Lab, s: &Settings) -> Vec<Record> {
             &kubeproxy::full_restore(&ksvcs, CLUSTER_CIDR),
             false,
         ) {
-            Ok(()) => eprintln!("warren-bench: iptables-restore of {} services: {:?}", n + 1, t.elapsed()),
+            Ok(()) => eprintln!(
+                "warren-bench: iptables-restore of {} services: {:?}",
+                n + 1,
+                t.elapsed()
+            ),
             Err(e) => c.fail(&iv, e),
         }
         let variants = [
@@ -504,14 +508,19 @@ fn program(lab: &mut Lab, s: &Settings) -> Vec<Record> {
                     Ok(_) => {}
                     Err(e) => c.fail(&iv, e),
                 }
-                if let Err(e) = Lab::iptables_restore(ipt_ns, &kubeproxy::remove_service_restore(&ksvcs, &added), true) {
+                if let Err(e) = Lab::iptables_restore(ipt_ns, &kubeproxy::remove_service_restore(&ksvcs, &added), true)
+                {
                     c.fail(&iv, format!("removing the new service: {e}"));
                 }
             }
         }
     }
     let _ = lab.dp.sync(&[]);
-    let _ = Lab::iptables_restore(&lab.clients["pipt"].ns, &kubeproxy::full_restore(&[], CLUSTER_CIDR), false);
+    let _ = Lab::iptables_restore(
+        &lab.clients["pipt"].ns,
+        &kubeproxy::full_restore(&[], CLUSTER_CIDR),
+        false,
+    );
     c.records()
 }
 
@@ -631,9 +640,7 @@ fn ratelimit(lab: &mut Lab, s: &Settings) -> Vec<Record> {
     const REFUSED: Metric = ("refused attempts", "attempts/s", true);
     const ATTEMPTED: Metric = ("attempts", "attempts/s", true);
     let mut c = Collector::new("dataplane.ratelimit");
-    let limited = format!(
-        "limited {LIMIT_PER_SEC}/s (burst {LIMIT_BURST}), flood of {FLOOD_PER_SEC} attempts/s"
-    );
+    let limited = format!("limited {LIMIT_PER_SEC}/s (burst {LIMIT_BURST}), flood of {FLOOD_PER_SEC} attempts/s");
     let alone = "unlimited service, alone";
     let during = "unlimited service, during the flood";
     c.declare(&limited, &[ACCEPTED, REFUSED, ATTEMPTED]);
@@ -767,7 +774,10 @@ pub fn run(quick: bool, probe: &Path, wanted: &dyn Fn(&str) -> bool) -> Vec<Reco
         };
         match std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut lab, &settings))) {
             Ok(r) => records.extend(r),
-            Err(p) => records.push(not_measured(scenario, &format!("the scenario broke: {}", panic_text(&p)))),
+            Err(p) => records.push(not_measured(
+                scenario,
+                &format!("the scenario broke: {}", panic_text(&p)),
+            )),
         }
         eprintln!("warren-bench: {scenario} took {:?}", t.elapsed());
     }

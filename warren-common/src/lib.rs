@@ -20,7 +20,7 @@ pub const MAX_SERVICES: u32 = 16384;
 /// Capacity of the service map: (address, port, protocol) entries.
 pub const MAX_SVC_ENTRIES: u32 = 65536;
 /// Backend ids are `1..MAX_BACKENDS`; 0 means "no backend".
-pub const MAX_BACKENDS: u32 = 16384;
+pub const MAX_BACKENDS: u32 = 65536;
 /// Slots per backend table (a power of two).
 pub const SLOTS: u32 = 256;
 /// Table kinds: [`KIND_ALL`] and [`KIND_LOCAL`].

@@ -18,7 +18,7 @@
 /* Limits (mirrored in warren-common). */
 #define WARREN_MAX_SERVICES 16384    /* service ids are 0..WARREN_MAX_SERVICES-1 */
 #define WARREN_MAX_SVC_ENTRIES 65536 /* (address, port, protocol) entries */
-#define WARREN_MAX_BACKENDS 16384    /* backend ids are 1..WARREN_MAX_BACKENDS-1; 0 = none */
+#define WARREN_MAX_BACKENDS 65536    /* backend ids are 1..WARREN_MAX_BACKENDS-1; 0 = none */
 #define WARREN_SLOTS 256             /* slots per backend table; a power of two */
 #define WARREN_KINDS 2               /* table kinds: all backends, local backends only */
 /* Slot tables come from a shared pool (ids 1..WARREN_MAX_TABLES-1; 0 = none): a

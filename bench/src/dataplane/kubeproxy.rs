@@ -68,7 +68,10 @@ impl KubeService {
         format!("KUBE-EXT-{}", hash16(&[&self.name, "tcp"]))
     }
     fn sep_chain(&self, ep: (Ipv4Addr, u16)) -> String {
-        format!("KUBE-SEP-{}", hash16(&[&self.name, "tcp", &format!("{}:{}", ep.0, ep.1)]))
+        format!(
+            "KUBE-SEP-{}",
+            hash16(&[&self.name, "tcp", &format!("{}:{}", ep.0, ep.1)])
+        )
     }
 
     /// The chains of this service other than `KUBE-SERVICES`/`KUBE-NODEPORTS`.
@@ -294,7 +297,9 @@ mod tests {
         let s = svc("default/web:http", [10, 231, 0, 3], 2, None);
         let c = s.svc_chain();
         assert!(c.starts_with("KUBE-SVC-") && c.len() == 9 + 16, "{c}");
-        assert!(c[9..].chars().all(|ch| ch.is_ascii_uppercase() || ('2'..='7').contains(&ch)));
+        assert!(c[9..]
+            .chars()
+            .all(|ch| ch.is_ascii_uppercase() || ('2'..='7').contains(&ch)));
         // Stable, and distinct per service and per endpoint.
         assert_eq!(c, svc("default/web:http", [10, 231, 0, 9], 1, None).svc_chain());
         assert_ne!(c, svc("default/api:http", [10, 231, 0, 3], 2, None).svc_chain());
@@ -368,8 +373,14 @@ mod tests {
         let text = add_service_restore(&all, &added, "10.230.0.0/16");
         assert_eq!(text.lines().filter(|l| l.starts_with("-A KUBE-SERVICES ")).count(), 5);
         for s in &old {
-            assert!(text.contains(&s.svc_chain()), "KUBE-SERVICES still jumps to old services");
-            assert!(!text.contains(&format!(":{} ", s.svc_chain())), "old chains are not rewritten");
+            assert!(
+                text.contains(&s.svc_chain()),
+                "KUBE-SERVICES still jumps to old services"
+            );
+            assert!(
+                !text.contains(&format!(":{} ", s.svc_chain())),
+                "old chains are not rewritten"
+            );
         }
         assert!(text.contains(&format!(":{} - [0:0]\n", added.svc_chain())));
         assert!(!text.contains(":OUTPUT"), "built-in chains are left alone (--noflush)");

@@ -52,8 +52,6 @@ const ROUTER_IFACES: [&str; 2] = ["wbn-npc", "wbn-npb"];
 /// A client namespace and what it reaches.
 pub struct Client {
     pub ns: Netns,
-    /// The client's own address.
-    pub addr: Ipv4Addr,
     /// The backend server's addresses on this client's own link.
     pub backends: Vec<Ipv4Addr>,
     /// Its processes run in the data plane's cgroup (socket load balancing).
@@ -80,7 +78,9 @@ pub struct Lab {
 }
 
 fn link(a: &Netns, a_if: &str, a_addrs: &[Ipv4Addr], b: &Netns, b_if: &str, b_addrs: &[Ipv4Addr]) {
-    a.ip(&["link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name]);
+    a.ip(&[
+        "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+    ]);
     for (ns, ifname, addrs) in [(a, a_if, a_addrs), (b, b_if, b_addrs)] {
         for addr in addrs {
             ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", ifname]);
@@ -152,7 +152,6 @@ impl Lab {
                 name,
                 Client {
                     ns,
-                    addr,
                     backends,
                     in_cgroup,
                     node_addr: None,
@@ -168,7 +167,14 @@ impl Lab {
             let router_be = Ipv4Addr::new(10, 230, 30 + i, 1);
             let backends = vec![Ipv4Addr::new(10, 230, 30 + i, 2), Ipv4Addr::new(10, 230, 30 + i, 3)];
             link(&ns, "eth0", &[client_addr], &router, ROUTER_IFACES[0], &[node_addr]);
-            link(&router, ROUTER_IFACES[1], &[router_be], &backend, &format!("n{i}"), &backends);
+            link(
+                &router,
+                ROUTER_IFACES[1],
+                &[router_be],
+                &backend,
+                &format!("n{i}"),
+                &backends,
+            );
             ns.ip(&["route", "add", "default", "via", &node_addr.to_string()]);
             backend.ip(&[
                 "route",
@@ -183,7 +189,6 @@ impl Lab {
                 name,
                 Client {
                     ns,
-                    addr: client_addr,
                     backends,
                     in_cgroup: false,
                     node_addr: Some(node_addr),
@@ -284,7 +289,10 @@ impl Lab {
     pub fn probe(&self, client: &str, args: &[&str], limit: Duration) -> Result<String, String> {
         let mut argv = vec![self.probe_str()];
         argv.extend_from_slice(args);
-        finish(self.spawn(client, &argv, &format!("probe {} in {client}", args[0])), limit)
+        finish(
+            self.spawn(client, &argv, &format!("probe {} in {client}", args[0])),
+            limit,
+        )
     }
 
     /// Starts the probe in a client's namespace.

@@ -106,10 +106,12 @@ pub fn parse_crr(out: &str) -> Result<CrrRun, String> {
         let f: Vec<&str> = line.split_whitespace().collect();
         match f.as_slice() {
             ["name", n, c] => {
-                r.names.insert((*n).to_string(), c.parse().map_err(|_| format!("bad line {line:?}"))?);
+                r.names
+                    .insert((*n).to_string(), c.parse().map_err(|_| format!("bad line {line:?}"))?);
             }
             ["error", e, c] => {
-                r.errors.insert((*e).to_string(), c.parse().map_err(|_| format!("bad line {line:?}"))?);
+                r.errors
+                    .insert((*e).to_string(), c.parse().map_err(|_| format!("bad line {line:?}"))?);
             }
             [k, v] => {
                 let v: f64 = v.parse().map_err(|_| format!("bad line {line:?}"))?;
@@ -150,9 +152,11 @@ pub fn parse_await(out: &str) -> Result<u64, String> {
 
 /// HAProxy in TCP mode, as a node-local userspace proxy: listens on `listen`,
 /// balances round-robin over `servers`. Threads: HAProxy's default (one per CPU).
+/// `maxconn` stays below what a 20,000-descriptor limit allows (HAProxy refuses to
+/// start when it cannot raise the limit to twice maxconn); the clients hold at most 32.
 pub fn haproxy_config(listen: SocketAddrV4, servers: &[SocketAddrV4]) -> String {
     let mut s = String::from(
-        "global\n    maxconn 100000\n\
+        "global\n    maxconn 8000\n\
          defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n",
     );
     s.push_str(&format!(
@@ -216,7 +220,11 @@ Transfer/sec:      5.91MB
 
     #[test]
     fn wrk_without_latency_is_an_error() {
-        let text: String = WRK.lines().filter(|l| !l.contains('%')).map(|l| format!("{l}\n")).collect();
+        let text: String = WRK
+            .lines()
+            .filter(|l| !l.contains('%'))
+            .map(|l| format!("{l}\n"))
+            .collect();
         let e = parse_wrk(&text).unwrap_err();
         assert!(e.contains("50% latency"), "{e}");
         assert!(parse_wrk("").unwrap_err().contains("Requests/sec"));
@@ -242,7 +250,10 @@ Transfer/sec:      5.91MB
 
     #[test]
     fn await_report_parses() {
-        assert_eq!(parse_await("error TimedOut 3\nanswered_ns 123456789\nattempts 4\n"), Ok(123456789));
+        assert_eq!(
+            parse_await("error TimedOut 3\nanswered_ns 123456789\nattempts 4\n"),
+            Ok(123456789)
+        );
         let e = parse_await("timeout 1\nerror TimedOut 9\nattempts 9\n").unwrap_err();
         assert!(e.contains("never answered (9 attempts)"), "{e}");
         assert!(parse_await("").is_err());

@@ -78,9 +78,7 @@ pub fn serve(args: &Args) {
 
 /// One connection, one request: the body's first line, or the error's name.
 async fn one_request(to: SocketAddrV4) -> Result<String, String> {
-    let mut s = tokio::net::TcpStream::connect(to)
-        .await
-        .map_err(|e| errno_name(&e))?;
+    let mut s = tokio::net::TcpStream::connect(to).await.map_err(|e| errno_name(&e))?;
     let _ = s.set_nodelay(true);
     s.write_all(REQUEST).await.map_err(|e| errno_name(&e))?;
     let mut buf = Vec::with_capacity(256);
@@ -147,7 +145,8 @@ pub fn crr(args: &Args) {
                     match r {
                         Ok(name) => {
                             let done = Instant::now();
-                            t.latencies_us.push((done - began).as_micros().min(u128::from(u32::MAX)) as u32);
+                            t.latencies_us
+                                .push((done - began).as_micros().min(u128::from(u32::MAX)) as u32);
                             *t.names.entry(name).or_default() += 1;
                             t.last_done = Some(done);
                         }
@@ -177,10 +176,7 @@ pub fn crr(args: &Args) {
     }
     // Connections still running when the window closed finish after it; the
     // rate divides by the time until the last of them.
-    let elapsed = total
-        .last_done
-        .map_or(window, |d| (d - from).max(window))
-        .as_secs_f64();
+    let elapsed = total.last_done.map_or(window, |d| (d - from).max(window)).as_secs_f64();
     total.latencies_us.sort_unstable();
     let pct = |q: f64| -> u32 {
         let v = &total.latencies_us;
