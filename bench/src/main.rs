@@ -198,28 +198,39 @@ async fn main() -> std::process::ExitCode {
             methods.insert(name.to_string(), method.to_string());
         }
     }
+    let started = std::time::Instant::now();
+    let took = |what: &str, since: std::time::Instant| eprintln!("warren-bench: {what} took {:.1?}", since.elapsed());
     let dp_wanted = |s: &str| wanted(s);
     records.extend(tokio::task::block_in_place(|| {
         dataplane::run(args.quick, &args.probe, &dp_wanted)
     }));
     if wanted("control.failover") {
         eprintln!("warren-bench: control.failover");
+        let t = std::time::Instant::now();
         records.extend(control::failover(args.quick).await);
+        took("control.failover", t);
     }
     if wanted("control.create") || wanted("control.api") || wanted("footprint") {
         eprintln!("warren-bench: control.create, control.api");
+        let t = std::time::Instant::now();
         let r = control::create_and_api(args.quick).await;
+        took("control.create, control.api", t);
         records.extend(r.into_iter().filter(|r| wanted(&r.scenario)));
     }
     if wanted("footprint") {
         eprintln!("warren-bench: footprint");
+        let t = std::time::Instant::now();
         records.extend(control::footprint(&args.warren).await);
+        took("footprint", t);
     }
     if wanted("control.schedule") || wanted("footprint") {
         eprintln!("warren-bench: control.schedule");
+        let t = std::time::Instant::now();
         let r = worker::schedule(args.quick).await;
+        took("control.schedule", t);
         records.extend(r.into_iter().filter(|r| wanted(&r.scenario)));
     }
+    took("all scenarios", started);
     baselines.insert("control.create".to_string(), "16 clients, leader".to_string());
     for s in ["dataplane.rr", "dataplane.crr", "dataplane.nodeport"] {
         baselines.insert(s.to_string(), "direct".to_string());
