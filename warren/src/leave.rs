@@ -80,9 +80,7 @@ pub async fn leave(data_dir: &Path, force: bool) -> Result<LeaveReport, LeaveErr
             .map_err(|e: ipnet::AddrParseError| bad("cluster CIDR", e.to_string()))?;
         let mut nc = crate::network::NetworkConfig::new(&cfg.node_id, subnet, cidr, data_dir.join("network"));
         nc.bridge = cfg.runtime.bridge.clone();
-        let net = crate::network::NetlinkNetwork::new(nc)
-            .await
-            .map_err(|e| bad("netlink", e.to_string()))?;
+        let net = crate::network::NetlinkNetwork::open(nc).map_err(|e| bad("netlink", e.to_string()))?;
         net.cleanup_node().await.map_err(|e| bad("cleanup", e.to_string()))?;
         report.network = true;
     }

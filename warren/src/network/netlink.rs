@@ -54,6 +54,16 @@ impl NetlinkNetwork {
     /// gateway address, IPv4 forwarding, masquerade rule. Must run inside a tokio
     /// runtime, on a thread in the node's network namespace.
     pub async fn new(cfg: NetworkConfig) -> Result<NetlinkNetwork, NetworkError> {
+        let net = NetlinkNetwork::open(cfg)?;
+        net.ensure_node().await?;
+        Ok(net)
+    }
+
+    /// Validates `cfg` and opens the IPAM state without touching the node, for
+    /// [`NetlinkNetwork::cleanup_node`] on a node that is leaving: building the
+    /// bridge only to delete it would briefly announce a network that is going away.
+    /// Must run inside a tokio runtime, on a thread in the node's network namespace.
+    pub fn open(cfg: NetworkConfig) -> Result<NetlinkNetwork, NetworkError> {
         cfg.validate()?;
         let node_ns = Arc::new(netns::current_netns()?);
         let conn = NetlinkConn::here()?;
@@ -66,7 +76,6 @@ impl NetlinkNetwork {
             task_locks: Mutex::new(HashMap::new()),
             node_lock: tokio::sync::Mutex::new(()),
         };
-        net.ensure_node().await?;
         Ok(net)
     }
 
