@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! warren-bench --warren target/release/warren [--probe PATH] [--quick] [--only PREFIX]...
+//! warren-bench --render        # docs/benchmarks.md again from bench/results/latest.json
 //! ```
 //!
 //! The data-plane scenarios need `warren-dp-probe` (from `warren-tests`), by
@@ -23,6 +24,7 @@ struct Args {
     warren: PathBuf,
     probe: PathBuf,
     quick: bool,
+    render: bool,
     only: Vec<String>,
     results_dir: PathBuf,
     docs: PathBuf,
@@ -38,6 +40,7 @@ fn parse_args() -> Result<Args, String> {
             .and_then(|e| e.parent().map(|d| d.join("warren-dp-probe")))
             .unwrap_or_else(|| root.join("target/release/warren-dp-probe")),
         quick: false,
+        render: false,
         only: vec![],
         results_dir: root.join("bench/results"),
         docs: root.join("docs/benchmarks.md"),
@@ -48,6 +51,7 @@ fn parse_args() -> Result<Args, String> {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
         match arg.as_str() {
             "--quick" => a.quick = true,
+            "--render" => a.render = true,
             "--only" => a.only.push(value("--only")?),
             "--warren" => a.warren = PathBuf::from(value("--warren")?),
             "--probe" => a.probe = PathBuf::from(value("--probe")?),
@@ -178,6 +182,55 @@ const SCENARIOS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The variant each scenario's ratios are computed against, for the scenarios in `methods`.
+fn baselines(methods: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut b = BTreeMap::new();
+    b.insert("control.create".to_string(), "16 clients, leader".to_string());
+    for s in ["dataplane.rr", "dataplane.crr", "dataplane.nodeport"] {
+        b.insert(s.to_string(), "direct".to_string());
+    }
+    // Flatness: every size, and iptables, against Warren with one service.
+    b.insert("dataplane.scale".to_string(), "warren-vip, 1 service".to_string());
+    b.insert(
+        "dataplane.ratelimit".to_string(),
+        "unlimited service, alone".to_string(),
+    );
+    b.retain(|k, _| methods.contains_key(k));
+    b
+}
+
+/// `--render`: rewrites `docs/benchmarks.md` (and the baselines and methods in the
+/// results) from the recorded `latest.json` without measuring anything.
+fn render(args: &Args) -> std::process::ExitCode {
+    let path = args.results_dir.join("latest.json");
+    let mut results: Results = match std::fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("warren-bench: reading {}: {e}", path.display());
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let present: std::collections::BTreeSet<&str> = results.records.iter().map(|r| r.scenario.as_str()).collect();
+    results.methods = SCENARIOS
+        .iter()
+        .filter(|(n, _)| present.contains(n))
+        .map(|(n, m)| (n.to_string(), m.to_string()))
+        .collect();
+    results.baselines = baselines(&results.methods);
+    if let Err(e) = report::write_json(&results, &args.results_dir) {
+        eprintln!("warren-bench: writing results: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    if let Err(e) = report::write_markdown(&results, &args.docs) {
+        eprintln!("warren-bench: writing {}: {e}", args.docs.display());
+        return std::process::ExitCode::FAILURE;
+    }
+    std::process::ExitCode::SUCCESS
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> std::process::ExitCode {
     let args = match parse_args() {
@@ -187,12 +240,14 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if args.render {
+        return render(&args);
+    }
     // The harness starts `warren` from WARREN_BIN.
     std::env::set_var("WARREN_BIN", &args.warren);
     let wanted = |s: &str| args.only.is_empty() || args.only.iter().any(|o| s.starts_with(o.as_str()));
     let mut records = Vec::new();
     let mut methods = BTreeMap::new();
-    let mut baselines = BTreeMap::new();
     for (name, method) in SCENARIOS {
         if wanted(name) {
             methods.insert(name.to_string(), method.to_string());
@@ -231,15 +286,7 @@ async fn main() -> std::process::ExitCode {
         records.extend(r.into_iter().filter(|r| wanted(&r.scenario)));
     }
     took("all scenarios", started);
-    baselines.insert("control.create".to_string(), "16 clients, leader".to_string());
-    for s in ["dataplane.rr", "dataplane.crr", "dataplane.nodeport"] {
-        baselines.insert(s.to_string(), "direct".to_string());
-    }
-    baselines.insert(
-        "dataplane.ratelimit".to_string(),
-        "unlimited service, alone".to_string(),
-    );
-    baselines.retain(|k, _| methods.contains_key(k));
+    let baselines = baselines(&methods);
     // Keep the scenarios in the documented order.
     let order = |s: &str| SCENARIOS.iter().position(|(n, _)| *n == s).unwrap_or(usize::MAX);
     records.sort_by_key(|r| order(&r.scenario));

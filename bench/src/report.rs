@@ -279,6 +279,24 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    #[test]
+    fn recorded_figures_survive_a_rerender_exactly() {
+        // `--render` reads latest.json back and writes it again: no figure may move
+        // in its last digit (serde_json's default float parsing is not exact).
+        let mut r = results();
+        r.records.push(Record::new(
+            "x",
+            "y",
+            "z",
+            "ms",
+            false,
+            vec![913.5221319999999, 0.1 + 0.2, 1e-7 / 3.0],
+        ));
+        let text = serde_json::to_string_pretty(&r).unwrap();
+        let back: Results = serde_json::from_str(&text).unwrap();
+        assert_eq!(serde_json::to_string_pretty(&back).unwrap(), text);
+    }
+
     fn tempfile_dir() -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("warren-bench-test-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();

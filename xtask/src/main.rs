@@ -42,7 +42,7 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// What the benchmarks compare Warren against, and drive it with.
-const BENCH_PACKAGES: &[&str] = &["haproxy", "wrk", "iperf3"];
+const BENCH_PACKAGES: &[&str] = &["haproxy", "wrk"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
