@@ -4,9 +4,10 @@
 //! is dropped, also when a test panics.
 
 use serde_json::Value;
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -35,12 +36,37 @@ pub fn serialize_heavy_tests() -> MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough on loopback).
+/// A port on 127.0.0.1 that nothing listens on, for TCP and UDP alike.
+///
+/// The port comes from below the kernel's ephemeral range: a port found with
+/// bind(0) is free again until the process under test binds it, and in that window
+/// any bind(0) or outgoing connection of a parallel test may take it (seen: a test
+/// registry's port answered by another test's token server). Below the range only
+/// this function hands ports out, and a process-wide counter keeps callers apart.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral port on 127.0.0.1")
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low <= LOWEST + 1_000 {
+        return TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("binding an ephemeral port on 127.0.0.1");
+    }
+    let span = ephemeral_low - LOWEST;
+    // Test binaries run one after another; the pid spreads them over the span anyway.
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOWEST + (start + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 between {LOWEST} and {ephemeral_low}");
 }
 
 /// Polls `f` until it returns Some, or panics with `what` after `timeout`.
@@ -486,4 +512,28 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_port;
+
+    #[test]
+    fn free_ports_are_distinct_and_outside_the_ephemeral_range() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .expect("/proc/sys/net/ipv4/ip_local_port_range")
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse().ok())
+            .expect("a port range");
+        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        if low > 11_000 {
+            assert!(
+                ports.iter().all(|&p| (10_000..low).contains(&p)),
+                "{ports:?} (ephemeral from {low})"
+            );
+        }
+    }
 }

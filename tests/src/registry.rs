@@ -44,11 +44,6 @@ fn io(context: impl Into<String>, source: std::io::Error) -> HarnessError {
     }
 }
 
-fn free_port() -> Result<u16, HarnessError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| io("find a free port", e))?;
-    Ok(l.local_addr().map_err(|e| io("find a free port", e))?.port())
-}
-
 impl LocalRegistry {
     /// A registry allowing anonymous push and pull.
     pub fn start() -> Result<LocalRegistry, HarnessError> {
@@ -68,7 +63,7 @@ impl LocalRegistry {
             .map_err(|e| io("create registry temp dir", e))?;
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage).map_err(|e| io("create registry storage", e))?;
-        let port = free_port()?;
+        let port = crate::cluster::free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let mut config = format!(
             "version: 0.1\n\

@@ -54,7 +54,7 @@ fn main() -> ExitCode {
         Some("image") => image(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-lint] [-- TEST ARGS]|up|down|bench [--quick] [--only SCENARIO]...|image [--out DIR]>"
+                "usage: cargo xtask <test [--no-lint] [-- TEST ARGS]|up|down|bench [--quick] [--only SCENARIO]... [--render]|image [--out DIR]>"
             );
             return ExitCode::from(2);
         }
@@ -163,20 +163,25 @@ fn image(args: &[String]) -> Result<()> {
 
 /// `cargo xtask bench`: release builds, then every scenario side by side.
 fn bench(args: &[String]) -> Result<()> {
-    ensure_packages(PACKAGES)?;
-    ensure_packages(BENCH_PACKAGES)?;
-    // warren-tests brings warren-dp-probe, the clients and server of the data-plane scenarios.
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "warren",
-        "-p",
-        "warren-bench",
-        "-p",
-        "warren-tests",
-        "--bins",
-    ]))?;
+    if args.iter().any(|a| a == "--render") {
+        // Measures nothing: only the harness is needed to rewrite the report.
+        run(cargo().args(["build", "--release", "-p", "warren-bench"]))?;
+    } else {
+        ensure_packages(PACKAGES)?;
+        ensure_packages(BENCH_PACKAGES)?;
+        // warren-tests brings warren-dp-probe, the clients and server of the data-plane scenarios.
+        run(cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "warren",
+            "-p",
+            "warren-bench",
+            "-p",
+            "warren-tests",
+            "--bins",
+        ]))?;
+    }
     let commit = Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .current_dir(root())
