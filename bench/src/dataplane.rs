@@ -25,16 +25,19 @@ use tools::{CrrRun, WrkRun};
 use warren::dataplane::{Backend, BackendGroup, Dataplane, Protocol, RateLimit, ServiceEntry, ServicePort};
 
 use crate::stats::Record;
+use warren_tests::dataplane::probe::monotonic_ns;
+
+type Scenario = fn(&mut Lab, &Settings) -> Vec<Record>;
 
 /// The scenarios this module measures, in order.
-pub const SCENARIOS: [&str; 7] = [
-    "dataplane.rr",
-    "dataplane.crr",
-    "dataplane.scale",
-    "dataplane.program",
-    "dataplane.nodeport",
-    "dataplane.canary",
-    "dataplane.ratelimit",
+const SCENARIOS: [(&str, Scenario); 7] = [
+    ("dataplane.rr", rr),
+    ("dataplane.crr", crr_scenario),
+    ("dataplane.scale", scale),
+    ("dataplane.program", program),
+    ("dataplane.nodeport", nodeport),
+    ("dataplane.canary", canary),
+    ("dataplane.ratelimit", ratelimit),
 ];
 
 /// How long and how often; `--quick` keeps the whole data-plane part near a minute.
@@ -168,13 +171,6 @@ fn addr(ip: Ipv4Addr, port: u16) -> String {
     SocketAddrV4::new(ip, port).to_string()
 }
 
-fn monotonic_ns() -> u64 {
-    // SAFETY: clock_gettime writes into the timespec it is given.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 fn crr(lab: &Lab, client: &str, to: &str, ms: u64, extra: &[&str]) -> Result<CrrRun, String> {
     let ms_s = ms.to_string();
     let conns = CRR_CONNS.to_string();
@@ -227,6 +223,62 @@ fn add_crr(c: &mut Collector, variant: &str, r: &CrrRun) {
 fn warm(c: &mut Collector, lab: &Lab, variant: &str, client: &str, to: &str, ms: u64) {
     if let Err(e) = crr_ok(lab, client, to, ms) {
         c.fail(variant, format!("warm-up: {e}"));
+    }
+}
+
+/// A variant: its name, its client namespace, and the address it measures (or
+/// why it could not be set up).
+type Variant<'a> = (&'a str, &'a str, Result<String, String>);
+
+/// Declares and warms up every variant, then measures each `s.reps` times,
+/// alternating run by run so that drift on a noisy machine hits all alike.
+/// Variants that could not be set up, or that fail, are reported with the reason.
+fn alternate(
+    c: &mut Collector,
+    lab: &Lab,
+    s: &Settings,
+    variants: &[Variant],
+    metrics: &[Metric],
+    mut measure: impl FnMut(&mut Collector, &str, &str, &str),
+) {
+    for (v, client, to) in variants {
+        c.declare(v, metrics);
+        match to {
+            Err(e) => c.fail(v, e.clone()),
+            Ok(to) if !c.is_failed(v) => warm(c, lab, v, client, to, s.warm_ms),
+            Ok(_) => {}
+        }
+    }
+    for _ in 0..s.reps {
+        for (v, client, to) in variants {
+            if let Ok(to) = to {
+                if !c.is_failed(v) {
+                    measure(c, v, client, to);
+                }
+            }
+        }
+    }
+}
+
+/// Keep-alive requests with wrk.
+fn measure_rr<'a>(lab: &'a Lab, s: &Settings) -> impl FnMut(&mut Collector, &str, &str, &str) + 'a {
+    let secs = s.wrk_secs;
+    move |c, v, client, to| match wrk(lab, client, to, secs) {
+        Ok(r) => {
+            c.add(v, "requests", r.requests_per_sec);
+            c.add(v, "p50 latency", r.p50_us);
+            c.add(v, "p99 latency", r.p99_us);
+        }
+        Err(e) => c.fail(v, e),
+    }
+}
+
+/// A new connection per request.
+fn measure_crr<'a>(lab: &'a Lab, s: &Settings) -> impl FnMut(&mut Collector, &str, &str, &str) + 'a {
+    let ms = s.crr_ms;
+    move |c, v, client, to| match crr_ok(lab, client, to, ms) {
+        Ok(r) => add_crr(c, v, &r),
+        Err(e) => c.fail(v, e),
     }
 }
 
@@ -324,54 +376,14 @@ fn proxy_variants(lab: &mut Lab) -> Vec<(&'static str, &'static str, Result<Stri
 fn rr(lab: &mut Lab, s: &Settings) -> Vec<Record> {
     let mut c = Collector::new("dataplane.rr");
     let variants = proxy_variants(lab);
-    for (v, client, to) in &variants {
-        c.declare(v, &RR_METRICS);
-        match to {
-            Ok(to) => warm(&mut c, lab, v, client, to, s.warm_ms),
-            Err(e) => c.fail(v, e.clone()),
-        }
-    }
-    for _ in 0..s.reps {
-        for (v, client, to) in &variants {
-            let Ok(to) = to else { continue };
-            if c.is_failed(v) {
-                continue;
-            }
-            match wrk(lab, client, to, s.wrk_secs) {
-                Ok(r) => {
-                    c.add(v, "requests", r.requests_per_sec);
-                    c.add(v, "p50 latency", r.p50_us);
-                    c.add(v, "p99 latency", r.p99_us);
-                }
-                Err(e) => c.fail(v, e),
-            }
-        }
-    }
+    alternate(&mut c, lab, s, &variants, &RR_METRICS, measure_rr(lab, s));
     c.records()
 }
 
 fn crr_scenario(lab: &mut Lab, s: &Settings) -> Vec<Record> {
     let mut c = Collector::new("dataplane.crr");
     let variants = proxy_variants(lab);
-    for (v, client, to) in &variants {
-        c.declare(v, &CRR_METRICS);
-        match to {
-            Ok(to) => warm(&mut c, lab, v, client, to, s.warm_ms),
-            Err(e) => c.fail(v, e.clone()),
-        }
-    }
-    for _ in 0..s.reps {
-        for (v, client, to) in &variants {
-            let Ok(to) = to else { continue };
-            if c.is_failed(v) {
-                continue;
-            }
-            match crr_ok(lab, client, to, s.crr_ms) {
-                Ok(r) => add_crr(&mut c, v, &r),
-                Err(e) => c.fail(v, e),
-            }
-        }
-    }
+    alternate(&mut c, lab, s, &variants, &CRR_METRICS, measure_crr(lab, s));
     c.records()
 }
 
@@ -407,25 +419,10 @@ fn scale(lab: &mut Lab, s: &Settings) -> Vec<Record> {
             Err(e) => c.fail(&iv, e),
         }
         let variants = [
-            (wv.as_str(), "vip", addr(VIP_RR, PORT)),
-            (iv.as_str(), "ipt", addr(VIP_IPT, PORT)),
+            (wv.as_str(), "vip", Ok(addr(VIP_RR, PORT))),
+            (iv.as_str(), "ipt", Ok(addr(VIP_IPT, PORT))),
         ];
-        for (v, client, to) in &variants {
-            if !c.is_failed(v) {
-                warm(&mut c, lab, v, client, to, s.warm_ms);
-            }
-        }
-        for _ in 0..s.reps {
-            for (v, client, to) in &variants {
-                if c.is_failed(v) {
-                    continue;
-                }
-                match crr_ok(lab, client, to, s.crr_ms) {
-                    Ok(r) => add_crr(&mut c, v, &r),
-                    Err(e) => c.fail(v, e),
-                }
-            }
-        }
+        alternate(&mut c, lab, s, &variants, &CRR_METRICS, measure_crr(lab, s));
     }
     // Leave the small rule set for whatever runs next.
     let _ = Lab::iptables_restore(
@@ -557,30 +554,15 @@ fn nodeport(lab: &mut Lab, s: &Settings) -> Vec<Record> {
         ("warren-tc", "np-warren", warren),
         ("iptables-dnat", "np-ipt", ipt),
     ];
-    for (v, client, to) in &variants {
-        c.declare(v, &CRR_METRICS);
-        c.declare(v, &[KEEPALIVE]);
-        match to {
-            Ok(to) => warm(&mut c, lab, v, client, to, s.warm_ms),
-            Err(e) => c.fail(v, e.clone()),
+    let metrics = [CRR_METRICS[0], CRR_METRICS[1], CRR_METRICS[2], KEEPALIVE];
+    let (mut crr, secs) = (measure_crr(lab, s), s.wrk_secs);
+    alternate(&mut c, lab, s, &variants, &metrics, |c, v, client, to| {
+        crr(c, v, client, to);
+        match wrk(lab, client, to, secs) {
+            Ok(r) => c.add(v, KEEPALIVE.0, r.requests_per_sec),
+            Err(e) => c.fail(v, e),
         }
-    }
-    for _ in 0..s.reps {
-        for (v, client, to) in &variants {
-            let Ok(to) = to else { continue };
-            if c.is_failed(v) {
-                continue;
-            }
-            match crr_ok(lab, client, to, s.crr_ms) {
-                Ok(r) => add_crr(&mut c, v, &r),
-                Err(e) => c.fail(v, e),
-            }
-            match wrk(lab, client, to, s.wrk_secs) {
-                Ok(r) => c.add(v, KEEPALIVE.0, r.requests_per_sec),
-                Err(e) => c.fail(v, e),
-            }
-        }
-    }
+    });
     c.records()
 }
 
@@ -739,13 +721,13 @@ fn ratelimit(lab: &mut Lab, s: &Settings) -> Vec<Record> {
 /// Runs the wanted data-plane scenarios; prerequisites missing or a scenario
 /// that breaks give "not measured" records that say why.
 pub fn run(quick: bool, probe: &Path, wanted: &dyn Fn(&str) -> bool) -> Vec<Record> {
-    let scenarios: Vec<&str> = SCENARIOS.into_iter().filter(|s| wanted(s)).collect();
+    let scenarios: Vec<(&str, Scenario)> = SCENARIOS.into_iter().filter(|(s, _)| wanted(s)).collect();
     if scenarios.is_empty() {
         return Vec::new();
     }
     let not_measured = |scenario: &str, why: &str| Record::skipped(scenario, "all variants", "all", "", why);
     if let Some(why) = lab::missing_prerequisite(probe) {
-        return scenarios.iter().map(|s| not_measured(s, &why)).collect();
+        return scenarios.iter().map(|(s, _)| not_measured(s, &why)).collect();
     }
     let settings = Settings::new(quick);
     let started = Instant::now();
@@ -754,24 +736,14 @@ pub fn run(quick: bool, probe: &Path, wanted: &dyn Fn(&str) -> bool) -> Vec<Reco
         Ok(lab) => lab,
         Err(p) => {
             let why = format!("building the namespaces failed: {}", panic_text(&p));
-            return scenarios.iter().map(|s| not_measured(s, &why)).collect();
+            return scenarios.iter().map(|(s, _)| not_measured(s, &why)).collect();
         }
     };
     eprintln!("warren-bench: data-plane lab ready in {:?}", started.elapsed());
     let mut records = Vec::new();
-    for scenario in scenarios {
+    for (scenario, f) in scenarios {
         eprintln!("warren-bench: {scenario}");
         let t = Instant::now();
-        let f: fn(&mut Lab, &Settings) -> Vec<Record> = match scenario {
-            "dataplane.rr" => rr,
-            "dataplane.crr" => crr_scenario,
-            "dataplane.scale" => scale,
-            "dataplane.program" => program,
-            "dataplane.nodeport" => nodeport,
-            "dataplane.canary" => canary,
-            "dataplane.ratelimit" => ratelimit,
-            other => unreachable!("unknown scenario {other}"),
-        };
         match std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut lab, &settings))) {
             Ok(r) => records.extend(r),
             Err(p) => records.push(not_measured(

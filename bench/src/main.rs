@@ -182,6 +182,15 @@ const SCENARIOS: &[(&str, &str)] = &[
     ),
 ];
 
+/// How each scenario is measured, for the scenarios `keep` accepts.
+fn methods(keep: impl Fn(&str) -> bool) -> BTreeMap<String, String> {
+    SCENARIOS
+        .iter()
+        .filter(|(n, _)| keep(n))
+        .map(|(n, m)| (n.to_string(), m.to_string()))
+        .collect()
+}
+
 /// The variant each scenario's ratios are computed against, for the scenarios in `methods`.
 fn baselines(methods: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     let mut b = BTreeMap::new();
@@ -214,21 +223,25 @@ fn render(args: &Args) -> std::process::ExitCode {
         }
     };
     let present: std::collections::BTreeSet<&str> = results.records.iter().map(|r| r.scenario.as_str()).collect();
-    results.methods = SCENARIOS
-        .iter()
-        .filter(|(n, _)| present.contains(n))
-        .map(|(n, m)| (n.to_string(), m.to_string()))
-        .collect();
+    results.methods = methods(|n| present.contains(n));
     results.baselines = baselines(&results.methods);
-    if let Err(e) = report::write_json(&results, &args.results_dir) {
+    match write_reports(&results, args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}
+
+/// `latest.json`, its dated copy, and `docs/benchmarks.md` with its charts.
+fn write_reports(results: &Results, args: &Args) -> Result<(), std::process::ExitCode> {
+    if let Err(e) = report::write_json(results, &args.results_dir) {
         eprintln!("warren-bench: writing results: {e}");
-        return std::process::ExitCode::FAILURE;
+        return Err(std::process::ExitCode::FAILURE);
     }
-    if let Err(e) = report::write_markdown(&results, &args.docs) {
+    if let Err(e) = report::write_markdown(results, &args.docs) {
         eprintln!("warren-bench: writing {}: {e}", args.docs.display());
-        return std::process::ExitCode::FAILURE;
+        return Err(std::process::ExitCode::FAILURE);
     }
-    std::process::ExitCode::SUCCESS
+    Ok(())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -247,12 +260,7 @@ async fn main() -> std::process::ExitCode {
     std::env::set_var("WARREN_BIN", &args.warren);
     let wanted = |s: &str| args.only.is_empty() || args.only.iter().any(|o| s.starts_with(o.as_str()));
     let mut records = Vec::new();
-    let mut methods = BTreeMap::new();
-    for (name, method) in SCENARIOS {
-        if wanted(name) {
-            methods.insert(name.to_string(), method.to_string());
-        }
-    }
+    let methods = methods(wanted);
     let started = std::time::Instant::now();
     let took = |what: &str, since: std::time::Instant| eprintln!("warren-bench: {what} took {:.1?}", since.elapsed());
     let dp_wanted = |s: &str| wanted(s);
@@ -296,13 +304,8 @@ async fn main() -> std::process::ExitCode {
         methods,
         baselines,
     };
-    if let Err(e) = report::write_json(&results, &args.results_dir) {
-        eprintln!("warren-bench: writing results: {e}");
-        return std::process::ExitCode::FAILURE;
-    }
-    if let Err(e) = report::write_markdown(&results, &args.docs) {
-        eprintln!("warren-bench: writing {}: {e}", args.docs.display());
-        return std::process::ExitCode::FAILURE;
+    if let Err(code) = write_reports(&results, &args) {
+        return code;
     }
     for r in &results.records {
         match (&r.skipped, r.median) {

@@ -234,24 +234,20 @@ impl Env {
 
     /// The network namespace node `node` runs in.
     pub fn node_netns(&self, node: &str) -> String {
-        let i = self
-            .c
+        self.node(node).netns.clone().expect("the node runs in a namespace")
+    }
+
+    fn node(&self, name: &str) -> &crate::cluster::NodeProc {
+        self.c
             .nodes
             .iter()
-            .position(|n| n.name == node)
-            .expect("a node of that name");
-        self.c.nodes[i].netns.clone().expect("the node runs in a namespace")
+            .find(|n| n.name == name)
+            .expect("a node of that name")
     }
 
     /// The text of `node`'s `/metrics` page, fetched from inside its namespace.
     pub fn metrics(&self, node: &str) -> String {
-        let i = self
-            .c
-            .nodes
-            .iter()
-            .position(|n| n.name == node)
-            .expect("a node of that name");
-        let url = format!("http://{}/metrics", self.c.nodes[i].metrics_addr);
+        let url = format!("http://{}/metrics", self.node(node).metrics_addr);
         let out = std::process::Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.node_netns(node)))
             .args(["--", "curl", "-sS", "--noproxy", "*", "--max-time", "5", &url])

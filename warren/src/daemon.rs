@@ -764,6 +764,23 @@ pub(crate) fn runtime_config(cfg: &NodeConfig, data_dir: &Path) -> crate::runtim
     rc
 }
 
+/// The node network of `node_id` in the subnet the managers gave it.
+pub(crate) fn network_config(
+    node_id: &str,
+    bridge: &str,
+    state_dir: PathBuf,
+    subnet: &str,
+    cluster_cidr: &str,
+) -> Result<crate::network::NetworkConfig, String> {
+    let subnet = subnet.parse().map_err(|e| format!("node subnet {subnet:?}: {e}"))?;
+    let cidr = cluster_cidr
+        .parse()
+        .map_err(|e| format!("cluster CIDR {cluster_cidr:?}: {e}"))?;
+    let mut nc = crate::network::NetworkConfig::new(node_id, subnet, cidr, state_dir);
+    nc.bridge = bridge.to_string();
+    Ok(nc)
+}
+
 /// The file holding the running daemon's process ID, for `warren cluster leave`.
 pub fn pid_file(data_dir: &Path) -> PathBuf {
     data_dir.join("warren.pid")
@@ -845,20 +862,10 @@ async fn start_executor(
     let factory: crate::worker::NetworkFactory = Arc::new(move |n: executor::NodeNetwork| {
         let (node_id, bridge, state_dir) = (node_id.clone(), bridge.clone(), state_dir.clone());
         Box::pin(async move {
-            let subnet = n
-                .subnet
-                .parse()
-                .map_err(|e| format!("node subnet {:?}: {e}", n.subnet))?;
-            let cidr = n
-                .cluster_cidr
-                .parse()
-                .map_err(|e| format!("cluster CIDR {:?}: {e}", n.cluster_cidr))?;
-            let mut nc = crate::network::NetworkConfig::new(&node_id, subnet, cidr, state_dir);
-            nc.bridge = bridge;
+            let nc = network_config(&node_id, &bridge, state_dir, &n.subnet, &n.cluster_cidr)?;
             let net = crate::network::NetlinkNetwork::new(nc)
                 .await
                 .map_err(|e| e.to_string())?;
-            net.ensure_node().await.map_err(|e| e.to_string())?;
             Ok(Arc::new(net) as Arc<dyn crate::network::NetworkManager>)
         })
     });

@@ -72,14 +72,14 @@ pub async fn leave(data_dir: &Path, force: bool) -> Result<LeaveReport, LeaveErr
             what: "network",
             reason: format!("{what}: {e}"),
         };
-        let subnet = subnet
-            .parse()
-            .map_err(|e: ipnet::AddrParseError| bad("subnet", e.to_string()))?;
-        let cidr = cidr
-            .parse()
-            .map_err(|e: ipnet::AddrParseError| bad("cluster CIDR", e.to_string()))?;
-        let mut nc = crate::network::NetworkConfig::new(&cfg.node_id, subnet, cidr, data_dir.join("network"));
-        nc.bridge = cfg.runtime.bridge.clone();
+        let nc = crate::daemon::network_config(
+            &cfg.node_id,
+            &cfg.runtime.bridge,
+            data_dir.join("network"),
+            subnet,
+            cidr,
+        )
+        .map_err(|e| bad("config", e))?;
         let net = crate::network::NetlinkNetwork::open(nc).map_err(|e| bad("netlink", e.to_string()))?;
         net.cleanup_node().await.map_err(|e| bad("cleanup", e.to_string()))?;
         report.network = true;
@@ -99,7 +99,7 @@ pub async fn leave(data_dir: &Path, force: bool) -> Result<LeaveReport, LeaveErr
         }
         report.dataplane = Some(dc.bpffs_dir.clone());
     }
-    let secrets = PathBuf::from("/run/warren/secrets").join(&cfg.node_id);
+    let secrets = crate::worker::node_secrets_dir(&cfg.node_id);
     unmount_under(&secrets);
     let _ = std::fs::remove_dir_all(&secrets);
     report.kept_volumes = remove_data_dir(data_dir)?;

@@ -21,6 +21,8 @@
 
 mod http;
 
+pub use http::monotonic_ns;
+
 use std::{
     collections::BTreeMap,
     io::{self, BufRead, Read, Write},

@@ -68,16 +68,19 @@ impl Inner {
         self.cfg.data_dir.join("tasks").join(task_id)
     }
 
-    /// On a tmpfs of its own, outside the data dir: secrets never reach a disk.
     fn secrets_dir(&self, task_id: &str) -> PathBuf {
-        PathBuf::from("/run/warren/secrets")
-            .join(&self.cfg.node_id)
-            .join(task_id)
+        node_secrets_dir(&self.cfg.node_id).join(task_id)
     }
 
     fn volumes_dir(&self) -> PathBuf {
         self.cfg.data_dir.join("volumes")
     }
+}
+
+/// Where node `node_id` mounts its tasks' secrets: tmpfs mounts outside the data
+/// dir, so that secrets never reach a disk.
+pub fn node_secrets_dir(node_id: &str) -> PathBuf {
+    PathBuf::from("/run/warren/secrets").join(node_id)
 }
 
 pub fn status(state: TaskState, message: impl Into<String>) -> TaskStatus {
