@@ -634,4 +634,6 @@ fn node_inspect_shows_the_data_plane_and_leave_removes_everything() {
         .collect();
     assert!(left.is_empty(), "task namespaces left: {left:?}");
     assert!(!data_dir.exists(), "{} is still there", data_dir.display());
+    // The node's cgroup parent (here also its data plane's cgroup root) is gone.
+    assert!(!cg.exists(), "{} is still there", cg.display());
 }

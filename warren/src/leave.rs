@@ -1,6 +1,7 @@
 //! `warren cluster leave`: stops this node's daemon and removes everything the node
-//! left on the host — its containers, task namespaces, bridge and nft table, pinned
-//! eBPF programs and maps, secrets mounts and its data dir (local volumes are kept).
+//! left on the host — its containers and their (empty) cgroup parent, task
+//! namespaces, bridge and nft table, pinned eBPF programs and maps, secrets mounts
+//! and its data dir (local volumes are kept).
 //! The cluster's record of the node is not touched here: as in Swarm, the node shows
 //! as down until a manager runs `warren node rm`.
 
@@ -98,6 +99,10 @@ pub async fn leave(data_dir: &Path, force: bool) -> Result<LeaveReport, LeaveErr
             let _ = std::fs::remove_dir(parent);
         }
         report.dataplane = Some(dc.bpffs_dir.clone());
+    }
+    if cfg.runtime.containerd {
+        // After the data plane: its programs may be attached to this very cgroup.
+        remove_cgroup_parent(&cfg.runtime.cgroup_parent);
     }
     let secrets = crate::worker::node_secrets_dir(&cfg.node_id);
     unmount_under(&secrets);
@@ -199,6 +204,33 @@ fn unmount_under(dir: &Path) {
     for m in mounts {
         if let Err(e) = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH) {
             tracing::warn!(path = %m.display(), error = %e, "unmounting");
+        }
+    }
+}
+
+/// The node's `--cgroup-parent` in every cgroup hierarchy. rmdir removes only an
+/// empty cgroup, so one that still holds processes or other cgroups stays.
+fn remove_cgroup_parent(parent: &str) {
+    let rel = parent.trim_matches('/');
+    // Empty is the root itself; a ':' is systemd's slice notation, not a path.
+    if rel.is_empty() || rel.contains(':') {
+        return;
+    }
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    for line in info.lines() {
+        let Some((fields, fs)) = line.split_once(" - ") else {
+            continue;
+        };
+        let is_cgroup = matches!(fs.split_whitespace().next(), Some("cgroup" | "cgroup2"));
+        if let (true, Some(mount)) = (is_cgroup, fields.split_whitespace().nth(4)) {
+            let dir = Path::new(mount).join(rel);
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => tracing::info!(cgroup = %dir.display(), "removed the node's cgroup parent"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(cgroup = %dir.display(), error = %e, "keeping the node's cgroup parent"),
+            }
         }
     }
 }
