@@ -12,9 +12,11 @@ use crate::metrics::{self, Metrics};
 use crate::model::{self, new_id, now_ms, Availability, ClusterMeta, Node, NodeRole, NodeState, Platform, Resources};
 use crate::pki::{self, CertificateAuthority, JoinToken, NodeCredentials, PkiError};
 use crate::raft::node::{RaftTuning, StartError};
-use crate::raft::{network::Peers, RaftNode, WriteError};
+use crate::raft::{network::Peers, RaftNode};
 use crate::secrets::{SealError, SecretsKey};
+use crate::store::WriteError;
 use crate::store::{Command, Store};
+use crate::wire::channel::{self, Dial};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -358,14 +360,13 @@ pub async fn join(
     // Trust the manager only once its CA matches the token.
     let ca_pem = pki::fetch_ca(manager, &token.ca_digest, Duration::from_secs(10)).await?;
     let (node_key, csr) = pki::new_node_key(&node_name)?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://{manager}"))
-        .map_err(|e| join_err(e.to_string()))?
-        .tls_config(pki::anonymous_client_tls(&ca_pem))
-        .map_err(|e| join_err(e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| join_err(e.to_string()))?;
+    let channel = channel::connect(
+        manager,
+        pki::anonymous_client_tls(&ca_pem),
+        Dial::new(Duration::from_secs(5)),
+    )
+    .await
+    .map_err(|e| join_err(e.to_string()))?;
     let capacity = opts.capacity.unwrap_or_else(agent::detect_resources);
     let resp = pb::membership_client::MembershipClient::new(channel)
         .join(pb::JoinRequest {
@@ -373,14 +374,14 @@ pub async fn join(
             csr_der: csr,
             node_name: node_name.clone(),
             advertise_addr: advertise.to_string(),
-            resources: Some(crate::api::convert::resources_to_pb(capacity)),
-            platform: Some(crate::api::convert::platform_to_pb(&Platform::current())),
+            resources: Some(crate::wire::convert::resources_to_pb(capacity)),
+            platform: Some(crate::wire::convert::platform_to_pb(&Platform::current())),
             warren_version: crate::VERSION.to_string(),
         })
         .await
         .map_err(|s| join_err(s.message().to_string()))?
         .into_inner();
-    let role = crate::api::convert::role_from_pb(resp.role);
+    let role = crate::wire::convert::role_from_pb(resp.role);
     let creds = NodeCredentials {
         ca_pem: resp.ca_pem,
         cert_pem: resp.cert_pem,
@@ -898,19 +899,10 @@ async fn enter_raft(cfg: &NodeConfig, creds: &NodeCredentials) -> Result<(), Dae
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline {
         for m in cfg.managers.iter().filter(|m| **m != cfg.advertise_addr.to_string()) {
-            let endpoint = match tonic::transport::Endpoint::from_shared(format!("https://{m}"))
-                .and_then(|e| e.tls_config(creds.client_tls()))
-            {
-                Ok(e) => e.connect_timeout(Duration::from_secs(2)),
-                Err(e) => {
-                    last = e.to_string();
-                    continue;
-                }
-            };
-            let channel = match endpoint.connect().await {
+            let channel = match channel::connect(m, creds.client_tls(), Dial::new(Duration::from_secs(2))).await {
                 Ok(c) => c,
                 Err(e) => {
-                    last = format!("{m}: {e}");
+                    last = e.to_string();
                     continue;
                 }
             };

@@ -19,6 +19,7 @@ pub mod raft;
 pub mod runtime;
 pub mod secrets;
 pub mod store;
+pub mod wire;
 pub mod worker;
 
 /// The version printed by `warren --version` and reported by every node.

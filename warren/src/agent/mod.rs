@@ -9,15 +9,15 @@ pub mod node_dataplane;
 pub mod node_dns;
 pub mod node_service;
 
-use crate::api::convert;
 use crate::model::{Platform, Resources};
 use crate::pki::NodeCredentials;
+use crate::wire::channel::{self, Dial};
+use crate::wire::convert;
 use executor::{Executor, Report};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 use warren_proto::v1 as pb;
 use warren_proto::v1::agent_message::Msg as AgentMsg;
 use warren_proto::v1::dispatcher_message::Msg as DispatcherMsg;
@@ -169,17 +169,10 @@ async fn session(
     reports: &mut mpsc::UnboundedReceiver<Report>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<SessionEnd, SessionError> {
-    let channel = Endpoint::from_shared(format!("https://{addr}"))
-        .map_err(|e| SessionError::Connect(e.to_string()))?
-        .tls_config(cfg.credentials.client_tls())
-        .map_err(|e| SessionError::Connect(e.to_string()))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(2))
-        .keep_alive_timeout(Duration::from_secs(3))
-        .connect()
+    let dial = Dial::new(Duration::from_secs(2)).keepalive(Duration::from_secs(2), Duration::from_secs(3));
+    let channel = channel::connect(addr, cfg.credentials.client_tls(), dial)
         .await
-        .map_err(|e| SessionError::Connect(format!("{e}: {}", source_chain(&e))))?;
+        .map_err(|e| SessionError::Connect(e.to_string()))?;
     let mut client = pb::dispatcher_client::DispatcherClient::new(channel);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
     let hello = pb::AgentHello {
@@ -298,14 +291,4 @@ fn to_pb_reports(reports: Vec<Report>) -> Vec<pb::TaskStatusReport> {
             status: Some(convert::task_status_to_pb(&s)),
         })
         .collect()
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = Vec::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push(s.to_string());
-        cur = s.source();
-    }
-    out.join(": ")
 }

@@ -3,7 +3,7 @@
 //! TLS; only managers may call). The work itself is the node's `NodeOps` (the
 //! executor); a node without a container runtime says so.
 
-use crate::api::auth;
+use crate::wire::auth;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -79,7 +79,7 @@ impl pb::node_agent_server::NodeAgent for NodeService {
         let st = tokio::task::spawn_blocking(move || dp.map(|d| d.status()))
             .await
             .map_err(|e| Status::internal(format!("reading the data plane: {e}")))?;
-        Ok(Response::new(crate::api::convert::dataplane_to_pb(
+        Ok(Response::new(crate::wire::convert::dataplane_to_pb(
             &self.node_name,
             st.as_ref(),
         )))

@@ -4,12 +4,12 @@
 //! `JoinRaft`, with its fresh certificate, once its own Raft server listens; the
 //! leader adds it as a learner, waits until it caught up, and makes it a voter.
 
-use super::server::{apply_status, invalid, write_status};
-use super::{auth, convert};
 use crate::manager::ManagerCtx;
 use crate::model::{new_id, now_ms, validate_name, Availability, Node, NodeRole, NodeState, ValidationError};
 use crate::pki::{CertificateAuthority, JoinToken};
 use crate::store::Command;
+use crate::wire::status::{apply_status, invalid, write_status};
+use crate::wire::{auth, convert};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use warren_proto::v1 as pb;

@@ -1,9 +1,7 @@
 //! The gRPC surface of a manager: `WarrenApi` for clients, `Membership` for joining,
-//! plus authorization and the conversions between protobuf and Warren's own types
-//! (`convert`), which is where protobuf stops.
+//! and the calls answered by asking nodes (`node_proxy`). Conversions, authorization
+//! and status mapping are the boundary floor's (`wire`).
 
-pub mod auth;
-pub mod convert;
 pub mod membership;
 pub mod node_proxy;
 pub mod server;

@@ -100,7 +100,7 @@ pub async fn load_image(
     let targets = ctx
         .store
         .read(|s| load_targets(s, &header.nodes))
-        .map_err(super::server::apply_status)?;
+        .map_err(crate::wire::status::apply_status)?;
     if targets.is_empty() {
         return Err(Status::failed_precondition("no ready node to load the image on"));
     }

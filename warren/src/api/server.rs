@@ -3,15 +3,14 @@
 //! the local state. Reads after a caller's own write see it, because `write` returns
 //! only once this manager has applied the entry.
 
-use super::{auth, convert};
 use crate::manager::ManagerCtx;
 use crate::model::{
     self, new_id, now_ms, validate_name, NodeRole, NodeState, Resources, Service, ServiceMode, TaskState,
-    ValidationError,
 };
 use crate::pki::JoinToken;
-use crate::raft::WriteError;
 use crate::store::{ApplyError, Command, State};
+use crate::wire::status::{apply_status, invalid, write_status};
+use crate::wire::{auth, convert};
 use sha2::Digest;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -75,27 +74,6 @@ impl ApiService {
         self.ctx.metrics.observe_api(method, code, started);
         r
     }
-}
-
-pub fn write_status(e: WriteError) -> Status {
-    match e {
-        WriteError::Apply(a) => apply_status(a),
-        WriteError::NoLeader | WriteError::Timeout(_) => Status::unavailable(e.to_string()),
-        WriteError::Raft(_) => Status::internal(e.to_string()),
-    }
-}
-
-pub fn apply_status(e: ApplyError) -> Status {
-    match e {
-        ApplyError::NotFound(m) => Status::not_found(m),
-        ApplyError::AlreadyExists(m) => Status::already_exists(m),
-        ApplyError::Conflict(m) => Status::aborted(m),
-        ApplyError::Invalid(m) => Status::invalid_argument(m),
-    }
-}
-
-pub fn invalid(e: ValidationError) -> Status {
-    Status::invalid_argument(e.to_string())
 }
 
 /// The secrets and volumes a spec names must exist.

@@ -1,6 +1,7 @@
 //! Connecting the CLI to a manager: `unix:///path` (the local root-only socket, no
 //! certificates) or `tcp://IP:PORT` (mutual TLS with the certificates in --tls-dir).
 
+use crate::wire::channel::{self, Dial};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -43,13 +44,7 @@ pub async fn connect(host: &str, tls_dir: &Path) -> Result<Client> {
             let key = std::fs::read_to_string(&key).with_context(|| format!("reading {}", key.display()))?;
             tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
         }
-        Endpoint::from_shared(format!("https://{addr}"))
-            .with_context(|| format!("invalid host {host}"))?
-            .tls_config(tls)?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to {host}"))?
+        channel::connect(addr, tls, Dial::new(Duration::from_secs(5))).await?
     } else {
         bail!("invalid host {host:?}: expected unix:///path.sock or tcp://IP:PORT");
     };

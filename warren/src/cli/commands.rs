@@ -4,11 +4,11 @@
 use super::args::*;
 use super::client::Client;
 use super::output::{ago, json, or_dash, short_id, table};
-use crate::api::convert;
 use crate::model::{
     self, format_cpus, format_size, parse_cpus, parse_key_value, parse_publish, parse_size, Constraint, NodeRole,
     PortConfig, Resources, Service, ServiceMode, ServiceSpec, Task,
 };
+use crate::wire::convert;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use std::collections::HashMap;

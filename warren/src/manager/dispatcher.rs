@@ -6,9 +6,9 @@
 //! leader. `monitor_heartbeats` (a leader duty) marks silent nodes down.
 
 use super::ManagerCtx;
-use crate::api::{auth, convert};
 use crate::model::{now_ms, NodeState, Task};
 use crate::store::{Command, ObjectKind, State};
+use crate::wire::{auth, convert};
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -94,7 +94,7 @@ pub fn assignments_for(state: &State, node_id: &str) -> NodeAssignment {
         secrets,
         peers,
         volumes,
-        services: crate::model::service_endpoints(state),
+        services: state.service_endpoints(),
     }
 }
 

@@ -126,7 +126,7 @@ where
             let _g = span.enter();
             match ctx.raft.write(Command::Batch(cmds.clone())).await {
                 Ok(()) => {}
-                Err(crate::raft::WriteError::Apply(e)) => {
+                Err(crate::store::WriteError::Apply(e)) => {
                     tracing::debug!(component = name, error = %e, "part of a reconcile batch was refused");
                 }
                 Err(e) => {

@@ -1,7 +1,7 @@
 //! Warren's domain types: nodes, services, tasks, secrets, volumes and cluster
 //! metadata as they live in the replicated state, plus the parsing and validation of
 //! their user-facing spellings (sizes, constraints, ports). No I/O and no protobuf
-//! here: the API converts at its boundary (`api::convert`).
+//! here: the API converts at its boundary (`wire::convert`).
 
 mod cluster;
 mod endpoints;

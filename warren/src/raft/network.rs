@@ -3,6 +3,7 @@
 //! messages in `warren.v1.Raft`. The server side is `raft::service`.
 
 use super::TypeConfig;
+use crate::wire::channel::{self, ChannelError, Dial};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{
@@ -14,7 +15,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 use warren_proto::v1::raft_client::RaftClient;
 use warren_proto::v1::RaftPayload;
 
@@ -23,12 +24,6 @@ use warren_proto::v1::RaftPayload;
 pub struct Peers {
     tls: ClientTlsConfig,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PeerError {
-    #[error("invalid manager address {addr:?}: {reason}")]
-    BadAddr { addr: String, reason: String },
 }
 
 impl Peers {
@@ -40,52 +35,35 @@ impl Peers {
     }
 
     /// A channel to `addr` (IP:PORT); connects on first use and reconnects by itself.
-    pub fn channel(&self, addr: &str) -> Result<Channel, PeerError> {
+    pub fn channel(&self, addr: &str) -> Result<Channel, ChannelError> {
         let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let bad = |reason: String| PeerError::BadAddr {
-            addr: addr.to_string(),
-            reason,
-        };
-        let channel = Endpoint::from_shared(format!("https://{addr}"))
-            .map_err(|e| bad(e.to_string()))?
-            .tls_config(self.tls.clone())
-            .map_err(|e| bad(e.to_string()))?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+        let dial = Dial::new(Duration::from_millis(500)).keepalive(Duration::from_secs(5), Duration::from_secs(5));
+        let channel = channel::lazy(addr, self.tls.clone(), dial)?;
         map.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }
 
     /// A channel to any node's cluster port, verifying that it is node `node_id`
     /// (every node certificate names its node ID).
-    pub fn node_channel(&self, addr: &str, node_id: &str) -> Result<Channel, PeerError> {
+    pub fn node_channel(&self, addr: &str, node_id: &str) -> Result<Channel, ChannelError> {
         let key = format!("{addr}#{node_id}");
         let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = map.get(&key) {
             return Ok(c.clone());
         }
-        let bad = |reason: String| PeerError::BadAddr {
-            addr: addr.to_string(),
-            reason,
-        };
-        let channel = Endpoint::from_shared(format!("https://{addr}"))
-            .map_err(|e| bad(e.to_string()))?
-            .tls_config(self.tls.clone().domain_name(node_id))
-            .map_err(|e| bad(e.to_string()))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = channel::lazy(
+            addr,
+            self.tls.clone().domain_name(node_id),
+            Dial::new(Duration::from_secs(2)),
+        )?;
         map.insert(key, channel.clone());
         Ok(channel)
     }
 
-    pub fn raft_client(&self, addr: &str) -> Result<RaftClient<Channel>, PeerError> {
+    pub fn raft_client(&self, addr: &str) -> Result<RaftClient<Channel>, ChannelError> {
         Ok(RaftClient::new(self.channel(addr)?).max_decoding_message_size(256 << 20))
     }
 }

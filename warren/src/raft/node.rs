@@ -7,7 +7,7 @@ use super::network::Peers;
 use super::Raft;
 use crate::store::log::LogStore;
 use crate::store::sm::StateMachine;
-use crate::store::{ApplyError, Command, Response, Store};
+use crate::store::{Command, Response, Store, WriteError};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Config, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
@@ -42,18 +42,6 @@ impl Default for RaftTuning {
             write_timeout: Duration::from_secs(10),
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    #[error(transparent)]
-    Apply(#[from] ApplyError),
-    #[error("no manager is leader: an election is under way, or fewer than a majority of managers are reachable")]
-    NoLeader,
-    #[error("the write was not committed within {0:?}: is a majority of managers up?")]
-    Timeout(Duration),
-    #[error("raft: {0}")]
-    Raft(String),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -3,8 +3,8 @@
 //! Raft member; `Forward` applies a follower's write when this member leads.
 
 use super::node::RaftNode;
-use crate::api::auth;
 use crate::store::Command;
+use crate::wire::auth;
 use serde::Serialize;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};

@@ -3,6 +3,7 @@
 //! writes, and snapshot calls. No image or container logic.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -27,6 +28,27 @@ use super::error::{Result, RuntimeError};
 const NAMESPACE_HEADER: &str = "containerd-namespace";
 const LEASE_HEADER: &str = "containerd-lease";
 /// Chunk size of content writes (containerd's own client uses 1 MiB).
+/// How long containerd gets to accept a connection and to answer its version.
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to a socket and checks that containerd answers.
+pub(crate) async fn probe(socket: &Path) -> std::result::Result<Channel, String> {
+    if !socket.exists() {
+        return Err(format!("no socket at {}", socket.display()));
+    }
+    let channel = match tokio::time::timeout(PROBE_TIMEOUT, containerd_client::connect(socket)).await {
+        Err(_) => return Err(format!("{} did not accept a connection", socket.display())),
+        Ok(Err(e)) => return Err(format!("{}: {}", socket.display(), super::registry::error_chain(&e))),
+        Ok(Ok(c)) => c,
+    };
+    let mut v = containerd_client::services::v1::version_client::VersionClient::new(channel.clone());
+    match tokio::time::timeout(PROBE_TIMEOUT, v.version(())).await {
+        Err(_) => Err(format!("{} did not answer", socket.display())),
+        Ok(Err(s)) => Err(format!("{}: {}", socket.display(), s.message())),
+        Ok(Ok(_)) => Ok(channel),
+    }
+}
+
 pub(crate) const WRITE_CHUNK: usize = 1 << 20;
 /// How long to wait for another client that holds the ingest lock of the same blob.
 const LOCKED_RETRY_FOR: Duration = Duration::from_secs(300);

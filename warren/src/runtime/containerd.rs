@@ -22,7 +22,7 @@ use tokio::io::AsyncReadExt;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use super::client::{system_time, unique, Cd};
+use super::client::{probe, system_time, unique, Cd, PROBE_TIMEOUT};
 use super::error::{Result, RuntimeError};
 use super::image::{ImageConfig, Platform};
 use super::reference::ImageRef;
@@ -37,7 +37,6 @@ use super::{
 
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 const KILL_WAIT: Duration = Duration::from_secs(30);
 /// Topic of the events Warren publishes to itself to open a subscription.
 const PROBE_TOPIC: &str = "/warren/subscribed";
@@ -84,24 +83,6 @@ impl RuntimeConfig {
             platform: Platform::host(),
             registry: RegistryConfig::default(),
         }
-    }
-}
-
-/// Connects to a socket and checks that containerd answers.
-pub(crate) async fn probe(socket: &Path) -> std::result::Result<Channel, String> {
-    if !socket.exists() {
-        return Err(format!("no socket at {}", socket.display()));
-    }
-    let channel = match tokio::time::timeout(PROBE_TIMEOUT, containerd_client::connect(socket)).await {
-        Err(_) => return Err(format!("{} did not accept a connection", socket.display())),
-        Ok(Err(e)) => return Err(format!("{}: {}", socket.display(), super::registry::error_chain(&e))),
-        Ok(Ok(c)) => c,
-    };
-    let mut v = containerd_client::services::v1::version_client::VersionClient::new(channel.clone());
-    match tokio::time::timeout(PROBE_TIMEOUT, v.version(())).await {
-        Err(_) => Err(format!("{} did not answer", socket.display())),
-        Ok(Err(s)) => Err(format!("{}: {}", socket.display(), s.message())),
-        Ok(Ok(_)) => Ok(channel),
     }
 }
 

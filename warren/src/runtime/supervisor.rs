@@ -130,7 +130,7 @@ impl Supervisor {
                 sup.shutdown().await;
                 return Err(RuntimeError::NoContainerd(err));
             }
-            if super::containerd::probe(&layout.socket()).await.is_ok() {
+            if super::client::probe(&layout.socket()).await.is_ok() {
                 tracing::info!(socket = %layout.socket().display(), pid = sup.pid().unwrap_or(0), "started containerd");
                 return Ok(sup);
             }

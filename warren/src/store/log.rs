@@ -6,7 +6,7 @@
 // would only move the allocation.
 #![allow(clippy::result_large_err)]
 
-use crate::raft::{Entry, LogId, StorageError, TypeConfig};
+use super::types::{Entry, LogId, StorageError, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{RaftLogReader, StorageIOError, Vote};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};

@@ -4,12 +4,16 @@
 //! its event stream; none of them writes here except through Raft.
 
 pub mod command;
+mod endpoints;
 pub mod log;
 pub mod sm;
 pub mod state;
+pub mod types;
+pub mod write;
 
 pub use command::{ApplyError, Command, Response};
 pub use state::{Action, Change, ObjectKind, State};
+pub use write::WriteError;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

@@ -12,8 +12,8 @@
 #![allow(clippy::result_large_err)]
 
 use super::state::{Action, Change, ObjectKind, State};
+use super::types::{Entry, LogId, StorageError, StoredMembership, TypeConfig};
 use super::{Applied, Response, Store};
-use crate::raft::{Entry, LogId, StorageError, StoredMembership, TypeConfig};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageIOError};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
