@@ -8,7 +8,7 @@ use crate::model::{
     self, new_id, now_ms, validate_name, NodeRole, NodeState, Resources, Service, ServiceMode, TaskState,
 };
 use crate::pki::JoinToken;
-use crate::store::{ApplyError, Command, State};
+use crate::store::{ApplyError, Command, Rules, State};
 use crate::wire::status::{apply_status, invalid, write_status};
 use crate::wire::{auth, convert};
 use sha2::Digest;
@@ -76,26 +76,6 @@ impl ApiService {
     }
 }
 
-/// The secrets and volumes a spec names must exist.
-fn check_references(s: &State, spec: &model::ServiceSpec) -> Result<(), Status> {
-    for r in &spec.secrets {
-        if !s.secrets.values().any(|x| x.name == r.name) {
-            return Err(Status::invalid_argument(format!(
-                "secret: secret {:?} not found (create it with `warren secret create {} FILE`)",
-                r.name, r.name
-            )));
-        }
-    }
-    for v in spec.volume_names() {
-        if !s.volumes.values().any(|x| x.name == v) {
-            return Err(Status::invalid_argument(format!(
-                "mount: volume {v:?} not found (create it with `warren volume create {v}`)"
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Running tasks and the desired count (replicas, or eligible nodes for global
 /// services, counted as the tasks meant to run).
 /// Tasks meant to run, and running, of each version of a service.
@@ -148,7 +128,6 @@ impl pb::warren_api_server::WarrenApi for ApiService {
             validate_name("name", &req.name).map_err(invalid)?;
             let spec = convert::spec_from_pb(req.spec.ok_or_else(|| Status::invalid_argument("spec: missing"))?)
                 .map_err(invalid)?;
-            self.ctx.store.read(|s| check_references(s, &spec))?;
             let now = now_ms();
             let svc = Service {
                 id: new_id(),
@@ -164,7 +143,11 @@ impl pb::warren_api_server::WarrenApi for ApiService {
                 previous_spec: None,
             };
             let id = svc.id.clone();
-            match self.write(Command::CreateService { service: svc }).await {
+            let cmd = Command::CreateService {
+                service: svc,
+                rules: Rules::CURRENT,
+            };
+            match self.write(cmd).await {
                 Ok(()) => {}
                 // A retried forward may find its own earlier attempt applied.
                 Err(s)
@@ -227,7 +210,6 @@ impl pb::warren_api_server::WarrenApi for ApiService {
             let id = self.read(|s| Ok(s.service(&req.service)?.id.clone()))?;
             let spec = convert::spec_from_pb(req.spec.ok_or_else(|| Status::invalid_argument("spec: missing"))?)
                 .map_err(invalid)?;
-            self.ctx.store.read(|s| check_references(s, &spec))?;
             let current = self.read(|s| Ok(s.service(&id)?.clone()))?;
             if matches!(current.spec.mode, ServiceMode::Global) != matches!(spec.mode, ServiceMode::Global) {
                 return Err(Status::invalid_argument(
@@ -240,6 +222,7 @@ impl pb::warren_api_server::WarrenApi for ApiService {
                     expected_version: req.version,
                     spec,
                     at_ms: now_ms(),
+                    rules: Rules::CURRENT,
                 },
                 Some(w) if w > 100 => {
                     return Err(Status::invalid_argument(format!(
@@ -269,6 +252,7 @@ impl pb::warren_api_server::WarrenApi for ApiService {
                             spec,
                             weight: w as u8,
                             at_ms: now_ms(),
+                            rules: Rules::CURRENT,
                         }
                     }
                 }
@@ -309,6 +293,7 @@ impl pb::warren_api_server::WarrenApi for ApiService {
             self.write(Command::RollbackService {
                 id: id.clone(),
                 at_ms: now_ms(),
+                rules: Rules::CURRENT,
             })
             .await?;
             self.read(|s| Ok(self.service_pb(s, s.service(&id)?)))
@@ -564,29 +549,12 @@ impl pb::warren_api_server::WarrenApi for ApiService {
         auth::require_manager(&req)?;
         let r = async {
             let key = req.into_inner().secret;
-            let id = self
-                .read(|s| {
-                    let secret = s.secret(&key)?;
-                    if let Some(svc) = s
-                        .services
-                        .values()
-                        .find(|svc| svc.spec.secrets.iter().any(|r| r.name == secret.name))
-                    {
-                        return Err(ApplyError::Invalid(format!(
-                            "secret {} is in use by service {}: remove it from the service first",
-                            secret.name, svc.name
-                        )));
-                    }
-                    Ok(secret.id.clone())
-                })
-                .map_err(|s| {
-                    if s.code() == tonic::Code::InvalidArgument {
-                        Status::failed_precondition(s.message())
-                    } else {
-                        s
-                    }
-                })?;
-            self.write(Command::RemoveSecret { id }).await?;
+            let id = self.read(|s| Ok(s.secret(&key)?.id.clone()))?;
+            self.write(Command::RemoveSecret {
+                id,
+                rules: Rules::CURRENT,
+            })
+            .await?;
             Ok(pb::Empty {})
         }
         .await;
@@ -645,33 +613,12 @@ impl pb::warren_api_server::WarrenApi for ApiService {
         auth::require_manager(&req)?;
         let r = async {
             let key = req.into_inner().volume;
-            let id = self
-                .read(|s| {
-                    let vol = s.volume(&key)?;
-                    let user = s
-                        .services
-                        .values()
-                        .find(|svc| svc.spec.volume_names().any(|v| v == vol.name))
-                        .map(|svc| format!("service {}", svc.name))
-                        .or_else(|| {
-                            s.tasks
-                                .values()
-                                .find(|t| !t.status.state.is_terminal() && t.spec.volume_names().any(|v| v == vol.name))
-                                .map(|t| format!("task {} (still stopping)", t.name()))
-                        });
-                    match user {
-                        Some(u) => Err(ApplyError::Conflict(format!("volume {} is in use by {u}", vol.name))),
-                        None => Ok(vol.id.clone()),
-                    }
-                })
-                .map_err(|s| {
-                    if s.code() == tonic::Code::Aborted {
-                        Status::failed_precondition(s.message())
-                    } else {
-                        s
-                    }
-                })?;
-            self.write(Command::RemoveVolume { id }).await?;
+            let id = self.read(|s| Ok(s.volume(&key)?.id.clone()))?;
+            self.write(Command::RemoveVolume {
+                id,
+                rules: Rules::CURRENT,
+            })
+            .await?;
             Ok(pb::Empty {})
         }
         .await;

@@ -629,6 +629,7 @@ mod tests {
                 spec: v2,
                 weight: 20,
                 at_ms: 1,
+                rules: crate::store::Rules::CURRENT,
             },
             &mut ch,
         )
@@ -673,6 +674,7 @@ mod tests {
                 spec: v3,
                 weight: 10,
                 at_ms: 4,
+                rules: crate::store::Rules::CURRENT,
             },
             &mut ch,
         )
@@ -683,6 +685,7 @@ mod tests {
             &Command::RollbackService {
                 id: "svc".into(),
                 at_ms: 5,
+                rules: crate::store::Rules::CURRENT,
             },
             &mut ch,
         )

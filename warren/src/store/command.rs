@@ -1,12 +1,42 @@
 //! The typed commands that the Raft log carries and the state machine applies, and
 //! the result each one produces. A command holds everything needed to apply it
 //! deterministically: IDs, timestamps and secrets are chosen by the proposer.
+//!
+//! The log outlives the code that wrote it: a command keeps the serialized shape it
+//! had, new fields come with a serde default that means "as before" (`Rules`).
 
+use super::ApplyError;
 use crate::model::{
     Availability, ClusterMeta, Labels, Node, NodeRole, NodeState, Platform, Resources, Secret, Service, ServiceSpec,
     Task, TaskState, TaskStatus, Volume,
 };
 use serde::{Deserialize, Serialize};
+
+/// The cross-manager rules a command is applied under: whether the secrets and
+/// volumes its spec names must exist, whether what it removes may still be in use,
+/// whether its published ports must be free. Entries that a manager wrote before
+/// these rules moved into the state machine carry no `rules` field; they replay as
+/// they applied then, so that every manager derives the same state from the same log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Rules {
+    /// Before the rules lived in apply (the serde default of an older entry).
+    Unchecked,
+    /// References, in-use and published-port uniqueness are decided in apply.
+    V1,
+}
+
+impl Rules {
+    /// What a proposer writes today.
+    pub const CURRENT: Rules = Rules::V1;
+
+    fn before_v1() -> Rules {
+        Rules::Unchecked
+    }
+
+    pub fn checked(self) -> bool {
+        self >= Rules::V1
+    }
+}
 
 // A command is built once per write and moved into the log; boxing the large
 // variants would only add an allocation to every one.
@@ -54,6 +84,8 @@ pub enum Command {
 
     CreateService {
         service: Service,
+        #[serde(default = "Rules::before_v1")]
+        rules: Rules,
     },
     UpdateService {
         id: String,
@@ -61,6 +93,8 @@ pub enum Command {
         expected_version: u64,
         spec: ServiceSpec,
         at_ms: i64,
+        #[serde(default = "Rules::before_v1")]
+        rules: Rules,
     },
     ScaleService {
         id: String,
@@ -80,6 +114,8 @@ pub enum Command {
         spec: ServiceSpec,
         weight: u8,
         at_ms: i64,
+        #[serde(default = "Rules::before_v1")]
+        rules: Rules,
     },
     SetCanaryWeight {
         id: String,
@@ -95,6 +131,8 @@ pub enum Command {
     RollbackService {
         id: String,
         at_ms: i64,
+        #[serde(default = "Rules::before_v1")]
+        rules: Rules,
     },
 
     /// New tasks from the orchestrator; ignored for services that are gone.
@@ -137,12 +175,16 @@ pub enum Command {
     },
     RemoveSecret {
         id: String,
+        #[serde(default = "Rules::before_v1")]
+        rules: Rules,
     },
     CreateVolume {
         volume: Volume,
     },
     RemoveVolume {
         id: String,
+        #[serde(default = "Rules::before_v1")]
+        rules: Rules,
     },
 
     /// Several commands in one log entry; each applies on its own and the first
@@ -183,20 +225,6 @@ impl Command {
             Command::Batch(_) => "batch",
         }
     }
-}
-
-/// Why a command was not applied. These reach API clients as they are, so the
-/// messages name the object and the problem.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-pub enum ApplyError {
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    AlreadyExists(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Invalid(String),
 }
 
 /// What the state machine returns for each applied entry.

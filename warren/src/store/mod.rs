@@ -3,15 +3,20 @@
 //! Every other component reads the state through `Store` and learns of changes from
 //! its event stream; none of them writes here except through Raft.
 
+mod apply;
 pub mod command;
 mod endpoints;
+pub mod error;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod log;
 pub mod sm;
 pub mod state;
 pub mod types;
 pub mod write;
 
-pub use command::{ApplyError, Command, Response};
+pub use command::{Command, Response, Rules};
+pub use error::{ApplyError, User};
 pub use state::{Action, Change, ObjectKind, State};
 pub use write::WriteError;
 

@@ -415,7 +415,7 @@ async fn write_snapshot(db: Arc<Database>, stored: &StoredSnapshot) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Command;
+    use crate::store::{Command, Rules};
     use openraft::{CommittedLeaderId, EntryPayload};
 
     fn entry(index: u64, cmd: Command) -> Entry {
@@ -457,12 +457,14 @@ mod tests {
                         1,
                         Command::CreateService {
                             service: svc("a", "web"),
+                            rules: Rules::CURRENT,
                         },
                     ),
                     entry(
                         2,
                         Command::CreateService {
                             service: svc("b", "web"),
+                            rules: Rules::CURRENT,
                         },
                     ),
                 ])
@@ -495,6 +497,7 @@ mod tests {
             1,
             Command::CreateService {
                 service: svc("a", "one"),
+                rules: Rules::CURRENT,
             },
         )])
         .await
@@ -508,6 +511,7 @@ mod tests {
             1,
             Command::CreateService {
                 service: svc("z", "stale"),
+                rules: Rules::CURRENT,
             },
         )])
         .await
@@ -522,5 +526,57 @@ mod tests {
         let store_c = Store::new();
         let _c = StateMachine::open(&path_b, store_c.clone()).unwrap();
         store_c.read(|s| assert_eq!(s.services.keys().collect::<Vec<_>>(), vec!["a"]));
+    }
+
+    /// Log entries as the previous version wrote them (commands without `rules`)
+    /// apply as they did then, and what they applied survives a reopen.
+    #[tokio::test]
+    async fn entries_logged_by_the_previous_version_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let mut web = svc("a", "web");
+        web.spec.ports = vec![crate::model::parse_publish("publish", "8080:80").unwrap()];
+        let mut api = svc("b", "api");
+        api.spec.ports = web.spec.ports.clone();
+        // The log's own encoding of an entry, with the payload in the old shape.
+        let old_entry = |index: u64, payload: serde_json::Value| -> Entry {
+            let mut e = serde_json::to_value(entry(index, Command::Batch(vec![]))).unwrap();
+            e["payload"]["Normal"] = payload;
+            serde_json::from_value(e).unwrap()
+        };
+        {
+            let store = Store::new();
+            let mut sm = StateMachine::open(&path, store.clone()).unwrap();
+            let r = sm
+                .apply(vec![
+                    old_entry(1, serde_json::json!({ "CreateService": { "service": web } })),
+                    old_entry(2, serde_json::json!({ "CreateService": { "service": api } })),
+                ])
+                .await
+                .unwrap();
+            assert_eq!((&r[0].error, &r[1].error), (&None, &None), "{r:?}");
+            let mut b = sm.get_snapshot_builder().await;
+            b.build_snapshot().await.unwrap();
+        }
+        let store = Store::new();
+        let mut sm = StateMachine::open(&path, store.clone()).unwrap();
+        store.read(|s| assert_eq!(s.services.len(), 2));
+        // A new write on the same port is refused.
+        let mut late = svc("c", "late");
+        late.spec.ports = vec![crate::model::parse_publish("publish", "8080:80").unwrap()];
+        let r = sm
+            .apply(vec![entry(
+                3,
+                Command::CreateService {
+                    service: late,
+                    rules: Rules::CURRENT,
+                },
+            )])
+            .await
+            .unwrap();
+        assert!(
+            matches!(r[0].error, Some(crate::store::ApplyError::PortTaken { port: 8080, .. })),
+            "{r:?}"
+        );
     }
 }

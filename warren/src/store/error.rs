@@ -1,0 +1,160 @@
+//! Why the state machine refused a command: one typed `ApplyError` with a variant per
+//! cause a caller can act on. The messages reach API clients as they are, so they name
+//! the object and the problem; `wire::status` maps each variant to a gRPC status.
+
+use super::state::ObjectKind;
+use crate::model::Protocol;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    /// No object of `kind` answers to `key` (an ID, a name or an ID prefix).
+    #[error("{kind} {key:?} not found")]
+    NotFound { kind: ObjectKind, key: String },
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A spec names a secret or volume that does not exist.
+    #[error("{}", missing_message(*kind, name))]
+    Missing { kind: ObjectKind, name: String },
+    /// The object is still used and cannot be removed until its user lets go of it.
+    #[error("{}", in_use_message(*kind, name, user))]
+    InUse { kind: ObjectKind, name: String, user: User },
+    /// Another service already publishes this port (for this protocol, in any mode).
+    #[error("publish: port {port}/{} is already published by service {service:?}", protocol.as_str())]
+    PortTaken {
+        port: u16,
+        protocol: Protocol,
+        service: String,
+    },
+    /// The service changed since the caller read it at version `read`.
+    #[error("service {service:?} changed since it was read (version {read} read, now {now}): read it again and retry")]
+    Conflict { service: String, read: u64, now: u64 },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What keeps an object in use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum User {
+    /// A service whose spec (or canary) names the object.
+    Service(String),
+    /// A task that is still stopping, named `service.slot`.
+    Task(String),
+}
+
+impl ApplyError {
+    pub(crate) fn not_found(kind: ObjectKind, key: &str) -> ApplyError {
+        ApplyError::NotFound {
+            kind,
+            key: key.to_string(),
+        }
+    }
+
+    /// The spec field the error is about, when it is one: the message then starts
+    /// with `field: `, and a client that set the field from a flag can say which.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            ApplyError::Missing {
+                kind: ObjectKind::Secret,
+                ..
+            } => Some("secret"),
+            ApplyError::Missing { .. } => Some("mount"),
+            ApplyError::PortTaken { .. } => Some("publish"),
+            _ => None,
+        }
+    }
+}
+
+fn missing_message(kind: ObjectKind, name: &str) -> String {
+    match kind {
+        ObjectKind::Secret => {
+            format!("secret: secret {name:?} not found (create it with `warren secret create {name} FILE`)")
+        }
+        _ => format!("mount: {kind} {name:?} not found (create it with `warren {kind} create {name}`)"),
+    }
+}
+
+fn in_use_message(kind: ObjectKind, name: &str, user: &User) -> String {
+    match (kind, user) {
+        (ObjectKind::Secret, User::Service(s)) => {
+            format!("secret {name} is in use by service {s}: remove it from the service first")
+        }
+        (_, User::Service(s)) => format!("{kind} {name} is in use by service {s}"),
+        (_, User::Task(t)) => format!("{kind} {name} is in use by task {t} (still stopping)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_object_and_the_field() {
+        let cases = [
+            (
+                ApplyError::not_found(ObjectKind::Service, "nope"),
+                "service \"nope\" not found",
+            ),
+            (
+                ApplyError::Missing {
+                    kind: ObjectKind::Secret,
+                    name: "db".into(),
+                },
+                "secret: secret \"db\" not found (create it with `warren secret create db FILE`)",
+            ),
+            (
+                ApplyError::Missing {
+                    kind: ObjectKind::Volume,
+                    name: "data".into(),
+                },
+                "mount: volume \"data\" not found (create it with `warren volume create data`)",
+            ),
+            (
+                ApplyError::InUse {
+                    kind: ObjectKind::Secret,
+                    name: "db".into(),
+                    user: User::Service("web".into()),
+                },
+                "secret db is in use by service web: remove it from the service first",
+            ),
+            (
+                ApplyError::InUse {
+                    kind: ObjectKind::Volume,
+                    name: "data".into(),
+                    user: User::Service("db".into()),
+                },
+                "volume data is in use by service db",
+            ),
+            (
+                ApplyError::InUse {
+                    kind: ObjectKind::Volume,
+                    name: "data".into(),
+                    user: User::Task("db.1".into()),
+                },
+                "volume data is in use by task db.1 (still stopping)",
+            ),
+            (
+                ApplyError::PortTaken {
+                    port: 8080,
+                    protocol: Protocol::Tcp,
+                    service: "web".into(),
+                },
+                "publish: port 8080/tcp is already published by service \"web\"",
+            ),
+            (
+                ApplyError::Conflict {
+                    service: "web".into(),
+                    read: 1,
+                    now: 2,
+                },
+                "service \"web\" changed since it was read (version 1 read, now 2): read it again and retry",
+            ),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.to_string(), text);
+            if let Some(field) = e.field() {
+                assert!(text.starts_with(&format!("{field}: ")), "{text}");
+            }
+        }
+    }
+}
