@@ -1,8 +1,10 @@
 //! Connecting the CLI to a manager: `unix:///path` (the local root-only socket, no
-//! certificates) or `tcp://IP:PORT` (mutual TLS with the certificates in --tls-dir).
+//! certificates) or `tcp://IP:PORT` (mutual TLS with the certificates in --tls-dir);
+//! and turning the manager's answers into results (`call`), with its errors as the
+//! one line the user sees (`status_error`).
 
 use crate::wire::channel::{self, Dial};
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -49,4 +51,55 @@ pub async fn connect(host: &str, tls_dir: &Path) -> Result<Client> {
         bail!("invalid host {host:?}: expected unix:///path.sock or tcp://IP:PORT");
     };
     Ok(WarrenApiClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
+/// Awaits one API call: its message, or its error as the user should see it.
+pub async fn call<T>(
+    answer: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T> {
+    answer.await.map(tonic::Response::into_inner).map_err(status_error)
+}
+
+/// Turns a gRPC error into the one line the user should see. An error about a spec
+/// field names it as the flag that set it (`--publish: ...`), as the CLI's own
+/// checks do.
+pub fn status_error(s: tonic::Status) -> anyhow::Error {
+    let msg = s.message();
+    if s.code() == tonic::Code::Unavailable && (msg.contains("transport") || msg.is_empty()) {
+        return anyhow!("the manager is unreachable: {msg}");
+    }
+    if let Some(field) = crate::wire::status::field_of(&s) {
+        if let Some(why) = msg.strip_prefix(&format!("{field}: ")) {
+            return anyhow!("--{field}: {why}");
+        }
+    }
+    anyhow!("{msg}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Protocol;
+    use crate::store::ApplyError;
+    use crate::wire::status::apply_status;
+
+    #[test]
+    fn errors_about_a_spec_field_name_the_flag() {
+        let taken = apply_status(ApplyError::PortTaken {
+            port: 8080,
+            protocol: Protocol::Tcp,
+            service: "web".into(),
+        });
+        assert_eq!(
+            status_error(taken).to_string(),
+            "--publish: port 8080/tcp is already published by service \"web\""
+        );
+        let plain = apply_status(ApplyError::Invalid("replicas: service \"x\" is global".into()));
+        assert_eq!(status_error(plain).to_string(), "replicas: service \"x\" is global");
+        let down = tonic::Status::unavailable("transport error");
+        assert_eq!(
+            status_error(down).to_string(),
+            "the manager is unreachable: transport error"
+        );
+    }
 }

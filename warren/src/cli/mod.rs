@@ -1,11 +1,20 @@
 //! The `warren` (and `wrn`) command line: parses arguments, sets up logging for the
-//! daemon commands, and runs either the daemon or one client command. Errors are
-//! printed as one line, `error: ...`, with a non-zero exit.
+//! daemon commands, and runs either the daemon or one client command, found by its
+//! noun (`service`, `node`, ... one file each; `render` prints). Errors are printed
+//! here, once, as one line, `error: ...`, with a non-zero exit; a closed standard
+//! output (`| head`) ends a command quietly with status 0.
 
 pub mod args;
 mod client;
-mod commands;
-mod output;
+mod cluster;
+mod events;
+mod image;
+mod node;
+mod render;
+mod secret;
+mod service;
+mod task;
+mod volume;
 
 use crate::daemon::{self, DaemonOptions, Ready};
 use crate::manager::ManagerSettings;
@@ -20,14 +29,17 @@ pub fn main() -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            render::error_line(&format!("error: cannot start the async runtime: {e}"));
             return std::process::ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // Whoever read the output has what they wanted (`| head -1`).
+        Err(e) if e.is::<render::StdoutClosed>() => std::process::ExitCode::SUCCESS,
+        Err(e) if e.is::<render::Reported>() => std::process::ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            render::error_line(&format!("error: {}", one_line(&e)));
             std::process::ExitCode::FAILURE
         }
     }
@@ -113,31 +125,28 @@ fn options(node: &NodeArgs) -> Result<DaemonOptions> {
 }
 
 fn print_ready(r: &Ready) {
-    println!(
-        "Node {} ({}) is up as a {} of cluster {}.",
+    let mut text = format!(
+        "Node {} ({}) is up as a {} of cluster {}.\n",
         r.node_name,
         r.node_id,
         r.role.as_str(),
         r.cluster_id
     );
     if let Some((worker, manager)) = &r.tokens {
-        println!(
-            "\nTo add a worker to this cluster, run:\n\n    warren cluster join --token {worker} {}\n",
+        text.push_str(&format!(
+            "\nTo add a worker to this cluster, run:\n\n    warren cluster join --token {worker} {}\n\n",
             r.advertise_addr
-        );
-        println!(
-            "To add a manager to this cluster, run:\n\n    warren cluster join --token {manager} {}\n",
+        ));
+        text.push_str(&format!(
+            "To add a manager to this cluster, run:\n\n    warren cluster join --token {manager} {}\n\n",
             r.advertise_addr
-        );
+        ));
     }
     if r.role == NodeRole::Manager {
-        println!("The local API is on unix://{}", r.socket.display());
+        text.push_str(&format!("The local API is on unix://{}\n", r.socket.display()));
     }
-}
-
-enum CmdKind {
-    Call,
-    Stream,
+    // The daemon keeps running when nobody reads its standard output any more.
+    let _ = render::emit(&text);
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -168,69 +177,81 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Cluster(ClusterCmd::Leave { data_dir, force }) => {
             init_logging(cli.log_format);
             let r = crate::leave::leave(&data_dir, force).await?;
+            let mut text = String::new();
             if let Some(pid) = r.stopped_pid {
-                println!("Stopped the daemon (pid {pid}).");
+                text.push_str(&format!("Stopped the daemon (pid {pid}).\n"));
             }
-            println!("Removed {} container(s).", r.containers);
+            text.push_str(&format!("Removed {} container(s).\n", r.containers));
             if r.network {
-                println!("Removed the node network (task namespaces, bridge, nft table).");
+                text.push_str("Removed the node network (task namespaces, bridge, nft table).\n");
             }
             if let Some(dir) = &r.dataplane {
-                println!(
-                    "Removed the eBPF data plane (programs detached, {} unpinned).",
+                text.push_str(&format!(
+                    "Removed the eBPF data plane (programs detached, {} unpinned).\n",
                     dir.display()
-                );
+                ));
             }
             match &r.kept_volumes {
-                Some(v) => println!(
-                    "Removed {} except local volumes holding data, kept in {}.",
+                Some(v) => text.push_str(&format!(
+                    "Removed {} except local volumes holding data, kept in {}.\n",
                     data_dir.display(),
                     v.display()
-                ),
-                None => println!("Removed {}.", data_dir.display()),
+                )),
+                None => text.push_str(&format!("Removed {}.\n", data_dir.display())),
             }
-            println!(
-                "Node {} left the cluster; on a manager, `warren node rm {}` removes it from the node list.",
+            text.push_str(&format!(
+                "Node {} left the cluster; on a manager, `warren node rm {}` removes it from the node list.\n",
                 r.node_name, r.node_name
-            );
+            ));
+            render::emit(&text)?;
         }
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "warren", &mut std::io::stdout());
-            clap_complete::generate(shell, &mut cmd, "wrn", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "warren", &mut script);
+            clap_complete::generate(shell, &mut cmd, "wrn", &mut script);
+            render::emit(&String::from_utf8_lossy(&script))?;
         }
         cmd => {
-            let streaming = matches!(
-                cmd,
-                Command::Events { .. } | Command::Image(_) | Command::Task(TaskCmd::Logs { .. })
-            ) || matches!(&cmd, Command::Service(s) if matches!(**s, ServiceCmd::Logs { .. }));
-            let cmd_kind = if streaming { CmdKind::Stream } else { CmdKind::Call };
-            let mut c = client::connect(&cli.host, &cli.tls_dir).await?;
-            let fut = async {
-                match cmd {
-                    Command::Cluster(ClusterCmd::JoinToken { role, rotate, quiet }) => {
-                        commands::join_token(&mut c, role, rotate, quiet).await
-                    }
-                    Command::Cluster(ClusterCmd::Info { format }) => commands::cluster_info(&mut c, format).await,
-                    Command::Service(s) => commands::service(&mut c, *s).await,
-                    Command::Node(n) => commands::node(&mut c, n).await,
-                    Command::Task(t) => return commands::task(&mut c, t).await,
-                    Command::Image(i) => commands::image(&mut c, i).await,
-                    Command::Secret(s) => commands::secret(&mut c, s).await,
-                    Command::Volume(v) => commands::volume(&mut c, v).await,
-                    Command::Events { kinds, format } => return commands::events(&mut c, kinds, format).await,
-                    _ => unreachable!("daemon commands are handled above"),
-                }
-            };
-            let limit = if matches!(cmd_kind, CmdKind::Stream) {
+            let limit = if streams(&cmd) {
                 Duration::MAX
             } else {
                 Duration::from_secs(60)
             };
-            tokio::time::timeout(limit, fut)
+            let mut c = client::connect(&cli.host, &cli.tls_dir).await?;
+            tokio::time::timeout(limit, client_command(&mut c, cmd))
                 .await
                 .map_err(|_| anyhow!("no answer from {} within 60s", cli.host))??;
         }
     }
     Ok(())
+}
+
+/// Commands that follow a stream (or upload one) for as long as it lasts, rather than
+/// waiting for one answer.
+fn streams(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Events { .. } | Command::Image(_) | Command::Task(TaskCmd::Logs { .. })
+    ) || matches!(cmd, Command::Service(s) if matches!(**s, ServiceCmd::Logs { .. }))
+}
+
+/// One client command, by its noun.
+async fn client_command(c: &mut client::Client, cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Cluster(ClusterCmd::JoinToken { role, rotate, quiet }) => {
+            cluster::join_token(c, role, rotate, quiet).await
+        }
+        Command::Cluster(ClusterCmd::Info { format }) => cluster::info(c, format).await,
+        Command::Service(s) => service::run(c, *s).await,
+        Command::Node(n) => node::run(c, n).await,
+        Command::Task(t) => task::run(c, t).await,
+        Command::Image(i) => image::run(c, i).await,
+        Command::Secret(s) => secret::run(c, s).await,
+        Command::Volume(v) => volume::run(c, v).await,
+        Command::Events { kinds, format } => events::run(c, kinds, format).await,
+        Command::Cluster(ClusterCmd::Init { .. } | ClusterCmd::Join { .. } | ClusterCmd::Leave { .. })
+        | Command::Daemon(_)
+        | Command::Completion { .. } => Err(anyhow!("not a client command: the daemon runs it")),
+    }
 }
