@@ -80,10 +80,12 @@ pub async fn run(c: &mut Client, cmd: NodeCmd) -> Result<()> {
             line(&node)?;
         }
         NodeCmd::Rm { nodes, force } => {
+            let mut printed = Ok(());
             for n in nodes {
                 call(c.remove_node(pb::RemoveNodeRequest { node: n.clone(), force })).await?;
-                line(&n)?;
+                printed = printed.and(line(&n));
             }
+            printed?;
         }
     }
     Ok(())

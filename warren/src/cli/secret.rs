@@ -44,10 +44,12 @@ pub async fn run(c: &mut Client, cmd: SecretCmd) -> Result<()> {
             }
         }
         SecretCmd::Rm { secrets } => {
+            let mut printed = Ok(());
             for s in secrets {
                 call(c.remove_secret(pb::RemoveSecretRequest { secret: s.clone() })).await?;
-                line(&s)?;
+                printed = printed.and(line(&s));
             }
+            printed?;
         }
     }
     Ok(())

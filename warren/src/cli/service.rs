@@ -246,14 +246,17 @@ pub async fn run(c: &mut Client, cmd: ServiceCmd) -> Result<()> {
                     .map_err(|_| anyhow!("invalid scale {s:?}: {n:?} is not a number of replicas"))?;
                 parsed.push((name.to_string(), n));
             }
+            // Output lost to a closed pipe does not stop the changes.
+            let mut printed = Ok(());
             for (name, n) in parsed {
                 call(c.scale_service(pb::ScaleServiceRequest {
                     service: name.clone(),
                     replicas: n,
                 }))
                 .await?;
-                line(&format!("{name} scaled to {n}"))?;
+                printed = printed.and(line(&format!("{name} scaled to {n}")));
             }
+            printed?;
         }
         ServiceCmd::Update {
             service,
@@ -345,10 +348,10 @@ pub async fn run(c: &mut Client, cmd: ServiceCmd) -> Result<()> {
         ServiceCmd::Rm { services } => {
             // Each service on its own, as Docker does: one line per failure, then a
             // failed exit.
-            let mut failed = false;
+            let (mut failed, mut printed) = (false, Ok(()));
             for s in services {
                 match c.remove_service(pb::RemoveServiceRequest { service: s.clone() }).await {
-                    Ok(_) => line(&s)?,
+                    Ok(_) => printed = printed.and(line(&s)),
                     Err(e) => {
                         error_line(&format!("error: {}", e.message()));
                         failed = true;
@@ -358,6 +361,7 @@ pub async fn run(c: &mut Client, cmd: ServiceCmd) -> Result<()> {
             if failed {
                 return Err(Reported.into());
             }
+            printed?;
         }
     }
     Ok(())

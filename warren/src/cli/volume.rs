@@ -46,10 +46,12 @@ pub async fn run(c: &mut Client, cmd: VolumeCmd) -> Result<()> {
             }
         }
         VolumeCmd::Rm { volumes } => {
+            let mut printed = Ok(());
             for x in volumes {
                 call(c.remove_volume(pb::RemoveVolumeRequest { volume: x.clone() })).await?;
-                line(&x)?;
+                printed = printed.and(line(&x));
             }
+            printed?;
         }
     }
     Ok(())

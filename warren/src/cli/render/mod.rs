@@ -33,7 +33,9 @@ pub fn emit(text: &str) -> anyhow::Result<()> {
     }
 }
 
-/// `emit` with a line break.
+/// `emit` with a line break. A command that changes several objects prints each one
+/// as it goes and keeps the first failure for the end (`printed = printed.and(line(..))`),
+/// so that a closed pipe does not leave half of the objects unchanged.
 pub fn line(text: &str) -> anyhow::Result<()> {
     emit(&format!("{text}\n"))
 }
