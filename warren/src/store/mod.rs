@@ -1,7 +1,9 @@
-//! The replicated store: the typed `Command`s, the in-memory `State` they apply to,
-//! and the redb-backed openraft log store and state machine that make it durable.
-//! Every other component reads the state through `Store` and learns of changes from
-//! its event stream; none of them writes here except through Raft.
+//! The replicated store: the typed `Command`s, the in-memory `State` they apply to
+//! (`apply/`, one file per object family, with the rules that must hold across
+//! managers), the `ApplyError` a refused command answers, and the redb-backed
+//! openraft log store and state machine that make it durable. Every other component
+//! reads the state through `Store` and learns of changes from its event stream; none
+//! of them writes here except through Raft.
 
 mod apply;
 pub mod command;
