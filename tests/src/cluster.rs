@@ -283,7 +283,8 @@ impl Cluster {
         v
     }
 
-    /// `warren cluster init` as node `name`; waits until its API answers.
+    /// `warren cluster init` as node `name`; waits until its API answers and the
+    /// cluster it bootstraps is applied (the local API serves before that).
     pub fn init(&mut self, name: &str, extra: &[&str]) -> usize {
         let mut n = self.new_node(name);
         n.extra = extra.iter().map(|s| s.to_string()).collect();
@@ -293,6 +294,17 @@ impl Cluster {
         self.nodes.push(n);
         let i = self.nodes.len() - 1;
         self.wait_api(i);
+        wait_for(
+            &format!("the cluster bootstrapped by {name}"),
+            Duration::from_secs(30),
+            || {
+                let info = self.json(i, &["cluster", "info", "--format", "json"]).ok()?;
+                info["cluster_id"]
+                    .as_str()
+                    .is_some_and(|id| !id.is_empty())
+                    .then_some(())
+            },
+        );
         i
     }
 
