@@ -201,7 +201,14 @@ fn output_to_a_closed_pipe_ends_quietly_with_status_zero() {
             "8080:80",
         ],
     );
-    let task = c.tasks(m1, "demo")[0]["id"].as_str().unwrap().to_string();
+    let task = wait_for(
+        "the orchestrator to create demo's tasks",
+        Duration::from_secs(20),
+        || {
+            let tasks = c.tasks(m1, "demo");
+            (tasks.len() == 3).then(|| tasks[0]["id"].as_str().unwrap().to_string())
+        },
+    );
 
     // 1. What a user types: the first line, and a clean exit of warren itself.
     let host = format!("unix://{}", c.nodes[m1].socket.display());
