@@ -73,20 +73,15 @@ pub async fn leave(data_dir: &Path, force: bool) -> Result<LeaveReport, LeaveErr
             what: "network",
             reason: format!("{what}: {e}"),
         };
-        let nc = crate::daemon::network_config(
-            &cfg.node_id,
-            &cfg.runtime.bridge,
-            data_dir.join("network"),
-            subnet,
-            cidr,
-        )
-        .map_err(|e| bad("config", e))?;
+        let nc = cfg
+            .network_config(data_dir, subnet, cidr)
+            .map_err(|e| bad("config", e.to_string()))?;
         let net = crate::network::NetlinkNetwork::open(nc).map_err(|e| bad("netlink", e.to_string()))?;
         net.cleanup_node().await.map_err(|e| bad("cleanup", e.to_string()))?;
         report.network = true;
     }
     if cfg.runtime.dataplane {
-        let dc = crate::daemon::dataplane_config(&cfg).map_err(|e| LeaveError::Cleanup {
+        let dc = cfg.dataplane_config().map_err(|e| LeaveError::Cleanup {
             what: "data plane",
             reason: e.to_string(),
         })?;
@@ -113,7 +108,7 @@ pub async fn leave(data_dir: &Path, force: bool) -> Result<LeaveReport, LeaveErr
 
 /// SIGTERM to the daemon of this data dir, if one runs; SIGKILL after 30 s.
 fn stop_daemon(data_dir: &Path) -> Result<Option<i32>, LeaveError> {
-    let Ok(text) = std::fs::read_to_string(crate::daemon::pid_file(data_dir)) else {
+    let Ok(text) = std::fs::read_to_string(NodeConfig::pid_file(data_dir)) else {
         return Ok(None);
     };
     let Ok(pid) = text.trim().parse::<i32>() else {
@@ -169,7 +164,7 @@ async fn remove_containers(cfg: &NodeConfig, data_dir: &Path) -> Result<usize, L
         what: "containers",
         reason: e.to_string(),
     };
-    let rt = crate::runtime::Containerd::connect(crate::daemon::runtime_config(cfg, data_dir))
+    let rt = crate::runtime::Containerd::connect(cfg.runtime_config(data_dir))
         .await
         .map_err(err)?;
     let labels = BTreeMap::from([(crate::runtime::LABEL_NODE.to_string(), cfg.node_id.clone())]);

@@ -5,13 +5,13 @@
 //! whenever it changes. Followers answer `NotLeader` so that agents follow the
 //! leader. `monitor_heartbeats` (a leader duty) marks silent nodes down.
 
-use super::ManagerCtx;
+use super::ctx::ManagerCtx;
 use crate::model::{now_ms, NodeState, Task};
 use crate::store::{Command, ObjectKind, State};
 use crate::wire::{auth, convert};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,29 +20,6 @@ use tonic::{Request, Response, Status, Streaming};
 use warren_proto::v1 as pb;
 use warren_proto::v1::agent_message::Msg as AgentMsg;
 use warren_proto::v1::dispatcher_message::Msg as DispatcherMsg;
-
-/// Last heartbeat per node, on this manager.
-#[derive(Default)]
-pub struct Sessions {
-    last_seen: Mutex<HashMap<String, Instant>>,
-}
-
-impl Sessions {
-    pub fn seen(&self, node_id: &str) {
-        self.last_seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(node_id.to_string(), Instant::now());
-    }
-
-    fn last(&self, node_id: &str) -> Option<Instant> {
-        self.last_seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(node_id)
-            .copied()
-    }
-}
 
 /// What one node must know: the tasks placed there that have not finished (it
 /// stops anything else it runs), the secrets those tasks use, and the other nodes'
@@ -172,7 +149,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
     type SessionStream = SessionStream;
 
     async fn session(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<SessionStream>, Status> {
-        let peer = auth::require_node(&req)?;
+        let peer = auth::node_of(&req)?;
         let (tx, rx) = mpsc::channel(16);
         if !self.ctx.raft.is_leader() {
             let leader_addr = self.ctx.raft.leader().map(|(_, a)| a).unwrap_or_default();
@@ -227,7 +204,7 @@ async fn run_session(
         let ctx = ctx.clone();
         async move {
             ctx.raft
-                .write(cmd)
+                .propose(cmd)
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))
         }
@@ -273,7 +250,7 @@ async fn run_session(
     .await?;
 
     let mut events = ctx.store.subscribe();
-    let mut leadership = ctx.raft.raft.metrics();
+    let mut leadership = ctx.raft.leadership();
     let mut sent: Option<Fingerprint> = None;
     loop {
         let (assignment, index) = ctx
@@ -293,7 +270,7 @@ async fn run_session(
                 };
                 ctx.sessions.seen(&node_id);
                 match msg.msg {
-                    Some(AgentMsg::Heartbeat(_)) => super::ensure_ready(&ctx, &node_id).await,
+                    Some(AgentMsg::Heartbeat(_)) => ensure_ready(&ctx, &node_id).await,
                     Some(AgentMsg::Status(batch)) => {
                         let reports = reports_from_pb(batch.reports);
                         if !reports.is_empty() {
@@ -363,9 +340,27 @@ pub async fn monitor_heartbeats(ctx: Arc<ManagerCtx>) {
                 message: format!("heartbeat failure: nothing heard for {}s", quiet.as_secs()),
                 at_ms: now_ms(),
             };
-            if let Err(e) = ctx.raft.write(cmd).await {
+            if let Err(e) = ctx.raft.propose(cmd).await {
                 tracing::warn!(error = %e, "could not mark a node down");
             }
         }
+    }
+}
+
+/// Marks a node ready if its heartbeats say so but the state does not.
+async fn ensure_ready(ctx: &ManagerCtx, node_id: &str) {
+    let needs = ctx
+        .store
+        .read(|s| s.nodes.get(node_id).is_some_and(|n| n.state != NodeState::Ready));
+    if needs {
+        let _ = ctx
+            .raft
+            .propose(Command::SetNodeState {
+                id: node_id.to_string(),
+                state: NodeState::Ready,
+                message: String::new(),
+                at_ms: now_ms(),
+            })
+            .await;
     }
 }

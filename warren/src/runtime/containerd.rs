@@ -124,7 +124,9 @@ impl Containerd {
                     })?;
                     tracing::info!(reason = %first, binary = %binary.display(), dir = %layout.dir.display(), "starting our own containerd");
                     let sup = Supervisor::start(&binary, layout.clone()).await?;
-                    let c = probe(&sup.socket()).await.map_err(RuntimeError::NoContainerd)?;
+                    let c = probe(&sup.socket())
+                        .await
+                        .map_err(|e| RuntimeError::NoContainerd(e.to_string()))?;
                     (c, sup.socket(), Some(sup))
                 }
             }
@@ -255,9 +257,9 @@ impl Containerd {
 
     async fn resolve_user(&self, spec: &ContainerSpec, image: &ImageConfig, snapshot: &str) -> Result<User> {
         let user = spec.user.clone().or_else(|| image.user.clone()).unwrap_or_default();
-        let bad = |reason: String| RuntimeError::InvalidSpec {
+        let bad = |e: spec::UserError| RuntimeError::InvalidSpec {
             field: "user".into(),
-            reason,
+            reason: e.to_string(),
         };
         if user.is_empty() {
             return Ok(User::default());
@@ -286,9 +288,9 @@ impl Containerd {
             .ok_or_else(|| RuntimeError::ImageNotFound {
                 image: spec.image.clone(),
             })?;
-        let chain_id = image.chain_id().map_err(|reason| RuntimeError::BadImage {
+        let chain_id = image.chain_id().map_err(|e| RuntimeError::BadImage {
             image: name.clone(),
-            reason,
+            reason: e.to_string(),
         })?;
         match self.get_container(&spec.id).await {
             Ok(_) => return Err(RuntimeError::AlreadyExists { id: spec.id.clone() }),
@@ -807,10 +809,10 @@ impl ContainerRuntime for Containerd {
         let name = ImageRef::parse(reference)?.to_string();
         match store::resolve_local(&self.cd, &name, &self.config.platform).await? {
             None => Ok(None),
-            Some(r) => r
-                .info(&name)
-                .map(Some)
-                .map_err(|reason| RuntimeError::BadImage { image: name, reason }),
+            Some(r) => r.info(&name).map(Some).map_err(|e| RuntimeError::BadImage {
+                image: name,
+                reason: e.to_string(),
+            }),
         }
     }
 

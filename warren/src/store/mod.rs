@@ -1,10 +1,11 @@
 //! The replicated store: the typed `Command`s, the in-memory `State` they apply to,
 //! and the redb-backed openraft log store and state machine that make it durable.
 //! Every other component reads the state through `Store` and learns of changes from
-//! its event stream; none of them writes here except through Raft.
+//! its event stream; none of them writes here except through a `Proposer` (Raft).
 
 pub mod command;
 mod endpoints;
+mod fake;
 pub mod log;
 pub mod sm;
 pub mod state;
@@ -12,8 +13,9 @@ pub mod types;
 pub mod write;
 
 pub use command::{ApplyError, Command, Response};
+pub use fake::FakeProposer;
 pub use state::{Action, Change, ObjectKind, State};
-pub use write::WriteError;
+pub use write::{Member, Proposer, RaftStatus, WriteError};
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
