@@ -12,6 +12,9 @@ use prometheus::{Encoder, GaugeVec, HistogramOpts, HistogramVec, IntGauge, IntGa
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
+/// Where the state gauges read from: the store, and on managers the Raft member.
+type Sources = (Arc<Store>, Option<Arc<dyn Proposer>>);
+
 pub struct Metrics {
     pub registry: Registry,
     pub api_duration: HistogramVec,
@@ -24,7 +27,7 @@ pub struct Metrics {
     services: IntGauge,
     tasks: IntGaugeVec,
     node_reserved: GaugeVec,
-    sources: OnceLock<(Arc<Store>, Option<Arc<dyn Proposer>>)>,
+    sources: OnceLock<Sources>,
 }
 
 fn must<T>(r: Result<T, prometheus::Error>) -> T {

@@ -16,3 +16,6 @@ mod services;
 
 pub use membership::MembershipService;
 pub use server::ApiService;
+
+#[cfg(test)]
+mod tests;

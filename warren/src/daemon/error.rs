@@ -21,8 +21,9 @@ pub enum DaemonError {
     Pki(#[from] PkiError),
     #[error(transparent)]
     Seal(#[from] SealError),
+    /// Boxed: openraft's errors would make every Result of the daemon large.
     #[error(transparent)]
-    Raft(#[from] StartError),
+    Raft(Box<StartError>),
     #[error("writing the cluster state: {0}")]
     Write(#[from] WriteError),
     #[error("cannot listen on {addr}: {source}")]
@@ -63,6 +64,12 @@ pub enum DaemonError {
     DataplaneMetrics(#[source] prometheus::Error),
     #[error("dns metrics: {0}")]
     DnsMetrics(#[from] crate::dns::DnsError),
+}
+
+impl From<StartError> for DaemonError {
+    fn from(e: StartError) -> Self {
+        DaemonError::Raft(Box::new(e))
+    }
 }
 
 /// Why joining a cluster through a manager failed.

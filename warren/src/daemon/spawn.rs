@@ -148,7 +148,7 @@ impl App {
             node_id: cfg.node_id.clone(),
             hostname: cfg.node_name.clone(),
             managers: cfg.managers.clone(),
-            credentials: creds,
+            link: Arc::new(agent::TlsLink::new(creds)),
             resources: cfg.capacity.unwrap_or_else(agent::detect_resources),
             listeners,
             on_session: session::callback(data_dir, cfg.clone()),

@@ -86,3 +86,30 @@ impl Sessions {
             .copied()
     }
 }
+
+#[cfg(test)]
+impl ManagerCtx {
+    /// Manager `m1` over a `FakeProposer` (which leads a group of one), with a fresh
+    /// store, for unit tests of the API and the dispatcher. Its agents' heartbeat
+    /// period is 100 ms.
+    pub(crate) fn fake() -> (Arc<ManagerCtx>, Arc<crate::store::FakeProposer>) {
+        let store = Store::new();
+        let raft = crate::store::FakeProposer::new(store.clone());
+        let ctx = ManagerCtx {
+            node_id: "m1".into(),
+            data_dir: std::env::temp_dir().join(format!("warren-unit-{}", std::process::id())),
+            advertise_addr: "127.0.0.1:2377".into(),
+            raft: raft.clone(),
+            peers: Peers::new(tonic::transport::ClientTlsConfig::new()),
+            store,
+            secrets_key: SecretsKey::generate(),
+            metrics: Metrics::new(),
+            sessions: Arc::default(),
+            settings: ManagerSettings {
+                heartbeat_period: Duration::from_millis(100),
+                ..Default::default()
+            },
+        };
+        (Arc::new(ctx), raft)
+    }
+}

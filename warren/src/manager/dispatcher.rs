@@ -150,38 +150,46 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
 
     async fn session(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<SessionStream>, Status> {
         let peer = auth::node_of(&req)?;
-        let (tx, rx) = mpsc::channel(16);
-        if !self.ctx.raft.is_leader() {
-            let leader_addr = self.ctx.raft.leader().map(|(_, a)| a).unwrap_or_default();
-            let _ = tx
-                .send(Ok(pb::DispatcherMessage {
-                    msg: Some(DispatcherMsg::NotLeader(pb::NotLeader { leader_addr })),
-                }))
-                .await;
-            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
-        }
-        let inbound = req.into_inner();
-        let ctx = self.ctx.clone();
-        let span = tracing::info_span!("session", node = %peer.node_id);
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                if let Err(status) = run_session(ctx, peer.node_id.clone(), inbound, tx.clone()).await {
-                    tracing::info!(error = %status.message(), "session ended");
-                    let _ = tx.send(Err(status)).await;
-                }
-            },
-            span,
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let out = open(self.ctx.clone(), peer.node_id, req.into_inner());
+        Ok(Response::new(Box::pin(out)))
     }
 }
 
-async fn run_session(
-    ctx: Arc<ManagerCtx>,
-    node_id: String,
-    mut inbound: Streaming<pb::AgentMessage>,
-    tx: mpsc::Sender<Result<pb::DispatcherMessage, Status>>,
-) -> Result<(), Status> {
+type Outbound = mpsc::Sender<Result<pb::DispatcherMessage, Status>>;
+
+/// The dispatcher's end of one session of node `node_id` (as its certificate says):
+/// a follower answers `NotLeader` at once; the leader runs the session in a task of
+/// its own and streams what it sends.
+fn open<S>(ctx: Arc<ManagerCtx>, node_id: String, inbound: S) -> ReceiverStream<Result<pb::DispatcherMessage, Status>>
+where
+    S: Stream<Item = Result<pb::AgentMessage, Status>> + Send + Unpin + 'static,
+{
+    let (tx, rx) = mpsc::channel(16);
+    if !ctx.raft.is_leader() {
+        let leader_addr = ctx.raft.leader().map(|(_, a)| a).unwrap_or_default();
+        // The channel is new and empty: this cannot fail for want of room.
+        let _ = tx.try_send(Ok(pb::DispatcherMessage {
+            msg: Some(DispatcherMsg::NotLeader(pb::NotLeader { leader_addr })),
+        }));
+        return ReceiverStream::new(rx);
+    }
+    let span = tracing::info_span!("session", node = %node_id);
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            if let Err(status) = run_session(ctx, node_id, inbound, tx.clone()).await {
+                tracing::info!(error = %status.message(), "session ended");
+                let _ = tx.send(Err(status)).await;
+            }
+        },
+        span,
+    ));
+    ReceiverStream::new(rx)
+}
+
+async fn run_session<S>(ctx: Arc<ManagerCtx>, node_id: String, mut inbound: S, tx: Outbound) -> Result<(), Status>
+where
+    S: Stream<Item = Result<pb::AgentMessage, Status>> + Unpin,
+{
     let first = inbound
         .next()
         .await
@@ -362,5 +370,261 @@ async fn ensure_ready(ctx: &ManagerCtx, node_id: &str) {
                 at_ms: now_ms(),
             })
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fixtures;
+    use crate::model::{NodeRole, TaskState, TaskStatus};
+    use crate::store::{Proposer, State};
+
+    /// Node `id` at `10.0.0.N:2377` with subnet `10.88.N.0/24`.
+    fn node(id: &str, n: u8) -> crate::model::Node {
+        let mut node = fixtures::node(id, id);
+        node.addr = format!("10.0.0.{n}:2377");
+        node.subnet = Some(format!("10.88.{n}.0/24"));
+        node
+    }
+
+    #[test]
+    fn a_nodes_assignment_holds_its_live_tasks_their_secrets_its_volumes_and_its_peers() {
+        let mut s = State::default();
+        for n in [node("n1", 1), node("n2", 2)] {
+            s.nodes.insert(n.id.clone(), n);
+        }
+        let mut down = node("n3", 3);
+        down.state = NodeState::Down;
+        let mut unplaced = node("n4", 4);
+        unplaced.subnet = None;
+        s.nodes.insert(down.id.clone(), down);
+        s.nodes.insert(unplaced.id.clone(), unplaced);
+        let mut svc = fixtures::service("s1", "web");
+        svc.spec.secrets = vec![crate::model::SecretRef {
+            name: "db".into(),
+            ..Default::default()
+        }];
+        for secret in [fixtures::secret("x1", "db"), fixtures::secret("x2", "unused")] {
+            s.secrets.insert(secret.id.clone(), secret);
+        }
+        for v in [
+            fixtures::volume("v1", "data", Some("n1")),
+            fixtures::volume("v2", "logs", Some("n2")),
+            fixtures::volume("v3", "new", None),
+        ] {
+            s.volumes.insert(v.id.clone(), v);
+        }
+        let live = fixtures::task("t1", &svc, Some("n1"), TaskState::Running);
+        let done = fixtures::task("t2", &svc, Some("n1"), TaskState::Complete);
+        let elsewhere = fixtures::task("t3", &svc, Some("n2"), TaskState::Running);
+        for t in [live.clone(), done, elsewhere] {
+            s.tasks.insert(t.id.clone(), t);
+        }
+        s.services.insert(svc.id.clone(), svc);
+
+        let a = assignments_for(&s, "n1");
+        assert_eq!(
+            a.tasks,
+            vec![live],
+            "finished tasks and other nodes' tasks are not sent"
+        );
+        assert_eq!(a.secrets, BTreeMap::from([("db".to_string(), "x1".to_string())]));
+        assert_eq!(
+            a.peers,
+            vec![("n2".to_string(), "10.88.2.0/24".to_string(), "10.0.0.2".to_string())],
+            "no route to itself, to a down node, or to a node without a subnet"
+        );
+        assert_eq!(a.volumes, vec!["data".to_string()]);
+        assert_eq!(a.services, s.service_endpoints());
+
+        // What the session compares to decide whether to push again.
+        let before = fingerprint(&a);
+        s.tasks.get_mut("t1").unwrap().version += 1;
+        assert_ne!(fingerprint(&assignments_for(&s, "n1")), before);
+        let stranger = assignments_for(&s, "nobody");
+        assert!(stranger.tasks.is_empty() && stranger.secrets.is_empty() && stranger.volumes.is_empty());
+        assert_eq!(stranger.peers.len(), 2, "every reachable node with a subnet is a peer");
+    }
+
+    /// A cluster whose manager `m1` leads, with worker `n1` joined.
+    async fn cluster() -> (Arc<ManagerCtx>, Arc<crate::store::FakeProposer>) {
+        let (ctx, raft) = ManagerCtx::fake();
+        let mut m1 = fixtures::manager("m1", "m1", 1);
+        m1.addr = "127.0.0.1:2377".into();
+        raft.propose(Command::Bootstrap {
+            meta: fixtures::meta(),
+            node: m1,
+        })
+        .await
+        .unwrap();
+        let mut n1 = fixtures::node("n1", "n1");
+        n1.state = NodeState::Unknown;
+        raft.propose(Command::AddNode { node: n1 }).await.unwrap();
+        (ctx, raft)
+    }
+
+    fn hello(node_id: &str, tasks: Vec<pb::TaskStatusReport>) -> pb::AgentMessage {
+        pb::AgentMessage {
+            msg: Some(AgentMsg::Hello(pb::AgentHello {
+                node_id: node_id.into(),
+                hostname: node_id.into(),
+                resources: Some(convert::resources_to_pb(crate::model::Resources {
+                    nano_cpus: 4_000_000_000,
+                    memory_bytes: 1 << 31,
+                })),
+                platform: None,
+                warren_version: "9.9.9".into(),
+                tasks,
+            })),
+        }
+    }
+
+    type Agent = mpsc::UnboundedSender<Result<pb::AgentMessage, Status>>;
+    type Out = ReceiverStream<Result<pb::DispatcherMessage, Status>>;
+
+    fn session(ctx: &Arc<ManagerCtx>, node_id: &str) -> (Agent, Out) {
+        let (agent, inbound) = mpsc::unbounded_channel();
+        let out = open(
+            ctx.clone(),
+            node_id.into(),
+            tokio_stream::wrappers::UnboundedReceiverStream::new(inbound),
+        );
+        (agent, out)
+    }
+
+    async fn next(out: &mut Out) -> Result<DispatcherMsg, Status> {
+        let m = tokio::time::timeout(Duration::from_secs(5), out.next())
+            .await
+            .expect("the dispatcher sent nothing within 5s")
+            .expect("the dispatcher closed the session");
+        m.map(|m| m.msg.expect("a message with a body"))
+    }
+
+    #[tokio::test]
+    async fn a_session_records_the_hello_accepts_and_pushes_every_new_assignment_set() {
+        let (ctx, raft) = cluster().await;
+        let (agent, mut out) = session(&ctx, "n1");
+        let report = pb::TaskStatusReport {
+            task_id: "t-old".into(),
+            status: Some(convert::task_status_to_pb(&TaskStatus {
+                state: TaskState::Running,
+                ..Default::default()
+            })),
+        };
+        agent.send(Ok(hello("n1", vec![report]))).unwrap();
+
+        // 1. The hello refreshes the node (ready, with what it reports).
+        let Ok(DispatcherMsg::Accepted(a)) = next(&mut out).await else {
+            panic!("the first answer is not an acceptance");
+        };
+        assert_eq!(a.heartbeat_period_ms, 100);
+        assert_eq!(a.managers, vec!["127.0.0.1:2377".to_string()]);
+        assert_eq!(a.cluster_cidr, "10.88.0.0/16");
+        let n1 = ctx.store.read(|s| s.nodes["n1"].clone());
+        assert_eq!(Some(a.node_subnet), n1.subnet);
+        assert_eq!((n1.state, n1.warren_version.as_str()), (NodeState::Ready, "9.9.9"));
+        assert_eq!(n1.resources.memory_bytes, 1 << 31);
+        assert!(raft
+            .proposed()
+            .iter()
+            .any(|c| matches!(c, Command::ReportTaskStatus { node_id, reports } if node_id == "n1" && reports[0].0 == "t-old")));
+
+        // 2. Then the node's assignment set, and again whenever it changes.
+        let Ok(DispatcherMsg::Assignments(first)) = next(&mut out).await else {
+            panic!("no assignment set after the acceptance");
+        };
+        assert!(first.tasks.is_empty());
+        let svc = fixtures::service("s1", "web");
+        raft.propose(Command::CreateService { service: svc.clone() })
+            .await
+            .unwrap();
+        let task = fixtures::task("t1", &svc, Some("n1"), TaskState::Assigned);
+        raft.propose(Command::CreateTasks { tasks: vec![task] }).await.unwrap();
+        let pushed = loop {
+            let Ok(DispatcherMsg::Assignments(a)) = next(&mut out).await else {
+                panic!("expected assignment sets only");
+            };
+            if !a.tasks.is_empty() {
+                break a;
+            }
+        };
+        assert_eq!(pushed.tasks[0].id, "t1");
+        assert!(pushed.index > first.index);
+
+        // 3. A status batch becomes one write for this node.
+        let report = pb::TaskStatusReport {
+            task_id: "t1".into(),
+            status: Some(convert::task_status_to_pb(&TaskStatus {
+                state: TaskState::Running,
+                ..Default::default()
+            })),
+        };
+        agent
+            .send(Ok(pb::AgentMessage {
+                msg: Some(AgentMsg::Status(pb::TaskStatusBatch { reports: vec![report] })),
+            }))
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while ctx.store.read(|s| s.tasks["t1"].status.state) != TaskState::Running {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the report was not written within 5s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        // 4. Losing the lead sends the agent to the new leader.
+        raft.set_leader(Some((2, "10.0.0.2:2377")));
+        loop {
+            match next(&mut out).await {
+                Ok(DispatcherMsg::NotLeader(n)) => {
+                    assert_eq!(n.leader_addr, "10.0.0.2:2377");
+                    break;
+                }
+                Ok(DispatcherMsg::Assignments(_)) => continue,
+                other => panic!("expected NotLeader, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_follower_sends_the_agent_to_the_leader() {
+        let (ctx, raft) = cluster().await;
+        raft.set_leader(Some((2, "10.0.0.2:2377")));
+        let (_agent, mut out) = session(&ctx, "n1");
+        match next(&mut out).await {
+            Ok(DispatcherMsg::NotLeader(n)) => assert_eq!(n.leader_addr, "10.0.0.2:2377"),
+            other => panic!("expected NotLeader, got {other:?}"),
+        }
+        assert!(out.next().await.is_none(), "a follower ends the session");
+    }
+
+    #[tokio::test]
+    async fn sessions_that_are_not_a_known_nodes_hello_are_refused() {
+        let (ctx, raft) = cluster().await;
+        let before = raft.proposed().len();
+
+        let (agent, mut out) = session(&ctx, "n1");
+        agent.send(Ok(hello("m1", vec![]))).unwrap();
+        let e = next(&mut out).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert_eq!(e.message(), "the certificate belongs to node n1, not m1");
+
+        let (agent, mut out) = session(&ctx, "gone");
+        agent.send(Ok(hello("gone", vec![]))).unwrap();
+        let e = next(&mut out).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(e.message().contains("was removed from the cluster"), "{}", e.message());
+
+        let (agent, mut out) = session(&ctx, "n1");
+        let heartbeat = pb::AgentMessage {
+            msg: Some(AgentMsg::Heartbeat(pb::Heartbeat {})),
+        };
+        agent.send(Ok(heartbeat)).unwrap();
+        let e = next(&mut out).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(raft.proposed().len(), before, "a refused session writes nothing");
+        assert_eq!(ctx.store.read(|s| s.nodes["n1"].role), NodeRole::Worker);
     }
 }

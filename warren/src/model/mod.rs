@@ -5,6 +5,8 @@
 
 mod cluster;
 mod endpoints;
+#[cfg(test)]
+pub(crate) mod fixtures;
 mod node;
 mod parse;
 mod service;

@@ -52,15 +52,16 @@ pub enum StartError {
     #[error("cannot create the Raft directory {path}: {source}")]
     Dir { path: String, source: std::io::Error },
     #[error("cannot open the Raft log {path}: {source}")]
-    Log { path: String, source: redb::DatabaseError },
+    Log { path: String, source: Box<redb::DatabaseError> },
     #[error("cannot open the Raft state {path}: {source}")]
-    State { path: String, source: StorageError },
+    State { path: String, source: Box<StorageError> },
     #[error("invalid Raft settings: {0}")]
     Config(#[from] openraft::ConfigError),
+    // openraft's errors are large; boxed, they keep every Result of the daemon small.
     #[error("raft failed to start: {0}")]
-    Fatal(#[from] openraft::error::Fatal<u64>),
+    Fatal(#[source] Box<openraft::error::Fatal<u64>>),
     #[error("initializing the Raft group: {0}")]
-    Initialize(#[from] RaftError<u64, openraft::error::InitializeError<u64, BasicNode>>),
+    Initialize(#[source] Box<RaftError<u64, openraft::error::InitializeError<u64, BasicNode>>>),
 }
 
 /// Why a write could not be forwarded to the leader (retried until the deadline).
@@ -108,12 +109,12 @@ impl RaftNode {
         let log_path = dir.join("raft-log.redb");
         let log = LogStore::open(&log_path).map_err(|source| StartError::Log {
             path: log_path.display().to_string(),
-            source,
+            source: Box::new(source),
         })?;
         let sm_path = dir.join("raft-state.redb");
         let sm = StateMachine::open(&sm_path, store.clone()).map_err(|source| StartError::State {
             path: sm_path.display().to_string(),
-            source,
+            source: Box::new(source),
         })?;
         let config = Config {
             cluster_name: "warren".into(),
@@ -127,7 +128,9 @@ impl RaftNode {
             ..Default::default()
         }
         .validate()?;
-        let raft = Raft::new(id, Arc::new(config), peers.clone(), log, sm).await?;
+        let raft = Raft::new(id, Arc::new(config), peers.clone(), log, sm)
+            .await
+            .map_err(|e| StartError::Fatal(Box::new(e)))?;
         Ok(Arc::new(RaftNode {
             leader: follow_leader(&raft),
             raft,
@@ -150,7 +153,10 @@ impl RaftNode {
     pub async fn initialize(&self, addr: &str) -> Result<(), StartError> {
         let mut members = BTreeMap::new();
         members.insert(self.id, BasicNode { addr: addr.to_string() });
-        Ok(self.raft.initialize(members).await?)
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| StartError::Initialize(Box::new(e)))
     }
 
     /// Waits until some member is leader; false on timeout.
