@@ -52,7 +52,10 @@ pub enum StartError {
     #[error("cannot create the Raft directory {path}: {source}")]
     Dir { path: String, source: std::io::Error },
     #[error("cannot open the Raft log {path}: {source}")]
-    Log { path: String, source: Box<redb::DatabaseError> },
+    Log {
+        path: String,
+        source: Box<redb::DatabaseError>,
+    },
     #[error("cannot open the Raft state {path}: {source}")]
     State { path: String, source: Box<StorageError> },
     #[error("invalid Raft settings: {0}")]
