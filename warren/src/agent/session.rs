@@ -40,7 +40,7 @@ pub(super) async fn session(
         resources: Some(convert::resources_to_pb(cfg.resources)),
         platform: Some(convert::platform_to_pb(&Platform::current())),
         warren_version: crate::VERSION.to_string(),
-        tasks: to_pb_reports(executor.statuses()),
+        tasks: convert::reports_to_pb(executor.statuses()),
     };
     // Reports queued while disconnected are covered by the hello's statuses.
     while reports.try_recv().is_ok() {}
@@ -93,7 +93,7 @@ pub(super) async fn session(
                     batch.push(more);
                 }
                 let msg = pb::AgentMessage {
-                    msg: Some(AgentMsg::Status(pb::TaskStatusBatch { reports: to_pb_reports(batch) })),
+                    msg: Some(AgentMsg::Status(pb::TaskStatusBatch { reports: convert::reports_to_pb(batch) })),
                 };
                 tx.send(msg).await.map_err(|_| SessionError::Gone)?;
             }
@@ -137,14 +137,4 @@ fn assign(cfg: &AgentConfig, executor: &dyn Executor, a: pb::Assignments) {
         volumes: a.volumes,
         services,
     });
-}
-
-fn to_pb_reports(reports: Vec<Report>) -> Vec<pb::TaskStatusReport> {
-    reports
-        .into_iter()
-        .map(|(task_id, s)| pb::TaskStatusReport {
-            task_id,
-            status: Some(convert::task_status_to_pb(&s)),
-        })
-        .collect()
 }

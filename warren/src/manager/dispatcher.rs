@@ -6,7 +6,7 @@
 //! leader. `monitor_heartbeats` (a leader duty) marks silent nodes down.
 
 use super::ctx::ManagerCtx;
-use crate::model::{now_ms, NodeState, Task};
+use crate::model::{now_ms, NodeAssignment, NodeState, Task};
 use crate::store::{Command, ObjectKind, State};
 use crate::wire::{auth, convert};
 use std::collections::BTreeMap;
@@ -20,22 +20,6 @@ use tonic::{Request, Response, Status, Streaming};
 use warren_proto::v1 as pb;
 use warren_proto::v1::agent_message::Msg as AgentMsg;
 use warren_proto::v1::dispatcher_message::Msg as DispatcherMsg;
-
-/// What one node must know: the tasks placed there that have not finished (it
-/// stops anything else it runs), the secrets those tasks use, and the other nodes'
-/// task subnets for routing.
-#[derive(Debug, Default, PartialEq)]
-pub struct NodeAssignment {
-    pub tasks: Vec<Task>,
-    /// Secret IDs, by name, that the tasks reference.
-    pub secrets: BTreeMap<String, String>,
-    /// (node ID, subnet, address to route through).
-    pub peers: Vec<(String, String, String)>,
-    /// Names of the local volumes that live on this node.
-    pub volumes: Vec<String>,
-    /// Every service's reachable tasks (the same for every node).
-    pub services: Vec<crate::model::ServiceEndpoints>,
-}
 
 pub fn assignments_for(state: &State, node_id: &str) -> NodeAssignment {
     let tasks: Vec<Task> = state
@@ -95,17 +79,16 @@ fn fingerprint(a: &NodeAssignment) -> Fingerprint {
     )
 }
 
-fn assignments_pb(ctx: &ManagerCtx, a: &NodeAssignment, index: u64) -> pb::Assignments {
-    let secrets = ctx.store.read(|s| {
+/// The plaintext of the secrets a node's tasks use, by name. A secret that cannot
+/// be unsealed is left out (and logged): its tasks fail on the node, visibly.
+fn unseal(ctx: &ManagerCtx, a: &NodeAssignment) -> Vec<(String, Vec<u8>)> {
+    ctx.store.read(|s| {
         a.secrets
             .values()
             .filter_map(|id| {
                 let secret = s.secrets.get(id)?;
                 match ctx.secrets_key.open(&secret.sealed) {
-                    Ok(data) => Some(pb::SecretData {
-                        name: secret.name.clone(),
-                        data,
-                    }),
+                    Ok(data) => Some((secret.name.clone(), data)),
                     Err(e) => {
                         tracing::error!(secret = %secret.name, error = %e, "cannot unseal a secret for a node");
                         None
@@ -113,23 +96,7 @@ fn assignments_pb(ctx: &ManagerCtx, a: &NodeAssignment, index: u64) -> pb::Assig
                 }
             })
             .collect()
-    });
-    pb::Assignments {
-        tasks: a.tasks.iter().map(convert::task_to_pb).collect(),
-        index,
-        secrets,
-        peers: a
-            .peers
-            .iter()
-            .map(|(node_id, subnet, via)| pb::NodeRoute {
-                node_id: node_id.clone(),
-                subnet: subnet.clone(),
-                via: via.clone(),
-            })
-            .collect(),
-        volumes: a.volumes.clone(),
-        services: a.services.iter().map(convert::endpoints_to_pb).collect(),
-    }
+    })
 }
 
 pub struct DispatcherService {
@@ -225,7 +192,7 @@ where
         at_ms: now_ms(),
     })
     .await?;
-    let reports = reports_from_pb(hello.tasks);
+    let reports = convert::reports_from_pb(hello.tasks);
     if !reports.is_empty() {
         write(Command::ReportTaskStatus {
             node_id: node_id.clone(),
@@ -266,7 +233,13 @@ where
             .read(|s| (assignments_for(s, &node_id), ctx.store.applied_index()));
         let fp = fingerprint(&assignment);
         if sent.as_ref() != Some(&fp) {
-            send(DispatcherMsg::Assignments(assignments_pb(&ctx, &assignment, index))).await?;
+            let secrets = unseal(&ctx, &assignment);
+            send(DispatcherMsg::Assignments(convert::assignment_to_pb(
+                &assignment,
+                secrets,
+                index,
+            )))
+            .await?;
             sent = Some(fp);
         }
         tokio::select! {
@@ -280,7 +253,7 @@ where
                 match msg.msg {
                     Some(AgentMsg::Heartbeat(_)) => ensure_ready(&ctx, &node_id).await,
                     Some(AgentMsg::Status(batch)) => {
-                        let reports = reports_from_pb(batch.reports);
+                        let reports = convert::reports_from_pb(batch.reports);
                         if !reports.is_empty() {
                             write(Command::ReportTaskStatus { node_id: node_id.clone(), reports }).await?;
                         }
@@ -311,13 +284,6 @@ where
             }
         }
     }
-}
-
-fn reports_from_pb(reports: Vec<pb::TaskStatusReport>) -> Vec<(String, crate::model::TaskStatus)> {
-    reports
-        .into_iter()
-        .filter_map(|r| Some((r.task_id, convert::task_status_from_pb(r.status?))))
-        .collect()
 }
 
 /// Leader duty: nodes silent for longer than the grace period are marked down (the

@@ -3,6 +3,7 @@
 //! their user-facing spellings (sizes, constraints, ports). No I/O and no protobuf
 //! here: the API converts at its boundary (`wire::convert`).
 
+mod assignment;
 mod cluster;
 mod endpoints;
 #[cfg(test)]
@@ -13,6 +14,7 @@ mod service;
 mod task;
 mod workload;
 
+pub use assignment::*;
 pub use cluster::*;
 pub use endpoints::*;
 pub use node::*;

@@ -1,9 +1,10 @@
 //! Conversions between `warren.v1` protobuf messages and Warren's own types, one
-//! file per family (`service`, `task`, `node`, `endpoints`, `objects`,
-//! `dataplane`). This is the only place that knows both: handlers, the agent and
+//! file per family (`service`, `task`, `node`, `endpoints`, `assignment`,
+//! `objects`, `dataplane`). This is the only place that knows both: handlers, the agent and
 //! the CLI convert here and work with `model` types everywhere else. Conversions
 //! from protobuf validate and report the offending field.
 
+mod assignment;
 mod dataplane;
 mod endpoints;
 mod node;
@@ -11,6 +12,7 @@ mod objects;
 mod service;
 mod task;
 
+pub use assignment::*;
 pub use dataplane::*;
 pub use endpoints::*;
 pub use node::*;

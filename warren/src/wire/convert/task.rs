@@ -104,3 +104,22 @@ pub fn task_from_pb(t: pb::Task) -> Result<Task, ValidationError> {
         version: t.version,
     })
 }
+
+/// Task states as an agent reports them.
+pub fn reports_to_pb(reports: Vec<(String, TaskStatus)>) -> Vec<pb::TaskStatusReport> {
+    reports
+        .into_iter()
+        .map(|(task_id, s)| pb::TaskStatusReport {
+            task_id,
+            status: Some(task_status_to_pb(&s)),
+        })
+        .collect()
+}
+
+/// The dispatcher's side; a report without a status is dropped.
+pub fn reports_from_pb(reports: Vec<pb::TaskStatusReport>) -> Vec<(String, TaskStatus)> {
+    reports
+        .into_iter()
+        .filter_map(|r| Some((r.task_id, task_status_from_pb(r.status?))))
+        .collect()
+}
