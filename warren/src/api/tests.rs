@@ -386,3 +386,88 @@ async fn nodes_are_shown_with_their_manager_status_and_guarded_on_removal() {
         .into_inner();
     assert!(!m1.manager.unwrap().leader);
 }
+
+#[tokio::test]
+async fn joining_takes_a_token_of_this_cluster_and_a_valid_node() {
+    use crate::pki::{CertificateAuthority, JoinToken};
+    use warren_proto::v1::membership_server::Membership;
+    let (ctx, raft) = ManagerCtx::fake();
+    let ca = CertificateAuthority::generate("c1").unwrap();
+    let meta = crate::model::ClusterMeta {
+        ca_cert_pem: ca.cert_pem().to_string(),
+        ca_key_sealed: ctx.secrets_key.seal(&ca.key_pkcs8_der()),
+        ..fixtures::meta()
+    };
+    raft.propose(Command::Bootstrap {
+        meta: meta.clone(),
+        node: fixtures::manager("m1", "m1", 1),
+    })
+    .await
+    .unwrap();
+    let membership = super::MembershipService::new(ctx.clone());
+    let (_, csr) = crate::pki::new_node_key("n9").unwrap();
+    let join = |token: String, name: &str, addr: &str| {
+        Request::new(pb::JoinRequest {
+            token,
+            csr_der: csr.clone(),
+            node_name: name.into(),
+            advertise_addr: addr.into(),
+            resources: None,
+            platform: None,
+            warren_version: crate::VERSION.into(),
+        })
+    };
+    let token = |ca_digest: String, secret: &str| {
+        JoinToken {
+            ca_digest,
+            secret: secret.to_string(),
+        }
+        .to_string()
+    };
+    let worker = token(ca.digest(), &meta.worker_token_secret);
+
+    refused(
+        membership
+            .join(join(
+                token("a".repeat(64), &meta.worker_token_secret),
+                "n9",
+                "10.0.0.9:2377",
+            ))
+            .await,
+        Code::PermissionDenied,
+        "the join token was issued by another cluster (its CA digest does not match)",
+    );
+    let e = membership
+        .join(join(token(ca.digest(), &"x".repeat(25)), "n9", "10.0.0.9:2377"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(
+        e.message().starts_with("invalid join token: it was rotated"),
+        "{}",
+        e.message()
+    );
+    let e = membership
+        .join(join(worker.clone(), "-n9", "10.0.0.9:2377"))
+        .await
+        .unwrap_err();
+    assert!(e.message().starts_with("node-name: invalid name"), "{}", e.message());
+    refused(
+        membership.join(join(worker.clone(), "n9", "10.0.0.9")).await,
+        Code::InvalidArgument,
+        "advertise-addr: invalid address \"10.0.0.9\": expected IP:PORT",
+    );
+    assert_eq!(ctx.store.read(|s| s.nodes.len()), 1, "a refused join added a node");
+
+    let joined = membership
+        .join(join(worker, "n9", "10.0.0.9:2377"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(joined.role, pb::NodeRole::Worker as i32);
+    assert!(joined.secrets_key.is_empty(), "a worker never gets the secrets key");
+    assert_eq!((joined.raft_id, joined.cluster_id.as_str()), (0, "c1"));
+    let node = ctx.store.read(|s| s.nodes[&joined.node_id].clone());
+    assert_eq!((node.name.as_str(), node.addr.as_str()), ("n9", "10.0.0.9:2377"));
+    assert!(node.subnet.is_some(), "the new node got a task subnet");
+}
