@@ -1,7 +1,8 @@
 //! `RaftNode`: one manager's Raft member over the redb stores, and the single way
-//! the rest of Warren writes to the replicated state (`write`). A write made on a
-//! follower is forwarded to the leader and returns once this manager has applied
-//! it too, so that a client reading right after its own write sees it.
+//! the rest of Warren writes to the replicated state (`write`, behind
+//! `store::Proposer`). A write made on a follower is forwarded to the leader and
+//! returns once this manager has applied it too, so that a client reading right
+//! after its own write sees it.
 
 use super::network::Peers;
 use super::{Raft, StorageError};
