@@ -17,6 +17,7 @@ type Sources = (Arc<Store>, Option<Arc<dyn Proposer>>);
 
 pub struct Metrics {
     pub registry: Registry,
+    /// `[method, code]` of every gRPC call, recorded by the call layer (`wire::calls`).
     pub api_duration: HistogramVec,
     raft_is_leader: IntGauge,
     raft_term: IntGauge,
@@ -93,12 +94,6 @@ impl Metrics {
     /// Where the state gauges read from; set once the store (and Raft, on managers) exist.
     pub fn set_sources(&self, store: Arc<Store>, raft: Option<Arc<dyn Proposer>>) {
         let _ = self.sources.set((store, raft));
-    }
-
-    pub fn observe_api(&self, method: &str, code: tonic::Code, started: std::time::Instant) {
-        self.api_duration
-            .with_label_values(&[method, &format!("{code:?}")])
-            .observe(started.elapsed().as_secs_f64());
     }
 
     fn refresh(&self) {

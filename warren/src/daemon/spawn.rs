@@ -1,9 +1,9 @@
 //! build → spawn: starts a built node's tasks in order — metrics, the executor,
-//! the listeners (on managers the API, membership, dispatcher and Raft services on
-//! the cluster port and the API on the local socket; on workers what managers ask
-//! of nodes), the rest of the bootstrap that needs Raft running (the first entry of
-//! a new cluster, or entering the Raft group), the leader duties, the node's DNS
-//! and data-plane followers and the agent. `Running` holds all of it and owns the
+//! the cluster port (on managers the API, membership, dispatcher and Raft
+//! services; on workers what managers ask of nodes), the rest of the bootstrap that
+//! needs Raft running (the first entry of a new cluster, or entering the Raft
+//! group), then the API on the local socket, the leader duties, the node's DNS and
+//! data-plane followers and the agent. `Running` holds all of it and owns the
 //! shutdown.
 
 use super::bootstrap::Start;
@@ -109,16 +109,17 @@ impl App {
                             .max_encoding_message_size(256 << 20),
                     );
                 serve_cluster_port(&mut running, "cluster port", routes, cluster_port, &stopping);
+                if let Err(e) = finish_bootstrap(start, &raft, &mut cfg, &data_dir, &creds).await {
+                    running.shutdown().await;
+                    return Err(e);
+                }
+                // Served only now: a client of the local socket never sees a cluster
+                // before its first entry (it waits in the socket's backlog meanwhile).
                 let local = serve::grpc(&metrics).add_service(pb::warren_api_server::WarrenApiServer::new(
                     ApiService::new(ctx.clone()),
                 ));
                 let incoming = tokio_stream::wrappers::UnixListenerStream::new(socket);
                 serve::serve(&mut running.servers, "local socket", local, incoming, stopping.clone());
-
-                if let Err(e) = finish_bootstrap(start, &raft, &mut cfg, &data_dir, &creds).await {
-                    running.shutdown().await;
-                    return Err(e);
-                }
                 tokio::spawn(manager::run_leader_duties(ctx));
             }
             // Workers serve only what managers ask of nodes: logs and image imports.

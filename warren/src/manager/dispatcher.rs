@@ -21,6 +21,7 @@ use warren_proto::v1 as pb;
 use warren_proto::v1::agent_message::Msg as AgentMsg;
 use warren_proto::v1::dispatcher_message::Msg as DispatcherMsg;
 
+/// What node `node_id` must know now; pushed again whenever it changes.
 pub fn assignments_for(state: &State, node_id: &str) -> NodeAssignment {
     let tasks: Vec<Task> = state
         .tasks_on_node(node_id)
