@@ -1,10 +1,17 @@
 //! A node's persisted settings (`<data-dir>/node.json`): everything `cluster init`
 //! or `cluster join` decided, so that `warren daemon --data-dir DIR` resumes the
-//! node with no other input. Flags given to `daemon` override the addresses.
+//! node with no other input (flags given to `daemon` override the addresses), and
+//! what follows from them: how the node reaches containerd, where its data plane
+//! and task network live, its pid file. The daemon and `cluster leave` both read
+//! them from here. Not the starting of anything.
 
+use crate::dataplane::DataplaneConfig;
 use crate::model::{NodeRole, Resources};
+use crate::network::{NetworkConfig, NetworkError};
+use crate::runtime::RuntimeConfig;
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 pub const FILE: &str = "node.json";
@@ -111,9 +118,71 @@ pub enum ConfigError {
     Incomplete { dir: String },
 }
 
+/// Why the data plane's settings could not be derived from the node's.
+#[derive(Debug, thiserror::Error)]
+pub enum InterfaceError {
+    #[error("dataplane-iface: no interface named {0:?}")]
+    Unknown(String),
+    #[error("listing the node's interfaces for the data plane: {0}")]
+    List(#[from] nix::Error),
+}
+
 impl NodeConfig {
     pub fn path(data_dir: &Path) -> PathBuf {
         data_dir.join(FILE)
+    }
+
+    /// The file holding the running daemon's process ID, for `warren cluster leave`.
+    pub fn pid_file(data_dir: &Path) -> PathBuf {
+        data_dir.join("warren.pid")
+    }
+
+    /// How this node reaches containerd (or starts its own under the data dir).
+    pub fn runtime_config(&self, data_dir: &Path) -> RuntimeConfig {
+        let rs = &self.runtime;
+        let mut rc = RuntimeConfig::new(data_dir);
+        rc.socket = rs.containerd_socket.clone();
+        rc.namespace = rs.containerd_namespace.clone();
+        rc.cgroup_parent = rs.cgroup_parent.clone();
+        rc.registry.insecure = rs.insecure_registries.clone();
+        rc
+    }
+
+    /// Where this node's data plane lives: pin directory, cgroup, interfaces.
+    pub fn dataplane_config(&self) -> Result<DataplaneConfig, InterfaceError> {
+        let rs = &self.runtime;
+        let mut dc = DataplaneConfig::new(&self.node_name);
+        if let Some(b) = &rs.bpffs {
+            dc.bpffs_dir = b.clone();
+        }
+        if let Some(c) = &rs.cgroup_root {
+            dc.cgroup_root = c.clone();
+        }
+        let (ifaces, addrs) = dataplane_interfaces(self.advertise_addr.ip(), &rs.dataplane_ifaces)?;
+        dc.ifaces = ifaces;
+        dc.node_addrs = addrs;
+        Ok(dc)
+    }
+
+    /// The node network in `subnet` (the one the managers gave this node) of the
+    /// cluster CIDR, with its state under the data dir.
+    pub fn network_config(
+        &self,
+        data_dir: &Path,
+        subnet: &str,
+        cluster_cidr: &str,
+    ) -> Result<NetworkConfig, NetworkError> {
+        let invalid = |field, value: &str, e: ipnet::AddrParseError| NetworkError::Invalid {
+            field,
+            reason: format!("{value:?}: {e}"),
+        };
+        let net = subnet.parse().map_err(|e| invalid("node subnet", subnet, e))?;
+        let cidr = cluster_cidr
+            .parse()
+            .map_err(|e| invalid("cluster CIDR", cluster_cidr, e))?;
+        let mut nc = NetworkConfig::new(&self.node_id, net, cidr, data_dir.join("network"));
+        nc.bridge = self.runtime.bridge.clone();
+        Ok(nc)
     }
 
     pub fn load(data_dir: &Path) -> Result<NodeConfig, ConfigError> {
@@ -180,6 +249,42 @@ impl NodeConfig {
     }
 }
 
+/// The interfaces whose published-port traffic the data plane translates (given,
+/// or the one holding the advertise address; none for loopback), and the node's
+/// IPv4 addresses on them.
+fn dataplane_interfaces(advertise: IpAddr, given: &[String]) -> Result<(Vec<String>, Vec<Ipv4Addr>), InterfaceError> {
+    let mut addrs_of: BTreeMap<String, Vec<Ipv4Addr>> = Default::default();
+    for ifa in nix::ifaddrs::getifaddrs()? {
+        if let Some(a) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
+            addrs_of.entry(ifa.interface_name.clone()).or_default().push(a.ip());
+        }
+    }
+    let ifaces: Vec<String> = if given.is_empty() {
+        addrs_of
+            .iter()
+            .filter(|(name, addrs)| *name != "lo" && addrs.iter().any(|a| IpAddr::V4(*a) == advertise))
+            .map(|(name, _)| name.clone())
+            .collect()
+    } else {
+        for i in given {
+            if !addrs_of.contains_key(i) && !Path::new("/sys/class/net").join(i).exists() {
+                return Err(InterfaceError::Unknown(i.clone()));
+            }
+        }
+        given.to_vec()
+    };
+    let mut addrs: Vec<Ipv4Addr> = ifaces
+        .iter()
+        .flat_map(|i| addrs_of.get(i).cloned().unwrap_or_default())
+        .collect();
+    if let IpAddr::V4(a) = advertise {
+        if !a.is_unspecified() && !addrs.contains(&a) {
+            addrs.push(a);
+        }
+    }
+    Ok((ifaces, addrs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,5 +325,32 @@ mod tests {
             NodeConfig::ensure_fresh(dir.path()),
             Err(ConfigError::Incomplete { .. })
         ));
+    }
+
+    #[test]
+    fn derived_settings_follow_the_node() {
+        let mut c = config();
+        c.runtime.bridge = "br-test".into();
+        c.runtime.insecure_registries = vec!["127.0.0.1:5000".into()];
+        let dir = Path::new("/var/lib/w");
+        let rc = c.runtime_config(dir);
+        assert_eq!(rc.namespace, "warren");
+        assert_eq!(rc.registry.insecure, vec!["127.0.0.1:5000".to_string()]);
+        let nc = c.network_config(dir, "10.88.3.0/24", "10.88.0.0/16").unwrap();
+        assert_eq!(
+            (nc.bridge.as_str(), nc.state_dir.as_path()),
+            ("br-test", Path::new("/var/lib/w/network"))
+        );
+        let e = c.network_config(dir, "10.88.3.0", "10.88.0.0/16").unwrap_err();
+        assert!(e.to_string().starts_with("invalid node subnet: \"10.88.3.0\""), "{e}");
+        assert_eq!(NodeConfig::pid_file(dir), Path::new("/var/lib/w/warren.pid"));
+
+        // Loopback advertises no interface, but its address is the node's.
+        let dc = c.dataplane_config().unwrap();
+        assert!(dc.ifaces.is_empty(), "{:?}", dc.ifaces);
+        assert_eq!(dc.node_addrs, vec![Ipv4Addr::LOCALHOST]);
+        c.runtime.dataplane_ifaces = vec!["no-such-if0".into()];
+        let e = c.dataplane_config().unwrap_err();
+        assert_eq!(e.to_string(), "dataplane-iface: no interface named \"no-such-if0\"");
     }
 }

@@ -5,9 +5,11 @@
 //! The cluster's record of the node is not touched here: as in Swarm, the node shows
 //! as down until a manager runs `warren node rm`.
 
-use crate::config::NodeConfig;
+use crate::config::{ConfigError, InterfaceError, NodeConfig};
+use crate::dataplane::DataplaneError;
 use crate::model::NodeRole;
-use crate::runtime::ContainerRuntime;
+use crate::network::NetworkError;
+use crate::runtime::{ContainerRuntime, RuntimeError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,17 +18,53 @@ use std::time::{Duration, Instant};
 pub enum LeaveError {
     #[error("no warren node in {dir}: nothing to leave")]
     NoNode { dir: String },
-    #[error("reading the node in {dir}: {reason}")]
-    Config { dir: String, reason: String },
+    #[error("reading the node in {dir}: {source}")]
+    Config { dir: String, source: ConfigError },
     #[error(
         "node {name} is a manager: leaving takes one member out of the Raft group, which a cluster \
          of fewer than three managers cannot survive; pass --force to leave anyway"
     )]
     Manager { name: String },
-    #[error("the daemon (pid {pid}) did not stop: {reason}")]
-    Stop { pid: i32, reason: String },
-    #[error("removing the node's {what}: {reason}")]
-    Cleanup { what: &'static str, reason: String },
+    #[error("the daemon (pid {pid}) did not stop: {source}")]
+    Stop { pid: i32, source: nix::Error },
+    #[error("the daemon (pid {pid}) did not stop: still running 30 s after SIGTERM and after SIGKILL")]
+    StillRunning { pid: i32 },
+    /// Boxed: the runtime's and the data plane's errors are large.
+    #[error("removing the node's {what}: {source}")]
+    Cleanup {
+        what: &'static str,
+        source: Box<CleanupError>,
+    },
+}
+
+/// What removing one part of the node failed on.
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error(transparent)]
+    Interfaces(#[from] InterfaceError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+fn cleanup<E: Into<CleanupError>>(what: &'static str) -> impl Fn(E) -> LeaveError + Copy {
+    move |e| LeaveError::Cleanup {
+        what,
+        source: Box::new(e.into()),
+    }
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LeaveError {
+    let path = path.to_path_buf();
+    move |source| LeaveError::Cleanup {
+        what,
+        source: Box::new(CleanupError::Io { path, source }),
+    }
 }
 
 /// What was removed, for the CLI to tell.
@@ -52,10 +90,10 @@ pub fn check_role(cfg: &NodeConfig, force: bool) -> Result<(), LeaveError> {
 
 pub async fn leave(data_dir: &Path, force: bool) -> Result<LeaveReport, LeaveError> {
     let cfg = NodeConfig::load(data_dir).map_err(|e| match e {
-        crate::config::ConfigError::Missing { dir } => LeaveError::NoNode { dir },
-        e => LeaveError::Config {
+        ConfigError::Missing { dir } => LeaveError::NoNode { dir },
+        source => LeaveError::Config {
             dir: data_dir.display().to_string(),
-            reason: e.to_string(),
+            source,
         },
     })?;
     check_role(&cfg, force)?;
@@ -69,31 +107,14 @@ pub async fn leave(data_dir: &Path, force: bool) -> Result<LeaveReport, LeaveErr
         report.containers = remove_containers(&cfg, data_dir).await?;
     }
     if let (Some(subnet), Some(cidr)) = (&cfg.subnet, &cfg.cluster_cidr) {
-        let bad = |what: &str, e: String| LeaveError::Cleanup {
-            what: "network",
-            reason: format!("{what}: {e}"),
-        };
-        let nc = crate::daemon::network_config(
-            &cfg.node_id,
-            &cfg.runtime.bridge,
-            data_dir.join("network"),
-            subnet,
-            cidr,
-        )
-        .map_err(|e| bad("config", e))?;
-        let net = crate::network::NetlinkNetwork::open(nc).map_err(|e| bad("netlink", e.to_string()))?;
-        net.cleanup_node().await.map_err(|e| bad("cleanup", e.to_string()))?;
+        let nc = cfg.network_config(data_dir, subnet, cidr).map_err(cleanup("network"))?;
+        let net = crate::network::NetlinkNetwork::open(nc).map_err(cleanup("network"))?;
+        net.cleanup_node().await.map_err(cleanup("network"))?;
         report.network = true;
     }
     if cfg.runtime.dataplane {
-        let dc = crate::daemon::dataplane_config(&cfg).map_err(|e| LeaveError::Cleanup {
-            what: "data plane",
-            reason: e.to_string(),
-        })?;
-        crate::dataplane::EbpfDataplane::cleanup(&dc).map_err(|e| LeaveError::Cleanup {
-            what: "data plane",
-            reason: e.to_string(),
-        })?;
+        let dc = cfg.dataplane_config().map_err(cleanup("data plane"))?;
+        crate::dataplane::EbpfDataplane::cleanup(&dc).map_err(cleanup("data plane"))?;
         // The shared parent (`/sys/fs/bpf/warren`) goes with its last node.
         if let Some(parent) = dc.bpffs_dir.parent() {
             let _ = std::fs::remove_dir(parent);
@@ -113,7 +134,7 @@ pub async fn leave(data_dir: &Path, force: bool) -> Result<LeaveReport, LeaveErr
 
 /// SIGTERM to the daemon of this data dir, if one runs; SIGKILL after 30 s.
 fn stop_daemon(data_dir: &Path) -> Result<Option<i32>, LeaveError> {
-    let Ok(text) = std::fs::read_to_string(crate::daemon::pid_file(data_dir)) else {
+    let Ok(text) = std::fs::read_to_string(NodeConfig::pid_file(data_dir)) else {
         return Ok(None);
     };
     let Ok(pid) = text.trim().parse::<i32>() else {
@@ -130,20 +151,14 @@ fn stop_daemon(data_dir: &Path) -> Result<Option<i32>, LeaveError> {
         return Ok(None);
     }
     let signal = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
-    signal(nix::sys::signal::Signal::SIGTERM).map_err(|e| LeaveError::Stop {
-        pid,
-        reason: e.to_string(),
-    })?;
+    signal(nix::sys::signal::Signal::SIGTERM).map_err(|source| LeaveError::Stop { pid, source })?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while alive(pid) {
         if Instant::now() > deadline {
             let _ = signal(nix::sys::signal::Signal::SIGKILL);
             std::thread::sleep(Duration::from_millis(500));
             if alive(pid) {
-                return Err(LeaveError::Stop {
-                    pid,
-                    reason: "still running 30 s after SIGTERM and after SIGKILL".into(),
-                });
+                return Err(LeaveError::StillRunning { pid });
             }
             break;
         }
@@ -165,11 +180,8 @@ fn alive(pid: i32) -> bool {
 
 /// Every container of this node, stopped and deleted (with its snapshot).
 async fn remove_containers(cfg: &NodeConfig, data_dir: &Path) -> Result<usize, LeaveError> {
-    let err = |e: crate::runtime::RuntimeError| LeaveError::Cleanup {
-        what: "containers",
-        reason: e.to_string(),
-    };
-    let rt = crate::runtime::Containerd::connect(crate::daemon::runtime_config(cfg, data_dir))
+    let err = cleanup::<RuntimeError>("containers");
+    let rt = crate::runtime::Containerd::connect(cfg.runtime_config(data_dir))
         .await
         .map_err(err)?;
     let labels = BTreeMap::from([(crate::runtime::LABEL_NODE.to_string(), cfg.node_id.clone())]);
@@ -243,12 +255,7 @@ fn remove_data_dir(data_dir: &Path) -> Result<Option<PathBuf>, LeaveError> {
     let entries = match std::fs::read_dir(data_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(LeaveError::Cleanup {
-                what: "data dir",
-                reason: format!("{}: {e}", data_dir.display()),
-            })
-        }
+        Err(e) => return Err(io("data dir", data_dir)(e)),
     };
     for e in entries.flatten() {
         let p = e.path();
@@ -260,18 +267,12 @@ fn remove_data_dir(data_dir: &Path) -> Result<Option<PathBuf>, LeaveError> {
         } else {
             std::fs::remove_file(&p)
         };
-        r.map_err(|e| LeaveError::Cleanup {
-            what: "data dir",
-            reason: format!("{}: {e}", p.display()),
-        })?;
+        r.map_err(io("data dir", &p))?;
     }
     if keep {
         return Ok(Some(volumes));
     }
-    std::fs::remove_dir(data_dir).map_err(|e| LeaveError::Cleanup {
-        what: "data dir",
-        reason: format!("{}: {e}", data_dir.display()),
-    })?;
+    std::fs::remove_dir(data_dir).map_err(io("data dir", data_dir))?;
     Ok(None)
 }
 

@@ -4,8 +4,7 @@
 //! are updated where the events happen.
 
 use crate::model::{NodeState, TaskState};
-use crate::raft::RaftNode;
-use crate::store::Store;
+use crate::store::{Proposer, Store};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response};
@@ -13,8 +12,12 @@ use prometheus::{Encoder, GaugeVec, HistogramOpts, HistogramVec, IntGauge, IntGa
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
+/// Where the state gauges read from: the store, and on managers the Raft member.
+type Sources = (Arc<Store>, Option<Arc<dyn Proposer>>);
+
 pub struct Metrics {
     pub registry: Registry,
+    /// `[method, code]` of every gRPC call, recorded by the call layer (`wire::calls`).
     pub api_duration: HistogramVec,
     raft_is_leader: IntGauge,
     raft_term: IntGauge,
@@ -25,7 +28,7 @@ pub struct Metrics {
     services: IntGauge,
     tasks: IntGaugeVec,
     node_reserved: GaugeVec,
-    sources: OnceLock<(Arc<Store>, Option<Arc<RaftNode>>)>,
+    sources: OnceLock<Sources>,
 }
 
 fn must<T>(r: Result<T, prometheus::Error>) -> T {
@@ -89,14 +92,8 @@ impl Metrics {
     }
 
     /// Where the state gauges read from; set once the store (and Raft, on managers) exist.
-    pub fn set_sources(&self, store: Arc<Store>, raft: Option<Arc<RaftNode>>) {
+    pub fn set_sources(&self, store: Arc<Store>, raft: Option<Arc<dyn Proposer>>) {
         let _ = self.sources.set((store, raft));
-    }
-
-    pub fn observe_api(&self, method: &str, code: tonic::Code, started: std::time::Instant) {
-        self.api_duration
-            .with_label_values(&[method, &format!("{code:?}")])
-            .observe(started.elapsed().as_secs_f64());
     }
 
     fn refresh(&self) {
@@ -104,14 +101,12 @@ impl Metrics {
             return;
         };
         if let Some(raft) = raft {
-            let m = raft.raft.metrics().borrow().clone();
-            self.raft_is_leader.set(i64::from(m.current_leader == Some(raft.id)));
-            self.raft_term.set(m.current_term as i64);
-            self.raft_last_log_index.set(m.last_log_index.unwrap_or(0) as i64);
-            self.raft_applied_index
-                .set(m.last_applied.map(|l| l.index).unwrap_or(0) as i64);
-            self.raft_members
-                .set(m.membership_config.membership().nodes().count() as i64);
+            let m = raft.status();
+            self.raft_is_leader.set(i64::from(m.leader == Some(m.id)));
+            self.raft_term.set(m.term as i64);
+            self.raft_last_log_index.set(m.last_log_index as i64);
+            self.raft_applied_index.set(m.applied_index as i64);
+            self.raft_members.set(m.members.len() as i64);
         }
         store.read(|s| {
             for st in [NodeState::Ready, NodeState::Down, NodeState::Unknown] {
@@ -174,12 +169,16 @@ pub struct MetricsListenError {
     source: std::io::Error,
 }
 
-/// Serves `/metrics` and `/healthz` until the task is dropped.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<tokio::task::JoinHandle<()>, MetricsListenError> {
-    let listener = tokio::net::TcpListener::bind(addr)
+/// The metrics port, bound (serve it with `serve`).
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, MetricsListenError> {
+    tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| MetricsListenError { addr, source })?;
-    Ok(tokio::spawn(async move {
+        .map_err(|source| MetricsListenError { addr, source })
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until the task is aborted.
+pub fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
@@ -214,5 +213,5 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<tokio::tas
                     .await;
             });
         }
-    }))
+    })
 }

@@ -1,9 +1,10 @@
 //! `warren.v1.NodeAgent`: what a node offers the managers about itself — its
-//! containers' logs, image imports and the status of its eBPF data plane. Every node serves it on its cluster port (mutual
-//! TLS; only managers may call). The work itself is the node's `NodeOps` (the
-//! executor); a node without a container runtime says so.
+//! containers' logs, image imports and the status of its eBPF data plane. Every
+//! node serves it on its cluster port (mutual TLS; the call layer lets only managers
+//! through). The work itself is the node's `NodeOps` (the executor); a node without
+//! a container runtime says so.
 
-use crate::wire::auth;
+use crate::runtime::RuntimeError;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -15,29 +16,40 @@ use tonic::{Request, Response, Status, Streaming};
 use warren_proto::v1 as pb;
 
 /// (task ID, line) pairs, ending when the logs end (or never, when following).
-pub type LogLines = BoxStream<'static, Result<(String, String), String>>;
+pub type LogLines = BoxStream<'static, Result<(String, String), NodeOpsError>>;
+
+/// Why a node could not do what a manager asked of it.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeOpsError {
+    #[error("this node has no container runtime")]
+    NoRuntime,
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
 
 pub trait NodeOps: Send + Sync + 'static {
     /// The output of these tasks' containers: the last `tail` lines of each (all when
     /// None), then, when `follow`, new lines as they come.
-    fn logs(&self, task_ids: Vec<String>, follow: bool, tail: Option<usize>)
-        -> BoxFuture<'_, Result<LogLines, String>>;
+    fn logs(
+        &self,
+        task_ids: Vec<String>,
+        follow: bool,
+        tail: Option<usize>,
+    ) -> BoxFuture<'_, Result<LogLines, NodeOpsError>>;
     /// Imports an OCI or docker-save archive; returns the image names it held.
-    fn load_image(&self, archive: PathBuf) -> BoxFuture<'_, Result<Vec<String>, String>>;
+    fn load_image(&self, archive: PathBuf) -> BoxFuture<'_, Result<Vec<String>, NodeOpsError>>;
 }
 
 /// A node without a container runtime.
 pub struct NoRuntime;
 
-const NO_RUNTIME: &str = "this node has no container runtime";
-
 impl NodeOps for NoRuntime {
-    fn logs(&self, _: Vec<String>, _: bool, _: Option<usize>) -> BoxFuture<'_, Result<LogLines, String>> {
-        Box::pin(async { Err(NO_RUNTIME.to_string()) })
+    fn logs(&self, _: Vec<String>, _: bool, _: Option<usize>) -> BoxFuture<'_, Result<LogLines, NodeOpsError>> {
+        Box::pin(async { Err(NodeOpsError::NoRuntime) })
     }
 
-    fn load_image(&self, _: PathBuf) -> BoxFuture<'_, Result<Vec<String>, String>> {
-        Box::pin(async { Err(NO_RUNTIME.to_string()) })
+    fn load_image(&self, _: PathBuf) -> BoxFuture<'_, Result<Vec<String>, NodeOpsError>> {
+        Box::pin(async { Err(NodeOpsError::NoRuntime) })
     }
 }
 
@@ -72,8 +84,7 @@ type LineStream = Pin<Box<dyn futures::Stream<Item = Result<pb::LogLine, Status>
 impl pb::node_agent_server::NodeAgent for NodeService {
     type LogsStream = LineStream;
 
-    async fn dataplane(&self, req: Request<pb::Empty>) -> Result<Response<pb::NodeDataplane>, Status> {
-        auth::require_manager_node(&req)?;
+    async fn dataplane(&self, _: Request<pb::Empty>) -> Result<Response<pb::NodeDataplane>, Status> {
         let dp = self.dataplane.clone();
         // Reading every per-CPU counter map is blocking syscalls.
         let st = tokio::task::spawn_blocking(move || dp.map(|d| d.status()))
@@ -86,14 +97,13 @@ impl pb::node_agent_server::NodeAgent for NodeService {
     }
 
     async fn logs(&self, req: Request<pb::NodeLogsRequest>) -> Result<Response<LineStream>, Status> {
-        auth::require_manager_node(&req)?;
         let req = req.into_inner();
         let tail = (req.tail > 0).then_some(req.tail as usize);
         let lines = self
             .ops
             .logs(req.task_ids, req.follow, tail)
             .await
-            .map_err(Status::failed_precondition)?;
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
         let out = lines.map(|r| {
             r.map(|(task_id, line)| pb::LogLine {
                 task_id,
@@ -101,13 +111,12 @@ impl pb::node_agent_server::NodeAgent for NodeService {
                 task_name: String::new(),
                 node_name: String::new(),
             })
-            .map_err(Status::internal)
+            .map_err(|e| Status::internal(e.to_string()))
         });
         Ok(Response::new(Box::pin(out)))
     }
 
     async fn load_image(&self, req: Request<Streaming<pb::ImageChunk>>) -> Result<Response<pb::LoadedImages>, Status> {
-        auth::require_manager_node(&req)?;
         let mut chunks = req.into_inner();
         tokio::fs::create_dir_all(&self.spool)
             .await
@@ -127,7 +136,7 @@ impl pb::node_agent_server::NodeAgent for NodeService {
             self.ops
                 .load_image(path.clone())
                 .await
-                .map_err(Status::failed_precondition)
+                .map_err(|e| Status::failed_precondition(e.to_string()))
         }
         .await;
         let _ = tokio::fs::remove_file(&path).await;

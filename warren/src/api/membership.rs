@@ -101,7 +101,7 @@ impl pb::membership_server::Membership for MembershipService {
         };
         self.ctx
             .raft
-            .write(Command::AddNode { node })
+            .propose(Command::AddNode { node })
             .await
             .map_err(write_status)?;
         tracing::info!(node = %node_id, name = %req.node_name, role = role.as_str(), "node joined");
@@ -121,7 +121,7 @@ impl pb::membership_server::Membership for MembershipService {
     }
 
     async fn join_raft(&self, req: Request<pb::JoinRaftRequest>) -> Result<Response<pb::Empty>, Status> {
-        let peer = auth::require_manager_node(&req)?;
+        let peer = auth::node_of(&req)?;
         let node_id = req.into_inner().node_id;
         if node_id != peer.node_id {
             return Err(Status::permission_denied(format!(
@@ -144,9 +144,10 @@ impl pb::membership_server::Membership for MembershipService {
             let already = self
                 .ctx
                 .raft
-                .members()
+                .status()
+                .members
                 .iter()
-                .any(|(id, _, voter)| *id == node.raft_id && *voter);
+                .any(|m| m.id == node.raft_id && m.voter);
             if already {
                 return Ok(Response::new(pb::Empty {}));
             }
@@ -166,8 +167,7 @@ impl pb::membership_server::Membership for MembershipService {
             .ok_or_else(|| Status::unavailable("no leader at the moment; retry"))?;
         let channel = self
             .ctx
-            .raft
-            .peers()
+            .peers
             .channel(&leader_addr)
             .map_err(|e| Status::unavailable(e.to_string()))?;
         pb::membership_client::MembershipClient::new(channel)

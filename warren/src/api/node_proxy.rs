@@ -3,9 +3,11 @@
 //! once, then streamed to each target node) and a node's data-plane status. Nodes are reached with this manager's
 //! own certificate over the cluster port.
 
+use super::common::read;
 use crate::manager::ManagerCtx;
 use crate::model::NodeState;
 use crate::store::{ApplyError, State};
+use crate::wire::channel::ChannelError;
 use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -18,6 +20,41 @@ pub type LineStream = Pin<Box<dyn futures::Stream<Item = Result<pb::LogLine, Sta
 
 /// The tasks to read, grouped by node: node ID -> (node name, address, [(task ID, task name)]).
 type ByNode = BTreeMap<String, (String, String, Vec<(String, String)>)>;
+
+/// Why an image could not be sent to one node (reported per node, not for the call).
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error("reading the staged archive: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{}", .0.message())]
+    Node(#[from] Status),
+}
+
+/// `ServiceLogs`: the logs of every task of a service, merged.
+pub(super) async fn service_logs(ctx: &ManagerCtx, req: pb::ServiceLogsRequest) -> Result<LineStream, Status> {
+    let by_node = read(ctx, |s| {
+        let svc = s.service(&req.service)?;
+        Ok(group_by_node(s, s.tasks_of_service(&svc.id)))
+    })?;
+    logs(ctx, by_node, req.follow, req.tail).await
+}
+
+/// `TaskLogs`: the logs of one task, from the node it was placed on.
+pub(super) async fn task_logs(ctx: &ManagerCtx, req: pb::TaskLogsRequest) -> Result<LineStream, Status> {
+    let by_node = read(ctx, |s| {
+        let t = s.task(&req.task)?;
+        if t.node_id.is_none() {
+            return Err(ApplyError::Invalid(format!(
+                "task {} has not been placed on a node yet",
+                t.name()
+            )));
+        }
+        Ok(group_by_node(s, std::iter::once(t)))
+    })?;
+    logs(ctx, by_node, req.follow, req.tail).await
+}
 
 pub fn group_by_node<'a>(state: &State, tasks: impl Iterator<Item = &'a crate::model::Task>) -> ByNode {
     let mut by_node = ByNode::new();
@@ -33,15 +70,14 @@ pub fn group_by_node<'a>(state: &State, tasks: impl Iterator<Item = &'a crate::m
     by_node
 }
 
-pub async fn logs(ctx: Arc<ManagerCtx>, by_node: ByNode, follow: bool, tail: u64) -> Result<LineStream, Status> {
+async fn logs(ctx: &ManagerCtx, by_node: ByNode, follow: bool, tail: u64) -> Result<LineStream, Status> {
     if by_node.is_empty() {
         return Ok(Box::pin(futures::stream::empty()));
     }
     let mut streams = Vec::new();
     for (node_id, (node_name, addr, tasks)) in by_node {
         let channel = ctx
-            .raft
-            .peers()
+            .peers
             .node_channel(&addr, &node_id)
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let names: BTreeMap<String, String> = tasks.iter().cloned().collect();
@@ -85,11 +121,13 @@ pub fn load_targets(state: &State, wanted: &[String]) -> Result<Vec<(String, Str
     wanted.iter().map(|w| state.node(w).map(target)).collect()
 }
 
-pub async fn load_image(
+/// `LoadImage`: the archive staged once under the data dir's spool, then streamed
+/// to each target node; every node's result is reported.
+pub(super) async fn load_image(
     ctx: Arc<ManagerCtx>,
     mut chunks: Streaming<pb::LoadImageChunk>,
-    spool: std::path::PathBuf,
 ) -> Result<pb::LoadImageReply, Status> {
+    let spool = ctx.data_dir.join("spool");
     let first = chunks
         .message()
         .await?
@@ -139,7 +177,7 @@ pub async fn load_image(
                 Err(e) => pb::NodeImages {
                     node: name,
                     images: vec![],
-                    error: e,
+                    error: e.to_string(),
                 },
             }
         }
@@ -154,13 +192,9 @@ async fn send_image(
     node_id: &str,
     addr: &str,
     path: &std::path::Path,
-) -> Result<Vec<String>, String> {
-    let channel = ctx
-        .raft
-        .peers()
-        .node_channel(addr, node_id)
-        .map_err(|e| e.to_string())?;
-    let mut f = tokio::fs::File::open(path).await.map_err(|e| e.to_string())?;
+) -> Result<Vec<String>, SendError> {
+    let channel = ctx.peers.node_channel(addr, node_id)?;
+    let mut f = tokio::fs::File::open(path).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
         let mut buf = vec![0u8; 1 << 20];
@@ -184,16 +218,19 @@ async fn send_image(
     let reply = pb::node_agent_client::NodeAgentClient::new(channel)
         .max_encoding_message_size(8 << 20)
         .load_image(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(|s| s.message().to_string())?;
+        .await?;
     Ok(reply.into_inner().images)
 }
 
 /// The data-plane status of one node, asked of the node itself.
-pub async fn dataplane(ctx: &ManagerCtx, node_id: &str, name: &str, addr: &str) -> Result<pb::NodeDataplane, Status> {
+pub(super) async fn dataplane(
+    ctx: &ManagerCtx,
+    node_id: &str,
+    name: &str,
+    addr: &str,
+) -> Result<pb::NodeDataplane, Status> {
     let channel = ctx
-        .raft
-        .peers()
+        .peers
         .node_channel(addr, node_id)
         .map_err(|e| Status::unavailable(format!("node {name}: {e}")))?;
     let reply = tokio::time::timeout(

@@ -53,47 +53,65 @@ impl Forwarder {
             msg.set_edns(edns);
             match self.exchange(upstream, &msg).await {
                 Ok(answer) => return Ok(answer),
-                Err(reason) => {
-                    tracing::debug!(%upstream, name = %query.name, %reason, "dns: upstream did not answer");
-                    last = DnsError::Upstream { addr: upstream, reason };
+                Err(source) => {
+                    tracing::debug!(%upstream, name = %query.name, reason = %source, "dns: upstream did not answer");
+                    last = DnsError::Upstream { addr: upstream, source };
                 }
             }
         }
         Err(last)
     }
 
-    async fn exchange(&self, upstream: SocketAddr, msg: &Message) -> Result<Message, String> {
-        let bytes = msg.to_vec().map_err(|e| format!("encode query: {e}"))?;
+    async fn exchange(&self, upstream: SocketAddr, msg: &Message) -> Result<Message, ExchangeError> {
+        let bytes = msg.to_vec().map_err(ExchangeError::Encode)?;
         let answer = tokio::time::timeout(self.timeout, udp_exchange(upstream, &bytes, msg))
             .await
-            .map_err(|_| format!("no udp answer within {:?}", self.timeout))??;
+            .map_err(|_| ExchangeError::Timeout("udp", self.timeout))??;
         if !answer.metadata.truncation {
             return Ok(answer);
         }
         tokio::time::timeout(self.timeout, tcp_exchange(upstream, &bytes, msg))
             .await
-            .map_err(|_| format!("no tcp answer within {:?}", self.timeout))?
+            .map_err(|_| ExchangeError::Timeout("tcp", self.timeout))?
     }
 }
 
-async fn udp_exchange(upstream: SocketAddr, bytes: &[u8], query: &Message) -> Result<Message, String> {
+/// Why one upstream gave no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("encode query: {0}")]
+    Encode(hickory_server::proto::ProtoError),
+    #[error("no {0} answer within {1:?}")]
+    Timeout(&'static str, Duration),
+    /// A socket step (`"bind udp 0.0.0.0:0"`, `"send tcp"`, ...) failed.
+    #[error("{step}: {source}")]
+    Io { step: String, source: std::io::Error },
+    #[error("query too long for tcp")]
+    TooLong,
+    #[error("decode tcp answer: {0}")]
+    Decode(hickory_server::proto::serialize::binary::DecodeError),
+    #[error("tcp answer does not match the query")]
+    Mismatch,
+}
+
+fn io(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> ExchangeError {
+    let step = step.into();
+    move |source| ExchangeError::Io { step, source }
+}
+
+async fn udp_exchange(upstream: SocketAddr, bytes: &[u8], query: &Message) -> Result<Message, ExchangeError> {
     let local: SocketAddr = match upstream {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let socket = UdpSocket::bind(local)
-        .await
-        .map_err(|e| format!("bind udp {local}: {e}"))?;
+    let socket = UdpSocket::bind(local).await.map_err(io(format!("bind udp {local}")))?;
     // A connected socket only receives datagrams from the upstream, and a fresh random
     // port plus the random ID make spoofed answers hard to land.
-    socket
-        .connect(upstream)
-        .await
-        .map_err(|e| format!("connect udp: {e}"))?;
-    socket.send(bytes).await.map_err(|e| format!("send udp: {e}"))?;
+    socket.connect(upstream).await.map_err(io("connect udp"))?;
+    socket.send(bytes).await.map_err(io("send udp"))?;
     let mut buf = vec![0u8; u16::MAX as usize];
     loop {
-        let n = socket.recv(&mut buf).await.map_err(|e| format!("receive udp: {e}"))?;
+        let n = socket.recv(&mut buf).await.map_err(io("receive udp"))?;
         match Message::from_vec(&buf[..n]) {
             Ok(answer) if answers(query, &answer) => return Ok(answer),
             // A stray or late datagram (an earlier query's answer): keep waiting.
@@ -102,28 +120,20 @@ async fn udp_exchange(upstream: SocketAddr, bytes: &[u8], query: &Message) -> Re
     }
 }
 
-async fn tcp_exchange(upstream: SocketAddr, bytes: &[u8], query: &Message) -> Result<Message, String> {
-    let mut stream = TcpStream::connect(upstream)
-        .await
-        .map_err(|e| format!("connect tcp: {e}"))?;
-    let len = u16::try_from(bytes.len()).map_err(|_| "query too long for tcp".to_string())?;
+async fn tcp_exchange(upstream: SocketAddr, bytes: &[u8], query: &Message) -> Result<Message, ExchangeError> {
+    let mut stream = TcpStream::connect(upstream).await.map_err(io("connect tcp"))?;
+    let len = u16::try_from(bytes.len()).map_err(|_| ExchangeError::TooLong)?;
     let mut framed = Vec::with_capacity(bytes.len() + 2);
     framed.extend_from_slice(&len.to_be_bytes());
     framed.extend_from_slice(bytes);
-    stream.write_all(&framed).await.map_err(|e| format!("send tcp: {e}"))?;
+    stream.write_all(&framed).await.map_err(io("send tcp"))?;
     let mut len = [0u8; 2];
-    stream
-        .read_exact(&mut len)
-        .await
-        .map_err(|e| format!("receive tcp: {e}"))?;
+    stream.read_exact(&mut len).await.map_err(io("receive tcp"))?;
     let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
-    stream
-        .read_exact(&mut buf)
-        .await
-        .map_err(|e| format!("receive tcp: {e}"))?;
-    let answer = Message::from_vec(&buf).map_err(|e| format!("decode tcp answer: {e}"))?;
+    stream.read_exact(&mut buf).await.map_err(io("receive tcp"))?;
+    let answer = Message::from_vec(&buf).map_err(ExchangeError::Decode)?;
     if !answers(query, &answer) {
-        return Err("tcp answer does not match the query".into());
+        return Err(ExchangeError::Mismatch);
     }
     Ok(answer)
 }

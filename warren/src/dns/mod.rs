@@ -16,6 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+pub use forward::ExchangeError;
 pub use server::{DnsMetrics, DnsServer, DnsUpdater};
 pub use table::{DnsTable, DnsTableBuilder, NameKind, Resolution};
 
@@ -49,8 +50,8 @@ pub enum DnsError {
     InvalidConfig { field: &'static str, reason: String },
     #[error("dns: no upstream resolver configured to forward {name:?} to")]
     NoUpstream { name: String },
-    #[error("dns upstream {addr}: {reason}")]
-    Upstream { addr: SocketAddr, reason: String },
+    #[error("dns upstream {addr}: {source}")]
+    Upstream { addr: SocketAddr, source: ExchangeError },
     #[error("dns metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("dns: server task failed: {0}")]

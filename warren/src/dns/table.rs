@@ -146,9 +146,9 @@ impl DnsTableBuilder {
         vip: Option<Ipv4Addr>,
         tasks: Vec<(u64, Ipv4Addr)>,
     ) -> Result<&mut Self, DnsError> {
-        let key = normalize_name(name).map_err(|reason| DnsError::InvalidServiceName {
+        let key = normalize_name(name).map_err(|e| DnsError::InvalidServiceName {
             name: name.to_string(),
-            reason,
+            reason: e.to_string(),
         })?;
         if self.services.contains_key(&key) {
             return Err(DnsError::DuplicateService { name: name.to_string() });
@@ -167,28 +167,43 @@ impl DnsTableBuilder {
     }
 }
 
+/// Why a name cannot be served.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum NameError {
+    #[error("the name is empty")]
+    Empty,
+    #[error("the name is longer than {MAX_NAME_LEN} characters")]
+    TooLong,
+    #[error("the name has an empty label (two dots in a row or a leading dot)")]
+    EmptyLabel,
+    #[error("label {0:?} is longer than {MAX_LABEL_LEN} characters")]
+    LabelTooLong(String),
+    #[error("character {0:?} cannot be in a DNS label")]
+    BadChar(char),
+}
+
 /// Lowercases a name and checks that every label is a plain DNS label (letters,
 /// digits, `-`, `_`), so that it can be matched against the labels of a query.
-pub(crate) fn normalize_name(name: &str) -> Result<String, String> {
+pub(crate) fn normalize_name(name: &str) -> Result<String, NameError> {
     let name = name.strip_suffix('.').unwrap_or(name);
     if name.is_empty() {
-        return Err("the name is empty".into());
+        return Err(NameError::Empty);
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(format!("the name is longer than {MAX_NAME_LEN} characters"));
+        return Err(NameError::TooLong);
     }
     for label in name.split('.') {
         if label.is_empty() {
-            return Err("the name has an empty label (two dots in a row or a leading dot)".into());
+            return Err(NameError::EmptyLabel);
         }
         if label.len() > MAX_LABEL_LEN {
-            return Err(format!("label {label:?} is longer than {MAX_LABEL_LEN} characters"));
+            return Err(NameError::LabelTooLong(label.to_string()));
         }
         if let Some(c) = label
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
         {
-            return Err(format!("character {c:?} cannot be in a DNS label"));
+            return Err(NameError::BadChar(c));
         }
     }
     Ok(name.to_ascii_lowercase())

@@ -5,13 +5,13 @@
 //! whenever it changes. Followers answer `NotLeader` so that agents follow the
 //! leader. `monitor_heartbeats` (a leader duty) marks silent nodes down.
 
-use super::ManagerCtx;
-use crate::model::{now_ms, NodeState, Task};
+use super::ctx::ManagerCtx;
+use crate::model::{now_ms, NodeAssignment, NodeState, Task};
 use crate::store::{Command, ObjectKind, State};
 use crate::wire::{auth, convert};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,45 +21,7 @@ use warren_proto::v1 as pb;
 use warren_proto::v1::agent_message::Msg as AgentMsg;
 use warren_proto::v1::dispatcher_message::Msg as DispatcherMsg;
 
-/// Last heartbeat per node, on this manager.
-#[derive(Default)]
-pub struct Sessions {
-    last_seen: Mutex<HashMap<String, Instant>>,
-}
-
-impl Sessions {
-    pub fn seen(&self, node_id: &str) {
-        self.last_seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(node_id.to_string(), Instant::now());
-    }
-
-    fn last(&self, node_id: &str) -> Option<Instant> {
-        self.last_seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(node_id)
-            .copied()
-    }
-}
-
-/// What one node must know: the tasks placed there that have not finished (it
-/// stops anything else it runs), the secrets those tasks use, and the other nodes'
-/// task subnets for routing.
-#[derive(Debug, Default, PartialEq)]
-pub struct NodeAssignment {
-    pub tasks: Vec<Task>,
-    /// Secret IDs, by name, that the tasks reference.
-    pub secrets: BTreeMap<String, String>,
-    /// (node ID, subnet, address to route through).
-    pub peers: Vec<(String, String, String)>,
-    /// Names of the local volumes that live on this node.
-    pub volumes: Vec<String>,
-    /// Every service's reachable tasks (the same for every node).
-    pub services: Vec<crate::model::ServiceEndpoints>,
-}
-
+/// What node `node_id` must know now; pushed again whenever it changes.
 pub fn assignments_for(state: &State, node_id: &str) -> NodeAssignment {
     let tasks: Vec<Task> = state
         .tasks_on_node(node_id)
@@ -118,17 +80,16 @@ fn fingerprint(a: &NodeAssignment) -> Fingerprint {
     )
 }
 
-fn assignments_pb(ctx: &ManagerCtx, a: &NodeAssignment, index: u64) -> pb::Assignments {
-    let secrets = ctx.store.read(|s| {
+/// The plaintext of the secrets a node's tasks use, by name. A secret that cannot
+/// be unsealed is left out (and logged): its tasks fail on the node, visibly.
+fn unseal(ctx: &ManagerCtx, a: &NodeAssignment) -> Vec<(String, Vec<u8>)> {
+    ctx.store.read(|s| {
         a.secrets
             .values()
             .filter_map(|id| {
                 let secret = s.secrets.get(id)?;
                 match ctx.secrets_key.open(&secret.sealed) {
-                    Ok(data) => Some(pb::SecretData {
-                        name: secret.name.clone(),
-                        data,
-                    }),
+                    Ok(data) => Some((secret.name.clone(), data)),
                     Err(e) => {
                         tracing::error!(secret = %secret.name, error = %e, "cannot unseal a secret for a node");
                         None
@@ -136,23 +97,7 @@ fn assignments_pb(ctx: &ManagerCtx, a: &NodeAssignment, index: u64) -> pb::Assig
                 }
             })
             .collect()
-    });
-    pb::Assignments {
-        tasks: a.tasks.iter().map(convert::task_to_pb).collect(),
-        index,
-        secrets,
-        peers: a
-            .peers
-            .iter()
-            .map(|(node_id, subnet, via)| pb::NodeRoute {
-                node_id: node_id.clone(),
-                subnet: subnet.clone(),
-                via: via.clone(),
-            })
-            .collect(),
-        volumes: a.volumes.clone(),
-        services: a.services.iter().map(convert::endpoints_to_pb).collect(),
-    }
+    })
 }
 
 pub struct DispatcherService {
@@ -172,39 +117,47 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
     type SessionStream = SessionStream;
 
     async fn session(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<SessionStream>, Status> {
-        let peer = auth::require_node(&req)?;
-        let (tx, rx) = mpsc::channel(16);
-        if !self.ctx.raft.is_leader() {
-            let leader_addr = self.ctx.raft.leader().map(|(_, a)| a).unwrap_or_default();
-            let _ = tx
-                .send(Ok(pb::DispatcherMessage {
-                    msg: Some(DispatcherMsg::NotLeader(pb::NotLeader { leader_addr })),
-                }))
-                .await;
-            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
-        }
-        let inbound = req.into_inner();
-        let ctx = self.ctx.clone();
-        let span = tracing::info_span!("session", node = %peer.node_id);
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                if let Err(status) = run_session(ctx, peer.node_id.clone(), inbound, tx.clone()).await {
-                    tracing::info!(error = %status.message(), "session ended");
-                    let _ = tx.send(Err(status)).await;
-                }
-            },
-            span,
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let peer = auth::node_of(&req)?;
+        let out = open(self.ctx.clone(), peer.node_id, req.into_inner());
+        Ok(Response::new(Box::pin(out)))
     }
 }
 
-async fn run_session(
-    ctx: Arc<ManagerCtx>,
-    node_id: String,
-    mut inbound: Streaming<pb::AgentMessage>,
-    tx: mpsc::Sender<Result<pb::DispatcherMessage, Status>>,
-) -> Result<(), Status> {
+type Outbound = mpsc::Sender<Result<pb::DispatcherMessage, Status>>;
+
+/// The dispatcher's end of one session of node `node_id` (as its certificate says):
+/// a follower answers `NotLeader` at once; the leader runs the session in a task of
+/// its own and streams what it sends.
+fn open<S>(ctx: Arc<ManagerCtx>, node_id: String, inbound: S) -> ReceiverStream<Result<pb::DispatcherMessage, Status>>
+where
+    S: Stream<Item = Result<pb::AgentMessage, Status>> + Send + Unpin + 'static,
+{
+    let (tx, rx) = mpsc::channel(16);
+    if !ctx.raft.is_leader() {
+        let leader_addr = ctx.raft.leader().map(|(_, a)| a).unwrap_or_default();
+        // The channel is new and empty: this cannot fail for want of room.
+        let _ = tx.try_send(Ok(pb::DispatcherMessage {
+            msg: Some(DispatcherMsg::NotLeader(pb::NotLeader { leader_addr })),
+        }));
+        return ReceiverStream::new(rx);
+    }
+    let span = tracing::info_span!("session", node = %node_id);
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            if let Err(status) = run_session(ctx, node_id, inbound, tx.clone()).await {
+                tracing::info!(error = %status.message(), "session ended");
+                let _ = tx.send(Err(status)).await;
+            }
+        },
+        span,
+    ));
+    ReceiverStream::new(rx)
+}
+
+async fn run_session<S>(ctx: Arc<ManagerCtx>, node_id: String, mut inbound: S, tx: Outbound) -> Result<(), Status>
+where
+    S: Stream<Item = Result<pb::AgentMessage, Status>> + Unpin,
+{
     let first = inbound
         .next()
         .await
@@ -227,7 +180,7 @@ async fn run_session(
         let ctx = ctx.clone();
         async move {
             ctx.raft
-                .write(cmd)
+                .propose(cmd)
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))
         }
@@ -240,7 +193,7 @@ async fn run_session(
         at_ms: now_ms(),
     })
     .await?;
-    let reports = reports_from_pb(hello.tasks);
+    let reports = convert::reports_from_pb(hello.tasks);
     if !reports.is_empty() {
         write(Command::ReportTaskStatus {
             node_id: node_id.clone(),
@@ -273,7 +226,7 @@ async fn run_session(
     .await?;
 
     let mut events = ctx.store.subscribe();
-    let mut leadership = ctx.raft.raft.metrics();
+    let mut leadership = ctx.raft.leadership();
     let mut sent: Option<Fingerprint> = None;
     loop {
         let (assignment, index) = ctx
@@ -281,7 +234,13 @@ async fn run_session(
             .read(|s| (assignments_for(s, &node_id), ctx.store.applied_index()));
         let fp = fingerprint(&assignment);
         if sent.as_ref() != Some(&fp) {
-            send(DispatcherMsg::Assignments(assignments_pb(&ctx, &assignment, index))).await?;
+            let secrets = unseal(&ctx, &assignment);
+            send(DispatcherMsg::Assignments(convert::assignment_to_pb(
+                &assignment,
+                secrets,
+                index,
+            )))
+            .await?;
             sent = Some(fp);
         }
         tokio::select! {
@@ -293,9 +252,9 @@ async fn run_session(
                 };
                 ctx.sessions.seen(&node_id);
                 match msg.msg {
-                    Some(AgentMsg::Heartbeat(_)) => super::ensure_ready(&ctx, &node_id).await,
+                    Some(AgentMsg::Heartbeat(_)) => ensure_ready(&ctx, &node_id).await,
                     Some(AgentMsg::Status(batch)) => {
-                        let reports = reports_from_pb(batch.reports);
+                        let reports = convert::reports_from_pb(batch.reports);
                         if !reports.is_empty() {
                             write(Command::ReportTaskStatus { node_id: node_id.clone(), reports }).await?;
                         }
@@ -328,13 +287,6 @@ async fn run_session(
     }
 }
 
-fn reports_from_pb(reports: Vec<pb::TaskStatusReport>) -> Vec<(String, crate::model::TaskStatus)> {
-    reports
-        .into_iter()
-        .filter_map(|r| Some((r.task_id, convert::task_status_from_pb(r.status?))))
-        .collect()
-}
-
 /// Leader duty: nodes silent for longer than the grace period are marked down (the
 /// orchestrator then moves their tasks). A new leader gives every node a full grace
 /// period to reconnect before judging it.
@@ -363,9 +315,286 @@ pub async fn monitor_heartbeats(ctx: Arc<ManagerCtx>) {
                 message: format!("heartbeat failure: nothing heard for {}s", quiet.as_secs()),
                 at_ms: now_ms(),
             };
-            if let Err(e) = ctx.raft.write(cmd).await {
+            if let Err(e) = ctx.raft.propose(cmd).await {
                 tracing::warn!(error = %e, "could not mark a node down");
             }
         }
+    }
+}
+
+/// Marks a node ready if its heartbeats say so but the state does not.
+async fn ensure_ready(ctx: &ManagerCtx, node_id: &str) {
+    let needs = ctx
+        .store
+        .read(|s| s.nodes.get(node_id).is_some_and(|n| n.state != NodeState::Ready));
+    if needs {
+        let _ = ctx
+            .raft
+            .propose(Command::SetNodeState {
+                id: node_id.to_string(),
+                state: NodeState::Ready,
+                message: String::new(),
+                at_ms: now_ms(),
+            })
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fixtures;
+    use crate::model::{NodeRole, TaskState, TaskStatus};
+    use crate::store::{Proposer, State};
+
+    /// Node `id` at `10.0.0.N:2377` with subnet `10.88.N.0/24`.
+    fn node(id: &str, n: u8) -> crate::model::Node {
+        let mut node = fixtures::node(id, id);
+        node.addr = format!("10.0.0.{n}:2377");
+        node.subnet = Some(format!("10.88.{n}.0/24"));
+        node
+    }
+
+    #[test]
+    fn a_nodes_assignment_holds_its_live_tasks_their_secrets_its_volumes_and_its_peers() {
+        let mut s = State::default();
+        for n in [node("n1", 1), node("n2", 2)] {
+            s.nodes.insert(n.id.clone(), n);
+        }
+        let mut down = node("n3", 3);
+        down.state = NodeState::Down;
+        let mut unplaced = node("n4", 4);
+        unplaced.subnet = None;
+        s.nodes.insert(down.id.clone(), down);
+        s.nodes.insert(unplaced.id.clone(), unplaced);
+        let mut svc = fixtures::service("s1", "web");
+        svc.spec.secrets = vec![crate::model::SecretRef {
+            name: "db".into(),
+            ..Default::default()
+        }];
+        for secret in [fixtures::secret("x1", "db"), fixtures::secret("x2", "unused")] {
+            s.secrets.insert(secret.id.clone(), secret);
+        }
+        for v in [
+            fixtures::volume("v1", "data", Some("n1")),
+            fixtures::volume("v2", "logs", Some("n2")),
+            fixtures::volume("v3", "new", None),
+        ] {
+            s.volumes.insert(v.id.clone(), v);
+        }
+        let live = fixtures::task("t1", &svc, Some("n1"), TaskState::Running);
+        let done = fixtures::task("t2", &svc, Some("n1"), TaskState::Complete);
+        let elsewhere = fixtures::task("t3", &svc, Some("n2"), TaskState::Running);
+        for t in [live.clone(), done, elsewhere] {
+            s.tasks.insert(t.id.clone(), t);
+        }
+        s.services.insert(svc.id.clone(), svc);
+
+        let a = assignments_for(&s, "n1");
+        assert_eq!(
+            a.tasks,
+            vec![live],
+            "finished tasks and other nodes' tasks are not sent"
+        );
+        assert_eq!(a.secrets, BTreeMap::from([("db".to_string(), "x1".to_string())]));
+        assert_eq!(
+            a.peers,
+            vec![("n2".to_string(), "10.88.2.0/24".to_string(), "10.0.0.2".to_string())],
+            "no route to itself, to a down node, or to a node without a subnet"
+        );
+        assert_eq!(a.volumes, vec!["data".to_string()]);
+        assert_eq!(a.services, s.service_endpoints());
+
+        // What the session compares to decide whether to push again.
+        let before = fingerprint(&a);
+        s.tasks.get_mut("t1").unwrap().version += 1;
+        assert_ne!(fingerprint(&assignments_for(&s, "n1")), before);
+        let stranger = assignments_for(&s, "nobody");
+        assert!(stranger.tasks.is_empty() && stranger.secrets.is_empty() && stranger.volumes.is_empty());
+        assert_eq!(stranger.peers.len(), 2, "every reachable node with a subnet is a peer");
+    }
+
+    /// A cluster whose manager `m1` leads, with worker `n1` joined.
+    async fn cluster() -> (Arc<ManagerCtx>, Arc<crate::store::FakeProposer>) {
+        let (ctx, raft) = ManagerCtx::fake();
+        let mut m1 = fixtures::manager("m1", "m1", 1);
+        m1.addr = "127.0.0.1:2377".into();
+        raft.propose(Command::Bootstrap {
+            meta: fixtures::meta(),
+            node: m1,
+        })
+        .await
+        .unwrap();
+        let mut n1 = fixtures::node("n1", "n1");
+        n1.state = NodeState::Unknown;
+        raft.propose(Command::AddNode { node: n1 }).await.unwrap();
+        (ctx, raft)
+    }
+
+    fn hello(node_id: &str, tasks: Vec<pb::TaskStatusReport>) -> pb::AgentMessage {
+        pb::AgentMessage {
+            msg: Some(AgentMsg::Hello(pb::AgentHello {
+                node_id: node_id.into(),
+                hostname: node_id.into(),
+                resources: Some(convert::resources_to_pb(crate::model::Resources {
+                    nano_cpus: 4_000_000_000,
+                    memory_bytes: 1 << 31,
+                })),
+                platform: None,
+                warren_version: "9.9.9".into(),
+                tasks,
+            })),
+        }
+    }
+
+    type Agent = mpsc::UnboundedSender<Result<pb::AgentMessage, Status>>;
+    type Out = ReceiverStream<Result<pb::DispatcherMessage, Status>>;
+
+    fn session(ctx: &Arc<ManagerCtx>, node_id: &str) -> (Agent, Out) {
+        let (agent, inbound) = mpsc::unbounded_channel();
+        let out = open(
+            ctx.clone(),
+            node_id.into(),
+            tokio_stream::wrappers::UnboundedReceiverStream::new(inbound),
+        );
+        (agent, out)
+    }
+
+    async fn next(out: &mut Out) -> Result<DispatcherMsg, Status> {
+        let m = tokio::time::timeout(Duration::from_secs(5), out.next())
+            .await
+            .expect("the dispatcher sent nothing within 5s")
+            .expect("the dispatcher closed the session");
+        m.map(|m| m.msg.expect("a message with a body"))
+    }
+
+    #[tokio::test]
+    async fn a_session_records_the_hello_accepts_and_pushes_every_new_assignment_set() {
+        let (ctx, raft) = cluster().await;
+        let (agent, mut out) = session(&ctx, "n1");
+        let report = pb::TaskStatusReport {
+            task_id: "t-old".into(),
+            status: Some(convert::task_status_to_pb(&TaskStatus {
+                state: TaskState::Running,
+                ..Default::default()
+            })),
+        };
+        agent.send(Ok(hello("n1", vec![report]))).unwrap();
+
+        // 1. The hello refreshes the node (ready, with what it reports).
+        let Ok(DispatcherMsg::Accepted(a)) = next(&mut out).await else {
+            panic!("the first answer is not an acceptance");
+        };
+        assert_eq!(a.heartbeat_period_ms, 100);
+        assert_eq!(a.managers, vec!["127.0.0.1:2377".to_string()]);
+        assert_eq!(a.cluster_cidr, "10.88.0.0/16");
+        let n1 = ctx.store.read(|s| s.nodes["n1"].clone());
+        assert_eq!(Some(a.node_subnet), n1.subnet);
+        assert_eq!((n1.state, n1.warren_version.as_str()), (NodeState::Ready, "9.9.9"));
+        assert_eq!(n1.resources.memory_bytes, 1 << 31);
+        assert!(raft
+            .proposed()
+            .iter()
+            .any(|c| matches!(c, Command::ReportTaskStatus { node_id, reports } if node_id == "n1" && reports[0].0 == "t-old")));
+
+        // 2. Then the node's assignment set, and again whenever it changes.
+        let Ok(DispatcherMsg::Assignments(first)) = next(&mut out).await else {
+            panic!("no assignment set after the acceptance");
+        };
+        assert!(first.tasks.is_empty());
+        let svc = fixtures::service("s1", "web");
+        raft.propose(Command::CreateService {
+            service: svc.clone(),
+            rules: crate::store::Rules::CURRENT,
+        })
+        .await
+        .unwrap();
+        let task = fixtures::task("t1", &svc, Some("n1"), TaskState::Assigned);
+        raft.propose(Command::CreateTasks { tasks: vec![task] }).await.unwrap();
+        let pushed = loop {
+            let Ok(DispatcherMsg::Assignments(a)) = next(&mut out).await else {
+                panic!("expected assignment sets only");
+            };
+            if !a.tasks.is_empty() {
+                break a;
+            }
+        };
+        assert_eq!(pushed.tasks[0].id, "t1");
+        assert!(pushed.index > first.index);
+
+        // 3. A status batch becomes one write for this node.
+        let report = pb::TaskStatusReport {
+            task_id: "t1".into(),
+            status: Some(convert::task_status_to_pb(&TaskStatus {
+                state: TaskState::Running,
+                ..Default::default()
+            })),
+        };
+        agent
+            .send(Ok(pb::AgentMessage {
+                msg: Some(AgentMsg::Status(pb::TaskStatusBatch { reports: vec![report] })),
+            }))
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while ctx.store.read(|s| s.tasks["t1"].status.state) != TaskState::Running {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the report was not written within 5s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        // 4. Losing the lead sends the agent to the new leader.
+        raft.set_leader(Some((2, "10.0.0.2:2377")));
+        loop {
+            match next(&mut out).await {
+                Ok(DispatcherMsg::NotLeader(n)) => {
+                    assert_eq!(n.leader_addr, "10.0.0.2:2377");
+                    break;
+                }
+                Ok(DispatcherMsg::Assignments(_)) => continue,
+                other => panic!("expected NotLeader, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_follower_sends_the_agent_to_the_leader() {
+        let (ctx, raft) = cluster().await;
+        raft.set_leader(Some((2, "10.0.0.2:2377")));
+        let (_agent, mut out) = session(&ctx, "n1");
+        match next(&mut out).await {
+            Ok(DispatcherMsg::NotLeader(n)) => assert_eq!(n.leader_addr, "10.0.0.2:2377"),
+            other => panic!("expected NotLeader, got {other:?}"),
+        }
+        assert!(out.next().await.is_none(), "a follower ends the session");
+    }
+
+    #[tokio::test]
+    async fn sessions_that_are_not_a_known_nodes_hello_are_refused() {
+        let (ctx, raft) = cluster().await;
+        let before = raft.proposed().len();
+
+        let (agent, mut out) = session(&ctx, "n1");
+        agent.send(Ok(hello("m1", vec![]))).unwrap();
+        let e = next(&mut out).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert_eq!(e.message(), "the certificate belongs to node n1, not m1");
+
+        let (agent, mut out) = session(&ctx, "gone");
+        agent.send(Ok(hello("gone", vec![]))).unwrap();
+        let e = next(&mut out).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(e.message().contains("was removed from the cluster"), "{}", e.message());
+
+        let (agent, mut out) = session(&ctx, "n1");
+        let heartbeat = pb::AgentMessage {
+            msg: Some(AgentMsg::Heartbeat(pb::Heartbeat {})),
+        };
+        agent.send(Ok(heartbeat)).unwrap();
+        let e = next(&mut out).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(raft.proposed().len(), before, "a refused session writes nothing");
+        assert_eq!(ctx.store.read(|s| s.nodes["n1"].role), NodeRole::Worker);
     }
 }

@@ -3,14 +3,18 @@
 //! their user-facing spellings (sizes, constraints, ports). No I/O and no protobuf
 //! here: the API converts at its boundary (`wire::convert`).
 
+mod assignment;
 mod cluster;
 mod endpoints;
+#[cfg(test)]
+pub(crate) mod fixtures;
 mod node;
 mod parse;
 mod service;
 mod task;
 mod workload;
 
+pub use assignment::*;
 pub use cluster::*;
 pub use endpoints::*;
 pub use node::*;

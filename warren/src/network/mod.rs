@@ -20,6 +20,7 @@ mod ipam;
 mod netlink;
 mod netns;
 mod nft;
+mod rtnl;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

@@ -6,7 +6,7 @@
 
 mod token;
 
-pub use token::{new_token_secret, JoinToken};
+pub use token::{new_token_secret, JoinToken, TokenError};
 
 use crate::model::NodeRole;
 use rcgen::{

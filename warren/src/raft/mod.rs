@@ -1,7 +1,9 @@
 //! Raft for the managers: the tonic network that carries Raft RPCs between managers
-//! over mutual TLS, and `RaftNode`, which starts Raft on the redb stores and offers
-//! `write` (forwarding to the leader when needed). The openraft type declarations
-//! live with the store (`store::types`), which the log and state machine implement.
+//! over mutual TLS (`network`, and `service` for the server side), and `RaftNode`,
+//! which starts Raft on the redb stores and implements the store's write seam,
+//! `store::Proposer` (forwarding to the leader when needed). The openraft type
+//! declarations live with the store (`store::types`), which the log and state
+//! machine implement.
 
 pub mod network;
 pub mod node;

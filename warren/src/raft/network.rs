@@ -74,19 +74,15 @@ impl openraft::RaftNetworkFactory<TypeConfig> for Peers {
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerConnection {
         PeerConnection {
             target,
-            client: self.raft_client(&node.addr).map_err(|e| e.to_string()),
+            client: self.raft_client(&node.addr),
         }
     }
 }
 
 pub struct PeerConnection {
     target: u64,
-    client: Result<RaftClient<Channel>, String>,
+    client: Result<RaftClient<Channel>, ChannelError>,
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct Msg(String);
 
 impl PeerConnection {
     async fn call<Req, Resp, E>(
@@ -102,7 +98,7 @@ impl PeerConnection {
     {
         let client = match &mut self.client {
             Ok(c) => c,
-            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Msg(e.clone())))),
+            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(e))),
         };
         let data = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(RaftPayload { data });
@@ -114,13 +110,9 @@ impl PeerConnection {
         };
         let reply = reply.map_err(|status| match status.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                RPCError::Unreachable(Unreachable::new(&Msg(status.message().to_string())))
+                RPCError::Unreachable(Unreachable::new(&status))
             }
-            _ => RPCError::Network(NetworkError::new(&Msg(format!(
-                "{:?}: {}",
-                status.code(),
-                status.message()
-            )))),
+            _ => RPCError::Network(NetworkError::new(&status)),
         })?;
         let result: Result<Resp, RaftError<u64, E>> =
             serde_json::from_slice(&reply.into_inner().data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;

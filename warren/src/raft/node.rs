@@ -1,13 +1,16 @@
 //! `RaftNode`: one manager's Raft member over the redb stores, and the single way
-//! the rest of Warren writes to the replicated state (`write`). A write made on a
-//! follower is forwarded to the leader and returns once this manager has applied
-//! it too, so that a client reading right after its own write sees it.
+//! the rest of Warren writes to the replicated state (`write`, behind
+//! `store::Proposer`). A write made on a follower is forwarded to the leader and
+//! returns once this manager has applied it too, so that a client reading right
+//! after its own write sees it.
 
 use super::network::Peers;
-use super::Raft;
+use super::{Raft, StorageError};
 use crate::store::log::LogStore;
 use crate::store::sm::StateMachine;
-use crate::store::{Command, Response, Store, WriteError};
+use crate::store::{Command, Member, Proposer, RaftStatus, Response, Store, WriteError};
+use crate::wire::channel::ChannelError;
+use async_trait::async_trait;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Config, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
@@ -15,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use warren_proto::v1::RaftPayload;
 
 /// Timing and compaction settings.
@@ -46,14 +50,35 @@ impl Default for RaftTuning {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot open the Raft log {path}: {reason}")]
-    Log { path: String, reason: String },
-    #[error("cannot open the Raft state {path}: {reason}")]
-    State { path: String, reason: String },
+    #[error("cannot create the Raft directory {path}: {source}")]
+    Dir { path: String, source: std::io::Error },
+    #[error("cannot open the Raft log {path}: {source}")]
+    Log {
+        path: String,
+        source: Box<redb::DatabaseError>,
+    },
+    #[error("cannot open the Raft state {path}: {source}")]
+    State { path: String, source: Box<StorageError> },
     #[error("invalid Raft settings: {0}")]
-    Config(String),
+    Config(#[from] openraft::ConfigError),
+    // openraft's errors are large; boxed, they keep every Result of the daemon small.
     #[error("raft failed to start: {0}")]
-    Raft(String),
+    Fatal(#[source] Box<openraft::error::Fatal<u64>>),
+    #[error("initializing the Raft group: {0}")]
+    Initialize(#[source] Box<RaftError<u64, openraft::error::InitializeError<u64, BasicNode>>>),
+}
+
+/// Why a write could not be forwarded to the leader (retried until the deadline).
+#[derive(Debug, thiserror::Error)]
+enum ForwardError {
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error("encoding the command: {0}")]
+    Encode(serde_json::Error),
+    #[error("decoding the leader's reply: {0}")]
+    Decode(serde_json::Error),
+    #[error("the leader did not take it: {}", .0.message())]
+    Status(#[from] tonic::Status),
 }
 
 /// What the leader answers a forwarded write.
@@ -70,6 +95,7 @@ pub struct RaftNode {
     store: Arc<Store>,
     peers: Peers,
     tuning: RaftTuning,
+    leader: watch::Receiver<Option<u64>>,
 }
 
 impl RaftNode {
@@ -80,19 +106,19 @@ impl RaftNode {
         peers: Peers,
         tuning: RaftTuning,
     ) -> Result<Arc<RaftNode>, StartError> {
-        std::fs::create_dir_all(dir).map_err(|e| StartError::Log {
+        std::fs::create_dir_all(dir).map_err(|source| StartError::Dir {
             path: dir.display().to_string(),
-            reason: e.to_string(),
+            source,
         })?;
         let log_path = dir.join("raft-log.redb");
-        let log = LogStore::open(&log_path).map_err(|e| StartError::Log {
+        let log = LogStore::open(&log_path).map_err(|source| StartError::Log {
             path: log_path.display().to_string(),
-            reason: e.to_string(),
+            source: Box::new(source),
         })?;
         let sm_path = dir.join("raft-state.redb");
-        let sm = StateMachine::open(&sm_path, store.clone()).map_err(|e| StartError::State {
+        let sm = StateMachine::open(&sm_path, store.clone()).map_err(|source| StartError::State {
             path: sm_path.display().to_string(),
-            reason: e.to_string(),
+            source: Box::new(source),
         })?;
         let config = Config {
             cluster_name: "warren".into(),
@@ -105,12 +131,12 @@ impl RaftNode {
             purge_batch_size: (tuning.snapshot_every / 2).clamp(1, 256),
             ..Default::default()
         }
-        .validate()
-        .map_err(|e| StartError::Config(e.to_string()))?;
+        .validate()?;
         let raft = Raft::new(id, Arc::new(config), peers.clone(), log, sm)
             .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
+            .map_err(|e| StartError::Fatal(Box::new(e)))?;
         Ok(Arc::new(RaftNode {
+            leader: follow_leader(&raft),
             raft,
             id,
             store,
@@ -134,30 +160,7 @@ impl RaftNode {
         self.raft
             .initialize(members)
             .await
-            .map_err(|e| StartError::Raft(e.to_string()))
-    }
-
-    pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.id)
-    }
-
-    /// The current leader's Raft ID and address, if one is known.
-    pub fn leader(&self) -> Option<(u64, String)> {
-        let m = self.raft.metrics().borrow().clone();
-        let id = m.current_leader?;
-        let node = m.membership_config.membership().get_node(&id)?;
-        Some((id, node.addr.clone()))
-    }
-
-    /// Every member (voters and learners) with its address.
-    pub fn members(&self) -> Vec<(u64, String, bool)> {
-        let m = self.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership().clone();
-        let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        membership
-            .nodes()
-            .map(|(id, n)| (*id, n.addr.clone(), voters.contains(id)))
-            .collect()
+            .map_err(|e| StartError::Initialize(Box::new(e)))
     }
 
     /// Waits until some member is leader; false on timeout.
@@ -176,7 +179,7 @@ impl RaftNode {
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(if self.leader().is_none() {
+                return Err(if Proposer::leader(self).is_none() {
                     WriteError::NoLeader
                 } else {
                     WriteError::Timeout(self.tuning.write_timeout)
@@ -212,13 +215,13 @@ impl RaftNode {
         }
     }
 
-    async fn forward(&self, addr: &str, cmd: &Command, timeout: Duration) -> Result<ForwardReply, String> {
-        let mut client = self.peers.raft_client(addr).map_err(|e| e.to_string())?;
-        let data = serde_json::to_vec(cmd).map_err(|e| e.to_string())?;
+    async fn forward(&self, addr: &str, cmd: &Command, timeout: Duration) -> Result<ForwardReply, ForwardError> {
+        let mut client = self.peers.raft_client(addr)?;
+        let data = serde_json::to_vec(cmd).map_err(ForwardError::Encode)?;
         let mut req = tonic::Request::new(RaftPayload { data });
         req.set_timeout(timeout);
-        let reply = client.forward(req).await.map_err(|s| s.message().to_string())?;
-        serde_json::from_slice(&reply.into_inner().data).map_err(|e| e.to_string())
+        let reply = client.forward(req).await?;
+        serde_json::from_slice(&reply.into_inner().data).map_err(ForwardError::Decode)
     }
 
     /// Leader side of a forwarded write.
@@ -279,5 +282,75 @@ impl RaftNode {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+    }
+}
+
+/// A watch of the leader's ID alone, fed from openraft's metrics (which change with
+/// every applied entry), so that waiters wake only when leadership moves.
+fn follow_leader(raft: &Raft) -> watch::Receiver<Option<u64>> {
+    let mut metrics = raft.metrics();
+    let (tx, rx) = watch::channel(metrics.borrow().current_leader);
+    tokio::spawn(async move {
+        // Ends when Raft shuts down (its metrics sender goes) or nobody watches.
+        while metrics.changed().await.is_ok() {
+            let leader = metrics.borrow_and_update().current_leader;
+            tx.send_if_modified(|l| std::mem::replace(l, leader) != leader);
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[async_trait]
+impl Proposer for RaftNode {
+    async fn propose(&self, cmd: Command) -> Result<(), WriteError> {
+        self.write(cmd).await
+    }
+
+    fn status(&self) -> RaftStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let replication = m.replication.clone().unwrap_or_default();
+        RaftStatus {
+            id: self.id,
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            purged_index: m.purged.map(|l| l.index).unwrap_or(0),
+            members: membership
+                .nodes()
+                .map(|(id, n)| Member {
+                    id: *id,
+                    addr: n.addr.clone(),
+                    voter: voters.contains(id),
+                    matched: replication.get(id).and_then(|l| l.as_ref()).map(|l| l.index),
+                })
+                .collect(),
+        }
+    }
+
+    fn leadership(&self) -> watch::Receiver<Option<u64>> {
+        self.leader.clone()
+    }
+
+    async fn add_voter(&self, id: u64, addr: &str) -> Result<(), WriteError> {
+        RaftNode::add_voter(self, id, addr).await
+    }
+
+    async fn remove_member(&self, id: u64) -> Result<(), WriteError> {
+        RaftNode::remove_member(self, id).await
+    }
+
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
     }
 }

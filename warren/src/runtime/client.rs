@@ -3,7 +3,7 @@
 //! writes, and snapshot calls. No image or container logic.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -31,20 +31,41 @@ const LEASE_HEADER: &str = "containerd-lease";
 /// How long containerd gets to accept a connection and to answer its version.
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why no containerd answered on a socket.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProbeError {
+    #[error("no socket at {}", .0.display())]
+    NoSocket(PathBuf),
+    #[error("{} did not accept a connection", .0.display())]
+    NoAccept(PathBuf),
+    #[error("{}: {reason}", socket.display())]
+    Connect { socket: PathBuf, reason: String },
+    #[error("{} did not answer", .0.display())]
+    Silent(PathBuf),
+    #[error("{}: {}", socket.display(), status.message())]
+    Refused { socket: PathBuf, status: tonic::Status },
+}
+
 /// Connects to a socket and checks that containerd answers.
-pub(crate) async fn probe(socket: &Path) -> std::result::Result<Channel, String> {
+pub(crate) async fn probe(socket: &Path) -> std::result::Result<Channel, ProbeError> {
+    let path = || socket.to_path_buf();
     if !socket.exists() {
-        return Err(format!("no socket at {}", socket.display()));
+        return Err(ProbeError::NoSocket(path()));
     }
     let channel = match tokio::time::timeout(PROBE_TIMEOUT, containerd_client::connect(socket)).await {
-        Err(_) => return Err(format!("{} did not accept a connection", socket.display())),
-        Ok(Err(e)) => return Err(format!("{}: {}", socket.display(), super::registry::error_chain(&e))),
+        Err(_) => return Err(ProbeError::NoAccept(path())),
+        Ok(Err(e)) => {
+            return Err(ProbeError::Connect {
+                socket: path(),
+                reason: super::registry::error_chain(&e),
+            })
+        }
         Ok(Ok(c)) => c,
     };
     let mut v = containerd_client::services::v1::version_client::VersionClient::new(channel.clone());
     match tokio::time::timeout(PROBE_TIMEOUT, v.version(())).await {
-        Err(_) => Err(format!("{} did not answer", socket.display())),
-        Ok(Err(s)) => Err(format!("{}: {}", socket.display(), s.message())),
+        Err(_) => Err(ProbeError::Silent(path())),
+        Ok(Err(status)) => Err(ProbeError::Refused { socket: path(), status }),
         Ok(Ok(_)) => Ok(channel),
     }
 }

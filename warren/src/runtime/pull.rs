@@ -124,9 +124,9 @@ impl Containerd {
             let resolved = fetcher.fetch(&target).await.map_err(fail)?;
             store::unpack(&self.cd, &lease, &resolved).await.map_err(fail)?;
             store::put_image_record(&self.cd, &name, &target).await?;
-            resolved.info(&name).map_err(|reason| RuntimeError::BadImage {
+            resolved.info(&name).map_err(|e| RuntimeError::BadImage {
                 image: name.clone(),
-                reason,
+                reason: e.to_string(),
             })
         }
         .await;

@@ -33,7 +33,7 @@ impl ImageRef {
         }
         let (rest, digest) = match s.split_once('@') {
             Some((r, d)) => {
-                validate_digest(d).map_err(|e| bad(&e))?;
+                validate_digest(d).map_err(|e| bad(&e.to_string()))?;
                 (r, Some(d.to_string()))
             }
             None => (s, None),
@@ -134,15 +134,19 @@ impl fmt::Display for ImageRef {
     }
 }
 
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid digest {0:?} (want sha256:<64 lowercase hex>)")]
+pub struct DigestError(pub String);
+
 /// Checks a `sha256:<64 hex>` digest (the only algorithm Warren accepts).
-pub fn validate_digest(d: &str) -> Result<(), String> {
+pub fn validate_digest(d: &str) -> Result<(), DigestError> {
     match d.split_once(':') {
         Some(("sha256", hex))
             if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) =>
         {
             Ok(())
         }
-        _ => Err(format!("invalid digest {d:?} (want sha256:<64 lowercase hex>)")),
+        _ => Err(DigestError(d.to_string())),
     }
 }
 

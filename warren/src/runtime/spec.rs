@@ -189,8 +189,19 @@ pub fn process_env(spec: &ContainerSpec, image: &ImageConfig) -> Vec<String> {
     order.into_iter().map(|k| format!("{k}={}", values[&k])).collect()
 }
 
+/// Why `user[:group]` does not resolve in an image.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    #[error("bad uid for {0} in /etc/passwd")]
+    BadUid(String),
+    #[error("no user {0:?} in the image's /etc/passwd")]
+    NoUser(String),
+    #[error("no group {0:?} in the image's /etc/group")]
+    NoGroup(String),
+}
+
 /// Resolves `user[:group]` (names or numbers) against passwd/group file contents.
-pub fn resolve_user(user: &str, passwd: Option<&str>, group: Option<&str>) -> Result<User, String> {
+pub fn resolve_user(user: &str, passwd: Option<&str>, group: Option<&str>) -> Result<User, UserError> {
     let (u, g) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
@@ -216,8 +227,8 @@ pub fn resolve_user(user: &str, passwd: Option<&str>, group: Option<&str>) -> Re
     };
     let uid = match (u.parse::<u32>(), entry) {
         (Ok(n), _) => n,
-        (Err(_), Some(e)) => e[2].parse().map_err(|_| format!("bad uid for {u} in /etc/passwd"))?,
-        (Err(_), None) => return Err(format!("no user {u:?} in the image's /etc/passwd")),
+        (Err(_), Some(e)) => e[2].parse().map_err(|_| UserError::BadUid(u.to_string()))?,
+        (Err(_), None) => return Err(UserError::NoUser(u.to_string())),
     };
     let gid = match g {
         Some(g) => match g.parse::<u32>() {
@@ -226,7 +237,7 @@ pub fn resolve_user(user: &str, passwd: Option<&str>, group: Option<&str>) -> Re
                 .iter()
                 .find(|f| f[0] == g)
                 .and_then(|f| f[2].parse().ok())
-                .ok_or_else(|| format!("no group {g:?} in the image's /etc/group"))?,
+                .ok_or_else(|| UserError::NoGroup(g.to_string()))?,
         },
         None => entry.and_then(|e| e[3].parse().ok()).unwrap_or(0),
     };
@@ -618,7 +629,9 @@ mod tests {
         assert_eq!((u.uid, u.gid), (4242, 4243));
         let u = resolve_user("4242", Some(passwd), None).unwrap();
         assert_eq!((u.uid, u.gid), (4242, 0));
-        let e = resolve_user("nobody", Some(passwd), Some(group)).unwrap_err();
+        let e = resolve_user("nobody", Some(passwd), Some(group))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no user \"nobody\""), "{e}");
         assert!(!needs_lookup("1:2"));
         assert!(needs_lookup("1"));

@@ -46,24 +46,32 @@ pub(crate) struct Resolved {
     pub config: ConfigFile,
 }
 
+/// Why a resolved image has no usable layer chain.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum LayersError {
+    #[error("image config has no layers (rootfs.diff_ids is empty)")]
+    None,
+    #[error("manifest has {layers} layers but config has {diff_ids} diff_ids")]
+    Mismatch { layers: usize, diff_ids: usize },
+}
+
 impl Resolved {
     /// Chain ID of the top layer: the snapshot a container's rootfs is prepared from.
-    pub fn chain_id(&self) -> Result<String, String> {
+    pub fn chain_id(&self) -> Result<String, LayersError> {
         let diff_ids = &self.config.rootfs.diff_ids;
         if diff_ids.is_empty() {
-            return Err("image config has no layers (rootfs.diff_ids is empty)".into());
+            return Err(LayersError::None);
         }
         if diff_ids.len() != self.manifest.layers.len() {
-            return Err(format!(
-                "manifest has {} layers but config has {} diff_ids",
-                self.manifest.layers.len(),
-                diff_ids.len()
-            ));
+            return Err(LayersError::Mismatch {
+                layers: self.manifest.layers.len(),
+                diff_ids: diff_ids.len(),
+            });
         }
         Ok(chain_ids(diff_ids).pop().expect("non-empty"))
     }
 
-    pub fn info(&self, name: &str) -> Result<super::ImageInfo, String> {
+    pub fn info(&self, name: &str) -> Result<super::ImageInfo, LayersError> {
         Ok(super::ImageInfo {
             name: name.to_string(),
             digest: self.target.digest.clone(),
@@ -293,7 +301,7 @@ fn from_cd(d: &CdDescriptor) -> Descriptor {
 /// Returns the top chain ID.
 pub(crate) async fn unpack(cd: &Cd, lease: &str, image: &Resolved) -> Result<String, PullError> {
     let diff_ids = &image.config.rootfs.diff_ids;
-    image.chain_id().map_err(PullError::Invalid)?;
+    image.chain_id().map_err(|e| PullError::Invalid(e.to_string()))?;
     let chain = chain_ids(diff_ids);
     let mut parent = String::new();
     for (i, layer) in image.manifest.layers.iter().enumerate() {

@@ -3,12 +3,13 @@
 //! managers), the `ApplyError` a refused command answers, and the redb-backed
 //! openraft log store and state machine that make it durable. Every other component
 //! reads the state through `Store` and learns of changes from its event stream; none
-//! of them writes here except through Raft.
+//! of them writes here except through a `Proposer` (Raft).
 
 mod apply;
 pub mod command;
 mod endpoints;
 pub mod error;
+mod fake;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod log;
@@ -19,8 +20,9 @@ pub mod write;
 
 pub use command::{Command, Response, Rules};
 pub use error::{ApplyError, User};
+pub use fake::FakeProposer;
 pub use state::{Action, Change, ObjectKind, State};
-pub use write::WriteError;
+pub use write::{Member, Proposer, RaftStatus, WriteError};
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

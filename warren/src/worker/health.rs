@@ -64,12 +64,44 @@ pub fn plan(service: Option<&HealthCheck>, image: Option<&runtime::Healthcheck>)
     })
 }
 
+/// Why a probe failed; the message becomes the task's status message.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Exec(#[from] crate::runtime::RuntimeError),
+    #[error("exit code {code}: {output}")]
+    Exit { code: u32, output: String },
+    #[error("tcp {addr}:{port}: {source}")]
+    Tcp {
+        addr: Ipv4Addr,
+        port: u16,
+        source: std::io::Error,
+    },
+    #[error("http {addr}:{port}: {source}")]
+    Http {
+        addr: Ipv4Addr,
+        port: u16,
+        source: std::io::Error,
+    },
+    #[error("http {addr}:{port}{path}: not an HTTP answer")]
+    NotHttp { addr: Ipv4Addr, port: u16, path: String },
+    #[error("http {addr}:{port}{path}: status {code}")]
+    Status {
+        addr: Ipv4Addr,
+        port: u16,
+        path: String,
+        code: u16,
+    },
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
 /// Runs one probe; Err says why it failed.
-pub async fn probe(rt: &dyn ContainerRuntime, container: &str, addr: Ipv4Addr, plan: &Plan) -> Result<(), String> {
+pub async fn probe(rt: &dyn ContainerRuntime, container: &str, addr: Ipv4Addr, plan: &Plan) -> Result<(), ProbeError> {
     let attempt = async {
         match &plan.probe {
             Probe::Exec(cmd) => {
-                let out = rt.exec(container, cmd, plan.timeout).await.map_err(|e| e.to_string())?;
+                let out = rt.exec(container, cmd, plan.timeout).await?;
                 if out.exit_code == 0 {
                     Ok(())
                 } else {
@@ -78,44 +110,56 @@ pub async fn probe(rt: &dyn ContainerRuntime, container: &str, addr: Ipv4Addr, p
                     } else {
                         &out.stderr
                     });
-                    Err(format!("exit code {}: {}", out.exit_code, text.trim()))
+                    Err(ProbeError::Exit {
+                        code: out.exit_code,
+                        output: text.trim().to_string(),
+                    })
                 }
             }
             Probe::Tcp { port } => tokio::net::TcpStream::connect((addr, *port))
                 .await
                 .map(|_| ())
-                .map_err(|e| format!("tcp {addr}:{port}: {e}")),
+                .map_err(|source| ProbeError::Tcp {
+                    addr,
+                    port: *port,
+                    source,
+                }),
             Probe::Http { port, path } => http_get(addr, *port, path).await,
         }
     };
     match tokio::time::timeout(plan.timeout, attempt).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {:?}", plan.timeout)),
+        Err(_) => Err(ProbeError::Timeout(plan.timeout)),
     }
 }
 
-async fn http_get(addr: Ipv4Addr, port: u16, path: &str) -> Result<(), String> {
-    let mut s = tokio::net::TcpStream::connect((addr, port))
-        .await
-        .map_err(|e| format!("http {addr}:{port}: {e}"))?;
+async fn http_get(addr: Ipv4Addr, port: u16, path: &str) -> Result<(), ProbeError> {
+    let io = |source| ProbeError::Http { addr, port, source };
+    let mut s = tokio::net::TcpStream::connect((addr, port)).await.map_err(io)?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}:{port}\r\nUser-Agent: warren-health\r\n\r\n").as_bytes())
         .await
-        .map_err(|e| format!("http {addr}:{port}: {e}"))?;
+        .map_err(io)?;
     let mut head = vec![0u8; 64];
-    let n = s
-        .read(&mut head)
-        .await
-        .map_err(|e| format!("http {addr}:{port}: {e}"))?;
+    let n = s.read(&mut head).await.map_err(io)?;
     let line = String::from_utf8_lossy(&head[..n]);
     let code: u16 = line
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("http {addr}:{port}{path}: not an HTTP answer"))?;
+        .ok_or_else(|| ProbeError::NotHttp {
+            addr,
+            port,
+            path: path.to_string(),
+        })?;
     if (200..400).contains(&code) {
         Ok(())
     } else {
-        Err(format!("http {addr}:{port}{path}: status {code}"))
+        Err(ProbeError::Status {
+            addr,
+            port,
+            path: path.to_string(),
+            code,
+        })
     }
 }
 
@@ -244,7 +288,8 @@ mod tests {
             }),
         )
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("status 503"), "{e}");
         assert!(probe(&rt, "c", lo, &mk(Probe::Tcp { port })).await.is_ok());
     }

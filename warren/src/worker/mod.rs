@@ -11,9 +11,9 @@ mod mounts;
 mod task;
 
 use crate::agent::executor::{Assignment, Executor, NodeNetwork, Report};
-use crate::agent::node_service::{LogLines, NodeOps};
+use crate::agent::node_service::{LogLines, NodeOps, NodeOpsError};
 use crate::model::{now_ms, TaskState, TaskStatus};
-use crate::network::{NetworkManager, PeerRoute};
+use crate::network::{NetworkError, NetworkManager, PeerRoute};
 use crate::runtime::{ContainerRuntime, ContainerStatus, LogOptions};
 use futures::future::BoxFuture;
 use futures::StreamExt;
@@ -35,7 +35,7 @@ pub struct WorkerConfig {
 /// Builds the node network once the leader has said which subnet is the node's
 /// (a seam: unit tests give a fake).
 pub type NetworkFactory =
-    Arc<dyn Fn(NodeNetwork) -> BoxFuture<'static, Result<Arc<dyn NetworkManager>, String>> + Send + Sync>;
+    Arc<dyn Fn(NodeNetwork) -> BoxFuture<'static, Result<Arc<dyn NetworkManager>, NetworkError>> + Send + Sync>;
 
 pub struct Worker {
     inner: Arc<Inner>,
@@ -149,7 +149,7 @@ impl NodeOps for Worker {
         task_ids: Vec<String>,
         follow: bool,
         tail: Option<usize>,
-    ) -> BoxFuture<'_, Result<LogLines, String>> {
+    ) -> BoxFuture<'_, Result<LogLines, NodeOpsError>> {
         Box::pin(async move {
             let mut streams = Vec::new();
             for id in task_ids {
@@ -157,7 +157,7 @@ impl NodeOps for Worker {
                     Ok(s) => {
                         let tid = id.clone();
                         streams.push(
-                            s.map(move |l| l.map(|line| (tid.clone(), line)).map_err(|e| e.to_string()))
+                            s.map(move |l| l.map(|line| (tid.clone(), line)).map_err(NodeOpsError::from))
                                 .boxed(),
                         );
                     }
@@ -169,14 +169,9 @@ impl NodeOps for Worker {
         })
     }
 
-    fn load_image(&self, archive: PathBuf) -> BoxFuture<'_, Result<Vec<String>, String>> {
+    fn load_image(&self, archive: PathBuf) -> BoxFuture<'_, Result<Vec<String>, NodeOpsError>> {
         Box::pin(async move {
-            let images = self
-                .inner
-                .runtime
-                .import(&archive, None)
-                .await
-                .map_err(|e| e.to_string())?;
+            let images = self.inner.runtime.import(&archive, None).await?;
             Ok(images.into_iter().map(|i| i.name).collect())
         })
     }

@@ -136,7 +136,7 @@ pub(super) async fn supervise(
                     Verdict::Unhealthy => "unhealthy",
                 };
                 if verdict == Verdict::Unhealthy {
-                    let why = result.err().unwrap_or_default();
+                    let why = result.err().map(|e| e.to_string()).unwrap_or_default();
                     tracing::info!(task = %id, reason = %why, "task is unhealthy: stopping it");
                     // Reported first, so that every node takes the task out of its
                     // balancing tables during the stop grace period, not after it.

@@ -1,38 +1,36 @@
 //! [`Containerd`]: the real [`ContainerRuntime`] over containerd's gRPC API —
 //! connecting (or starting a supervised containerd), containers from OCI specs, tasks
 //! with file-backed stdio, stop with a grace period, exec, exit events and listing
-//! for adoption. Image pulls and imports live in pull.rs and import.rs.
+//! for adoption. Creating containers is create.rs's, exec exec.rs's, exit events
+//! events.rs's; image pulls and imports live in pull.rs and import.rs.
+
+mod create;
+mod events;
+mod exec;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteProcessRequest,
-    DeleteTaskRequest, ExecProcessRequest, GetContainerRequest, GetRequest, KillRequest, ListContainersRequest,
-    ListTasksRequest, PublishRequest, StartRequest, SubscribeRequest, WaitRequest,
+    Container, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest, GetContainerRequest, GetRequest,
+    KillRequest, ListContainersRequest, ListTasksRequest, StartRequest, WaitRequest,
 };
 use containerd_client::types::v1::{Process, Status as ProcStatus};
-use futures::StreamExt;
-use prost::Message;
-use prost_types::Any;
-use tokio::io::AsyncReadExt;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use super::client::{probe, system_time, unique, Cd, PROBE_TIMEOUT};
+use super::client::{probe, system_time, Cd};
 use super::error::{Result, RuntimeError};
-use super::image::{ImageConfig, Platform};
+use super::image::Platform;
 use super::reference::ImageRef;
 use super::registry::{Credentials, Registry, RegistryConfig};
-use super::spec::{self, SpecInputs, User};
 use super::store;
 use super::supervisor::{find_binary, ManagedLayout, Supervisor};
 use super::{
-    ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, ExitEvent, ExitStatus, ExitStream, ImageInfo,
-    LogOptions, LogStream, TaskState, TaskStatus, EXEC_OUTPUT_LIMIT,
+    ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, ExitStatus, ExitStream, ImageInfo, LogOptions,
+    LogStream, TaskState, TaskStatus,
 };
 
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
@@ -124,7 +122,9 @@ impl Containerd {
                     })?;
                     tracing::info!(reason = %first, binary = %binary.display(), dir = %layout.dir.display(), "starting our own containerd");
                     let sup = Supervisor::start(&binary, layout.clone()).await?;
-                    let c = probe(&sup.socket()).await.map_err(RuntimeError::NoContainerd)?;
+                    let c = probe(&sup.socket())
+                        .await
+                        .map_err(|e| RuntimeError::NoContainerd(e.to_string()))?;
                     (c, sup.socket(), Some(sup))
                 }
             }
@@ -251,134 +251,6 @@ impl Containerd {
                 exited_at: system_time(r.exited_at.as_ref()),
             })
         })
-    }
-
-    async fn resolve_user(&self, spec: &ContainerSpec, image: &ImageConfig, snapshot: &str) -> Result<User> {
-        let user = spec.user.clone().or_else(|| image.user.clone()).unwrap_or_default();
-        let bad = |reason: String| RuntimeError::InvalidSpec {
-            field: "user".into(),
-            reason,
-        };
-        if user.is_empty() {
-            return Ok(User::default());
-        }
-        if !spec::needs_lookup(&user) {
-            return spec::resolve_user(&user, None, None).map_err(bad);
-        }
-        let mounts: Vec<(String, String, Vec<String>)> = self
-            .cd
-            .snapshot_mounts(snapshot)
-            .await?
-            .into_iter()
-            .map(|m| (m.r#type, m.source, m.options))
-            .collect();
-        let passwd = spec::read_rootfs_file(&mounts, "etc/passwd");
-        let group = spec::read_rootfs_file(&mounts, "etc/group");
-        spec::resolve_user(&user, passwd.as_deref(), group.as_deref()).map_err(bad)
-    }
-
-    async fn create_container(&self, spec: &ContainerSpec) -> Result<()> {
-        spec::validate(spec)?;
-        let r = ImageRef::parse(&spec.image)?;
-        let name = r.to_string();
-        let image = store::resolve_local(&self.cd, &name, &self.config.platform)
-            .await?
-            .ok_or_else(|| RuntimeError::ImageNotFound {
-                image: spec.image.clone(),
-            })?;
-        let chain_id = image.chain_id().map_err(|reason| RuntimeError::BadImage {
-            image: name.clone(),
-            reason,
-        })?;
-        match self.get_container(&spec.id).await {
-            Ok(_) => return Err(RuntimeError::AlreadyExists { id: spec.id.clone() }),
-            Err(RuntimeError::NotFound { .. }) => {}
-            Err(e) => return Err(e),
-        }
-        let lease = self.cd.lease_create(Duration::from_secs(3600)).await?;
-        let result = async {
-            if !self.cd.snapshot_exists(&chain_id).await? {
-                // Content is there but not unpacked (e.g. after a snapshotter wipe).
-                store::unpack(&self.cd, &lease, &image)
-                    .await
-                    .map_err(|source| RuntimeError::Pull {
-                        image: spec.image.clone(),
-                        source,
-                    })?;
-            }
-            match self
-                .cd
-                .snapshot_prepare(&spec.id, &chain_id, HashMap::new(), Some(&lease))
-                .await
-            {
-                Ok(_) => {}
-                Err(s) if s.code() == Code::AlreadyExists => {
-                    // Left over from a create that failed half-way: no container owns it.
-                    self.cd.snapshot_remove(&spec.id).await?;
-                    self.cd
-                        .snapshot_prepare(&spec.id, &chain_id, HashMap::new(), Some(&lease))
-                        .await
-                        .map_err(|s| RuntimeError::grpc("prepare rootfs", &spec.id, s))?;
-                }
-                Err(s) => return Err(RuntimeError::grpc("prepare rootfs", &spec.id, s)),
-            }
-            let built = async {
-                let config = ImageConfig::from_config_file(&image.config);
-                let user = self.resolve_user(spec, &config, &spec.id).await?;
-                let oci = spec::build(
-                    spec,
-                    &SpecInputs {
-                        image: &config,
-                        user,
-                        cgroup_parent: &self.config.cgroup_parent,
-                    },
-                )?;
-                let container = Container {
-                    id: spec.id.clone(),
-                    labels: spec.labels.clone().into_iter().collect(),
-                    image: name.clone(),
-                    runtime: Some(Runtime {
-                        name: self.config.runtime.clone(),
-                        options: None,
-                    }),
-                    spec: Some(Any {
-                        type_url: SPEC_TYPE_URL.to_string(),
-                        value: serde_json::to_vec(&oci).expect("serializable"),
-                    }),
-                    snapshotter: self.config.snapshotter.clone(),
-                    snapshot_key: spec.id.clone(),
-                    ..Default::default()
-                };
-                match self
-                    .cd
-                    .containers()
-                    .create(self.cd.req_in(
-                        CreateContainerRequest {
-                            container: Some(container),
-                        },
-                        Some(&lease),
-                    ))
-                    .await
-                {
-                    Ok(_) => Ok(()),
-                    Err(s) if s.code() == Code::AlreadyExists => {
-                        Err(RuntimeError::AlreadyExists { id: spec.id.clone() })
-                    }
-                    Err(s) => Err(RuntimeError::grpc("create container", &spec.id, s)),
-                }
-            }
-            .await;
-            if built.is_err() {
-                let _ = self.cd.snapshot_remove(&spec.id).await;
-            }
-            built
-        }
-        .await;
-        self.cd.lease_delete(&lease).await;
-        if result.is_ok() {
-            tracing::info!(container = %spec.id, image = %name, "created container");
-        }
-        result
     }
 
     async fn start_task(&self, id: &str) -> Result<u32> {
@@ -547,197 +419,6 @@ impl Containerd {
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
-
-    async fn exec_in(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput> {
-        if command.is_empty() {
-            return Err(RuntimeError::InvalidSpec {
-                field: "command".into(),
-                reason: "exec needs a command".into(),
-            });
-        }
-        let container = self.get_container(id).await?;
-        let spec: serde_json::Value = container
-            .spec
-            .as_ref()
-            .and_then(|a| serde_json::from_slice(&a.value).ok())
-            .ok_or_else(|| RuntimeError::Containerd {
-                op: "exec",
-                object: id.to_string(),
-                code: Code::DataLoss,
-                message: "container has no readable OCI spec".into(),
-            })?;
-        let process = spec::exec_process(&spec, command);
-        let exec_id = format!("exec-{}", unique());
-        let dir = self.config.exec_dir.join(&exec_id);
-        let fifos =
-            Fifos::create(&dir).map_err(|e| RuntimeError::io(format!("create exec fifos in {}", dir.display()), e))?;
-        let result = self.exec_with(id, &exec_id, &process, &fifos, command, timeout).await;
-        drop(fifos);
-        let _ = std::fs::remove_dir_all(&dir);
-        result
-    }
-
-    async fn exec_with(
-        &self,
-        id: &str,
-        exec_id: &str,
-        process: &serde_json::Value,
-        fifos: &Fifos,
-        command: &[String],
-        timeout: Duration,
-    ) -> Result<ExecOutput> {
-        let (stdout_rx, stdout_keep) = fifos
-            .open(&fifos.stdout)
-            .map_err(|e| RuntimeError::io("open exec stdout", e))?;
-        let (stderr_rx, stderr_keep) = fifos
-            .open(&fifos.stderr)
-            .map_err(|e| RuntimeError::io("open exec stderr", e))?;
-        self.cd
-            .tasks()
-            .exec(self.cd.req(ExecProcessRequest {
-                container_id: id.to_string(),
-                stdin: String::new(),
-                stdout: fifos.stdout.to_string_lossy().into_owned(),
-                stderr: fifos.stderr.to_string_lossy().into_owned(),
-                terminal: false,
-                spec: Some(Any {
-                    type_url: PROCESS_TYPE_URL.to_string(),
-                    value: serde_json::to_vec(process).expect("serializable"),
-                }),
-                exec_id: exec_id.to_string(),
-            }))
-            .await
-            .map_err(|s| match s.code() {
-                Code::NotFound | Code::FailedPrecondition => RuntimeError::NotRunning { id: id.to_string() },
-                _ => RuntimeError::grpc("exec", id, s),
-            })?;
-        let out_reader = tokio::spawn(read_capped(stdout_rx));
-        let err_reader = tokio::spawn(read_capped(stderr_rx));
-        let waiter = self.spawn_wait(id, exec_id);
-        let started = self
-            .cd
-            .tasks()
-            .start(self.cd.req(StartRequest {
-                container_id: id.to_string(),
-                exec_id: exec_id.to_string(),
-            }))
-            .await;
-        // The shim opened its write ends while starting; ours would keep the readers
-        // from ever seeing end-of-file.
-        drop(stdout_keep);
-        drop(stderr_keep);
-        if let Err(s) = started {
-            waiter.abort();
-            self.delete_exec(id, exec_id).await;
-            return Err(RuntimeError::grpc("start exec", id, s));
-        }
-        let mut waiter = waiter;
-        let status = match tokio::time::timeout(timeout, &mut waiter).await {
-            Ok(r) => join_wait(id, r),
-            Err(_) => {
-                let _ = self.kill_process(id, exec_id, libc::SIGKILL, false).await;
-                let _ = tokio::time::timeout(KILL_WAIT, waiter).await;
-                self.delete_exec(id, exec_id).await;
-                return Err(RuntimeError::ExecTimeout {
-                    id: id.to_string(),
-                    command: command.to_vec(),
-                    timeout,
-                });
-            }
-        };
-        // Deleting the process makes the shim flush and close its copy of the output.
-        self.delete_exec(id, exec_id).await;
-        let status = status?;
-        let collect = |h: tokio::task::JoinHandle<Vec<u8>>| async move {
-            tokio::time::timeout(Duration::from_secs(5), h)
-                .await
-                .ok()
-                .and_then(|r| r.ok())
-                .unwrap_or_default()
-        };
-        Ok(ExecOutput {
-            exit_code: status.code,
-            stdout: collect(out_reader).await,
-            stderr: collect(err_reader).await,
-        })
-    }
-
-    async fn delete_exec(&self, id: &str, exec_id: &str) {
-        if let Err(s) = self
-            .cd
-            .tasks()
-            .delete_process(self.cd.req(DeleteProcessRequest {
-                container_id: id.to_string(),
-                exec_id: exec_id.to_string(),
-            }))
-            .await
-        {
-            if s.code() != Code::NotFound {
-                tracing::warn!(container = id, exec_id, error = %s.message(), "delete exec process");
-            }
-        }
-    }
-}
-
-/// FIFOs for an exec's stdout and stderr, removed on drop.
-struct Fifos {
-    dir: PathBuf,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Fifos {
-    fn create(dir: &Path) -> std::io::Result<Fifos> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-        let f = Fifos {
-            dir: dir.to_path_buf(),
-            stdout: dir.join("stdout"),
-            stderr: dir.join("stderr"),
-        };
-        for p in [&f.stdout, &f.stderr] {
-            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
-            if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        Ok(f)
-    }
-
-    /// Opens the read end, plus a write end we hold until the shim has opened its own,
-    /// since a FIFO without writers reads as end-of-file.
-    fn open(&self, path: &Path) -> std::io::Result<(tokio::net::unix::pipe::Receiver, std::fs::File)> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let rx = tokio::net::unix::pipe::OpenOptions::new().open_receiver(path)?;
-        let keep = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)?;
-        Ok((rx, keep))
-    }
-}
-
-impl Drop for Fifos {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Reads to EOF keeping the first [`EXEC_OUTPUT_LIMIT`] bytes (draining the rest so
-/// the process never blocks on a full pipe).
-async fn read_capped(mut rx: tokio::net::unix::pipe::Receiver) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 16 << 10];
-    loop {
-        match rx.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let room = EXEC_OUTPUT_LIMIT.saturating_sub(out.len());
-                out.extend_from_slice(&buf[..n.min(room)]);
-            }
-        }
-    }
-    out
 }
 
 fn join_wait(
@@ -807,10 +488,10 @@ impl ContainerRuntime for Containerd {
         let name = ImageRef::parse(reference)?.to_string();
         match store::resolve_local(&self.cd, &name, &self.config.platform).await? {
             None => Ok(None),
-            Some(r) => r
-                .info(&name)
-                .map(Some)
-                .map_err(|reason| RuntimeError::BadImage { image: name, reason }),
+            Some(r) => r.info(&name).map(Some).map_err(|e| RuntimeError::BadImage {
+                image: name,
+                reason: e.to_string(),
+            }),
         }
     }
 
@@ -872,75 +553,7 @@ impl ContainerRuntime for Containerd {
     }
 
     async fn exit_events(&self) -> Result<ExitStream> {
-        let filters = vec![
-            format!("topic==\"/tasks/exit\",namespace=={}", self.config.namespace),
-            format!("topic==\"{PROBE_TOPIC}\""),
-        ];
-        // containerd sends a stream's headers only with its first event, and tonic
-        // returns the stream only with the headers: publish probe events until one
-        // comes back, which also proves the subscription is live from here on.
-        let cd = self.cd.clone();
-        let mut subscribe = tokio::spawn(async move { cd.events().subscribe(SubscribeRequest { filters }).await });
-        let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT * 2;
-        let stream = loop {
-            let probe = containerd_client::to_any(&containerd_client::events::TaskOom {
-                container_id: String::new(),
-            });
-            let _ = self
-                .cd
-                .events()
-                .publish(self.cd.req(PublishRequest {
-                    topic: PROBE_TOPIC.to_string(),
-                    event: Some(probe),
-                }))
-                .await;
-            match tokio::time::timeout(Duration::from_millis(100), &mut subscribe).await {
-                Ok(Ok(Ok(r))) => break r.into_inner(),
-                Ok(Ok(Err(s))) => return Err(RuntimeError::grpc("subscribe", "/tasks/exit", s)),
-                Ok(Err(e)) => {
-                    return Err(RuntimeError::Containerd {
-                        op: "subscribe",
-                        object: "/tasks/exit".into(),
-                        code: Code::Cancelled,
-                        message: e.to_string(),
-                    })
-                }
-                Err(_) if tokio::time::Instant::now() > deadline => {
-                    subscribe.abort();
-                    return Err(RuntimeError::Containerd {
-                        op: "subscribe",
-                        object: "/tasks/exit".into(),
-                        code: Code::DeadlineExceeded,
-                        message: "no event came back from containerd".into(),
-                    });
-                }
-                Err(_) => {}
-            }
-        };
-        let s = stream.filter_map(|envelope| async move {
-            let envelope = match envelope {
-                Ok(e) => e,
-                Err(s) => return Some(Err(RuntimeError::grpc("receive event", "/tasks/exit", s))),
-            };
-            if envelope.topic != "/tasks/exit" {
-                return None;
-            }
-            let any = envelope.event?;
-            let exit = containerd_client::events::TaskExit::decode(any.value.as_slice()).ok()?;
-            // Exits of exec'd processes carry their exec id; only init processes count.
-            if exit.id != exit.container_id {
-                return None;
-            }
-            Some(Ok(ExitEvent {
-                id: exit.container_id,
-                pid: exit.pid,
-                status: ExitStatus {
-                    code: exit.exit_status,
-                    exited_at: system_time(exit.exited_at.as_ref()),
-                },
-            }))
-        });
-        Ok(s.boxed())
+        self.subscribe_exits().await
     }
 
     async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput> {

@@ -1,0 +1,122 @@
+//! The API's cluster-wide calls: join tokens (shown or rotated), the cluster's
+//! identity and Raft status, and the stream of committed changes (`events`).
+
+use super::common::write;
+use crate::manager::ManagerCtx;
+use crate::model::{self, now_ms, NodeRole};
+use crate::pki::JoinToken;
+use crate::store::Command;
+use crate::wire::convert;
+use std::pin::Pin;
+use tokio_stream::Stream;
+use tonic::Status;
+use warren_proto::v1 as pb;
+
+pub(super) type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+pub(super) async fn join_token(ctx: &ManagerCtx, req: pb::GetJoinTokenRequest) -> Result<pb::JoinToken, Status> {
+    let role = convert::role_from_pb(req.role);
+    if req.rotate {
+        write(
+            ctx,
+            Command::RotateJoinToken {
+                role,
+                secret: crate::pki::new_token_secret(),
+            },
+        )
+        .await?;
+    }
+    let meta = ctx
+        .store
+        .read(|s| s.meta.clone())
+        .ok_or_else(|| Status::unavailable("the cluster is not initialized yet"))?;
+    let token = JoinToken {
+        ca_digest: crate::pki::ca_digest(&meta.ca_cert_pem).map_err(|e| Status::internal(e.to_string()))?,
+        secret: match role {
+            NodeRole::Worker => meta.worker_token_secret,
+            NodeRole::Manager => meta.manager_token_secret,
+        },
+    };
+    Ok(pb::JoinToken {
+        role: convert::role_to_pb(role) as i32,
+        token: token.to_string(),
+        managers: ctx.manager_addrs(),
+    })
+}
+
+pub(super) fn info(ctx: &ManagerCtx) -> pb::ClusterInfo {
+    let raft = ctx.raft.status();
+    let leader_addr = raft.leader().map(|(_, a)| a).unwrap_or_default();
+    ctx.store.read(|s| {
+        let meta = s.meta.clone().unwrap_or_default();
+        let by_raft: std::collections::HashMap<u64, &model::Node> = s
+            .nodes
+            .values()
+            .filter(|n| n.raft_id != 0)
+            .map(|n| (n.raft_id, n))
+            .collect();
+        let leader_node = raft.leader.and_then(|id| by_raft.get(&id));
+        pb::ClusterInfo {
+            cluster_id: meta.cluster_id.clone(),
+            created_ms: meta.created_ms,
+            leader_node_id: leader_node.map(|n| n.id.clone()).unwrap_or_default(),
+            leader_addr,
+            term: raft.term,
+            last_log_index: raft.last_log_index,
+            applied_index: raft.applied_index,
+            members: raft
+                .members
+                .iter()
+                .map(|m| pb::RaftMember {
+                    raft_id: m.id,
+                    node_id: by_raft.get(&m.id).map(|n| n.id.clone()).unwrap_or_default(),
+                    addr: m.addr.clone(),
+                    leader: raft.leader == Some(m.id),
+                    voter: m.voter,
+                    matched_index: m.matched.unwrap_or(0),
+                })
+                .collect(),
+            ca_digest: crate::pki::ca_digest(&meta.ca_cert_pem).unwrap_or_default(),
+            nodes: s.nodes.len() as u64,
+            services: s.services.len() as u64,
+            tasks: s.tasks.len() as u64,
+            pod_cidr: meta.pod_cidr,
+            node_id: ctx.node_id.clone(),
+            service_cidr: meta.service_cidr.clone(),
+            snapshot_index: raft.snapshot_index,
+            purged_index: raft.purged_index,
+        }
+    })
+}
+
+/// Committed changes of the given kinds (all when empty), from now on. A watcher
+/// that falls behind gets `DataLoss` and must re-read.
+pub(super) fn events(ctx: &ManagerCtx, req: pb::WatchEventsRequest) -> EventStream {
+    let kinds: Vec<i32> = req.kinds;
+    let mut rx = ctx.store.subscribe();
+    let (tx, out) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(async move {
+        loop {
+            let applied = match rx.recv().await {
+                Ok(a) => a,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let msg = format!("the watcher fell behind by {n} batches of events; resubscribe and re-read");
+                    let _ = tx.send(Err(Status::data_loss(msg))).await;
+                    return;
+                }
+                Err(_) => return,
+            };
+            let at = now_ms();
+            for c in &applied.changes {
+                let ev = convert::event_to_pb(c, applied.index, at);
+                if !kinds.is_empty() && !kinds.contains(&ev.kind) {
+                    continue;
+                }
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))
+}

@@ -1,0 +1,144 @@
+//! Conversions between `warren.v1` protobuf messages and Warren's own types, one
+//! file per family (`service`, `task`, `node`, `endpoints`, `assignment`,
+//! `objects`, `dataplane`). This is the only place that knows both: handlers, the agent and
+//! the CLI convert here and work with `model` types everywhere else. Conversions
+//! from protobuf validate and report the offending field.
+
+mod assignment;
+mod dataplane;
+mod endpoints;
+mod node;
+mod objects;
+mod service;
+mod task;
+
+pub use assignment::*;
+pub use dataplane::*;
+pub use endpoints::*;
+pub use node::*;
+pub use objects::*;
+pub use service::*;
+pub use task::*;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+    use warren_proto::v1 as pb;
+
+    #[test]
+    fn specs_round_trip() {
+        let spec = ServiceSpec {
+            image: "reg:5000/app:1".into(),
+            mode: ServiceMode::Replicated { replicas: 3 },
+            env: vec!["A=1".into()],
+            command: vec!["/bin/sh".into()],
+            args: vec!["-c".into(), "true".into()],
+            constraints: vec![Constraint::parse("c", "node.labels.zone==edge").unwrap()],
+            reservations: Resources {
+                nano_cpus: 500_000_000,
+                memory_bytes: 64 << 20,
+            },
+            limits: Resources {
+                nano_cpus: 1_000_000_000,
+                memory_bytes: 128 << 20,
+            },
+            ports: vec![PortConfig {
+                published: 8080,
+                target: 80,
+                protocol: Protocol::Udp,
+                mode: PublishMode::Host,
+            }],
+            labels: [("a".to_string(), "b".to_string())].into_iter().collect(),
+            workdir: "/srv".into(),
+            user: "1000:1000".into(),
+            mounts: vec![
+                Mount::parse("m", "type=volume,source=data,target=/data").unwrap(),
+                Mount::parse("m", "type=bind,source=/etc,target=/host-etc,ro").unwrap(),
+                Mount::parse("m", "type=tmpfs,target=/scratch").unwrap(),
+            ],
+            secrets: vec![SecretRef::parse("s", "source=db,target=/etc/db").unwrap()],
+            health: Some(HealthCheck {
+                test: HealthTest::Http {
+                    port: 8080,
+                    path: "/healthz".into(),
+                },
+                interval_ms: 1000,
+                timeout_ms: 500,
+                retries: 2,
+                start_period_ms: 3000,
+            }),
+            restart: RestartPolicy {
+                condition: RestartCondition::OnFailure,
+                delay_ms: 100,
+                max_attempts: 3,
+            },
+            stop_signal: "SIGQUIT".into(),
+            stop_grace_ms: 0,
+            endpoint_mode: EndpointMode::Dnsrr,
+            rate_limit: Some(RateLimit {
+                per_sec: 50,
+                burst: 100,
+            }),
+        };
+        assert_eq!(spec_from_pb(spec_to_pb(&spec)).unwrap(), spec);
+        for test in [
+            HealthTest::Cmd("true".into()),
+            HealthTest::Tcp { port: 7 },
+            HealthTest::Disabled,
+        ] {
+            let mut s = spec.clone();
+            s.health = Some(HealthCheck::new(test));
+            assert_eq!(spec_from_pb(spec_to_pb(&s)).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn replicas_on_a_global_service_are_refused() {
+        let p = pb::ServiceSpec {
+            image: "x".into(),
+            mode: pb::ServiceMode::Global as i32,
+            replicas: 2,
+            ..Default::default()
+        };
+        assert_eq!(spec_from_pb(p).unwrap_err().field, "replicas");
+    }
+
+    #[test]
+    fn bad_wire_values_name_their_field() {
+        let p = pb::ServiceSpec {
+            image: "x".into(),
+            constraints: vec!["bogus".into()],
+            ..Default::default()
+        };
+        assert_eq!(spec_from_pb(p).unwrap_err().field, "constraint");
+        let p = pb::ServiceSpec {
+            image: "x".into(),
+            ports: vec![pb::PortConfig {
+                published: 70000,
+                target: 80,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(spec_from_pb(p).unwrap_err().field, "publish");
+        let p = pb::ServiceSpec {
+            image: "x".into(),
+            mode: 7,
+            ..Default::default()
+        };
+        assert_eq!(spec_from_pb(p).unwrap_err().field, "mode");
+    }
+
+    #[test]
+    fn task_status_keeps_the_exit_code_presence() {
+        let s = TaskStatus {
+            state: TaskState::Failed,
+            exit_code: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(task_status_from_pb(task_status_to_pb(&s)), s);
+        let s = TaskStatus::default();
+        assert_eq!(task_status_from_pb(task_status_to_pb(&s)).exit_code, None);
+    }
+}
