@@ -110,7 +110,7 @@ impl Env {
     pub fn runtime_flags(&mut self, node: &str) -> Vec<String> {
         let cg = CgroupParent::new(&format!("wrn-{node}"));
         // Each node's data plane on its own cgroup subtree and pin directory.
-        let pins = BpfPins::new(&format!("/sys/fs/cgroup/unified{}", cg.path));
+        let pins = BpfPins::new(&format!("{}{}", crate::cgroups::v2_root().display(), cg.path));
         let flags = vec![
             "--runtime".into(),
             "containerd".into(),
@@ -306,7 +306,10 @@ impl Env {
             .find_map(|l| l.strip_prefix("0::"))
             .unwrap_or("/")
             .to_string();
-        let mut line = format!("echo $$ > /sys/fs/cgroup/unified{v2}/cgroup.procs && exec nsenter -t {pid} -m -n --");
+        let mut line = format!(
+            "echo $$ > {}{v2}/cgroup.procs && exec nsenter -t {pid} -m -n --",
+            crate::cgroups::v2_root().display()
+        );
         for a in args {
             line.push_str(&format!(" '{a}'"));
         }
@@ -324,6 +327,12 @@ impl Env {
             .args(args)
             .output()
             .expect("running ctr (Debian package containerd)");
+        assert!(
+            out.status.success(),
+            "ctr {}: {}",
+            args.join(" "),
+            crate::cluster::text(&out)
+        );
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 }

@@ -216,21 +216,12 @@ fn remove_cgroup_parent(parent: &str) {
     if rel.is_empty() || rel.contains(':') {
         return;
     }
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    for line in info.lines() {
-        let Some((fields, fs)) = line.split_once(" - ") else {
-            continue;
-        };
-        let is_cgroup = matches!(fs.split_whitespace().next(), Some("cgroup" | "cgroup2"));
-        if let (true, Some(mount)) = (is_cgroup, fields.split_whitespace().nth(4)) {
-            let dir = Path::new(mount).join(rel);
-            match std::fs::remove_dir(&dir) {
-                Ok(()) => tracing::info!(cgroup = %dir.display(), "removed the node's cgroup parent"),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(cgroup = %dir.display(), error = %e, "keeping the node's cgroup parent"),
-            }
+    for mount in crate::cgroups::Hierarchies::current().mounts() {
+        let dir = mount.join(rel);
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => tracing::info!(cgroup = %dir.display(), "removed the node's cgroup parent"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(cgroup = %dir.display(), error = %e, "keeping the node's cgroup parent"),
         }
     }
 }

@@ -6,7 +6,10 @@
 //! - `down`: stops what `up` started and removes its state;
 //! - `bench`: runs the benchmarks (`bench/`) and regenerates `docs/benchmarks.md`;
 //! - `image [--out DIR]`: builds the busybox test images as an OCI layout (default
-//!   `target/test-images`), with `warren-test-images` from the test harness.
+//!   `target/test-images`), with `warren-test-images` from the test harness;
+//! - `vm-test [--kernel 6.1|6.12|all] [--test BINARY::NAME]...`: runs [`VM_TESTS`]
+//!   (prebuilt test binaries of the host build) inside Debian 12's kernels under
+//!   QEMU (module `vm`).
 //!
 //! xtask itself needs nothing but std, so that it builds on a fresh machine before
 //! any Debian package (protoc, clang, ...) is installed.
@@ -14,6 +17,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
+
+mod vm;
 
 /// Debian packages the build, the demo and the test suite need.
 const PACKAGES: &[&str] = &[
@@ -52,9 +57,10 @@ fn main() -> ExitCode {
         Some("down") => down(),
         Some("bench") => bench(&args[1..]),
         Some("image") => image(&args[1..]),
+        Some("vm-test") => vm::vm_test(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-lint] [-- TEST ARGS]|up|down|bench [--quick] [--only SCENARIO]... [--render]|image [--out DIR]>"
+                "usage: cargo xtask <test [--no-lint] [--no-vm] [-- TEST ARGS]|up|down|bench [--quick] [--only SCENARIO]... [--render]|image [--out DIR]|vm-test [--kernel 6.1|6.12|all] [--test BINARY::NAME]...>"
             );
             return ExitCode::from(2);
         }
