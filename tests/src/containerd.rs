@@ -198,7 +198,7 @@ fn delete_everything(socket: PathBuf, scratch: PathBuf) -> Vec<String> {
 }
 
 /// Pids of processes whose command line mentions `needle`, and all their descendants.
-fn processes_mentioning(needle: &str) -> Vec<i32> {
+pub fn processes_mentioning(needle: &str) -> Vec<i32> {
     let mut parent: HashMap<i32, i32> = HashMap::new();
     let mut roots = vec![];
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {

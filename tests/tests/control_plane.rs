@@ -423,7 +423,18 @@ fn bad_input_gets_one_clear_line_and_changes_nothing() {
     let mut c = Cluster::new();
     let m1 = c.init("m1", &[]);
     c.ok(m1, &["service", "create", "web", "--image", "img:1", "--replicas", "2"]);
-    let before = c.json(m1, &["service", "ls", "--format", "json"]).unwrap();
+    c.ok(m1, &["volume", "create", "kept"]);
+    let secret = c.dir.path().join("kept-secret");
+    std::fs::write(&secret, "value").unwrap();
+    c.ok(m1, &["secret", "create", "kept", secret.to_str().unwrap()]);
+    // Everything bad input could change: services, nodes, secrets and volumes.
+    let state = |c: &Cluster| -> Vec<Value> {
+        ["service", "node", "secret", "volume"]
+            .iter()
+            .map(|what| c.json(m1, &[what, "ls", "--format", "json"]).unwrap())
+            .collect()
+    };
+    let before = state(&c);
 
     let cases: &[(&[&str], &str)] = &[
         (&["service", "inspect", "nope"], "service \"nope\" not found"),
@@ -494,7 +505,7 @@ fn bad_input_gets_one_clear_line_and_changes_nothing() {
         );
         assert!(err.starts_with("error: "), "{err}");
     }
-    let after = c.json(m1, &["service", "ls", "--format", "json"]).unwrap();
+    let after = state(&c);
     assert_eq!(before, after, "bad input changed the state");
 
     // Replicas 0 is a service without tasks.
@@ -605,17 +616,29 @@ fn events_aliases_completion_and_json_logs() {
             }
         }
     });
-    // The stream is open once the subscription exists; retry creating until seen.
-    std::thread::sleep(Duration::from_millis(500));
-    c.ok(
-        m1,
-        &["service", "create", "watched", "--image", "img:1", "--replicas", "0"],
-    );
-    let line = rx.recv_timeout(Duration::from_secs(10)).expect("an event line");
+    // The stream is open once the subscription exists, which the client does not
+    // announce: create services until one's event arrives.
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let line = wait_for("an event line from `warren events`", Duration::from_secs(20), || {
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        c.ok(
+            m1,
+            &[
+                "service",
+                "create",
+                &format!("watched{n}"),
+                "--image",
+                "img:1",
+                "--replicas",
+                "0",
+            ],
+        );
+        rx.recv_timeout(Duration::from_millis(500)).ok()
+    });
     let ev: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(
         (ev["kind"].as_str(), ev["action"].as_str(), ev["name"].as_str()),
-        (Some("service"), Some("created"), Some("watched"))
+        (Some("service"), Some("created"), Some("watched0"))
     );
     assert!(ev["index"].as_u64().unwrap() > 0);
     let _ = events.kill();
@@ -634,8 +657,9 @@ fn events_aliases_completion_and_json_logs() {
         .args(["-H", &host, "service", "ls", "-q"])
         .output()
         .unwrap();
-    assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert!(out.status.success(), "{}", warren_tests::cluster::text(&out));
+    let created = COUNTER.load(std::sync::atomic::Ordering::Relaxed) as usize;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), created);
 
     // 3. Shell completion for both names.
     let out = std::process::Command::new(&bin)
@@ -649,12 +673,13 @@ fn events_aliases_completion_and_json_logs() {
     );
 
     // 4. JSON logs: every line the daemon wrote is a JSON object with a level.
+    // (stderr; what `cluster init` prints for the user is on stdout.)
     let log = c.nodes[m1].log_text();
     let json_lines: Vec<Value> = log
         .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {l}")))
         .collect();
+    assert!(json_lines.iter().all(|l| l["level"].is_string()), "{log}");
     assert!(
         json_lines
             .iter()

@@ -45,6 +45,9 @@ const VM_PACKAGES: &[&str] = &["qemu-system-x86", "kmod"];
 /// virtme-ng from PyPI, pinned.
 const VIRTME_NG: &str = "virtme-ng==1.42";
 
+/// How much longer the tests' waits may be in a guest (`WARREN_TEST_TIME_SCALE`).
+const TIME_SCALE: u32 = 4;
+
 /// How long one kernel's run may take before it counts as hung.
 const VM_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 
@@ -308,14 +311,15 @@ fn guest_script(out: &Path, runs: &[(PathBuf, Vec<String>)]) -> String {
         "#!/bin/bash\n\
          set -u\n\
          export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
-         export HOME=/root RUST_BACKTRACE=1\n\
+         export HOME=/root RUST_BACKTRACE=1 WARREN_TEST_TIME_SCALE={scale}\n\
          out={out}\n\
          uname -r > $out/release\n\
          mount -t tmpfs -o size=3g,mode=1777 tmpfs /tmp\n\
          mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf\n\
          mkdir -p /run/netns\n\
          echo \"vm: kernel $(uname -r), $(stat -f -c %T /sys/fs/cgroup) at /sys/fs/cgroup\"\n",
-        out = out.display()
+        out = out.display(),
+        scale = TIME_SCALE,
     );
     for (bin, names) in runs {
         let stem = bin_stem(bin);
@@ -388,6 +392,7 @@ fn run_kernel(vng: &Path, k: &Kernel, binaries: &[(String, PathBuf)], tests: &[(
         .arg("--")
         .arg(format!("bash {}", script.display()))
         .current_dir(root())
+        .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
