@@ -438,7 +438,12 @@ impl Cluster {
         self.wait(
             &format!("the API of {} (log: {})", n.name, n.log.display()),
             Duration::from_secs(30),
-            || self.cli(i, &["cluster", "info"]).status.success().then_some(()),
+            // The API answers before `init` has written the node's identity: a
+            // node is up once both are there.
+            || {
+                (n.data_dir.join("node.json").exists() && self.cli(i, &["cluster", "info"]).status.success())
+                    .then_some(())
+            },
         );
     }
 
@@ -492,8 +497,16 @@ impl Cluster {
         serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", text(&out)))
     }
 
+    /// The join token for `role`, once the cluster has made it (right after
+    /// `init` the API may answer "not initialized yet").
     pub fn token(&self, i: usize, role: &str) -> String {
-        self.ok(i, &["cluster", "join-token", role, "-q"]).trim().to_string()
+        let args = ["cluster", "join-token", role, "-q"];
+        self.wait(&format!("a {role} join token"), Duration::from_secs(30), || {
+            let out = self.cli(i, &args);
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        })
     }
 
     /// The index of the current leader among the running managers.

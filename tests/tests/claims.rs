@@ -236,17 +236,17 @@ fn cpu_limits_apply_and_reservations_are_scheduled() {
             "--image",
             &http,
             "--limit-cpu",
-            "0.25",
-            "--reserve-cpu",
             "0.5",
+            "--reserve-cpu",
+            "0.25",
         ],
     );
     let t = env.running(m1, "capped", 1);
     let pid = env.pid("m1", t[0]["id"].as_str().unwrap());
     let (quota, period) = warren_tests::cgroups::cpu_quota(pid).expect("a CPU quota");
-    assert_eq!(quota * 4, period, "a quarter CPU");
+    assert_eq!(quota * 2, period, "half a CPU");
     let node: Value = env.c.json(m1, &["node", "inspect", "m1", "--format", "json"]).unwrap();
-    assert_eq!(node["reserved"]["nano_cpus"], 500_000_000u64, "{node}");
+    assert_eq!(node["reserved"]["nano_cpus"], 250_000_000u64, "{node}");
 
     // More than the node has left stays pending with the reason.
     let too_much = format!("{cpus}");
@@ -488,12 +488,13 @@ fn node_rm_of_a_down_node_and_manager_token_rotation() {
     assert_eq!(c.token(m1, "worker"), worker);
     c.join("m2", &new, m1, &[]);
     let m2: Value = c.json(m1, &["node", "inspect", "m2", "--format", "json"]).unwrap();
-    assert_eq!(m2["role"], "manager", "{m2}");
+    assert_eq!(m2["role"], "Manager", "{m2}");
 }
 
 /// `warren cluster init` with `flags` in a fresh data dir, expected to refuse to
 /// start: its output, once it exited (killed and failed after 60s).
 fn refused_init(dir: &Path, extra: &[&str], wrap: Option<&str>) -> std::process::Output {
+    let _ = std::fs::remove_dir_all(dir.join("data"));
     let port = warren_tests::cluster::free_port();
     let mut args: Vec<String> = vec![
         "cluster".into(),
@@ -575,7 +576,6 @@ fn startup_refusals_name_what_is_missing() {
     // 3. bpffs not mounted: the daemon mounts it and starts. In a mount namespace
     //    of its own, so that the host's bpffs stays; the daemon is stopped once up,
     //    and its pins go with the namespace.
-    let _ = std::fs::remove_dir_all(dir.path().join("data"));
     let script = format!(
         "umount -l /sys/fs/bpf || exit 1
          if mountpoint -q /sys/fs/bpf; then echo 'bpffs is still mounted' >&2; exit 1; fi
