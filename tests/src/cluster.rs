@@ -600,7 +600,23 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
 
 #[cfg(test)]
 mod tests {
-    use super::free_port;
+    use super::{free_port, remove_node_leftovers};
+
+    #[test]
+    fn leftovers_of_one_node_go_and_others_stay() {
+        crate::netns::require_root();
+        let me = format!("n{}", std::process::id());
+        let mine = std::path::Path::new("/run/netns").join(format!("warren-{me}-task1"));
+        let other = std::path::Path::new("/run/netns").join(format!("warren-{me}x-task1"));
+        std::fs::create_dir_all("/run/netns").unwrap();
+        std::fs::write(&mine, "").unwrap();
+        std::fs::write(&other, "").unwrap();
+        remove_node_leftovers(&me);
+        let (mine_left, other_left) = (mine.exists(), other.exists());
+        let _ = std::fs::remove_file(&other);
+        assert!(!mine_left, "{} is still there", mine.display());
+        assert!(other_left, "another node's {} was removed", other.display());
+    }
 
     #[test]
     fn free_ports_are_distinct_and_outside_the_ephemeral_range() {

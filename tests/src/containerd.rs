@@ -376,3 +376,39 @@ impl Drop for CgroupParent {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cgroup_parent_kills_its_stragglers_and_goes() {
+        crate::netns::require_root();
+        let parent = CgroupParent::new("wrn-straggler");
+        let leaf = crate::cgroups::v2_root()
+            .join(parent.path.trim_start_matches('/'))
+            .join("task");
+        std::fs::create_dir_all(&leaf).unwrap();
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo $$ > {}/cgroup.procs && exec sleep 600", leaf.display()))
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(leaf.join("cgroup.procs"))
+            .unwrap_or_default()
+            .contains(&pid.to_string())
+        {
+            assert!(Instant::now() < deadline, "sleep never joined {}", leaf.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let dirs = parent.dirs();
+        drop(parent);
+        for d in dirs {
+            assert!(!d.exists(), "{} is still there", d.display());
+        }
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "the straggler was killed: {status}");
+    }
+}

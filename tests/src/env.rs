@@ -425,3 +425,23 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ChildGuard;
+
+    #[test]
+    fn a_guarded_child_is_killed_when_the_test_panics() {
+        let mut pid = 0;
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let g = ChildGuard::spawn(std::process::Command::new("sleep").arg("600"));
+            pid = g.0.as_ref().unwrap().id();
+            panic!("a failing assertion");
+        }));
+        assert!(r.is_err());
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "the child {pid} outlived the panic"
+        );
+    }
+}
