@@ -88,7 +88,7 @@ impl PrivateContainerd {
             child: Some(child),
             layout,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(30) * crate::cluster::time_scale();
         loop {
             if std::os::unix::net::UnixStream::connect(me.layout.socket()).is_ok() {
                 return Ok(me);

@@ -159,6 +159,8 @@ fn one_node_cluster_on_this_kernel() {
             "2s",
             "--health-timeout",
             "10s",
+            "--health-start-period",
+            "60s",
         ],
     );
     let tasks = env.running(m1, "web", 2);
@@ -216,7 +218,30 @@ fn one_node_cluster_on_this_kernel() {
         || (lookup(&env, &task, "web") == BTreeSet::from([vip.clone()])).then_some(()),
     );
 
-    // 9. `service rm` removes the containers, the name and the VIP.
+    // 9. A rate limit refuses new connections over the bucket (1/s, burst 1: any
+    //    client faster than that, even under emulation, is refused).
+    env.c.ok(
+        m1,
+        &["service", "update", "web", "--rate-limit", "1/s", "--rate-burst", "1"],
+    );
+    let r = env.c.wait(
+        "connections over the rate limit to be refused",
+        Duration::from_secs(60),
+        || {
+            let r = env.probe_run(
+                &ns,
+                Some(&cg),
+                &["connect", "--to", &format!("{vip}:80"), "--n", "10", "--http"],
+            );
+            (r.errors.get("EPERM").copied().unwrap_or(0) > 0).then_some(r)
+        },
+    );
+    assert!(
+        r.errors.keys().all(|e| e == "EPERM"),
+        "refusals are EPERM and nothing else fails: {r:?}"
+    );
+
+    // 10. `service rm` removes the containers, the name and the VIP.
     env.c.ok(m1, &["service", "rm", "web"]);
     env.c
         .wait("the containers of web to be deleted", Duration::from_secs(60), || {

@@ -499,7 +499,7 @@ async fn user_workdir_args_and_env_are_applied() {
     env.rt.run(&s).await.expect("run");
     let exit = env.rt.wait(&id).await.expect("wait");
     assert_eq!(exit.code, 0);
-    let lines = log_lines(&env.rt, &id).await;
+    let lines = wait_log(&env.rt, &id, "args=").await;
     assert_eq!(
         lines,
         [
@@ -520,7 +520,8 @@ async fn user_workdir_args_and_env_are_applied() {
     s2.user = Some("4242:4343".into());
     env.rt.run(&s2).await.expect("run numeric user");
     assert_eq!(env.rt.wait(&id2).await.expect("wait").code, 0);
-    assert_eq!(log_lines(&env.rt, &id2).await, ["4242", "4343"]);
+    // The log is written by the shim as the output comes: wait for its last line.
+    assert_eq!(wait_log(&env.rt, &id2, "4343").await, ["4242", "4343"]);
     let mut s3 = spec(&unique("who"), &image);
     s3.user = Some("nosuchuser".into());
     let e = env.rt.create(&s3).await.unwrap_err();
