@@ -457,6 +457,10 @@ fn run_kernel(vng: &Path, k: &Kernel, binaries: &[(String, PathBuf)], tests: &[(
                 failed.push(format!("{stem}::{n}"));
             }
         }
+        // What the tests found out about the kernel (kernel.rs prints one line).
+        for l in text.lines().filter(|l| l.starts_with("kernel ")) {
+            eprintln!("vm-test [{}] {l}", k.release);
+        }
         if rc.trim() != "0" && failed.is_empty() {
             failed.push(format!("{stem} (exit {})", rc.trim()));
         }
