@@ -11,7 +11,6 @@ use warren_proto::v1 as pb;
 use warren_tests::cluster::Cluster;
 use warren_tests::containerd::{CgroupParent, PrivateContainerd};
 use warren_tests::lab::Lab;
-use warren_tests::netns::NetnsFiles;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -83,7 +82,6 @@ pub async fn schedule(quick: bool) -> Vec<Record> {
     let reps = if quick { 2 } else { 3 };
     let mut c = Cluster::with_flags(warren_tests::cluster::fast_flags());
     let mut lab = Lab::new();
-    let _netns_files = NetnsFiles::new("/run/netns", "warren-");
     let containerd = PrivateContainerd::start().expect("a private containerd (Debian packages containerd, runc)");
     let ns = warren_tests::containerd::unique("bench");
     let mut cgroups = Vec::new();

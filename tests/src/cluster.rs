@@ -69,8 +69,21 @@ pub fn free_port() -> u16 {
     panic!("no free port on 127.0.0.1 between {LOWEST} and {ephemeral_low}");
 }
 
-/// Polls `f` until it returns Some, or panics with `what` after `timeout`.
+/// How much longer than on real hardware the tests' waits may take:
+/// `WARREN_TEST_TIME_SCALE` (a whole number; `cargo xtask vm-test` sets it for
+/// guests under software emulation), 1 otherwise.
+pub fn time_scale() -> u32 {
+    std::env::var("WARREN_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `timeout` (scaled
+/// by [`time_scale`]).
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let timeout = timeout * time_scale();
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -91,7 +104,10 @@ pub struct NodeProc {
     pub socket: PathBuf,
     pub addr: String,
     pub metrics_addr: String,
+    /// The daemon's stderr: its log (appended to across restarts).
     pub log: PathBuf,
+    /// The daemon's stdout: what `cluster init` and `join` print for the user.
+    pub out: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
 }
@@ -141,6 +157,21 @@ impl NodeProc {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Where the log ends now: [`NodeProc::log_since`] returns what comes after,
+    /// so that a check after a restart does not pass on an earlier run's line.
+    pub fn log_mark(&self) -> usize {
+        std::fs::metadata(&self.log).map(|m| m.len() as usize).unwrap_or(0)
+    }
+
+    pub fn log_since(&self, mark: usize) -> String {
+        let bytes = std::fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(bytes.get(mark..).unwrap_or_default()).into_owned()
+    }
+
+    pub fn out_text(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
 }
 
 fn libc_kill(pid: i32, sig: i32) -> i32 {
@@ -158,23 +189,58 @@ impl Drop for NodeProc {
     }
 }
 
-/// Several nodes of one cluster, in one temporary directory.
+/// Several nodes of one cluster, in one temporary directory. On drop the daemons
+/// are killed first, then what they left on the host under their own node IDs
+/// (task namespace files, secret mounts) goes, and the directory last.
 pub struct Cluster {
-    pub dir: tempfile::TempDir,
     pub nodes: Vec<NodeProc>,
     /// Extra flags given to every daemon (e.g. faster heartbeats for tests).
     pub daemon_flags: Vec<String>,
     /// Nodes to run inside a network namespace, by name: (namespace, address).
     pub placements: std::collections::HashMap<String, (String, String)>,
     _heavy: Option<MutexGuard<'static, ()>>,
+    // Last: the data dirs say which node IDs the leftovers belong to.
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data_dirs: Vec<PathBuf> = self.nodes.iter().map(|n| n.data_dir.clone()).collect();
+        self.nodes.clear();
+        for d in data_dirs {
+            if let Ok(cfg) = warren::config::NodeConfig::load(&d) {
+                remove_node_leftovers(&cfg.node_id);
+            }
+        }
+    }
+}
+
+/// What a killed daemon leaves for node `node_id`: its task namespace files
+/// (`/run/netns/warren-<node>-<task>`) and its secret mounts. Only this node's:
+/// other tests, and a real node on this host, keep theirs.
+pub fn remove_node_leftovers(node_id: &str) {
+    let prefix = format!("warren-{node_id}-");
+    for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let secrets = warren::worker::node_secrets_dir(node_id);
+    if secrets.exists() {
+        crate::containerd::unmount_below(&secrets);
+        let _ = std::fs::remove_dir_all(&secrets);
+    }
 }
 
 /// Flags that make failure detection fast enough for tests.
 pub fn fast_flags() -> Vec<String> {
-    ["--heartbeat-period", "500ms", "--heartbeat-grace", "3s"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    vec![
+        "--heartbeat-period".into(),
+        "500ms".into(),
+        "--heartbeat-grace".into(),
+        format!("{}s", 3 * time_scale()),
+    ]
 }
 
 impl Default for Cluster {
@@ -233,6 +299,7 @@ impl Cluster {
             addr: format!("{ip}:{}", port(2377)),
             metrics_addr: format!("{ip}:{}", port(9090)),
             log: self.dir.path().join(format!("{name}.log")),
+            out: self.dir.path().join(format!("{name}.out")),
             data_dir,
             child: None,
             extra: vec![],
@@ -240,11 +307,14 @@ impl Cluster {
     }
 
     fn spawn(node: &mut NodeProc, args: Vec<String>) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .expect("log file");
+        let open = |p: &Path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        };
+        let (log, out) = (open(&node.log), open(&node.out));
         let mut cmd = match &node.netns {
             // Only the network namespace: `ip netns exec` would also give the daemon a
             // private mount namespace, hiding the netns and tmpfs mounts it makes from
@@ -260,7 +330,7 @@ impl Cluster {
             .args(&args)
             .env("WARREN_LOG", "info,warren=debug,openraft=warn")
             .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
+            .stdout(out)
             .stderr(log)
             .spawn()
             .expect("spawning warren");
@@ -377,10 +447,15 @@ impl Cluster {
 
     pub fn wait_api(&self, i: usize) {
         let n = &self.nodes[i];
-        wait_for(
+        self.wait(
             &format!("the API of {} (log: {})", n.name, n.log.display()),
             Duration::from_secs(30),
-            || self.cli(i, &["cluster", "info"]).status.success().then_some(()),
+            // The API answers before `init` has written the node's identity: a
+            // node is up once both are there.
+            || {
+                (n.data_dir.join("node.json").exists() && self.cli(i, &["cluster", "info"]).status.success())
+                    .then_some(())
+            },
         );
     }
 
@@ -434,8 +509,16 @@ impl Cluster {
         serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", text(&out)))
     }
 
+    /// The join token for `role`, once the cluster has made it (right after
+    /// `init` the API may answer "not initialized yet").
     pub fn token(&self, i: usize, role: &str) -> String {
-        self.ok(i, &["cluster", "join-token", role, "-q"]).trim().to_string()
+        let args = ["cluster", "join-token", role, "-q"];
+        self.wait(&format!("a {role} join token"), Duration::from_secs(30), || {
+            let out = self.cli(i, &args);
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        })
     }
 
     /// The index of the current leader among the running managers.
@@ -469,12 +552,13 @@ impl Cluster {
     /// Prints every node's log; call it before failing a test on a timing issue.
     pub fn dump_logs(&self) {
         for n in &self.nodes {
-            eprintln!("===== {} =====\n{}", n.name, n.log_text());
+            eprintln!("===== {} =====\n{}{}", n.name, n.out_text(), n.log_text());
         }
     }
 
     /// Like `wait_for`, but prints the nodes' logs and `service ps` before failing.
     pub fn wait<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let timeout = timeout * time_scale();
         let start = Instant::now();
         loop {
             if let Some(v) = f() {
@@ -528,7 +612,23 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
 
 #[cfg(test)]
 mod tests {
-    use super::free_port;
+    use super::{free_port, remove_node_leftovers};
+
+    #[test]
+    fn leftovers_of_one_node_go_and_others_stay() {
+        crate::netns::require_root();
+        let me = format!("n{}", std::process::id());
+        let mine = std::path::Path::new("/run/netns").join(format!("warren-{me}-task1"));
+        let other = std::path::Path::new("/run/netns").join(format!("warren-{me}x-task1"));
+        std::fs::create_dir_all("/run/netns").unwrap();
+        std::fs::write(&mine, "").unwrap();
+        std::fs::write(&other, "").unwrap();
+        remove_node_leftovers(&me);
+        let (mine_left, other_left) = (mine.exists(), other.exists());
+        let _ = std::fs::remove_file(&other);
+        assert!(!mine_left, "{} is still there", mine.display());
+        assert!(other_left, "another node's {} was removed", other.display());
+    }
 
     #[test]
     fn free_ports_are_distinct_and_outside_the_ephemeral_range() {

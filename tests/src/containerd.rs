@@ -88,7 +88,7 @@ impl PrivateContainerd {
             child: Some(child),
             layout,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(30) * crate::cluster::time_scale();
         loop {
             if std::os::unix::net::UnixStream::connect(me.layout.socket()).is_ok() {
                 return Ok(me);
@@ -198,7 +198,7 @@ fn delete_everything(socket: PathBuf, scratch: PathBuf) -> Vec<String> {
 }
 
 /// Pids of processes whose command line mentions `needle`, and all their descendants.
-fn processes_mentioning(needle: &str) -> Vec<i32> {
+pub fn processes_mentioning(needle: &str) -> Vec<i32> {
     let mut parent: HashMap<i32, i32> = HashMap::new();
     let mut roots = vec![];
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -309,33 +309,106 @@ impl CgroupParent {
         }
     }
 
-    /// The directories of this cgroup: one per v1 hierarchy, plus the v2 one.
+    /// The directories of this cgroup: the v2 one, plus one per v1 hierarchy.
     pub fn dirs(&self) -> Vec<PathBuf> {
-        let rel = self.path.trim_start_matches('/');
-        std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path().join(rel))
-            .collect()
+        crate::cgroups::dirs(&self.path)
     }
 }
 
-fn remove_cgroup_tree(dir: &Path) {
+/// Every cgroup directory at or below `dir`, deepest first.
+fn cgroup_tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroup_tree(&e.path());
+                out.extend(cgroup_tree(&e.path()));
             }
         }
     }
-    let _ = std::fs::remove_dir(dir);
+    if dir.exists() {
+        out.push(dir.to_path_buf());
+    }
+    out
+}
+
+/// Kills what is still in `dir`'s tree (processes a killed shim left: the
+/// containers of this test's node) and removes the tree, waiting until the
+/// kernel lets go of each cgroup; what stays is named.
+fn remove_cgroup_tree(dir: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut left = vec![];
+        for d in cgroup_tree(dir) {
+            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: kill(2) on a pid read from this test's own cgroup.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+            match std::fs::remove_dir(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => left.push(format!("{}: {e} (procs: {:?})", d.display(), procs.trim())),
+            }
+        }
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(left.join("; "));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 impl Drop for CgroupParent {
     fn drop(&mut self) {
         for d in self.dirs() {
-            remove_cgroup_tree(&d);
+            if let Err(e) = remove_cgroup_tree(&d) {
+                // A second panic while unwinding would abort and hide the first.
+                if std::thread::panicking() {
+                    eprintln!("harness: cgroup left behind: {e}");
+                } else {
+                    panic!("cgroup left behind: {e}");
+                }
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cgroup_parent_kills_its_stragglers_and_goes() {
+        crate::netns::require_root();
+        let parent = CgroupParent::new("wrn-straggler");
+        let leaf = crate::cgroups::v2_root()
+            .join(parent.path.trim_start_matches('/'))
+            .join("task");
+        std::fs::create_dir_all(&leaf).unwrap();
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo $$ > {}/cgroup.procs && exec sleep 600", leaf.display()))
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(leaf.join("cgroup.procs"))
+            .unwrap_or_default()
+            .contains(&pid.to_string())
+        {
+            assert!(Instant::now() < deadline, "sleep never joined {}", leaf.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let dirs = parent.dirs();
+        drop(parent);
+        for d in dirs {
+            assert!(!d.exists(), "{} is still there", d.display());
+        }
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "the straggler was killed: {status}");
     }
 }

@@ -19,8 +19,8 @@ use std::{
 
 use warren::dataplane::{DataplaneConfig, EbpfDataplane};
 
-/// The cgroup v2 mount of this machine's hybrid layout.
-pub const CGROUP2: &str = "/sys/fs/cgroup/unified";
+/// The cgroup v2 root of this host (pure v2 or hybrid).
+pub const CGROUP2: &crate::cgroups::V2Root = &crate::cgroups::V2Root;
 /// Parent of every test pin directory.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/warren-test";
 

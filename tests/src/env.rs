@@ -6,18 +6,16 @@
 use crate::cluster::Cluster;
 use crate::containerd::{CgroupParent, PrivateContainerd};
 use crate::lab::Lab;
-use crate::netns::NetnsFiles;
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// One private containerd, a lab with a registry, and a cluster whose nodes use them.
 pub struct Env {
-    // Field order is drop order: the cluster's processes first, then containers,
-    // then the network, and only then the lock that lets the next test start.
+    // Field order is drop order: the cluster's processes (and their task namespace
+    // files and secret mounts) first, then containers, then the network, and only
+    // then the lock that lets the next test start.
     pub c: Cluster,
-    _netns_files: NetnsFiles,
-    _secrets: SecretMounts,
     pins: std::collections::BTreeMap<String, BpfPins>,
     pub containerd: PrivateContainerd,
     _cgroups: Vec<CgroupParent>,
@@ -25,6 +23,48 @@ pub struct Env {
     pub registry: String,
     pub namespace: String,
     _heavy: Option<std::sync::MutexGuard<'static, ()>>,
+}
+
+/// A child process killed (and reaped) on drop, so that a client started by a test
+/// does not outlive the test when an assertion fails.
+pub struct ChildGuard(Option<std::process::Child>);
+
+impl ChildGuard {
+    pub fn spawn(cmd: &mut std::process::Command) -> ChildGuard {
+        ChildGuard(Some(cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"))))
+    }
+
+    /// The child's piped stdout.
+    pub fn stdout(&mut self) -> std::process::ChildStdout {
+        self.0
+            .as_mut()
+            .and_then(|c| c.stdout.take())
+            .expect("a child with a piped stdout")
+    }
+
+    /// Some once the child has exited (std keeps its status for `wait_with_output`).
+    /// A child that fills its pipes before exiting never does: for short outputs.
+    pub fn try_wait(&mut self) -> Option<()> {
+        self.0.as_mut()?.try_wait().ok().flatten().map(|_| ())
+    }
+
+    /// Waits for the process to exit by itself; its output.
+    pub fn wait_with_output(mut self) -> std::process::Output {
+        self.0
+            .take()
+            .expect("a child")
+            .wait_with_output()
+            .expect("waiting for a child")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// A node's pinned data plane: programs detached and pins removed on drop (a
@@ -55,31 +95,6 @@ impl Drop for BpfPins {
     }
 }
 
-/// Secret tmpfs mounts that killed daemons leave under /run/warren/secrets.
-struct SecretMounts(BTreeSet<String>);
-
-const SECRETS_ROOT: &str = "/run/warren/secrets";
-
-fn secret_node_dirs() -> BTreeSet<String> {
-    std::fs::read_dir(SECRETS_ROOT)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-impl Drop for SecretMounts {
-    fn drop(&mut self) {
-        for dir in secret_node_dirs().difference(&self.0) {
-            let path = std::path::Path::new(SECRETS_ROOT).join(dir);
-            crate::containerd::unmount_below(&path);
-            let _ = std::fs::remove_dir_all(&path);
-        }
-    }
-}
-
 impl Default for Env {
     fn default() -> Self {
         Env::new()
@@ -95,8 +110,6 @@ impl Env {
         let containerd = PrivateContainerd::start().expect("starting a private containerd");
         Env {
             c,
-            _netns_files: NetnsFiles::new("/run/netns", "warren-"),
-            _secrets: SecretMounts(secret_node_dirs()),
             pins: Default::default(),
             containerd,
             _cgroups: vec![],
@@ -110,7 +123,7 @@ impl Env {
     pub fn runtime_flags(&mut self, node: &str) -> Vec<String> {
         let cg = CgroupParent::new(&format!("wrn-{node}"));
         // Each node's data plane on its own cgroup subtree and pin directory.
-        let pins = BpfPins::new(&format!("/sys/fs/cgroup/unified{}", cg.path));
+        let pins = BpfPins::new(&format!("{}{}", crate::cgroups::v2_root().display(), cg.path));
         let flags = vec![
             "--runtime".into(),
             "containerd".into(),
@@ -245,6 +258,77 @@ impl Env {
             .expect("a node of that name")
     }
 
+    /// `bpftool ARGS` in node `node`'s network namespace (nsenter: `ip netns exec`
+    /// remounts /sys and hides bpffs); its stdout, or the failure.
+    pub fn bpftool(&self, node: &str, args: &[&str]) -> Result<String, String> {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.node_netns(node)))
+            .args(["--", "bpftool"])
+            .args(args)
+            .output()
+            .expect("running bpftool (Debian package bpftool)");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(crate::cluster::text(&out))
+        }
+    }
+
+    /// The ids of the programs attached for node `node`, by program name: socket
+    /// programs on its cgroup, tc programs as netlink filters (`net show`) or as
+    /// pinned tcx links (Debian 12's bpftool does not list tcx under `net show`).
+    pub fn attached_programs(&self, node: &str) -> BTreeMap<String, u32> {
+        let mut found = BTreeMap::new();
+        let cg = self.node_cgroup(node);
+        let cgroup = self
+            .bpftool(node, &["cgroup", "show", cg.to_str().unwrap()])
+            .unwrap_or_else(|e| panic!("bpftool cgroup show {}: {e}", cg.display()));
+        for l in cgroup.lines() {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            if let (Some(id), Some(name)) = (w.first().and_then(|i| i.parse().ok()), w.last()) {
+                found.insert(name.to_string(), id);
+            }
+        }
+        let net = self
+            .bpftool(node, &["net", "show"])
+            .unwrap_or_else(|e| panic!("bpftool net show: {e}"));
+        for l in net.lines().filter(|l| l.contains("warren_")) {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let name = w.iter().find(|x| x.starts_with("warren_")).unwrap();
+            let id = w.iter().skip_while(|x| **x != "id").nth(1).and_then(|i| i.parse().ok());
+            if let Some(id) = id {
+                found.insert(
+                    name.trim_end_matches(|c: char| !c.is_alphanumeric() && c != '_')
+                        .to_string(),
+                    id,
+                );
+            }
+        }
+        let pins = self.pins_dir(node);
+        for e in std::fs::read_dir(&pins).into_iter().flatten().flatten() {
+            let pin = e.path();
+            if !e.file_name().to_string_lossy().starts_with("link_tc_") {
+                continue;
+            }
+            let link = self
+                .bpftool(node, &["link", "show", "pinned", pin.to_str().unwrap()])
+                .unwrap_or_else(|e| panic!("bpftool link show pinned {}: {e}", pin.display()));
+            let id: u32 = link
+                .split_whitespace()
+                .skip_while(|w| *w != "prog")
+                .nth(1)
+                .and_then(|i| i.parse().ok())
+                .unwrap_or_else(|| panic!("no program in the link {}: {link}", pin.display()));
+            let prog = self
+                .bpftool(node, &["prog", "show", "id", &id.to_string()])
+                .unwrap_or_else(|e| panic!("bpftool prog show id {id}: {e}"));
+            if let Some(name) = prog.split_whitespace().skip_while(|w| *w != "name").nth(1) {
+                found.insert(name.to_string(), id);
+            }
+        }
+        found
+    }
+
     /// The text of `node`'s `/metrics` page, fetched from inside its namespace.
     pub fn metrics(&self, node: &str) -> String {
         let url = format!("http://{}/metrics", self.node(node).metrics_addr);
@@ -261,8 +345,8 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// A `warren-dp-probe` client inside namespace `ns` and, when given, cgroup
-    /// `cgroup` (where a node's socket programs apply).
+    /// A `warren-dp-probe` client inside namespace `ns` and, when given, a leaf
+    /// below cgroup `cgroup` (where a node's socket programs apply).
     pub fn probe(&self, ns: &str, cgroup: Option<&std::path::Path>, args: &[&str]) -> std::process::Command {
         let probe = crate::cluster::warren_bin().with_file_name("warren-dp-probe");
         assert!(
@@ -272,7 +356,12 @@ impl Env {
         );
         let mut line = String::new();
         if let Some(cg) = cgroup {
-            line.push_str(&format!("echo $$ > {}/cgroup.procs && ", cg.display()));
+            // A leaf below: on pure cgroup v2 a cgroup whose controllers are enabled
+            // for its children (runc does so for the containers' parent) takes no
+            // processes itself. The node's programs apply to its descendants.
+            let leaf = cg.join("warren-e2e-clients");
+            std::fs::create_dir_all(&leaf).unwrap_or_else(|e| panic!("mkdir {}: {e}", leaf.display()));
+            line.push_str(&format!("echo $$ > {}/cgroup.procs && ", leaf.display()));
         }
         line.push_str("exec");
         for a in std::iter::once(probe.to_str().unwrap()).chain(args.iter().copied()) {
@@ -306,7 +395,10 @@ impl Env {
             .find_map(|l| l.strip_prefix("0::"))
             .unwrap_or("/")
             .to_string();
-        let mut line = format!("echo $$ > /sys/fs/cgroup/unified{v2}/cgroup.procs && exec nsenter -t {pid} -m -n --");
+        let mut line = format!(
+            "echo $$ > {}{v2}/cgroup.procs && exec nsenter -t {pid} -m -n --",
+            crate::cgroups::v2_root().display()
+        );
         for a in args {
             line.push_str(&format!(" '{a}'"));
         }
@@ -324,6 +416,32 @@ impl Env {
             .args(args)
             .output()
             .expect("running ctr (Debian package containerd)");
+        assert!(
+            out.status.success(),
+            "ctr {}: {}",
+            args.join(" "),
+            crate::cluster::text(&out)
+        );
         String::from_utf8_lossy(&out.stdout).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChildGuard;
+
+    #[test]
+    fn a_guarded_child_is_killed_when_the_test_panics() {
+        let mut pid = 0;
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let g = ChildGuard::spawn(std::process::Command::new("sleep").arg("600"));
+            pid = g.0.as_ref().unwrap().id();
+            panic!("a failing assertion");
+        }));
+        assert!(r.is_err());
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "the child {pid} outlived the panic"
+        );
     }
 }

@@ -106,7 +106,7 @@ impl Lab {
             .spawn()
             .expect("starting docker-registry");
         self.registry = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(15) * crate::cluster::time_scale();
         loop {
             if Lab::http_get(self.lan.name(), &format!("http://{addr}/v2/")).is_some() {
                 break;

@@ -1,8 +1,9 @@
 //! Harness for Warren's end-to-end tests (`tests/tests/*.rs`): real `warren`
-//! Harness for the end-to-end tests.
+//! processes and, as the features need them, real containerd, a local OCI registry,
 //! eBPF and network namespaces. Everything a test starts is torn down when its
 //! guard drops, also on panic.
-//! processes and, as the features need them, real containerd, a local OCI registry,
+
+pub mod cgroups;
 pub mod cluster;
 pub mod containerd;
 pub mod dataplane;

@@ -413,23 +413,29 @@ async fn pull_index_and_run_http_in_netns() {
         .unwrap_err();
     assert!(matches!(e, RuntimeError::ExecTimeout { .. }), "{e}");
 
-    // Limits in the container's cgroup (v1 memory hierarchy on this hybrid machine).
-    let mem_cg = cgroup_line(pid, "memory");
-    assert_eq!(mem_cg, format!("{}/{id}", env.cgroup.path));
-    let limit = std::fs::read_to_string(format!("/sys/fs/cgroup/memory{mem_cg}/memory.limit_in_bytes"))
-        .expect("memory.limit_in_bytes");
-    assert_eq!(limit.trim(), (64u64 << 20).to_string());
-    let quota = std::fs::read_to_string(format!("/sys/fs/cgroup/cpu{mem_cg}/cpu.cfs_quota_us")).expect("cfs quota");
-    assert_eq!(quota.trim(), "50000");
-    // Where runc puts the process in the unified (v2) hierarchy.
+    // Limits in the container's cgroup, in whichever hierarchy holds each controller
+    // (v1 on this hybrid machine, v2 on Debian 12).
+    assert_eq!(warren_tests::cgroups::memory_limit(pid), Some(64 << 20));
+    assert_eq!(warren_tests::cgroups::cpu_quota(pid), Some((50_000, 100_000)));
+    let mem_dir = warren_tests::cgroups::controller_dir(pid, "memory");
+    assert!(
+        mem_dir.ends_with(format!("{}/{id}", env.cgroup.path.trim_start_matches('/'))),
+        "{}",
+        mem_dir.display()
+    );
+    // Where runc puts the process in the v2 hierarchy.
     let unified = cgroup_line(pid, "");
-    eprintln!("cgroup v2 placement of {id}: {unified:?} (v1 memory: {mem_cg:?})");
     assert_eq!(
         unified,
         format!("{}/{id}", env.cgroup.path),
         "runc places the task in the v2 tree too"
     );
-    let procs = std::fs::read_to_string(format!("/sys/fs/cgroup/unified{unified}/cgroup.procs")).expect("v2 procs");
+    let procs = std::fs::read_to_string(
+        warren_tests::cgroups::v2_root()
+            .join(unified.trim_start_matches('/'))
+            .join("cgroup.procs"),
+    )
+    .expect("v2 procs");
     assert!(procs.lines().any(|p| p == pid.to_string()), "{procs}");
 
     // Its stdout is in the log file, and logs(tail) returns it.
@@ -493,7 +499,7 @@ async fn user_workdir_args_and_env_are_applied() {
     env.rt.run(&s).await.expect("run");
     let exit = env.rt.wait(&id).await.expect("wait");
     assert_eq!(exit.code, 0);
-    let lines = log_lines(&env.rt, &id).await;
+    let lines = wait_log(&env.rt, &id, "args=").await;
     assert_eq!(
         lines,
         [
@@ -514,7 +520,8 @@ async fn user_workdir_args_and_env_are_applied() {
     s2.user = Some("4242:4343".into());
     env.rt.run(&s2).await.expect("run numeric user");
     assert_eq!(env.rt.wait(&id2).await.expect("wait").code, 0);
-    assert_eq!(log_lines(&env.rt, &id2).await, ["4242", "4343"]);
+    // The log is written by the shim as the output comes: wait for its last line.
+    assert_eq!(wait_log(&env.rt, &id2, "4343").await, ["4242", "4343"]);
     let mut s3 = spec(&unique("who"), &image);
     s3.user = Some("nosuchuser".into());
     let e = env.rt.create(&s3).await.unwrap_err();
@@ -872,7 +879,9 @@ async fn delete_removes_task_container_and_snapshot() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
     assert!(env.rt.list(&BTreeMap::new()).await.unwrap().is_empty());
-    assert!(!Path::new(&format!("/sys/fs/cgroup/memory{}/{id}", env.cgroup.path)).exists());
+    for d in warren_tests::cgroups::dirs(&format!("{}/{id}", env.cgroup.path)) {
+        assert!(!d.exists(), "{} is still there", d.display());
+    }
     env.rt.delete(&id).await.expect("deleting again is fine");
     assert!(matches!(env.rt.status(&id).await, Err(RuntimeError::NotFound { .. })));
 }
@@ -880,7 +889,7 @@ async fn delete_removes_task_container_and_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_and_supervises_its_own_containerd() {
     require("containerd", "containerd").expect("containerd");
-    let dir = tempfile::Builder::new().prefix("wrn-sup-").tempdir_in("/tmp").unwrap();
+    let dir = Scratch(tempfile::Builder::new().prefix("wrn-sup-").tempdir_in("/tmp").unwrap());
     let mut config = warren::runtime::RuntimeConfig::new(dir.path());
     config.socket = dir.path().join("no-such.sock");
     config.managed_dir = Some(dir.path().join("ctd"));
@@ -913,7 +922,29 @@ async fn starts_and_supervises_its_own_containerd() {
         !Path::new(&format!("/proc/{second}")).exists() || is_zombie(second),
         "containerd stopped"
     );
-    warren_tests::containerd::unmount_below(dir.path());
+}
+
+/// A scratch dir for a containerd of the test's own: on every path, what still
+/// runs from it is killed and what is mounted below it unmounted, before the dir
+/// is removed.
+struct Scratch(tempfile::TempDir);
+
+impl Scratch {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for pid in warren_tests::containerd::processes_mentioning(&self.path().to_string_lossy()) {
+            // SAFETY: kill(2) on processes whose command line names this test's dir.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        warren_tests::containerd::unmount_below(self.path());
+    }
 }
 
 fn is_zombie(pid: u32) -> bool {

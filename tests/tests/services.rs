@@ -239,6 +239,7 @@ fn vips_and_published_ports_reach_every_backend_over_tcp_and_udp() {
             .args(&args)
             .output()
             .unwrap();
+        assert!(out.status.success(), "{cmd}: {}", warren_tests::cluster::text(&out));
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             !text.contains(&vip) && !text.contains("8080"),
@@ -252,6 +253,11 @@ fn vips_and_published_ports_reach_every_backend_over_tcp_and_udp() {
         .args(["map", "dump", "pinned", &format!("{}/warren_svc_v1", bpffs.display())])
         .output()
         .expect("bpftool (Debian package bpftool)");
+    assert!(
+        dump.status.success(),
+        "bpftool map dump: {}",
+        warren_tests::cluster::text(&dump)
+    );
     let dump = String::from_utf8_lossy(&dump.stdout);
     assert!(dump.contains("\"key\"") && dump.contains("\"value\""), "{dump}");
 }
@@ -296,6 +302,12 @@ fn canary_weights_shift_new_connections_and_promote_or_roll_back() {
         .unwrap();
     assert_eq!(s["canary"]["weight"], 20);
     assert_eq!(s["canary"]["spec"]["image"], v2.as_str());
+    // The canary backend is in the data plane once it gets new connections at all.
+    env.c
+        .wait("the canary's weight in the data plane", Duration::from_secs(20), || {
+            let (pct, _) = share(200);
+            (pct > 5.0).then_some(())
+        });
     let (pct, _) = share(2000);
     assert!((17.0..=23.0).contains(&pct), "weight 20 gave {pct:.1}%");
 
@@ -456,10 +468,41 @@ fn rate_limits_unhealthy_backends_and_a_daemon_restart_under_load() {
     let hvip = vip_of(&env, m1, "hc");
     let tasks = env.running(m1, "hc", 2);
     let sick = tasks[0]["id"].as_str().unwrap().to_string();
+    let backends = |env: &Env| -> u64 {
+        let j = env
+            .c
+            .json(m1, &["node", "inspect", "self", "--format", "json"])
+            .unwrap();
+        j["dataplane"]["backends"].as_u64().expect("a backend count")
+    };
+    // rl's two backends and hc's two.
+    env.c
+        .wait("hc's backends in the data plane", Duration::from_secs(20), || {
+            (backends(&env) == 4).then_some(())
+        });
     let out = env.exec_in("m1", &sick, &["/bin/busybox", "touch", "/tmp/sick"]);
-    assert!(out.status.success());
-    // One probe interval (1 s) to notice, then the report and every node's sync.
-    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        out.status.success(),
+        "touch /tmp/sick: {}",
+        warren_tests::cluster::text(&out)
+    );
+    // Reported unhealthy, then out of the node's data plane.
+    env.c.wait(
+        "the sick task to be reported unhealthy",
+        Duration::from_secs(20),
+        || {
+            env.c
+                .tasks(m1, "hc")
+                .iter()
+                .any(|t| t["id"] == sick.as_str() && t["status"]["health"] == "unhealthy")
+                .then_some(())
+        },
+    );
+    env.c.wait(
+        "the sick backend to leave the data plane",
+        Duration::from_secs(20),
+        || (backends(&env) == 3).then_some(()),
+    );
     let r = env.probe_run(
         &ns,
         Some(&cg),
@@ -474,8 +517,9 @@ fn rate_limits_unhealthy_backends_and_a_daemon_restart_under_load() {
     // 3. kill -9 of the daemon and a restart: a client connecting to the VIP the whole
     //    time sees no failure.
     let stop = env.c.dir.path().join("stop-loop");
-    let client = env
-        .probe(
+    // Killed on drop: a failing assertion below must not leave it looping.
+    let client = warren_tests::env::ChildGuard::spawn(
+        env.probe(
             &ns,
             Some(&cg),
             &[
@@ -487,9 +531,8 @@ fn rate_limits_unhealthy_backends_and_a_daemon_restart_under_load() {
                 "--http",
             ],
         )
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stdout(std::process::Stdio::piped()),
+    );
     std::thread::sleep(Duration::from_secs(1));
     env.c.nodes[m1].kill9();
     std::thread::sleep(Duration::from_secs(1));
@@ -497,7 +540,7 @@ fn rate_limits_unhealthy_backends_and_a_daemon_restart_under_load() {
     env.c.wait_api(m1);
     std::thread::sleep(Duration::from_secs(2));
     std::fs::write(&stop, "").unwrap();
-    let out = client.wait_with_output().unwrap();
+    let out = client.wait_with_output();
     let r = warren_tests::dataplane::Report::parse(&String::from_utf8_lossy(&out.stdout));
     assert!(r.answers() > 50, "{r:?}");
     assert_eq!(
@@ -569,6 +612,22 @@ fn node_inspect_shows_the_data_plane_and_leave_removes_everything() {
         "{svc}"
     );
 
+    // The programs attached for this node, to find them gone after the leave.
+    let attached = env.attached_programs("m1");
+    let names: BTreeSet<&str> = attached.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            "warren_connect4",
+            "warren_sendmsg4",
+            "warren_recvmsg4",
+            "warren_getpeer4",
+            "warren_tc_in",
+            "warren_tc_out"
+        ]),
+        "{attached:?}"
+    );
+
     // 3. A manager does not leave without --force, and nothing changes.
     let data_dir = env.c.nodes[m1].data_dir.clone();
     let leave = |force: bool| {
@@ -604,28 +663,34 @@ fn node_inspect_shows_the_data_plane_and_leave_removes_everything() {
         env.containers("m1")
     );
     assert!(!pins.exists(), "{} is still there", pins.display());
-    let cgroup = std::process::Command::new("bpftool")
-        .args(["cgroup", "show"])
-        .arg(&cg)
+    // Every program the node had attached is unloaded (the kernel frees it once
+    // no link, pin or process holds it).
+    for (name, id) in &attached {
+        env.c.wait(
+            &format!("{name} (id {id}) to be unloaded"),
+            Duration::from_secs(10),
+            || {
+                let e = env.bpftool("m1", &["prog", "show", "id", &id.to_string()]).err()?;
+                assert!(
+                    e.contains("No such file or directory"),
+                    "bpftool prog show id {id}: {e}"
+                );
+                Some(())
+            },
+        );
+    }
+    let links = std::process::Command::new("ip")
+        .args(["-n", &ns, "-o", "link", "show"])
         .output()
-        .expect("bpftool (Debian package bpftool)");
-    let cgroup = String::from_utf8_lossy(&cgroup.stdout);
+        .expect("ip (Debian package iproute2)");
     assert!(
-        !cgroup.contains("warren_"),
-        "programs still attached to {}:\n{cgroup}",
-        cg.display()
+        links.status.success(),
+        "ip -o link: {}",
+        warren_tests::cluster::text(&links)
     );
-    let net = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns, "bpftool", "net", "show"])
-        .output()
-        .unwrap();
-    let net = String::from_utf8_lossy(&net.stdout);
-    assert!(!net.contains("warren_tc"), "tc programs still attached:\n{net}");
-    let bridge = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns, "ip", "link", "show", "warren0"])
-        .output()
-        .unwrap();
-    assert!(!bridge.status.success(), "the bridge is still there");
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(links.contains("eth0"), "{links}");
+    assert!(!links.contains("warren0"), "the bridge is still there:\n{links}");
     let left: Vec<_> = std::fs::read_dir("/run/netns")
         .unwrap()
         .flatten()

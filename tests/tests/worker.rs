@@ -175,7 +175,21 @@ fn crashes_kills_and_unhealthy_tasks_are_replaced_and_missing_images_retried() {
         (f.len() == 3).then_some(f)
     });
     assert!(done.iter().all(|t| t["status"]["exit_code"] == 3), "{done:?}");
-    std::thread::sleep(Duration::from_secs(3));
+    // A fourth attempt would be due 500ms * 2^2 after the last failure: wait until
+    // the node's clock (the tasks' timestamps) is well past that, then count.
+    let last_failed = done
+        .iter()
+        .map(|t| t["status"]["timestamp_ms"].as_i64().expect("a task timestamp"))
+        .max()
+        .unwrap();
+    env.c
+        .wait("the fourth attempt's due time to pass", Duration::from_secs(30), || {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
+            (now > last_failed + 2_000 + 2_000).then_some(())
+        });
     assert_eq!(env.c.tasks(m1, "crash").len(), 3, "a fourth attempt was started");
     let ps = env.c.ok(m1, &["service", "ps", "crash"]);
     assert!(ps.contains("exit code 3"), "{ps}");
@@ -254,34 +268,8 @@ fn secrets_stay_off_disk_volumes_outlive_tasks_and_limits_apply() {
     }
     assert!(files > 10, "the data dir walk found only {files} files");
 
-    // 3. The memory limit is in the container's cgroup.
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let (limit_file, expect) = match cgroups
-        .lines()
-        .find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|c| c == "memory")))
-    {
-        Some(l) => (
-            format!(
-                "/sys/fs/cgroup/memory{}/memory.limit_in_bytes",
-                l.rsplit(':').next().unwrap()
-            ),
-            "67108864",
-        ),
-        None => {
-            let path = cgroups
-                .lines()
-                .find(|l| l.starts_with("0::"))
-                .unwrap()
-                .trim_start_matches("0::")
-                .to_string();
-            (format!("/sys/fs/cgroup/unified{path}/memory.max"), "67108864")
-        }
-    };
-    assert_eq!(
-        std::fs::read_to_string(&limit_file).unwrap().trim(),
-        expect,
-        "{limit_file}"
-    );
+    // 3. The memory limit is in the container's cgroup (whichever hierarchy has it).
+    assert_eq!(warren_tests::cgroups::memory_limit(pid), Some(64 << 20));
 
     // 4. A file in the volume survives the task's replacement; the volume cannot be
     //    removed while in use.
@@ -318,6 +306,7 @@ fn daemon_restarts_adopt_containers_and_removal_leaves_nothing() {
     let pids: Vec<u32> = before.iter().map(|id| env.pid("m1", id)).collect();
 
     for how in ["SIGTERM", "SIGKILL"] {
+        let mark = env.c.nodes[m1].log_mark();
         // 1. Stop the daemon; the containers keep running.
         if how == "SIGTERM" {
             env.c.nodes[m1].stop();
@@ -339,13 +328,24 @@ fn daemon_restarts_adopt_containers_and_removal_leaves_nothing() {
             .map(|t| t["id"].as_str().unwrap().to_string())
             .collect();
         assert_eq!(after, before, "{how}: the tasks changed");
-        std::thread::sleep(Duration::from_secs(2));
+        // This run of the daemon adopted both containers (its own log lines only).
+        env.c.wait(
+            &format!("{how}: both containers adopted"),
+            Duration::from_secs(20),
+            || {
+                (env.c.nodes[m1]
+                    .log_since(mark)
+                    .matches("found a container of this node")
+                    .count()
+                    >= 2)
+                    .then_some(())
+            },
+        );
         let containers: BTreeSet<String> = env.containers("m1").into_iter().collect();
         assert_eq!(containers, before, "{how}: containers");
         for (id, pid) in before.iter().zip(&pids) {
             assert_eq!(env.pid("m1", id), *pid, "{how}: {id} was restarted");
         }
-        assert!(env.c.nodes[m1].log_text().contains("found a container of this node"));
     }
 
     // 3. service rm leaves no container, snapshot, netns, veth or address.
@@ -371,7 +371,13 @@ fn daemon_restarts_adopt_containers_and_removal_leaves_nothing() {
         .args(["-n", &ns, "-o", "link"])
         .output()
         .unwrap();
+    assert!(
+        links.status.success(),
+        "ip -o link: {}",
+        warren_tests::cluster::text(&links)
+    );
     let links = String::from_utf8_lossy(&links.stdout);
+    assert!(links.contains("warren0"), "{links}");
     assert!(!links.contains(" wv"), "{links}");
     env.c.nodes[m1].stop();
     let ipam = warren::network::Ipam::open(

@@ -105,6 +105,12 @@ pub async fn leave(data_dir: &Path, force: bool) -> Result<LeaveReport, LeaveErr
 
     if cfg.runtime.containerd {
         report.containers = remove_containers(&cfg, data_dir).await?;
+        // A daemon killed with SIGKILL leaves the containerd it started running; the
+        // next daemon uses it without owning it. Its state is in the data dir,
+        // which goes below: stop it first.
+        if let Some(dir) = crate::daemon::runtime_config(&cfg, data_dir).managed_dir {
+            stop_managed_containerd(&dir)?;
+        }
     }
     if let (Some(subnet), Some(cidr)) = (&cfg.subnet, &cfg.cluster_cidr) {
         let nc = cfg.network_config(data_dir, subnet, cidr).map_err(cleanup("network"))?;
@@ -178,6 +184,42 @@ fn alive(pid: i32) -> bool {
     }
 }
 
+/// Stops every containerd running with the config under `dir` (the node's own,
+/// whoever started it), SIGTERM then SIGKILL after 10 s.
+fn stop_managed_containerd(dir: &Path) -> Result<(), LeaveError> {
+    let config = crate::runtime::supervisor::ManagedLayout::new(dir).config();
+    let config = config.as_os_str().as_encoded_bytes();
+    let pids: Vec<i32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == config))
+        })
+        .collect();
+    for pid in pids {
+        let signal = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        let _ = signal(nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if alive(pid) {
+            let _ = signal(nix::sys::signal::Signal::SIGKILL);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if alive(pid) {
+            return Err(LeaveError::Stop {
+                pid,
+                reason: "the node's containerd is still running after SIGTERM and SIGKILL".into(),
+            });
+        }
+        tracing::info!(pid, "stopped the node's containerd");
+    }
+    Ok(())
+}
+
 /// Every container of this node, stopped and deleted (with its snapshot).
 async fn remove_containers(cfg: &NodeConfig, data_dir: &Path) -> Result<usize, LeaveError> {
     let err = cleanup::<RuntimeError>("containers");
@@ -228,21 +270,12 @@ fn remove_cgroup_parent(parent: &str) {
     if rel.is_empty() || rel.contains(':') {
         return;
     }
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    for line in info.lines() {
-        let Some((fields, fs)) = line.split_once(" - ") else {
-            continue;
-        };
-        let is_cgroup = matches!(fs.split_whitespace().next(), Some("cgroup" | "cgroup2"));
-        if let (true, Some(mount)) = (is_cgroup, fields.split_whitespace().nth(4)) {
-            let dir = Path::new(mount).join(rel);
-            match std::fs::remove_dir(&dir) {
-                Ok(()) => tracing::info!(cgroup = %dir.display(), "removed the node's cgroup parent"),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(cgroup = %dir.display(), error = %e, "keeping the node's cgroup parent"),
-            }
+    for mount in crate::cgroups::Hierarchies::current().mounts() {
+        let dir = mount.join(rel);
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => tracing::info!(cgroup = %dir.display(), "removed the node's cgroup parent"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(cgroup = %dir.display(), error = %e, "keeping the node's cgroup parent"),
         }
     }
 }

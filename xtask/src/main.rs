@@ -1,12 +1,17 @@
 //! Project automation, run as `cargo xtask <command>`:
 //!
-//! - `test`: installs what the suite needs (Debian packages), checks formatting
-//!   and lints, builds, and runs every test (what `.ci/run` runs);
+//! - `test [--no-lint] [--no-vm]`: installs what the suite needs (Debian packages),
+//!   checks formatting and lints, builds, runs every test on the host, then the
+//!   kernel matrix (`vm-test`); every step runs, and every failure is reported at
+//!   the end (what `.ci/run` runs);
 //! - `up`: installs, builds and starts a one-node cluster with a demo service;
 //! - `down`: stops what `up` started and removes its state;
 //! - `bench`: runs the benchmarks (`bench/`) and regenerates `docs/benchmarks.md`;
 //! - `image [--out DIR]`: builds the busybox test images as an OCI layout (default
-//!   `target/test-images`), with `warren-test-images` from the test harness.
+//!   `target/test-images`), with `warren-test-images` from the test harness;
+//! - `vm-test [--kernel 6.1|6.12|all] [--test BINARY::NAME]...`: runs [`VM_TESTS`]
+//!   (prebuilt test binaries of the host build) inside Debian 12's kernels under
+//!   QEMU (module `vm`).
 //!
 //! xtask itself needs nothing but std, so that it builds on a fresh machine before
 //! any Debian package (protoc, clang, ...) is installed.
@@ -14,6 +19,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
+
+mod vm;
 
 /// Debian packages the build, the demo and the test suite need.
 const PACKAGES: &[&str] = &[
@@ -52,9 +59,10 @@ fn main() -> ExitCode {
         Some("down") => down(),
         Some("bench") => bench(&args[1..]),
         Some("image") => image(&args[1..]),
+        Some("vm-test") => vm::vm_test(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-lint] [-- TEST ARGS]|up|down|bench [--quick] [--only SCENARIO]... [--render]|image [--out DIR]>"
+                "usage: cargo xtask <test [--no-lint] [--no-vm] [-- TEST ARGS]|up|down|bench [--quick] [--only SCENARIO]... [--render]|image [--out DIR]|vm-test [--kernel 6.1|6.12|all] [--test BINARY::NAME]...>"
             );
             return ExitCode::from(2);
         }
@@ -131,25 +139,65 @@ fn ensure_packages(pkgs: &[&str]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
+/// Kernels the VM part of `cargo xtask test` boots (`WARREN_VM_KERNELS` overrides:
+/// 6.1, 6.12 or all).
+const TEST_KERNELS: &str = "all";
+
+/// `cargo xtask test`: every step runs even when an earlier one failed (the suite
+/// with `--no-fail-fast`), and every failure is reported at the end.
 fn test(args: &[String]) -> Result<()> {
     let started = Instant::now();
-    let (lint, rest): (bool, Vec<String>) = {
-        let lint = !args.iter().any(|a| a == "--no-lint");
-        (lint, args.iter().filter(|a| *a != "--no-lint").cloned().collect())
-    };
+    let lint = !args.iter().any(|a| a == "--no-lint");
+    let vm = !args.iter().any(|a| a == "--no-vm");
+    let rest: Vec<String> = args
+        .iter()
+        .filter(|a| *a != "--no-lint" && *a != "--no-vm")
+        .cloned()
+        .collect();
     ensure_packages(PACKAGES)?;
+    let mut failed: Vec<String> = vec![];
+    let mut step = |what: &str, r: Result<()>| {
+        if let Err(e) = r {
+            eprintln!("xtask test: {what} failed: {e}");
+            failed.push(format!("{what}: {e}"));
+        }
+    };
     if lint {
-        run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-        run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+        step("formatting", run(cargo().args(["fmt", "--all", "--", "--check"])));
+        step(
+            "clippy",
+            run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])),
+        );
     }
     // The end-to-end tests run the warren binary: build it before the tests start.
-    run(cargo().args(["build", "-p", "warren", "-p", "warren-tests", "--bins"]))?;
-    let mut cmd = cargo();
-    cmd.args(["test", "--workspace"]);
-    cmd.args(&rest);
-    run(&mut cmd)?;
-    eprintln!("xtask test: everything passed in {:.0?}", started.elapsed());
-    Ok(())
+    let built = run(cargo().args(["build", "-p", "warren", "-p", "warren-tests", "--bins"]));
+    let built_ok = built.is_ok();
+    step("build", built);
+    if built_ok {
+        let host = Instant::now();
+        let mut cmd = cargo();
+        cmd.args(["test", "--workspace", "--no-fail-fast"]);
+        cmd.args(&rest);
+        step("the host suite", run(&mut cmd));
+        eprintln!("xtask test: the host suite took {:.0?}", host.elapsed());
+        if vm {
+            let kernels = std::env::var("WARREN_VM_KERNELS").unwrap_or_else(|_| TEST_KERNELS.to_string());
+            let at = Instant::now();
+            step("vm-test", vm::vm_test(&["--kernel".to_string(), kernels]));
+            eprintln!("xtask test: the kernel matrix took {:.0?}", at.elapsed());
+        }
+    }
+    if failed.is_empty() {
+        eprintln!("xtask test: everything passed in {:.0?}", started.elapsed());
+        Ok(())
+    } else {
+        Err(format!(
+            "{} step(s) failed after {:.0?}:\n  {}",
+            failed.len(),
+            started.elapsed(),
+            failed.join("\n  ")
+        ))
+    }
 }
 
 /// `cargo xtask image`: the test images, built by the harness's own binary so that

@@ -64,12 +64,7 @@ impl DataplaneConfig {
 /// The cgroup v2 root: `/sys/fs/cgroup` on a unified hierarchy, otherwise the
 /// hybrid layout's `/sys/fs/cgroup/unified`.
 pub fn default_cgroup_root() -> PathBuf {
-    let unified = PathBuf::from("/sys/fs/cgroup");
-    if unified.join("cgroup.controllers").exists() {
-        unified
-    } else {
-        unified.join("unified")
-    }
+    crate::cgroups::v2_root()
 }
 
 /// A transport protocol of a service port.
