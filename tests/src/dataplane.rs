@@ -412,6 +412,8 @@ impl Lab {
         let mut cfg = DataplaneConfig::new(test);
         cfg.bpffs_dir = Path::new(PIN_ROOT).join(test);
         cfg.cgroup_root = cgroup.path.clone();
+        // The node namespace plays the host: its loopback reaches published ports.
+        cfg.host_netns = Some(PathBuf::from(format!("/run/netns/{}", node.name)));
         cfg.node_addrs = vec![Ipv4Addr::new(10, 201, net, 1)];
         if client_ns {
             cfg.node_addrs.push(Ipv4Addr::new(10, 202, net, 1));
@@ -498,6 +500,19 @@ impl Lab {
     /// Starts a probe client in the cgroup.
     pub fn spawn_client(&self, args: &[&str]) -> Proc {
         Proc::spawn(self.client_cmd(args), &format!("client {args:?}"))
+    }
+
+    /// A probe client inside backend `i`'s namespace (a task's own network
+    /// namespace) and the lab's cgroup.
+    pub fn task_client(&self, i: usize, args: &[&str]) -> Report {
+        let probe = self.probe.to_string_lossy().into_owned();
+        let ns = self.backends[i].ns.name.as_str();
+        let mut argv = vec!["ip", "netns", "exec", ns, probe.as_str()];
+        argv.extend_from_slice(args);
+        let wrapped = self.cgroup.wrap(&argv);
+        let mut c = Command::new(&wrapped[0]);
+        c.args(&wrapped[1..]);
+        Proc::spawn(c, &format!("task client {args:?}")).finish()
     }
 
     /// Runs a probe in the client namespace (outside the cgroup: the tc path).

@@ -138,6 +138,80 @@ fn vip_reaches_every_backend_over_tcp_and_udp() {
     assert!(web_backends.iter().all(|b| b.connections > 0), "{:?}", web_backends);
 }
 
+#[test]
+fn loopback_published_port_is_translated_only_in_the_host_namespace() {
+    let lab = Lab::new("loopback", 21, 2, false, PROBE);
+    let dp = EbpfDataplane::open(lab.cfg()).expect("open data plane");
+    // The service publishes the port its tasks listen on (8080), like `-p 8080:8080`.
+    let mut svc = stable(&lab, 1, "web");
+    svc.ports[0].published = Some(TCP_PORT);
+    let extra = 30000 + u16::from(lab.net);
+    svc.ports.push(ServicePort {
+        protocol: Protocol::Tcp,
+        target: TCP_PORT,
+        published: Some(extra),
+        host_mode: false,
+    });
+    svc.ports.retain(|p| p.protocol == Protocol::Tcp);
+    dp.sync(&[svc]).expect("sync");
+
+    // The host's loopback reaches the service.
+    let r = lab.client(&["connect", "--to", &to(Ipv4Addr::LOCALHOST, extra), "--n", "20"]);
+    assert_eq!(r.answers(), 20, "host loopback to a published port: {:?}", r.errors);
+    assert_eq!(
+        r.names.len(),
+        2,
+        "both backends through the host's loopback: {:?}",
+        r.names
+    );
+
+    // Inside a task, 127.0.0.1 is the task's own: its own listener answers, never
+    // another replica, and a published port nothing listens on is refused.
+    for (i, name) in [(0, "b0"), (1, "b1")] {
+        let r = lab.task_client(i, &["connect", "--to", &to(Ipv4Addr::LOCALHOST, TCP_PORT), "--n", "20"]);
+        assert_eq!(r.answers(), 20, "task {name}: its own listener: {:?}", r.errors);
+        assert_eq!(
+            r.names.keys().cloned().collect::<Vec<_>>(),
+            [name],
+            "task {name}: 127.0.0.1:{TCP_PORT} went to another replica: {:?}",
+            r.names
+        );
+        let r = lab.task_client(i, &["connect", "--to", &to(Ipv4Addr::LOCALHOST, extra), "--n", "3"]);
+        assert_eq!(
+            r.answers(),
+            0,
+            "task {name}: 127.0.0.1:{extra} was translated: {:?}",
+            r.names
+        );
+        assert_eq!(r.errors.get("ECONNREFUSED"), Some(&3), "task {name}: {:?}", r.errors);
+        // The node's address still reaches the published port from a task (Swarm).
+        let node = Ipv4Addr::new(10, 201, lab.net, 1);
+        let r = lab.task_client(i, &["connect", "--to", &to(node, extra), "--n", "10"]);
+        assert_eq!(r.answers(), 10, "task {name}: node address: {:?}", r.errors);
+    }
+
+    // A host socket cannot bind a published port that the data plane would shadow;
+    // a task can (its namespace has its own ports), and so can the host elsewhere.
+    let published_any = to(Ipv4Addr::UNSPECIFIED, extra);
+    for (addr, udp) in [
+        (published_any.as_str(), false),
+        (&to(Ipv4Addr::LOCALHOST, TCP_PORT), false),
+    ] {
+        let mut args = vec!["bind", "--to", addr];
+        if udp {
+            args.push("--udp");
+        }
+        let r = lab.client(&args);
+        assert_eq!(r.errors.get("EADDRINUSE"), Some(&1), "host bind {addr}: {r:?}");
+    }
+    let r = lab.client(&["bind", "--to", &to(Ipv4Addr::UNSPECIFIED, extra), "--udp"]);
+    assert_eq!(r.values.get("bound"), Some(&1), "udp/{extra} is not published: {r:?}");
+    let r = lab.client(&["bind", "--to", &to(Ipv4Addr::UNSPECIFIED, extra + 1)]);
+    assert_eq!(r.values.get("bound"), Some(&1), "an unpublished port: {r:?}");
+    let r = lab.task_client(0, &["bind", "--to", &published_any]);
+    assert_eq!(r.values.get("bound"), Some(&1), "a task binds its own port: {r:?}");
+}
+
 fn fraction(r: &warren_tests::dataplane::Report, name: &str) -> f64 {
     r.names.get(name).copied().unwrap_or(0) as f64 / r.answers() as f64
 }
@@ -497,6 +571,7 @@ fn pinned_programs_survive_the_loader_and_are_adopted_without_a_gap() {
         "warren_sendmsg4",
         "warren_recvmsg4",
         "warren_getpeer4",
+        "warren_post_bind4",
     ] {
         assert_eq!(text.matches(name).count(), 1, "{name} attached once:\n{text}");
     }
@@ -564,7 +639,7 @@ fn a_daemon_killed_with_sigkill_and_restarted_causes_no_failed_connection() {
         let r = lab.client(&["connect", "--to", &to(vip(lab.net), TCP_PORT), "--n", "10"]);
         assert_eq!(r.answers(), 10, "VIP works while no daemon runs: {:?}", r.errors);
         let (d, lines) = start_daemon();
-        assert_eq!(lines, ["adopted 4"], "a restart adopts the 4 pinned cgroup links");
+        assert_eq!(lines, ["adopted 5"], "a restart adopts the 5 pinned cgroup links");
         daemon = d;
     }
     std::fs::write(&stop, b"").unwrap();

@@ -15,20 +15,36 @@
 #define WARREN_RL_MAX_ELAPSED_NS (100ULL * NSEC_PER_SEC)
 #define WARREN_MILLI 1000ULL
 
-static __always_inline int is_node_addr(__be32 addr)
+/* The host network namespace's cookie, set by the loader (SO_NETNS_COOKIE, 5.14+);
+ * 0 = unknown, and then no loopback address is a node address. */
+volatile const __u64 warren_host_netns = 0;
+
+static __always_inline int is_loopback(__be32 addr)
 {
-	/* 127.0.0.0/8: a published port also answers on the loopback, as with Docker. */
-	if ((addr & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000))
-		return 1;
+	return (addr & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000);
+}
+
+/*
+ * Whether a socket's destination is one of the node's addresses. 127.0.0.0/8 is
+ * one only for sockets of the host network namespace (as with Docker, and as
+ * Cilium's bpf_sock.c): inside a task, 127.0.0.1 is the task's own loopback and a
+ * published port there must reach the task's own listener, not another replica.
+ * `netns` is the socket's netns cookie, or 0 on the tc path (never loopback).
+ */
+static __always_inline int is_node_addr(__be32 addr, __u64 netns)
+{
+	if (is_loopback(addr))
+		return netns && netns == warren_host_netns;
 	return bpf_map_lookup_elem(&warren_naddr_v1, &addr) != NULL;
 }
 
 /*
  * Finds the service for a destination: the exact (VIP, port) first, then the VIP's
- * wildcard, then, for one of the node's own addresses, a published port.
+ * wildcard, then, for one of the node's own addresses, a published port. `netns`
+ * as for is_node_addr().
  */
 static __always_inline struct warren_svc_value *svc_lookup(__be32 daddr, __be16 dport, __u8 proto,
-							    int allow_vip)
+							    int allow_vip, __u64 netns)
 {
 	struct warren_svc_key key = {};
 	struct warren_svc_value *svc;
@@ -45,7 +61,7 @@ static __always_inline struct warren_svc_value *svc_lookup(__be32 daddr, __be16 
 		if (svc)
 			return svc;
 	}
-	if (!is_node_addr(daddr))
+	if (!is_node_addr(daddr, netns))
 		return NULL;
 	key.addr = 0;
 	key.port = dport;

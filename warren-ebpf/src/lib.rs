@@ -22,7 +22,8 @@ static SOCK_DESTROY_OBJ: &Aligned<[u8]> = &Aligned {
 };
 
 /// The main object: socket load balancing (`warren_connect4`, `warren_sendmsg4`,
-/// `warren_recvmsg4`, `warren_getpeer4`) and tc (`warren_tc_in`, `warren_tc_out`).
+/// `warren_recvmsg4`, `warren_getpeer4`), the published-port bind guard
+/// (`warren_post_bind4`) and tc (`warren_tc_in`, `warren_tc_out`).
 pub fn warren_object() -> &'static [u8] {
     &WARREN_OBJ.bytes
 }
@@ -43,6 +44,8 @@ pub mod programs {
     pub const RECVMSG4: &str = "warren_recvmsg4";
     /// `cgroup/getpeername4`
     pub const GETPEERNAME4: &str = "warren_getpeer4";
+    /// `cgroup/post_bind4`
+    pub const POST_BIND4: &str = "warren_post_bind4";
     /// tc ingress
     pub const TC_INGRESS: &str = "warren_tc_in";
     /// tc egress

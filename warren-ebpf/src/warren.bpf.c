@@ -29,7 +29,23 @@
 #define SNAT_PORT_SPAN 4535
 #define SNAT_TRIES 4
 
+#define EADDRINUSE 98
+#define ECONNREFUSED 111
+
 char _license[] SEC("license") = "Dual BSD/GPL";
+
+/* Set by the loader when the kernel has bpf_set_retval for cgroup programs
+ * (5.18+); before, a refusal is the kernel's EPERM. The verifier never sees the
+ * branch that calls it when this is 0. */
+volatile const __u32 warren_set_retval = 0;
+
+/* Refuses a socket operation with -err where the kernel lets a program choose. */
+static __always_inline int sys_reject(void *ctx, int err)
+{
+	if (warren_set_retval)
+		bpf_set_retval(-err);
+	return SYS_REJECT;
+}
 
 /* Never read: it puts struct warren_event into the object's BTF, where the layout
  * test finds it (ring buffer records carry no type). */
@@ -95,7 +111,7 @@ static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, int sendmsg)
 
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return SYS_PROCEED;
-	svc = svc_lookup(daddr, dport, proto, 1);
+	svc = svc_lookup(daddr, dport, proto, 1, is_loopback(daddr) ? bpf_get_netns_cookie(ctx) : 0);
 	if (!svc)
 		return SYS_PROCEED;
 	svc_id = svc->svc_id;
@@ -168,6 +184,39 @@ static __always_inline void sock4_revnat(struct bpf_sock_addr *ctx)
 		return;
 	ctx->user_ip4 = r->addr;
 	ctx->user_port = (__u32)r->port;
+}
+
+/*
+ * A host socket bound to a published port (on any, a node or a loopback address)
+ * would never see a connection: the data plane sends them to the service. The
+ * bind is refused (EADDRINUSE where the kernel has bpf_set_retval, EPERM before)
+ * instead of leaving a silently shadowed listener. Tasks are not concerned: their
+ * own ports live in their own namespaces.
+ */
+static __always_inline int sock4_post_bind(struct bpf_sock *sk)
+{
+	struct warren_svc_key key = {};
+	__be32 addr = sk->src_ip4;
+	struct warren_svc_value *svc;
+
+	if (sk->protocol != IPPROTO_TCP && sk->protocol != IPPROTO_UDP)
+		return SYS_PROCEED;
+	if (!warren_host_netns || bpf_get_netns_cookie(sk) != warren_host_netns)
+		return SYS_PROCEED;
+	if (addr && !is_node_addr(addr, warren_host_netns))
+		return SYS_PROCEED;
+	key.port = bpf_htons((__u16)sk->src_port);
+	key.proto = sk->protocol;
+	svc = bpf_map_lookup_elem(&warren_svc_v1, &key);
+	if (!svc || !(svc->flags & WARREN_SVC_F_NODEPORT))
+		return SYS_PROCEED;
+	return sys_reject(sk, EADDRINUSE);
+}
+
+SEC("cgroup/post_bind4")
+int warren_post_bind4(struct bpf_sock *sk)
+{
+	return sock4_post_bind(sk);
 }
 
 SEC("cgroup/connect4")
@@ -435,7 +484,7 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int ingress)
 	if (!ingress)
 		return TC_ACT_OK;
 
-	svc = svc_lookup(iph.daddr, ports[1], iph.protocol, 0);
+	svc = svc_lookup(iph.daddr, ports[1], iph.protocol, 0, 0);
 	if (!svc || !(svc->flags & WARREN_SVC_F_NODEPORT))
 		return TC_ACT_OK;
 	/* Only a SYN opens a TCP flow; a stray segment is left to the node's stack. */

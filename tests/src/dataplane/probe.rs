@@ -9,6 +9,7 @@
 //! udp     --to A:P --n N [--connected] [--timeout-ms MS]
 //! loop    --to A:P --stop-file PATH [--http]
 //! hold    --to A:P --n N [--udp]      (then reads "check" on stdin)
+//! bind    --to A:P [--udp]            (prints `bound 1` or `error E 1`)
 //! daemon  --node N --bpffs DIR --cgroup DIR --vip A --port P --backend A...
 //! http    --listen A:P [--threads N]
 //! crr     --to A:P --ms MS [--warmup-ms MS] [--conns C] [--rate R] [--threads N]
@@ -88,6 +89,7 @@ pub fn main() {
         "udp" => udp(&args),
         "loop" => connect_loop(&args),
         "hold" => hold(&args),
+        "bind" => bind(&args),
         "daemon" => daemon(&args),
         "http" => http::serve(&args),
         "crr" => http::crr(&args),
@@ -158,6 +160,7 @@ fn errno_name(e: &io::Error) -> String {
         Some(libc::EHOSTUNREACH) => "EHOSTUNREACH".into(),
         Some(libc::ENETUNREACH) => "ENETUNREACH".into(),
         Some(libc::EAGAIN) => "EAGAIN".into(),
+        Some(libc::EADDRINUSE) => "EADDRINUSE".into(),
         Some(n) => format!("errno{n}"),
         None => format!("{:?}", e.kind()),
     }
@@ -397,6 +400,19 @@ fn hold(args: &Args) {
             }
         };
         println!("conn {name} {state}");
+    }
+}
+
+fn bind(args: &Args) {
+    let to = args.addr("--to");
+    let r = if args.has("--udp") {
+        UdpSocket::bind(to).map(drop)
+    } else {
+        TcpListener::bind(to).map(drop)
+    };
+    match r {
+        Ok(()) => println!("bound 1"),
+        Err(e) => println!("error {} 1", errno_name(&e)),
     }
 }
 

@@ -11,7 +11,7 @@ use aya::{
     programs::{
         links::FdLink,
         tc::{self, NlOptions, TcAttachOptions},
-        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
     },
     EbpfLoader,
 };
@@ -28,8 +28,8 @@ use super::{
     error::verifier_detail,
     events::EventReader,
     links::{
-        attach_pinned, detach_pinned, expected_pins, ifindex, remove_stale_links, BPF_TCX_EGRESS, BPF_TCX_INGRESS,
-        CGROUP_PROGRAMS,
+        attach_pinned, detach_pinned, expected_pins, ifindex, remove_stale_links, CgroupKind, BPF_TCX_EGRESS,
+        BPF_TCX_INGRESS, CGROUP_PROGRAMS,
     },
     maps::{check_pinned_maps, take, Maps},
     plan::{self, Current},
@@ -69,6 +69,23 @@ fn validate_config(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
     Ok(())
 }
 
+/// The netns cookie of the host network namespace (`cfg.host_netns`, or the
+/// loader's own), whose sockets reach published ports on 127.0.0.0/8; 0 (no
+/// loopback translation) when the kernel cannot tell (SO_NETNS_COOKIE, 5.14+).
+fn host_netns_cookie(cfg: &DataplaneConfig) -> u64 {
+    let cookie = match &cfg.host_netns {
+        None => sys::netns_cookie(),
+        Some(path) => File::open(path).and_then(|ns| sys::in_netns(ns.as_fd(), sys::netns_cookie).and_then(|r| r)),
+    };
+    match cookie {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(node = %cfg.node_name, error = %e, "cannot read the host network namespace's cookie (Linux 5.14+): published ports do not answer on 127.0.0.0/8");
+            0
+        }
+    }
+}
+
 struct Inner {
     maps: Maps,
     current: Current,
@@ -96,10 +113,14 @@ impl EbpfDataplane {
         checks::check_cgroup2(&cfg.cgroup_root)?;
         check_pinned_maps(&cfg.bpffs_dir)?;
 
-        let redirect_neigh = u32::from((kernel.version.0, kernel.version.1) >= (5, 10));
+        let redirect_neigh = u32::from(kernel.at_least(5, 10));
+        let set_retval = u32::from(kernel.at_least(5, 18));
+        let host_netns = host_netns_cookie(&cfg);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&cfg.bpffs_dir)
             .override_global("warren_redirect_neigh", &redirect_neigh, true)
+            .override_global("warren_set_retval", &set_retval, true)
+            .override_global("warren_host_netns", &host_netns, true)
             .load(warren_ebpf::warren_object())
             .map_err(|e| DataplaneError::Load {
                 object: "warren.bpf.o",
@@ -113,31 +134,47 @@ impl EbpfDataplane {
             .metadata()
             .map_err(|e| DataplaneError::io(format!("stat cgroup {}", cfg.cgroup_root.display()), e))?
             .ino();
-        for (name, pin, attach_type) in CGROUP_PROGRAMS {
-            let prog: &mut CgroupSockAddr = ebpf
+        for (name, pin, attach_type, kind) in CGROUP_PROGRAMS {
+            let prog = ebpf
                 .program_mut(name)
-                .ok_or_else(|| DataplaneError::program(name, "missing from the object"))?
-                .try_into()
-                .map_err(|e| DataplaneError::program(name, e))?;
-            prog.load()
-                .map_err(|e| DataplaneError::program(name, verifier_detail(&e)))?;
-            let prog_fd = prog
-                .fd()
-                .map_err(|e| DataplaneError::program(name, e))?
-                .try_clone()
-                .map_err(|e| DataplaneError::program(name, e))?;
-            let adopted = attach_pinned(
-                &cfg.bpffs_dir.join(pin),
-                (sys::LINK_TYPE_CGROUP, cgroup_id, attach_type),
-                prog_fd.as_fd(),
-                || {
-                    let id = prog
-                        .attach(&cgroup, CgroupAttachMode::Single)
+                .ok_or_else(|| DataplaneError::program(name, "missing from the object"))?;
+            let expect = (sys::LINK_TYPE_CGROUP, cgroup_id, attach_type);
+            let adopted = match kind {
+                CgroupKind::SockAddr => {
+                    let prog: &mut CgroupSockAddr = prog.try_into().map_err(|e| DataplaneError::program(name, e))?;
+                    prog.load()
+                        .map_err(|e| DataplaneError::program(name, verifier_detail(&e)))?;
+                    let prog_fd = prog
+                        .fd()
+                        .map_err(|e| DataplaneError::program(name, e))?
+                        .try_clone()
                         .map_err(|e| DataplaneError::program(name, e))?;
-                    let link = prog.take_link(id).map_err(|e| DataplaneError::program(name, e))?;
-                    FdLink::try_from(link).map_err(|e| DataplaneError::program(name, e))
-                },
-            )?;
+                    attach_pinned(&cfg.bpffs_dir.join(pin), expect, prog_fd.as_fd(), || {
+                        let id = prog
+                            .attach(&cgroup, CgroupAttachMode::Single)
+                            .map_err(|e| DataplaneError::program(name, e))?;
+                        let link = prog.take_link(id).map_err(|e| DataplaneError::program(name, e))?;
+                        FdLink::try_from(link).map_err(|e| DataplaneError::program(name, e))
+                    })?
+                }
+                CgroupKind::Sock => {
+                    let prog: &mut CgroupSock = prog.try_into().map_err(|e| DataplaneError::program(name, e))?;
+                    prog.load()
+                        .map_err(|e| DataplaneError::program(name, verifier_detail(&e)))?;
+                    let prog_fd = prog
+                        .fd()
+                        .map_err(|e| DataplaneError::program(name, e))?
+                        .try_clone()
+                        .map_err(|e| DataplaneError::program(name, e))?;
+                    attach_pinned(&cfg.bpffs_dir.join(pin), expect, prog_fd.as_fd(), || {
+                        let id = prog
+                            .attach(&cgroup, CgroupAttachMode::Single)
+                            .map_err(|e| DataplaneError::program(name, e))?;
+                        let link = prog.take_link(id).map_err(|e| DataplaneError::program(name, e))?;
+                        FdLink::try_from(link).map_err(|e| DataplaneError::program(name, e))
+                    })?
+                }
+            };
             programs.push(AttachedProgram {
                 program: name.to_string(),
                 target: format!("cgroup:{}", cfg.cgroup_root.display()),

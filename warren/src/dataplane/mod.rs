@@ -42,8 +42,13 @@ pub struct DataplaneConfig {
     pub cgroup_root: PathBuf,
     /// Interfaces whose ingress/egress carry published-port traffic (tc programs).
     pub ifaces: Vec<String>,
-    /// The node's addresses: published ports answer on these (and on 127.0.0.0/8).
+    /// The node's addresses: published ports answer on these (and on 127.0.0.0/8
+    /// for sockets of the host network namespace).
     pub node_addrs: Vec<Ipv4Addr>,
+    /// The host network namespace (a netns file such as `/run/netns/<name>`):
+    /// only its sockets reach published ports through 127.0.0.0/8, and only its
+    /// sockets are refused a bind to a published port. `None`: the loader's own.
+    pub host_netns: Option<PathBuf>,
 }
 
 impl DataplaneConfig {
@@ -57,6 +62,7 @@ impl DataplaneConfig {
             cgroup_root: default_cgroup_root(),
             ifaces: Vec::new(),
             node_addrs: Vec::new(),
+            host_netns: None,
         }
     }
 }
