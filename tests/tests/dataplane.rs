@@ -212,6 +212,55 @@ fn loopback_published_port_is_translated_only_in_the_host_namespace() {
     assert_eq!(r.values.get("bound"), Some(&1), "a task binds its own port: {r:?}");
 }
 
+#[test]
+fn dual_stack_sockets_reach_a_vip_through_its_ipv4_mapped_address() {
+    let lab = Lab::new("dualstack", 22, 2, false, PROBE);
+    let dp = EbpfDataplane::open(lab.cfg()).expect("open data plane");
+    dp.sync(&[stable(&lab, 1, "web")]).expect("sync");
+    let mapped = |port: u16| format!("[::ffff:{}]:{port}", vip(lab.net));
+
+    let r = lab.client(&["dual", "--to", &mapped(TCP_PORT), "--n", "40"]);
+    assert_eq!(r.error_count(), 0, "AF_INET6 connect to ::ffff:VIP: {:?}", r.errors);
+    assert_eq!(r.answers(), 40);
+    assert_eq!(
+        r.names.keys().cloned().collect::<Vec<_>>(),
+        ["b0", "b1"],
+        "{:?}",
+        r.names
+    );
+    assert_eq!(
+        r.values["peer_mismatch"], 0,
+        "getpeername returns ::ffff:VIP: {:?}",
+        r.from
+    );
+
+    for connected in [false, true] {
+        let m = mapped(UDP_PORT);
+        let mut args = vec!["dual", "--udp", "--to", &m, "--n", "10"];
+        if connected {
+            args.push("--connected");
+        }
+        let r = lab.client(&args);
+        assert_eq!(r.answers(), 10, "udp (connected {connected}): {:?}", r.errors);
+        assert_eq!(
+            r.from.keys().cloned().collect::<Vec<_>>(),
+            [mapped(UDP_PORT)],
+            "udp (connected {connected}): replies come from ::ffff:VIP"
+        );
+    }
+    // A published port on the node's address, mapped, too.
+    let node = format!("[::ffff:10.201.{}.1]:{}", lab.net, 30000 + u16::from(lab.net));
+    let r = lab.client(&["dual", "--to", &node, "--n", "10"]);
+    assert_eq!(r.answers(), 10, "::ffff:<node address>:<published>: {:?}", r.errors);
+    let st = dp.status();
+    assert_eq!(
+        st.services[0].connections,
+        40 + 2 + 10,
+        "counted like IPv4: {:?}",
+        st.services
+    );
+}
+
 fn fraction(r: &warren_tests::dataplane::Report, name: &str) -> f64 {
     r.names.get(name).copied().unwrap_or(0) as f64 / r.answers() as f64
 }
@@ -571,7 +620,12 @@ fn pinned_programs_survive_the_loader_and_are_adopted_without_a_gap() {
         "warren_sendmsg4",
         "warren_recvmsg4",
         "warren_getpeer4",
+        "warren_connect6",
+        "warren_sendmsg6",
+        "warren_recvmsg6",
+        "warren_getpeer6",
         "warren_post_bind4",
+        "warren_post_bind6",
     ] {
         assert_eq!(text.matches(name).count(), 1, "{name} attached once:\n{text}");
     }
@@ -639,7 +693,7 @@ fn a_daemon_killed_with_sigkill_and_restarted_causes_no_failed_connection() {
         let r = lab.client(&["connect", "--to", &to(vip(lab.net), TCP_PORT), "--n", "10"]);
         assert_eq!(r.answers(), 10, "VIP works while no daemon runs: {:?}", r.errors);
         let (d, lines) = start_daemon();
-        assert_eq!(lines, ["adopted 5"], "a restart adopts the 5 pinned cgroup links");
+        assert_eq!(lines, ["adopted 10"], "a restart adopts the 10 pinned cgroup links");
         daemon = d;
     }
     std::fs::write(&stop, b"").unwrap();

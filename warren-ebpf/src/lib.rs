@@ -22,8 +22,9 @@ static SOCK_DESTROY_OBJ: &Aligned<[u8]> = &Aligned {
 };
 
 /// The main object: socket load balancing (`warren_connect4`, `warren_sendmsg4`,
-/// `warren_recvmsg4`, `warren_getpeer4`), the published-port bind guard
-/// (`warren_post_bind4`) and tc (`warren_tc_in`, `warren_tc_out`).
+/// `warren_recvmsg4`, `warren_getpeer4` and their `6` twins for IPv4-mapped
+/// addresses), the published-port bind guard (`warren_post_bind4`,
+/// `warren_post_bind6`) and tc (`warren_tc_in`, `warren_tc_out`).
 pub fn warren_object() -> &'static [u8] {
     &WARREN_OBJ.bytes
 }
@@ -44,8 +45,18 @@ pub mod programs {
     pub const RECVMSG4: &str = "warren_recvmsg4";
     /// `cgroup/getpeername4`
     pub const GETPEERNAME4: &str = "warren_getpeer4";
+    /// `cgroup/connect6` (IPv4-mapped destinations)
+    pub const CONNECT6: &str = "warren_connect6";
+    /// `cgroup/sendmsg6`
+    pub const SENDMSG6: &str = "warren_sendmsg6";
+    /// `cgroup/recvmsg6`
+    pub const RECVMSG6: &str = "warren_recvmsg6";
+    /// `cgroup/getpeername6`
+    pub const GETPEERNAME6: &str = "warren_getpeer6";
     /// `cgroup/post_bind4`
     pub const POST_BIND4: &str = "warren_post_bind4";
+    /// `cgroup/post_bind6`
+    pub const POST_BIND6: &str = "warren_post_bind6";
     /// tc ingress
     pub const TC_INGRESS: &str = "warren_tc_in";
     /// tc egress

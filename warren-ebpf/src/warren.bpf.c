@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only
 /*
- * The Warren data plane: socket load balancing (cgroup connect4, sendmsg4,
- * recvmsg4, getpeername4) and published ports from the wire (tc ingress/egress).
- * Maps and the selection logic are in include/; the loader is warren::dataplane.
+ * The Warren data plane: socket load balancing (cgroup connect, sendmsg, recvmsg,
+ * getpeername for IPv4 and IPv4-mapped IPv6), the published-port bind guard
+ * (post_bind4) and published ports from the wire (tc ingress/egress). Each SEC()
+ * entry is a thin call into include/ (sock.h, lb.h); the loader is
+ * warren::dataplane.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -12,12 +14,7 @@
 #include <linux/stddef.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
-#include "lb.h"
-
-#define SYS_REJECT 0
-#define SYS_PROCEED 1
-
-#define SOCK_DGRAM 2
+#include "sock.h"
 
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
@@ -29,200 +26,24 @@
 #define SNAT_PORT_SPAN 4535
 #define SNAT_TRIES 4
 
-#define EADDRINUSE 98
-#define ECONNREFUSED 111
-
 char _license[] SEC("license") = "Dual BSD/GPL";
-
-/* Set by the loader when the kernel has bpf_set_retval for cgroup programs
- * (5.18+); before, a refusal is the kernel's EPERM. The verifier never sees the
- * branch that calls it when this is 0. */
-volatile const __u32 warren_set_retval = 0;
-
-/* Refuses a socket operation with -err where the kernel lets a program choose. */
-static __always_inline int sys_reject(void *ctx, int err)
-{
-	if (warren_set_retval)
-		bpf_set_retval(-err);
-	return SYS_REJECT;
-}
 
 /* Never read: it puts struct warren_event into the object's BTF, where the layout
  * test finds it (ring buffer records carry no type). */
 volatile const struct warren_event warren_event_layout = {};
 
-/* Reports a refused connection or dropped packet to the daemon's log. Losing an
- * event when the ring is full is fine: the counters stay exact. */
-static __always_inline void emit_drop(__u32 svc_id, __u32 reason, __be32 client, __be16 port,
-				      __u8 proto, __u8 source)
-{
-	struct warren_event ev = {};
-
-	ev.ts_ns = bpf_ktime_get_ns();
-	ev.kind = WARREN_EVENT_DROP;
-	ev.svc_id = svc_id;
-	ev.addr = client;
-	ev.port = port;
-	ev.proto = proto;
-	ev.reason = reason;
-	ev.source = source;
-	bpf_ringbuf_output(&warren_event_v1, &ev, sizeof(ev), 0);
-}
-
 /* ---------------------------------------------------------------- sockets */
-
-/* The client a token bucket is kept for: the bound source address, or for an
- * unbound socket its network namespace (one task). */
-static __always_inline void sock_client(struct bpf_sock_addr *ctx, int sendmsg, __be32 *addr,
-					__u64 *netns)
-{
-	struct bpf_sock *sk = ctx->sk;
-	__be32 src = 0;
-
-	if (sendmsg)
-		src = ctx->msg_src_ip4;
-	if (!src && sk)
-		src = sk->src_ip4;
-	*addr = src;
-	*netns = src ? 0 : bpf_get_netns_cookie(ctx);
-}
-
-/*
- * Translates a socket's destination from a service address to a backend. For
- * connect() the choice is made once per socket; for unconnected UDP (sendmsg) the
- * socket keeps its backend per service address (warren_aff_v1) so that a
- * request/response exchange stays on one backend.
- */
-static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, int sendmsg)
-{
-	__u8 proto = ctx->protocol;
-	__be32 daddr = ctx->user_ip4;
-	__be16 dport = (__be16)ctx->user_port;
-	struct warren_svc_value *svc;
-	struct warren_svc_state *st;
-	struct warren_backend *be = NULL;
-	struct warren_sock_key skey = {};
-	struct warren_revnat rnat = {};
-	struct warren_affinity *aff;
-	__u32 svc_id, be_id = 0;
-	__be16 tport;
-	__be32 client;
-	__u64 netns;
-
-	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-		return SYS_PROCEED;
-	svc = svc_lookup(daddr, dport, proto, 1, is_loopback(daddr) ? bpf_get_netns_cookie(ctx) : 0);
-	if (!svc)
-		return SYS_PROCEED;
-	svc_id = svc->svc_id;
-	st = svc_state(svc_id);
-	if (!st)
-		return SYS_PROCEED;
-
-	sock_client(ctx, sendmsg, &client, &netns);
-	if (!rate_allow(svc_id, st, client, netns)) {
-		count_drop(svc_id, WARREN_DROP_RATE_LIMITED);
-		emit_drop(svc_id, WARREN_DROP_RATE_LIMITED, client, dport, proto, 0);
-		return SYS_REJECT;
-	}
-
-	skey.cookie = bpf_get_socket_cookie(ctx);
-	if (sendmsg) {
-		skey.addr = daddr;
-		skey.port = dport;
-		aff = bpf_map_lookup_elem(&warren_aff_v1, &skey);
-		if (aff && aff->svc_id == svc_id) {
-			__u32 id = aff->backend_id;
-
-			be = bpf_map_lookup_elem(&warren_be_v1, &id);
-			if (be && (be->flags & WARREN_BE_F_ACTIVE) && be->svc_id == svc_id)
-				be_id = id;
-			else
-				be = NULL;
-		}
-	}
-	if (!be) {
-		be_id = pick_backend(svc_id, st, svc_kind(svc), &be);
-		if (!be_id || !be) {
-			count_drop(svc_id, WARREN_DROP_NO_BACKEND);
-			emit_drop(svc_id, WARREN_DROP_NO_BACKEND, client, dport, proto, 0);
-			return SYS_REJECT;
-		}
-		count_conn(svc_id, be_id);
-		if (sendmsg) {
-			struct warren_affinity a = { .backend_id = be_id, .svc_id = svc_id };
-
-			bpf_map_update_elem(&warren_aff_v1, &skey, &a, BPF_ANY);
-		}
-	}
-	if (sendmsg)
-		count_packet(svc_id, be_id, 0);
-
-	tport = svc->target_port ? svc->target_port : dport;
-	skey.addr = be->addr;
-	skey.port = tport;
-	rnat.addr = daddr;
-	rnat.port = dport;
-	bpf_map_update_elem(&warren_rnat_v1, &skey, &rnat, BPF_ANY);
-
-	ctx->user_ip4 = be->addr;
-	ctx->user_port = (__u32)tport;
-	return SYS_PROCEED;
-}
-
-/* Shows the service address instead of the backend (recvmsg source, getpeername). */
-static __always_inline void sock4_revnat(struct bpf_sock_addr *ctx)
-{
-	struct warren_sock_key key = {};
-	struct warren_revnat *r;
-
-	key.cookie = bpf_get_socket_cookie(ctx);
-	key.addr = ctx->user_ip4;
-	key.port = (__be16)ctx->user_port;
-	r = bpf_map_lookup_elem(&warren_rnat_v1, &key);
-	if (!r)
-		return;
-	ctx->user_ip4 = r->addr;
-	ctx->user_port = (__u32)r->port;
-}
-
-/*
- * A host socket bound to a published port (on any, a node or a loopback address)
- * would never see a connection: the data plane sends them to the service. The
- * bind is refused (EADDRINUSE where the kernel has bpf_set_retval, EPERM before)
- * instead of leaving a silently shadowed listener. Tasks are not concerned: their
- * own ports live in their own namespaces.
- */
-static __always_inline int sock4_post_bind(struct bpf_sock *sk)
-{
-	struct warren_svc_key key = {};
-	__be32 addr = sk->src_ip4;
-	struct warren_svc_value *svc;
-
-	if (sk->protocol != IPPROTO_TCP && sk->protocol != IPPROTO_UDP)
-		return SYS_PROCEED;
-	if (!warren_host_netns || bpf_get_netns_cookie(sk) != warren_host_netns)
-		return SYS_PROCEED;
-	if (addr && !is_node_addr(addr, warren_host_netns))
-		return SYS_PROCEED;
-	key.port = bpf_htons((__u16)sk->src_port);
-	key.proto = sk->protocol;
-	svc = bpf_map_lookup_elem(&warren_svc_v1, &key);
-	if (!svc || !(svc->flags & WARREN_SVC_F_NODEPORT))
-		return SYS_PROCEED;
-	return sys_reject(sk, EADDRINUSE);
-}
-
-SEC("cgroup/post_bind4")
-int warren_post_bind4(struct bpf_sock *sk)
-{
-	return sock4_post_bind(sk);
-}
 
 SEC("cgroup/connect4")
 int warren_connect4(struct bpf_sock_addr *ctx)
 {
-	return sock4_xlate(ctx, 0);
+	return sock_xlate(ctx, 0, 0);
+}
+
+SEC("cgroup/connect6")
+int warren_connect6(struct bpf_sock_addr *ctx)
+{
+	return sock_xlate(ctx, 0, 1);
 }
 
 SEC("cgroup/sendmsg4")
@@ -230,22 +51,57 @@ int warren_sendmsg4(struct bpf_sock_addr *ctx)
 {
 	if (ctx->type != SOCK_DGRAM)
 		return SYS_PROCEED;
-	return sock4_xlate(ctx, 1);
+	return sock_xlate(ctx, 1, 0);
+}
+
+SEC("cgroup/sendmsg6")
+int warren_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type != SOCK_DGRAM)
+		return SYS_PROCEED;
+	return sock_xlate(ctx, 1, 1);
 }
 
 SEC("cgroup/recvmsg4")
 int warren_recvmsg4(struct bpf_sock_addr *ctx)
 {
 	if (ctx->type == SOCK_DGRAM)
-		sock4_revnat(ctx);
+		sock_revnat(ctx, 0);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/recvmsg6")
+int warren_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type == SOCK_DGRAM)
+		sock_revnat(ctx, 1);
 	return SYS_PROCEED;
 }
 
 SEC("cgroup/getpeername4")
 int warren_getpeer4(struct bpf_sock_addr *ctx)
 {
-	sock4_revnat(ctx);
+	sock_revnat(ctx, 0);
 	return SYS_PROCEED;
+}
+
+SEC("cgroup/getpeername6")
+int warren_getpeer6(struct bpf_sock_addr *ctx)
+{
+	sock_revnat(ctx, 1);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/post_bind4")
+int warren_post_bind4(struct bpf_sock *sk)
+{
+	return sock_post_bind(sk, 0);
+}
+
+SEC("cgroup/post_bind6")
+int warren_post_bind6(struct bpf_sock *sk)
+{
+	return sock_post_bind(sk, 1);
 }
 
 /* --------------------------------------------------------------------- tc */
@@ -466,9 +322,8 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int ingress)
 		if (!(ct->flags & WARREN_CT_F_REPLY) && key.proto == IPPROTO_UDP) {
 			st = svc_state(ct->svc_id);
 			if (st && !rate_allow(ct->svc_id, st, iph.saddr, 0)) {
-				count_drop(ct->svc_id, WARREN_DROP_RATE_LIMITED);
-				emit_drop(ct->svc_id, WARREN_DROP_RATE_LIMITED, iph.saddr, ports[1],
-					  key.proto, 1);
+				drop(ct->svc_id, WARREN_DROP_RATE_LIMITED, iph.saddr, ports[1], key.proto,
+				     WARREN_SRC_TC);
 				return TC_ACT_SHOT;
 			}
 		}
@@ -495,21 +350,18 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int ingress)
 	if (!st)
 		return TC_ACT_OK;
 	if (!rate_allow(svc_id, st, iph.saddr, 0)) {
-		count_drop(svc_id, WARREN_DROP_RATE_LIMITED);
-		emit_drop(svc_id, WARREN_DROP_RATE_LIMITED, iph.saddr, ports[1], key.proto, 1);
+		drop(svc_id, WARREN_DROP_RATE_LIMITED, iph.saddr, ports[1], key.proto, WARREN_SRC_TC);
 		return TC_ACT_SHOT;
 	}
 	be_id = pick_backend(svc_id, st, svc_kind(svc), &be);
 	if (!be_id || !be) {
-		count_drop(svc_id, WARREN_DROP_NO_BACKEND);
-		emit_drop(svc_id, WARREN_DROP_NO_BACKEND, iph.saddr, ports[1], key.proto, 1);
+		drop(svc_id, WARREN_DROP_NO_BACKEND, iph.saddr, ports[1], key.proto, WARREN_SRC_TC);
 		return TC_ACT_SHOT;
 	}
 	tport = svc->target_port ? svc->target_port : ports[1];
 	reason = ct_create(&key, be->addr, tport, svc_id, be_id, !(be->flags & WARREN_BE_F_LOCAL), &fwd);
 	if (reason >= 0) {
-		count_drop(svc_id, reason);
-		emit_drop(svc_id, reason, iph.saddr, ports[1], key.proto, 1);
+		drop(svc_id, reason, iph.saddr, ports[1], key.proto, WARREN_SRC_TC);
 		return TC_ACT_SHOT;
 	}
 	count_conn(svc_id, be_id);

@@ -10,6 +10,7 @@
 //! loop    --to A:P --stop-file PATH [--http]
 //! hold    --to A:P --n N [--udp]      (then reads "check" on stdin)
 //! bind    --to A:P [--udp]            (prints `bound 1` or `error E 1`)
+//! dual    --to [::ffff:A]:P --n N [--udp [--connected]]   (AF_INET6 sockets)
 //! daemon  --node N --bpffs DIR --cgroup DIR --vip A --port P --backend A...
 //! http    --listen A:P [--threads N]
 //! crr     --to A:P --ms MS [--warmup-ms MS] [--conns C] [--rate R] [--threads N]
@@ -90,6 +91,7 @@ pub fn main() {
         "loop" => connect_loop(&args),
         "hold" => hold(&args),
         "bind" => bind(&args),
+        "dual" => dual_stack(&args),
         "daemon" => daemon(&args),
         "http" => http::serve(&args),
         "crr" => http::crr(&args),
@@ -401,6 +403,72 @@ fn hold(args: &Args) {
         };
         println!("conn {name} {state}");
     }
+}
+
+/// AF_INET6 (dual-stack) sockets to an IPv4-mapped address: TCP connections, or
+/// UDP datagrams from one socket.
+fn dual_stack(args: &Args) {
+    use std::net::SocketAddrV6;
+    let to: SocketAddrV6 = args.req("--to").parse().expect("--to [::ffff:a.b.c.d]:port");
+    let mut names = BTreeMap::new();
+    let mut errors = BTreeMap::new();
+    let mut sources = BTreeMap::new();
+    let mut mismatch = 0u64;
+    let mut record = |r: io::Result<(String, Option<SocketAddr>)>| match r {
+        Ok((name, peer)) => {
+            *names.entry(name).or_insert(0u64) += 1;
+            if peer != Some(SocketAddr::V6(to)) {
+                mismatch += 1;
+            }
+            *sources
+                .entry(peer.map_or("unknown".into(), |p| p.to_string()))
+                .or_insert(0u64) += 1;
+        }
+        Err(e) => *errors.entry(errno_name(&e)).or_insert(0u64) += 1,
+    };
+    let n = args.num("--n", 1);
+    if args.has("--udp") {
+        let sock = UdpSocket::bind("[::]:0").expect("bind [::]:0");
+        sock.set_read_timeout(Some(Duration::from_secs(2))).ok();
+        let connected = args.has("--connected");
+        if connected {
+            sock.connect(to).expect("connect udp");
+        }
+        let mut buf = [0u8; 1500];
+        for i in 0..n {
+            record((|| {
+                let msg = format!("ping {i}\n");
+                if connected {
+                    sock.send(msg.as_bytes())?;
+                    let got = sock.recv(&mut buf)?;
+                    Ok((
+                        String::from_utf8_lossy(&buf[..got]).trim().to_string(),
+                        sock.peer_addr().ok(),
+                    ))
+                } else {
+                    sock.send_to(msg.as_bytes(), to)?;
+                    let (got, from) = sock.recv_from(&mut buf)?;
+                    Ok((String::from_utf8_lossy(&buf[..got]).trim().to_string(), Some(from)))
+                }
+            })());
+        }
+    } else {
+        for _ in 0..n {
+            record((|| {
+                let s = TcpStream::connect_timeout(&SocketAddr::V6(to), Duration::from_secs(3))?;
+                let peer = s.peer_addr().ok();
+                s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+                let mut line = String::new();
+                io::BufReader::new(&s).read_line(&mut line)?;
+                Ok((line.trim().to_string(), peer))
+            })());
+        }
+    }
+    report(&names, &errors);
+    for (k, v) in sources {
+        println!("from {k} {v}");
+    }
+    println!("peer_mismatch {mismatch}");
 }
 
 fn bind(args: &Args) {

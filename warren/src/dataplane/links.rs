@@ -20,6 +20,11 @@ const BPF_CGROUP_UDP4_SENDMSG: u32 = 14;
 const BPF_CGROUP_UDP4_RECVMSG: u32 = 19;
 const BPF_CGROUP_INET4_GETPEERNAME: u32 = 29;
 const BPF_CGROUP_INET4_POST_BIND: u32 = 12;
+const BPF_CGROUP_INET6_CONNECT: u32 = 11;
+const BPF_CGROUP_INET6_POST_BIND: u32 = 13;
+const BPF_CGROUP_UDP6_SENDMSG: u32 = 15;
+const BPF_CGROUP_UDP6_RECVMSG: u32 = 20;
+const BPF_CGROUP_INET6_GETPEERNAME: u32 = 30;
 pub(crate) const BPF_TCX_INGRESS: u32 = 46;
 pub(crate) const BPF_TCX_EGRESS: u32 = 47;
 
@@ -33,7 +38,7 @@ pub(crate) enum CgroupKind {
 }
 
 /// The cgroup programs: (program, pin name, attach type, program type).
-pub(crate) const CGROUP_PROGRAMS: [(&str, &str, u32, CgroupKind); 5] = [
+pub(crate) const CGROUP_PROGRAMS: [(&str, &str, u32, CgroupKind); 10] = [
     (
         progs::CONNECT4,
         "link_connect4",
@@ -59,9 +64,39 @@ pub(crate) const CGROUP_PROGRAMS: [(&str, &str, u32, CgroupKind); 5] = [
         CgroupKind::SockAddr,
     ),
     (
+        progs::CONNECT6,
+        "link_connect6",
+        BPF_CGROUP_INET6_CONNECT,
+        CgroupKind::SockAddr,
+    ),
+    (
+        progs::SENDMSG6,
+        "link_sendmsg6",
+        BPF_CGROUP_UDP6_SENDMSG,
+        CgroupKind::SockAddr,
+    ),
+    (
+        progs::RECVMSG6,
+        "link_recvmsg6",
+        BPF_CGROUP_UDP6_RECVMSG,
+        CgroupKind::SockAddr,
+    ),
+    (
+        progs::GETPEERNAME6,
+        "link_getpeer6",
+        BPF_CGROUP_INET6_GETPEERNAME,
+        CgroupKind::SockAddr,
+    ),
+    (
         progs::POST_BIND4,
         "link_post_bind4",
         BPF_CGROUP_INET4_POST_BIND,
+        CgroupKind::Sock,
+    ),
+    (
+        progs::POST_BIND6,
+        "link_post_bind6",
+        BPF_CGROUP_INET6_POST_BIND,
         CgroupKind::Sock,
     ),
 ];
