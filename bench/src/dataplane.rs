@@ -695,10 +695,10 @@ fn ratelimit(lab: &mut Lab, s: &Settings) -> Vec<Record> {
         let calm = finish(calm, limit).and_then(|o| tools::parse_crr(&o));
         match flood {
             Ok(f) => {
-                let refused = f.errors.get("EPERM").copied().unwrap_or(0);
+                let refused = f.errors.get("ECONNREFUSED").copied().unwrap_or(0);
                 let other = f.error_count() - refused;
                 if other as f64 > f.attempts as f64 * MAX_ERROR_SHARE {
-                    c.fail(&limited, format!("errors other than EPERM: {:?}", f.errors));
+                    c.fail(&limited, format!("errors other than ECONNREFUSED: {:?}", f.errors));
                 } else {
                     c.add(&limited, ACCEPTED.0, f.rate);
                     c.add(&limited, REFUSED.0, refused as f64 / f.elapsed_s);

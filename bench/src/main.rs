@@ -145,7 +145,7 @@ const SCENARIOS: &[(&str, &str)] = &[
          time another client runs closed-loop connection-per-request load (16 loops) against an \
          unlimited service. Measured over 1 s (quick) or 4 s after a 0.3 s / 1 s lead-in that spends \
          the burst: the limited service's accepted connections/s (HTTP answers), refused attempts/s \
-         (connect() fails with EPERM) and attempts/s actually made, and the unlimited service's \
+         (connect() fails with ECONNREFUSED) and attempts/s actually made, and the unlimited service's \
          connections/s during the flood and, in a separate run just before, alone.",
     ),
     (

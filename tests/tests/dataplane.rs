@@ -341,11 +341,11 @@ fn rate_limit_refuses_new_connections_over_the_bucket_per_client() {
         busy.values["attempts"]
     );
     assert_eq!(busy.answers(), accepted_at_backends, "client and backends disagree");
-    let refused = busy.errors.get("EPERM").copied().unwrap_or(0);
+    let refused = busy.errors.get("ECONNREFUSED").copied().unwrap_or(0);
     assert_eq!(
         refused + busy.answers(),
         busy.values["attempts"],
-        "refusals are EPERM: {:?}",
+        "refusals are ECONNREFUSED: {:?}",
         busy.errors
     );
     let st = dp.status();
@@ -421,9 +421,50 @@ fn removed_backend_gets_no_connections_and_its_sockets_are_destroyed() {
     empty.backends.clear();
     dp.sync(&[empty]).expect("sync");
     let r = lab.client(&["connect", "--to", &to(vip(lab.net), TCP_PORT), "--n", "3"]);
-    assert_eq!(r.errors.get("EPERM"), Some(&3), "{:?}", r.errors);
+    assert_eq!(r.errors.get("ECONNREFUSED"), Some(&3), "{:?}", r.errors);
     let st = dp.status();
     assert_eq!(st.services[0].drops.no_backend, 3);
+}
+
+#[test]
+fn a_removed_services_vip_refuses_new_connections_until_the_dns_ttl_passed() {
+    let lab = Lab::new("tombstone", 23, 1, false, PROBE);
+    let mut cfg = lab.cfg();
+    cfg.refuse_removed = std::time::Duration::from_secs(2);
+    let dp = EbpfDataplane::open(cfg).expect("open data plane");
+    dp.sync(&[stable(&lab, 3, "web")]).expect("sync");
+    let target = to(vip(lab.net), TCP_PORT);
+    let r = lab.client(&["connect", "--to", &target, "--n", "3"]);
+    assert_eq!(r.answers(), 3, "{:?}", r.errors);
+
+    // Removed: clients that still resolve the name are refused at once, rather
+    // than sent out of the node untranslated (here: no route, ENETUNREACH).
+    dp.sync(&[]).expect("sync");
+    let r = lab.client(&["connect", "--to", &target, "--n", "3"]);
+    assert_eq!(r.errors.get("ECONNREFUSED"), Some(&3), "{:?}", r.errors);
+    let r = lab.client(&["udp", "--to", &to(vip(lab.net), UDP_PORT), "--n", "1"]);
+    assert_eq!(
+        r.errors.get("ECONNREFUSED"),
+        Some(&1),
+        "udp to a removed VIP: {:?}",
+        r.errors
+    );
+    let svc_entries = |dp: &EbpfDataplane| {
+        dp.status()
+            .maps
+            .iter()
+            .find(|m| m.name == "warren_svc_v1")
+            .map(|m| m.entries)
+    };
+    assert_eq!(
+        svc_entries(&dp),
+        Some(4),
+        "the VIP entries (2 ports, 2 wildcards) stay as tombstones; published ports go"
+    );
+    // After the grace the addresses go, with no further sync.
+    wait_for("the removed VIP's entries to go", || svc_entries(&dp) == Some(0));
+    let r = lab.client(&["connect", "--to", &target, "--n", "1"]);
+    assert_eq!(r.errors.get("ENETUNREACH"), Some(&1), "{:?}", r.errors);
 }
 
 #[test]

@@ -56,6 +56,9 @@ pub const SVC_F_HOST_MODE: u8 = 0x01;
 pub const SVC_F_NODEPORT: u8 = 0x02;
 /// [`SvcValue::flags`]: port 0, any port goes to the same port on the backend.
 pub const SVC_F_WILDCARD: u8 = 0x04;
+/// [`SvcValue::flags`]: a removed service's address: new connections are refused
+/// (ECONNREFUSED) until the daemon removes the entry.
+pub const SVC_F_REFUSE: u8 = 0x08;
 
 /// [`Backend::flags`]: the id is in use.
 pub const BE_F_ACTIVE: u8 = 0x01;

@@ -118,14 +118,17 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, int sendmsg, in
 	if (!svc)
 		return SYS_PROCEED;
 	svc_id = svc->svc_id;
+	sock_client(ctx, sendmsg, v6, &client, &netns);
+	if (svc->flags & WARREN_SVC_F_REFUSE) {
+		drop(svc_id, WARREN_DROP_NO_BACKEND, client, dport, proto, WARREN_SRC_SOCK);
+		return sys_reject(ECONNREFUSED);
+	}
 	st = svc_state(svc_id);
 	if (!st)
 		return SYS_PROCEED;
-
-	sock_client(ctx, sendmsg, v6, &client, &netns);
 	if (!rate_allow(svc_id, st, client, netns)) {
 		drop(svc_id, WARREN_DROP_RATE_LIMITED, client, dport, proto, WARREN_SRC_SOCK);
-		return SYS_REJECT;
+		return sys_reject(ECONNREFUSED);
 	}
 
 	skey.cookie = bpf_get_socket_cookie(ctx);
@@ -147,7 +150,7 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, int sendmsg, in
 		be_id = pick_backend(svc_id, st, svc_kind(svc), &be);
 		if (!be_id || !be) {
 			drop(svc_id, WARREN_DROP_NO_BACKEND, client, dport, proto, WARREN_SRC_SOCK);
-			return SYS_REJECT;
+			return sys_reject(ECONNREFUSED);
 		}
 		count_conn(svc_id, be_id);
 		if (sendmsg) {

@@ -42,6 +42,7 @@
 #define WARREN_SVC_F_HOST_MODE 0x01 /* pick from local backends only */
 #define WARREN_SVC_F_NODEPORT 0x02  /* a published port on the node's addresses */
 #define WARREN_SVC_F_WILDCARD 0x04  /* port 0: any port, same port on the backend */
+#define WARREN_SVC_F_REFUSE 0x08    /* a removed service: refuse new connections */
 
 /* warren_backend.flags */
 #define WARREN_BE_F_ACTIVE 0x01

@@ -4,7 +4,15 @@
 //! removes everything on `cleanup`. Maps, links and socket destruction have their
 //! own modules.
 
-use std::{collections::BTreeSet, fs::File, os::fd::AsFd, os::unix::fs::MetadataExt, path::PathBuf, sync::Mutex};
+use std::{
+    collections::BTreeSet,
+    fs::File,
+    os::fd::AsFd,
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+    sync::{mpsc, Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
 
 use aya::{
     maps::{MapData, MapError, RingBuf},
@@ -32,7 +40,7 @@ use super::{
         BPF_TCX_INGRESS, CGROUP_PROGRAMS,
     },
     maps::{check_pinned_maps, take, Maps},
-    plan::{self, Current},
+    plan::{self, Clock, Current, Plan},
     sys, AttachedProgram, BackendStats, Dataplane, DataplaneConfig, DataplaneError, DataplaneStatus, DropCounters,
     MapFill, ServiceEntry, ServiceStats,
 };
@@ -89,17 +97,127 @@ fn host_netns_cookie(cfg: &DataplaneConfig) -> u64 {
 struct Inner {
     maps: Maps,
     current: Current,
+    /// The last plan applied, which the maintenance thread re-applies when a
+    /// tombstone is due.
+    last_plan: Option<Plan>,
     destroyer: Option<SockDestroyer>,
     events: Option<EventReader>,
+}
+
+/// What the API calls and the maintenance thread share.
+struct Shared {
+    cfg: DataplaneConfig,
+    epoch: Instant,
+    inner: Mutex<Inner>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn clock(&self) -> Clock {
+        Clock {
+            now_ms: self.epoch.elapsed().as_millis() as u64,
+            refuse_ms: self.cfg.refuse_removed.as_millis() as u64,
+        }
+    }
+
+    /// Brings the maps to `plan` and destroys sockets to removed backends.
+    fn apply(&self, inner: &mut Inner, plan: Plan) -> Result<usize, DataplaneError> {
+        // Work on a copy: if a write fails midway, the cache must keep describing
+        // the maps as they were, and the next sync retries.
+        let mut next = inner.current.clone();
+        let outcome = match plan::reconcile(&mut next, &plan, &mut inner.maps, self.clock()) {
+            Ok(o) => {
+                inner.current = next;
+                inner.last_plan = Some(plan);
+                o
+            }
+            Err(e) => {
+                // Re-read what actually landed, so the next sync diffs against truth.
+                if let Ok(cur) = inner.maps.read_current(self.clock()) {
+                    inner.current = cur;
+                }
+                return Err(e);
+            }
+        };
+        let node = &self.cfg.node_name;
+        if !outcome.kill.is_empty() {
+            match inner.destroyer.as_mut() {
+                Some(d) => {
+                    let netns = netns_under(&self.cfg.cgroup_root);
+                    if let Err(e) = d.destroy(&outcome.kill, &netns) {
+                        tracing::warn!(node = %node, error = %e, "destroying sockets to removed backends failed");
+                    } else {
+                        tracing::info!(node = %node, targets = outcome.kill.len(), namespaces = netns.len(), "destroyed sockets to removed backends");
+                    }
+                }
+                None => {
+                    tracing::info!(node = %node, targets = outcome.kill.len(), "sockets to removed backends left open (no bpf_sock_destroy)")
+                }
+            }
+        }
+        Ok(outcome.writes)
+    }
+
+    /// Periodic work: removes tombstones that are due.
+    fn maintain(&self) {
+        let mut inner = self.lock();
+        if !inner.current.tombstone_due(self.clock().now_ms) {
+            return;
+        }
+        let Some(plan) = inner.last_plan.clone() else {
+            return;
+        };
+        match self.apply(&mut inner, plan) {
+            Ok(writes) => tracing::debug!(node = %self.cfg.node_name, writes, "removed addresses of removed services"),
+            Err(e) => {
+                tracing::warn!(node = %self.cfg.node_name, error = %e, "removing addresses of removed services failed")
+            }
+        }
+    }
+}
+
+/// The thread that runs [`Shared::maintain`] once a second; stopped on drop.
+struct Maintenance {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Maintenance {
+    fn start(shared: Arc<Shared>) -> std::io::Result<Self> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("dp-maint-{}", shared.cfg.node_name))
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(Duration::from_secs(1)) {
+                    shared.maintain();
+                }
+            })?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Maintenance {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The eBPF data plane of one node. Dropping it leaves everything attached and
 /// pinned (a restarted daemon adopts it); [`EbpfDataplane::cleanup`] removes it.
 pub struct EbpfDataplane {
-    cfg: DataplaneConfig,
     kernel: KernelSupport,
     programs: Vec<AttachedProgram>,
-    inner: Mutex<Inner>,
+    shared: Arc<Shared>,
+    _maintenance: Maintenance,
 }
 
 impl EbpfDataplane {
@@ -256,7 +374,11 @@ impl EbpfDataplane {
             }
         };
         maps.sync_node_addrs(&cfg.node_addrs)?;
-        let current = maps.read_current()?;
+        let epoch = Instant::now();
+        let current = maps.read_current(Clock {
+            now_ms: 0,
+            refuse_ms: cfg.refuse_removed.as_millis() as u64,
+        })?;
 
         let destroyer = match kernel.sock_destroy_btf_id {
             None => {
@@ -287,16 +409,24 @@ impl EbpfDataplane {
         // The programs stay attached through their pinned links; the maps were
         // taken out, so dropping the object only closes our program fds.
         drop(ebpf);
-        Ok(Self {
+        let shared = Arc::new(Shared {
             cfg,
-            kernel,
-            programs,
+            epoch,
             inner: Mutex::new(Inner {
                 maps,
                 current,
+                last_plan: None,
                 destroyer,
                 events,
             }),
+        });
+        let maintenance = Maintenance::start(shared.clone())
+            .map_err(|e| DataplaneError::io("start the data plane maintenance thread", e))?;
+        Ok(Self {
+            kernel,
+            programs,
+            shared,
+            _maintenance: maintenance,
         })
     }
 
@@ -334,7 +464,7 @@ impl EbpfDataplane {
 
     /// The configuration this data plane was opened with.
     pub fn config(&self) -> &DataplaneConfig {
-        &self.cfg
+        &self.shared.cfg
     }
 
     /// What the kernel offers.
@@ -344,7 +474,7 @@ impl EbpfDataplane {
 
     fn status_of(&self, inner: &Inner) -> DataplaneStatus {
         let mut st = DataplaneStatus {
-            node_name: self.cfg.node_name.clone(),
+            node_name: self.shared.cfg.node_name.clone(),
             programs: self.programs.clone(),
             sock_destroy: inner.destroyer.is_some(),
             recent_drops: inner.events.as_ref().map(EventReader::recent).unwrap_or_default(),
@@ -434,46 +564,14 @@ impl EbpfDataplane {
 impl Dataplane for EbpfDataplane {
     fn sync(&self, services: &[ServiceEntry]) -> Result<(), DataplaneError> {
         let plan = plan::plan(services)?;
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let inner = &mut *guard;
-        // Work on a copy: if a write fails midway, the cache must keep describing
-        // the maps as they were, and the next sync retries.
-        let mut next = inner.current.clone();
-        let result = plan::reconcile(&mut next, &plan, &mut inner.maps);
-        let outcome = match result {
-            Ok(o) => {
-                inner.current = next;
-                o
-            }
-            Err(e) => {
-                // Re-read what actually landed, so the next sync diffs against truth.
-                if let Ok(cur) = inner.maps.read_current() {
-                    inner.current = cur;
-                }
-                return Err(e);
-            }
-        };
-        tracing::debug!(node = %self.cfg.node_name, services = services.len(), writes = outcome.writes, "data plane synced");
-        if !outcome.kill.is_empty() {
-            match inner.destroyer.as_mut() {
-                Some(d) => {
-                    let netns = netns_under(&self.cfg.cgroup_root);
-                    if let Err(e) = d.destroy(&outcome.kill, &netns) {
-                        tracing::warn!(node = %self.cfg.node_name, error = %e, "destroying sockets to removed backends failed");
-                    } else {
-                        tracing::info!(node = %self.cfg.node_name, targets = outcome.kill.len(), namespaces = netns.len(), "destroyed sockets to removed backends");
-                    }
-                }
-                None => {
-                    tracing::info!(node = %self.cfg.node_name, targets = outcome.kill.len(), "sockets to removed backends left open (no bpf_sock_destroy)")
-                }
-            }
-        }
+        let mut inner = self.shared.lock();
+        let writes = self.shared.apply(&mut inner, plan)?;
+        tracing::debug!(node = %self.shared.cfg.node_name, services = services.len(), writes, "data plane synced");
         Ok(())
     }
 
     fn status(&self) -> DataplaneStatus {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = self.shared.lock();
         self.status_of(&inner)
     }
 }

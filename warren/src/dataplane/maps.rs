@@ -12,11 +12,11 @@ use warren_common::{
     map_names as names, slot_index, Affinity, Backend as BeValue, BackendCounters, Be32, CtKey, CtValue, KillKey,
     NodeAddr, RevNat, RlKey, RlValue, SockKey, SvcCounters, SvcKey, SvcState, SvcValue, BE_F_ACTIVE, CT_ENTRIES,
     EVENTS_BYTES, KILL_ENTRIES, KINDS, MAX_BACKENDS, MAX_NODE_ADDRS, MAX_SERVICES, MAX_SVC_ENTRIES, MAX_TABLES,
-    RL_ENTRIES, SLOTS, SLOT_ENTRIES, SOCK_ENTRIES,
+    RL_ENTRIES, SLOTS, SLOT_ENTRIES, SOCK_ENTRIES, SVC_F_REFUSE,
 };
 
 use super::{
-    plan::{Current, CurrentService, MapOps},
+    plan::{Clock, Current, CurrentService, MapOps},
     DataplaneError,
 };
 
@@ -132,10 +132,15 @@ impl Maps {
 
     /// The maps' contents as the reconciler sees them (after a restart: what the
     /// previous daemon left).
-    pub(crate) fn read_current(&self) -> Result<Current, DataplaneError> {
+    /// Tombstones found (addresses with `SVC_F_REFUSE`) stay for `clock.refuse_ms`
+    /// from now: when they were made is not recorded.
+    pub(crate) fn read_current(&self, clock: Clock) -> Result<Current, DataplaneError> {
         let mut cur = Current::default();
         for item in self.svc.iter() {
             let (k, v) = item.map_err(|e| DataplaneError::map(names::SVC, e))?;
+            if v.flags & SVC_F_REFUSE != 0 {
+                cur.tombstones.insert(k, clock.now_ms + clock.refuse_ms);
+            }
             cur.svc_entries.insert(k, v);
         }
         let ids: BTreeSet<u32> = cur.svc_entries.values().map(|v| v.svc_id).collect();

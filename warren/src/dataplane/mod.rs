@@ -20,7 +20,11 @@ mod metrics;
 mod plan;
 mod sys;
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+
+/// [`DataplaneConfig::refuse_removed`] by default: the DNS TTL of service names
+/// (`crate::dns::DEFAULT_TTL`, 5 s).
+pub const DEFAULT_REFUSE_REMOVED: Duration = Duration::from_secs(5);
 
 pub use checks::{check_kernel, ensure_bpffs, KernelSupport};
 pub use ebpf::EbpfDataplane;
@@ -49,6 +53,11 @@ pub struct DataplaneConfig {
     /// only its sockets reach published ports through 127.0.0.0/8, and only its
     /// sockets are refused a bind to a published port. `None`: the loader's own.
     pub host_netns: Option<PathBuf>,
+    /// How long the VIP of a removed service keeps refusing new connections
+    /// (ECONNREFUSED) before it disappears: the DNS TTL of service names, so that
+    /// a client with a cached answer is refused rather than routed out of the node
+    /// untranslated. Zero removes it at once.
+    pub refuse_removed: Duration,
 }
 
 impl DataplaneConfig {
@@ -63,6 +72,7 @@ impl DataplaneConfig {
             ifaces: Vec::new(),
             node_addrs: Vec::new(),
             host_netns: None,
+            refuse_removed: DEFAULT_REFUSE_REMOVED,
         }
     }
 }

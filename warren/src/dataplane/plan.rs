@@ -12,7 +12,8 @@ use std::{
 
 use warren_common::{
     Backend as BeValue, Be16, Be32, SvcKey, SvcState, SvcValue, BE_F_ACTIVE, BE_F_CANARY, BE_F_LOCAL, KINDS,
-    MAX_BACKENDS, MAX_SERVICES, MAX_SVC_ENTRIES, MAX_TABLES, SLOTS, SVC_F_HOST_MODE, SVC_F_NODEPORT, SVC_F_WILDCARD,
+    MAX_BACKENDS, MAX_SERVICES, MAX_SVC_ENTRIES, MAX_TABLES, SLOTS, SVC_F_HOST_MODE, SVC_F_NODEPORT, SVC_F_REFUSE,
+    SVC_F_WILDCARD,
 };
 
 use super::{BackendGroup, DataplaneError, Protocol, ServiceEntry};
@@ -287,6 +288,27 @@ pub(crate) struct Current {
     pub backends: BTreeMap<u32, BeValue>,
     /// Slot tables replaced by the last reconciliation: free from the next one on.
     pub cooling: BTreeSet<u32>,
+    /// Addresses of removed services that refuse new connections (`SVC_F_REFUSE`)
+    /// until the given time ([`Clock`] milliseconds), then disappear.
+    pub tombstones: BTreeMap<SvcKey, u64>,
+}
+
+impl Current {
+    /// Whether a tombstone is due for removal at `now_ms`.
+    pub fn tombstone_due(&self, now_ms: u64) -> bool {
+        self.tombstones.values().any(|&until| until <= now_ms)
+    }
+}
+
+/// The time of a reconciliation and how long a removed service's VIP keeps
+/// refusing new connections: clients may still resolve the name to it until
+/// their DNS answer expires, and an address that is simply gone would send their
+/// connects out of the node untranslated, through the default route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Clock {
+    /// Milliseconds of a monotonic clock.
+    pub now_ms: u64,
+    pub refuse_ms: u64,
 }
 
 /// The map writes a reconciliation needs; implemented over the real maps and, in
@@ -334,24 +356,44 @@ fn service_ports(entries: &BTreeMap<SvcKey, SvcValue>, svc_id: u32) -> BTreeSet<
 /// Brings the maps from `current` to `plan` through `ops`, in an order where no
 /// program ever reads a half-written table or a backend that does not exist yet.
 /// On success `current` equals the new contents.
-pub(crate) fn reconcile(current: &mut Current, plan: &Plan, ops: &mut dyn MapOps) -> Result<Outcome, DataplaneError> {
+pub(crate) fn reconcile(
+    current: &mut Current,
+    plan: &Plan,
+    ops: &mut dyn MapOps,
+    clock: Clock,
+) -> Result<Outcome, DataplaneError> {
     let mut out = Outcome::default();
 
     // 1. Service addresses that go away (or move to another service) stop matching
-    //    first, so no new connection reaches a service being removed.
+    //    first, so no new connection reaches a service being removed. A VIP that
+    //    no service claims any more becomes a tombstone first: it refuses new
+    //    connections (ECONNREFUSED) until clients' DNS answers for it expired.
     let stale: Vec<SvcKey> = current
         .svc_entries
         .iter()
         .filter(|(k, v)| plan.svc_entries.get(k).is_none_or(|nv| nv.svc_id != v.svc_id))
         .map(|(k, _)| *k)
         .collect();
-    for k in &stale {
-        ops.del_svc(*k)?;
-        out.writes += 1;
-    }
     let old_entries = current.svc_entries.clone();
     for k in &stale {
+        let entombable = k.addr.get() != 0 && clock.refuse_ms > 0 && !plan.svc_entries.contains_key(k);
+        match current.tombstones.get(k) {
+            Some(&until) if entombable && until > clock.now_ms => continue,
+            None if entombable => {
+                let mut v = current.svc_entries[k];
+                v.flags |= SVC_F_REFUSE;
+                ops.put_svc(*k, v)?;
+                out.writes += 1;
+                current.svc_entries.insert(*k, v);
+                current.tombstones.insert(*k, clock.now_ms + clock.refuse_ms);
+                continue;
+            }
+            _ => {}
+        }
+        ops.del_svc(*k)?;
+        out.writes += 1;
         current.svc_entries.remove(k);
+        current.tombstones.remove(k);
     }
 
     // 2. Backend ids: keep the id of a (service, address) that stays, allocate new
@@ -508,6 +550,7 @@ pub(crate) fn reconcile(current: &mut Current, plan: &Plan, ops: &mut dyn MapOps
             out.writes += 1;
             current.svc_entries.insert(*k, *v);
         }
+        current.tombstones.remove(k);
     }
 
     // 5. Removed services lose their state once nothing points at it.
@@ -566,6 +609,16 @@ pub(crate) fn reconcile(current: &mut Current, plan: &Plan, ops: &mut dyn MapOps
 mod tests {
     use super::*;
     use crate::dataplane::{Backend, RateLimit, ServicePort};
+
+    const NOW: Clock = Clock {
+        now_ms: 1_000,
+        refuse_ms: 0,
+    };
+
+    /// reconcile() at [`NOW`], without tombstones.
+    fn reconcile(current: &mut Current, plan: &Plan, ops: &mut dyn MapOps) -> Result<Outcome, DataplaneError> {
+        super::reconcile(current, plan, ops, NOW)
+    }
 
     fn svc(id: u32, name: &str) -> ServiceEntry {
         ServiceEntry {
@@ -843,6 +896,55 @@ mod tests {
         );
         assert!(!cur.services.contains_key(&3));
         assert_eq!(cur.svc_entries.len(), 4);
+    }
+
+    #[test]
+    fn a_removed_vip_refuses_connections_until_its_tombstone_is_due() {
+        let clock = |now_ms| Clock {
+            now_ms,
+            refuse_ms: 5_000,
+        };
+        let mut cur = Current::default();
+        let both = plan(&[svc(3, "web"), svc(4, "api")]).unwrap();
+        super::reconcile(&mut cur, &both, &mut Recorder::default(), clock(0)).unwrap();
+        let only_api = plan(&[svc(4, "api")]).unwrap();
+        let mut rec = Recorder::default();
+        super::reconcile(&mut cur, &only_api, &mut rec, clock(1_000)).unwrap();
+        let vip = Be32::from_ip(Ipv4Addr::new(10, 99, 0, 4));
+        // The VIP's three entries refuse; the published port goes at once.
+        let refusing: Vec<_> = cur
+            .svc_entries
+            .iter()
+            .filter(|(_, v)| v.flags & SVC_F_REFUSE != 0)
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(refusing.len(), 3, "{:#?}", cur.svc_entries);
+        assert!(refusing.iter().all(|k| k.addr == vip));
+        assert_eq!(cur.tombstones.len(), 3);
+        assert!(rec.log.iter().any(|l| l == "del 0.0.0.0:8003"), "{:#?}", rec.log);
+        assert!(
+            !rec.log.iter().any(|l| l.starts_with("del 10.99.0.4")),
+            "{:#?}",
+            rec.log
+        );
+        assert!(!cur.tombstone_due(5_999) && cur.tombstone_due(6_000));
+
+        let mut rec = Recorder::default();
+        let out = super::reconcile(&mut cur, &only_api, &mut rec, clock(3_000)).unwrap();
+        assert_eq!(out.writes, 0, "not due yet: {:#?}", rec.log);
+        let mut rec = Recorder::default();
+        super::reconcile(&mut cur, &only_api, &mut rec, clock(6_000)).unwrap();
+        assert_eq!(rec.log.iter().filter(|l| l.starts_with("del 10.99.0.4")).count(), 3);
+        assert!(cur.tombstones.is_empty());
+        assert_eq!(cur.svc_entries.len(), 4, "only api's entries are left");
+
+        // A service that comes back within the grace takes its entries back.
+        super::reconcile(&mut cur, &both, &mut Recorder::default(), clock(7_000)).unwrap();
+        super::reconcile(&mut cur, &only_api, &mut Recorder::default(), clock(8_000)).unwrap();
+        super::reconcile(&mut cur, &both, &mut Recorder::default(), clock(9_000)).unwrap();
+        assert!(cur.tombstones.is_empty());
+        assert!(cur.svc_entries.values().all(|v| v.flags & SVC_F_REFUSE == 0));
+        assert_eq!(cur.svc_entries.len(), 8);
     }
 
     #[test]
