@@ -402,7 +402,7 @@ fn scale(lab: &mut Lab, s: &Settings) -> Vec<Record> {
         ksvcs.insert(n / 2, kube_service("rr", VIP_IPT, &lab.clients["ipt"].backends));
         let t = Instant::now();
         match lab.dp.sync(&wsvcs) {
-            Ok(()) => eprintln!("warren-bench: data plane sync of {} services: {:?}", n + 1, t.elapsed()),
+            Ok(_) => eprintln!("warren-bench: data plane sync of {} services: {:?}", n + 1, t.elapsed()),
             Err(e) => c.fail(&wv, format!("the data plane refused {} services: {e}", n + 1)),
         }
         let t = Instant::now();
@@ -483,7 +483,7 @@ fn program(lab: &mut Lab, s: &Settings) -> Vec<Record> {
                 all.push(warren_service(9, "new", Some(vip), &lab.clients["pvip"].backends));
                 let dp = &lab.dp;
                 let r = time_to_answer(lab, "pvip", vip, || {
-                    dp.sync(&all).map_err(|e| format!("data plane sync: {e}"))
+                    dp.sync(&all).map(drop).map_err(|e| format!("data plane sync: {e}"))
                 });
                 match r {
                     Ok(ms) if rep > 0 => c.add(&wv, METRIC.0, ms),
@@ -584,7 +584,7 @@ fn canary(lab: &mut Lab, s: &Settings) -> Vec<Record> {
         c.declare(&variant(w), &[METRIC]);
     }
     match lab.dp.sync(&[service(weights[0])]) {
-        Ok(()) => {
+        Ok(_) => {
             if let Err(e) = crr_ok(lab, "canary", &to, s.warm_ms) {
                 for w in weights {
                     c.fail(&variant(w), format!("warm-up: {e}"));

@@ -427,6 +427,49 @@ fn removed_backend_gets_no_connections_and_its_sockets_are_destroyed() {
 }
 
 #[test]
+fn an_invalid_service_does_not_stop_another_services_changes() {
+    let lab = Lab::new("robust", 24, 2, false, PROBE);
+    let dp = EbpfDataplane::open(lab.cfg()).expect("open data plane");
+    let web = stable(&lab, 3, "web");
+    let mut bad = stable(&lab, 4, "bad");
+    bad.vip = Some(Ipv4Addr::new(10, 203, lab.net, 9));
+    bad.ports.clear();
+    // A VIP that is another service's: the later claimant is skipped.
+    let mut thief = stable(&lab, 5, "thief");
+    thief.ports.clear();
+    let report = dp.sync(&[web.clone(), bad.clone(), thief.clone()]).expect("sync");
+    assert_eq!(report.skipped.len(), 1, "{:?}", report.skipped);
+    assert_eq!(
+        (report.skipped[0].name.as_str(), report.skipped[0].field.as_str()),
+        ("thief", "vip")
+    );
+    let r = lab.client(&["connect", "--to", &to(vip(lab.net), TCP_PORT), "--n", "20"]);
+    assert_eq!(r.names.len(), 2, "web serves: {:?} {:?}", r.names, r.errors);
+
+    // bad turns invalid while web loses a backend: web's change still lands.
+    bad.canary_weight = 101;
+    let web_b0 = service(&lab, 3, "web", &[(0, BackendGroup::Stable, true)]);
+    let report = dp.sync(&[web_b0, bad, thief]).expect("sync");
+    let skipped: Vec<_> = report
+        .skipped
+        .iter()
+        .map(|s| (s.name.as_str(), s.field.as_str()))
+        .collect();
+    assert_eq!(skipped, [("bad", "canary_weight"), ("thief", "vip")]);
+    let r = lab.client(&["connect", "--to", &to(vip(lab.net), TCP_PORT), "--n", "20"]);
+    assert_eq!(r.answers(), 20, "{:?}", r.errors);
+    assert_eq!(
+        r.names.keys().cloned().collect::<Vec<_>>(),
+        ["b0"],
+        "web's new backends"
+    );
+    // The status (what `node inspect` / `service inspect` show) names them.
+    let st = dp.status();
+    assert_eq!(st.skipped, report.skipped);
+    assert_eq!(st.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["web"]);
+}
+
+#[test]
 fn a_removed_services_vip_refuses_new_connections_until_the_dns_ttl_passed() {
     let lab = Lab::new("tombstone", 23, 1, false, PROBE);
     let mut cfg = lab.cfg();

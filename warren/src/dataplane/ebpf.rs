@@ -42,7 +42,7 @@ use super::{
     maps::{check_pinned_maps, take, Maps},
     plan::{self, Clock, Current, Plan},
     sys, AttachedProgram, BackendStats, Dataplane, DataplaneConfig, DataplaneError, DataplaneStatus, DropCounters,
-    MapFill, ServiceEntry, ServiceStats,
+    MapFill, ServiceEntry, ServiceStats, SkippedService, SyncReport,
 };
 
 fn validate_config(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
@@ -100,6 +100,8 @@ struct Inner {
     /// The last plan applied, which the maintenance thread re-applies when a
     /// tombstone is due.
     last_plan: Option<Plan>,
+    /// The services the last sync skipped.
+    skipped: Vec<SkippedService>,
     destroyer: Option<SockDestroyer>,
     events: Option<EventReader>,
 }
@@ -416,6 +418,7 @@ impl EbpfDataplane {
                 maps,
                 current,
                 last_plan: None,
+                skipped: Vec::new(),
                 destroyer,
                 events,
             }),
@@ -477,6 +480,7 @@ impl EbpfDataplane {
             node_name: self.shared.cfg.node_name.clone(),
             programs: self.programs.clone(),
             sock_destroy: inner.destroyer.is_some(),
+            skipped: inner.skipped.clone(),
             recent_drops: inner.events.as_ref().map(EventReader::recent).unwrap_or_default(),
             ..Default::default()
         };
@@ -562,12 +566,21 @@ impl EbpfDataplane {
 }
 
 impl Dataplane for EbpfDataplane {
-    fn sync(&self, services: &[ServiceEntry]) -> Result<(), DataplaneError> {
-        let plan = plan::plan(services)?;
+    fn sync(&self, services: &[ServiceEntry]) -> Result<SyncReport, DataplaneError> {
+        let planned = plan::plan(services);
+        let node = &self.shared.cfg.node_name;
         let mut inner = self.shared.lock();
-        let writes = self.shared.apply(&mut inner, plan)?;
-        tracing::debug!(node = %self.shared.cfg.node_name, services = services.len(), writes, "data plane synced");
-        Ok(())
+        for s in &planned.skipped {
+            if !inner.skipped.contains(s) {
+                tracing::warn!(node = %node, service = %s.name, service_id = s.id, field = %s.field, problem = %s.problem, "data plane skips an invalid service");
+            }
+        }
+        let writes = self.shared.apply(&mut inner, planned.plan)?;
+        inner.skipped = planned.skipped.clone();
+        tracing::debug!(node = %node, services = services.len(), skipped = planned.skipped.len(), writes, "data plane synced");
+        Ok(SyncReport {
+            skipped: planned.skipped,
+        })
     }
 
     fn status(&self) -> DataplaneStatus {

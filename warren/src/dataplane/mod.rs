@@ -32,7 +32,7 @@ pub use error::DataplaneError;
 pub use events::DropEvent;
 pub use fake::FakeDataplane;
 pub use metrics::register_metrics;
-pub use plan::validate;
+pub use plan::{validate, SkippedService};
 
 /// Where and how the data plane of one node is attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,11 +167,20 @@ pub struct ServiceEntry {
     pub rate_limit: Option<RateLimit>,
 }
 
+/// What a [`Dataplane::sync`] left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Invalid or over-limit services, left out of the maps (a service that was
+    /// in them before is removed); the others are synced all the same.
+    pub skipped: Vec<SkippedService>,
+}
+
 /// A node data plane: the maps follow the last complete set of services.
 pub trait Dataplane: Send + Sync {
     /// The complete desired set of services; idempotent; only differences touch
-    /// the maps. Invalid input changes nothing and names the offending field.
-    fn sync(&self, services: &[ServiceEntry]) -> Result<(), DataplaneError>;
+    /// the maps. An invalid service is skipped and reported, naming the
+    /// offending field; the error is for failures to write the maps.
+    fn sync(&self, services: &[ServiceEntry]) -> Result<SyncReport, DataplaneError>;
     /// Attached programs, map fill and counters.
     fn status(&self) -> DataplaneStatus;
 }
@@ -261,6 +270,8 @@ pub struct DataplaneStatus {
     pub sock_destroy: bool,
     /// The most recent drops reported through the events ring buffer (oldest first).
     pub recent_drops: Vec<DropEvent>,
+    /// Services the last sync left out, and why.
+    pub skipped: Vec<SkippedService>,
     /// Problems met while reading the status (a map that could not be read).
     pub errors: Vec<String>,
 }

@@ -64,185 +64,286 @@ fn bad_addr(a: Ipv4Addr) -> Option<&'static str> {
     }
 }
 
-/// Checks a desired set of services; the error names the service and the field.
+/// Checks a desired set of services strictly: the first invalid one is an error
+/// naming the service and the field.
 pub fn validate(services: &[ServiceEntry]) -> Result<(), DataplaneError> {
-    plan(services).map(|_| ())
+    match plan(services).skipped.into_iter().next() {
+        None => Ok(()),
+        Some(s) => Err(s.error()),
+    }
 }
 
-/// Validates `services` and computes the desired map contents.
-pub(crate) fn plan(services: &[ServiceEntry]) -> Result<Plan, DataplaneError> {
-    let mut out = Plan::default();
-    let mut ids: BTreeMap<u32, String> = BTreeMap::new();
-    let mut vips: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
-    let mut published: BTreeMap<(Protocol, u16), String> = BTreeMap::new();
+/// A service left out of a sync, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedService {
+    pub id: u32,
+    /// The service's name (or `#<index>` when it has none).
+    pub name: String,
+    /// The offending field, e.g. `ports[1].published`.
+    pub field: String,
+    pub problem: String,
+}
+
+impl SkippedService {
+    /// As the error a strict validation returns.
+    pub fn error(&self) -> DataplaneError {
+        DataplaneError::invalid(&self.name, &self.field, &self.problem)
+    }
+}
+
+impl std::fmt::Display for SkippedService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error().fmt(f)
+    }
+}
+
+/// A plan and the services it leaves out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Planned {
+    pub plan: Plan,
+    pub skipped: Vec<SkippedService>,
+}
+
+/// What the services planned so far claim: a later service that claims the same
+/// id, VIP or published port is the invalid one.
+#[derive(Default)]
+struct Taken {
+    ids: BTreeMap<u32, String>,
+    vips: BTreeMap<Ipv4Addr, String>,
+    published: BTreeMap<(Protocol, u16), String>,
+}
+
+/// One valid service's contribution to the plan.
+struct PlannedOne {
+    service: PlannedService,
+    entries: BTreeMap<SvcKey, SvcValue>,
+}
+
+/// Validates `services` and computes the desired map contents. An invalid service,
+/// or one that would overflow a map, is left out and reported; the others are
+/// planned as if it did not exist (one bad service never blocks a node's sync).
+pub(crate) fn plan(services: &[ServiceEntry]) -> Planned {
+    let mut out = Planned::default();
+    let mut taken = Taken::default();
     let mut backend_count = 0usize;
 
     for (index, s) in services.iter().enumerate() {
         let name = label(s, index);
-        let invalid = |field: &str, problem: String| DataplaneError::invalid(&name, field, problem);
-        if s.name.is_empty() {
-            return Err(invalid("name", "must not be empty".into()));
+        let one = plan_one(s, &name, &taken).and_then(|one| {
+            let new_entries = one
+                .entries
+                .keys()
+                .filter(|k| !out.plan.svc_entries.contains_key(k))
+                .count();
+            if out.plan.svc_entries.len() + new_entries > MAX_SVC_ENTRIES as usize {
+                return Err(DataplaneError::invalid(
+                    &name,
+                    "ports",
+                    format!("the service map is full ({MAX_SVC_ENTRIES} entries)"),
+                ));
+            }
+            if backend_count + one.service.backends.len() >= MAX_BACKENDS as usize {
+                return Err(DataplaneError::invalid(
+                    &name,
+                    "backends",
+                    format!("the node has no backend ids left ({} in all)", MAX_BACKENDS - 1),
+                ));
+            }
+            Ok(one)
+        });
+        match one {
+            Ok(one) => {
+                taken.ids.insert(s.id, name.clone());
+                if let Some(vip) = s.vip {
+                    taken.vips.insert(vip, name.clone());
+                }
+                for (k, v) in &one.entries {
+                    if v.flags & SVC_F_NODEPORT != 0 {
+                        let proto = if k.proto == Protocol::Tcp.ip_proto() {
+                            Protocol::Tcp
+                        } else {
+                            Protocol::Udp
+                        };
+                        taken.published.insert((proto, k.port.get()), name.clone());
+                    }
+                }
+                backend_count += one.service.backends.len();
+                out.plan.svc_entries.extend(one.entries);
+                out.plan.services.insert(s.id, one.service);
+            }
+            Err(error) => {
+                let (field, problem) = match error {
+                    DataplaneError::InvalidService { field, problem, .. } => (field, problem),
+                    other => (String::new(), other.to_string()),
+                };
+                out.skipped.push(SkippedService {
+                    id: s.id,
+                    name,
+                    field,
+                    problem,
+                })
+            }
         }
-        if s.id >= MAX_SERVICES {
-            return Err(invalid("id", format!("{} is out of range (0..{MAX_SERVICES})", s.id)));
-        }
-        if let Some(other) = ids.insert(s.id, name.clone()) {
-            return Err(invalid("id", format!("{} is also the id of service {other}", s.id)));
-        }
-        if s.canary_weight > 100 {
+    }
+    out
+}
+
+fn plan_one(s: &ServiceEntry, name: &str, taken: &Taken) -> Result<PlannedOne, DataplaneError> {
+    let invalid = |field: &str, problem: String| DataplaneError::invalid(name, field, problem);
+    let mut entries = BTreeMap::new();
+    let mut published = BTreeSet::new();
+    if s.name.is_empty() {
+        return Err(invalid("name", "must not be empty".into()));
+    }
+    if s.id >= MAX_SERVICES {
+        return Err(invalid("id", format!("{} is out of range (0..{MAX_SERVICES})", s.id)));
+    }
+    if let Some(other) = taken.ids.get(&s.id) {
+        return Err(invalid("id", format!("{} is also the id of service {other}", s.id)));
+    }
+    if s.canary_weight > 100 {
+        return Err(invalid(
+            "canary_weight",
+            format!("{} is not a percentage (0-100)", s.canary_weight),
+        ));
+    }
+    let (rate_per_sec, rate_burst) = match s.rate_limit {
+        None => (0, 0),
+        Some(r) if r.per_sec == 0 => {
             return Err(invalid(
-                "canary_weight",
-                format!("{} is not a percentage (0-100)", s.canary_weight),
-            ));
+                "rate_limit.per_sec",
+                "must be at least 1 (omit rate_limit for no limit)".into(),
+            ))
         }
-        let (rate_per_sec, rate_burst) = match s.rate_limit {
-            None => (0, 0),
-            Some(r) if r.per_sec == 0 => {
+        Some(r) if r.burst == 0 => return Err(invalid("rate_limit.burst", "must be at least 1".into())),
+        Some(r) if r.burst > u32::MAX / 1000 => {
+            return Err(invalid("rate_limit.burst", format!("{} is too large", r.burst)))
+        }
+        Some(r) => (r.per_sec, r.burst),
+    };
+
+    if let Some(vip) = s.vip {
+        if let Some(problem) = bad_addr(vip) {
+            return Err(invalid("vip", format!("{vip}: {problem}")));
+        }
+        if let Some(other) = taken.vips.get(&vip) {
+            return Err(invalid("vip", format!("{vip} is also the VIP of service {other}")));
+        }
+        for proto in [Protocol::Tcp, Protocol::Udp] {
+            entries.insert(
+                SvcKey {
+                    addr: Be32::from_ip(vip),
+                    port: Be16::new(0),
+                    proto: proto.ip_proto(),
+                    pad: 0,
+                },
+                SvcValue {
+                    svc_id: s.id,
+                    target_port: Be16::new(0),
+                    flags: SVC_F_WILDCARD,
+                    pad: 0,
+                },
+            );
+        }
+    }
+
+    for (i, p) in s.ports.iter().enumerate() {
+        if p.target == 0 {
+            return Err(invalid(&format!("ports[{i}].target"), "port 0 is not a port".into()));
+        }
+        if let Some(vip) = s.vip {
+            entries.insert(
+                SvcKey {
+                    addr: Be32::from_ip(vip),
+                    port: Be16::new(p.target),
+                    proto: p.protocol.ip_proto(),
+                    pad: 0,
+                },
+                SvcValue {
+                    svc_id: s.id,
+                    target_port: Be16::new(p.target),
+                    flags: 0,
+                    pad: 0,
+                },
+            );
+        }
+        match p.published {
+            None if p.host_mode => {
                 return Err(invalid(
-                    "rate_limit.per_sec",
-                    "must be at least 1 (omit rate_limit for no limit)".into(),
+                    &format!("ports[{i}].host_mode"),
+                    "mode=host needs a published port".into(),
                 ))
             }
-            Some(r) if r.burst == 0 => return Err(invalid("rate_limit.burst", "must be at least 1".into())),
-            Some(r) if r.burst > u32::MAX / 1000 => {
-                return Err(invalid("rate_limit.burst", format!("{} is too large", r.burst)))
+            None => {}
+            Some(0) => {
+                return Err(invalid(
+                    &format!("ports[{i}].published"),
+                    "port 0 cannot be published".into(),
+                ))
             }
-            Some(r) => (r.per_sec, r.burst),
-        };
-
-        if let Some(vip) = s.vip {
-            if let Some(problem) = bad_addr(vip) {
-                return Err(invalid("vip", format!("{vip}: {problem}")));
-            }
-            if let Some(other) = vips.insert(vip, name.clone()) {
-                return Err(invalid("vip", format!("{vip} is also the VIP of service {other}")));
-            }
-            for proto in [Protocol::Tcp, Protocol::Udp] {
-                out.svc_entries.insert(
+            Some(pp) => {
+                let other = taken
+                    .published
+                    .get(&(p.protocol, pp))
+                    .cloned()
+                    .or_else(|| (!published.insert((p.protocol, pp))).then(|| name.to_string()));
+                if let Some(other) = other {
+                    return Err(invalid(
+                        &format!("ports[{i}].published"),
+                        format!("{}/{pp} is already published by service {other}", p.protocol.as_str()),
+                    ));
+                }
+                entries.insert(
                     SvcKey {
-                        addr: Be32::from_ip(vip),
-                        port: Be16::new(0),
-                        proto: proto.ip_proto(),
-                        pad: 0,
-                    },
-                    SvcValue {
-                        svc_id: s.id,
-                        target_port: Be16::new(0),
-                        flags: SVC_F_WILDCARD,
-                        pad: 0,
-                    },
-                );
-            }
-        }
-
-        for (i, p) in s.ports.iter().enumerate() {
-            if p.target == 0 {
-                return Err(invalid(&format!("ports[{i}].target"), "port 0 is not a port".into()));
-            }
-            if let Some(vip) = s.vip {
-                out.svc_entries.insert(
-                    SvcKey {
-                        addr: Be32::from_ip(vip),
-                        port: Be16::new(p.target),
+                        addr: Be32::new(0),
+                        port: Be16::new(pp),
                         proto: p.protocol.ip_proto(),
                         pad: 0,
                     },
                     SvcValue {
                         svc_id: s.id,
                         target_port: Be16::new(p.target),
-                        flags: 0,
+                        flags: SVC_F_NODEPORT | if p.host_mode { SVC_F_HOST_MODE } else { 0 },
                         pad: 0,
                     },
                 );
             }
-            match p.published {
-                None if p.host_mode => {
-                    return Err(invalid(
-                        &format!("ports[{i}].host_mode"),
-                        "mode=host needs a published port".into(),
-                    ))
-                }
-                None => {}
-                Some(0) => {
-                    return Err(invalid(
-                        &format!("ports[{i}].published"),
-                        "port 0 cannot be published".into(),
-                    ))
-                }
-                Some(pp) => {
-                    if let Some(other) = published.insert((p.protocol, pp), name.clone()) {
-                        return Err(invalid(
-                            &format!("ports[{i}].published"),
-                            format!("{}/{pp} is already published by service {other}", p.protocol.as_str()),
-                        ));
-                    }
-                    out.svc_entries.insert(
-                        SvcKey {
-                            addr: Be32::new(0),
-                            port: Be16::new(pp),
-                            proto: p.protocol.ip_proto(),
-                            pad: 0,
-                        },
-                        SvcValue {
-                            svc_id: s.id,
-                            target_port: Be16::new(p.target),
-                            flags: SVC_F_NODEPORT | if p.host_mode { SVC_F_HOST_MODE } else { 0 },
-                            pad: 0,
-                        },
-                    );
-                }
-            }
         }
-
-        let mut seen = BTreeSet::new();
-        let mut backends = Vec::with_capacity(s.backends.len());
-        for (i, b) in s.backends.iter().enumerate() {
-            if let Some(problem) = bad_addr(b.addr) {
-                return Err(invalid(
-                    &format!("backends[{i}].addr"),
-                    format!("{}: {problem}", b.addr),
-                ));
-            }
-            if !seen.insert(b.addr) {
-                return Err(invalid(
-                    &format!("backends[{i}].addr"),
-                    format!("{} is listed twice", b.addr),
-                ));
-            }
-            backends.push(PlannedBackend {
-                addr: b.addr,
-                canary: b.group == BackendGroup::Canary,
-                local: b.local,
-            });
-        }
-        backends.sort();
-        backend_count += backends.len();
-
-        out.services.insert(
-            s.id,
-            PlannedService {
-                name: s.name.clone(),
-                backends,
-                canary_weight: s.canary_weight,
-                rate_per_sec,
-                rate_burst,
-            },
-        );
     }
 
-    if out.svc_entries.len() > MAX_SVC_ENTRIES as usize {
-        return Err(DataplaneError::Exhausted {
-            what: "service map entries",
-            limit: MAX_SVC_ENTRIES,
+    let mut seen = BTreeSet::new();
+    let mut backends = Vec::with_capacity(s.backends.len());
+    for (i, b) in s.backends.iter().enumerate() {
+        if let Some(problem) = bad_addr(b.addr) {
+            return Err(invalid(
+                &format!("backends[{i}].addr"),
+                format!("{}: {problem}", b.addr),
+            ));
+        }
+        if !seen.insert(b.addr) {
+            return Err(invalid(
+                &format!("backends[{i}].addr"),
+                format!("{} is listed twice", b.addr),
+            ));
+        }
+        backends.push(PlannedBackend {
+            addr: b.addr,
+            canary: b.group == BackendGroup::Canary,
+            local: b.local,
         });
     }
-    if backend_count >= MAX_BACKENDS as usize {
-        return Err(DataplaneError::Exhausted {
-            what: "backend ids",
-            limit: MAX_BACKENDS - 1,
-        });
-    }
-    Ok(out)
+    backends.sort();
+
+    Ok(PlannedOne {
+        service: PlannedService {
+            name: s.name.clone(),
+            backends,
+            canary_weight: s.canary_weight,
+            rate_per_sec,
+            rate_burst,
+        },
+        entries,
+    })
 }
 
 /// A slot table: `SLOTS` backend ids, `canary_weight`% of them (rounded) from the
@@ -614,6 +715,45 @@ mod tests {
         now_ms: 1_000,
         refuse_ms: 0,
     };
+
+    /// The plan of services that must all be valid.
+    fn plan(services: &[ServiceEntry]) -> Result<Plan, DataplaneError> {
+        let p = super::plan(services);
+        match p.skipped.first() {
+            None => Ok(p.plan),
+            Some(s) => Err(s.error()),
+        }
+    }
+
+    #[test]
+    fn an_invalid_service_is_skipped_and_the_others_planned() {
+        let mut bad = svc(5, "bad");
+        bad.canary_weight = 150;
+        // Claims web's VIP and published port: the later claimant is the invalid one.
+        let mut thief = svc(6, "thief");
+        thief.vip = svc(3, "x").vip;
+        let p = super::plan(&[svc(3, "web"), bad, thief.clone(), svc(4, "api")]);
+        assert_eq!(p.plan.services.keys().copied().collect::<Vec<_>>(), [3, 4]);
+        let skipped: Vec<_> = p
+            .skipped
+            .iter()
+            .map(|s| (s.id, s.name.as_str(), s.field.as_str()))
+            .collect();
+        assert_eq!(skipped, [(5, "bad", "canary_weight"), (6, "thief", "vip")]);
+        assert_eq!(
+            p.skipped[1].to_string(),
+            "invalid service thief: vip: 10.99.0.4 is also the VIP of service web"
+        );
+        // Nothing of a skipped service reaches the maps, not even its valid parts.
+        assert!(p.plan.svc_entries.values().all(|v| v.svc_id == 3 || v.svc_id == 4));
+        // A published port claimed twice: only the second service is skipped.
+        thief.vip = None;
+        thief.ports[0].published = Some(8003);
+        let p = super::plan(&[svc(3, "web"), thief]);
+        assert_eq!(p.skipped.len(), 1);
+        assert_eq!(p.skipped[0].field, "ports[0].published");
+        assert_eq!(p.plan.services.len(), 1);
+    }
 
     /// reconcile() at [`NOW`], without tombstones.
     fn reconcile(current: &mut Current, plan: &Plan, ops: &mut dyn MapOps) -> Result<Outcome, DataplaneError> {
