@@ -45,6 +45,39 @@ pub fn require_prerequisites() {
     );
 }
 
+/// Where [`RateLock`] takes its lock: one file for every test process of the
+/// machine (every worktree), since they share the cores.
+pub const RATE_LOCK: &str = "/tmp/warren-dataplane-rate-tests.lock";
+
+/// Held by a test that measures rates (connections per second, admitted
+/// shares): such tests must not run beside each other, or one's load skews the
+/// other's figures. An exclusive `flock` on [`RATE_LOCK`], released on drop
+/// (and by the kernel if the process dies).
+pub struct RateLock(std::fs::File);
+
+impl RateLock {
+    /// Blocks until no other rate-measuring test runs.
+    pub fn acquire() -> Self {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(RATE_LOCK)
+            .unwrap_or_else(|e| panic!("open {RATE_LOCK}: {e}"));
+        // SAFETY: flock on a descriptor this File owns.
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(r, 0, "flock {RATE_LOCK}: {}", std::io::Error::last_os_error());
+        Self(f)
+    }
+}
+
+impl Drop for RateLock {
+    fn drop(&mut self) {
+        // SAFETY: as above; closing the file would release it too.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
 /// Runs a command, panicking with its output when it fails.
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
@@ -458,6 +491,19 @@ impl Lab {
                 &count.to_string_lossy(),
             ]),
             &format!("server {}", b.name),
+        );
+        p.wait_line("listening");
+        self.servers.push(p);
+    }
+
+    /// Starts the probe's HTTP server (the load clients' counterpart) in backend
+    /// `i`'s namespace on `port`; it runs until the lab goes.
+    pub fn start_http(&mut self, i: usize, port: u16) {
+        let probe = self.probe.to_string_lossy().into_owned();
+        let listen = format!("0.0.0.0:{port}");
+        let mut p = Proc::spawn(
+            self.backends[i].ns.exec(&[&probe, "http", "--listen", &listen]),
+            &format!("http server {}", self.backends[i].name),
         );
         p.wait_line("listening");
         self.servers.push(p);

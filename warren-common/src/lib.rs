@@ -11,9 +11,11 @@
 
 use core::{fmt, net::Ipv4Addr};
 
-/// Version of the map layouts; it is part of every pinned map's name so that a
-/// daemon never reads a map written with another layout.
-pub const LAYOUT_VERSION: u32 = 1;
+/// The highest version of a map layout. Each pinned map's name carries the
+/// version of its own layout (`_v<N>`), so that a daemon never reads a map
+/// written with another layout; a changed layout is a new map beside the old one,
+/// which is retired once the programs use the new one ([`map_names::RETIRED`]).
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Service ids are `0..MAX_SERVICES`.
 pub const MAX_SERVICES: u32 = 16384;
@@ -35,6 +37,10 @@ pub const MAX_NODE_ADDRS: u32 = 64;
 pub const SOCK_ENTRIES: u32 = 65536;
 /// Capacity of the token-bucket map.
 pub const RL_ENTRIES: u32 = 65536;
+/// Largest rate limit, new connections (UDP flows) per second per client.
+pub const RL_MAX_RATE: u32 = 1_000_000;
+/// Largest burst of a rate limit.
+pub const RL_MAX_BURST: u32 = 1_000_000;
 /// Capacity of the tc connection-tracking map (two entries per flow).
 pub const CT_ENTRIES: u32 = 131072;
 /// Capacity of the map of backends whose sockets are being destroyed.
@@ -100,7 +106,7 @@ pub mod map_names {
     /// (socket cookie, service address) → backend, for unconnected UDP.
     pub const AFFINITY: &str = "warren_aff_v1";
     /// (service, client) → token bucket.
-    pub const RATE_LIMIT: &str = "warren_rl_v1";
+    pub const RATE_LIMIT: &str = "warren_rl_v2";
     /// tc connection tracking.
     pub const CT: &str = "warren_ct_v1";
     /// The node's addresses.
@@ -113,6 +119,10 @@ pub mod map_names {
     pub const KILL: &str = "warren_kill_v1";
     /// Ring buffer of [`Event`](super::Event)s.
     pub const EVENTS: &str = "warren_event_v1";
+    /// Pins of earlier layouts: unpinned once the programs use their successors.
+    /// `warren_rl_v1`: milli-tokens, network-order client (its buckets are not
+    /// carried over: new buckets start full).
+    pub const RETIRED: [&str; 1] = ["warren_rl_v1"];
     /// Every map, in a stable order.
     pub const ALL: [&str; 13] = [
         SVC,
@@ -327,20 +337,26 @@ shared_struct! {
 }
 
 shared_struct! {
-    /// Key of `warren_rl_v1`: the client is the source address, or the netns
-    /// cookie of an unbound socket.
+    /// Key of `warren_rl_v2`: the client is the source address, or (address
+    /// 0.0.0.0) the netns cookie of an unbound socket.
     pub struct RlKey = "warren_rl_key" {
         pub svc_id: u32,
-        pub client: Be32,
+        /// An IPv4 address, octets in order.
+        pub client: [u8; 4],
         pub netns: u64,
     }
 }
 
+/// Nano-tokens per token in [`RlValue::tokens`].
+pub const RL_TOKEN: u64 = 1_000_000_000;
+
 shared_struct! {
-    /// Value of `warren_rl_v1`.
+    /// Value of `warren_rl_v2`.
     pub struct RlValue = "warren_rl_value" {
-        /// Thousandths of a token.
+        /// Nano-tokens ([`RL_TOKEN`] per token); transiently negative (as i64)
+        /// while a CPU takes a token that is not there.
         pub tokens: u64,
+        /// `bpf_ktime_get_ns()` up to which elapsed time became tokens.
         pub last_ns: u64,
     }
 }
@@ -484,14 +500,29 @@ mod tests {
         assert_eq!(slot_index(MAX_TABLES - 1, SLOTS - 1), SLOT_ENTRIES - 1);
     }
 
+    fn version_of(name: &str) -> u32 {
+        let (_, v) = name.rsplit_once("_v").unwrap_or_else(|| panic!("{name} has no _v<N>"));
+        v.parse().unwrap_or_else(|_| panic!("{name}: _v{v} is not a version"))
+    }
+
     #[test]
-    fn map_names_carry_the_layout_version() {
-        assert_eq!(LAYOUT_VERSION, 1, "a new layout renames every map (_v1 → _vN)");
-        for name in map_names::ALL {
+    fn map_names_carry_their_layout_version() {
+        for name in map_names::ALL.iter().chain(&map_names::RETIRED) {
             assert!(name.starts_with("warren_"), "{name}");
-            assert!(name.ends_with("_v1"), "{name}: rename with LAYOUT_VERSION");
+            assert!((1..=LAYOUT_VERSION).contains(&version_of(name)), "{name}");
             // The kernel keeps 15 characters of a map's name.
             assert!(name.len() <= 15, "{name} is longer than BPF_OBJ_NAME_LEN - 1");
+        }
+        assert!(map_names::ALL.iter().any(|n| version_of(n) == LAYOUT_VERSION));
+        // A retired pin is an earlier version of a live map, never a live name.
+        for old in map_names::RETIRED {
+            assert!(!map_names::ALL.contains(&old), "{old} is live");
+            let (stem, _) = old.rsplit_once("_v").unwrap();
+            let live = map_names::ALL.iter().find(|n| n.rsplit_once("_v").unwrap().0 == stem);
+            assert!(
+                live.is_some_and(|n| version_of(n) > version_of(old)),
+                "{old} has no successor"
+            );
         }
     }
 }

@@ -9,11 +9,8 @@
 #include <linux/in.h>
 #include <bpf/bpf_endian.h>
 #include "maps.h"
+#include "bucket.h"
 
-#define NSEC_PER_SEC 1000000000ULL
-/* A bucket refills for at most this long, so that tokens * rate cannot overflow. */
-#define WARREN_RL_MAX_ELAPSED_NS (100ULL * NSEC_PER_SEC)
-#define WARREN_MILLI 1000ULL
 
 /* The host network namespace's cookie, set by the loader (SO_NETNS_COOKIE, 5.14+);
  * 0 = unknown, and then no loopback address is a node address. */
@@ -107,18 +104,20 @@ static __always_inline void count_packet(__u32 svc_id, __u32 backend_id, __u32 l
 	}
 }
 
+/* Set by the loader when the kernel has BPF atomic fetch and cmpxchg (5.12+). */
+volatile const __u32 warren_atomics = 0;
+
 /*
- * Token bucket per (service, client). Returns 1 when the new connection (or UDP
- * datagram) may pass. Two CPUs may race on one bucket; the error is at most one
- * token per race, which a connection-rate limit tolerates (a spin lock would not
- * be allowed in every program type that calls this).
+ * Token bucket per (service, client): 1 when a new connection (or new UDP flow)
+ * may pass. The arithmetic is bucket.h's; a client's first connection creates a
+ * full bucket less one token.
  */
 static __always_inline int rate_allow(__u32 svc_id, const struct warren_svc_state *st, __be32 client,
 				      __u64 netns)
 {
 	struct warren_rl_key key = {};
-	struct warren_rl_value *b;
-	__u64 now, burst, rate, elapsed, tokens;
+	struct warren_rl_value *b, fresh;
+	__u64 now, burst, rate;
 
 	rate = st->rate_per_sec;
 	if (!rate)
@@ -126,37 +125,22 @@ static __always_inline int rate_allow(__u32 svc_id, const struct warren_svc_stat
 	burst = st->rate_burst;
 	if (!burst)
 		burst = 1;
-	burst *= WARREN_MILLI;
 
 	key.svc_id = svc_id;
-	key.client = client;
+	__builtin_memcpy(key.client, &client, sizeof(key.client));
 	key.netns = netns;
 	now = bpf_ktime_get_ns();
-	b = bpf_map_lookup_elem(&warren_rl_v1, &key);
+	b = bpf_map_lookup_elem(&warren_rl_v2, &key);
 	if (!b) {
-		struct warren_rl_value fresh = {
-			.tokens = burst - WARREN_MILLI,
-			.last_ns = now,
-		};
-		bpf_map_update_elem(&warren_rl_v1, &key, &fresh, BPF_ANY);
-		return 1;
+		bucket_init(&fresh, now, burst);
+		if (bpf_map_update_elem(&warren_rl_v2, &key, &fresh, BPF_NOEXIST) == 0)
+			return 1;
+		/* another CPU created it first */
+		b = bpf_map_lookup_elem(&warren_rl_v2, &key);
+		if (!b)
+			return 1;
 	}
-	elapsed = now - b->last_ns;
-	if ((__s64)elapsed < 0)
-		elapsed = 0;
-	if (elapsed > WARREN_RL_MAX_ELAPSED_NS)
-		elapsed = WARREN_RL_MAX_ELAPSED_NS;
-	/* milli-tokens gained = elapsed_ns * rate / 1e6 */
-	tokens = b->tokens + elapsed * rate / 1000000ULL;
-	if (tokens > burst)
-		tokens = burst;
-	b->last_ns = now;
-	if (tokens < WARREN_MILLI) {
-		b->tokens = tokens;
-		return 0;
-	}
-	b->tokens = tokens - WARREN_MILLI;
-	return 1;
+	return bucket_take(b, now, rate, burst, warren_atomics);
 }
 
 static __always_inline __u32 slot_index(__u32 table, __u32 slot)

@@ -70,7 +70,7 @@ struct {
 	__type(key, struct warren_rl_key);
 	__type(value, struct warren_rl_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} warren_rl_v1 SEC(".maps");
+} warren_rl_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -126,13 +126,11 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, int sendmsg, in
 	st = svc_state(svc_id);
 	if (!st)
 		return SYS_PROCEED;
-	if (!rate_allow(svc_id, st, client, netns)) {
-		drop(svc_id, WARREN_DROP_RATE_LIMITED, client, dport, proto, WARREN_SRC_SOCK);
-		return sys_reject(ECONNREFUSED);
-	}
 
 	skey.cookie = bpf_get_socket_cookie(ctx);
 	if (sendmsg) {
+		/* An unconnected socket keeps its backend per service address: a
+		 * datagram of a known flow is neither charged nor balanced again. */
 		skey.addr = daddr;
 		skey.port = dport;
 		aff = bpf_map_lookup_elem(&warren_aff_v1, &skey);
@@ -147,6 +145,11 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, int sendmsg, in
 		}
 	}
 	if (!be) {
+		/* A new connection, or a new UDP flow: charged once. */
+		if (!rate_allow(svc_id, st, client, netns)) {
+			drop(svc_id, WARREN_DROP_RATE_LIMITED, client, dport, proto, WARREN_SRC_SOCK);
+			return sys_reject(ECONNREFUSED);
+		}
 		be_id = pick_backend(svc_id, st, svc_kind(svc), &be);
 		if (!be_id || !be) {
 			drop(svc_id, WARREN_DROP_NO_BACKEND, client, dport, proto, WARREN_SRC_SOCK);

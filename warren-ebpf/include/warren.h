@@ -2,8 +2,13 @@
 /*
  * Warren data plane ABI: every map key and value shared between the eBPF programs
  * and the Rust loader. The Rust mirrors live in warren-common/src/lib.rs; a test reads
- * this object's BTF and fails when the two layouts diverge. Change a layout only
- * together with WARREN_LAYOUT_VERSION (it is part of every pinned map's name).
+ * this object's BTF and fails when the two layouts diverge. A map whose layout
+ * changes gets a new name (`_v<N+1>`): the loader creates it beside the pinned
+ * one, switches the programs, then retires the old pin (warren-common's
+ * map_names::RETIRED).
+ *
+ * Addresses in maps read by people (new in v2 layouts) are byte arrays, so that
+ * `bpftool map dump` prints them as four numbers in order.
  *
  * Byte order: fields typed __be16/__be32 hold network byte order; everything else is
  * host order. Padding is explicit so that both compilers agree byte for byte.
@@ -13,7 +18,7 @@
 
 #include <linux/types.h>
 
-#define WARREN_LAYOUT_VERSION 1
+#define WARREN_LAYOUT_VERSION 2 /* the highest map version; each map name carries its own */
 
 /* Limits (mirrored in warren-common). */
 #define WARREN_MAX_SERVICES 16384    /* service ids are 0..WARREN_MAX_SERVICES-1 */
@@ -30,6 +35,8 @@
 #define WARREN_MAX_NODE_ADDRS 64
 #define WARREN_SOCK_ENTRIES 65536    /* reverse translation and affinity per socket */
 #define WARREN_RL_ENTRIES 65536      /* token buckets */
+#define WARREN_RL_MAX_RATE 1000000   /* per second per client; the API refuses more */
+#define WARREN_RL_MAX_BURST 1000000
 #define WARREN_CT_ENTRIES 131072     /* tc connection tracking, both directions */
 #define WARREN_KILL_ENTRIES 4096     /* backends whose sockets are being destroyed */
 #define WARREN_EVENTS_BYTES (256 * 1024) /* ring buffer of events for the daemon's log */
@@ -117,17 +124,18 @@ struct warren_affinity {
 	__u32 svc_id;
 };
 
-/* warren_rl_v1: a token bucket per (service, client). The client is the source
- * address; for an unbound socket it is its network namespace (netns cookie). */
+/* warren_rl_v2: a token bucket per (service, client). The client is the source
+ * address; for an unbound socket it is its network namespace (netns cookie).
+ * (v1 held milli-tokens and a network-order client.) */
 struct warren_rl_key {
 	__u32 svc_id;
-	__be32 client;
+	__u8 client[4]; /* IPv4 address, 0.0.0.0 for an unbound socket */
 	__u64 netns;
 };
 
 struct warren_rl_value {
-	__u64 tokens;  /* in thousandths of a token */
-	__u64 last_ns; /* bpf_ktime_get_ns() of the last refill */
+	__u64 tokens;  /* nano-tokens: 1e9 per token (bucket.h) */
+	__u64 last_ns; /* bpf_ktime_get_ns() up to which time was turned into tokens */
 };
 
 /* warren_ct_v1: tc connection tracking. The key is the packet's tuple as it arrives;

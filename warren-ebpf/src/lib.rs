@@ -2,10 +2,12 @@
 //! as byte arrays for `aya` to load. The programs themselves live in `src/*.bpf.c`
 //! and their shared structs in `include/`; loading and attaching is
 //! `warren::dataplane`, not this crate. Also here: reading struct layouts from an
-//! object's BTF (for the C/Rust layout test) and patching the kfunc call of the
-//! socket-destroy programs.
+//! object's BTF (for the C/Rust layout test), patching the kfunc call of the
+//! socket-destroy programs, and the programs' helper-free arithmetic compiled for
+//! the host ([`host`], for unit tests).
 
 pub mod btf;
+pub mod host;
 
 /// Keeps an embedded object 8-byte aligned, as the ELF parser expects.
 #[repr(C, align(8))]

@@ -319,14 +319,6 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int ingress)
 		 * else reaches the node untranslated and is reset, so the client retries. */
 		ct = NULL;
 	if (ct) {
-		if (!(ct->flags & WARREN_CT_F_REPLY) && key.proto == IPPROTO_UDP) {
-			st = svc_state(ct->svc_id);
-			if (st && !rate_allow(ct->svc_id, st, iph.saddr, 0)) {
-				drop(ct->svc_id, WARREN_DROP_RATE_LIMITED, iph.saddr, ports[1], key.proto,
-				     WARREN_SRC_TC);
-				return TC_ACT_SHOT;
-			}
-		}
 		ct->last_seen_ns = bpf_ktime_get_ns();
 		count_packet(ct->svc_id, ct->backend_id, skb->len);
 		fwd = *ct;

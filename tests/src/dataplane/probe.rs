@@ -6,7 +6,7 @@
 //! ```text
 //! serve   --name N --tcp PORT --udp PORT --count-file PATH
 //! connect --to A:P [--n N] [--rate R --secs S] [--bind ADDR] [--http]
-//! udp     --to A:P --n N [--connected] [--timeout-ms MS]
+//! udp     --to A:P --n N [--connected | --socket-each] [--timeout-ms MS]
 //! loop    --to A:P --stop-file PATH [--http]
 //! hold    --to A:P --n N [--udp]      (then reads "check" on stdin)
 //! bind    --to A:P [--udp]            (prints `bound 1` or `error E 1`)
@@ -282,12 +282,19 @@ fn connect(args: &Args) {
     println!("elapsed_ms {}", start.elapsed().as_millis());
 }
 
-fn udp(args: &Args) {
-    let to = args.addr("--to");
-    let connected = args.has("--connected");
+fn udp_socket(args: &Args) -> UdpSocket {
     let sock = UdpSocket::bind("0.0.0.0:0").expect("bind udp");
     sock.set_read_timeout(Some(Duration::from_millis(args.num("--timeout-ms", 2000))))
         .ok();
+    sock
+}
+
+/// `--socket-each`: every datagram from a new socket (a new flow each).
+fn udp(args: &Args) {
+    let to = args.addr("--to");
+    let connected = args.has("--connected");
+    let each = args.has("--socket-each");
+    let mut sock = udp_socket(args);
     if connected {
         sock.connect(to).expect("connect udp");
     }
@@ -296,6 +303,9 @@ fn udp(args: &Args) {
     let mut sources = BTreeMap::new();
     let mut buf = [0u8; 1500];
     for i in 0..args.num("--n", 1) {
+        if each && i > 0 {
+            sock = udp_socket(args);
+        }
         let msg = format!("ping {i}\n");
         let sent = if connected {
             sock.send(msg.as_bytes())

@@ -39,7 +39,7 @@ use super::{
         attach_pinned, detach_pinned, expected_pins, ifindex, remove_stale_links, CgroupKind, BPF_TCX_EGRESS,
         BPF_TCX_INGRESS, CGROUP_PROGRAMS,
     },
-    maps::{check_pinned_maps, take, Maps},
+    maps::{check_pinned_maps, retire_old_maps, take, Maps},
     plan::{self, Clock, Current, Plan},
     sys, AttachedProgram, BackendStats, Dataplane, DataplaneConfig, DataplaneError, DataplaneStatus, DropCounters,
     MapFill, ServiceEntry, ServiceStats, SkippedService, SyncReport,
@@ -235,11 +235,13 @@ impl EbpfDataplane {
 
         let redirect_neigh = u32::from(kernel.at_least(5, 10));
         let set_retval = u32::from(kernel.at_least(5, 18));
+        let atomics = u32::from(kernel.at_least(5, 12));
         let host_netns = host_netns_cookie(&cfg);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&cfg.bpffs_dir)
             .override_global("warren_redirect_neigh", &redirect_neigh, true)
             .override_global("warren_set_retval", &set_retval, true)
+            .override_global("warren_atomics", &atomics, true)
             .override_global("warren_host_netns", &host_netns, true)
             .load(warren_ebpf::warren_object())
             .map_err(|e| DataplaneError::Load {
@@ -365,6 +367,8 @@ impl EbpfDataplane {
         }
 
         remove_stale_links(&cfg.bpffs_dir, &expected_pins(&cfg))?;
+        // Every hook runs the new programs now: maps of earlier layouts are unused.
+        retire_old_maps(&cfg.bpffs_dir)?;
 
         let mut maps = Maps::take(&mut ebpf)?;
         let ring: RingBuf<MapData> = take(&mut ebpf, names::EVENTS)?;

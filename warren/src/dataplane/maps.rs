@@ -292,6 +292,20 @@ impl MapOps for Maps {
     }
 }
 
+/// Unpins the maps of earlier layouts (`map_names::RETIRED`), once no attached
+/// program uses them; the kernel frees each when its last reference goes.
+pub(crate) fn retire_old_maps(dir: &Path) -> Result<(), DataplaneError> {
+    for name in names::RETIRED {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(pin = %path.display(), "retired a map of an earlier layout"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DataplaneError::io(format!("unpin {}", path.display()), e)),
+        }
+    }
+    Ok(())
+}
+
 /// Refuses pinned maps whose type or sizes differ from this build's.
 pub(crate) fn check_pinned_maps(dir: &Path) -> Result<(), DataplaneError> {
     for (name, ty, key, value, max) in map_specs() {

@@ -12,8 +12,8 @@ use std::{
 
 use warren_common::{
     Backend as BeValue, Be16, Be32, SvcKey, SvcState, SvcValue, BE_F_ACTIVE, BE_F_CANARY, BE_F_LOCAL, KINDS,
-    MAX_BACKENDS, MAX_SERVICES, MAX_SVC_ENTRIES, MAX_TABLES, SLOTS, SVC_F_HOST_MODE, SVC_F_NODEPORT, SVC_F_REFUSE,
-    SVC_F_WILDCARD,
+    MAX_BACKENDS, MAX_SERVICES, MAX_SVC_ENTRIES, MAX_TABLES, RL_MAX_BURST, RL_MAX_RATE, SLOTS, SVC_F_HOST_MODE,
+    SVC_F_NODEPORT, SVC_F_REFUSE, SVC_F_WILDCARD,
 };
 
 use super::{BackendGroup, DataplaneError, Protocol, ServiceEntry};
@@ -216,8 +216,17 @@ fn plan_one(s: &ServiceEntry, name: &str, taken: &Taken) -> Result<PlannedOne, D
             ))
         }
         Some(r) if r.burst == 0 => return Err(invalid("rate_limit.burst", "must be at least 1".into())),
-        Some(r) if r.burst > u32::MAX / 1000 => {
-            return Err(invalid("rate_limit.burst", format!("{} is too large", r.burst)))
+        Some(r) if r.per_sec > RL_MAX_RATE => {
+            return Err(invalid(
+                "rate_limit.per_sec",
+                format!("{} is above the limit of {RL_MAX_RATE}/s", r.per_sec),
+            ))
+        }
+        Some(r) if r.burst > RL_MAX_BURST => {
+            return Err(invalid(
+                "rate_limit.burst",
+                format!("{} is above the limit of {RL_MAX_BURST}", r.burst),
+            ))
         }
         Some(r) => (r.per_sec, r.burst),
     };
@@ -1180,6 +1189,24 @@ mod tests {
             (
                 Box::new(|v| v[0].rate_limit = Some(RateLimit { per_sec: 1, burst: 0 })),
                 "invalid service web: rate_limit.burst: must be at least 1",
+            ),
+            (
+                Box::new(|v| {
+                    v[0].rate_limit = Some(RateLimit {
+                        per_sec: 1_000_001,
+                        burst: 1,
+                    })
+                }),
+                "invalid service web: rate_limit.per_sec: 1000001 is above the limit of 1000000/s",
+            ),
+            (
+                Box::new(|v| {
+                    v[0].rate_limit = Some(RateLimit {
+                        per_sec: 1,
+                        burst: 1_000_001,
+                    })
+                }),
+                "invalid service web: rate_limit.burst: 1000001 is above the limit of 1000000",
             ),
             (
                 Box::new(|v| v[1].name.clear()),
