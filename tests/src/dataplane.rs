@@ -496,6 +496,41 @@ impl Lab {
         self.servers.push(p);
     }
 
+    /// Gives backend `i`'s namespace `n` more addresses, each one a backend of its
+    /// own to the data plane (one process answers on all, with the address it was
+    /// reached on): 10.201.<net>.<10+backends>.. then 10.204.<net>.1.., routed from
+    /// the node over the bridge. Returns them.
+    pub fn add_backend_addrs(&self, i: usize, n: usize) -> Vec<Ipv4Addr> {
+        let net = self.net;
+        let first = 10 + self.backends.len() as u8;
+        // .101 and .102 are the node's own (clients' extra source addresses).
+        let mut out: Vec<Ipv4Addr> = (first..=254)
+            .filter(|h| ![101, 102].contains(h))
+            .map(|h| Ipv4Addr::new(10, 201, net, h))
+            .take(n)
+            .collect();
+        let more = n - out.len();
+        assert!(more <= 254, "at most {} addresses", out.len() + 254);
+        if more > 0 {
+            self.node
+                .ip(&["route", "add", &format!("10.204.{net}.0/24"), "dev", "br0"]);
+            out.extend((1..=more as u8).map(|h| Ipv4Addr::new(10, 204, net, h)));
+        }
+        let ns = &self.backends[i].ns;
+        // One `ip -batch` instead of hundreds of processes.
+        let batch: String = out
+            .iter()
+            .map(|a| {
+                let len = if a.octets()[1] == 201 { 24 } else { 32 };
+                format!("addr add {a}/{len} dev eth0\n")
+            })
+            .collect();
+        let file = self.tmp.join(format!("addrs-{i}"));
+        std::fs::write(&file, batch).expect("write ip batch");
+        run(Command::new("ip").args(["-n", &ns.name, "-batch"]).arg(&file));
+        out
+    }
+
     /// Starts the probe's HTTP server (the load clients' counterpart) in backend
     /// `i`'s namespace on `port`; it runs until the lab goes.
     pub fn start_http(&mut self, i: usize, port: u16) {

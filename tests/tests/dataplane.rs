@@ -305,6 +305,69 @@ fn canary_weight_splits_new_connections() {
     }
 }
 
+/// Connections per backend address through `target` (the HTTP server answers
+/// with the address it was reached on), gathered by rounds of `crr` until `done`
+/// says so, at most 10 rounds.
+fn spread(
+    lab: &Lab,
+    target: &str,
+    done: impl Fn(&std::collections::BTreeMap<String, u64>) -> bool,
+) -> std::collections::BTreeMap<String, u64> {
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..10 {
+        let r = lab.client(&["crr", "--to", target, "--ms", "1500", "--conns", "16", "--threads", "2"]);
+        assert_eq!(r.error_count(), 0, "connection errors: {:?}", r.errors);
+        for (k, v) in r.names {
+            *seen.entry(k).or_default() += v;
+        }
+        if done(&seen) {
+            break;
+        }
+    }
+    seen
+}
+
+#[test]
+fn maglev_spreads_over_300_backends_and_holds_a_10_percent_canary() {
+    let _serial = RateLock::acquire();
+    let mut lab = Lab::new("maglev", 28, 1, false, PROBE);
+    let addrs = lab.add_backend_addrs(0, 300);
+    lab.start_http(0, 8081);
+    let dp = EbpfDataplane::open(lab.cfg()).expect("open data plane");
+    let mut svc = stable(&lab, 1, "wide");
+    svc.backends = addrs
+        .iter()
+        .map(|&addr| Backend {
+            addr,
+            group: BackendGroup::Stable,
+            local: true,
+        })
+        .collect();
+    dp.sync(std::slice::from_ref(&svc)).expect("sync");
+    let target = to(vip(lab.net), 8081);
+    // Past the old 256-slot tables: every one of 300 backends is reached.
+    let seen = spread(&lab, &target, |s| s.len() == 300);
+    let missing: Vec<_> = addrs.iter().filter(|a| !seen.contains_key(&a.to_string())).collect();
+    assert!(
+        missing.is_empty(),
+        "{} backends never reached: {missing:?}",
+        missing.len()
+    );
+
+    // One canary among 299 stable backends at weight 10.
+    svc.backends[0].group = BackendGroup::Canary;
+    svc.canary_weight = 10;
+    dp.sync(std::slice::from_ref(&svc)).expect("sync");
+    let seen = spread(&lab, &target, |s| s.values().sum::<u64>() >= 5000);
+    let total: u64 = seen.values().sum();
+    let canary = seen.get(&addrs[0].to_string()).copied().unwrap_or(0) as f64 / total as f64;
+    assert!(
+        (canary - 0.10).abs() <= 0.015,
+        "canary got {:.2}% of {total} connections, expected 10 ± 1.5%",
+        canary * 100.0
+    );
+}
+
 #[test]
 fn rate_limit_refuses_new_connections_over_the_bucket_per_client() {
     let _serial = RateLock::acquire();
@@ -946,8 +1009,8 @@ fn bpftool_prints_map_fields_by_name() {
         "warren_be_v1 dump:\n{}",
         &be[..be.len().min(2000)]
     );
-    let state = dump("warren_state_v1");
-    assert!(state.contains("\"backends_all\""), "warren_state_v1 dump lacks fields");
+    let state = dump("warren_state_v2");
+    assert!(state.contains("\"size_all\""), "warren_state_v2 dump lacks fields");
 
     // The lookups docs/dataplane.md shows: keys as bytes in memory order.
     let lookup = |map: &str, key: &[String]| {
@@ -967,7 +1030,7 @@ fn bpftool_prints_map_fields_by_name() {
     let entry = lookup("warren_svc_v1", &key);
     assert!(entry.contains("\"svc_id\": 5"), "VIP:8080/tcp lookup:\n{entry}");
     let key: Vec<String> = ["5", "0", "0", "0"].iter().map(|s| s.to_string()).collect();
-    let entry = lookup("warren_state_v1", &key);
+    let entry = lookup("warren_state_v2", &key);
     assert!(entry.contains("\"backends_all\": 1"), "state of service 5:\n{entry}");
 }
 

@@ -23,14 +23,11 @@ pub const MAX_SERVICES: u32 = 16384;
 pub const MAX_SVC_ENTRIES: u32 = 65536;
 /// Backend ids are `1..MAX_BACKENDS`; 0 means "no backend".
 pub const MAX_BACKENDS: u32 = 65536;
-/// Slots per backend table (a power of two).
-pub const SLOTS: u32 = 256;
 /// Table kinds: [`KIND_ALL`] and [`KIND_LOCAL`].
 pub const KINDS: u32 = 2;
-/// Slot tables in the shared pool; table ids are `1..MAX_TABLES`, 0 means none.
-pub const MAX_TABLES: u32 = 16384;
-/// Entries of the slot map.
-pub const SLOT_ENTRIES: u32 = MAX_TABLES * SLOTS;
+/// Entries of the slot pool (`warren_slot_v2`) from which every service's
+/// Maglev tables are allocated (offset 0 means "no table").
+pub const SLOT_POOL: u32 = 1 << 20;
 /// Capacity of the node address map.
 pub const MAX_NODE_ADDRS: u32 = 64;
 /// Capacity of the per-socket maps (reverse translation, UDP affinity).
@@ -95,10 +92,10 @@ pub const DROP_REASON_NAMES: [&str; DROP_REASONS] = ["rate_limited", "no_backend
 pub mod map_names {
     /// (address, port, protocol) → service.
     pub const SVC: &str = "warren_svc_v1";
-    /// service id → active table revision, backend counts, rate limit.
-    pub const STATE: &str = "warren_state_v1";
-    /// slot index → backend id.
-    pub const SLOT: &str = "warren_slot_v1";
+    /// service id → active Maglev tables, backend counts, rate limit.
+    pub const STATE: &str = "warren_state_v2";
+    /// The slot pool: offset + hash % size → backend id.
+    pub const SLOT: &str = "warren_slot_v2";
     /// backend id → backend.
     pub const BACKEND: &str = "warren_be_v1";
     /// (socket cookie, backend) → service address, for replies and getpeername.
@@ -122,7 +119,9 @@ pub mod map_names {
     /// Pins of earlier layouts: unpinned once the programs use their successors.
     /// `warren_rl_v1`: milli-tokens, network-order client (its buckets are not
     /// carried over: new buckets start full).
-    pub const RETIRED: [&str; 1] = ["warren_rl_v1"];
+    /// `warren_state_v1` and `warren_slot_v1`: 256-slot tables, migrated to Maglev
+    /// tables at start.
+    pub const RETIRED: [&str; 3] = ["warren_rl_v1", "warren_state_v1", "warren_slot_v1"];
     /// Every map, in a stable order.
     pub const ALL: [&str; 13] = [
         SVC,
@@ -139,12 +138,6 @@ pub mod map_names {
         KILL,
         EVENTS,
     ];
-}
-
-/// The slot index of `slot` of table `table` in the slot map; the same formula as
-/// `slot_index()` in `include/lb.h`.
-pub const fn slot_index(table: u32, slot: u32) -> u32 {
-    table * SLOTS + slot
 }
 
 /// A 16-bit value in network byte order.
@@ -283,18 +276,35 @@ shared_struct! {
 }
 
 shared_struct! {
-    /// Value of `warren_state_v1[svc_id]`; updating it flips the service to
-    /// another slot table in one map update.
+    /// Value of `warren_state_v2[svc_id]`; updating it flips the service to
+    /// other Maglev tables in one map update.
     pub struct SvcState = "warren_svc_state" {
-        /// Slot table of all backends; 0 = none.
+        /// Offset in the slot pool of the table of all backends; 0 = none.
         pub table_all: u32,
-        /// Slot table of this node's backends; 0 = none (no host-mode port).
+        /// Its size (a prime, or 1 for a single backend).
+        pub size_all: u32,
+        /// Offset of the table of this node's backends; 0 = none (no host-mode port).
         pub table_local: u32,
+        pub size_local: u32,
         pub backends_all: u16,
         pub backends_local: u16,
-        /// New connections (UDP datagrams) per second per client; 0 = no limit.
+        /// New connections (UDP flows) per second per client; 0 = no limit.
         pub rate_per_sec: u32,
         pub rate_burst: u32,
+        /// Reserved (0).
+        pub flags: u32,
+    }
+}
+
+impl SvcState {
+    /// (offset, size) of each kind's table, indexed by kind.
+    pub const fn tables(&self) -> [(u32, u32); KINDS as usize] {
+        [(self.table_all, self.size_all), (self.table_local, self.size_local)]
+    }
+
+    /// The slot-pool ranges (offset, size) this state uses.
+    pub fn ranges(&self) -> impl Iterator<Item = (u32, u32)> {
+        self.tables().into_iter().filter(|&(off, size)| off != 0 && size != 0)
     }
 }
 
@@ -491,13 +501,6 @@ mod tests {
             Ipv4Addr::new(10, 1, 2, 3)
         );
         assert_eq!(Be16::new(8080).get(), 8080);
-    }
-
-    #[test]
-    fn slot_index_stays_inside_the_map() {
-        assert_eq!(slot_index(0, 0), 0);
-        assert_eq!(slot_index(1, 0), SLOTS);
-        assert_eq!(slot_index(MAX_TABLES - 1, SLOTS - 1), SLOT_ENTRIES - 1);
     }
 
     fn version_of(name: &str) -> u32 {

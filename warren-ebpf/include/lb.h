@@ -67,7 +67,7 @@ static __always_inline struct warren_svc_value *svc_lookup(__be32 daddr, __be16 
 
 static __always_inline struct warren_svc_state *svc_state(__u32 svc_id)
 {
-	return bpf_map_lookup_elem(&warren_state_v1, &svc_id);
+	return bpf_map_lookup_elem(&warren_state_v2, &svc_id);
 }
 
 static __always_inline void count_drop(__u32 svc_id, __u32 reason)
@@ -143,24 +143,33 @@ static __always_inline int rate_allow(__u32 svc_id, const struct warren_svc_stat
 	return bucket_take(b, now, rate, burst, warren_atomics);
 }
 
-static __always_inline __u32 slot_index(__u32 table, __u32 slot)
-{
-	return table * WARREN_SLOTS + slot;
-}
-
-/* Picks a backend from the service's active table; returns its id or 0. */
+/*
+ * Picks a backend from the service's active Maglev table of `kind` at
+ * `hash % size` (the tc path hashes the 5-tuple, the socket path, which has no
+ * source port yet, draws a random number); returns its id or 0.
+ */
 static __always_inline __u32 pick_backend(__u32 svc_id, const struct warren_svc_state *st, __u32 kind,
-					  struct warren_backend **out)
+					  __u32 hash, struct warren_backend **out)
 {
-	__u32 idx, *id;
+	__u32 idx, *id, table, size;
 	struct warren_backend *be;
-	__u16 n = kind == WARREN_KIND_LOCAL ? st->backends_local : st->backends_all;
-	__u32 table = kind == WARREN_KIND_LOCAL ? st->table_local : st->table_all;
+	__u16 n;
 
-	if (!n || !table || table >= WARREN_MAX_TABLES)
+	if (kind == WARREN_KIND_LOCAL) {
+		n = st->backends_local;
+		table = st->table_local;
+		size = st->size_local;
+	} else {
+		n = st->backends_all;
+		table = st->table_all;
+		size = st->size_all;
+	}
+	if (!n || !table || !size)
 		return 0;
-	idx = slot_index(table, bpf_get_prandom_u32() & (WARREN_SLOTS - 1));
-	id = bpf_map_lookup_elem(&warren_slot_v1, &idx);
+	idx = table + hash % size;
+	if (idx >= WARREN_SLOT_POOL)
+		return 0;
+	id = bpf_map_lookup_elem(&warren_slot_v2, &idx);
 	if (!id || !*id)
 		return 0;
 	be = bpf_map_lookup_elem(&warren_be_v1, id);
@@ -168,6 +177,22 @@ static __always_inline __u32 pick_backend(__u32 svc_id, const struct warren_svc_
 		return 0;
 	*out = be;
 	return *id;
+}
+
+/* A hash of a flow's 5-tuple for the tc path (murmur3's finalizer over a mix). */
+static __always_inline __u32 flow_hash(__be32 saddr, __be32 daddr, __be16 sport, __be16 dport, __u8 proto)
+{
+	__u32 h = saddr * 0x9e3779b1U;
+
+	h ^= daddr + 0x7f4a7c15U + (h << 6) + (h >> 2);
+	h ^= (((__u32)sport << 16) | dport) + 0x85ebca6bU + (h << 6) + (h >> 2);
+	h ^= proto;
+	h ^= h >> 16;
+	h *= 0x85ebca6bU;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35U;
+	h ^= h >> 16;
+	return h;
 }
 
 static __always_inline __u32 svc_kind(const struct warren_svc_value *svc)

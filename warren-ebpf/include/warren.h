@@ -24,14 +24,11 @@
 #define WARREN_MAX_SERVICES 16384    /* service ids are 0..WARREN_MAX_SERVICES-1 */
 #define WARREN_MAX_SVC_ENTRIES 65536 /* (address, port, protocol) entries */
 #define WARREN_MAX_BACKENDS 65536    /* backend ids are 1..WARREN_MAX_BACKENDS-1; 0 = none */
-#define WARREN_SLOTS 256             /* slots per backend table; a power of two */
 #define WARREN_KINDS 2               /* table kinds: all backends, local backends only */
-/* Slot tables come from a shared pool (ids 1..WARREN_MAX_TABLES-1; 0 = none): a
- * service uses one per kind it needs, plus one while a new table is written beside
- * the active one. A fixed table per (service, revision, kind) would cost 4 KiB of
- * kernel memory per possible service whether it exists or not. */
-#define WARREN_MAX_TABLES 16384
-#define WARREN_SLOT_ENTRIES (WARREN_MAX_TABLES * WARREN_SLOTS)
+/* Maglev tables (sized by backend count, a prime or 1) are ranges of one shared
+ * pool: offset 1..WARREN_SLOT_POOL-1, 0 = none. A service uses one per kind it
+ * needs, plus one while a new table is written beside the active one. */
+#define WARREN_SLOT_POOL (1 << 20)
 #define WARREN_MAX_NODE_ADDRS 64
 #define WARREN_SOCK_ENTRIES 65536    /* reverse translation and affinity per socket */
 #define WARREN_RL_ENTRIES 65536      /* token buckets */
@@ -83,17 +80,21 @@ struct warren_svc_value {
 	__u8 pad;
 };
 
-/* warren_state_v1[svc_id]: the per-service entry that flips between slot tables. */
+/* warren_state_v2[svc_id]: the per-service entry that flips between Maglev tables.
+ * (v1: table ids of 256-slot tables.) */
 struct warren_svc_state {
-	__u32 table_all;      /* slot table of all backends; 0 = none */
-	__u32 table_local;    /* slot table of this node's backends; 0 = none (no host-mode port) */
+	__u32 table_all;      /* offset in the slot pool of all backends' table; 0 = none */
+	__u32 size_all;       /* its size: a prime, or 1 for one backend */
+	__u32 table_local;    /* this node's backends' table; 0 = none (no host-mode port) */
+	__u32 size_local;
 	__u16 backends_all;   /* backends in the "all" table; 0 = none */
 	__u16 backends_local; /* backends in the "local" table; 0 = none */
-	__u32 rate_per_sec;   /* new connections (UDP datagrams) per second per client; 0 = off */
+	__u32 rate_per_sec;   /* new connections (UDP flows) per second per client; 0 = off */
 	__u32 rate_burst;
+	__u32 flags;          /* reserved, 0 */
 };
 
-/* warren_slot_v1[table * SLOTS + slot] = backend id */
+/* warren_slot_v2[table + hash % size] = backend id */
 
 /* warren_be_v1[backend_id] */
 struct warren_backend {

@@ -25,7 +25,7 @@ use aya::{
 };
 use warren_common::{
     map_names as names, BE_F_CANARY, BE_F_LOCAL, CT_ENTRIES, DROP_CT_FULL, DROP_NO_BACKEND, DROP_RATE_LIMITED,
-    DROP_SNAT_EXHAUSTED, MAX_BACKENDS, MAX_NODE_ADDRS, MAX_SERVICES, MAX_SVC_ENTRIES, RL_ENTRIES, SLOT_ENTRIES,
+    DROP_SNAT_EXHAUSTED, MAX_BACKENDS, MAX_NODE_ADDRS, MAX_SERVICES, MAX_SVC_ENTRIES, RL_ENTRIES, SLOT_POOL,
     SOCK_ENTRIES,
 };
 use warren_ebpf::programs as progs;
@@ -40,6 +40,7 @@ use super::{
         BPF_TCX_INGRESS, CGROUP_PROGRAMS,
     },
     maps::{check_pinned_maps, retire_old_maps, take, Maps},
+    migrate,
     plan::{self, Clock, Current, Plan},
     sys, AttachedProgram, BackendStats, Dataplane, DataplaneConfig, DataplaneError, DataplaneStatus, DropCounters,
     MapFill, ServiceEntry, ServiceStats, SkippedService, SyncReport,
@@ -249,6 +250,28 @@ impl EbpfDataplane {
                 source: Box::new(e),
             })?;
 
+        // The maps first: a node running an earlier layout gets its new maps
+        // filled before any hook switches to the programs that read them.
+        let mut maps = Maps::take(&mut ebpf)?;
+        let ring: RingBuf<MapData> = take(&mut ebpf, names::EVENTS)?;
+        let events = match EventReader::start(cfg.node_name.clone(), ring) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(node = %cfg.node_name, error = %e, "cannot start the data plane event reader");
+                None
+            }
+        };
+        maps.sync_node_addrs(&cfg.node_addrs)?;
+        let epoch = Instant::now();
+        let clock = Clock {
+            now_ms: 0,
+            refuse_ms: cfg.refuse_removed.as_millis() as u64,
+        };
+        let migrated = migrate::tables_from_v1(&cfg.bpffs_dir, &mut maps, clock)?;
+        if migrated > 0 {
+            tracing::info!(node = %cfg.node_name, services = migrated, "migrated the services' backend tables to Maglev tables (layout v1 to v2)");
+        }
+
         let mut programs = Vec::new();
         let cgroup = File::open(&cfg.cgroup_root)
             .map_err(|e| DataplaneError::io(format!("open cgroup {}", cfg.cgroup_root.display()), e))?;
@@ -370,21 +393,7 @@ impl EbpfDataplane {
         // Every hook runs the new programs now: maps of earlier layouts are unused.
         retire_old_maps(&cfg.bpffs_dir)?;
 
-        let mut maps = Maps::take(&mut ebpf)?;
-        let ring: RingBuf<MapData> = take(&mut ebpf, names::EVENTS)?;
-        let events = match EventReader::start(cfg.node_name.clone(), ring) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                tracing::warn!(node = %cfg.node_name, error = %e, "cannot start the data plane event reader");
-                None
-            }
-        };
-        maps.sync_node_addrs(&cfg.node_addrs)?;
-        let epoch = Instant::now();
-        let current = maps.read_current(Clock {
-            now_ms: 0,
-            refuse_ms: cfg.refuse_removed.as_millis() as u64,
-        })?;
+        let current = maps.read_current(clock)?;
 
         let destroyer = match kernel.sock_destroy_btf_id {
             None => {
@@ -518,7 +527,7 @@ impl EbpfDataplane {
                 .flat_map(|s| s.tables.iter())
                 .map(|t| t.len() as u64)
                 .sum()),
-            SLOT_ENTRIES,
+            SLOT_POOL,
             &mut errors,
         );
         fill(names::BACKEND, Ok(cur.backends.len() as u64), MAX_BACKENDS, &mut errors);

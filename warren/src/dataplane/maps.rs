@@ -9,10 +9,10 @@ use aya::{
     Ebpf,
 };
 use warren_common::{
-    map_names as names, slot_index, Affinity, Backend as BeValue, BackendCounters, Be32, CtKey, CtValue, KillKey,
-    NodeAddr, RevNat, RlKey, RlValue, SockKey, SvcCounters, SvcKey, SvcState, SvcValue, BE_F_ACTIVE, CT_ENTRIES,
-    EVENTS_BYTES, KILL_ENTRIES, KINDS, MAX_BACKENDS, MAX_NODE_ADDRS, MAX_SERVICES, MAX_SVC_ENTRIES, MAX_TABLES,
-    RL_ENTRIES, SLOTS, SLOT_ENTRIES, SOCK_ENTRIES, SVC_F_REFUSE,
+    map_names as names, Affinity, Backend as BeValue, BackendCounters, Be32, CtKey, CtValue, KillKey, NodeAddr, RevNat,
+    RlKey, RlValue, SockKey, SvcCounters, SvcKey, SvcState, SvcValue, BE_F_ACTIVE, CT_ENTRIES, EVENTS_BYTES,
+    KILL_ENTRIES, KINDS, MAX_BACKENDS, MAX_NODE_ADDRS, MAX_SERVICES, MAX_SVC_ENTRIES, RL_ENTRIES, SLOT_POOL,
+    SOCK_ENTRIES, SVC_F_REFUSE,
 };
 
 use super::{
@@ -38,7 +38,7 @@ fn map_specs() -> [(&'static str, u32, usize, usize, u32); 13] {
             MAX_SVC_ENTRIES,
         ),
         (names::STATE, ARRAY, 4, size_of::<SvcState>(), MAX_SERVICES),
-        (names::SLOT, ARRAY, 4, 4, SLOT_ENTRIES),
+        (names::SLOT, ARRAY, 4, 4, SLOT_POOL),
         (names::BACKEND, ARRAY, 4, size_of::<BeValue>(), MAX_BACKENDS),
         (
             names::REVNAT,
@@ -150,17 +150,16 @@ impl Maps {
                 .get(&id, 0)
                 .map_err(|e| DataplaneError::map(names::STATE, e))?;
             let mut tables: [Vec<u32>; KINDS as usize] = Default::default();
-            for (kind, table) in tables.iter_mut().enumerate() {
-                let t = if kind == 0 { state.table_all } else { state.table_local };
-                if t == 0 || t >= MAX_TABLES {
+            for (table, (off, size)) in tables.iter_mut().zip(state.tables()) {
+                if off == 0 || size == 0 || off.checked_add(size).is_none_or(|end| end > SLOT_POOL) {
                     continue;
                 }
-                for slot in 0..SLOTS {
-                    let id = self
-                        .slot
-                        .get(&slot_index(t, slot), 0)
-                        .map_err(|e| DataplaneError::map(names::SLOT, e))?;
-                    table.push(id);
+                for idx in off..off + size {
+                    table.push(
+                        self.slot
+                            .get(&idx, 0)
+                            .map_err(|e| DataplaneError::map(names::SLOT, e))?,
+                    );
                 }
             }
             cur.services.insert(
@@ -263,10 +262,10 @@ impl MapOps for Maps {
             .map_err(|e| DataplaneError::map(names::SVC_COUNTERS, e))
     }
 
-    fn write_table(&mut self, table: u32, ids: &[u32]) -> Result<(), DataplaneError> {
-        for (slot, id) in ids.iter().enumerate() {
+    fn write_table(&mut self, offset: u32, ids: &[u32]) -> Result<(), DataplaneError> {
+        for (i, id) in ids.iter().enumerate() {
             self.slot
-                .set(slot_index(table, slot as u32), id, 0)
+                .set(offset + i as u32, id, 0)
                 .map_err(|e| DataplaneError::map(names::SLOT, e))?;
         }
         Ok(())

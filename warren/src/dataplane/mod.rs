@@ -15,8 +15,10 @@ mod error;
 mod events;
 mod fake;
 mod links;
+mod maglev;
 mod maps;
 mod metrics;
+mod migrate;
 mod plan;
 mod sys;
 

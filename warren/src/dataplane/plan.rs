@@ -12,11 +12,11 @@ use std::{
 
 use warren_common::{
     Backend as BeValue, Be16, Be32, SvcKey, SvcState, SvcValue, BE_F_ACTIVE, BE_F_CANARY, BE_F_LOCAL, KINDS,
-    MAX_BACKENDS, MAX_SERVICES, MAX_SVC_ENTRIES, MAX_TABLES, RL_MAX_BURST, RL_MAX_RATE, SLOTS, SVC_F_HOST_MODE,
-    SVC_F_NODEPORT, SVC_F_REFUSE, SVC_F_WILDCARD,
+    MAX_BACKENDS, MAX_SERVICES, MAX_SVC_ENTRIES, RL_MAX_BURST, RL_MAX_RATE, SLOT_POOL, SVC_F_HOST_MODE, SVC_F_NODEPORT,
+    SVC_F_REFUSE, SVC_F_WILDCARD,
 };
 
-use super::{BackendGroup, DataplaneError, Protocol, ServiceEntry};
+use super::{maglev, BackendGroup, DataplaneError, Protocol, ServiceEntry};
 
 /// A backend as planned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -355,29 +355,51 @@ fn plan_one(s: &ServiceEntry, name: &str, taken: &Taken) -> Result<PlannedOne, D
     })
 }
 
-/// A slot table: `SLOTS` backend ids, `canary_weight`% of them (rounded) from the
-/// canary group, the rest from the stable group, each group's slots spread evenly
-/// over its backends. A group without backends gives its share to the other; no
-/// backends at all gives an empty table.
-pub(crate) fn fill_table(stable: &[u32], canary: &[u32], canary_weight: u8) -> Vec<u32> {
-    if stable.is_empty() && canary.is_empty() {
-        return Vec::new();
-    }
-    let canary_slots = if canary.is_empty() {
-        0
-    } else if stable.is_empty() {
-        SLOTS
-    } else {
-        (u32::from(canary_weight.min(100)) * SLOTS + 50) / 100
+/// The Maglev table of one kind of a service: `canary_weight`% of the slots (exact,
+/// by [`maglev`] quotas) to the canary group, the rest to the stable group, each
+/// group's slots spread evenly over its backends. A group without backends gives
+/// its share to the other; no backends at all gives an empty table. `previous` is
+/// the table this one replaces (kept where it can be, so a removed backend moves
+/// only its own flows).
+pub(crate) fn fill_table(
+    stable: &[(u32, Ipv4Addr)],
+    canary: &[(u32, Ipv4Addr)],
+    canary_weight: u8,
+    previous: Option<&[u32]>,
+) -> Vec<u32> {
+    let w = u64::from(canary_weight.min(100));
+    let (ws, wc) = match (stable.is_empty(), canary.is_empty()) {
+        (true, true) => return Vec::new(),
+        (false, true) => (1, 0),
+        (true, false) => (0, 1),
+        // Group shares W% : (100-W)%, equal within a group.
+        (false, false) => ((100 - w) * canary.len() as u64, w * stable.len() as u64),
     };
-    let mut t = Vec::with_capacity(SLOTS as usize);
-    for i in 0..canary_slots {
-        t.push(canary[i as usize % canary.len()]);
+    let members: Vec<maglev::Member> = stable
+        .iter()
+        .map(|&(id, addr)| (id, addr, ws))
+        .chain(canary.iter().map(|&(id, addr)| (id, addr, wc)))
+        .map(|(id, addr, weight)| maglev::Member {
+            id,
+            key: maglev::key_of(addr),
+            weight,
+        })
+        .collect();
+    let live = members.iter().filter(|m| m.weight > 0).count();
+    maglev::build(&members, maglev::table_size(live), previous)
+}
+
+/// First fit of `size` slots in the pool `[1, SLOT_POOL)` (0 means "no table")
+/// beside the `busy` ranges (offset → size).
+fn alloc_range(busy: &BTreeMap<u32, u32>, size: u32) -> Option<u32> {
+    let mut at = 1u32;
+    for (&off, &len) in busy {
+        if off >= at && off - at >= size {
+            return Some(at);
+        }
+        at = at.max(off.saturating_add(len));
     }
-    for i in 0..SLOTS - canary_slots {
-        t.push(stable[i as usize % stable.len()]);
-    }
-    t
+    (SLOT_POOL.checked_sub(at)? >= size).then_some(at)
 }
 
 /// A service as it is in the maps.
@@ -396,8 +418,9 @@ pub(crate) struct Current {
     pub services: BTreeMap<u32, CurrentService>,
     /// Active backend entries by id.
     pub backends: BTreeMap<u32, BeValue>,
-    /// Slot tables replaced by the last reconciliation: free from the next one on.
-    pub cooling: BTreeSet<u32>,
+    /// Slot-pool ranges (offset, size) replaced by the last reconciliation: free
+    /// from the next one on.
+    pub cooling: BTreeSet<(u32, u32)>,
     /// Addresses of removed services that refuse new connections (`SVC_F_REFUSE`)
     /// until the given time ([`Clock`] milliseconds), then disappear.
     pub tombstones: BTreeMap<SvcKey, u64>,
@@ -554,93 +577,90 @@ pub(crate) fn reconcile(
         }
     }
 
-    // 3. Per service: a changed table is written into a free table of the pool, then
-    //    one state update flips the service to it. The table it replaces is only
-    //    reused after the next reconciliation, so a program that read the old state
-    //    an instant before the flip never sees that table rewritten under it.
+    // 3. Per service: a changed Maglev table is written into a free range of the
+    //    slot pool, then one state update flips the service to it. The range it
+    //    replaces is only reused after the next reconciliation, so a program that
+    //    read the old state an instant before the flip never sees it rewritten.
     let host_mode: BTreeSet<u32> = plan
         .svc_entries
         .values()
         .filter(|v| v.flags & SVC_F_HOST_MODE != 0)
         .map(|v| v.svc_id)
         .collect();
-    let mut busy: BTreeSet<u32> = current
-        .services
-        .values()
-        .flat_map(|c| [c.state.table_all, c.state.table_local])
-        .filter(|t| *t != 0)
-        .collect();
+    let mut busy: BTreeMap<u32, u32> = current.services.values().flat_map(|c| c.state.ranges()).collect();
     let mut cooling = BTreeSet::new();
-    let mut next_table = 1u32;
-    let mut alloc = |busy: &mut BTreeSet<u32>| -> Result<u32, DataplaneError> {
-        while busy.contains(&next_table) {
-            next_table += 1;
-        }
-        if next_table >= MAX_TABLES {
-            return Err(DataplaneError::Exhausted {
-                what: "slot tables",
-                limit: MAX_TABLES - 1,
-            });
-        }
-        busy.insert(next_table);
-        Ok(next_table)
-    };
     for (&svc_id, svc) in &plan.services {
         let members = ids_of.remove(&svc_id).unwrap_or_default();
-        let group = |local_only: bool, canary: bool| -> Vec<u32> {
+        let existing = current.services.get(&svc_id);
+        let group = |local_only: bool, canary: bool| -> Vec<(u32, Ipv4Addr)> {
             members
                 .iter()
                 .filter(|(_, b)| b.canary == canary && (!local_only || b.local))
-                .map(|(id, _)| *id)
+                .map(|(id, b)| (*id, b.addr))
                 .collect()
+        };
+        let table = |kind: usize, local_only: bool| {
+            let previous = existing.map(|c| &c.tables[kind][..]);
+            fill_table(
+                &group(local_only, false),
+                &group(local_only, true),
+                svc.canary_weight,
+                previous,
+            )
         };
         // Only host-mode ports pick from local backends; other services need no
         // local table.
         let tables = [
-            fill_table(&group(false, false), &group(false, true), svc.canary_weight),
+            table(0, false),
             if host_mode.contains(&svc_id) {
-                fill_table(&group(true, false), &group(true, true), svc.canary_weight)
+                table(1, true)
             } else {
                 Vec::new()
             },
         ];
         let count = |local_only: bool| -> u16 { members.iter().filter(|(_, b)| !local_only || b.local).count() as u16 };
-        let existing = current.services.get(&svc_id);
         if existing.is_none() {
             ops.zero_service_counters(svc_id)?;
         }
-        let old_ids = existing.map_or([0, 0], |c| [c.state.table_all, c.state.table_local]);
-        let mut ids = [0u32; KINDS as usize];
+        let old = existing.map_or([(0, 0); KINDS as usize], |c| c.state.tables());
+        let mut placed = [(0u32, 0u32); KINDS as usize];
         for (kind, table) in tables.iter().enumerate() {
             if table.is_empty() {
                 continue;
             }
-            if old_ids[kind] != 0 && existing.is_some_and(|c| c.tables[kind] == *table) {
-                ids[kind] = old_ids[kind];
+            if old[kind].0 != 0 && existing.is_some_and(|c| c.tables[kind] == *table) {
+                placed[kind] = old[kind];
                 continue;
             }
-            let t = alloc(&mut busy)?;
-            ops.write_table(t, table)?;
+            let size = table.len() as u32;
+            let off = alloc_range(&busy, size).ok_or(DataplaneError::Exhausted {
+                what: "slot pool entries",
+                limit: SLOT_POOL - 1,
+            })?;
+            busy.insert(off, size);
+            ops.write_table(off, table)?;
             out.writes += table.len();
-            ids[kind] = t;
+            placed[kind] = (off, size);
         }
         let state = SvcState {
-            table_all: ids[0],
-            table_local: ids[1],
+            table_all: placed[0].0,
+            size_all: placed[0].1,
+            table_local: placed[1].0,
+            size_local: placed[1].1,
             backends_all: count(false),
             backends_local: count(true),
             rate_per_sec: svc.rate_per_sec,
             rate_burst: svc.rate_burst,
+            flags: 0,
         };
         if existing.map(|c| c.state) != Some(state) {
             ops.set_state(svc_id, state)?;
             out.writes += 1;
         }
         cooling.extend(
-            old_ids
-                .iter()
-                .zip(ids)
-                .filter(|(o, n)| **o != 0 && **o != *n)
+            old.iter()
+                .zip(placed)
+                .filter(|(o, n)| o.0 != 0 && **o != *n)
                 .map(|(o, _)| *o),
         );
         current.services.insert(
@@ -674,7 +694,7 @@ pub(crate) fn reconcile(
         ops.set_state(svc_id, SvcState::default())?;
         out.writes += 1;
         if let Some(c) = current.services.remove(&svc_id) {
-            cooling.extend([c.state.table_all, c.state.table_local].into_iter().filter(|t| *t != 0));
+            cooling.extend(c.state.ranges());
         }
     }
     current.cooling = cooling;
@@ -851,22 +871,41 @@ mod tests {
 
     #[test]
     fn table_follows_canary_weight() {
-        let stable = [1, 2, 3];
-        let canary = [9];
-        for (w, expect) in [(0u8, 0usize), (10, 26), (20, 51), (50, 128), (100, 256)] {
-            let t = fill_table(&stable, &canary, w);
-            assert_eq!(t.len(), SLOTS as usize);
-            assert_eq!(t.iter().filter(|&&id| id == 9).count(), expect, "weight {w}");
+        let be = |id: u32| (id, Ipv4Addr::new(10, 1, 0, id as u8));
+        let stable = [be(1), be(2), be(3)];
+        let canary = [be(9)];
+        for w in [0u8, 10, 20, 50, 100] {
+            let t = fill_table(&stable, &canary, w, None);
+            let size = if w == 100 {
+                1
+            } else {
+                maglev::table_size(if w == 0 { 3 } else { 4 })
+            } as usize;
+            assert_eq!(t.len(), size, "weight {w}");
+            let share = t.iter().filter(|&&id| id == 9).count() as f64 / t.len() as f64;
+            assert!(
+                (share - f64::from(w) / 100.0).abs() < 0.01,
+                "weight {w}: canary share {share}"
+            );
         }
         // Stable slots are spread evenly over the stable backends.
-        let t = fill_table(&stable, &canary, 0);
-        for id in stable {
+        let t = fill_table(&stable, &canary, 0, None);
+        for (id, _) in stable {
             let n = t.iter().filter(|&&x| x == id).count();
-            assert!((85..=86).contains(&n), "backend {id}: {n} slots");
+            assert!(n.abs_diff(t.len() / 3) <= 1, "backend {id}: {n} slots of {}", t.len());
         }
-        assert!(fill_table(&[], &[], 50).is_empty());
-        assert!(fill_table(&[], &[7], 0).iter().all(|&id| id == 7));
-        assert!(fill_table(&[4], &[], 100).iter().all(|&id| id == 4));
+        assert!(fill_table(&[], &[], 50, None).is_empty());
+        assert!(fill_table(&[], &[be(7)], 0, None).iter().all(|&id| id == 7));
+        assert!(fill_table(&[be(4)], &[], 100, None).iter().all(|&id| id == 4));
+    }
+
+    #[test]
+    fn pool_ranges_are_allocated_first_fit() {
+        let busy = BTreeMap::from([(1, 101), (300, 10)]);
+        assert_eq!(alloc_range(&busy, 100), Some(102));
+        assert_eq!(alloc_range(&busy, 200), Some(310));
+        assert_eq!(alloc_range(&BTreeMap::new(), SLOT_POOL - 1), Some(1));
+        assert_eq!(alloc_range(&BTreeMap::new(), SLOT_POOL), None);
     }
 
     #[test]
@@ -915,9 +954,10 @@ mod tests {
         let mut rec = Recorder::default();
         let out = reconcile(&mut cur, &plan(&[s]).unwrap(), &mut rec).unwrap();
         let log = &rec.log;
-        assert!(pos(log, "table 2") < pos(log, "state 3 all 2"));
-        assert!(pos(log, "state 3 all 2") < pos(log, "backend 2 0.0.0.0"));
-        assert!(rec.tables[&2].iter().all(|&id| id == 1));
+        // One backend left: a one-slot table beside the active 101-slot one.
+        assert!(pos(log, "table 102") < pos(log, "state 3 all 102"));
+        assert!(pos(log, "state 3 all 102") < pos(log, "backend 2 0.0.0.0"));
+        assert_eq!(rec.tables[&102], [1]);
         assert_eq!(
             out.kill,
             [
@@ -933,10 +973,13 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(cur.services[&3].state.table_all, 2);
+        assert_eq!(
+            (cur.services[&3].state.table_all, cur.services[&3].state.size_all),
+            (102, 1)
+        );
         assert_eq!(
             cur.cooling,
-            BTreeSet::from([1]),
+            BTreeSet::from([(1, 101)]),
             "the old table rests for one reconciliation"
         );
     }
@@ -951,9 +994,9 @@ mod tests {
         reconcile(&mut cur, &plan(&[s.clone(), other.clone()]).unwrap(), &mut rec).unwrap();
         assert_eq!(
             (cur.services[&3].state.table_all, cur.services[&4].state.table_all),
-            (1, 2)
+            (1, 102)
         );
-        // Service 3 moves off table 1 and service 4 changes in the same pass: table 1
+        // Service 3 moves off its table and service 4 changes in the same pass: table 1
         // is not handed to service 4 while a program may still read it.
         s.backends.remove(1);
         other.canary_weight = 0;
@@ -965,14 +1008,14 @@ mod tests {
         reconcile(&mut cur, &plan(&[s.clone(), other.clone()]).unwrap(), &mut rec).unwrap();
         assert_eq!(
             (cur.services[&3].state.table_all, cur.services[&4].state.table_all),
-            (3, 4)
+            (103, 104)
         );
-        assert_eq!(cur.cooling, BTreeSet::from([1, 2]));
+        assert_eq!(cur.cooling, BTreeSet::from([(1, 101), (102, 1)]));
         // One pass later both are free again.
         other.backends.pop();
         reconcile(&mut cur, &plan(&[s, other]).unwrap(), &mut rec).unwrap();
         assert_eq!(cur.services[&4].state.table_all, 1);
-        assert_eq!(cur.cooling, BTreeSet::from([4]));
+        assert_eq!(cur.cooling, BTreeSet::from([(104, 101)]));
     }
 
     #[test]
