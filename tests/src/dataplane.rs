@@ -6,6 +6,7 @@
 //! The probe binary itself is [`probe`].
 
 pub mod probe;
+pub mod v1;
 
 use std::{
     collections::BTreeMap,

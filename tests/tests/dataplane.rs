@@ -981,6 +981,100 @@ fn a_daemon_killed_with_sigkill_and_restarted_causes_no_failed_connection() {
 }
 
 #[test]
+fn a_node_running_layout_v1_is_upgraded_without_dropping_a_connection() {
+    let lab = Lab::new("upgrade", 29, 2, false, PROBE);
+    let cfg = lab.cfg();
+    let backends: Vec<Ipv4Addr> = lab.backends.iter().map(|b| b.addr).collect();
+    // The node as the previous release left it (its daemon gone, pins in place).
+    warren_tests::dataplane::v1::install(&cfg.bpffs_dir, &cfg.cgroup_root, 1, vip(lab.net), TCP_PORT, &backends);
+    let target = to(vip(lab.net), TCP_PORT);
+    let r = lab.client(&["connect", "--to", &target, "--n", "20"]);
+    assert_eq!(r.answers(), 20, "the v1 data plane serves: {:?}", r.errors);
+    let mut held = lab.spawn_client(&["hold", "--to", &target, "--n", "10"]);
+    held.wait_line("ready");
+    let stop = lab.tmp.join("stop");
+    let mut looping = lab.spawn_client(&["loop", "--to", &target, "--stop-file", &stop.to_string_lossy()]);
+    looping.wait_line("started");
+
+    // The new daemon starts on those pins: new maps beside the old, filled from
+    // them, then every hook switched; no sync yet.
+    let dp = EbpfDataplane::open(cfg.clone()).expect("open the data plane on v1 pins");
+    let st = dp.status();
+    assert_eq!(
+        st.programs.iter().filter(|p| p.target.starts_with("cgroup:")).count(),
+        10,
+        "{:?}",
+        st.programs
+    );
+    // The v1 links got the new programs (BPF_LINK_UPDATE: never an empty hook).
+    for p in [
+        "warren_connect4",
+        "warren_sendmsg4",
+        "warren_recvmsg4",
+        "warren_getpeer4",
+    ] {
+        assert!(
+            st.programs.iter().any(|a| a.adopted && a.program == p),
+            "{p}'s v1 link adopted: {:?}",
+            st.programs
+        );
+    }
+    for old in ["warren_state_v1", "warren_slot_v1", "warren_rl_v1"] {
+        assert!(!cfg.bpffs_dir.join(old).exists(), "{old} retired");
+    }
+    assert_eq!(st.backends.len(), 2, "backends adopted: {:?}", st.backends);
+    let r = lab.client(&["connect", "--to", &target, "--n", "40"]);
+    assert_eq!(
+        r.answers(),
+        40,
+        "the migrated tables serve before any sync: {:?}",
+        r.errors
+    );
+    assert_eq!(r.names.len(), 2, "over both backends: {:?}", r.names);
+
+    // The first sync of the same service changes no backend.
+    let svc = ServiceEntry {
+        id: 1,
+        name: "web".into(),
+        vip: Some(vip(lab.net)),
+        ports: vec![ServicePort {
+            protocol: Protocol::Tcp,
+            target: TCP_PORT,
+            published: None,
+            host_mode: false,
+        }],
+        backends: backends
+            .iter()
+            .map(|&addr| Backend {
+                addr,
+                group: BackendGroup::Stable,
+                local: true,
+            })
+            .collect(),
+        canary_weight: 0,
+        rate_limit: None,
+    };
+    dp.sync(&[svc]).expect("sync");
+    held.send_line("check");
+    let r = held.finish();
+    assert_eq!(r.conns.len(), 10);
+    assert!(
+        r.conns.iter().all(|(_, state)| state == "alive"),
+        "connections established under v1 survive: {:?}",
+        r.conns
+    );
+    std::fs::write(&stop, b"").unwrap();
+    let r = looping.finish();
+    assert!(r.values["attempts"] > 10, "the loop ran: {r:?}");
+    assert_eq!(
+        r.error_count(),
+        0,
+        "connections failed across the upgrade: {:?}",
+        r.errors
+    );
+}
+
+#[test]
 fn bpftool_prints_map_fields_by_name() {
     let lab = Lab::new("bpftool", 17, 1, false, PROBE);
     let dp = EbpfDataplane::open(lab.cfg()).expect("open data plane");

@@ -9,6 +9,20 @@
 pub mod btf;
 pub mod host;
 
+/// Objects of earlier releases, for upgrade tests only.
+pub mod fixtures {
+    static V1_OBJ: &super::Aligned<[u8]> = &super::Aligned {
+        bytes: *include_bytes!(concat!(env!("OUT_DIR"), "/warren_v1.bpf.o")),
+    };
+
+    /// The main object of map layout v1 as released (`fixtures/v1`): maps
+    /// `warren_*_v1`, programs `warren_connect4`, `warren_sendmsg4`,
+    /// `warren_recvmsg4`, `warren_getpeer4`, `warren_tc_in`, `warren_tc_out`.
+    pub fn v1_object() -> &'static [u8] {
+        &V1_OBJ.bytes
+    }
+}
+
 /// Keeps an embedded object 8-byte aligned, as the ELF parser expects.
 #[repr(C, align(8))]
 struct Aligned<B: ?Sized> {
