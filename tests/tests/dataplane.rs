@@ -1075,6 +1075,68 @@ fn a_node_running_layout_v1_is_upgraded_without_dropping_a_connection() {
 }
 
 #[test]
+fn warren_dataplane_reads_the_pinned_maps_with_the_daemon_running_and_stopped() {
+    let lab = Lab::new("inspect", 30, 2, false, PROBE);
+    let cfg = lab.cfg();
+    let bpffs = cfg.bpffs_dir.to_string_lossy().into_owned();
+    let mut c = Command::new(PROBE);
+    c.args(["daemon", "--node", "inspect", "--bpffs", &bpffs, "--cgroup"])
+        .arg(&cfg.cgroup_root)
+        .args(["--vip", &vip(lab.net).to_string(), "--port", &TCP_PORT.to_string()]);
+    for b in &lab.backends {
+        c.args(["--backend", &b.addr.to_string()]);
+    }
+    let mut daemon = Proc::spawn(c, "daemon");
+    daemon.wait_line("synced");
+    let r = lab.client(&["connect", "--to", &to(vip(lab.net), TCP_PORT), "--n", "10"]);
+    assert_eq!(r.answers(), 10, "{:?}", r.errors);
+
+    let warren = warren_tests::cluster::warren_bin();
+    let inspect = |what: &str| -> serde_json::Value {
+        let out = run(Command::new(&warren).args(["dataplane", what, "--bpffs", &bpffs, "--format", "json"]));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("warren dataplane {what}: {e}"))
+    };
+    let check = |when: &str| {
+        let v = inspect("services");
+        let svc = &v[0];
+        assert_eq!(svc["id"], 1, "{when}: {v}");
+        let frontends: Vec<&str> = svc["frontends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["address"].as_str().unwrap())
+            .collect();
+        let vip_port = format!("{}:{TCP_PORT}/tcp", vip(lab.net));
+        assert!(frontends.contains(&vip_port.as_str()), "{when}: {frontends:?}");
+        let backends: Vec<String> = svc["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["addr"].as_str().unwrap().to_string())
+            .collect();
+        let want: Vec<String> = lab.backends.iter().map(|b| b.addr.to_string()).collect();
+        assert_eq!(backends, want, "{when}: {v}");
+        assert_eq!(svc["table_size"], 101, "{when}: two backends, 101 slots");
+        let stats = inspect("stats");
+        assert_eq!(stats[0]["connections"], 10, "{when}: {stats}");
+        // The other views parse too (no tc flows or buckets in this lab).
+        assert_eq!(inspect("ct"), serde_json::json!([]), "{when}");
+        assert_eq!(inspect("ratelimit"), serde_json::json!([]), "{when}");
+    };
+    check("daemon running");
+    daemon.child.kill().expect("kill the daemon");
+    daemon.child.wait().expect("reap the daemon");
+    check("daemon stopped");
+    // The table form, for people.
+    let out = run(Command::new(&warren).args(["dataplane", "services", "--bpffs", &bpffs]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("FRONTEND") && text.contains(&lab.backends[0].addr.to_string()),
+        "{text}"
+    );
+}
+
+#[test]
 fn bpftool_prints_map_fields_by_name() {
     let lab = Lab::new("bpftool", 17, 1, false, PROBE);
     let dp = EbpfDataplane::open(lab.cfg()).expect("open data plane");

@@ -5,6 +5,7 @@
 pub mod args;
 mod client;
 mod commands;
+mod dataplane;
 mod output;
 
 use crate::daemon::{self, DaemonOptions, Ready};
@@ -194,6 +195,7 @@ async fn run(cli: Cli) -> Result<()> {
                 r.node_name, r.node_name
             );
         }
+        Command::Dataplane(d) => dataplane::run(d)?,
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "warren", &mut std::io::stdout());

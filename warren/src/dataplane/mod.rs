@@ -14,6 +14,7 @@ mod ebpf;
 mod error;
 mod events;
 mod fake;
+pub mod inspect;
 mod links;
 mod maglev;
 mod maps;
