@@ -365,3 +365,43 @@ pub fn counters(dir: &Path) -> Result<Vec<CounterView>, DataplaneError> {
     }
     Ok(out)
 }
+
+/// The active "all backends" Maglev table of service `svc_id`: slot → backend id.
+pub fn table(dir: &Path, svc_id: u32) -> Result<Vec<u32>, DataplaneError> {
+    let state: Array<MapData, SvcState> = array(dir, names::STATE)?;
+    let slot: Array<MapData, u32> = array(dir, names::SLOT)?;
+    let st = state
+        .get(&svc_id, 0)
+        .map_err(|e| DataplaneError::map(names::STATE, e))?;
+    if st.table_all == 0 || st.table_all.saturating_add(st.size_all) > SLOT_POOL {
+        return Ok(Vec::new());
+    }
+    (st.table_all..st.table_all + st.size_all)
+        .map(|i| slot.get(&i, 0).map_err(|e| DataplaneError::map(names::SLOT, e)))
+        .collect()
+}
+
+/// Kernel memory charged to the maps pinned in `dir` (the `memlock` of each map
+/// as /proc reports it for an open map), in bytes, by map name.
+pub fn locked_memory(dir: &Path) -> Result<BTreeMap<String, u64>, DataplaneError> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let mut out = BTreeMap::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| DataplaneError::io(format!("read {}", dir.display()), e))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("link_") {
+            continue;
+        }
+        let Ok(map) = MapData::from_pin(e.path()) else { continue };
+        let fdinfo = format!("/proc/self/fdinfo/{}", map.fd().as_fd().as_raw_fd());
+        let text = std::fs::read_to_string(&fdinfo).map_err(|err| DataplaneError::io(format!("read {fdinfo}"), err))?;
+        if let Some(v) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse().ok())
+        {
+            out.insert(name, v);
+        }
+    }
+    Ok(out)
+}
