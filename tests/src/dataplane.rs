@@ -50,25 +50,50 @@ pub fn require_prerequisites() {
 /// machine (every worktree), since they share the cores.
 pub const RATE_LOCK: &str = "/tmp/warren-dataplane-rate-tests.lock";
 
-/// Held by a test that measures rates (connections per second, admitted
-/// shares): such tests must not run beside each other, or one's load skews the
-/// other's figures. An exclusive `flock` on [`RATE_LOCK`], released on drop
-/// (and by the kernel if the process dies).
+/// Serialises the data-plane tests that measure rates (connections per second,
+/// admitted shares) or load the machine: such a test holds the lock exclusively,
+/// so it runs neither beside another such test nor beside any other lab, which
+/// would skew its figures or starve the other's clients into timeouts. Every
+/// [`Lab`] holds it shared; [`Lab::measure_rates`] makes a lab's hold exclusive.
+/// An `flock` on [`RATE_LOCK`], released on drop (and by the kernel if the
+/// process dies).
 pub struct RateLock(std::fs::File);
 
 impl RateLock {
-    /// Blocks until no other rate-measuring test runs.
-    pub fn acquire() -> Self {
-        let f = std::fs::OpenOptions::new()
+    fn open() -> std::fs::File {
+        std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(RATE_LOCK)
-            .unwrap_or_else(|e| panic!("open {RATE_LOCK}: {e}"));
+            .unwrap_or_else(|e| panic!("open {RATE_LOCK}: {e}"))
+    }
+
+    fn lock(&self, op: libc::c_int) {
         // SAFETY: flock on a descriptor this File owns.
-        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        let r = unsafe { libc::flock(self.0.as_raw_fd(), op) };
         assert_eq!(r, 0, "flock {RATE_LOCK}: {}", std::io::Error::last_os_error());
-        Self(f)
+    }
+
+    /// Blocks until no other rate-measuring test or lab runs. A test that builds
+    /// a [`Lab`] uses [`Lab::measure_rates`] instead (a second lock of the same
+    /// file from one process would wait for itself).
+    pub fn acquire() -> Self {
+        let l = Self(Self::open());
+        l.lock(libc::LOCK_EX);
+        l
+    }
+
+    /// Blocks while a rate-measuring test runs.
+    pub fn shared() -> Self {
+        let l = Self(Self::open());
+        l.lock(libc::LOCK_SH);
+        l
+    }
+
+    /// Turns a shared hold into an exclusive one (waits for the other holders).
+    pub fn upgrade(&self) {
+        self.lock(libc::LOCK_EX);
     }
 }
 
@@ -375,6 +400,8 @@ pub struct Lab {
     pub tmp_guard: TmpDir,
     pub probe: PathBuf,
     pub net: u8,
+    /// Shared, or exclusive after [`Lab::measure_rates`]; released last.
+    pub rates: RateLock,
 }
 
 /// Ports every probe server listens on.
@@ -387,6 +414,7 @@ impl Lab {
     /// with `client_ns` a client namespace on 10.202.<net>.0/24 (node .1, client .2).
     pub fn new(test: &str, net: u8, backends: usize, client_ns: bool, probe: &str) -> Self {
         require_prerequisites();
+        let rates = RateLock::shared();
         let prefix = format!("wdp{net}");
         let tmp = std::env::temp_dir().join(format!("warren-dptest-{test}"));
         let _ = std::fs::remove_dir_all(&tmp);
@@ -467,6 +495,7 @@ impl Lab {
             tmp_guard,
             probe: PathBuf::from(probe),
             net,
+            rates,
         };
         for i in 0..backends {
             lab.start_server(i);
@@ -495,6 +524,12 @@ impl Lab {
         );
         p.wait_line("listening");
         self.servers.push(p);
+    }
+
+    /// Makes this lab the only one running on the machine (see [`RateLock`]), for
+    /// a test that measures rates or loads the machine.
+    pub fn measure_rates(&self) {
+        self.rates.upgrade();
     }
 
     /// Gives backend `i`'s namespace `n` more addresses, each one a backend of its

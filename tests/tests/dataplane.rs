@@ -10,7 +10,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use warren::dataplane::{
     Backend, BackendGroup, Dataplane, EbpfDataplane, Protocol, RateLimit, ServiceEntry, ServicePort,
 };
-use warren_tests::dataplane::{run, Lab, Proc, RateLock, TCP_PORT, UDP_PORT};
+use warren_tests::dataplane::{run, Lab, Proc, TCP_PORT, UDP_PORT};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_warren-dp-probe");
 
@@ -268,6 +268,7 @@ fn fraction(r: &warren_tests::dataplane::Report, name: &str) -> f64 {
 #[test]
 fn canary_weight_splits_new_connections() {
     let lab = Lab::new("canary", 12, 4, false, PROBE);
+    lab.measure_rates();
     let dp = EbpfDataplane::open(lab.cfg()).expect("open data plane");
     // Three stable tasks and one canary: the split follows the weight, not the count.
     let groups = [
@@ -329,8 +330,8 @@ fn spread(
 
 #[test]
 fn maglev_spreads_over_300_backends_and_holds_a_10_percent_canary() {
-    let _serial = RateLock::acquire();
     let mut lab = Lab::new("maglev", 28, 1, false, PROBE);
+    lab.measure_rates();
     let addrs = lab.add_backend_addrs(0, 300);
     lab.start_http(0, 8081);
     let dp = EbpfDataplane::open(lab.cfg()).expect("open data plane");
@@ -370,8 +371,8 @@ fn maglev_spreads_over_300_backends_and_holds_a_10_percent_canary() {
 
 #[test]
 fn rate_limit_refuses_new_connections_over_the_bucket_per_client() {
-    let _serial = RateLock::acquire();
     let lab = Lab::new("ratelimit", 13, 2, false, PROBE);
+    lab.measure_rates();
     let dp = EbpfDataplane::open(lab.cfg()).expect("open data plane");
     let mut svc = stable(&lab, 2, "limited");
     svc.rate_limit = Some(RateLimit { per_sec: 50, burst: 50 });
@@ -434,8 +435,8 @@ fn rate_limit_refuses_new_connections_over_the_bucket_per_client() {
 
 #[test]
 fn rate_limit_is_exact_under_a_flood_and_under_fast_retries() {
-    let _serial = RateLock::acquire();
     let mut lab = Lab::new("rlexact", 25, 1, false, PROBE);
+    lab.measure_rates();
     lab.start_http(0, 8081);
     let dp = EbpfDataplane::open(lab.cfg()).expect("open data plane");
     let mut flood = stable(&lab, 1, "flood");
@@ -521,8 +522,8 @@ fn rate_limit_is_exact_under_a_flood_and_under_fast_retries() {
 
 #[test]
 fn udp_is_charged_per_flow_not_per_datagram() {
-    let _serial = RateLock::acquire();
     let lab = Lab::new("rlflow", 26, 1, false, PROBE);
+    lab.measure_rates();
     let dp = EbpfDataplane::open(lab.cfg()).expect("open data plane");
     let mut svc = stable(&lab, 1, "dns");
     svc.rate_limit = Some(RateLimit { per_sec: 1, burst: 5 });
