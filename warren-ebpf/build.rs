@@ -1,5 +1,7 @@
-//! Compiles every `src/*.bpf.c` with clang into `$OUT_DIR/<name>.bpf.o`. The stable
-//! Rust toolchain here has no `rust-src`, so the programs are C (see DESIGN.md).
+//! Compiles every `src/*.bpf.c` with clang into `$OUT_DIR/<name>.bpf.o`, and the
+//! helper-free arithmetic of `include/bucket.h` for the host (`src/host/*.c`, for
+//! unit tests). The stable Rust toolchain here has no `rust-src`, so the programs
+//! are C (see DESIGN.md).
 //! `WARREN_CLANG` overrides the compiler (default `clang-19`, then `clang`).
 
 use std::{
@@ -11,6 +13,7 @@ use std::{
 fn main() {
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=include");
+    println!("cargo:rerun-if-changed=fixtures");
     println!("cargo:rerun-if-env-changed=WARREN_CLANG");
 
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
@@ -33,6 +36,28 @@ fn main() {
         let obj = out.join(format!("{name}.bpf.o"));
         compile(&clang, &src, &obj, &manifest.join("include"), Path::new(&multiarch));
     }
+
+    // The programs of layout v1 as released, for the upgrade test; built with the
+    // flags of their release.
+    let v1 = manifest.join("fixtures/v1");
+    compile_with(
+        &clang,
+        &["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"],
+        &v1.join("src/warren.bpf.c"),
+        &out.join("warren_v1.bpf.o"),
+        &v1.join("include"),
+        Path::new(&multiarch),
+    );
+
+    // The BPF-free arithmetic of include/bucket.h, compiled for the host so that
+    // unit tests run the very code the programs run (see `host`).
+    cc::Build::new()
+        .file(manifest.join("src/host/bucket.c"))
+        .include(manifest.join("include"))
+        .warnings(true)
+        .extra_warnings(true)
+        .warnings_into_errors(true)
+        .compile("warren_bucket_host");
 }
 
 fn clang() -> String {
@@ -56,8 +81,15 @@ fn multiarch_name(arch: &str) -> &str {
 }
 
 fn compile(clang: &str, src: &Path, obj: &Path, include: &Path, multiarch: &Path) {
+    // v3: 32-bit jumps and ALU (5.1+) and the atomic fetch/cmpxchg forms (emitted
+    // only where bucket.h uses them, behind a feature flag).
+    let flags = ["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror"];
+    compile_with(clang, &flags, src, obj, include, multiarch);
+}
+
+fn compile_with(clang: &str, flags: &[&str], src: &Path, obj: &Path, include: &Path, multiarch: &Path) {
     let output = Command::new(clang)
-        .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
+        .args(flags)
         .arg("-I")
         .arg(include)
         .arg("-idirafter")

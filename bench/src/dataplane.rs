@@ -30,7 +30,7 @@ use warren_tests::dataplane::probe::monotonic_ns;
 type Scenario = fn(&mut Lab, &Settings) -> Vec<Record>;
 
 /// The scenarios this module measures, in order.
-const SCENARIOS: [(&str, Scenario); 7] = [
+const SCENARIOS: [(&str, Scenario); 9] = [
     ("dataplane.rr", rr),
     ("dataplane.crr", crr_scenario),
     ("dataplane.scale", scale),
@@ -38,6 +38,8 @@ const SCENARIOS: [(&str, Scenario); 7] = [
     ("dataplane.nodeport", nodeport),
     ("dataplane.canary", canary),
     ("dataplane.ratelimit", ratelimit),
+    ("dataplane.maglev", maglev),
+    ("footprint", bpf_memory),
 ];
 
 /// How long and how often; `--quick` keeps the whole data-plane part near a minute.
@@ -402,7 +404,7 @@ fn scale(lab: &mut Lab, s: &Settings) -> Vec<Record> {
         ksvcs.insert(n / 2, kube_service("rr", VIP_IPT, &lab.clients["ipt"].backends));
         let t = Instant::now();
         match lab.dp.sync(&wsvcs) {
-            Ok(()) => eprintln!("warren-bench: data plane sync of {} services: {:?}", n + 1, t.elapsed()),
+            Ok(_) => eprintln!("warren-bench: data plane sync of {} services: {:?}", n + 1, t.elapsed()),
             Err(e) => c.fail(&wv, format!("the data plane refused {} services: {e}", n + 1)),
         }
         let t = Instant::now();
@@ -483,7 +485,7 @@ fn program(lab: &mut Lab, s: &Settings) -> Vec<Record> {
                 all.push(warren_service(9, "new", Some(vip), &lab.clients["pvip"].backends));
                 let dp = &lab.dp;
                 let r = time_to_answer(lab, "pvip", vip, || {
-                    dp.sync(&all).map_err(|e| format!("data plane sync: {e}"))
+                    dp.sync(&all).map(drop).map_err(|e| format!("data plane sync: {e}"))
                 });
                 match r {
                     Ok(ms) if rep > 0 => c.add(&wv, METRIC.0, ms),
@@ -584,7 +586,7 @@ fn canary(lab: &mut Lab, s: &Settings) -> Vec<Record> {
         c.declare(&variant(w), &[METRIC]);
     }
     match lab.dp.sync(&[service(weights[0])]) {
-        Ok(()) => {
+        Ok(_) => {
             if let Err(e) = crr_ok(lab, "canary", &to, s.warm_ms) {
                 for w in weights {
                     c.fail(&variant(w), format!("warm-up: {e}"));
@@ -621,11 +623,13 @@ fn ratelimit(lab: &mut Lab, s: &Settings) -> Vec<Record> {
     const ACCEPTED: Metric = ("accepted new connections", "conn/s", true);
     const REFUSED: Metric = ("refused attempts", "attempts/s", true);
     const ATTEMPTED: Metric = ("attempts", "attempts/s", true);
+    // Accuracy: how far the accepted rate is from the limit (goal: within 1%).
+    const DEVIATION: Metric = ("accepted rate off the limit", "%", false);
     let mut c = Collector::new("dataplane.ratelimit");
     let limited = format!("limited {LIMIT_PER_SEC}/s (burst {LIMIT_BURST}), flood of {FLOOD_PER_SEC} attempts/s");
     let alone = "unlimited service, alone";
     let during = "unlimited service, during the flood";
-    c.declare(&limited, &[ACCEPTED, REFUSED, ATTEMPTED]);
+    c.declare(&limited, &[ACCEPTED, DEVIATION, REFUSED, ATTEMPTED]);
     c.declare(alone, &[CONNS]);
     c.declare(during, &[CONNS]);
     let mut lim = warren_service(6, "limited", Some(VIP_LIMITED), &lab.clients["flood"].backends);
@@ -695,12 +699,17 @@ fn ratelimit(lab: &mut Lab, s: &Settings) -> Vec<Record> {
         let calm = finish(calm, limit).and_then(|o| tools::parse_crr(&o));
         match flood {
             Ok(f) => {
-                let refused = f.errors.get("EPERM").copied().unwrap_or(0);
+                let refused = f.errors.get("ECONNREFUSED").copied().unwrap_or(0);
                 let other = f.error_count() - refused;
                 if other as f64 > f.attempts as f64 * MAX_ERROR_SHARE {
-                    c.fail(&limited, format!("errors other than EPERM: {:?}", f.errors));
+                    c.fail(&limited, format!("errors other than ECONNREFUSED: {:?}", f.errors));
                 } else {
                     c.add(&limited, ACCEPTED.0, f.rate);
+                    c.add(
+                        &limited,
+                        DEVIATION.0,
+                        (f.rate - f64::from(LIMIT_PER_SEC)).abs() * 100.0 / f64::from(LIMIT_PER_SEC),
+                    );
                     c.add(&limited, REFUSED.0, refused as f64 / f.elapsed_s);
                     c.add(&limited, ATTEMPTED.0, f.attempts as f64 / f.elapsed_s);
                 }
@@ -763,4 +772,68 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
         .cloned()
         .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "panic".into())
+}
+
+/// Share of a service's Maglev table (= of its flows, for uniform hashes) that
+/// moves to another backend when one of N backends leaves, read from the real
+/// pinned table before and after the sync. The backends need not exist: only the
+/// table is looked at.
+fn maglev(lab: &mut Lab, s: &Settings) -> Vec<Record> {
+    const MOVED: Metric = ("flows re-mapped", "%", false);
+    const RATIO: Metric = ("re-mapped × N (ideal 1)", "×", false);
+    let mut c = Collector::new("dataplane.maglev");
+    let dir = lab.dp.config().bpffs_dir.clone();
+    for n in [10u32, 100, 1000] {
+        let v = format!("{n} backends, one removed");
+        c.declare(&v, &[MOVED, RATIO]);
+        let addrs: Vec<Ipv4Addr> = (0..n).map(|i| Ipv4Addr::from(0x0afa_0000 + i + 1)).collect();
+        for rep in 0..s.reps.min(3) {
+            let gone = (rep as u32 * 7 + 3) % n;
+            let all = warren_service(20, "maglev", Some(Ipv4Addr::new(10, 249, 0, 1)), &addrs);
+            let mut fewer = all.clone();
+            fewer.backends.remove(gone as usize);
+            let moved = lab
+                .dp
+                .sync(&[all])
+                .map_err(|e| e.to_string())
+                .and_then(|_| warren::dataplane::inspect::table(&dir, 20).map_err(|e| e.to_string()))
+                .and_then(|before| {
+                    lab.dp.sync(&[fewer]).map_err(|e| e.to_string())?;
+                    let after = warren::dataplane::inspect::table(&dir, 20).map_err(|e| e.to_string())?;
+                    if before.len() != after.len() || before.is_empty() {
+                        return Err(format!("table sizes {} and {}", before.len(), after.len()));
+                    }
+                    Ok(before.iter().zip(&after).filter(|(a, b)| a != b).count() as f64 / before.len() as f64)
+                });
+            let _ = lab.dp.sync(&[]);
+            match moved {
+                Ok(m) => {
+                    c.add(&v, MOVED.0, m * 100.0);
+                    c.add(&v, RATIO.0, m * f64::from(n));
+                }
+                Err(e) => c.fail(&v, e),
+            }
+        }
+    }
+    c.records()
+}
+
+/// Kernel memory locked by the data plane's maps on this machine, with the
+/// default sizes (read from /proc for each pinned map of the lab's data plane).
+fn bpf_memory(lab: &mut Lab, _: &Settings) -> Vec<Record> {
+    const LOCKED: Metric = ("locked eBPF map memory", "MiB", false);
+    let mut c = Collector::new("footprint");
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let v = format!("data plane maps, {cpus} CPUs, default sizes");
+    c.declare(&v, &[LOCKED]);
+    match warren::dataplane::inspect::locked_memory(&lab.dp.config().bpffs_dir) {
+        Ok(m) => {
+            for (name, bytes) in &m {
+                eprintln!("warren-bench: {name}: {:.2} MiB", *bytes as f64 / 1048576.0);
+            }
+            c.add(&v, LOCKED.0, m.values().sum::<u64>() as f64 / 1048576.0)
+        }
+        Err(e) => c.fail(&v, e.to_string()),
+    }
+    c.records()
 }

@@ -145,7 +145,7 @@ const SCENARIOS: &[(&str, &str)] = &[
          time another client runs closed-loop connection-per-request load (16 loops) against an \
          unlimited service. Measured over 1 s (quick) or 4 s after a 0.3 s / 1 s lead-in that spends \
          the burst: the limited service's accepted connections/s (HTTP answers), refused attempts/s \
-         (connect() fails with EPERM) and attempts/s actually made, and the unlimited service's \
+         (connect() fails with ECONNREFUSED) and attempts/s actually made, and the unlimited service's \
          connections/s during the flood and, in a separate run just before, alone.",
     ),
     (
@@ -175,10 +175,19 @@ const SCENARIOS: &[(&str, &str)] = &[
          between runs.",
     ),
     (
+        "dataplane.maglev",
+        "The share of a service's Maglev table, read from the pinned map before and after the \
+         sync, whose slot changes backend when one of N backends (N = 10, 100, 1,000; addresses \
+         only) is removed; for uniform flow hashes it is the share of flows re-mapped. Goal: at \
+         most 1.5/N.",
+    ),
+    (
         "footprint",
         "Size of the stripped release binary; resident memory (VmRSS) of a fresh single-node manager \
                   after 3 s idle, of the three-manager leader once 1,000 or more services exist, and of a \
-         worker running 50 tasks (see control.schedule).",
+         worker running 50 tasks (see control.schedule); kernel memory locked by the data plane's \
+         maps with the default sizes (the memlock of each pinned map, from /proc), goal < 16 MiB \
+         on 2 CPUs.",
     ),
 ];
 

@@ -6,6 +6,7 @@
 //! The probe binary itself is [`probe`].
 
 pub mod probe;
+pub mod v1;
 
 use std::{
     collections::BTreeMap,
@@ -43,6 +44,64 @@ pub fn require_prerequisites() {
         Path::new(CGROUP2).join("cgroup.procs").exists(),
         "the data-plane tests need cgroup v2 mounted at {CGROUP2}"
     );
+}
+
+/// Where [`RateLock`] takes its lock: one file for every test process of the
+/// machine (every worktree), since they share the cores.
+pub const RATE_LOCK: &str = "/tmp/warren-dataplane-rate-tests.lock";
+
+/// Serialises the data-plane tests that measure rates (connections per second,
+/// admitted shares) or load the machine: such a test holds the lock exclusively,
+/// so it runs neither beside another such test nor beside any other lab, which
+/// would skew its figures or starve the other's clients into timeouts. Every
+/// [`Lab`] holds it shared; [`Lab::measure_rates`] makes a lab's hold exclusive.
+/// An `flock` on [`RATE_LOCK`], released on drop (and by the kernel if the
+/// process dies).
+pub struct RateLock(std::fs::File);
+
+impl RateLock {
+    fn open() -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(RATE_LOCK)
+            .unwrap_or_else(|e| panic!("open {RATE_LOCK}: {e}"))
+    }
+
+    fn lock(&self, op: libc::c_int) {
+        // SAFETY: flock on a descriptor this File owns.
+        let r = unsafe { libc::flock(self.0.as_raw_fd(), op) };
+        assert_eq!(r, 0, "flock {RATE_LOCK}: {}", std::io::Error::last_os_error());
+    }
+
+    /// Blocks until no other rate-measuring test or lab runs. A test that builds
+    /// a [`Lab`] uses [`Lab::measure_rates`] instead (a second lock of the same
+    /// file from one process would wait for itself).
+    pub fn acquire() -> Self {
+        let l = Self(Self::open());
+        l.lock(libc::LOCK_EX);
+        l
+    }
+
+    /// Blocks while a rate-measuring test runs.
+    pub fn shared() -> Self {
+        let l = Self(Self::open());
+        l.lock(libc::LOCK_SH);
+        l
+    }
+
+    /// Turns a shared hold into an exclusive one (waits for the other holders).
+    pub fn upgrade(&self) {
+        self.lock(libc::LOCK_EX);
+    }
+}
+
+impl Drop for RateLock {
+    fn drop(&mut self) {
+        // SAFETY: as above; closing the file would release it too.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
 }
 
 /// Runs a command, panicking with its output when it fails.
@@ -341,6 +400,8 @@ pub struct Lab {
     pub tmp_guard: TmpDir,
     pub probe: PathBuf,
     pub net: u8,
+    /// Shared, or exclusive after [`Lab::measure_rates`]; released last.
+    pub rates: RateLock,
 }
 
 /// Ports every probe server listens on.
@@ -353,6 +414,7 @@ impl Lab {
     /// with `client_ns` a client namespace on 10.202.<net>.0/24 (node .1, client .2).
     pub fn new(test: &str, net: u8, backends: usize, client_ns: bool, probe: &str) -> Self {
         require_prerequisites();
+        let rates = RateLock::shared();
         let prefix = format!("wdp{net}");
         let tmp = std::env::temp_dir().join(format!("warren-dptest-{test}"));
         let _ = std::fs::remove_dir_all(&tmp);
@@ -412,6 +474,8 @@ impl Lab {
         let mut cfg = DataplaneConfig::new(test);
         cfg.bpffs_dir = Path::new(PIN_ROOT).join(test);
         cfg.cgroup_root = cgroup.path.clone();
+        // The node namespace plays the host: its loopback reaches published ports.
+        cfg.host_netns = Some(PathBuf::from(format!("/run/netns/{}", node.name)));
         cfg.node_addrs = vec![Ipv4Addr::new(10, 201, net, 1)];
         if client_ns {
             cfg.node_addrs.push(Ipv4Addr::new(10, 202, net, 1));
@@ -431,6 +495,7 @@ impl Lab {
             tmp_guard,
             probe: PathBuf::from(probe),
             net,
+            rates,
         };
         for i in 0..backends {
             lab.start_server(i);
@@ -456,6 +521,60 @@ impl Lab {
                 &count.to_string_lossy(),
             ]),
             &format!("server {}", b.name),
+        );
+        p.wait_line("listening");
+        self.servers.push(p);
+    }
+
+    /// Makes this lab the only one running on the machine (see [`RateLock`]), for
+    /// a test that measures rates or loads the machine.
+    pub fn measure_rates(&self) {
+        self.rates.upgrade();
+    }
+
+    /// Gives backend `i`'s namespace `n` more addresses, each one a backend of its
+    /// own to the data plane (one process answers on all, with the address it was
+    /// reached on): 10.201.<net>.<10+backends>.. then 10.204.<net>.1.., routed from
+    /// the node over the bridge. Returns them.
+    pub fn add_backend_addrs(&self, i: usize, n: usize) -> Vec<Ipv4Addr> {
+        let net = self.net;
+        let first = 10 + self.backends.len() as u8;
+        // .101 and .102 are the node's own (clients' extra source addresses).
+        let mut out: Vec<Ipv4Addr> = (first..=254)
+            .filter(|h| ![101, 102].contains(h))
+            .map(|h| Ipv4Addr::new(10, 201, net, h))
+            .take(n)
+            .collect();
+        let more = n - out.len();
+        assert!(more <= 254, "at most {} addresses", out.len() + 254);
+        if more > 0 {
+            self.node
+                .ip(&["route", "add", &format!("10.204.{net}.0/24"), "dev", "br0"]);
+            out.extend((1..=more as u8).map(|h| Ipv4Addr::new(10, 204, net, h)));
+        }
+        let ns = &self.backends[i].ns;
+        // One `ip -batch` instead of hundreds of processes.
+        let batch: String = out
+            .iter()
+            .map(|a| {
+                let len = if a.octets()[1] == 201 { 24 } else { 32 };
+                format!("addr add {a}/{len} dev eth0\n")
+            })
+            .collect();
+        let file = self.tmp.join(format!("addrs-{i}"));
+        std::fs::write(&file, batch).expect("write ip batch");
+        run(Command::new("ip").args(["-n", &ns.name, "-batch"]).arg(&file));
+        out
+    }
+
+    /// Starts the probe's HTTP server (the load clients' counterpart) in backend
+    /// `i`'s namespace on `port`; it runs until the lab goes.
+    pub fn start_http(&mut self, i: usize, port: u16) {
+        let probe = self.probe.to_string_lossy().into_owned();
+        let listen = format!("0.0.0.0:{port}");
+        let mut p = Proc::spawn(
+            self.backends[i].ns.exec(&[&probe, "http", "--listen", &listen]),
+            &format!("http server {}", self.backends[i].name),
         );
         p.wait_line("listening");
         self.servers.push(p);
@@ -498,6 +617,19 @@ impl Lab {
     /// Starts a probe client in the cgroup.
     pub fn spawn_client(&self, args: &[&str]) -> Proc {
         Proc::spawn(self.client_cmd(args), &format!("client {args:?}"))
+    }
+
+    /// A probe client inside backend `i`'s namespace (a task's own network
+    /// namespace) and the lab's cgroup.
+    pub fn task_client(&self, i: usize, args: &[&str]) -> Report {
+        let probe = self.probe.to_string_lossy().into_owned();
+        let ns = self.backends[i].ns.name.as_str();
+        let mut argv = vec!["ip", "netns", "exec", ns, probe.as_str()];
+        argv.extend_from_slice(args);
+        let wrapped = self.cgroup.wrap(&argv);
+        let mut c = Command::new(&wrapped[0]);
+        c.args(&wrapped[1..]);
+        Proc::spawn(c, &format!("task client {args:?}")).finish()
     }
 
     /// Runs a probe in the client namespace (outside the cgroup: the tc path).

@@ -11,9 +11,11 @@
 
 use core::{fmt, net::Ipv4Addr};
 
-/// Version of the map layouts; it is part of every pinned map's name so that a
-/// daemon never reads a map written with another layout.
-pub const LAYOUT_VERSION: u32 = 1;
+/// The highest version of a map layout. Each pinned map's name carries the
+/// version of its own layout (`_v<N>`), so that a daemon never reads a map
+/// written with another layout; a changed layout is a new map beside the old one,
+/// which is retired once the programs use the new one ([`map_names::RETIRED`]).
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Service ids are `0..MAX_SERVICES`.
 pub const MAX_SERVICES: u32 = 16384;
@@ -21,20 +23,21 @@ pub const MAX_SERVICES: u32 = 16384;
 pub const MAX_SVC_ENTRIES: u32 = 65536;
 /// Backend ids are `1..MAX_BACKENDS`; 0 means "no backend".
 pub const MAX_BACKENDS: u32 = 65536;
-/// Slots per backend table (a power of two).
-pub const SLOTS: u32 = 256;
 /// Table kinds: [`KIND_ALL`] and [`KIND_LOCAL`].
 pub const KINDS: u32 = 2;
-/// Slot tables in the shared pool; table ids are `1..MAX_TABLES`, 0 means none.
-pub const MAX_TABLES: u32 = 16384;
-/// Entries of the slot map.
-pub const SLOT_ENTRIES: u32 = MAX_TABLES * SLOTS;
+/// Entries of the slot pool (`warren_slot_v2`) from which every service's
+/// Maglev tables are allocated (offset 0 means "no table").
+pub const SLOT_POOL: u32 = 1 << 20;
 /// Capacity of the node address map.
 pub const MAX_NODE_ADDRS: u32 = 64;
 /// Capacity of the per-socket maps (reverse translation, UDP affinity).
 pub const SOCK_ENTRIES: u32 = 65536;
 /// Capacity of the token-bucket map.
 pub const RL_ENTRIES: u32 = 65536;
+/// Largest rate limit, new connections (UDP flows) per second per client.
+pub const RL_MAX_RATE: u32 = 1_000_000;
+/// Largest burst of a rate limit.
+pub const RL_MAX_BURST: u32 = 1_000_000;
 /// Capacity of the tc connection-tracking map (two entries per flow).
 pub const CT_ENTRIES: u32 = 131072;
 /// Capacity of the map of backends whose sockets are being destroyed.
@@ -56,6 +59,9 @@ pub const SVC_F_HOST_MODE: u8 = 0x01;
 pub const SVC_F_NODEPORT: u8 = 0x02;
 /// [`SvcValue::flags`]: port 0, any port goes to the same port on the backend.
 pub const SVC_F_WILDCARD: u8 = 0x04;
+/// [`SvcValue::flags`]: a removed service's address: new connections are refused
+/// (ECONNREFUSED) until the daemon removes the entry.
+pub const SVC_F_REFUSE: u8 = 0x08;
 
 /// [`Backend::flags`]: the id is in use.
 pub const BE_F_ACTIVE: u8 = 0x01;
@@ -86,10 +92,10 @@ pub const DROP_REASON_NAMES: [&str; DROP_REASONS] = ["rate_limited", "no_backend
 pub mod map_names {
     /// (address, port, protocol) → service.
     pub const SVC: &str = "warren_svc_v1";
-    /// service id → active table revision, backend counts, rate limit.
-    pub const STATE: &str = "warren_state_v1";
-    /// slot index → backend id.
-    pub const SLOT: &str = "warren_slot_v1";
+    /// service id → active Maglev tables, backend counts, rate limit.
+    pub const STATE: &str = "warren_state_v2";
+    /// The slot pool: offset + hash % size → backend id.
+    pub const SLOT: &str = "warren_slot_v2";
     /// backend id → backend.
     pub const BACKEND: &str = "warren_be_v1";
     /// (socket cookie, backend) → service address, for replies and getpeername.
@@ -97,7 +103,7 @@ pub mod map_names {
     /// (socket cookie, service address) → backend, for unconnected UDP.
     pub const AFFINITY: &str = "warren_aff_v1";
     /// (service, client) → token bucket.
-    pub const RATE_LIMIT: &str = "warren_rl_v1";
+    pub const RATE_LIMIT: &str = "warren_rl_v2";
     /// tc connection tracking.
     pub const CT: &str = "warren_ct_v1";
     /// The node's addresses.
@@ -110,6 +116,12 @@ pub mod map_names {
     pub const KILL: &str = "warren_kill_v1";
     /// Ring buffer of [`Event`](super::Event)s.
     pub const EVENTS: &str = "warren_event_v1";
+    /// Pins of earlier layouts: unpinned once the programs use their successors.
+    /// `warren_rl_v1`: milli-tokens, network-order client (its buckets are not
+    /// carried over: new buckets start full).
+    /// `warren_state_v1` and `warren_slot_v1`: 256-slot tables, migrated to Maglev
+    /// tables at start.
+    pub const RETIRED: [&str; 3] = ["warren_rl_v1", "warren_state_v1", "warren_slot_v1"];
     /// Every map, in a stable order.
     pub const ALL: [&str; 13] = [
         SVC,
@@ -126,12 +138,6 @@ pub mod map_names {
         KILL,
         EVENTS,
     ];
-}
-
-/// The slot index of `slot` of table `table` in the slot map; the same formula as
-/// `slot_index()` in `include/lb.h`.
-pub const fn slot_index(table: u32, slot: u32) -> u32 {
-    table * SLOTS + slot
 }
 
 /// A 16-bit value in network byte order.
@@ -270,18 +276,35 @@ shared_struct! {
 }
 
 shared_struct! {
-    /// Value of `warren_state_v1[svc_id]`; updating it flips the service to
-    /// another slot table in one map update.
+    /// Value of `warren_state_v2[svc_id]`; updating it flips the service to
+    /// other Maglev tables in one map update.
     pub struct SvcState = "warren_svc_state" {
-        /// Slot table of all backends; 0 = none.
+        /// Offset in the slot pool of the table of all backends; 0 = none.
         pub table_all: u32,
-        /// Slot table of this node's backends; 0 = none (no host-mode port).
+        /// Its size (a prime, or 1 for a single backend).
+        pub size_all: u32,
+        /// Offset of the table of this node's backends; 0 = none (no host-mode port).
         pub table_local: u32,
+        pub size_local: u32,
         pub backends_all: u16,
         pub backends_local: u16,
-        /// New connections (UDP datagrams) per second per client; 0 = no limit.
+        /// New connections (UDP flows) per second per client; 0 = no limit.
         pub rate_per_sec: u32,
         pub rate_burst: u32,
+        /// Reserved (0).
+        pub flags: u32,
+    }
+}
+
+impl SvcState {
+    /// (offset, size) of each kind's table, indexed by kind.
+    pub const fn tables(&self) -> [(u32, u32); KINDS as usize] {
+        [(self.table_all, self.size_all), (self.table_local, self.size_local)]
+    }
+
+    /// The slot-pool ranges (offset, size) this state uses.
+    pub fn ranges(&self) -> impl Iterator<Item = (u32, u32)> {
+        self.tables().into_iter().filter(|&(off, size)| off != 0 && size != 0)
     }
 }
 
@@ -324,20 +347,26 @@ shared_struct! {
 }
 
 shared_struct! {
-    /// Key of `warren_rl_v1`: the client is the source address, or the netns
-    /// cookie of an unbound socket.
+    /// Key of `warren_rl_v2`: the client is the source address, or (address
+    /// 0.0.0.0) the netns cookie of an unbound socket.
     pub struct RlKey = "warren_rl_key" {
         pub svc_id: u32,
-        pub client: Be32,
+        /// An IPv4 address, octets in order.
+        pub client: [u8; 4],
         pub netns: u64,
     }
 }
 
+/// Nano-tokens per token in [`RlValue::tokens`].
+pub const RL_TOKEN: u64 = 1_000_000_000;
+
 shared_struct! {
-    /// Value of `warren_rl_v1`.
+    /// Value of `warren_rl_v2`.
     pub struct RlValue = "warren_rl_value" {
-        /// Thousandths of a token.
+        /// Nano-tokens ([`RL_TOKEN`] per token); transiently negative (as i64)
+        /// while a CPU takes a token that is not there.
         pub tokens: u64,
+        /// `bpf_ktime_get_ns()` up to which elapsed time became tokens.
         pub last_ns: u64,
     }
 }
@@ -474,21 +503,29 @@ mod tests {
         assert_eq!(Be16::new(8080).get(), 8080);
     }
 
-    #[test]
-    fn slot_index_stays_inside_the_map() {
-        assert_eq!(slot_index(0, 0), 0);
-        assert_eq!(slot_index(1, 0), SLOTS);
-        assert_eq!(slot_index(MAX_TABLES - 1, SLOTS - 1), SLOT_ENTRIES - 1);
+    fn version_of(name: &str) -> u32 {
+        let (_, v) = name.rsplit_once("_v").unwrap_or_else(|| panic!("{name} has no _v<N>"));
+        v.parse().unwrap_or_else(|_| panic!("{name}: _v{v} is not a version"))
     }
 
     #[test]
-    fn map_names_carry_the_layout_version() {
-        assert_eq!(LAYOUT_VERSION, 1, "a new layout renames every map (_v1 → _vN)");
-        for name in map_names::ALL {
+    fn map_names_carry_their_layout_version() {
+        for name in map_names::ALL.iter().chain(&map_names::RETIRED) {
             assert!(name.starts_with("warren_"), "{name}");
-            assert!(name.ends_with("_v1"), "{name}: rename with LAYOUT_VERSION");
+            assert!((1..=LAYOUT_VERSION).contains(&version_of(name)), "{name}");
             // The kernel keeps 15 characters of a map's name.
             assert!(name.len() <= 15, "{name} is longer than BPF_OBJ_NAME_LEN - 1");
+        }
+        assert!(map_names::ALL.iter().any(|n| version_of(n) == LAYOUT_VERSION));
+        // A retired pin is an earlier version of a live map, never a live name.
+        for old in map_names::RETIRED {
+            assert!(!map_names::ALL.contains(&old), "{old} is live");
+            let (stem, _) = old.rsplit_once("_v").unwrap();
+            let live = map_names::ALL.iter().find(|n| n.rsplit_once("_v").unwrap().0 == stem);
+            assert!(
+                live.is_some_and(|n| version_of(n) > version_of(old)),
+                "{old} has no successor"
+            );
         }
     }
 }

@@ -9,26 +9,39 @@
 #include <linux/in.h>
 #include <bpf/bpf_endian.h>
 #include "maps.h"
+#include "bucket.h"
 
-#define NSEC_PER_SEC 1000000000ULL
-/* A bucket refills for at most this long, so that tokens * rate cannot overflow. */
-#define WARREN_RL_MAX_ELAPSED_NS (100ULL * NSEC_PER_SEC)
-#define WARREN_MILLI 1000ULL
 
-static __always_inline int is_node_addr(__be32 addr)
+/* The host network namespace's cookie, set by the loader (SO_NETNS_COOKIE, 5.14+);
+ * 0 = unknown, and then no loopback address is a node address. */
+volatile const __u64 warren_host_netns = 0;
+
+static __always_inline int is_loopback(__be32 addr)
 {
-	/* 127.0.0.0/8: a published port also answers on the loopback, as with Docker. */
-	if ((addr & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000))
-		return 1;
+	return (addr & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000);
+}
+
+/*
+ * Whether a socket's destination is one of the node's addresses. 127.0.0.0/8 is
+ * one only for sockets of the host network namespace (as with Docker, and as
+ * Cilium's bpf_sock.c): inside a task, 127.0.0.1 is the task's own loopback and a
+ * published port there must reach the task's own listener, not another replica.
+ * `netns` is the socket's netns cookie, or 0 on the tc path (never loopback).
+ */
+static __always_inline int is_node_addr(__be32 addr, __u64 netns)
+{
+	if (is_loopback(addr))
+		return netns && netns == warren_host_netns;
 	return bpf_map_lookup_elem(&warren_naddr_v1, &addr) != NULL;
 }
 
 /*
  * Finds the service for a destination: the exact (VIP, port) first, then the VIP's
- * wildcard, then, for one of the node's own addresses, a published port.
+ * wildcard, then, for one of the node's own addresses, a published port. `netns`
+ * as for is_node_addr().
  */
 static __always_inline struct warren_svc_value *svc_lookup(__be32 daddr, __be16 dport, __u8 proto,
-							    int allow_vip)
+							    int allow_vip, __u64 netns)
 {
 	struct warren_svc_key key = {};
 	struct warren_svc_value *svc;
@@ -45,7 +58,7 @@ static __always_inline struct warren_svc_value *svc_lookup(__be32 daddr, __be16 
 		if (svc)
 			return svc;
 	}
-	if (!is_node_addr(daddr))
+	if (!is_node_addr(daddr, netns))
 		return NULL;
 	key.addr = 0;
 	key.port = dport;
@@ -54,7 +67,7 @@ static __always_inline struct warren_svc_value *svc_lookup(__be32 daddr, __be16 
 
 static __always_inline struct warren_svc_state *svc_state(__u32 svc_id)
 {
-	return bpf_map_lookup_elem(&warren_state_v1, &svc_id);
+	return bpf_map_lookup_elem(&warren_state_v2, &svc_id);
 }
 
 static __always_inline void count_drop(__u32 svc_id, __u32 reason)
@@ -91,18 +104,20 @@ static __always_inline void count_packet(__u32 svc_id, __u32 backend_id, __u32 l
 	}
 }
 
+/* Set by the loader when the kernel has BPF atomic fetch and cmpxchg (5.12+). */
+volatile const __u32 warren_atomics = 0;
+
 /*
- * Token bucket per (service, client). Returns 1 when the new connection (or UDP
- * datagram) may pass. Two CPUs may race on one bucket; the error is at most one
- * token per race, which a connection-rate limit tolerates (a spin lock would not
- * be allowed in every program type that calls this).
+ * Token bucket per (service, client): 1 when a new connection (or new UDP flow)
+ * may pass. The arithmetic is bucket.h's; a client's first connection creates a
+ * full bucket less one token.
  */
 static __always_inline int rate_allow(__u32 svc_id, const struct warren_svc_state *st, __be32 client,
 				      __u64 netns)
 {
 	struct warren_rl_key key = {};
-	struct warren_rl_value *b;
-	__u64 now, burst, rate, elapsed, tokens;
+	struct warren_rl_value *b, fresh;
+	__u64 now, burst, rate;
 
 	rate = st->rate_per_sec;
 	if (!rate)
@@ -110,57 +125,51 @@ static __always_inline int rate_allow(__u32 svc_id, const struct warren_svc_stat
 	burst = st->rate_burst;
 	if (!burst)
 		burst = 1;
-	burst *= WARREN_MILLI;
 
 	key.svc_id = svc_id;
-	key.client = client;
+	__builtin_memcpy(key.client, &client, sizeof(key.client));
 	key.netns = netns;
 	now = bpf_ktime_get_ns();
-	b = bpf_map_lookup_elem(&warren_rl_v1, &key);
+	b = bpf_map_lookup_elem(&warren_rl_v2, &key);
 	if (!b) {
-		struct warren_rl_value fresh = {
-			.tokens = burst - WARREN_MILLI,
-			.last_ns = now,
-		};
-		bpf_map_update_elem(&warren_rl_v1, &key, &fresh, BPF_ANY);
-		return 1;
+		bucket_init(&fresh, now, burst);
+		if (bpf_map_update_elem(&warren_rl_v2, &key, &fresh, BPF_NOEXIST) == 0)
+			return 1;
+		/* another CPU created it first */
+		b = bpf_map_lookup_elem(&warren_rl_v2, &key);
+		if (!b)
+			return 1;
 	}
-	elapsed = now - b->last_ns;
-	if ((__s64)elapsed < 0)
-		elapsed = 0;
-	if (elapsed > WARREN_RL_MAX_ELAPSED_NS)
-		elapsed = WARREN_RL_MAX_ELAPSED_NS;
-	/* milli-tokens gained = elapsed_ns * rate / 1e6 */
-	tokens = b->tokens + elapsed * rate / 1000000ULL;
-	if (tokens > burst)
-		tokens = burst;
-	b->last_ns = now;
-	if (tokens < WARREN_MILLI) {
-		b->tokens = tokens;
-		return 0;
-	}
-	b->tokens = tokens - WARREN_MILLI;
-	return 1;
+	return bucket_take(b, now, rate, burst, warren_atomics);
 }
 
-static __always_inline __u32 slot_index(__u32 table, __u32 slot)
-{
-	return table * WARREN_SLOTS + slot;
-}
-
-/* Picks a backend from the service's active table; returns its id or 0. */
+/*
+ * Picks a backend from the service's active Maglev table of `kind` at
+ * `hash % size` (the tc path hashes the 5-tuple, the socket path, which has no
+ * source port yet, draws a random number); returns its id or 0.
+ */
 static __always_inline __u32 pick_backend(__u32 svc_id, const struct warren_svc_state *st, __u32 kind,
-					  struct warren_backend **out)
+					  __u32 hash, struct warren_backend **out)
 {
-	__u32 idx, *id;
+	__u32 idx, *id, table, size;
 	struct warren_backend *be;
-	__u16 n = kind == WARREN_KIND_LOCAL ? st->backends_local : st->backends_all;
-	__u32 table = kind == WARREN_KIND_LOCAL ? st->table_local : st->table_all;
+	__u16 n;
 
-	if (!n || !table || table >= WARREN_MAX_TABLES)
+	if (kind == WARREN_KIND_LOCAL) {
+		n = st->backends_local;
+		table = st->table_local;
+		size = st->size_local;
+	} else {
+		n = st->backends_all;
+		table = st->table_all;
+		size = st->size_all;
+	}
+	if (!n || !table || !size)
 		return 0;
-	idx = slot_index(table, bpf_get_prandom_u32() & (WARREN_SLOTS - 1));
-	id = bpf_map_lookup_elem(&warren_slot_v1, &idx);
+	idx = table + hash % size;
+	if (idx >= WARREN_SLOT_POOL)
+		return 0;
+	id = bpf_map_lookup_elem(&warren_slot_v2, &idx);
 	if (!id || !*id)
 		return 0;
 	be = bpf_map_lookup_elem(&warren_be_v1, id);
@@ -168,6 +177,22 @@ static __always_inline __u32 pick_backend(__u32 svc_id, const struct warren_svc_
 		return 0;
 	*out = be;
 	return *id;
+}
+
+/* A hash of a flow's 5-tuple for the tc path (murmur3's finalizer over a mix). */
+static __always_inline __u32 flow_hash(__be32 saddr, __be32 daddr, __be16 sport, __be16 dport, __u8 proto)
+{
+	__u32 h = saddr * 0x9e3779b1U;
+
+	h ^= daddr + 0x7f4a7c15U + (h << 6) + (h >> 2);
+	h ^= (((__u32)sport << 16) | dport) + 0x85ebca6bU + (h << 6) + (h >> 2);
+	h ^= proto;
+	h ^= h >> 16;
+	h *= 0x85ebca6bU;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35U;
+	h ^= h >> 16;
+	return h;
 }
 
 static __always_inline __u32 svc_kind(const struct warren_svc_value *svc)

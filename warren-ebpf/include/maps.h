@@ -30,15 +30,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct warren_svc_state);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} warren_state_v1 SEC(".maps");
+} warren_state_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, WARREN_SLOT_ENTRIES);
+	__uint(max_entries, WARREN_SLOT_POOL);
 	__type(key, __u32);
 	__type(value, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} warren_slot_v1 SEC(".maps");
+} warren_slot_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -70,7 +70,7 @@ struct {
 	__type(key, struct warren_rl_key);
 	__type(value, struct warren_rl_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} warren_rl_v1 SEC(".maps");
+} warren_rl_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -2,8 +2,13 @@
 /*
  * Warren data plane ABI: every map key and value shared between the eBPF programs
  * and the Rust loader. The Rust mirrors live in warren-common/src/lib.rs; a test reads
- * this object's BTF and fails when the two layouts diverge. Change a layout only
- * together with WARREN_LAYOUT_VERSION (it is part of every pinned map's name).
+ * this object's BTF and fails when the two layouts diverge. A map whose layout
+ * changes gets a new name (`_v<N+1>`): the loader creates it beside the pinned
+ * one, switches the programs, then retires the old pin (warren-common's
+ * map_names::RETIRED).
+ *
+ * Addresses in maps read by people (new in v2 layouts) are byte arrays, so that
+ * `bpftool map dump` prints them as four numbers in order.
  *
  * Byte order: fields typed __be16/__be32 hold network byte order; everything else is
  * host order. Padding is explicit so that both compilers agree byte for byte.
@@ -13,23 +18,22 @@
 
 #include <linux/types.h>
 
-#define WARREN_LAYOUT_VERSION 1
+#define WARREN_LAYOUT_VERSION 2 /* the highest map version; each map name carries its own */
 
 /* Limits (mirrored in warren-common). */
 #define WARREN_MAX_SERVICES 16384    /* service ids are 0..WARREN_MAX_SERVICES-1 */
 #define WARREN_MAX_SVC_ENTRIES 65536 /* (address, port, protocol) entries */
 #define WARREN_MAX_BACKENDS 65536    /* backend ids are 1..WARREN_MAX_BACKENDS-1; 0 = none */
-#define WARREN_SLOTS 256             /* slots per backend table; a power of two */
 #define WARREN_KINDS 2               /* table kinds: all backends, local backends only */
-/* Slot tables come from a shared pool (ids 1..WARREN_MAX_TABLES-1; 0 = none): a
- * service uses one per kind it needs, plus one while a new table is written beside
- * the active one. A fixed table per (service, revision, kind) would cost 4 KiB of
- * kernel memory per possible service whether it exists or not. */
-#define WARREN_MAX_TABLES 16384
-#define WARREN_SLOT_ENTRIES (WARREN_MAX_TABLES * WARREN_SLOTS)
+/* Maglev tables (sized by backend count, a prime or 1) are ranges of one shared
+ * pool: offset 1..WARREN_SLOT_POOL-1, 0 = none. A service uses one per kind it
+ * needs, plus one while a new table is written beside the active one. */
+#define WARREN_SLOT_POOL (1 << 20)
 #define WARREN_MAX_NODE_ADDRS 64
 #define WARREN_SOCK_ENTRIES 65536    /* reverse translation and affinity per socket */
 #define WARREN_RL_ENTRIES 65536      /* token buckets */
+#define WARREN_RL_MAX_RATE 1000000   /* per second per client; the API refuses more */
+#define WARREN_RL_MAX_BURST 1000000
 #define WARREN_CT_ENTRIES 131072     /* tc connection tracking, both directions */
 #define WARREN_KILL_ENTRIES 4096     /* backends whose sockets are being destroyed */
 #define WARREN_EVENTS_BYTES (256 * 1024) /* ring buffer of events for the daemon's log */
@@ -42,6 +46,7 @@
 #define WARREN_SVC_F_HOST_MODE 0x01 /* pick from local backends only */
 #define WARREN_SVC_F_NODEPORT 0x02  /* a published port on the node's addresses */
 #define WARREN_SVC_F_WILDCARD 0x04  /* port 0: any port, same port on the backend */
+#define WARREN_SVC_F_REFUSE 0x08    /* a removed service: refuse new connections */
 
 /* warren_backend.flags */
 #define WARREN_BE_F_ACTIVE 0x01
@@ -75,17 +80,21 @@ struct warren_svc_value {
 	__u8 pad;
 };
 
-/* warren_state_v1[svc_id]: the per-service entry that flips between slot tables. */
+/* warren_state_v2[svc_id]: the per-service entry that flips between Maglev tables.
+ * (v1: table ids of 256-slot tables.) */
 struct warren_svc_state {
-	__u32 table_all;      /* slot table of all backends; 0 = none */
-	__u32 table_local;    /* slot table of this node's backends; 0 = none (no host-mode port) */
+	__u32 table_all;      /* offset in the slot pool of all backends' table; 0 = none */
+	__u32 size_all;       /* its size: a prime, or 1 for one backend */
+	__u32 table_local;    /* this node's backends' table; 0 = none (no host-mode port) */
+	__u32 size_local;
 	__u16 backends_all;   /* backends in the "all" table; 0 = none */
 	__u16 backends_local; /* backends in the "local" table; 0 = none */
-	__u32 rate_per_sec;   /* new connections (UDP datagrams) per second per client; 0 = off */
+	__u32 rate_per_sec;   /* new connections (UDP flows) per second per client; 0 = off */
 	__u32 rate_burst;
+	__u32 flags;          /* reserved, 0 */
 };
 
-/* warren_slot_v1[table * SLOTS + slot] = backend id */
+/* warren_slot_v2[table + hash % size] = backend id */
 
 /* warren_be_v1[backend_id] */
 struct warren_backend {
@@ -116,17 +125,18 @@ struct warren_affinity {
 	__u32 svc_id;
 };
 
-/* warren_rl_v1: a token bucket per (service, client). The client is the source
- * address; for an unbound socket it is its network namespace (netns cookie). */
+/* warren_rl_v2: a token bucket per (service, client). The client is the source
+ * address; for an unbound socket it is its network namespace (netns cookie).
+ * (v1 held milli-tokens and a network-order client.) */
 struct warren_rl_key {
 	__u32 svc_id;
-	__be32 client;
+	__u8 client[4]; /* IPv4 address, 0.0.0.0 for an unbound socket */
 	__u64 netns;
 };
 
 struct warren_rl_value {
-	__u64 tokens;  /* in thousandths of a token */
-	__u64 last_ns; /* bpf_ktime_get_ns() of the last refill */
+	__u64 tokens;  /* nano-tokens: 1e9 per token (bucket.h) */
+	__u64 last_ns; /* bpf_ktime_get_ns() up to which time was turned into tokens */
 };
 
 /* warren_ct_v1: tc connection tracking. The key is the packet's tuple as it arrives;

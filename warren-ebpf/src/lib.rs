@@ -2,10 +2,26 @@
 //! as byte arrays for `aya` to load. The programs themselves live in `src/*.bpf.c`
 //! and their shared structs in `include/`; loading and attaching is
 //! `warren::dataplane`, not this crate. Also here: reading struct layouts from an
-//! object's BTF (for the C/Rust layout test) and patching the kfunc call of the
-//! socket-destroy programs.
+//! object's BTF (for the C/Rust layout test), patching the kfunc call of the
+//! socket-destroy programs, and the programs' helper-free arithmetic compiled for
+//! the host ([`host`], for unit tests).
 
 pub mod btf;
+pub mod host;
+
+/// Objects of earlier releases, for upgrade tests only.
+pub mod fixtures {
+    static V1_OBJ: &super::Aligned<[u8]> = &super::Aligned {
+        bytes: *include_bytes!(concat!(env!("OUT_DIR"), "/warren_v1.bpf.o")),
+    };
+
+    /// The main object of map layout v1 as released (`fixtures/v1`): maps
+    /// `warren_*_v1`, programs `warren_connect4`, `warren_sendmsg4`,
+    /// `warren_recvmsg4`, `warren_getpeer4`, `warren_tc_in`, `warren_tc_out`.
+    pub fn v1_object() -> &'static [u8] {
+        &V1_OBJ.bytes
+    }
+}
 
 /// Keeps an embedded object 8-byte aligned, as the ELF parser expects.
 #[repr(C, align(8))]
@@ -22,7 +38,9 @@ static SOCK_DESTROY_OBJ: &Aligned<[u8]> = &Aligned {
 };
 
 /// The main object: socket load balancing (`warren_connect4`, `warren_sendmsg4`,
-/// `warren_recvmsg4`, `warren_getpeer4`) and tc (`warren_tc_in`, `warren_tc_out`).
+/// `warren_recvmsg4`, `warren_getpeer4` and their `6` twins for IPv4-mapped
+/// addresses), the published-port bind guard (`warren_post_bind4`,
+/// `warren_post_bind6`) and tc (`warren_tc_in`, `warren_tc_out`).
 pub fn warren_object() -> &'static [u8] {
     &WARREN_OBJ.bytes
 }
@@ -43,6 +61,18 @@ pub mod programs {
     pub const RECVMSG4: &str = "warren_recvmsg4";
     /// `cgroup/getpeername4`
     pub const GETPEERNAME4: &str = "warren_getpeer4";
+    /// `cgroup/connect6` (IPv4-mapped destinations)
+    pub const CONNECT6: &str = "warren_connect6";
+    /// `cgroup/sendmsg6`
+    pub const SENDMSG6: &str = "warren_sendmsg6";
+    /// `cgroup/recvmsg6`
+    pub const RECVMSG6: &str = "warren_recvmsg6";
+    /// `cgroup/getpeername6`
+    pub const GETPEERNAME6: &str = "warren_getpeer6";
+    /// `cgroup/post_bind4`
+    pub const POST_BIND4: &str = "warren_post_bind4";
+    /// `cgroup/post_bind6`
+    pub const POST_BIND6: &str = "warren_post_bind6";
     /// tc ingress
     pub const TC_INGRESS: &str = "warren_tc_in";
     /// tc egress

@@ -16,6 +16,14 @@
 #endif
 
 #define AF_INET 2
+#define AF_INET6 10
+
+/* An AF_INET6 socket talking to an IPv4-mapped address has its IPv4 peer in
+ * skc_daddr too (a native IPv6 one has 127.0.0.6 there, never a backend). */
+static __always_inline int inet_family(unsigned short family)
+{
+	return family == AF_INET || family == AF_INET6;
+}
 #define TCP_TIME_WAIT 6
 #define TCP_LISTEN 10
 #define TCP_NEW_SYN_RECV 12
@@ -109,7 +117,7 @@ int warren_kill_tcp(struct bpf_iter__tcp *ctx)
 	struct sock_common *sk = ctx->sk_common;
 	unsigned char state;
 
-	if (!sk || sk->skc_family != AF_INET)
+	if (!sk || !inet_family(sk->skc_family))
 		return 0;
 	state = sk->skc_state;
 	if (state == TCP_TIME_WAIT || state == TCP_LISTEN || state == TCP_NEW_SYN_RECV)
@@ -128,7 +136,7 @@ int warren_kill_udp(struct bpf_iter__udp *ctx)
 	if (!udp)
 		return 0;
 	sk = (struct sock_common *)udp;
-	if (udp->inet.sk.__sk_common.skc_family != AF_INET)
+	if (!inet_family(udp->inet.sk.__sk_common.skc_family))
 		return 0;
 	if (marked(udp->inet.sk.__sk_common.skc_daddr, udp->inet.sk.__sk_common.skc_dport, IPPROTO_UDP))
 		sock_destroy(sk);

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only
 /*
- * The Warren data plane: socket load balancing (cgroup connect4, sendmsg4,
- * recvmsg4, getpeername4) and published ports from the wire (tc ingress/egress).
- * Maps and the selection logic are in include/; the loader is warren::dataplane.
+ * The Warren data plane: socket load balancing (cgroup connect, sendmsg, recvmsg,
+ * getpeername for IPv4 and IPv4-mapped IPv6), the published-port bind guard
+ * (post_bind4) and published ports from the wire (tc ingress/egress). Each SEC()
+ * entry is a thin call into include/ (sock.h, lb.h); the loader is
+ * warren::dataplane.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -12,12 +14,7 @@
 #include <linux/stddef.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
-#include "lb.h"
-
-#define SYS_REJECT 0
-#define SYS_PROCEED 1
-
-#define SOCK_DGRAM 2
+#include "sock.h"
 
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
@@ -35,145 +32,18 @@ char _license[] SEC("license") = "Dual BSD/GPL";
  * test finds it (ring buffer records carry no type). */
 volatile const struct warren_event warren_event_layout = {};
 
-/* Reports a refused connection or dropped packet to the daemon's log. Losing an
- * event when the ring is full is fine: the counters stay exact. */
-static __always_inline void emit_drop(__u32 svc_id, __u32 reason, __be32 client, __be16 port,
-				      __u8 proto, __u8 source)
-{
-	struct warren_event ev = {};
-
-	ev.ts_ns = bpf_ktime_get_ns();
-	ev.kind = WARREN_EVENT_DROP;
-	ev.svc_id = svc_id;
-	ev.addr = client;
-	ev.port = port;
-	ev.proto = proto;
-	ev.reason = reason;
-	ev.source = source;
-	bpf_ringbuf_output(&warren_event_v1, &ev, sizeof(ev), 0);
-}
-
 /* ---------------------------------------------------------------- sockets */
-
-/* The client a token bucket is kept for: the bound source address, or for an
- * unbound socket its network namespace (one task). */
-static __always_inline void sock_client(struct bpf_sock_addr *ctx, int sendmsg, __be32 *addr,
-					__u64 *netns)
-{
-	struct bpf_sock *sk = ctx->sk;
-	__be32 src = 0;
-
-	if (sendmsg)
-		src = ctx->msg_src_ip4;
-	if (!src && sk)
-		src = sk->src_ip4;
-	*addr = src;
-	*netns = src ? 0 : bpf_get_netns_cookie(ctx);
-}
-
-/*
- * Translates a socket's destination from a service address to a backend. For
- * connect() the choice is made once per socket; for unconnected UDP (sendmsg) the
- * socket keeps its backend per service address (warren_aff_v1) so that a
- * request/response exchange stays on one backend.
- */
-static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, int sendmsg)
-{
-	__u8 proto = ctx->protocol;
-	__be32 daddr = ctx->user_ip4;
-	__be16 dport = (__be16)ctx->user_port;
-	struct warren_svc_value *svc;
-	struct warren_svc_state *st;
-	struct warren_backend *be = NULL;
-	struct warren_sock_key skey = {};
-	struct warren_revnat rnat = {};
-	struct warren_affinity *aff;
-	__u32 svc_id, be_id = 0;
-	__be16 tport;
-	__be32 client;
-	__u64 netns;
-
-	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-		return SYS_PROCEED;
-	svc = svc_lookup(daddr, dport, proto, 1);
-	if (!svc)
-		return SYS_PROCEED;
-	svc_id = svc->svc_id;
-	st = svc_state(svc_id);
-	if (!st)
-		return SYS_PROCEED;
-
-	sock_client(ctx, sendmsg, &client, &netns);
-	if (!rate_allow(svc_id, st, client, netns)) {
-		count_drop(svc_id, WARREN_DROP_RATE_LIMITED);
-		emit_drop(svc_id, WARREN_DROP_RATE_LIMITED, client, dport, proto, 0);
-		return SYS_REJECT;
-	}
-
-	skey.cookie = bpf_get_socket_cookie(ctx);
-	if (sendmsg) {
-		skey.addr = daddr;
-		skey.port = dport;
-		aff = bpf_map_lookup_elem(&warren_aff_v1, &skey);
-		if (aff && aff->svc_id == svc_id) {
-			__u32 id = aff->backend_id;
-
-			be = bpf_map_lookup_elem(&warren_be_v1, &id);
-			if (be && (be->flags & WARREN_BE_F_ACTIVE) && be->svc_id == svc_id)
-				be_id = id;
-			else
-				be = NULL;
-		}
-	}
-	if (!be) {
-		be_id = pick_backend(svc_id, st, svc_kind(svc), &be);
-		if (!be_id || !be) {
-			count_drop(svc_id, WARREN_DROP_NO_BACKEND);
-			emit_drop(svc_id, WARREN_DROP_NO_BACKEND, client, dport, proto, 0);
-			return SYS_REJECT;
-		}
-		count_conn(svc_id, be_id);
-		if (sendmsg) {
-			struct warren_affinity a = { .backend_id = be_id, .svc_id = svc_id };
-
-			bpf_map_update_elem(&warren_aff_v1, &skey, &a, BPF_ANY);
-		}
-	}
-	if (sendmsg)
-		count_packet(svc_id, be_id, 0);
-
-	tport = svc->target_port ? svc->target_port : dport;
-	skey.addr = be->addr;
-	skey.port = tport;
-	rnat.addr = daddr;
-	rnat.port = dport;
-	bpf_map_update_elem(&warren_rnat_v1, &skey, &rnat, BPF_ANY);
-
-	ctx->user_ip4 = be->addr;
-	ctx->user_port = (__u32)tport;
-	return SYS_PROCEED;
-}
-
-/* Shows the service address instead of the backend (recvmsg source, getpeername). */
-static __always_inline void sock4_revnat(struct bpf_sock_addr *ctx)
-{
-	struct warren_sock_key key = {};
-	struct warren_revnat *r;
-
-	key.cookie = bpf_get_socket_cookie(ctx);
-	key.addr = ctx->user_ip4;
-	key.port = (__be16)ctx->user_port;
-	r = bpf_map_lookup_elem(&warren_rnat_v1, &key);
-	if (!r)
-		return;
-	ctx->user_ip4 = r->addr;
-	ctx->user_port = (__u32)r->port;
-}
 
 SEC("cgroup/connect4")
 int warren_connect4(struct bpf_sock_addr *ctx)
 {
-	return sock4_xlate(ctx, 0);
+	return sock_xlate(ctx, 0, 0);
+}
+
+SEC("cgroup/connect6")
+int warren_connect6(struct bpf_sock_addr *ctx)
+{
+	return sock_xlate(ctx, 0, 1);
 }
 
 SEC("cgroup/sendmsg4")
@@ -181,22 +51,57 @@ int warren_sendmsg4(struct bpf_sock_addr *ctx)
 {
 	if (ctx->type != SOCK_DGRAM)
 		return SYS_PROCEED;
-	return sock4_xlate(ctx, 1);
+	return sock_xlate(ctx, 1, 0);
+}
+
+SEC("cgroup/sendmsg6")
+int warren_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type != SOCK_DGRAM)
+		return SYS_PROCEED;
+	return sock_xlate(ctx, 1, 1);
 }
 
 SEC("cgroup/recvmsg4")
 int warren_recvmsg4(struct bpf_sock_addr *ctx)
 {
 	if (ctx->type == SOCK_DGRAM)
-		sock4_revnat(ctx);
+		sock_revnat(ctx, 0);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/recvmsg6")
+int warren_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type == SOCK_DGRAM)
+		sock_revnat(ctx, 1);
 	return SYS_PROCEED;
 }
 
 SEC("cgroup/getpeername4")
 int warren_getpeer4(struct bpf_sock_addr *ctx)
 {
-	sock4_revnat(ctx);
+	sock_revnat(ctx, 0);
 	return SYS_PROCEED;
+}
+
+SEC("cgroup/getpeername6")
+int warren_getpeer6(struct bpf_sock_addr *ctx)
+{
+	sock_revnat(ctx, 1);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/post_bind4")
+int warren_post_bind4(struct bpf_sock *sk)
+{
+	return sock_post_bind(sk, 0);
+}
+
+SEC("cgroup/post_bind6")
+int warren_post_bind6(struct bpf_sock *sk)
+{
+	return sock_post_bind(sk, 1);
 }
 
 /* --------------------------------------------------------------------- tc */
@@ -414,15 +319,6 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int ingress)
 		 * else reaches the node untranslated and is reset, so the client retries. */
 		ct = NULL;
 	if (ct) {
-		if (!(ct->flags & WARREN_CT_F_REPLY) && key.proto == IPPROTO_UDP) {
-			st = svc_state(ct->svc_id);
-			if (st && !rate_allow(ct->svc_id, st, iph.saddr, 0)) {
-				count_drop(ct->svc_id, WARREN_DROP_RATE_LIMITED);
-				emit_drop(ct->svc_id, WARREN_DROP_RATE_LIMITED, iph.saddr, ports[1],
-					  key.proto, 1);
-				return TC_ACT_SHOT;
-			}
-		}
 		ct->last_seen_ns = bpf_ktime_get_ns();
 		count_packet(ct->svc_id, ct->backend_id, skb->len);
 		fwd = *ct;
@@ -435,7 +331,7 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int ingress)
 	if (!ingress)
 		return TC_ACT_OK;
 
-	svc = svc_lookup(iph.daddr, ports[1], iph.protocol, 0);
+	svc = svc_lookup(iph.daddr, ports[1], iph.protocol, 0, 0);
 	if (!svc || !(svc->flags & WARREN_SVC_F_NODEPORT))
 		return TC_ACT_OK;
 	/* Only a SYN opens a TCP flow; a stray segment is left to the node's stack. */
@@ -446,21 +342,19 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int ingress)
 	if (!st)
 		return TC_ACT_OK;
 	if (!rate_allow(svc_id, st, iph.saddr, 0)) {
-		count_drop(svc_id, WARREN_DROP_RATE_LIMITED);
-		emit_drop(svc_id, WARREN_DROP_RATE_LIMITED, iph.saddr, ports[1], key.proto, 1);
+		drop(svc_id, WARREN_DROP_RATE_LIMITED, iph.saddr, ports[1], key.proto, WARREN_SRC_TC);
 		return TC_ACT_SHOT;
 	}
-	be_id = pick_backend(svc_id, st, svc_kind(svc), &be);
+	be_id = pick_backend(svc_id, st, svc_kind(svc),
+			     flow_hash(iph.saddr, iph.daddr, ports[0], ports[1], iph.protocol), &be);
 	if (!be_id || !be) {
-		count_drop(svc_id, WARREN_DROP_NO_BACKEND);
-		emit_drop(svc_id, WARREN_DROP_NO_BACKEND, iph.saddr, ports[1], key.proto, 1);
+		drop(svc_id, WARREN_DROP_NO_BACKEND, iph.saddr, ports[1], key.proto, WARREN_SRC_TC);
 		return TC_ACT_SHOT;
 	}
 	tport = svc->target_port ? svc->target_port : ports[1];
 	reason = ct_create(&key, be->addr, tport, svc_id, be_id, !(be->flags & WARREN_BE_F_LOCAL), &fwd);
 	if (reason >= 0) {
-		count_drop(svc_id, reason);
-		emit_drop(svc_id, reason, iph.saddr, ports[1], key.proto, 1);
+		drop(svc_id, reason, iph.saddr, ports[1], key.proto, WARREN_SRC_TC);
 		return TC_ACT_SHOT;
 	}
 	count_conn(svc_id, be_id);

@@ -29,6 +29,8 @@ pub enum LeaveError {
     Stop { pid: i32, source: nix::Error },
     #[error("the daemon (pid {pid}) did not stop: still running 30 s after SIGTERM and after SIGKILL")]
     StillRunning { pid: i32 },
+    #[error("the node's containerd (pid {pid}) is still running after SIGTERM and SIGKILL")]
+    ContainerdRunning { pid: i32 },
     /// Boxed: the runtime's and the data plane's errors are large.
     #[error("removing the node's {what}: {source}")]
     Cleanup {
@@ -108,7 +110,7 @@ pub async fn leave(data_dir: &Path, force: bool) -> Result<LeaveReport, LeaveErr
         // A daemon killed with SIGKILL leaves the containerd it started running; the
         // next daemon uses it without owning it. Its state is in the data dir,
         // which goes below: stop it first.
-        if let Some(dir) = crate::daemon::runtime_config(&cfg, data_dir).managed_dir {
+        if let Some(dir) = cfg.runtime_config(data_dir).managed_dir {
             stop_managed_containerd(&dir)?;
         }
     }
@@ -210,10 +212,7 @@ fn stop_managed_containerd(dir: &Path) -> Result<(), LeaveError> {
             std::thread::sleep(Duration::from_millis(200));
         }
         if alive(pid) {
-            return Err(LeaveError::Stop {
-                pid,
-                reason: "the node's containerd is still running after SIGTERM and SIGKILL".into(),
-            });
+            return Err(LeaveError::ContainerdRunning { pid });
         }
         tracing::info!(pid, "stopped the node's containerd");
     }

@@ -232,7 +232,7 @@ Transfer/sec:      5.91MB
 
     #[test]
     fn crr_report_parses() {
-        let out = "name 10.230.5.2 90\nname 10.230.5.5 10\nerror EPERM 7\nattempts 107\nok 100\n\
+        let out = "name 10.230.5.2 90\nname 10.230.5.5 10\nerror ECONNREFUSED 7\nattempts 107\nok 100\n\
                    elapsed_us 1000500\nrate 99.9\np50_us 180\np99_us 900\n";
         let r = parse_crr(out).unwrap();
         assert_eq!(r.ok, 100);

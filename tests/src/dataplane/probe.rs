@@ -6,9 +6,11 @@
 //! ```text
 //! serve   --name N --tcp PORT --udp PORT --count-file PATH
 //! connect --to A:P [--n N] [--rate R --secs S] [--bind ADDR] [--http]
-//! udp     --to A:P --n N [--connected] [--timeout-ms MS]
+//! udp     --to A:P --n N [--connected | --socket-each] [--timeout-ms MS]
 //! loop    --to A:P --stop-file PATH [--http]
 //! hold    --to A:P --n N [--udp]      (then reads "check" on stdin)
+//! bind    --to A:P [--udp]            (prints `bound 1` or `error E 1`)
+//! dual    --to [::ffff:A]:P --n N [--udp [--connected]]   (AF_INET6 sockets)
 //! daemon  --node N --bpffs DIR --cgroup DIR --vip A --port P --backend A...
 //! http    --listen A:P [--threads N]
 //! crr     --to A:P --ms MS [--warmup-ms MS] [--conns C] [--rate R] [--threads N]
@@ -88,6 +90,8 @@ pub fn main() {
         "udp" => udp(&args),
         "loop" => connect_loop(&args),
         "hold" => hold(&args),
+        "bind" => bind(&args),
+        "dual" => dual_stack(&args),
         "daemon" => daemon(&args),
         "http" => http::serve(&args),
         "crr" => http::crr(&args),
@@ -158,6 +162,7 @@ fn errno_name(e: &io::Error) -> String {
         Some(libc::EHOSTUNREACH) => "EHOSTUNREACH".into(),
         Some(libc::ENETUNREACH) => "ENETUNREACH".into(),
         Some(libc::EAGAIN) => "EAGAIN".into(),
+        Some(libc::EADDRINUSE) => "EADDRINUSE".into(),
         Some(n) => format!("errno{n}"),
         None => format!("{:?}", e.kind()),
     }
@@ -277,12 +282,19 @@ fn connect(args: &Args) {
     println!("elapsed_ms {}", start.elapsed().as_millis());
 }
 
-fn udp(args: &Args) {
-    let to = args.addr("--to");
-    let connected = args.has("--connected");
+fn udp_socket(args: &Args) -> UdpSocket {
     let sock = UdpSocket::bind("0.0.0.0:0").expect("bind udp");
     sock.set_read_timeout(Some(Duration::from_millis(args.num("--timeout-ms", 2000))))
         .ok();
+    sock
+}
+
+/// `--socket-each`: every datagram from a new socket (a new flow each).
+fn udp(args: &Args) {
+    let to = args.addr("--to");
+    let connected = args.has("--connected");
+    let each = args.has("--socket-each");
+    let mut sock = udp_socket(args);
     if connected {
         sock.connect(to).expect("connect udp");
     }
@@ -291,6 +303,9 @@ fn udp(args: &Args) {
     let mut sources = BTreeMap::new();
     let mut buf = [0u8; 1500];
     for i in 0..args.num("--n", 1) {
+        if each && i > 0 {
+            sock = udp_socket(args);
+        }
         let msg = format!("ping {i}\n");
         let sent = if connected {
             sock.send(msg.as_bytes())
@@ -397,6 +412,85 @@ fn hold(args: &Args) {
             }
         };
         println!("conn {name} {state}");
+    }
+}
+
+/// AF_INET6 (dual-stack) sockets to an IPv4-mapped address: TCP connections, or
+/// UDP datagrams from one socket.
+fn dual_stack(args: &Args) {
+    use std::net::SocketAddrV6;
+    let to: SocketAddrV6 = args.req("--to").parse().expect("--to [::ffff:a.b.c.d]:port");
+    let mut names = BTreeMap::new();
+    let mut errors = BTreeMap::new();
+    let mut sources = BTreeMap::new();
+    let mut mismatch = 0u64;
+    let mut record = |r: io::Result<(String, Option<SocketAddr>)>| match r {
+        Ok((name, peer)) => {
+            *names.entry(name).or_insert(0u64) += 1;
+            if peer != Some(SocketAddr::V6(to)) {
+                mismatch += 1;
+            }
+            *sources
+                .entry(peer.map_or("unknown".into(), |p| p.to_string()))
+                .or_insert(0u64) += 1;
+        }
+        Err(e) => *errors.entry(errno_name(&e)).or_insert(0u64) += 1,
+    };
+    let n = args.num("--n", 1);
+    if args.has("--udp") {
+        let sock = UdpSocket::bind("[::]:0").expect("bind [::]:0");
+        sock.set_read_timeout(Some(Duration::from_secs(2))).ok();
+        let connected = args.has("--connected");
+        if connected {
+            sock.connect(to).expect("connect udp");
+        }
+        let mut buf = [0u8; 1500];
+        for i in 0..n {
+            record((|| {
+                let msg = format!("ping {i}\n");
+                if connected {
+                    sock.send(msg.as_bytes())?;
+                    let got = sock.recv(&mut buf)?;
+                    Ok((
+                        String::from_utf8_lossy(&buf[..got]).trim().to_string(),
+                        sock.peer_addr().ok(),
+                    ))
+                } else {
+                    sock.send_to(msg.as_bytes(), to)?;
+                    let (got, from) = sock.recv_from(&mut buf)?;
+                    Ok((String::from_utf8_lossy(&buf[..got]).trim().to_string(), Some(from)))
+                }
+            })());
+        }
+    } else {
+        for _ in 0..n {
+            record((|| {
+                let s = TcpStream::connect_timeout(&SocketAddr::V6(to), Duration::from_secs(3))?;
+                let peer = s.peer_addr().ok();
+                s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+                let mut line = String::new();
+                io::BufReader::new(&s).read_line(&mut line)?;
+                Ok((line.trim().to_string(), peer))
+            })());
+        }
+    }
+    report(&names, &errors);
+    for (k, v) in sources {
+        println!("from {k} {v}");
+    }
+    println!("peer_mismatch {mismatch}");
+}
+
+fn bind(args: &Args) {
+    let to = args.addr("--to");
+    let r = if args.has("--udp") {
+        UdpSocket::bind(to).map(drop)
+    } else {
+        TcpListener::bind(to).map(drop)
+    };
+    match r {
+        Ok(()) => println!("bound 1"),
+        Err(e) => println!("error {} 1", errno_name(&e)),
     }
 }
 

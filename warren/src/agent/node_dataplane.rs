@@ -86,8 +86,18 @@ impl super::EndpointsListener for NodeDataplane {
             return;
         }
         match self.dp.sync(&wanted) {
-            Ok(()) => *last = Some(wanted),
-            Err(e) => tracing::error!(error = %e, "the data plane refused the services; keeping the previous set"),
+            Ok(report) => {
+                // The data plane logs each newly skipped service; what the API
+                // would show in `service inspect` is in DataplaneStatus::skipped.
+                if !report.skipped.is_empty() {
+                    tracing::debug!(
+                        skipped = report.skipped.len(),
+                        "the data plane synced all but the invalid services"
+                    );
+                }
+                *last = Some(wanted)
+            }
+            Err(e) => tracing::error!(error = %e, "the data plane could not be synced; retrying at the next change"),
         }
     }
 }

@@ -73,6 +73,9 @@ pub enum Command {
     /// Manage volumes.
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// Read this node's eBPF maps directly (works with the daemon stopped).
+    #[command(subcommand)]
+    Dataplane(super::dataplane::DataplaneCmd),
     /// Stream changes to the cluster state as they are committed.
     Events {
         /// Only these kinds: service, task, node, secret, volume, cluster (repeatable).

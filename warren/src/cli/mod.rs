@@ -7,6 +7,7 @@
 pub mod args;
 mod client;
 mod cluster;
+mod dataplane;
 mod events;
 mod image;
 mod node;
@@ -205,6 +206,7 @@ async fn run(cli: Cli) -> Result<()> {
             ));
             render::emit(&text)?;
         }
+        Command::Dataplane(d) => dataplane::run(d)?,
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             let mut script = Vec::new();
@@ -252,6 +254,7 @@ async fn client_command(c: &mut client::Client, cmd: Command) -> Result<()> {
         Command::Events { kinds, format } => events::run(c, kinds, format).await,
         Command::Cluster(ClusterCmd::Init { .. } | ClusterCmd::Join { .. } | ClusterCmd::Leave { .. })
         | Command::Daemon(_)
+        | Command::Dataplane(_)
         | Command::Completion { .. } => Err(anyhow!("not a client command: the daemon runs it")),
     }
 }

@@ -26,6 +26,13 @@ pub struct KernelSupport {
     pub sock_destroy_btf_id: Option<u32>,
 }
 
+impl KernelSupport {
+    /// Whether the kernel is `major.minor` or later.
+    pub fn at_least(&self, major: u32, minor: u32) -> bool {
+        (self.version.0, self.version.1) >= (major, minor)
+    }
+}
+
 /// `major.minor.patch` from a kernel release string such as `6.1.0-18-amd64`.
 pub fn parse_release(release: &str) -> Option<(u32, u32, u32)> {
     let mut parts = release.split(|c: char| !c.is_ascii_digit());

@@ -4,20 +4,28 @@
 //! removes everything on `cleanup`. Maps, links and socket destruction have their
 //! own modules.
 
-use std::{collections::BTreeSet, fs::File, os::fd::AsFd, os::unix::fs::MetadataExt, path::PathBuf, sync::Mutex};
+use std::{
+    collections::BTreeSet,
+    fs::File,
+    os::fd::AsFd,
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+    sync::{mpsc, Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
 
 use aya::{
     maps::{MapData, MapError, RingBuf},
     programs::{
         links::FdLink,
         tc::{self, NlOptions, TcAttachOptions},
-        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
     },
     EbpfLoader,
 };
 use warren_common::{
     map_names as names, BE_F_CANARY, BE_F_LOCAL, CT_ENTRIES, DROP_CT_FULL, DROP_NO_BACKEND, DROP_RATE_LIMITED,
-    DROP_SNAT_EXHAUSTED, MAX_BACKENDS, MAX_NODE_ADDRS, MAX_SERVICES, MAX_SVC_ENTRIES, RL_ENTRIES, SLOT_ENTRIES,
+    DROP_SNAT_EXHAUSTED, MAX_BACKENDS, MAX_NODE_ADDRS, MAX_SERVICES, MAX_SVC_ENTRIES, RL_ENTRIES, SLOT_POOL,
     SOCK_ENTRIES,
 };
 use warren_ebpf::programs as progs;
@@ -28,13 +36,14 @@ use super::{
     error::verifier_detail,
     events::EventReader,
     links::{
-        attach_pinned, detach_pinned, expected_pins, ifindex, remove_stale_links, BPF_TCX_EGRESS, BPF_TCX_INGRESS,
-        CGROUP_PROGRAMS,
+        attach_pinned, detach_pinned, expected_pins, ifindex, remove_stale_links, CgroupKind, BPF_TCX_EGRESS,
+        BPF_TCX_INGRESS, CGROUP_PROGRAMS,
     },
-    maps::{check_pinned_maps, take, Maps},
-    plan::{self, Current},
+    maps::{check_pinned_maps, retire_old_maps, take, Maps},
+    migrate,
+    plan::{self, Clock, Current, Plan},
     sys, AttachedProgram, BackendStats, Dataplane, DataplaneConfig, DataplaneError, DataplaneStatus, DropCounters,
-    MapFill, ServiceEntry, ServiceStats,
+    MapFill, ServiceEntry, ServiceStats, SkippedService, SyncReport,
 };
 
 fn validate_config(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
@@ -69,20 +78,149 @@ fn validate_config(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
     Ok(())
 }
 
+/// The netns cookie of the host network namespace (`cfg.host_netns`, or the
+/// loader's own), whose sockets reach published ports on 127.0.0.0/8; 0 (no
+/// loopback translation) when the kernel cannot tell (SO_NETNS_COOKIE, 5.14+).
+fn host_netns_cookie(cfg: &DataplaneConfig) -> u64 {
+    let cookie = match &cfg.host_netns {
+        None => sys::netns_cookie(),
+        Some(path) => File::open(path).and_then(|ns| sys::in_netns(ns.as_fd(), sys::netns_cookie).and_then(|r| r)),
+    };
+    match cookie {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(node = %cfg.node_name, error = %e, "cannot read the host network namespace's cookie (Linux 5.14+): published ports do not answer on 127.0.0.0/8");
+            0
+        }
+    }
+}
+
 struct Inner {
     maps: Maps,
     current: Current,
+    /// The last plan applied, which the maintenance thread re-applies when a
+    /// tombstone is due.
+    last_plan: Option<Plan>,
+    /// The services the last sync skipped.
+    skipped: Vec<SkippedService>,
     destroyer: Option<SockDestroyer>,
     events: Option<EventReader>,
+}
+
+/// What the API calls and the maintenance thread share.
+struct Shared {
+    cfg: DataplaneConfig,
+    epoch: Instant,
+    inner: Mutex<Inner>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn clock(&self) -> Clock {
+        Clock {
+            now_ms: self.epoch.elapsed().as_millis() as u64,
+            refuse_ms: self.cfg.refuse_removed.as_millis() as u64,
+        }
+    }
+
+    /// Brings the maps to `plan` and destroys sockets to removed backends.
+    fn apply(&self, inner: &mut Inner, plan: Plan) -> Result<usize, DataplaneError> {
+        // Work on a copy: if a write fails midway, the cache must keep describing
+        // the maps as they were, and the next sync retries.
+        let mut next = inner.current.clone();
+        let outcome = match plan::reconcile(&mut next, &plan, &mut inner.maps, self.clock()) {
+            Ok(o) => {
+                inner.current = next;
+                inner.last_plan = Some(plan);
+                o
+            }
+            Err(e) => {
+                // Re-read what actually landed, so the next sync diffs against truth.
+                if let Ok(cur) = inner.maps.read_current(self.clock()) {
+                    inner.current = cur;
+                }
+                return Err(e);
+            }
+        };
+        let node = &self.cfg.node_name;
+        if !outcome.kill.is_empty() {
+            match inner.destroyer.as_mut() {
+                Some(d) => {
+                    let netns = netns_under(&self.cfg.cgroup_root);
+                    if let Err(e) = d.destroy(&outcome.kill, &netns) {
+                        tracing::warn!(node = %node, error = %e, "destroying sockets to removed backends failed");
+                    } else {
+                        tracing::info!(node = %node, targets = outcome.kill.len(), namespaces = netns.len(), "destroyed sockets to removed backends");
+                    }
+                }
+                None => {
+                    tracing::info!(node = %node, targets = outcome.kill.len(), "sockets to removed backends left open (no bpf_sock_destroy)")
+                }
+            }
+        }
+        Ok(outcome.writes)
+    }
+
+    /// Periodic work: removes tombstones that are due.
+    fn maintain(&self) {
+        let mut inner = self.lock();
+        if !inner.current.tombstone_due(self.clock().now_ms) {
+            return;
+        }
+        let Some(plan) = inner.last_plan.clone() else {
+            return;
+        };
+        match self.apply(&mut inner, plan) {
+            Ok(writes) => tracing::debug!(node = %self.cfg.node_name, writes, "removed addresses of removed services"),
+            Err(e) => {
+                tracing::warn!(node = %self.cfg.node_name, error = %e, "removing addresses of removed services failed")
+            }
+        }
+    }
+}
+
+/// The thread that runs [`Shared::maintain`] once a second; stopped on drop.
+struct Maintenance {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Maintenance {
+    fn start(shared: Arc<Shared>) -> std::io::Result<Self> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("dp-maint-{}", shared.cfg.node_name))
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(Duration::from_secs(1)) {
+                    shared.maintain();
+                }
+            })?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Maintenance {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The eBPF data plane of one node. Dropping it leaves everything attached and
 /// pinned (a restarted daemon adopts it); [`EbpfDataplane::cleanup`] removes it.
 pub struct EbpfDataplane {
-    cfg: DataplaneConfig,
     kernel: KernelSupport,
     programs: Vec<AttachedProgram>,
-    inner: Mutex<Inner>,
+    shared: Arc<Shared>,
+    _maintenance: Maintenance,
 }
 
 impl EbpfDataplane {
@@ -96,15 +234,43 @@ impl EbpfDataplane {
         checks::check_cgroup2(&cfg.cgroup_root)?;
         check_pinned_maps(&cfg.bpffs_dir)?;
 
-        let redirect_neigh = u32::from((kernel.version.0, kernel.version.1) >= (5, 10));
+        let redirect_neigh = u32::from(kernel.at_least(5, 10));
+        let set_retval = u32::from(kernel.at_least(5, 18));
+        let atomics = u32::from(kernel.at_least(5, 12));
+        let host_netns = host_netns_cookie(&cfg);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&cfg.bpffs_dir)
             .override_global("warren_redirect_neigh", &redirect_neigh, true)
+            .override_global("warren_set_retval", &set_retval, true)
+            .override_global("warren_atomics", &atomics, true)
+            .override_global("warren_host_netns", &host_netns, true)
             .load(warren_ebpf::warren_object())
             .map_err(|e| DataplaneError::Load {
                 object: "warren.bpf.o",
                 source: Box::new(e),
             })?;
+
+        // The maps first: a node running an earlier layout gets its new maps
+        // filled before any hook switches to the programs that read them.
+        let mut maps = Maps::take(&mut ebpf)?;
+        let ring: RingBuf<MapData> = take(&mut ebpf, names::EVENTS)?;
+        let events = match EventReader::start(cfg.node_name.clone(), ring) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(node = %cfg.node_name, error = %e, "cannot start the data plane event reader");
+                None
+            }
+        };
+        maps.sync_node_addrs(&cfg.node_addrs)?;
+        let epoch = Instant::now();
+        let clock = Clock {
+            now_ms: 0,
+            refuse_ms: cfg.refuse_removed.as_millis() as u64,
+        };
+        let migrated = migrate::tables_from_v1(&cfg.bpffs_dir, &mut maps, clock)?;
+        if migrated > 0 {
+            tracing::info!(node = %cfg.node_name, services = migrated, "migrated the services' backend tables to Maglev tables (layout v1 to v2)");
+        }
 
         let mut programs = Vec::new();
         let cgroup = File::open(&cfg.cgroup_root)
@@ -113,31 +279,47 @@ impl EbpfDataplane {
             .metadata()
             .map_err(|e| DataplaneError::io(format!("stat cgroup {}", cfg.cgroup_root.display()), e))?
             .ino();
-        for (name, pin, attach_type) in CGROUP_PROGRAMS {
-            let prog: &mut CgroupSockAddr = ebpf
+        for (name, pin, attach_type, kind) in CGROUP_PROGRAMS {
+            let prog = ebpf
                 .program_mut(name)
-                .ok_or_else(|| DataplaneError::program(name, "missing from the object"))?
-                .try_into()
-                .map_err(|e| DataplaneError::program(name, e))?;
-            prog.load()
-                .map_err(|e| DataplaneError::program(name, verifier_detail(&e)))?;
-            let prog_fd = prog
-                .fd()
-                .map_err(|e| DataplaneError::program(name, e))?
-                .try_clone()
-                .map_err(|e| DataplaneError::program(name, e))?;
-            let adopted = attach_pinned(
-                &cfg.bpffs_dir.join(pin),
-                (sys::LINK_TYPE_CGROUP, cgroup_id, attach_type),
-                prog_fd.as_fd(),
-                || {
-                    let id = prog
-                        .attach(&cgroup, CgroupAttachMode::Single)
+                .ok_or_else(|| DataplaneError::program(name, "missing from the object"))?;
+            let expect = (sys::LINK_TYPE_CGROUP, cgroup_id, attach_type);
+            let adopted = match kind {
+                CgroupKind::SockAddr => {
+                    let prog: &mut CgroupSockAddr = prog.try_into().map_err(|e| DataplaneError::program(name, e))?;
+                    prog.load()
+                        .map_err(|e| DataplaneError::program(name, verifier_detail(&e)))?;
+                    let prog_fd = prog
+                        .fd()
+                        .map_err(|e| DataplaneError::program(name, e))?
+                        .try_clone()
                         .map_err(|e| DataplaneError::program(name, e))?;
-                    let link = prog.take_link(id).map_err(|e| DataplaneError::program(name, e))?;
-                    FdLink::try_from(link).map_err(|e| DataplaneError::program(name, e))
-                },
-            )?;
+                    attach_pinned(&cfg.bpffs_dir.join(pin), expect, prog_fd.as_fd(), || {
+                        let id = prog
+                            .attach(&cgroup, CgroupAttachMode::Single)
+                            .map_err(|e| DataplaneError::program(name, e))?;
+                        let link = prog.take_link(id).map_err(|e| DataplaneError::program(name, e))?;
+                        FdLink::try_from(link).map_err(|e| DataplaneError::program(name, e))
+                    })?
+                }
+                CgroupKind::Sock => {
+                    let prog: &mut CgroupSock = prog.try_into().map_err(|e| DataplaneError::program(name, e))?;
+                    prog.load()
+                        .map_err(|e| DataplaneError::program(name, verifier_detail(&e)))?;
+                    let prog_fd = prog
+                        .fd()
+                        .map_err(|e| DataplaneError::program(name, e))?
+                        .try_clone()
+                        .map_err(|e| DataplaneError::program(name, e))?;
+                    attach_pinned(&cfg.bpffs_dir.join(pin), expect, prog_fd.as_fd(), || {
+                        let id = prog
+                            .attach(&cgroup, CgroupAttachMode::Single)
+                            .map_err(|e| DataplaneError::program(name, e))?;
+                        let link = prog.take_link(id).map_err(|e| DataplaneError::program(name, e))?;
+                        FdLink::try_from(link).map_err(|e| DataplaneError::program(name, e))
+                    })?
+                }
+            };
             programs.push(AttachedProgram {
                 program: name.to_string(),
                 target: format!("cgroup:{}", cfg.cgroup_root.display()),
@@ -208,18 +390,10 @@ impl EbpfDataplane {
         }
 
         remove_stale_links(&cfg.bpffs_dir, &expected_pins(&cfg))?;
+        // Every hook runs the new programs now: maps of earlier layouts are unused.
+        retire_old_maps(&cfg.bpffs_dir)?;
 
-        let mut maps = Maps::take(&mut ebpf)?;
-        let ring: RingBuf<MapData> = take(&mut ebpf, names::EVENTS)?;
-        let events = match EventReader::start(cfg.node_name.clone(), ring) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                tracing::warn!(node = %cfg.node_name, error = %e, "cannot start the data plane event reader");
-                None
-            }
-        };
-        maps.sync_node_addrs(&cfg.node_addrs)?;
-        let current = maps.read_current()?;
+        let current = maps.read_current(clock)?;
 
         let destroyer = match kernel.sock_destroy_btf_id {
             None => {
@@ -250,16 +424,25 @@ impl EbpfDataplane {
         // The programs stay attached through their pinned links; the maps were
         // taken out, so dropping the object only closes our program fds.
         drop(ebpf);
-        Ok(Self {
+        let shared = Arc::new(Shared {
             cfg,
-            kernel,
-            programs,
+            epoch,
             inner: Mutex::new(Inner {
                 maps,
                 current,
+                last_plan: None,
+                skipped: Vec::new(),
                 destroyer,
                 events,
             }),
+        });
+        let maintenance = Maintenance::start(shared.clone())
+            .map_err(|e| DataplaneError::io("start the data plane maintenance thread", e))?;
+        Ok(Self {
+            kernel,
+            programs,
+            shared,
+            _maintenance: maintenance,
         })
     }
 
@@ -297,7 +480,7 @@ impl EbpfDataplane {
 
     /// The configuration this data plane was opened with.
     pub fn config(&self) -> &DataplaneConfig {
-        &self.cfg
+        &self.shared.cfg
     }
 
     /// What the kernel offers.
@@ -307,9 +490,10 @@ impl EbpfDataplane {
 
     fn status_of(&self, inner: &Inner) -> DataplaneStatus {
         let mut st = DataplaneStatus {
-            node_name: self.cfg.node_name.clone(),
+            node_name: self.shared.cfg.node_name.clone(),
             programs: self.programs.clone(),
             sock_destroy: inner.destroyer.is_some(),
+            skipped: inner.skipped.clone(),
             recent_drops: inner.events.as_ref().map(EventReader::recent).unwrap_or_default(),
             ..Default::default()
         };
@@ -343,7 +527,7 @@ impl EbpfDataplane {
                 .flat_map(|s| s.tables.iter())
                 .map(|t| t.len() as u64)
                 .sum()),
-            SLOT_ENTRIES,
+            SLOT_POOL,
             &mut errors,
         );
         fill(names::BACKEND, Ok(cur.backends.len() as u64), MAX_BACKENDS, &mut errors);
@@ -395,48 +579,25 @@ impl EbpfDataplane {
 }
 
 impl Dataplane for EbpfDataplane {
-    fn sync(&self, services: &[ServiceEntry]) -> Result<(), DataplaneError> {
-        let plan = plan::plan(services)?;
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let inner = &mut *guard;
-        // Work on a copy: if a write fails midway, the cache must keep describing
-        // the maps as they were, and the next sync retries.
-        let mut next = inner.current.clone();
-        let result = plan::reconcile(&mut next, &plan, &mut inner.maps);
-        let outcome = match result {
-            Ok(o) => {
-                inner.current = next;
-                o
-            }
-            Err(e) => {
-                // Re-read what actually landed, so the next sync diffs against truth.
-                if let Ok(cur) = inner.maps.read_current() {
-                    inner.current = cur;
-                }
-                return Err(e);
-            }
-        };
-        tracing::debug!(node = %self.cfg.node_name, services = services.len(), writes = outcome.writes, "data plane synced");
-        if !outcome.kill.is_empty() {
-            match inner.destroyer.as_mut() {
-                Some(d) => {
-                    let netns = netns_under(&self.cfg.cgroup_root);
-                    if let Err(e) = d.destroy(&outcome.kill, &netns) {
-                        tracing::warn!(node = %self.cfg.node_name, error = %e, "destroying sockets to removed backends failed");
-                    } else {
-                        tracing::info!(node = %self.cfg.node_name, targets = outcome.kill.len(), namespaces = netns.len(), "destroyed sockets to removed backends");
-                    }
-                }
-                None => {
-                    tracing::info!(node = %self.cfg.node_name, targets = outcome.kill.len(), "sockets to removed backends left open (no bpf_sock_destroy)")
-                }
+    fn sync(&self, services: &[ServiceEntry]) -> Result<SyncReport, DataplaneError> {
+        let planned = plan::plan(services);
+        let node = &self.shared.cfg.node_name;
+        let mut inner = self.shared.lock();
+        for s in &planned.skipped {
+            if !inner.skipped.contains(s) {
+                tracing::warn!(node = %node, service = %s.name, service_id = s.id, field = %s.field, problem = %s.problem, "data plane skips an invalid service");
             }
         }
-        Ok(())
+        let writes = self.shared.apply(&mut inner, planned.plan)?;
+        inner.skipped = planned.skipped.clone();
+        tracing::debug!(node = %node, services = services.len(), skipped = planned.skipped.len(), writes, "data plane synced");
+        Ok(SyncReport {
+            skipped: planned.skipped,
+        })
     }
 
     fn status(&self) -> DataplaneStatus {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = self.shared.lock();
         self.status_of(&inner)
     }
 }

@@ -1,10 +1,11 @@
 //! An in-memory [`Dataplane`] for other modules' unit tests: it validates like the
-//! real one and records every accepted sync. Not a data plane.
+//! real one (skipping and reporting invalid services) and records every sync. Not
+//! a data plane.
 
 use std::sync::Mutex;
 
 use super::ServiceEntry;
-use super::{plan, Dataplane, DataplaneError, DataplaneStatus, ServiceStats};
+use super::{plan, Dataplane, DataplaneError, DataplaneStatus, ServiceStats, SkippedService, SyncReport};
 
 /// Records the services of the last successful [`Dataplane::sync`].
 #[derive(Debug, Default)]
@@ -15,6 +16,7 @@ pub struct FakeDataplane {
 #[derive(Debug, Default)]
 struct FakeState {
     last: Option<Vec<ServiceEntry>>,
+    skipped: Vec<SkippedService>,
     syncs: usize,
     fail_next: Option<String>,
 }
@@ -24,7 +26,7 @@ impl FakeDataplane {
         Self::default()
     }
 
-    /// The services of the last successful sync.
+    /// The services of the last successful sync, less the skipped ones.
     pub fn last_sync(&self) -> Option<Vec<ServiceEntry>> {
         self.lock().last.clone()
     }
@@ -45,15 +47,22 @@ impl FakeDataplane {
 }
 
 impl Dataplane for FakeDataplane {
-    fn sync(&self, services: &[ServiceEntry]) -> Result<(), DataplaneError> {
-        plan::validate(services)?;
+    fn sync(&self, services: &[ServiceEntry]) -> Result<SyncReport, DataplaneError> {
+        let skipped = plan::plan(services).skipped;
         let mut st = self.lock();
         if let Some(msg) = st.fail_next.take() {
             return Err(DataplaneError::io("fake data plane", std::io::Error::other(msg)));
         }
-        st.last = Some(services.to_vec());
+        st.last = Some(
+            services
+                .iter()
+                .filter(|s| !skipped.iter().any(|k| k.id == s.id && k.name == s.name))
+                .cloned()
+                .collect(),
+        );
+        st.skipped = skipped.clone();
         st.syncs += 1;
-        Ok(())
+        Ok(SyncReport { skipped })
     }
 
     fn status(&self) -> DataplaneStatus {
@@ -73,6 +82,7 @@ impl Dataplane for FakeDataplane {
                     drops: Default::default(),
                 })
                 .collect(),
+            skipped: st.skipped.clone(),
             ..Default::default()
         }
     }
@@ -102,17 +112,22 @@ mod tests {
     }
 
     #[test]
-    fn records_valid_syncs_and_refuses_invalid_ones() {
+    fn records_syncs_and_skips_invalid_services() {
         let dp = FakeDataplane::new();
-        dp.sync(&[web()]).unwrap();
+        assert!(dp.sync(&[web()]).unwrap().skipped.is_empty());
         assert_eq!(dp.last_sync().unwrap(), vec![web()]);
         let mut bad = web();
         bad.canary_weight = 200;
-        let e = dp.sync(&[bad]).unwrap_err();
-        assert!(e.to_string().contains("canary_weight"), "{e}");
-        assert_eq!(dp.sync_count(), 1);
+        bad.id = 2;
+        bad.vip = None;
+        bad.name = "bad".into();
+        let report = dp.sync(&[bad, web()]).unwrap();
+        assert_eq!(report.skipped.len(), 1);
+        assert_eq!(report.skipped[0].field, "canary_weight", "{:?}", report.skipped);
+        assert_eq!(dp.sync_count(), 2);
         assert_eq!(dp.last_sync().unwrap(), vec![web()]);
         assert_eq!(dp.status().services.len(), 1);
+        assert_eq!(dp.status().skipped, report.skipped);
         dp.fail_next_sync("boom");
         assert!(dp.sync(&[web()]).is_err());
         assert!(dp.sync(&[]).is_ok());

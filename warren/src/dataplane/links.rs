@@ -19,15 +19,86 @@ const BPF_CGROUP_INET4_CONNECT: u32 = 10;
 const BPF_CGROUP_UDP4_SENDMSG: u32 = 14;
 const BPF_CGROUP_UDP4_RECVMSG: u32 = 19;
 const BPF_CGROUP_INET4_GETPEERNAME: u32 = 29;
+const BPF_CGROUP_INET4_POST_BIND: u32 = 12;
+const BPF_CGROUP_INET6_CONNECT: u32 = 11;
+const BPF_CGROUP_INET6_POST_BIND: u32 = 13;
+const BPF_CGROUP_UDP6_SENDMSG: u32 = 15;
+const BPF_CGROUP_UDP6_RECVMSG: u32 = 20;
+const BPF_CGROUP_INET6_GETPEERNAME: u32 = 30;
 pub(crate) const BPF_TCX_INGRESS: u32 = 46;
 pub(crate) const BPF_TCX_EGRESS: u32 = 47;
 
-/// The cgroup programs: (program, pin name, attach type).
-pub(crate) const CGROUP_PROGRAMS: [(&str, &str, u32); 4] = [
-    (progs::CONNECT4, "link_connect4", BPF_CGROUP_INET4_CONNECT),
-    (progs::SENDMSG4, "link_sendmsg4", BPF_CGROUP_UDP4_SENDMSG),
-    (progs::RECVMSG4, "link_recvmsg4", BPF_CGROUP_UDP4_RECVMSG),
-    (progs::GETPEERNAME4, "link_getpeer4", BPF_CGROUP_INET4_GETPEERNAME),
+/// The program type of a cgroup program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CgroupKind {
+    /// `BPF_PROG_TYPE_CGROUP_SOCK_ADDR`: connect, sendmsg, recvmsg, getpeername.
+    SockAddr,
+    /// `BPF_PROG_TYPE_CGROUP_SOCK`: post_bind.
+    Sock,
+}
+
+/// The cgroup programs: (program, pin name, attach type, program type).
+pub(crate) const CGROUP_PROGRAMS: [(&str, &str, u32, CgroupKind); 10] = [
+    (
+        progs::CONNECT4,
+        "link_connect4",
+        BPF_CGROUP_INET4_CONNECT,
+        CgroupKind::SockAddr,
+    ),
+    (
+        progs::SENDMSG4,
+        "link_sendmsg4",
+        BPF_CGROUP_UDP4_SENDMSG,
+        CgroupKind::SockAddr,
+    ),
+    (
+        progs::RECVMSG4,
+        "link_recvmsg4",
+        BPF_CGROUP_UDP4_RECVMSG,
+        CgroupKind::SockAddr,
+    ),
+    (
+        progs::GETPEERNAME4,
+        "link_getpeer4",
+        BPF_CGROUP_INET4_GETPEERNAME,
+        CgroupKind::SockAddr,
+    ),
+    (
+        progs::CONNECT6,
+        "link_connect6",
+        BPF_CGROUP_INET6_CONNECT,
+        CgroupKind::SockAddr,
+    ),
+    (
+        progs::SENDMSG6,
+        "link_sendmsg6",
+        BPF_CGROUP_UDP6_SENDMSG,
+        CgroupKind::SockAddr,
+    ),
+    (
+        progs::RECVMSG6,
+        "link_recvmsg6",
+        BPF_CGROUP_UDP6_RECVMSG,
+        CgroupKind::SockAddr,
+    ),
+    (
+        progs::GETPEERNAME6,
+        "link_getpeer6",
+        BPF_CGROUP_INET6_GETPEERNAME,
+        CgroupKind::SockAddr,
+    ),
+    (
+        progs::POST_BIND4,
+        "link_post_bind4",
+        BPF_CGROUP_INET4_POST_BIND,
+        CgroupKind::Sock,
+    ),
+    (
+        progs::POST_BIND6,
+        "link_post_bind6",
+        BPF_CGROUP_INET6_POST_BIND,
+        CgroupKind::Sock,
+    ),
 ];
 
 /// Attaches through a pinned link: an existing pin for the same hook gets the new
@@ -88,7 +159,7 @@ pub(crate) fn detach_pinned(pin: &Path) {
 
 /// The link pins a data plane with `cfg` owns.
 pub(crate) fn expected_pins(cfg: &DataplaneConfig) -> BTreeSet<String> {
-    let mut pins: BTreeSet<String> = CGROUP_PROGRAMS.iter().map(|(_, pin, _)| pin.to_string()).collect();
+    let mut pins: BTreeSet<String> = CGROUP_PROGRAMS.iter().map(|(_, pin, _, _)| pin.to_string()).collect();
     for iface in &cfg.ifaces {
         pins.insert(format!("link_tc_in_{iface}"));
         pins.insert(format!("link_tc_out_{iface}"));

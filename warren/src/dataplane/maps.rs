@@ -9,14 +9,14 @@ use aya::{
     Ebpf,
 };
 use warren_common::{
-    map_names as names, slot_index, Affinity, Backend as BeValue, BackendCounters, Be32, CtKey, CtValue, KillKey,
-    NodeAddr, RevNat, RlKey, RlValue, SockKey, SvcCounters, SvcKey, SvcState, SvcValue, BE_F_ACTIVE, CT_ENTRIES,
-    EVENTS_BYTES, KILL_ENTRIES, KINDS, MAX_BACKENDS, MAX_NODE_ADDRS, MAX_SERVICES, MAX_SVC_ENTRIES, MAX_TABLES,
-    RL_ENTRIES, SLOTS, SLOT_ENTRIES, SOCK_ENTRIES,
+    map_names as names, Affinity, Backend as BeValue, BackendCounters, Be32, CtKey, CtValue, KillKey, NodeAddr, RevNat,
+    RlKey, RlValue, SockKey, SvcCounters, SvcKey, SvcState, SvcValue, BE_F_ACTIVE, CT_ENTRIES, EVENTS_BYTES,
+    KILL_ENTRIES, KINDS, MAX_BACKENDS, MAX_NODE_ADDRS, MAX_SERVICES, MAX_SVC_ENTRIES, RL_ENTRIES, SLOT_POOL,
+    SOCK_ENTRIES, SVC_F_REFUSE,
 };
 
 use super::{
-    plan::{Current, CurrentService, MapOps},
+    plan::{Clock, Current, CurrentService, MapOps},
     DataplaneError,
 };
 
@@ -38,7 +38,7 @@ fn map_specs() -> [(&'static str, u32, usize, usize, u32); 13] {
             MAX_SVC_ENTRIES,
         ),
         (names::STATE, ARRAY, 4, size_of::<SvcState>(), MAX_SERVICES),
-        (names::SLOT, ARRAY, 4, 4, SLOT_ENTRIES),
+        (names::SLOT, ARRAY, 4, 4, SLOT_POOL),
         (names::BACKEND, ARRAY, 4, size_of::<BeValue>(), MAX_BACKENDS),
         (
             names::REVNAT,
@@ -132,10 +132,15 @@ impl Maps {
 
     /// The maps' contents as the reconciler sees them (after a restart: what the
     /// previous daemon left).
-    pub(crate) fn read_current(&self) -> Result<Current, DataplaneError> {
+    /// Tombstones found (addresses with `SVC_F_REFUSE`) stay for `clock.refuse_ms`
+    /// from now: when they were made is not recorded.
+    pub(crate) fn read_current(&self, clock: Clock) -> Result<Current, DataplaneError> {
         let mut cur = Current::default();
         for item in self.svc.iter() {
             let (k, v) = item.map_err(|e| DataplaneError::map(names::SVC, e))?;
+            if v.flags & SVC_F_REFUSE != 0 {
+                cur.tombstones.insert(k, clock.now_ms + clock.refuse_ms);
+            }
             cur.svc_entries.insert(k, v);
         }
         let ids: BTreeSet<u32> = cur.svc_entries.values().map(|v| v.svc_id).collect();
@@ -145,17 +150,16 @@ impl Maps {
                 .get(&id, 0)
                 .map_err(|e| DataplaneError::map(names::STATE, e))?;
             let mut tables: [Vec<u32>; KINDS as usize] = Default::default();
-            for (kind, table) in tables.iter_mut().enumerate() {
-                let t = if kind == 0 { state.table_all } else { state.table_local };
-                if t == 0 || t >= MAX_TABLES {
+            for (table, (off, size)) in tables.iter_mut().zip(state.tables()) {
+                if off == 0 || size == 0 || off.checked_add(size).is_none_or(|end| end > SLOT_POOL) {
                     continue;
                 }
-                for slot in 0..SLOTS {
-                    let id = self
-                        .slot
-                        .get(&slot_index(t, slot), 0)
-                        .map_err(|e| DataplaneError::map(names::SLOT, e))?;
-                    table.push(id);
+                for idx in off..off + size {
+                    table.push(
+                        self.slot
+                            .get(&idx, 0)
+                            .map_err(|e| DataplaneError::map(names::SLOT, e))?,
+                    );
                 }
             }
             cur.services.insert(
@@ -258,10 +262,10 @@ impl MapOps for Maps {
             .map_err(|e| DataplaneError::map(names::SVC_COUNTERS, e))
     }
 
-    fn write_table(&mut self, table: u32, ids: &[u32]) -> Result<(), DataplaneError> {
-        for (slot, id) in ids.iter().enumerate() {
+    fn write_table(&mut self, offset: u32, ids: &[u32]) -> Result<(), DataplaneError> {
+        for (i, id) in ids.iter().enumerate() {
             self.slot
-                .set(slot_index(table, slot as u32), id, 0)
+                .set(offset + i as u32, id, 0)
                 .map_err(|e| DataplaneError::map(names::SLOT, e))?;
         }
         Ok(())
@@ -285,6 +289,20 @@ impl MapOps for Maps {
             Err(e) => Err(DataplaneError::map(names::SVC, e)),
         }
     }
+}
+
+/// Unpins the maps of earlier layouts (`map_names::RETIRED`), once no attached
+/// program uses them; the kernel frees each when its last reference goes.
+pub(crate) fn retire_old_maps(dir: &Path) -> Result<(), DataplaneError> {
+    for name in names::RETIRED {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(pin = %path.display(), "retired a map of an earlier layout"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DataplaneError::io(format!("unpin {}", path.display()), e)),
+        }
+    }
+    Ok(())
 }
 
 /// Refuses pinned maps whose type or sizes differ from this build's.

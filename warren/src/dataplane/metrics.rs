@@ -81,6 +81,12 @@ const FAMILIES: &[Family] = &[
         counter: false,
     },
     Family {
+        name: "dataplane_service_skipped",
+        help: "1 per service the last sync left out of the maps (invalid or over a limit), with the field at fault.",
+        labels: &["service", "field"],
+        counter: false,
+    },
+    Family {
         name: "dataplane_sock_destroy_supported",
         help: "1 when sockets to removed backends are destroyed (bpf_sock_destroy).",
         labels: &[],
@@ -167,7 +173,10 @@ impl Collector for DataplaneCollector {
         for p in &st.programs {
             vecs[9].set(&[&p.program, &p.target], 1);
         }
-        vecs[10].set(&[], u64::from(st.sock_destroy));
+        for k in &st.skipped {
+            vecs[10].set(&[&k.name, &k.field], 1);
+        }
+        vecs[11].set(&[], u64::from(st.sock_destroy));
         vecs.iter().flat_map(Vec_::collect).collect()
     }
 }
@@ -188,13 +197,14 @@ mod tests {
     use super::*;
     use crate::dataplane::{
         BackendStats, DataplaneError, DataplaneStatus, DropCounters, MapFill, ServiceEntry, ServiceStats,
+        SkippedService, SyncReport,
     };
 
     struct Canned(DataplaneStatus);
 
     impl Dataplane for Canned {
-        fn sync(&self, _: &[ServiceEntry]) -> Result<(), DataplaneError> {
-            Ok(())
+        fn sync(&self, _: &[ServiceEntry]) -> Result<SyncReport, DataplaneError> {
+            Ok(SyncReport::default())
         }
         fn status(&self) -> DataplaneStatus {
             self.0.clone()
@@ -232,6 +242,12 @@ mod tests {
                 capacity: 8192,
             }],
             sock_destroy: true,
+            skipped: vec![SkippedService {
+                id: 2,
+                name: "bad".into(),
+                field: "vip".into(),
+                problem: "10.99.0.1 is also the VIP of service web".into(),
+            }],
             ..Default::default()
         };
         let registry = Registry::new_custom(Some("warren".into()), None).unwrap();
@@ -248,6 +264,7 @@ mod tests {
             "warren_dataplane_map_entries{map=\"warren_svc_v1\"} 4",
             "warren_dataplane_map_capacity{map=\"warren_svc_v1\"} 8192",
             "warren_dataplane_sock_destroy_supported 1",
+            "warren_dataplane_service_skipped{field=\"vip\",service=\"bad\"} 1",
             "# TYPE warren_dataplane_connections_total counter",
         ] {
             assert!(text.contains(line), "missing `{line}` in\n{text}");

@@ -14,13 +14,20 @@ mod ebpf;
 mod error;
 mod events;
 mod fake;
+pub mod inspect;
 mod links;
+mod maglev;
 mod maps;
 mod metrics;
+mod migrate;
 mod plan;
 mod sys;
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+
+/// [`DataplaneConfig::refuse_removed`] by default: the DNS TTL of service names
+/// (`crate::dns::DEFAULT_TTL`, 5 s).
+pub const DEFAULT_REFUSE_REMOVED: Duration = Duration::from_secs(5);
 
 pub use checks::{check_kernel, ensure_bpffs, KernelSupport};
 pub use ebpf::EbpfDataplane;
@@ -28,7 +35,7 @@ pub use error::DataplaneError;
 pub use events::DropEvent;
 pub use fake::FakeDataplane;
 pub use metrics::register_metrics;
-pub use plan::validate;
+pub use plan::{validate, SkippedService};
 
 /// Where and how the data plane of one node is attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +49,18 @@ pub struct DataplaneConfig {
     pub cgroup_root: PathBuf,
     /// Interfaces whose ingress/egress carry published-port traffic (tc programs).
     pub ifaces: Vec<String>,
-    /// The node's addresses: published ports answer on these (and on 127.0.0.0/8).
+    /// The node's addresses: published ports answer on these (and on 127.0.0.0/8
+    /// for sockets of the host network namespace).
     pub node_addrs: Vec<Ipv4Addr>,
+    /// The host network namespace (a netns file such as `/run/netns/<name>`):
+    /// only its sockets reach published ports through 127.0.0.0/8, and only its
+    /// sockets are refused a bind to a published port. `None`: the loader's own.
+    pub host_netns: Option<PathBuf>,
+    /// How long the VIP of a removed service keeps refusing new connections
+    /// (ECONNREFUSED) before it disappears: the DNS TTL of service names, so that
+    /// a client with a cached answer is refused rather than routed out of the node
+    /// untranslated. Zero removes it at once.
+    pub refuse_removed: Duration,
 }
 
 impl DataplaneConfig {
@@ -57,6 +74,8 @@ impl DataplaneConfig {
             cgroup_root: default_cgroup_root(),
             ifaces: Vec::new(),
             node_addrs: Vec::new(),
+            host_netns: None,
+            refuse_removed: DEFAULT_REFUSE_REMOVED,
         }
     }
 }
@@ -146,11 +165,20 @@ pub struct ServiceEntry {
     pub rate_limit: Option<RateLimit>,
 }
 
+/// What a [`Dataplane::sync`] left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Invalid or over-limit services, left out of the maps (a service that was
+    /// in them before is removed); the others are synced all the same.
+    pub skipped: Vec<SkippedService>,
+}
+
 /// A node data plane: the maps follow the last complete set of services.
 pub trait Dataplane: Send + Sync {
     /// The complete desired set of services; idempotent; only differences touch
-    /// the maps. Invalid input changes nothing and names the offending field.
-    fn sync(&self, services: &[ServiceEntry]) -> Result<(), DataplaneError>;
+    /// the maps. An invalid service is skipped and reported, naming the
+    /// offending field; the error is for failures to write the maps.
+    fn sync(&self, services: &[ServiceEntry]) -> Result<SyncReport, DataplaneError>;
     /// Attached programs, map fill and counters.
     fn status(&self) -> DataplaneStatus;
 }
@@ -240,6 +268,8 @@ pub struct DataplaneStatus {
     pub sock_destroy: bool,
     /// The most recent drops reported through the events ring buffer (oldest first).
     pub recent_drops: Vec<DropEvent>,
+    /// Services the last sync left out, and why.
+    pub skipped: Vec<SkippedService>,
     /// Problems met while reading the status (a map that could not be read).
     pub errors: Vec<String>,
 }

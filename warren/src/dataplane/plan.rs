@@ -12,10 +12,11 @@ use std::{
 
 use warren_common::{
     Backend as BeValue, Be16, Be32, SvcKey, SvcState, SvcValue, BE_F_ACTIVE, BE_F_CANARY, BE_F_LOCAL, KINDS,
-    MAX_BACKENDS, MAX_SERVICES, MAX_SVC_ENTRIES, MAX_TABLES, SLOTS, SVC_F_HOST_MODE, SVC_F_NODEPORT, SVC_F_WILDCARD,
+    MAX_BACKENDS, MAX_SERVICES, MAX_SVC_ENTRIES, RL_MAX_BURST, RL_MAX_RATE, SLOT_POOL, SVC_F_HOST_MODE, SVC_F_NODEPORT,
+    SVC_F_REFUSE, SVC_F_WILDCARD,
 };
 
-use super::{BackendGroup, DataplaneError, Protocol, ServiceEntry};
+use super::{maglev, BackendGroup, DataplaneError, Protocol, ServiceEntry};
 
 /// A backend as planned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -63,210 +64,342 @@ fn bad_addr(a: Ipv4Addr) -> Option<&'static str> {
     }
 }
 
-/// Checks a desired set of services; the error names the service and the field.
+/// Checks a desired set of services strictly: the first invalid one is an error
+/// naming the service and the field.
 pub fn validate(services: &[ServiceEntry]) -> Result<(), DataplaneError> {
-    plan(services).map(|_| ())
+    match plan(services).skipped.into_iter().next() {
+        None => Ok(()),
+        Some(s) => Err(s.error()),
+    }
 }
 
-/// Validates `services` and computes the desired map contents.
-pub(crate) fn plan(services: &[ServiceEntry]) -> Result<Plan, DataplaneError> {
-    let mut out = Plan::default();
-    let mut ids: BTreeMap<u32, String> = BTreeMap::new();
-    let mut vips: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
-    let mut published: BTreeMap<(Protocol, u16), String> = BTreeMap::new();
+/// A service left out of a sync, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedService {
+    pub id: u32,
+    /// The service's name (or `#<index>` when it has none).
+    pub name: String,
+    /// The offending field, e.g. `ports[1].published`.
+    pub field: String,
+    pub problem: String,
+}
+
+impl SkippedService {
+    /// As the error a strict validation returns.
+    pub fn error(&self) -> DataplaneError {
+        DataplaneError::invalid(&self.name, &self.field, &self.problem)
+    }
+}
+
+impl std::fmt::Display for SkippedService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error().fmt(f)
+    }
+}
+
+/// A plan and the services it leaves out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Planned {
+    pub plan: Plan,
+    pub skipped: Vec<SkippedService>,
+}
+
+/// What the services planned so far claim: a later service that claims the same
+/// id, VIP or published port is the invalid one.
+#[derive(Default)]
+struct Taken {
+    ids: BTreeMap<u32, String>,
+    vips: BTreeMap<Ipv4Addr, String>,
+    published: BTreeMap<(Protocol, u16), String>,
+}
+
+/// One valid service's contribution to the plan.
+struct PlannedOne {
+    service: PlannedService,
+    entries: BTreeMap<SvcKey, SvcValue>,
+}
+
+/// Validates `services` and computes the desired map contents. An invalid service,
+/// or one that would overflow a map, is left out and reported; the others are
+/// planned as if it did not exist (one bad service never blocks a node's sync).
+pub(crate) fn plan(services: &[ServiceEntry]) -> Planned {
+    let mut out = Planned::default();
+    let mut taken = Taken::default();
     let mut backend_count = 0usize;
 
     for (index, s) in services.iter().enumerate() {
         let name = label(s, index);
-        let invalid = |field: &str, problem: String| DataplaneError::invalid(&name, field, problem);
-        if s.name.is_empty() {
-            return Err(invalid("name", "must not be empty".into()));
+        let one = plan_one(s, &name, &taken).and_then(|one| {
+            let new_entries = one
+                .entries
+                .keys()
+                .filter(|k| !out.plan.svc_entries.contains_key(k))
+                .count();
+            if out.plan.svc_entries.len() + new_entries > MAX_SVC_ENTRIES as usize {
+                return Err(DataplaneError::invalid(
+                    &name,
+                    "ports",
+                    format!("the service map is full ({MAX_SVC_ENTRIES} entries)"),
+                ));
+            }
+            if backend_count + one.service.backends.len() >= MAX_BACKENDS as usize {
+                return Err(DataplaneError::invalid(
+                    &name,
+                    "backends",
+                    format!("the node has no backend ids left ({} in all)", MAX_BACKENDS - 1),
+                ));
+            }
+            Ok(one)
+        });
+        match one {
+            Ok(one) => {
+                taken.ids.insert(s.id, name.clone());
+                if let Some(vip) = s.vip {
+                    taken.vips.insert(vip, name.clone());
+                }
+                for (k, v) in &one.entries {
+                    if v.flags & SVC_F_NODEPORT != 0 {
+                        let proto = if k.proto == Protocol::Tcp.ip_proto() {
+                            Protocol::Tcp
+                        } else {
+                            Protocol::Udp
+                        };
+                        taken.published.insert((proto, k.port.get()), name.clone());
+                    }
+                }
+                backend_count += one.service.backends.len();
+                out.plan.svc_entries.extend(one.entries);
+                out.plan.services.insert(s.id, one.service);
+            }
+            Err(error) => {
+                let (field, problem) = match error {
+                    DataplaneError::InvalidService { field, problem, .. } => (field, problem),
+                    other => (String::new(), other.to_string()),
+                };
+                out.skipped.push(SkippedService {
+                    id: s.id,
+                    name,
+                    field,
+                    problem,
+                })
+            }
         }
-        if s.id >= MAX_SERVICES {
-            return Err(invalid("id", format!("{} is out of range (0..{MAX_SERVICES})", s.id)));
-        }
-        if let Some(other) = ids.insert(s.id, name.clone()) {
-            return Err(invalid("id", format!("{} is also the id of service {other}", s.id)));
-        }
-        if s.canary_weight > 100 {
+    }
+    out
+}
+
+fn plan_one(s: &ServiceEntry, name: &str, taken: &Taken) -> Result<PlannedOne, DataplaneError> {
+    let invalid = |field: &str, problem: String| DataplaneError::invalid(name, field, problem);
+    let mut entries = BTreeMap::new();
+    let mut published = BTreeSet::new();
+    if s.name.is_empty() {
+        return Err(invalid("name", "must not be empty".into()));
+    }
+    if s.id >= MAX_SERVICES {
+        return Err(invalid("id", format!("{} is out of range (0..{MAX_SERVICES})", s.id)));
+    }
+    if let Some(other) = taken.ids.get(&s.id) {
+        return Err(invalid("id", format!("{} is also the id of service {other}", s.id)));
+    }
+    if s.canary_weight > 100 {
+        return Err(invalid(
+            "canary_weight",
+            format!("{} is not a percentage (0-100)", s.canary_weight),
+        ));
+    }
+    let (rate_per_sec, rate_burst) = match s.rate_limit {
+        None => (0, 0),
+        Some(r) if r.per_sec == 0 => {
             return Err(invalid(
-                "canary_weight",
-                format!("{} is not a percentage (0-100)", s.canary_weight),
-            ));
+                "rate_limit.per_sec",
+                "must be at least 1 (omit rate_limit for no limit)".into(),
+            ))
         }
-        let (rate_per_sec, rate_burst) = match s.rate_limit {
-            None => (0, 0),
-            Some(r) if r.per_sec == 0 => {
+        Some(r) if r.burst == 0 => return Err(invalid("rate_limit.burst", "must be at least 1".into())),
+        Some(r) if r.per_sec > RL_MAX_RATE => {
+            return Err(invalid(
+                "rate_limit.per_sec",
+                format!("{} is above the limit of {RL_MAX_RATE}/s", r.per_sec),
+            ))
+        }
+        Some(r) if r.burst > RL_MAX_BURST => {
+            return Err(invalid(
+                "rate_limit.burst",
+                format!("{} is above the limit of {RL_MAX_BURST}", r.burst),
+            ))
+        }
+        Some(r) => (r.per_sec, r.burst),
+    };
+
+    if let Some(vip) = s.vip {
+        if let Some(problem) = bad_addr(vip) {
+            return Err(invalid("vip", format!("{vip}: {problem}")));
+        }
+        if let Some(other) = taken.vips.get(&vip) {
+            return Err(invalid("vip", format!("{vip} is also the VIP of service {other}")));
+        }
+        for proto in [Protocol::Tcp, Protocol::Udp] {
+            entries.insert(
+                SvcKey {
+                    addr: Be32::from_ip(vip),
+                    port: Be16::new(0),
+                    proto: proto.ip_proto(),
+                    pad: 0,
+                },
+                SvcValue {
+                    svc_id: s.id,
+                    target_port: Be16::new(0),
+                    flags: SVC_F_WILDCARD,
+                    pad: 0,
+                },
+            );
+        }
+    }
+
+    for (i, p) in s.ports.iter().enumerate() {
+        if p.target == 0 {
+            return Err(invalid(&format!("ports[{i}].target"), "port 0 is not a port".into()));
+        }
+        if let Some(vip) = s.vip {
+            entries.insert(
+                SvcKey {
+                    addr: Be32::from_ip(vip),
+                    port: Be16::new(p.target),
+                    proto: p.protocol.ip_proto(),
+                    pad: 0,
+                },
+                SvcValue {
+                    svc_id: s.id,
+                    target_port: Be16::new(p.target),
+                    flags: 0,
+                    pad: 0,
+                },
+            );
+        }
+        match p.published {
+            None if p.host_mode => {
                 return Err(invalid(
-                    "rate_limit.per_sec",
-                    "must be at least 1 (omit rate_limit for no limit)".into(),
+                    &format!("ports[{i}].host_mode"),
+                    "mode=host needs a published port".into(),
                 ))
             }
-            Some(r) if r.burst == 0 => return Err(invalid("rate_limit.burst", "must be at least 1".into())),
-            Some(r) if r.burst > u32::MAX / 1000 => {
-                return Err(invalid("rate_limit.burst", format!("{} is too large", r.burst)))
+            None => {}
+            Some(0) => {
+                return Err(invalid(
+                    &format!("ports[{i}].published"),
+                    "port 0 cannot be published".into(),
+                ))
             }
-            Some(r) => (r.per_sec, r.burst),
-        };
-
-        if let Some(vip) = s.vip {
-            if let Some(problem) = bad_addr(vip) {
-                return Err(invalid("vip", format!("{vip}: {problem}")));
-            }
-            if let Some(other) = vips.insert(vip, name.clone()) {
-                return Err(invalid("vip", format!("{vip} is also the VIP of service {other}")));
-            }
-            for proto in [Protocol::Tcp, Protocol::Udp] {
-                out.svc_entries.insert(
+            Some(pp) => {
+                let other = taken
+                    .published
+                    .get(&(p.protocol, pp))
+                    .cloned()
+                    .or_else(|| (!published.insert((p.protocol, pp))).then(|| name.to_string()));
+                if let Some(other) = other {
+                    return Err(invalid(
+                        &format!("ports[{i}].published"),
+                        format!("{}/{pp} is already published by service {other}", p.protocol.as_str()),
+                    ));
+                }
+                entries.insert(
                     SvcKey {
-                        addr: Be32::from_ip(vip),
-                        port: Be16::new(0),
-                        proto: proto.ip_proto(),
-                        pad: 0,
-                    },
-                    SvcValue {
-                        svc_id: s.id,
-                        target_port: Be16::new(0),
-                        flags: SVC_F_WILDCARD,
-                        pad: 0,
-                    },
-                );
-            }
-        }
-
-        for (i, p) in s.ports.iter().enumerate() {
-            if p.target == 0 {
-                return Err(invalid(&format!("ports[{i}].target"), "port 0 is not a port".into()));
-            }
-            if let Some(vip) = s.vip {
-                out.svc_entries.insert(
-                    SvcKey {
-                        addr: Be32::from_ip(vip),
-                        port: Be16::new(p.target),
+                        addr: Be32::new(0),
+                        port: Be16::new(pp),
                         proto: p.protocol.ip_proto(),
                         pad: 0,
                     },
                     SvcValue {
                         svc_id: s.id,
                         target_port: Be16::new(p.target),
-                        flags: 0,
+                        flags: SVC_F_NODEPORT | if p.host_mode { SVC_F_HOST_MODE } else { 0 },
                         pad: 0,
                     },
                 );
             }
-            match p.published {
-                None if p.host_mode => {
-                    return Err(invalid(
-                        &format!("ports[{i}].host_mode"),
-                        "mode=host needs a published port".into(),
-                    ))
-                }
-                None => {}
-                Some(0) => {
-                    return Err(invalid(
-                        &format!("ports[{i}].published"),
-                        "port 0 cannot be published".into(),
-                    ))
-                }
-                Some(pp) => {
-                    if let Some(other) = published.insert((p.protocol, pp), name.clone()) {
-                        return Err(invalid(
-                            &format!("ports[{i}].published"),
-                            format!("{}/{pp} is already published by service {other}", p.protocol.as_str()),
-                        ));
-                    }
-                    out.svc_entries.insert(
-                        SvcKey {
-                            addr: Be32::new(0),
-                            port: Be16::new(pp),
-                            proto: p.protocol.ip_proto(),
-                            pad: 0,
-                        },
-                        SvcValue {
-                            svc_id: s.id,
-                            target_port: Be16::new(p.target),
-                            flags: SVC_F_NODEPORT | if p.host_mode { SVC_F_HOST_MODE } else { 0 },
-                            pad: 0,
-                        },
-                    );
-                }
-            }
         }
-
-        let mut seen = BTreeSet::new();
-        let mut backends = Vec::with_capacity(s.backends.len());
-        for (i, b) in s.backends.iter().enumerate() {
-            if let Some(problem) = bad_addr(b.addr) {
-                return Err(invalid(
-                    &format!("backends[{i}].addr"),
-                    format!("{}: {problem}", b.addr),
-                ));
-            }
-            if !seen.insert(b.addr) {
-                return Err(invalid(
-                    &format!("backends[{i}].addr"),
-                    format!("{} is listed twice", b.addr),
-                ));
-            }
-            backends.push(PlannedBackend {
-                addr: b.addr,
-                canary: b.group == BackendGroup::Canary,
-                local: b.local,
-            });
-        }
-        backends.sort();
-        backend_count += backends.len();
-
-        out.services.insert(
-            s.id,
-            PlannedService {
-                name: s.name.clone(),
-                backends,
-                canary_weight: s.canary_weight,
-                rate_per_sec,
-                rate_burst,
-            },
-        );
     }
 
-    if out.svc_entries.len() > MAX_SVC_ENTRIES as usize {
-        return Err(DataplaneError::Exhausted {
-            what: "service map entries",
-            limit: MAX_SVC_ENTRIES,
+    let mut seen = BTreeSet::new();
+    let mut backends = Vec::with_capacity(s.backends.len());
+    for (i, b) in s.backends.iter().enumerate() {
+        if let Some(problem) = bad_addr(b.addr) {
+            return Err(invalid(
+                &format!("backends[{i}].addr"),
+                format!("{}: {problem}", b.addr),
+            ));
+        }
+        if !seen.insert(b.addr) {
+            return Err(invalid(
+                &format!("backends[{i}].addr"),
+                format!("{} is listed twice", b.addr),
+            ));
+        }
+        backends.push(PlannedBackend {
+            addr: b.addr,
+            canary: b.group == BackendGroup::Canary,
+            local: b.local,
         });
     }
-    if backend_count >= MAX_BACKENDS as usize {
-        return Err(DataplaneError::Exhausted {
-            what: "backend ids",
-            limit: MAX_BACKENDS - 1,
-        });
-    }
-    Ok(out)
+    backends.sort();
+
+    Ok(PlannedOne {
+        service: PlannedService {
+            name: s.name.clone(),
+            backends,
+            canary_weight: s.canary_weight,
+            rate_per_sec,
+            rate_burst,
+        },
+        entries,
+    })
 }
 
-/// A slot table: `SLOTS` backend ids, `canary_weight`% of them (rounded) from the
-/// canary group, the rest from the stable group, each group's slots spread evenly
-/// over its backends. A group without backends gives its share to the other; no
-/// backends at all gives an empty table.
-pub(crate) fn fill_table(stable: &[u32], canary: &[u32], canary_weight: u8) -> Vec<u32> {
-    if stable.is_empty() && canary.is_empty() {
-        return Vec::new();
-    }
-    let canary_slots = if canary.is_empty() {
-        0
-    } else if stable.is_empty() {
-        SLOTS
-    } else {
-        (u32::from(canary_weight.min(100)) * SLOTS + 50) / 100
+/// The Maglev table of one kind of a service: `canary_weight`% of the slots (exact,
+/// by [`maglev`] quotas) to the canary group, the rest to the stable group, each
+/// group's slots spread evenly over its backends. A group without backends gives
+/// its share to the other; no backends at all gives an empty table. `previous` is
+/// the table this one replaces (kept where it can be, so a removed backend moves
+/// only its own flows).
+pub(crate) fn fill_table(
+    stable: &[(u32, Ipv4Addr)],
+    canary: &[(u32, Ipv4Addr)],
+    canary_weight: u8,
+    previous: Option<&[u32]>,
+) -> Vec<u32> {
+    let w = u64::from(canary_weight.min(100));
+    let (ws, wc) = match (stable.is_empty(), canary.is_empty()) {
+        (true, true) => return Vec::new(),
+        (false, true) => (1, 0),
+        (true, false) => (0, 1),
+        // Group shares W% : (100-W)%, equal within a group.
+        (false, false) => ((100 - w) * canary.len() as u64, w * stable.len() as u64),
     };
-    let mut t = Vec::with_capacity(SLOTS as usize);
-    for i in 0..canary_slots {
-        t.push(canary[i as usize % canary.len()]);
+    let members: Vec<maglev::Member> = stable
+        .iter()
+        .map(|&(id, addr)| (id, addr, ws))
+        .chain(canary.iter().map(|&(id, addr)| (id, addr, wc)))
+        .map(|(id, addr, weight)| maglev::Member {
+            id,
+            key: maglev::key_of(addr),
+            weight,
+        })
+        .collect();
+    let live = members.iter().filter(|m| m.weight > 0).count();
+    maglev::build(&members, maglev::table_size(live), previous)
+}
+
+/// First fit of `size` slots in the pool `[1, SLOT_POOL)` (0 means "no table")
+/// beside the `busy` ranges (offset → size).
+fn alloc_range(busy: &BTreeMap<u32, u32>, size: u32) -> Option<u32> {
+    let mut at = 1u32;
+    for (&off, &len) in busy {
+        if off >= at && off - at >= size {
+            return Some(at);
+        }
+        at = at.max(off.saturating_add(len));
     }
-    for i in 0..SLOTS - canary_slots {
-        t.push(stable[i as usize % stable.len()]);
-    }
-    t
+    (SLOT_POOL.checked_sub(at)? >= size).then_some(at)
 }
 
 /// A service as it is in the maps.
@@ -285,8 +418,30 @@ pub(crate) struct Current {
     pub services: BTreeMap<u32, CurrentService>,
     /// Active backend entries by id.
     pub backends: BTreeMap<u32, BeValue>,
-    /// Slot tables replaced by the last reconciliation: free from the next one on.
-    pub cooling: BTreeSet<u32>,
+    /// Slot-pool ranges (offset, size) replaced by the last reconciliation: free
+    /// from the next one on.
+    pub cooling: BTreeSet<(u32, u32)>,
+    /// Addresses of removed services that refuse new connections (`SVC_F_REFUSE`)
+    /// until the given time ([`Clock`] milliseconds), then disappear.
+    pub tombstones: BTreeMap<SvcKey, u64>,
+}
+
+impl Current {
+    /// Whether a tombstone is due for removal at `now_ms`.
+    pub fn tombstone_due(&self, now_ms: u64) -> bool {
+        self.tombstones.values().any(|&until| until <= now_ms)
+    }
+}
+
+/// The time of a reconciliation and how long a removed service's VIP keeps
+/// refusing new connections: clients may still resolve the name to it until
+/// their DNS answer expires, and an address that is simply gone would send their
+/// connects out of the node untranslated, through the default route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Clock {
+    /// Milliseconds of a monotonic clock.
+    pub now_ms: u64,
+    pub refuse_ms: u64,
 }
 
 /// The map writes a reconciliation needs; implemented over the real maps and, in
@@ -334,24 +489,44 @@ fn service_ports(entries: &BTreeMap<SvcKey, SvcValue>, svc_id: u32) -> BTreeSet<
 /// Brings the maps from `current` to `plan` through `ops`, in an order where no
 /// program ever reads a half-written table or a backend that does not exist yet.
 /// On success `current` equals the new contents.
-pub(crate) fn reconcile(current: &mut Current, plan: &Plan, ops: &mut dyn MapOps) -> Result<Outcome, DataplaneError> {
+pub(crate) fn reconcile(
+    current: &mut Current,
+    plan: &Plan,
+    ops: &mut dyn MapOps,
+    clock: Clock,
+) -> Result<Outcome, DataplaneError> {
     let mut out = Outcome::default();
 
     // 1. Service addresses that go away (or move to another service) stop matching
-    //    first, so no new connection reaches a service being removed.
+    //    first, so no new connection reaches a service being removed. A VIP that
+    //    no service claims any more becomes a tombstone first: it refuses new
+    //    connections (ECONNREFUSED) until clients' DNS answers for it expired.
     let stale: Vec<SvcKey> = current
         .svc_entries
         .iter()
         .filter(|(k, v)| plan.svc_entries.get(k).is_none_or(|nv| nv.svc_id != v.svc_id))
         .map(|(k, _)| *k)
         .collect();
-    for k in &stale {
-        ops.del_svc(*k)?;
-        out.writes += 1;
-    }
     let old_entries = current.svc_entries.clone();
     for k in &stale {
+        let entombable = k.addr.get() != 0 && clock.refuse_ms > 0 && !plan.svc_entries.contains_key(k);
+        match current.tombstones.get(k) {
+            Some(&until) if entombable && until > clock.now_ms => continue,
+            None if entombable => {
+                let mut v = current.svc_entries[k];
+                v.flags |= SVC_F_REFUSE;
+                ops.put_svc(*k, v)?;
+                out.writes += 1;
+                current.svc_entries.insert(*k, v);
+                current.tombstones.insert(*k, clock.now_ms + clock.refuse_ms);
+                continue;
+            }
+            _ => {}
+        }
+        ops.del_svc(*k)?;
+        out.writes += 1;
         current.svc_entries.remove(k);
+        current.tombstones.remove(k);
     }
 
     // 2. Backend ids: keep the id of a (service, address) that stays, allocate new
@@ -402,93 +577,90 @@ pub(crate) fn reconcile(current: &mut Current, plan: &Plan, ops: &mut dyn MapOps
         }
     }
 
-    // 3. Per service: a changed table is written into a free table of the pool, then
-    //    one state update flips the service to it. The table it replaces is only
-    //    reused after the next reconciliation, so a program that read the old state
-    //    an instant before the flip never sees that table rewritten under it.
+    // 3. Per service: a changed Maglev table is written into a free range of the
+    //    slot pool, then one state update flips the service to it. The range it
+    //    replaces is only reused after the next reconciliation, so a program that
+    //    read the old state an instant before the flip never sees it rewritten.
     let host_mode: BTreeSet<u32> = plan
         .svc_entries
         .values()
         .filter(|v| v.flags & SVC_F_HOST_MODE != 0)
         .map(|v| v.svc_id)
         .collect();
-    let mut busy: BTreeSet<u32> = current
-        .services
-        .values()
-        .flat_map(|c| [c.state.table_all, c.state.table_local])
-        .filter(|t| *t != 0)
-        .collect();
+    let mut busy: BTreeMap<u32, u32> = current.services.values().flat_map(|c| c.state.ranges()).collect();
     let mut cooling = BTreeSet::new();
-    let mut next_table = 1u32;
-    let mut alloc = |busy: &mut BTreeSet<u32>| -> Result<u32, DataplaneError> {
-        while busy.contains(&next_table) {
-            next_table += 1;
-        }
-        if next_table >= MAX_TABLES {
-            return Err(DataplaneError::Exhausted {
-                what: "slot tables",
-                limit: MAX_TABLES - 1,
-            });
-        }
-        busy.insert(next_table);
-        Ok(next_table)
-    };
     for (&svc_id, svc) in &plan.services {
         let members = ids_of.remove(&svc_id).unwrap_or_default();
-        let group = |local_only: bool, canary: bool| -> Vec<u32> {
+        let existing = current.services.get(&svc_id);
+        let group = |local_only: bool, canary: bool| -> Vec<(u32, Ipv4Addr)> {
             members
                 .iter()
                 .filter(|(_, b)| b.canary == canary && (!local_only || b.local))
-                .map(|(id, _)| *id)
+                .map(|(id, b)| (*id, b.addr))
                 .collect()
+        };
+        let table = |kind: usize, local_only: bool| {
+            let previous = existing.map(|c| &c.tables[kind][..]);
+            fill_table(
+                &group(local_only, false),
+                &group(local_only, true),
+                svc.canary_weight,
+                previous,
+            )
         };
         // Only host-mode ports pick from local backends; other services need no
         // local table.
         let tables = [
-            fill_table(&group(false, false), &group(false, true), svc.canary_weight),
+            table(0, false),
             if host_mode.contains(&svc_id) {
-                fill_table(&group(true, false), &group(true, true), svc.canary_weight)
+                table(1, true)
             } else {
                 Vec::new()
             },
         ];
         let count = |local_only: bool| -> u16 { members.iter().filter(|(_, b)| !local_only || b.local).count() as u16 };
-        let existing = current.services.get(&svc_id);
         if existing.is_none() {
             ops.zero_service_counters(svc_id)?;
         }
-        let old_ids = existing.map_or([0, 0], |c| [c.state.table_all, c.state.table_local]);
-        let mut ids = [0u32; KINDS as usize];
+        let old = existing.map_or([(0, 0); KINDS as usize], |c| c.state.tables());
+        let mut placed = [(0u32, 0u32); KINDS as usize];
         for (kind, table) in tables.iter().enumerate() {
             if table.is_empty() {
                 continue;
             }
-            if old_ids[kind] != 0 && existing.is_some_and(|c| c.tables[kind] == *table) {
-                ids[kind] = old_ids[kind];
+            if old[kind].0 != 0 && existing.is_some_and(|c| c.tables[kind] == *table) {
+                placed[kind] = old[kind];
                 continue;
             }
-            let t = alloc(&mut busy)?;
-            ops.write_table(t, table)?;
+            let size = table.len() as u32;
+            let off = alloc_range(&busy, size).ok_or(DataplaneError::Exhausted {
+                what: "slot pool entries",
+                limit: SLOT_POOL - 1,
+            })?;
+            busy.insert(off, size);
+            ops.write_table(off, table)?;
             out.writes += table.len();
-            ids[kind] = t;
+            placed[kind] = (off, size);
         }
         let state = SvcState {
-            table_all: ids[0],
-            table_local: ids[1],
+            table_all: placed[0].0,
+            size_all: placed[0].1,
+            table_local: placed[1].0,
+            size_local: placed[1].1,
             backends_all: count(false),
             backends_local: count(true),
             rate_per_sec: svc.rate_per_sec,
             rate_burst: svc.rate_burst,
+            flags: 0,
         };
         if existing.map(|c| c.state) != Some(state) {
             ops.set_state(svc_id, state)?;
             out.writes += 1;
         }
         cooling.extend(
-            old_ids
-                .iter()
-                .zip(ids)
-                .filter(|(o, n)| **o != 0 && **o != *n)
+            old.iter()
+                .zip(placed)
+                .filter(|(o, n)| o.0 != 0 && **o != *n)
                 .map(|(o, _)| *o),
         );
         current.services.insert(
@@ -508,6 +680,7 @@ pub(crate) fn reconcile(current: &mut Current, plan: &Plan, ops: &mut dyn MapOps
             out.writes += 1;
             current.svc_entries.insert(*k, *v);
         }
+        current.tombstones.remove(k);
     }
 
     // 5. Removed services lose their state once nothing points at it.
@@ -521,7 +694,7 @@ pub(crate) fn reconcile(current: &mut Current, plan: &Plan, ops: &mut dyn MapOps
         ops.set_state(svc_id, SvcState::default())?;
         out.writes += 1;
         if let Some(c) = current.services.remove(&svc_id) {
-            cooling.extend([c.state.table_all, c.state.table_local].into_iter().filter(|t| *t != 0));
+            cooling.extend(c.state.ranges());
         }
     }
     current.cooling = cooling;
@@ -566,6 +739,55 @@ pub(crate) fn reconcile(current: &mut Current, plan: &Plan, ops: &mut dyn MapOps
 mod tests {
     use super::*;
     use crate::dataplane::{Backend, RateLimit, ServicePort};
+
+    const NOW: Clock = Clock {
+        now_ms: 1_000,
+        refuse_ms: 0,
+    };
+
+    /// The plan of services that must all be valid.
+    fn plan(services: &[ServiceEntry]) -> Result<Plan, DataplaneError> {
+        let p = super::plan(services);
+        match p.skipped.first() {
+            None => Ok(p.plan),
+            Some(s) => Err(s.error()),
+        }
+    }
+
+    #[test]
+    fn an_invalid_service_is_skipped_and_the_others_planned() {
+        let mut bad = svc(5, "bad");
+        bad.canary_weight = 150;
+        // Claims web's VIP and published port: the later claimant is the invalid one.
+        let mut thief = svc(6, "thief");
+        thief.vip = svc(3, "x").vip;
+        let p = super::plan(&[svc(3, "web"), bad, thief.clone(), svc(4, "api")]);
+        assert_eq!(p.plan.services.keys().copied().collect::<Vec<_>>(), [3, 4]);
+        let skipped: Vec<_> = p
+            .skipped
+            .iter()
+            .map(|s| (s.id, s.name.as_str(), s.field.as_str()))
+            .collect();
+        assert_eq!(skipped, [(5, "bad", "canary_weight"), (6, "thief", "vip")]);
+        assert_eq!(
+            p.skipped[1].to_string(),
+            "invalid service thief: vip: 10.99.0.4 is also the VIP of service web"
+        );
+        // Nothing of a skipped service reaches the maps, not even its valid parts.
+        assert!(p.plan.svc_entries.values().all(|v| v.svc_id == 3 || v.svc_id == 4));
+        // A published port claimed twice: only the second service is skipped.
+        thief.vip = None;
+        thief.ports[0].published = Some(8003);
+        let p = super::plan(&[svc(3, "web"), thief]);
+        assert_eq!(p.skipped.len(), 1);
+        assert_eq!(p.skipped[0].field, "ports[0].published");
+        assert_eq!(p.plan.services.len(), 1);
+    }
+
+    /// reconcile() at [`NOW`], without tombstones.
+    fn reconcile(current: &mut Current, plan: &Plan, ops: &mut dyn MapOps) -> Result<Outcome, DataplaneError> {
+        super::reconcile(current, plan, ops, NOW)
+    }
 
     fn svc(id: u32, name: &str) -> ServiceEntry {
         ServiceEntry {
@@ -649,22 +871,41 @@ mod tests {
 
     #[test]
     fn table_follows_canary_weight() {
-        let stable = [1, 2, 3];
-        let canary = [9];
-        for (w, expect) in [(0u8, 0usize), (10, 26), (20, 51), (50, 128), (100, 256)] {
-            let t = fill_table(&stable, &canary, w);
-            assert_eq!(t.len(), SLOTS as usize);
-            assert_eq!(t.iter().filter(|&&id| id == 9).count(), expect, "weight {w}");
+        let be = |id: u32| (id, Ipv4Addr::new(10, 1, 0, id as u8));
+        let stable = [be(1), be(2), be(3)];
+        let canary = [be(9)];
+        for w in [0u8, 10, 20, 50, 100] {
+            let t = fill_table(&stable, &canary, w, None);
+            let size = if w == 100 {
+                1
+            } else {
+                maglev::table_size(if w == 0 { 3 } else { 4 })
+            } as usize;
+            assert_eq!(t.len(), size, "weight {w}");
+            let share = t.iter().filter(|&&id| id == 9).count() as f64 / t.len() as f64;
+            assert!(
+                (share - f64::from(w) / 100.0).abs() < 0.01,
+                "weight {w}: canary share {share}"
+            );
         }
         // Stable slots are spread evenly over the stable backends.
-        let t = fill_table(&stable, &canary, 0);
-        for id in stable {
+        let t = fill_table(&stable, &canary, 0, None);
+        for (id, _) in stable {
             let n = t.iter().filter(|&&x| x == id).count();
-            assert!((85..=86).contains(&n), "backend {id}: {n} slots");
+            assert!(n.abs_diff(t.len() / 3) <= 1, "backend {id}: {n} slots of {}", t.len());
         }
-        assert!(fill_table(&[], &[], 50).is_empty());
-        assert!(fill_table(&[], &[7], 0).iter().all(|&id| id == 7));
-        assert!(fill_table(&[4], &[], 100).iter().all(|&id| id == 4));
+        assert!(fill_table(&[], &[], 50, None).is_empty());
+        assert!(fill_table(&[], &[be(7)], 0, None).iter().all(|&id| id == 7));
+        assert!(fill_table(&[be(4)], &[], 100, None).iter().all(|&id| id == 4));
+    }
+
+    #[test]
+    fn pool_ranges_are_allocated_first_fit() {
+        let busy = BTreeMap::from([(1, 101), (300, 10)]);
+        assert_eq!(alloc_range(&busy, 100), Some(102));
+        assert_eq!(alloc_range(&busy, 200), Some(310));
+        assert_eq!(alloc_range(&BTreeMap::new(), SLOT_POOL - 1), Some(1));
+        assert_eq!(alloc_range(&BTreeMap::new(), SLOT_POOL), None);
     }
 
     #[test]
@@ -713,9 +954,10 @@ mod tests {
         let mut rec = Recorder::default();
         let out = reconcile(&mut cur, &plan(&[s]).unwrap(), &mut rec).unwrap();
         let log = &rec.log;
-        assert!(pos(log, "table 2") < pos(log, "state 3 all 2"));
-        assert!(pos(log, "state 3 all 2") < pos(log, "backend 2 0.0.0.0"));
-        assert!(rec.tables[&2].iter().all(|&id| id == 1));
+        // One backend left: a one-slot table beside the active 101-slot one.
+        assert!(pos(log, "table 102") < pos(log, "state 3 all 102"));
+        assert!(pos(log, "state 3 all 102") < pos(log, "backend 2 0.0.0.0"));
+        assert_eq!(rec.tables[&102], [1]);
         assert_eq!(
             out.kill,
             [
@@ -731,10 +973,13 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(cur.services[&3].state.table_all, 2);
+        assert_eq!(
+            (cur.services[&3].state.table_all, cur.services[&3].state.size_all),
+            (102, 1)
+        );
         assert_eq!(
             cur.cooling,
-            BTreeSet::from([1]),
+            BTreeSet::from([(1, 101)]),
             "the old table rests for one reconciliation"
         );
     }
@@ -749,9 +994,9 @@ mod tests {
         reconcile(&mut cur, &plan(&[s.clone(), other.clone()]).unwrap(), &mut rec).unwrap();
         assert_eq!(
             (cur.services[&3].state.table_all, cur.services[&4].state.table_all),
-            (1, 2)
+            (1, 102)
         );
-        // Service 3 moves off table 1 and service 4 changes in the same pass: table 1
+        // Service 3 moves off its table and service 4 changes in the same pass: table 1
         // is not handed to service 4 while a program may still read it.
         s.backends.remove(1);
         other.canary_weight = 0;
@@ -763,14 +1008,14 @@ mod tests {
         reconcile(&mut cur, &plan(&[s.clone(), other.clone()]).unwrap(), &mut rec).unwrap();
         assert_eq!(
             (cur.services[&3].state.table_all, cur.services[&4].state.table_all),
-            (3, 4)
+            (103, 104)
         );
-        assert_eq!(cur.cooling, BTreeSet::from([1, 2]));
+        assert_eq!(cur.cooling, BTreeSet::from([(1, 101), (102, 1)]));
         // One pass later both are free again.
         other.backends.pop();
         reconcile(&mut cur, &plan(&[s, other]).unwrap(), &mut rec).unwrap();
         assert_eq!(cur.services[&4].state.table_all, 1);
-        assert_eq!(cur.cooling, BTreeSet::from([4]));
+        assert_eq!(cur.cooling, BTreeSet::from([(104, 101)]));
     }
 
     #[test]
@@ -843,6 +1088,55 @@ mod tests {
         );
         assert!(!cur.services.contains_key(&3));
         assert_eq!(cur.svc_entries.len(), 4);
+    }
+
+    #[test]
+    fn a_removed_vip_refuses_connections_until_its_tombstone_is_due() {
+        let clock = |now_ms| Clock {
+            now_ms,
+            refuse_ms: 5_000,
+        };
+        let mut cur = Current::default();
+        let both = plan(&[svc(3, "web"), svc(4, "api")]).unwrap();
+        super::reconcile(&mut cur, &both, &mut Recorder::default(), clock(0)).unwrap();
+        let only_api = plan(&[svc(4, "api")]).unwrap();
+        let mut rec = Recorder::default();
+        super::reconcile(&mut cur, &only_api, &mut rec, clock(1_000)).unwrap();
+        let vip = Be32::from_ip(Ipv4Addr::new(10, 99, 0, 4));
+        // The VIP's three entries refuse; the published port goes at once.
+        let refusing: Vec<_> = cur
+            .svc_entries
+            .iter()
+            .filter(|(_, v)| v.flags & SVC_F_REFUSE != 0)
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(refusing.len(), 3, "{:#?}", cur.svc_entries);
+        assert!(refusing.iter().all(|k| k.addr == vip));
+        assert_eq!(cur.tombstones.len(), 3);
+        assert!(rec.log.iter().any(|l| l == "del 0.0.0.0:8003"), "{:#?}", rec.log);
+        assert!(
+            !rec.log.iter().any(|l| l.starts_with("del 10.99.0.4")),
+            "{:#?}",
+            rec.log
+        );
+        assert!(!cur.tombstone_due(5_999) && cur.tombstone_due(6_000));
+
+        let mut rec = Recorder::default();
+        let out = super::reconcile(&mut cur, &only_api, &mut rec, clock(3_000)).unwrap();
+        assert_eq!(out.writes, 0, "not due yet: {:#?}", rec.log);
+        let mut rec = Recorder::default();
+        super::reconcile(&mut cur, &only_api, &mut rec, clock(6_000)).unwrap();
+        assert_eq!(rec.log.iter().filter(|l| l.starts_with("del 10.99.0.4")).count(), 3);
+        assert!(cur.tombstones.is_empty());
+        assert_eq!(cur.svc_entries.len(), 4, "only api's entries are left");
+
+        // A service that comes back within the grace takes its entries back.
+        super::reconcile(&mut cur, &both, &mut Recorder::default(), clock(7_000)).unwrap();
+        super::reconcile(&mut cur, &only_api, &mut Recorder::default(), clock(8_000)).unwrap();
+        super::reconcile(&mut cur, &both, &mut Recorder::default(), clock(9_000)).unwrap();
+        assert!(cur.tombstones.is_empty());
+        assert!(cur.svc_entries.values().all(|v| v.flags & SVC_F_REFUSE == 0));
+        assert_eq!(cur.svc_entries.len(), 8);
     }
 
     #[test]
@@ -938,6 +1232,24 @@ mod tests {
             (
                 Box::new(|v| v[0].rate_limit = Some(RateLimit { per_sec: 1, burst: 0 })),
                 "invalid service web: rate_limit.burst: must be at least 1",
+            ),
+            (
+                Box::new(|v| {
+                    v[0].rate_limit = Some(RateLimit {
+                        per_sec: 1_000_001,
+                        burst: 1,
+                    })
+                }),
+                "invalid service web: rate_limit.per_sec: 1000001 is above the limit of 1000000/s",
+            ),
+            (
+                Box::new(|v| {
+                    v[0].rate_limit = Some(RateLimit {
+                        per_sec: 1,
+                        burst: 1_000_001,
+                    })
+                }),
+                "invalid service web: rate_limit.burst: 1000001 is above the limit of 1000000",
             ),
             (
                 Box::new(|v| v[1].name.clear()),

@@ -170,3 +170,45 @@ pub(crate) fn setns_net(ns: BorrowedFd<'_>) -> io::Result<()> {
     }
     Ok(())
 }
+
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// The cookie of the calling thread's network namespace (SO_NETNS_COOKIE, 5.14+),
+/// as bpf_get_netns_cookie() returns it to a program.
+pub(crate) fn netns_cookie() -> io::Result<u64> {
+    // SAFETY: plain socket syscalls on a descriptor owned by `fd`; getsockopt
+    // writes at most `len` bytes into `cookie`.
+    unsafe {
+        let raw = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(raw);
+        let mut cookie = 0u64;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let r = libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        );
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(cookie)
+    }
+}
+
+/// Runs `f` on a short-lived thread inside the network namespace `ns` (setns
+/// affects only the calling thread, so the caller's own stays as it is).
+pub(crate) fn in_netns<T: Send>(ns: BorrowedFd<'_>, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            setns_net(ns)?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| io::Error::other("thread in network namespace panicked"))?
+    })
+}

@@ -279,6 +279,19 @@ impl ServiceSpec {
             if r.burst == 0 {
                 return Err(ValidationError::new("rate-burst", "must be at least 1"));
             }
+            // The data plane's token bucket is exact up to these (warren-common).
+            if r.per_sec > warren_common::RL_MAX_RATE {
+                return Err(ValidationError::new(
+                    "rate-limit",
+                    format!("must be at most {}/s", warren_common::RL_MAX_RATE),
+                ));
+            }
+            if r.burst > warren_common::RL_MAX_BURST {
+                return Err(ValidationError::new(
+                    "rate-burst",
+                    format!("must be at most {}", warren_common::RL_MAX_BURST),
+                ));
+            }
         }
         if self.endpoint_mode == EndpointMode::Dnsrr && self.ports.iter().any(|p| p.mode == PublishMode::Ingress) {
             return Err(ValidationError::new(
@@ -394,6 +407,27 @@ mod tests {
         };
         s.ports = vec![p, p];
         assert_eq!(s.validate().unwrap_err().field, "publish");
+
+        let mut s = spec();
+        s.rate_limit = Some(RateLimit {
+            per_sec: 1_000_001,
+            burst: 1,
+        });
+        let e = s.validate().unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            ("rate-limit", "must be at most 1000000/s")
+        );
+        s.rate_limit = Some(RateLimit {
+            per_sec: 1_000_000,
+            burst: 1_000_001,
+        });
+        assert_eq!(s.validate().unwrap_err().field, "rate-burst");
+        s.rate_limit = Some(RateLimit {
+            per_sec: 1_000_000,
+            burst: 1_000_000,
+        });
+        s.validate().unwrap();
     }
 
     #[test]

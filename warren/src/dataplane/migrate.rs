@@ -1,0 +1,109 @@
+//! Upgrades of pinned maps from an earlier layout: the new maps are created beside
+//! the old ones and filled from them here, before any hook switches to the new
+//! programs, so established and new connections see no gap; the old pins are
+//! retired after the switch (`maps::retire_old_maps`). Only what a layout change
+//! needs; everything else is adopted as it is.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+};
+
+use aya::maps::{Array, Map, MapData};
+use warren_common::{BE_F_CANARY, BE_F_LOCAL};
+
+use super::{
+    maps::Maps,
+    plan::{self, Clock, Plan, PlannedBackend, PlannedService},
+    DataplaneError,
+};
+
+/// `struct warren_svc_state` of layout v1 (`warren_state_v1`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct SvcStateV1 {
+    table_all: u32,
+    table_local: u32,
+    backends_all: u16,
+    backends_local: u16,
+    rate_per_sec: u32,
+    rate_burst: u32,
+}
+
+// SAFETY: repr(C) integers with no padding; any byte pattern is valid.
+unsafe impl aya::Pod for SvcStateV1 {}
+
+/// Slots per table and tables of layout v1 (`warren_slot_v1[table * 256 + slot]`).
+const V1_SLOTS: u32 = 256;
+const V1_MAX_TABLES: u32 = 16384;
+const V1_STATE: &str = "warren_state_v1";
+const V1_SLOT: &str = "warren_slot_v1";
+
+fn open_array<V: aya::Pod>(path: &Path, name: &'static str) -> Result<Array<MapData, V>, DataplaneError> {
+    let data = MapData::from_pin(path).map_err(|e| DataplaneError::map(name, e))?;
+    Array::try_from(Map::Array(data)).map_err(|e| DataplaneError::map(name, e))
+}
+
+/// Fills the Maglev tables and service states (layout v2) from the 256-slot
+/// tables of v1 when `dir` holds v1 pins and the v2 maps are still empty: the
+/// backends of each service are those of its v1 table, the canary weight its
+/// canary share of the 256 slots. Returns how many services were migrated.
+pub(crate) fn tables_from_v1(dir: &Path, maps: &mut Maps, clock: Clock) -> Result<usize, DataplaneError> {
+    let (state_pin, slot_pin) = (dir.join(V1_STATE), dir.join(V1_SLOT));
+    if !state_pin.exists() || !slot_pin.exists() {
+        return Ok(0);
+    }
+    let mut current = maps.read_current(clock)?;
+    if current.services.values().any(|s| s.state.ranges().next().is_some()) {
+        // Migrated already (a start that stopped before retiring the v1 pins).
+        return Ok(0);
+    }
+    let old_state: Array<MapData, SvcStateV1> = open_array(&state_pin, V1_STATE)?;
+    let old_slot: Array<MapData, u32> = open_array(&slot_pin, V1_SLOT)?;
+    let mut plan = Plan {
+        svc_entries: current.svc_entries.clone(),
+        services: BTreeMap::new(),
+    };
+    for &id in current.services.keys() {
+        let st = old_state.get(&id, 0).map_err(|e| DataplaneError::map(V1_STATE, e))?;
+        let mut ids = BTreeSet::new();
+        let mut canary_slots = 0u32;
+        if st.table_all != 0 && st.table_all < V1_MAX_TABLES {
+            for slot in 0..V1_SLOTS {
+                let b = old_slot
+                    .get(&(st.table_all * V1_SLOTS + slot), 0)
+                    .map_err(|e| DataplaneError::map(V1_SLOT, e))?;
+                let Some(be) = current.backends.get(&b) else { continue };
+                ids.insert(b);
+                canary_slots += u32::from(be.flags & BE_F_CANARY != 0);
+            }
+        }
+        let mut backends: Vec<PlannedBackend> = ids
+            .iter()
+            .filter_map(|b| current.backends.get(b))
+            .map(|b| PlannedBackend {
+                addr: b.addr.ip(),
+                canary: b.flags & BE_F_CANARY != 0,
+                local: b.flags & BE_F_LOCAL != 0,
+            })
+            .collect();
+        backends.sort();
+        let mixed = backends.iter().any(|b| b.canary) && backends.iter().any(|b| !b.canary);
+        plan.services.insert(
+            id,
+            PlannedService {
+                name: format!("#{id}"),
+                backends,
+                canary_weight: if mixed {
+                    ((canary_slots * 100 + V1_SLOTS / 2) / V1_SLOTS) as u8
+                } else {
+                    0
+                },
+                rate_per_sec: st.rate_per_sec,
+                rate_burst: st.rate_burst,
+            },
+        );
+    }
+    plan::reconcile(&mut current, &plan, maps, clock)?;
+    Ok(plan.services.len())
+}
