@@ -18,7 +18,7 @@ mod etc_files;
 mod fake;
 mod ipam;
 mod netlink;
-mod netns;
+pub(crate) mod netns;
 mod nft;
 
 use std::collections::BTreeMap;
@@ -30,6 +30,7 @@ use ipnet::Ipv4Net;
 use sha2::{Digest, Sha256};
 
 pub use error::NetworkError;
+pub(crate) use error::{nl_errno, nl_io};
 pub use etc_files::{hosts_content, resolv_conf_content, write_etc_files, DnsConfig, EtcFiles};
 pub use fake::{FakeCall, FakeNetwork};
 pub use ipam::{gateway_of, validate_subnet, Ipam, IPAM_FILE};
@@ -158,7 +159,7 @@ fn is_name_char(c: char) -> bool {
 }
 
 /// A Linux interface name: 1 to 15 bytes, no '/', ':' or whitespace.
-fn validate_ifname(field: &'static str, name: &str) -> Result<(), NetworkError> {
+pub(crate) fn validate_ifname(field: &'static str, name: &str) -> Result<(), NetworkError> {
     if name.is_empty()
         || name.len() > 15
         || name == "."
