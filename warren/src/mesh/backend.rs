@@ -95,6 +95,9 @@ pub struct PeerUpdate {
     pub keepalive: Option<u16>,
     /// `Some`: replaces the peer's allowed IPs (moving them from any other peer).
     pub allowed_ips: Option<Vec<Ipv4Net>>,
+    /// Send a keepalive now (with `keepalive` > 0): with no valid session, that
+    /// starts a handshake at once instead of at the next packet or keepalive.
+    pub kick: bool,
 }
 
 impl PeerUpdate {
@@ -105,6 +108,7 @@ impl PeerUpdate {
             endpoint: None,
             keepalive: None,
             allowed_ips: None,
+            kick: false,
         }
     }
 }
@@ -216,8 +220,10 @@ impl KernelBackend {
             op,
             source,
         };
-        let name: wireguard_control::InterfaceName =
-            self.iface.parse().map_err(|e: wireguard_control::InvalidInterfaceName| err(e.into()))?;
+        let name: wireguard_control::InterfaceName = self
+            .iface
+            .parse()
+            .map_err(|e: wireguard_control::InvalidInterfaceName| err(e.into()))?;
         let r = in_netns(Ns::Fd(self.node_ns.clone()), move || Ok(f(name))).await;
         match r {
             Ok(r) => r.map_err(err),
@@ -249,10 +255,34 @@ impl WgBackend for KernelBackend {
     }
 
     fn set<'a>(&'a self, u: &'a DeviceUpdate) -> BoxFuture<'a, Result<(), WgError>> {
+        // A keepalive interval going from 0 to non-zero sends one at once, in the
+        // kernel as in wireguard-go: a kick is a 0 first.
+        let kicks: Vec<PeerUpdate> = u
+            .peers
+            .iter()
+            .filter(|p| p.kick && !p.remove && p.keepalive.is_some_and(|k| k > 0))
+            .map(|p| PeerUpdate {
+                keepalive: Some(0),
+                endpoint: None,
+                allowed_ips: None,
+                ..p.clone()
+            })
+            .collect();
+        let pre = (!kicks.is_empty()).then(|| {
+            to_wg_update(&DeviceUpdate {
+                peers: kicks,
+                ..DeviceUpdate::default()
+            })
+        });
         let wg = to_wg_update(u);
         Box::pin(async move {
-            self.run("set", move |name| wg.apply(&name, wireguard_control::Backend::Kernel))
-                .await
+            self.run("set", move |name| {
+                if let Some(pre) = pre {
+                    pre.apply(&name, wireguard_control::Backend::Kernel)?;
+                }
+                wg.apply(&name, wireguard_control::Backend::Kernel)
+            })
+            .await
         })
     }
 }

@@ -58,9 +58,12 @@ impl FromStr for PublicKey {
     type Err = MeshError;
 
     fn from_str(s: &str) -> Result<PublicKey, MeshError> {
-        decode_key(s)
-            .map(PublicKey)
-            .ok_or_else(|| MeshError::invalid("public_key", format!("{s:?} is not a WireGuard key (32 bytes in base64)")))
+        decode_key(s).map(PublicKey).ok_or_else(|| {
+            MeshError::invalid(
+                "public_key",
+                format!("{s:?} is not a WireGuard key (32 bytes in base64)"),
+            )
+        })
     }
 }
 
@@ -248,7 +251,9 @@ fn read_key(path: &Path) -> Result<Option<PrivateKey>, MeshError> {
     })?;
     decode_key(&text)
         .map(|k| Some(PrivateKey(k)))
-        .ok_or_else(|| MeshError::BadKey { path: path.to_path_buf() })
+        .ok_or_else(|| MeshError::BadKey {
+            path: path.to_path_buf(),
+        })
 }
 
 #[cfg(test)]
@@ -260,11 +265,17 @@ mod tests {
         // `echo SGb+... | wg pubkey`, the example of wireguard-control's own test.
         let text = "SGb+ojrRNDuMePufwtIYhXzA//k6wF3R21tEBgKlzlM=";
         let key = PrivateKey(decode_key(text).unwrap());
-        assert_eq!(key.public_key().to_string(), "DD5yKRfzExcV5+kDnTroDgCU15latdMjiQ59j1hEuk8=");
+        assert_eq!(
+            key.public_key().to_string(),
+            "DD5yKRfzExcV5+kDnTroDgCU15latdMjiQ59j1hEuk8="
+        );
         let p: PublicKey = "DD5yKRfzExcV5+kDnTroDgCU15latdMjiQ59j1hEuk8=".parse().unwrap();
         assert_eq!(p, key.public_key());
         assert_eq!(PublicKey::from_hex(&p.to_hex()), Some(p));
-        assert!(!format!("{key:?}").contains(text), "Debug must not print the private key");
+        assert!(
+            !format!("{key:?}").contains(text),
+            "Debug must not print the private key"
+        );
         let e = "abc".parse::<PublicKey>().unwrap_err().to_string();
         assert!(e.starts_with("invalid public_key: "), "{e}");
         let json = serde_json::to_string(&p).unwrap();

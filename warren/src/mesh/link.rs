@@ -162,10 +162,7 @@ fn route_state(m: &RouteMessage) -> Option<RouteState> {
         })
         .unwrap_or(Ipv4Addr::UNSPECIFIED);
     let destination = Ipv4Net::new(dst, m.header.destination_prefix_length).ok()?;
-    let has_gateway = m
-        .attributes
-        .iter()
-        .any(|a| matches!(a, RouteAttribute::Gateway(_)));
+    let has_gateway = m.attributes.iter().any(|a| matches!(a, RouteAttribute::Gateway(_)));
     let oif = m.attributes.iter().find_map(|a| match a {
         RouteAttribute::Oif(i) => Some(*i),
         _ => None,
@@ -189,7 +186,15 @@ fn route_state(m: &RouteMessage) -> Option<RouteState> {
 impl MeshLink for NetlinkMeshLink {
     fn link<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<LinkState>, MeshError>> {
         Box::pin(async move {
-            match self.h().link().get().match_name(name.to_string()).execute().try_next().await {
+            match self
+                .h()
+                .link()
+                .get()
+                .match_name(name.to_string())
+                .execute()
+                .try_next()
+                .await
+            {
                 Ok(Some(l)) => Ok(Some(LinkState {
                     index: l.header.index,
                     mtu: link_mtu(&l).unwrap_or(0),
@@ -253,7 +258,10 @@ impl MeshLink for NetlinkMeshLink {
                 .protocol(RouteProtocol::from(protocol));
             let msg = match target {
                 RouteTarget::Dev { index, src } => {
-                    let mut b = b.output_interface(index).scope(RouteScope::Link).kind(RouteType::Unicast);
+                    let mut b = b
+                        .output_interface(index)
+                        .scope(RouteScope::Link)
+                        .kind(RouteType::Unicast);
                     if let Some(s) = src {
                         b = b.pref_source(s);
                     }
@@ -382,7 +390,10 @@ impl MeshLink for FakeLink {
 
     fn delete_route<'a>(&'a self, _link: &'a str, route: RouteState) -> BoxFuture<'a, Result<(), MeshError>> {
         self.call(format!("delete route {}", route.destination));
-        self.routes.lock().unwrap().retain(|x| x.destination != route.destination);
+        self.routes
+            .lock()
+            .unwrap()
+            .retain(|x| x.destination != route.destination);
         Box::pin(async { Ok(()) })
     }
 

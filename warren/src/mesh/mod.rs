@@ -44,7 +44,10 @@ pub use backend::{
 pub use error::{MeshError, WgError};
 pub use keys::{KeyStore, PrivateKey, PublicKey, NEXT_KEY_FILE, PRIVATE_KEY_FILE};
 pub use link::{FakeLink, LinkState, MeshLink, NetlinkMeshLink, RouteState, RouteTarget};
-pub use plan::{plan_device, plan_link, validate_peers, EndpointTries, MeshPeer, PlanConfig, Step};
+pub use plan::{
+    plan_device, plan_kick, plan_link, validate_peers, Endpoints, MeshPeer, PlanConfig, Step, HANDSHAKE_FRESH,
+    TRY_ENDPOINT_FOR,
+};
 pub use uapi::socket_path;
 
 use crate::network::{gateway_of, RTPROT_WARREN};
@@ -168,10 +171,7 @@ impl MeshConfig {
         }
         if let Some(m) = self.mtu {
             if !(MIN_MTU..=65535).contains(&m) {
-                return Err(MeshError::invalid(
-                    "mtu",
-                    format!("{m} is outside {MIN_MTU} to 65535"),
-                ));
+                return Err(MeshError::invalid("mtu", format!("{m} is outside {MIN_MTU} to 65535")));
             }
         }
         if self.cluster_cidr.trunc() != self.cluster_cidr {
@@ -183,7 +183,10 @@ impl MeshConfig {
         if !self.cluster_cidr.contains(&self.subnet) || self.subnet.trunc() != self.subnet {
             return Err(MeshError::invalid(
                 "subnet",
-                format!("{} is not a subnet of the cluster CIDR {}", self.subnet, self.cluster_cidr),
+                format!(
+                    "{} is not a subnet of the cluster CIDR {}",
+                    self.subnet, self.cluster_cidr
+                ),
             ));
         }
         if self.route_protocol <= 4 || self.route_protocol == RTPROT_WARREN {
@@ -207,7 +210,9 @@ impl MeshConfig {
         if mtu < MIN_MTU {
             return Err(MeshError::invalid(
                 "mtu",
-                format!("the underlay MTU {under} leaves {mtu} for the mesh, under {MIN_MTU}; set the mesh MTU explicitly"),
+                format!(
+                    "the underlay MTU {under} leaves {mtu} for the mesh, under {MIN_MTU}; set the mesh MTU explicitly"
+                ),
             ));
         }
         Ok(mtu)
@@ -239,7 +244,10 @@ impl MeshConfig {
                     node_ns: node_ns.clone(),
                 };
                 wggo::check_binary(&go.binary)?;
-                (Arc::new(UserspaceBackend::new(&self.run_dir, &self.interface)), Some(go))
+                (
+                    Arc::new(UserspaceBackend::new(&self.run_dir, &self.interface)),
+                    Some(go),
+                )
             }
         };
         tracing::info!(
@@ -269,7 +277,7 @@ impl MeshConfig {
                 key,
                 next,
                 peers: Vec::new(),
-                tries: EndpointTries::default(),
+                tries: Endpoints::default(),
             },
             wggo,
         })
@@ -453,7 +461,7 @@ struct Reconciler {
     key: PrivateKey,
     next: Option<PrivateKey>,
     peers: Vec<MeshPeer>,
-    tries: EndpointTries,
+    tries: Endpoints,
 }
 
 impl Reconciler {
@@ -466,6 +474,13 @@ impl Reconciler {
             return Ok(Vec::new());
         }
         let now = SystemTime::now();
+        for p in device.iter().flat_map(|d| &d.peers) {
+            if let (Some(e), Some(t)) = (p.endpoint, p.last_handshake) {
+                if now.duration_since(t).unwrap_or_default() < HANDSHAKE_FRESH {
+                    self.tries.learned.insert(p.public_key, e);
+                }
+            }
+        }
         let mut done = Vec::new();
         let mut first_err: Option<MeshError> = None;
         for step in plan_device(&self.plan, &self.key, &self.peers, device.as_ref(), &self.tries, now) {
@@ -477,7 +492,7 @@ impl Reconciler {
                 Ok(()) => {
                     for p in u.peers.iter().filter(|p| !p.remove) {
                         if let Some(e) = p.endpoint {
-                            self.tries.0.insert(p.public_key, (e, now));
+                            self.tries.tried.insert(p.public_key, (e, now));
                         }
                     }
                     done.push(step);
@@ -493,7 +508,7 @@ impl Reconciler {
             .iter()
             .flat_map(|p| std::iter::once(p.public_key).chain(p.next_public_key))
             .collect();
-        self.tries.0.retain(|k, _| known.contains(k));
+        self.tries.tried.retain(|k, _| known.contains(k));
 
         let link = self.link.link(&self.iface).await?;
         let routes = self.link.routes().await?;
@@ -530,6 +545,20 @@ impl Reconciler {
         match first_err {
             Some(e) => Err(e),
             None => Ok(done),
+        }
+    }
+
+    /// A keepalive to every peer of the device ([`plan_kick`]).
+    async fn kick(&self) -> Result<Vec<Step>, MeshError> {
+        let device = self.backend.get().await?;
+        match plan_kick(&self.plan, device.as_ref()) {
+            Some(step) => {
+                if let Step::Peers(u) = &step {
+                    self.backend.set(u).await?;
+                }
+                Ok(vec![step])
+            }
+            None => Ok(Vec::new()),
         }
     }
 
@@ -641,8 +670,10 @@ async fn run(
                             let p = rec.key.public_key();
                             key.send_replace(p);
                             tracing::info!(public_key = %p, "mesh key rotation committed");
-                            // Switch the device now, not at the next tick.
+                            // Switch the device now, not at the next tick, then make
+                            // every peer handshake with the new key at once.
                             pass(rec.reconcile().await);
+                            pass(rec.kick().await);
                             Ok(p)
                         }
                         Err(e) => Err(e),
@@ -717,7 +748,7 @@ mod tests {
             key,
             next: None,
             peers: Vec::new(),
-            tries: EndpointTries::default(),
+            tries: Endpoints::default(),
         }
     }
 
@@ -737,9 +768,15 @@ mod tests {
         let steps = r.reconcile().await.unwrap();
         let names: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
         assert_eq!(names.len(), 6, "{names:?}");
-        assert!(names[0].starts_with("1 configure") && names[1].starts_with("2 peers"), "{names:?}");
+        assert!(
+            names[0].starts_with("1 configure") && names[1].starts_with("2 peers"),
+            "{names:?}"
+        );
         assert_eq!(&names[2..4], ["3 mtu 1420", "4 up"]);
-        assert!(r.tries.0.contains_key(&r.peers[0].public_key), "the endpoint set is remembered");
+        assert!(
+            r.tries.tried.contains_key(&r.peers[0].public_key),
+            "the endpoint set is remembered"
+        );
         assert_eq!(r.reconcile().await.unwrap(), vec![], "a second pass changes nothing");
         let st = r.status().await.unwrap();
         assert_eq!(st.peers.len(), 1);
@@ -760,12 +797,18 @@ mod tests {
         assert!(e.starts_with("invalid mtu: the underlay MTU 1300 leaves 1220"), "{e}");
         type Mutation = Box<dyn Fn(&mut MeshConfig)>;
         let cases: Vec<(Mutation, &str)> = vec![
-            (Box::new(|c| c.interface = "a-very-long-interface".into()), "invalid interface: "),
+            (
+                Box::new(|c| c.interface = "a-very-long-interface".into()),
+                "invalid interface: ",
+            ),
             (Box::new(|c| c.listen_port = 0), "invalid listen_port: "),
             (Box::new(|c| c.run_dir = "run".into()), "invalid run_dir: "),
             (Box::new(|c| c.mtu = Some(1000)), "invalid mtu: 1000 is outside"),
             (Box::new(|c| c.subnet = net("10.99.1.0/24")), "invalid subnet: "),
-            (Box::new(|c| c.route_protocol = RTPROT_WARREN), "invalid route_protocol: 87"),
+            (
+                Box::new(|c| c.route_protocol = RTPROT_WARREN),
+                "invalid route_protocol: 87",
+            ),
             (Box::new(|c| c.key_dir = PathBuf::new()), "invalid key_dir: "),
         ];
         for (mutate, want) in cases {

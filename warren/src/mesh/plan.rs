@@ -3,7 +3,8 @@
 //!
 //! 1. `Configure`: the device's private key and UDP port;
 //! 2. `Peers`: peers added, changed and removed, in one atomic update (so allowed
-//!    IPs move from an old key to a new one at once);
+//!    IPs move from an old key to a new one at once); after this node's own key
+//!    changed, a keepalive to each ([`plan_kick`]) so every peer handshakes now;
 //! 3. `SetMtu` and 4. `SetUp` on the mesh interface;
 //! 5. `Route`: each peer's task subnet via the interface, and a `prohibit` route
 //!    for the cluster CIDR so that a subnet without a peer is refused, never sent
@@ -101,10 +102,17 @@ impl std::fmt::Display for Step {
     }
 }
 
-/// Endpoints the reconciler set, and when, so an unanswered one is given time
-/// before the next is tried.
+/// What the reconciler remembers of endpoints between passes.
 #[derive(Clone, Debug, Default)]
-pub struct EndpointTries(pub HashMap<PublicKey, (SocketAddr, SystemTime)>);
+pub struct Endpoints {
+    /// Endpoints it set, and when, so an unanswered one is given time before the
+    /// next is tried.
+    pub tried: HashMap<PublicKey, (SocketAddr, SystemTime)>,
+    /// The last endpoint each key handshook from. A peer behind NAT that is
+    /// removed and added again is reachable only there (its NAT mapping is kept
+    /// alive by its keepalives to the other peers), not at its configured address.
+    pub learned: HashMap<PublicKey, SocketAddr>,
+}
 
 /// Checks a peer list against this node; the error names the peer and the field.
 pub fn validate_peers(
@@ -160,7 +168,10 @@ pub fn validate_peers(
         subnets.push((p.subnet, id));
         for e in &p.endpoints {
             if e.port() == 0 || e.ip().is_unspecified() || e.ip().is_multicast() {
-                return Err(bad("peers.endpoints", format!("{e} is not a reachable address and port")));
+                return Err(bad(
+                    "peers.endpoints",
+                    format!("{e} is not a reachable address and port"),
+                ));
             }
         }
     }
@@ -223,7 +234,7 @@ pub fn plan_device(
     key: &PrivateKey,
     peers: &[MeshPeer],
     device: Option<&DeviceState>,
-    tries: &EndpointTries,
+    tries: &Endpoints,
     now: SystemTime,
 ) -> Vec<Step> {
     let empty = DeviceState::default();
@@ -290,7 +301,10 @@ pub fn plan_device(
         let want_ips: BTreeSet<IpNet> = e.allowed.iter().map(|&n| IpNet::V4(n)).collect();
         let endpoint = match e.seed {
             Some(seed) if e.pending => (o.and_then(|o| o.endpoint) != Some(seed)).then_some(seed),
-            _ => choose_endpoint(&e.peer.endpoints, o, tries.0.get(&e.key), e.seed, now),
+            _ => {
+                let seed = e.seed.or_else(|| tries.learned.get(&e.key).copied());
+                choose_endpoint(&e.peer.endpoints, o, tries.tried.get(&e.key), seed, now)
+            }
         };
         let keepalive = (o.map(|o| o.keepalive) != Some(cfg.keepalive)).then_some(cfg.keepalive);
         let allowed_ips = (o.map(|o| v4_set(&o.allowed_ips)) != Some(want_ips)).then(|| e.allowed.clone());
@@ -301,6 +315,7 @@ pub fn plan_device(
                 endpoint,
                 keepalive,
                 allowed_ips,
+                kick: false,
             });
         }
     }
@@ -315,6 +330,31 @@ pub fn plan_device(
         steps.push(Step::Peers(update));
     }
     steps
+}
+
+/// After this node switched keys: a keepalive to every peer, so each handshakes
+/// with the new key now rather than at its next packet (up to a keepalive
+/// interval later), which would leave an idle peer's subnet on the old entry.
+pub fn plan_kick(cfg: &PlanConfig, device: Option<&DeviceState>) -> Option<Step> {
+    let dev = device?;
+    if cfg.keepalive == 0 || dev.peers.is_empty() {
+        return None;
+    }
+    Some(Step::Peers(DeviceUpdate {
+        peers: dev
+            .peers
+            .iter()
+            .map(|p| PeerUpdate {
+                public_key: p.public_key,
+                remove: false,
+                endpoint: None,
+                keepalive: Some(cfg.keepalive),
+                allowed_ips: None,
+                kick: true,
+            })
+            .collect(),
+        ..DeviceUpdate::default()
+    }))
 }
 
 /// Steps 3 to 6, and the destinations held by routes the mesh does not own.
@@ -437,18 +477,23 @@ mod tests {
             peer("n3", 3, "10.88.3.0/24", &[]),
         ];
         let mut dev = DeviceState::default();
-        let steps = plan_device(&cfg(), &me(), &peers, Some(&dev), &EndpointTries::default(), t(0));
+        let steps = plan_device(&cfg(), &me(), &peers, Some(&dev), &Endpoints::default(), t(0));
         assert_eq!(steps.len(), 2, "{steps:?}");
-        let Step::Configure(c) = &steps[0] else { panic!("{steps:?}") };
+        let Step::Configure(c) = &steps[0] else {
+            panic!("{steps:?}")
+        };
         assert_eq!(c.listen_port, Some(51820));
         assert!(c.private_key.is_some());
         let Step::Peers(p) = &steps[1] else { panic!("{steps:?}") };
         assert_eq!(p.peers[0].endpoint, Some("192.0.2.2:51820".parse().unwrap()));
         assert_eq!(p.peers[0].keepalive, Some(25));
         assert_eq!(p.peers[0].allowed_ips, Some(vec![net("10.88.2.0/24")]));
-        assert_eq!(p.peers[1].endpoint, None, "a peer without endpoints waits to be reached");
+        assert_eq!(
+            p.peers[1].endpoint, None,
+            "a peer without endpoints waits to be reached"
+        );
         apply(&mut dev, &steps);
-        let again = plan_device(&cfg(), &me(), &peers, Some(&dev), &EndpointTries::default(), t(1));
+        let again = plan_device(&cfg(), &me(), &peers, Some(&dev), &Endpoints::default(), t(1));
         // No handshake yet, but the endpoint set is the only one configured.
         assert!(again.is_empty(), "{again:?}");
     }
@@ -462,12 +507,24 @@ mod tests {
         ];
         apply(
             &mut dev,
-            &plan_device(&cfg(), &me(), &peers, None, &EndpointTries::default(), t(0)),
+            &plan_device(&cfg(), &me(), &peers, None, &Endpoints::default(), t(0)),
         );
         let peers = vec![peer("n2", 2, "10.88.4.0/24", &["192.0.2.2:51820"])];
-        let steps = plan_device(&cfg(), &me(), &peers, Some(&dev), &EndpointTries::default(), t(1));
+        let steps = plan_device(&cfg(), &me(), &peers, Some(&dev), &Endpoints::default(), t(1));
         let Step::Peers(u) = &steps[0] else { panic!("{steps:?}") };
         assert_eq!(u.peers.len(), 2);
+        // Added again after its removal: back where it last handshook from.
+        let learned: SocketAddr = "203.0.113.9:40000".parse().unwrap();
+        let mut mem = Endpoints::default();
+        mem.learned.insert(key(3), learned);
+        let mut dev2 = dev.clone();
+        apply(&mut dev2, &steps);
+        let back = vec![peers[0].clone(), peer("n3", 3, "10.88.3.0/24", &["192.0.2.3:51820"])];
+        let steps2 = plan_device(&cfg(), &me(), &back, Some(&dev2), &mem, t(2));
+        let Step::Peers(u2) = &steps2[0] else {
+            panic!("{steps2:?}")
+        };
+        assert_eq!(u2.peers[0].endpoint, Some(learned));
         assert_eq!(u.peers[0].allowed_ips, Some(vec![net("10.88.4.0/24")]));
         assert_eq!(u.peers[0].endpoint, None);
         assert!(u.peers[1].remove && u.peers[1].public_key == key(3));
@@ -476,25 +533,33 @@ mod tests {
     #[test]
     fn a_working_roamed_endpoint_is_kept_and_a_dead_one_replaced() {
         let mut dev = DeviceState::default();
-        let peers = vec![peer("n2", 2, "10.88.2.0/24", &["192.0.2.2:51820", "198.51.100.2:51820"])];
+        let peers = vec![peer(
+            "n2",
+            2,
+            "10.88.2.0/24",
+            &["192.0.2.2:51820", "198.51.100.2:51820"],
+        )];
         apply(
             &mut dev,
-            &plan_device(&cfg(), &me(), &peers, None, &EndpointTries::default(), t(0)),
+            &plan_device(&cfg(), &me(), &peers, None, &Endpoints::default(), t(0)),
         );
         // The peer reached us from its NAT's address; handshakes keep coming.
         let nat: SocketAddr = "203.0.113.9:40000".parse().unwrap();
         dev.peers[0].endpoint = Some(nat);
         dev.peers[0].last_handshake = Some(t(100));
-        let steps = plan_device(&cfg(), &me(), &peers, Some(&dev), &EndpointTries::default(), t(200));
-        assert!(steps.is_empty(), "a fresh handshake keeps the learned endpoint: {steps:?}");
+        let steps = plan_device(&cfg(), &me(), &peers, Some(&dev), &Endpoints::default(), t(200));
+        assert!(
+            steps.is_empty(),
+            "a fresh handshake keeps the learned endpoint: {steps:?}"
+        );
         // Silent for longer than a rekey: back to the first configured endpoint.
-        let steps = plan_device(&cfg(), &me(), &peers, Some(&dev), &EndpointTries::default(), t(300));
+        let steps = plan_device(&cfg(), &me(), &peers, Some(&dev), &Endpoints::default(), t(300));
         let Step::Peers(u) = &steps[0] else { panic!("{steps:?}") };
         assert_eq!(u.peers[0].endpoint, Some("192.0.2.2:51820".parse().unwrap()));
         apply(&mut dev, &steps);
         // Just tried: wait. Unanswered after the try window: the next one.
-        let mut tries = EndpointTries::default();
-        tries.0.insert(key(2), ("192.0.2.2:51820".parse().unwrap(), t(300)));
+        let mut tries = Endpoints::default();
+        tries.tried.insert(key(2), ("192.0.2.2:51820".parse().unwrap(), t(300)));
         assert!(plan_device(&cfg(), &me(), &peers, Some(&dev), &tries, t(305)).is_empty());
         let steps = plan_device(&cfg(), &me(), &peers, Some(&dev), &tries, t(320));
         let Step::Peers(u) = &steps[0] else { panic!("{steps:?}") };
@@ -507,14 +572,14 @@ mod tests {
         let mut peers = vec![peer("n2", 2, "10.88.2.0/24", &["192.0.2.2:51820"])];
         apply(
             &mut dev,
-            &plan_device(&cfg(), &me(), &peers, None, &EndpointTries::default(), t(0)),
+            &plan_device(&cfg(), &me(), &peers, None, &Endpoints::default(), t(0)),
         );
         let learned: SocketAddr = "203.0.113.9:40000".parse().unwrap();
         dev.peers[0].endpoint = Some(learned);
         dev.peers[0].last_handshake = Some(t(1));
         // 1. Announced: a second entry, no allowed IPs, starting at the working endpoint.
         peers[0].next_public_key = Some(key(9));
-        let steps = plan_device(&cfg(), &me(), &peers, Some(&dev), &EndpointTries::default(), t(2));
+        let steps = plan_device(&cfg(), &me(), &peers, Some(&dev), &Endpoints::default(), t(2));
         let Step::Peers(u) = &steps[0] else { panic!("{steps:?}") };
         assert_eq!(u.peers.len(), 1);
         assert_eq!(u.peers[0].public_key, key(9));
@@ -523,10 +588,14 @@ mod tests {
         apply(&mut dev, &steps);
         let old = dev.peers.iter().find(|p| p.public_key == key(2)).unwrap();
         assert_eq!(old.allowed_ips.len(), 1, "traffic stays on the old key");
-        assert!(plan_device(&cfg(), &me(), &peers, Some(&dev), &EndpointTries::default(), t(3)).is_empty());
+        assert!(plan_device(&cfg(), &me(), &peers, Some(&dev), &Endpoints::default(), t(3)).is_empty());
         // 2. The rotating node switched: a handshake on the new key.
-        dev.peers.iter_mut().find(|p| p.public_key == key(9)).unwrap().last_handshake = Some(t(4));
-        let steps = plan_device(&cfg(), &me(), &peers, Some(&dev), &EndpointTries::default(), t(4));
+        dev.peers
+            .iter_mut()
+            .find(|p| p.public_key == key(9))
+            .unwrap()
+            .last_handshake = Some(t(4));
+        let steps = plan_device(&cfg(), &me(), &peers, Some(&dev), &Endpoints::default(), t(4));
         let Step::Peers(u) = &steps[0] else { panic!("{steps:?}") };
         assert_eq!(u.peers[0].public_key, key(9));
         assert_eq!(u.peers[0].allowed_ips, Some(vec![net("10.88.2.0/24")]));
@@ -535,7 +604,7 @@ mod tests {
         // 3. Committed in the state: the new key is the key; nothing more to do.
         peers[0].public_key = key(9);
         peers[0].next_public_key = None;
-        assert!(plan_device(&cfg(), &me(), &peers, Some(&dev), &EndpointTries::default(), t(5)).is_empty());
+        assert!(plan_device(&cfg(), &me(), &peers, Some(&dev), &Endpoints::default(), t(5)).is_empty());
     }
 
     #[test]
@@ -543,10 +612,10 @@ mod tests {
         let mut dev = DeviceState::default();
         apply(
             &mut dev,
-            &plan_device(&cfg(), &me(), &[], None, &EndpointTries::default(), t(0)),
+            &plan_device(&cfg(), &me(), &[], None, &Endpoints::default(), t(0)),
         );
         let next = PrivateKey::from_bytes([5; 32]);
-        let steps = plan_device(&cfg(), &next, &[], Some(&dev), &EndpointTries::default(), t(1));
+        let steps = plan_device(&cfg(), &next, &[], Some(&dev), &Endpoints::default(), t(1));
         assert_eq!(
             steps,
             vec![Step::Configure(DeviceUpdate {
@@ -596,9 +665,15 @@ mod tests {
         // A foreign route at a peer's subnet is reported, not replaced.
         let peers = vec![peer("n9", 9, "10.88.9.0/24", &[])];
         let (steps, conflicts) = plan_link(&cfg(), &peers, Some(&link), &[foreign]);
-        assert!(!steps.iter().any(|s| matches!(s, Step::Route { destination, .. } if *destination == net("10.88.9.0/24"))));
+        assert!(!steps
+            .iter()
+            .any(|s| matches!(s, Step::Route { destination, .. } if *destination == net("10.88.9.0/24"))));
         assert_eq!(conflicts, vec![(net("10.88.9.0/24"), 4)]);
-        assert_eq!(plan_link(&cfg(), &peers, None, &[]).0, vec![], "no link yet, nothing to do");
+        assert_eq!(
+            plan_link(&cfg(), &peers, None, &[]).0,
+            vec![],
+            "no link yet, nothing to do"
+        );
     }
 
     #[test]
@@ -609,9 +684,18 @@ mod tests {
         validate_peers(&own, c.subnet, c.cluster_cidr, std::slice::from_ref(&ok)).unwrap();
         type Mutation = Box<dyn Fn(&mut Vec<MeshPeer>)>;
         let cases: Vec<(Mutation, &str)> = vec![
-            (Box::new(|p| p[0].node_id.clear()), "invalid peers.node_id: must not be empty"),
-            (Box::new(|p| p.push(p[0].clone())), "invalid peers.node_id: peer \"n2\": listed twice"),
-            (Box::new(|p| p[0].public_key = me().public_key()), "is this node's own key"),
+            (
+                Box::new(|p| p[0].node_id.clear()),
+                "invalid peers.node_id: must not be empty",
+            ),
+            (
+                Box::new(|p| p.push(p[0].clone())),
+                "invalid peers.node_id: peer \"n2\": listed twice",
+            ),
+            (
+                Box::new(|p| p[0].public_key = me().public_key()),
+                "is this node's own key",
+            ),
             (
                 Box::new(|p| {
                     let mut q = p[0].clone();
@@ -622,8 +706,14 @@ mod tests {
                 "is used by another peer",
             ),
             (Box::new(|p| p[0].subnet = net("10.88.2.1/24")), "has host bits set"),
-            (Box::new(|p| p[0].subnet = net("10.99.2.0/24")), "is not inside the cluster CIDR"),
-            (Box::new(|p| p[0].subnet = net("10.88.0.0/23")), "overlaps this node's own subnet"),
+            (
+                Box::new(|p| p[0].subnet = net("10.99.2.0/24")),
+                "is not inside the cluster CIDR",
+            ),
+            (
+                Box::new(|p| p[0].subnet = net("10.88.0.0/23")),
+                "overlaps this node's own subnet",
+            ),
             (
                 Box::new(|p| {
                     let mut q = peer("n3", 3, "10.88.2.128/25", &[]);
@@ -640,7 +730,9 @@ mod tests {
         for (mutate, want) in cases {
             let mut peers = vec![ok.clone()];
             mutate(&mut peers);
-            let e = validate_peers(&own, c.subnet, c.cluster_cidr, &peers).unwrap_err().to_string();
+            let e = validate_peers(&own, c.subnet, c.cluster_cidr, &peers)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(want), "{e:?} should contain {want:?}");
         }
     }

@@ -44,6 +44,10 @@ pub fn set_request(u: &DeviceUpdate) -> String {
             let _ = writeln!(r, "endpoint={e}");
         }
         if let Some(k) = p.keepalive {
+            if p.kick && k > 0 {
+                // 0 then k: the implementation sends a keepalive at once.
+                r.push_str("persistent_keepalive_interval=0\n");
+            }
             let _ = writeln!(r, "persistent_keepalive_interval={k}");
         }
         if let Some(ips) = &p.allowed_ips {
@@ -219,13 +223,14 @@ mod tests {
                     endpoint: Some("10.0.0.2:51820".parse().unwrap()),
                     keepalive: Some(25),
                     allowed_ips: Some(vec!["10.88.2.0/24".parse().unwrap()]),
+                    kick: true,
                 },
                 PeerUpdate::remove(gone),
             ],
         };
         let want = format!(
             "set=1\nprivate_key={}\nlisten_port=51820\npublic_key={}\nendpoint=10.0.0.2:51820\n\
-             persistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=10.88.2.0/24\n\
+             persistent_keepalive_interval=0\npersistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=10.88.2.0/24\n\
              public_key={}\nremove=true\n\n",
             "01".repeat(32),
             "02".repeat(32),
@@ -270,6 +275,9 @@ mod tests {
         assert_eq!(e, "uapi socket /run/wireguard/wg.sock: cannot parse \"listen_port=x\"");
         let e = parse_get(sock, "errno=19\n").unwrap_err();
         assert!(matches!(e, WgError::UapiErrno { errno: 19, .. }), "{e}");
-        assert!(parse_get(sock, "listen_port=1\n").is_err(), "an answer without errno is cut short");
+        assert!(
+            parse_get(sock, "listen_port=1\n").is_err(),
+            "an answer without errno is cut short"
+        );
     }
 }

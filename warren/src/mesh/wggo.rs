@@ -57,7 +57,10 @@ impl WgGoConfig {
 
     /// Whether the run dir is wireguard-go's own, so no bind mount is needed.
     fn is_default_dir(&self) -> bool {
-        match (std::fs::canonicalize(&self.run_dir), std::fs::canonicalize(WG_SOCKET_DIR)) {
+        match (
+            std::fs::canonicalize(&self.run_dir),
+            std::fs::canonicalize(WG_SOCKET_DIR),
+        ) {
             (Ok(a), Ok(b)) => a == b,
             _ => false,
         }
@@ -251,7 +254,10 @@ async fn wait_ready(socket: &Path) -> bool {
     let deadline = Instant::now() + READY_TIMEOUT;
     while Instant::now() < deadline {
         let s = socket.to_path_buf();
-        if tokio::task::spawn_blocking(move || uapi::answers(&s)).await.unwrap_or(false) {
+        if tokio::task::spawn_blocking(move || uapi::answers(&s))
+            .await
+            .unwrap_or(false)
+        {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -285,11 +291,14 @@ fn adopt(cfg: &WgGoConfig) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(cfg.pid_file()).ok()?.trim().parse().ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let is_ours = args.first().is_some_and(|a| a.ends_with(b"wireguard-go"))
-        && args.iter().any(|a| *a == cfg.iface.as_bytes());
-    let ns_of = |p: &str| std::fs::metadata(p).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
-    let same_ns = ns_of(&format!("/proc/{pid}/ns/net"))
-        == ns_of(&format!("/proc/self/fd/{}", cfg.node_ns.as_raw_fd()));
+    let is_ours =
+        args.first().is_some_and(|a| a.ends_with(b"wireguard-go")) && args.iter().any(|a| *a == cfg.iface.as_bytes());
+    let ns_of = |p: &str| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+    };
+    let same_ns = ns_of(&format!("/proc/{pid}/ns/net")) == ns_of(&format!("/proc/self/fd/{}", cfg.node_ns.as_raw_fd()));
     (is_ours && same_ns && uapi::answers(&cfg.socket())).then_some(pid)
 }
 
@@ -343,7 +352,14 @@ fn start(cfg: &WgGoConfig) -> Result<tokio::process::Child, WgError> {
                 {
                     return Err(std::io::Error::last_os_error());
                 }
-                if libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
+                if libc::mount(
+                    src.as_ptr(),
+                    dst.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -353,8 +369,14 @@ fn start(cfg: &WgGoConfig) -> Result<tokio::process::Child, WgError> {
     let mut child = cmd.spawn().map_err(err)?;
     let iface = cfg.iface.clone();
     for out in [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
     ]
     .into_iter()
     .flatten()

@@ -17,6 +17,7 @@ mod error;
 mod etc_files;
 mod fake;
 mod ipam;
+mod mtu;
 mod netlink;
 pub(crate) mod netns;
 mod nft;
@@ -71,6 +72,9 @@ pub struct NetworkConfig {
     pub masquerade: bool,
     /// Route protocol that marks Warren's peer routes.
     pub route_protocol: u8,
+    /// The MTU of both ends of every task's veth (the WireGuard mesh's); `None`
+    /// leaves the kernel's default (1500).
+    pub mtu: Option<u32>,
 }
 
 impl NetworkConfig {
@@ -87,6 +91,7 @@ impl NetworkConfig {
             nft_table: DEFAULT_NFT_TABLE.to_string(),
             masquerade: true,
             route_protocol: RTPROT_WARREN,
+            mtu: None,
         }
     }
 
@@ -140,6 +145,11 @@ impl NetworkConfig {
                 "nft_table",
                 format!("{t:?} must be 1 to 32 letters, digits or '_', starting with a letter"),
             ));
+        }
+        if let Some(m) = self.mtu {
+            if !(576..=65535).contains(&m) {
+                return Err(NetworkError::invalid("mtu", format!("{m} is outside 576 to 65535")));
+            }
         }
         if self.route_protocol <= 4 {
             return Err(NetworkError::invalid(
@@ -352,6 +362,7 @@ mod tests {
                 "invalid route_protocol: 4 is reserved",
             ),
             (Box::new(|c| c.state_dir = PathBuf::new()), "invalid state_dir: "),
+            (Box::new(|c| c.mtu = Some(100)), "invalid mtu: 100 is outside"),
         ];
         for (mutate, want) in cases {
             let mut c = cfg();
