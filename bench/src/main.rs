@@ -157,7 +157,10 @@ const SCENARIOS: &[(&str, &str)] = &[
          `plain veth routing (no encryption)`: a route to the other subnet via the veth. `standalone wireguard-go \
          (wg)`: Debian's wireguard-go in each namespace, configured by hand with `wg set` (MTU 1420). \
          `warren mesh (wireguard-go)`: `warren::mesh` as a library in each namespace (the same wireguard-go, \
-         started and configured by the mesh, MTU 1420 from the veth's 1500), peers set to each other. Each \
+         started and configured by the mesh, MTU 1420 from the veth's 1500; the task network's masquerade rule \
+         off, so that no variant tracks connections), peers set to each other. \
+         `standalone boringtun (wg)`: Cloudflare's boringtun-cli 0.7.1 (from crates.io, when installed) in place \
+         of wireguard-go, configured the same way: the embedded implementation Warren could use instead. Each \
          variant has its own pair of namespaces; after a warm-up, variants alternate run by run, 2 (quick) or \
          5 runs each. Client, server and WireGuard share the machine's cores.",
     ),

@@ -26,6 +26,9 @@ const CRR_CONNS: u32 = 16;
 const PLAIN: &str = "plain veth routing (no encryption)";
 const STANDALONE: &str = "standalone wireguard-go (wg)";
 const WARREN: &str = "warren mesh (wireguard-go)";
+/// The embedded-implementation candidate, measured when `boringtun-cli` is on the
+/// PATH (`cargo install boringtun-cli`), to decide between it and wireguard-go.
+const BORINGTUN: &str = "standalone boringtun (wg)";
 
 /// One variant's two namespaces and what runs in them. Field order is drop order.
 struct Pair {
@@ -65,12 +68,11 @@ fn pair(tag: &str) -> Pair {
     }
 }
 
-/// The "task" addresses on a dummy link, for the variants without Warren's network.
+/// The "task" addresses on `lo`, for the variants without Warren's network (this
+/// kernel has no dummy links); a local address is local whatever its link.
 fn task_addrs(p: &Pair) {
-    for (ns, addr) in [(&p.a, "10.78.1.1/24"), (&p.b, "10.78.2.1/24")] {
-        ns.ip(&["link", "add", "task0", "type", "dummy"]);
-        ns.ip(&["addr", "add", addr, "dev", "task0"]);
-        ns.ip(&["link", "set", "task0", "up"]);
+    for (ns, addr) in [(&p.a, "10.78.1.1/32"), (&p.b, "10.78.2.1/32")] {
+        ns.ip(&["addr", "add", addr, "dev", "lo"]);
     }
 }
 
@@ -82,8 +84,18 @@ fn plain() -> Result<Pair, String> {
     Ok(p)
 }
 
-fn standalone() -> Result<Pair, String> {
-    let mut p = pair("wg");
+/// The userspace implementations a standalone tunnel can run on.
+#[derive(Clone, Copy)]
+enum Impl {
+    WireguardGo,
+    Boringtun,
+}
+
+fn standalone(imp: Impl) -> Result<Pair, String> {
+    let mut p = pair(match imp {
+        Impl::WireguardGo => "wg",
+        Impl::Boringtun => "bt",
+    });
     task_addrs(&p);
     let keys: Vec<(String, String)> = (0..2)
         .map(|_| {
@@ -110,9 +122,13 @@ fn standalone() -> Result<Pair, String> {
     let tmp = std::env::temp_dir().join(format!("warren-bench-wg-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
     // wg finds wireguard-go's socket in /var/run/wireguard: names unique to this run.
+    let t = match imp {
+        Impl::WireguardGo => "g",
+        Impl::Boringtun => "t",
+    };
     let ifaces = [
-        format!("wbm{}a", std::process::id() % 100_000),
-        format!("wbm{}b", std::process::id() % 100_000),
+        format!("wbm{t}{}a", std::process::id() % 100_000),
+        format!("wbm{t}{}b", std::process::id() % 100_000),
     ];
     let sides = [
         (&p.a, &ifaces[0], 0usize, "10.240.0.2", "10.78.2.0/24", "10.78.1.1"),
@@ -120,9 +136,12 @@ fn standalone() -> Result<Pair, String> {
     ];
     let mut procs = Vec::new();
     for (ns, iface, me, peer_ip, peer_net, src) in sides {
-        let mut cmd = ns.exec(&["wireguard-go", "-f", iface]);
+        let mut cmd = match imp {
+            Impl::WireguardGo => ns.exec(&["wireguard-go", "-f", iface]),
+            Impl::Boringtun => ns.exec(&["boringtun-cli", "-f", "--disable-drop-privileges", iface]),
+        };
         cmd.env("WG_PROCESS_FOREGROUND", "1").env("LOG_LEVEL", "error");
-        procs.push(Proc::spawn(cmd, &format!("standalone wireguard-go {iface}")));
+        procs.push(Proc::spawn(cmd, &format!("standalone tunnel {iface}")));
         let sock = Path::new("/var/run/wireguard").join(format!("{iface}.sock"));
         let deadline = Instant::now() + Duration::from_secs(10);
         while !sock.exists() {
@@ -174,6 +193,9 @@ fn warren() -> Result<Pair, String> {
             endpoint: SocketAddr::new(addr.parse().unwrap(), WG_PORT),
             keepalive_secs: 25,
             interface: "warren-wg".into(),
+            // No outbound masquerade: its nftables table would put connection
+            // tracking on every packet, a cost of the task network, not the mesh.
+            masquerade: false,
         }));
     }
     nodes[0].set_peers(vec![nodes[1].as_peer()]);
@@ -239,6 +261,14 @@ fn crr(p: &Pair, probe: &Path, ms: u64) -> Result<f64, String> {
 fn servers(p: &mut Pair, probe: &Path) {
     let iperf = Proc::spawn(p.b.exec(&["iperf3", "-s", "-B", SERVER]), "iperf3 server");
     p.procs.push(iperf);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let listening = sh(&mut p.b.exec(&["ss", "-Hltn", "sport", "=", ":5201"])).unwrap_or_default();
+        if !listening.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let listen = format!("{SERVER}:{HTTP_PORT}");
     let mut http = Proc::spawn(
         p.b.exec(&[probe.to_str().unwrap(), "http", "--listen", &listen, "--threads", "1"]),
@@ -246,6 +276,24 @@ fn servers(p: &mut Pair, probe: &Path) {
     );
     http.wait_line("listening");
     p.procs.push(http);
+}
+
+/// A variant's setup, a panic in it turned into its reason.
+fn guarded(f: impl FnOnce() -> Result<Pair, String>) -> Result<Pair, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        Err(p
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_else(|| "setting the variant up failed".into()))
+    })
+}
+
+fn has(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 pub fn missing_prerequisite(probe: &Path) -> Option<String> {
@@ -275,7 +323,7 @@ pub fn missing_prerequisite(probe: &Path) -> Option<String> {
 pub fn run(quick: bool, probe: &Path) -> Vec<Record> {
     let metrics = [("throughput", "Gbit/s"), ("new connections", "conn/s")];
     let all_skipped = |why: &str| {
-        [PLAIN, STANDALONE, WARREN]
+        [PLAIN, STANDALONE, WARREN, BORINGTUN]
             .iter()
             .flat_map(|v| {
                 metrics
@@ -288,13 +336,19 @@ pub fn run(quick: bool, probe: &Path) -> Vec<Record> {
         return all_skipped(&why);
     }
     let (reps, secs, ms) = if quick { (2, 2, 1000) } else { (5, 5, 4000) };
+    let boringtun = if has("boringtun-cli") {
+        guarded(|| standalone(Impl::Boringtun))
+    } else {
+        Err("`boringtun-cli` is not installed (cargo install boringtun-cli)".into())
+    };
     let mut variants: Vec<(&str, Result<Pair, String>)> = vec![
-        (PLAIN, plain()),
-        (STANDALONE, standalone()),
+        (PLAIN, guarded(plain)),
+        (STANDALONE, guarded(|| standalone(Impl::WireguardGo))),
         (
             WARREN,
             std::panic::catch_unwind(warren).unwrap_or_else(|_| Err("the mesh did not start".into())),
         ),
+        (BORINGTUN, boringtun),
     ];
     let mut runs: Vec<(Vec<f64>, Vec<f64>, Option<String>)> = variants.iter().map(|_| (vec![], vec![], None)).collect();
     for (i, (_, p)) in variants.iter_mut().enumerate() {

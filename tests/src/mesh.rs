@@ -83,6 +83,9 @@ pub struct MeshNodeConfig {
     pub endpoint: SocketAddr,
     pub keepalive_secs: u16,
     pub interface: String,
+    /// The task network's outbound masquerade rule (its nftables table turns on
+    /// connection tracking for every packet of the namespace).
+    pub masquerade: bool,
 }
 
 /// One node: its mesh and its task network.
@@ -117,6 +120,7 @@ impl MeshNode {
         let prefix = format!("{}-t-", c.name);
         let mut nc = NetworkConfig::new(&c.name, c.subnet, c.cluster_cidr, data_dir.path().join("net"));
         nc.netns_prefix = prefix.clone();
+        nc.masquerade = c.masquerade;
         let files = NetnsFiles::new(&nc.netns_dir, &prefix);
         let (mesh, net, mtu) = rt.run(async move {
             let mesh = mc.build().await.expect("build the mesh");

@@ -129,6 +129,7 @@ impl Sites {
                 endpoint: SocketAddr::new(addr.parse().unwrap(), PORT),
                 keepalive_secs,
                 interface: "warren-wg".into(),
+                masquerade: true,
             }));
         }
         for n in &nodes {

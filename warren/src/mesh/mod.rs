@@ -629,8 +629,10 @@ async fn run(
     mut peers: watch::Receiver<Vec<MeshPeer>>,
     key: watch::Sender<PublicKey>,
 ) {
-    let (_never_tx, never) = watch::channel(0u64);
-    let mut generation = wggo.as_ref().map(|w| w.generation()).unwrap_or(never);
+    // Without a supervisor (kernel backend), or after it ended: a generation that
+    // never changes, kept alive by its sender here.
+    let (_idle_tx, idle) = watch::channel(0u64);
+    let mut generation = wggo.as_ref().map_or_else(|| idle.clone(), |w| w.generation());
     let mut last_err: Option<String> = None;
     let mut pass = |r: Result<Vec<Step>, MeshError>| match r {
         Ok(_) => last_err = None,
@@ -702,10 +704,7 @@ async fn run(
                 if r.is_ok() {
                     pass(rec.reconcile().await);
                 } else {
-                    // The supervisor ended: wait on ticks only.
-                    let (tx, rx) = watch::channel(0u64);
-                    std::mem::forget(tx);
-                    generation = rx;
+                    generation = idle.clone();
                 }
             }
             _ = tokio::time::sleep(tick) => pass(rec.reconcile().await),
