@@ -291,8 +291,7 @@ fn adopt(cfg: &WgGoConfig) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(cfg.pid_file()).ok()?.trim().parse().ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let is_ours =
-        args.first().is_some_and(|a| a.ends_with(b"wireguard-go")) && args.iter().any(|a| *a == cfg.iface.as_bytes());
+    let is_ours = args.first().is_some_and(|a| a.ends_with(b"wireguard-go")) && args.contains(&cfg.iface.as_bytes());
     let ns_of = |p: &str| {
         std::fs::metadata(p)
             .ok()
