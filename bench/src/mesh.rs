@@ -34,8 +34,19 @@ const BORINGTUN: &str = "standalone boringtun (wg)";
 struct Pair {
     procs: Vec<Proc>,
     mesh: Vec<MeshNode>,
+    /// UAPI sockets of standalone tunnels: a killed process leaves its socket.
+    sockets: Vec<std::path::PathBuf>,
     a: Netns,
     b: Netns,
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        self.procs.clear();
+        for s in &self.sockets {
+            let _ = std::fs::remove_file(s);
+        }
+    }
 }
 
 fn sh(cmd: &mut Command) -> Result<String, String> {
@@ -63,6 +74,7 @@ fn pair(tag: &str) -> Pair {
     Pair {
         procs: Vec::new(),
         mesh: Vec::new(),
+        sockets: Vec::new(),
         a,
         b,
     }
@@ -143,6 +155,7 @@ fn standalone(imp: Impl) -> Result<Pair, String> {
         cmd.env("WG_PROCESS_FOREGROUND", "1").env("LOG_LEVEL", "error");
         procs.push(Proc::spawn(cmd, &format!("standalone tunnel {iface}")));
         let sock = Path::new("/var/run/wireguard").join(format!("{iface}.sock"));
+        p.sockets.push(sock.clone());
         let deadline = Instant::now() + Duration::from_secs(10);
         while !sock.exists() {
             if Instant::now() > deadline {
