@@ -12,6 +12,7 @@
 
 mod control;
 mod dataplane;
+mod mesh;
 mod report;
 mod stats;
 mod worker;
@@ -149,6 +150,21 @@ const SCENARIOS: &[(&str, &str)] = &[
          connections/s during the flood and, in a separate run just before, alone.",
     ),
     (
+        "mesh.throughput",
+        "TCP throughput (`iperf3 -c` for 2 s (quick) or 5 s, one stream) and new connections per second \
+         (`warren-dp-probe crr`, 16 concurrent connection-per-request loops, 1 s (quick) or 4 s) between two \
+         network namespaces on one veth, from a \"task\" address in one to a \"task\" address in the other. \
+         `plain veth routing (no encryption)`: a route to the other subnet via the veth. `standalone wireguard-go \
+         (wg)`: Debian's wireguard-go in each namespace, configured by hand with `wg set` (MTU 1420). \
+         `warren mesh (wireguard-go)`: `warren::mesh` as a library in each namespace (the same wireguard-go, \
+         started and configured by the mesh, MTU 1420 from the veth's 1500; the task network's masquerade rule \
+         off, so that no variant tracks connections), peers set to each other. \
+         `standalone boringtun (wg)`: Cloudflare's boringtun-cli 0.7.1 (from crates.io, when installed) in place \
+         of wireguard-go, configured the same way: the embedded implementation Warren could use instead. Each \
+         variant has its own pair of namespaces; after a warm-up, variants alternate run by run, 2 (quick) or \
+         5 runs each. Client, server and WireGuard share the machine's cores.",
+    ),
+    (
         "control.failover",
         "Three managers as separate processes on 127.0.0.1. A client connected to a follower's socket \
          kills the leader with SIGKILL and retries CreateService until one succeeds; the time from the \
@@ -204,6 +220,10 @@ fn methods(keep: impl Fn(&str) -> bool) -> BTreeMap<String, String> {
 fn baselines(methods: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     let mut b = BTreeMap::new();
     b.insert("control.create".to_string(), "16 clients, leader".to_string());
+    b.insert(
+        "mesh.throughput".to_string(),
+        "standalone wireguard-go (wg)".to_string(),
+    );
     for s in ["dataplane.rr", "dataplane.crr", "dataplane.nodeport"] {
         b.insert(s.to_string(), "direct".to_string());
     }
@@ -276,6 +296,12 @@ async fn main() -> std::process::ExitCode {
     records.extend(tokio::task::block_in_place(|| {
         dataplane::run(args.quick, &args.probe, &dp_wanted)
     }));
+    if wanted("mesh.throughput") {
+        eprintln!("warren-bench: mesh.throughput");
+        let t = std::time::Instant::now();
+        records.extend(tokio::task::block_in_place(|| mesh::run(args.quick, &args.probe)));
+        took("mesh.throughput", t);
+    }
     if wanted("control.failover") {
         eprintln!("warren-bench: control.failover");
         let t = std::time::Instant::now();

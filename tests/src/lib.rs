@@ -11,5 +11,6 @@ pub mod dnsutil;
 pub mod env;
 pub mod images;
 pub mod lab;
+pub mod mesh;
 pub mod netns;
 pub mod registry;

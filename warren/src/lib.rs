@@ -1,5 +1,5 @@
 //! Warren as a library: the CLI, the manager (Raft store, API, orchestrator,
-//! scheduler, dispatcher), the node agent and the data plane. `main.rs` only calls
+//! scheduler, dispatcher), the node agent, the data plane and the WireGuard mesh. `main.rs` only calls
 //! `cli::main`.
 
 pub mod agent;
@@ -12,6 +12,7 @@ pub mod dataplane;
 pub mod dns;
 pub mod leave;
 pub mod manager;
+pub mod mesh;
 pub mod metrics;
 pub mod model;
 pub mod network;

@@ -46,10 +46,14 @@ const PACKAGES: &[&str] = &[
     "gcc",
     "bpftool",
     "iptables",
+    // Userspace WireGuard for the mesh (no kernel module needed) and `wg` to
+    // inspect it: the default overlay's needs, and the mesh tests'.
+    "wireguard-go",
+    "wireguard-tools",
 ];
 
 /// What the benchmarks compare Warren against, and drive it with.
-const BENCH_PACKAGES: &[&str] = &["haproxy", "wrk"];
+const BENCH_PACKAGES: &[&str] = &["haproxy", "wrk", "iperf3"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

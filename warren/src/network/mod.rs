@@ -17,8 +17,9 @@ mod error;
 mod etc_files;
 mod fake;
 mod ipam;
+mod mtu;
 mod netlink;
-mod netns;
+pub(crate) mod netns;
 mod nft;
 mod rtnl;
 
@@ -31,6 +32,7 @@ use ipnet::Ipv4Net;
 use sha2::{Digest, Sha256};
 
 pub use error::NetworkError;
+pub(crate) use error::{nl_errno, nl_io};
 pub use etc_files::{hosts_content, resolv_conf_content, write_etc_files, DnsConfig, EtcFiles};
 pub use fake::{FakeCall, FakeNetwork};
 pub use ipam::{gateway_of, validate_subnet, Ipam, IPAM_FILE};
@@ -71,6 +73,9 @@ pub struct NetworkConfig {
     pub masquerade: bool,
     /// Route protocol that marks Warren's peer routes.
     pub route_protocol: u8,
+    /// The MTU of both ends of every task's veth (the WireGuard mesh's); `None`
+    /// leaves the kernel's default (1500).
+    pub mtu: Option<u32>,
 }
 
 impl NetworkConfig {
@@ -87,6 +92,7 @@ impl NetworkConfig {
             nft_table: DEFAULT_NFT_TABLE.to_string(),
             masquerade: true,
             route_protocol: RTPROT_WARREN,
+            mtu: None,
         }
     }
 
@@ -141,6 +147,11 @@ impl NetworkConfig {
                 format!("{t:?} must be 1 to 32 letters, digits or '_', starting with a letter"),
             ));
         }
+        if let Some(m) = self.mtu {
+            if !(576..=65535).contains(&m) {
+                return Err(NetworkError::invalid("mtu", format!("{m} is outside 576 to 65535")));
+            }
+        }
         if self.route_protocol <= 4 {
             return Err(NetworkError::invalid(
                 "route_protocol",
@@ -159,7 +170,7 @@ fn is_name_char(c: char) -> bool {
 }
 
 /// A Linux interface name: 1 to 15 bytes, no '/', ':' or whitespace.
-fn validate_ifname(field: &'static str, name: &str) -> Result<(), NetworkError> {
+pub(crate) fn validate_ifname(field: &'static str, name: &str) -> Result<(), NetworkError> {
     if name.is_empty()
         || name.len() > 15
         || name == "."
@@ -352,6 +363,7 @@ mod tests {
                 "invalid route_protocol: 4 is reserved",
             ),
             (Box::new(|c| c.state_dir = PathBuf::new()), "invalid state_dir: "),
+            (Box::new(|c| c.mtu = Some(100)), "invalid mtu: 100 is outside"),
         ];
         for (mutate, want) in cases {
             let mut c = cfg();

@@ -282,6 +282,12 @@ impl NetlinkNetwork {
                 self.create_veth(&host, bridge, &netns_path).await?;
             }
         }
+        if let Some(mtu) = self.cfg.mtu {
+            // Before the addresses: a task never starts a connection at the old MTU.
+            super::mtu::ensure_mtu(self.h(), &host, &host, mtu).await?;
+            let label = format!("{TASK_IFNAME} in {}", netns_path.display());
+            super::mtu::ensure_mtu(&task.handle, TASK_IFNAME, &label, mtu).await?;
+        }
         configure_task_ns(
             &task.handle,
             &netns_path,
