@@ -9,6 +9,7 @@ pub mod dataplane;
 pub mod dnsutil;
 pub mod env;
 pub mod images;
+pub mod ingress;
 pub mod lab;
 pub mod netns;
 pub mod registry;

@@ -5,6 +5,7 @@
 
 mod cluster;
 mod endpoints;
+pub mod ingress;
 mod node;
 mod parse;
 mod service;
