@@ -9,8 +9,8 @@
 //! alternating with the others, after a warm-up.
 
 mod kubeproxy;
-mod lab;
-mod tools;
+pub(crate) mod lab;
+pub(crate) mod tools;
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},

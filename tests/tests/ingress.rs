@@ -800,3 +800,65 @@ async fn shutdown_finishes_requests_in_flight() {
         "the listener is closed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_sessions_and_the_default_route() {
+    let port = free_port();
+    let _a = Backend::start("a", at(lo(121), port)).await;
+    let _b = Backend::start("b", at(lo(122), port)).await;
+    let _fallback = Backend::start("fallback", at(lo(123), port)).await;
+    let ing = TestIngress::start();
+    ing.update(
+        &[
+            route("app", "sticky.test", "/", "app", |s| s.sticky = true),
+            route("fallback", "", "/", "fallback", |s| s.default_backend = true),
+        ],
+        &[
+            service("app", port, &[lo(121), lo(122)]),
+            service("fallback", port, &[lo(123)]),
+        ],
+        &[],
+    );
+    let get = |cookie: Option<String>| {
+        let (res, u) = (
+            resolve("sticky.test", ing.http),
+            url("http", "sticky.test", ing.http, "/"),
+        );
+        async move {
+            match cookie {
+                Some(c) => curl(&["-H", &format!("Cookie: {c}"), "--resolve", &res, &u]).await,
+                None => curl(&["--resolve", &res, &u]).await,
+            }
+        }
+    };
+    // 1. A first request gets a cookie naming its task; with it, every request
+    //    lands there again.
+    let first = get(None).await;
+    let set = first.headers.get("set-cookie").expect("a sticky cookie").clone();
+    assert!(set.starts_with("warren_sticky_app="), "{set}");
+    assert!(set.contains("HttpOnly") && set.contains("Path=/"), "{set}");
+    let cookie = set.split(';').next().unwrap().to_string();
+    for _ in 0..6 {
+        let r = get(Some(cookie.clone())).await;
+        assert_eq!(r.backend(), first.backend(), "the cookie keeps the client on its task");
+        assert!(
+            !r.headers.contains_key("set-cookie"),
+            "no new cookie while the task is there"
+        );
+    }
+    // 2. Without the cookie, requests are balanced over both tasks.
+    let mut seen = BTreeSet::new();
+    for _ in 0..4 {
+        seen.insert(get(None).await.backend());
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // 3. A host no route names goes to the default route.
+    let r = curl(&[
+        "--resolve",
+        &resolve("elsewhere.test", ing.http),
+        &url("http", "elsewhere.test", ing.http, "/"),
+    ])
+    .await;
+    assert_eq!(r.backend(), "fallback", "{r:?}");
+    ing.shutdown().await;
+}

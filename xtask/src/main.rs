@@ -39,10 +39,14 @@ const PACKAGES: &[&str] = &[
     "gcc",
     "bpftool",
     "iptables",
+    // The ingress tests: Pebble (an ACME CA) with its challenge test server, and
+    // promtool (in Debian's prometheus package) to check the metrics' format.
+    "pebble",
+    "prometheus",
 ];
 
 /// What the benchmarks compare Warren against, and drive it with.
-const BENCH_PACKAGES: &[&str] = &["haproxy", "wrk"];
+const BENCH_PACKAGES: &[&str] = &["haproxy", "wrk", "nginx"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
