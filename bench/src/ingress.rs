@@ -8,7 +8,9 @@
 //! (127.0.2.x) on ports 80 and 443, and the load generators (wrk for keep-alive,
 //! `warren-dp-probe crr` for a connection per request, with `--tls` a full
 //! handshake each). Every figure alternates over the variants run by run after a
-//! warm-up of each.
+//! warm-up of each. Besides rates and latencies, the CPU time the proxy process
+//! (and its children) spent per request is recorded: on a shared machine it says
+//! more about the proxy than a rate does.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -75,16 +77,60 @@ impl Settings {
 
 /// The figures, in order: (protocol, kind, metric, unit, higher is better).
 type Metric = (&'static str, &'static str, bool);
-const KEEPALIVE: [Metric; 3] = [
+const KEEPALIVE: [Metric; 4] = [
     ("keep-alive requests", "req/s", true),
     ("keep-alive p50", "µs", false),
     ("keep-alive p99", "µs", false),
+    ("keep-alive proxy CPU per request", "µs", false),
 ];
-const NEWCONN: [Metric; 3] = [
+const NEWCONN: [Metric; 4] = [
     ("new connections", "conn/s", true),
     ("new-connection p50", "µs", false),
     ("new-connection p99", "µs", false),
+    ("new-connection proxy CPU per connection", "µs", false),
 ];
+
+/// What one load run measured.
+struct Run {
+    rate: f64,
+    p50_us: f64,
+    p99_us: f64,
+    /// Requests (or connections) answered.
+    count: u64,
+}
+
+/// CPU time (user and system) of `pid` and its children so far, in seconds:
+/// nginx's workers are children of its master.
+fn cpu_seconds(pid: u32) -> f64 {
+    let ticks = |stat: &str| -> Option<(u32, u64)> {
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ppid = f.get(1)?.parse().ok()?;
+        let t = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        Some((ppid, t))
+    };
+    let mut total = 0u64;
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(n) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Some((ppid, t)) = std::fs::read_to_string(e.path().join("stat"))
+                .ok()
+                .as_deref()
+                .and_then(ticks)
+            else {
+                continue;
+            };
+            if n == pid || ppid == pid {
+                total += t;
+            }
+        }
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    total as f64 / hz
+}
 
 /// Runs of every (variant, metric), and the first failure of a variant.
 struct Collector {
@@ -216,6 +262,8 @@ pub fn haproxy_config(listen: Ipv4Addr, backends: &[SocketAddrV4], pem: &Path) -
 /// directory.
 struct Lab {
     procs: Vec<Proc>,
+    /// The process of each variant, for its CPU time.
+    pids: Vec<(&'static str, u32)>,
     ns: Netns,
     _tmp: TmpDir,
     probe: String,
@@ -230,6 +278,7 @@ impl Lab {
         let ns = Netns::new(NS);
         let mut lab = Lab {
             procs: Vec::new(),
+            pids: Vec::new(),
             ns,
             _tmp: guard,
             probe: probe.to_str().ok_or("the probe path is not UTF-8")?.to_string(),
@@ -288,6 +337,7 @@ impl Lab {
                     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
                     let mut p = lab.spawn(&argv, "warren ingress");
                     p.wait_line("listening");
+                    lab.pids.push((name, p.child.id()));
                     lab.procs.push(p);
                     Ok(())
                 }
@@ -295,12 +345,14 @@ impl Lab {
                     let conf = write("nginx.conf", &nginx_config(ip, &backends, &cert_file, &key_file, &tmp))?;
                     let err = tmp.join("nginx-startup.log").display().to_string();
                     let p = lab.spawn(&["nginx", "-e", &err, "-c", &conf.display().to_string()], "nginx");
+                    lab.pids.push((name, p.child.id()));
                     lab.procs.push(p);
                     Ok(())
                 }
                 _ => {
                     let conf = write("haproxy.cfg", &haproxy_config(ip, &backends, &combined))?;
                     let p = lab.spawn(&["haproxy", "-db", "-q", "-f", &conf.display().to_string()], "haproxy");
+                    lab.pids.push((name, p.child.id()));
                     lab.procs.push(p);
                     Ok(())
                 }
@@ -342,7 +394,14 @@ impl Lab {
         finish(self.spawn(argv, what), limit)
     }
 
-    fn wrk(&self, url: &str, secs: u64) -> Result<(f64, f64, f64), String> {
+    fn cpu(&self, variant: &str) -> f64 {
+        self.pids
+            .iter()
+            .find(|(v, _)| *v == variant)
+            .map_or(0.0, |(_, pid)| cpu_seconds(*pid))
+    }
+
+    fn wrk(&self, url: &str, secs: u64) -> Result<Run, String> {
         let (d, c) = (format!("-d{secs}s"), format!("-c{WRK_CONNS}"));
         let host = format!("Host: {HOST}");
         let out = self.run(
@@ -358,10 +417,15 @@ impl Lab {
                 r.requests, r.socket_errors, r.non_2xx
             ));
         }
-        Ok((r.requests_per_sec, r.p50_us, r.p99_us))
+        Ok(Run {
+            rate: r.requests_per_sec,
+            p50_us: r.p50_us,
+            p99_us: r.p99_us,
+            count: r.requests,
+        })
     }
 
-    fn crr(&self, to: SocketAddrV4, tls: bool, ms: u64) -> Result<(f64, f64, f64), String> {
+    fn crr(&self, to: SocketAddrV4, tls: bool, ms: u64) -> Result<Run, String> {
         let (to_s, ms_s, conns) = (to.to_string(), ms.to_string(), CRR_CONNS.to_string());
         let mut argv = vec![
             self.probe.as_str(),
@@ -384,7 +448,12 @@ impl Lab {
                 r.ok, r.attempts, r.errors
             ));
         }
-        Ok((r.rate, r.p50_us, r.p99_us))
+        Ok(Run {
+            rate: r.rate,
+            p50_us: r.p50_us,
+            p99_us: r.p99_us,
+            count: r.ok,
+        })
     }
 }
 
@@ -449,33 +518,36 @@ pub fn run(quick: bool, probe: &Path) -> Vec<Record> {
         }
     }
     // Each figure alternates over the variants, run by run.
+    let record = |c: &mut Collector, v: &str, names: [String; 4], cpu0: f64, r: Result<Run, String>, lab: &Lab| match r
+    {
+        Ok(r) => {
+            let cpu = lab.cpu(v) - cpu0;
+            c.add(v, &names[0], r.rate);
+            c.add(v, &names[1], r.p50_us);
+            c.add(v, &names[2], r.p99_us);
+            c.add(v, &names[3], cpu * 1e6 / r.count.max(1) as f64);
+        }
+        Err(e) => c.fail(v, e),
+    };
     for _ in 0..s.reps {
         for (proto, port) in [("https", 443), ("http", 80)] {
             for (v, ip) in VARIANTS {
                 if c.is_failed(v) {
                     continue;
                 }
-                match lab.wrk(&format!("{proto}://{ip}:{port}/"), s.wrk_secs) {
-                    Ok((rps, p50, p99)) => {
-                        c.add(v, &format!("{proto} keep-alive requests"), rps);
-                        c.add(v, &format!("{proto} keep-alive p50"), p50);
-                        c.add(v, &format!("{proto} keep-alive p99"), p99);
-                    }
-                    Err(e) => c.fail(v, e),
-                }
+                let names = KEEPALIVE.map(|(m, _, _)| format!("{proto} {m}"));
+                let cpu0 = lab.cpu(v);
+                let r = lab.wrk(&format!("{proto}://{ip}:{port}/"), s.wrk_secs);
+                record(&mut c, v, names, cpu0, r, &lab);
             }
             for (v, ip) in VARIANTS {
                 if c.is_failed(v) {
                     continue;
                 }
-                match lab.crr(SocketAddrV4::new(ip, port), proto == "https", s.crr_ms) {
-                    Ok((rate, p50, p99)) => {
-                        c.add(v, &format!("{proto} new connections"), rate);
-                        c.add(v, &format!("{proto} new-connection p50"), p50);
-                        c.add(v, &format!("{proto} new-connection p99"), p99);
-                    }
-                    Err(e) => c.fail(v, e),
-                }
+                let names = NEWCONN.map(|(m, _, _)| format!("{proto} {m}"));
+                let cpu0 = lab.cpu(v);
+                let r = lab.crr(SocketAddrV4::new(ip, port), proto == "https", s.crr_ms);
+                record(&mut c, v, names, cpu0, r, &lab);
             }
         }
     }

@@ -163,7 +163,9 @@ const SCENARIOS: &[(&str, &str)] = &[
          resumption, certificate not verified so the client costs as little as it can), 1 s (quick) or \
          4 s. 2 (quick) or 5 runs per variant and figure, alternating run by run after a warm-up; a run \
          with more than 1% errors is reported as not measured. Client, proxy and backend share the \
-         machine's cores.",
+         machine's cores. `proxy CPU per request` is the user and system CPU time of the proxy's \
+         processes (nginx's master and workers) during the run, from /proc, divided by the requests \
+         (or connections) answered.",
     ),
     (
         "control.failover",

@@ -862,3 +862,49 @@ async fn sticky_sessions_and_the_default_route() {
     assert_eq!(r.backend(), "fallback", "{r:?}");
     ing.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = free_port();
+    let _web = Backend::start("web-1", at(lo(131), port)).await;
+    let ing = TestIngress::start_with(|c| {
+        c.timeouts.header_read = Duration::from_millis(500);
+        c.timeouts.idle = Duration::from_millis(300);
+    });
+    ing.update(
+        &[route("web", "t.test", "/", "web", |_| {})],
+        &[service("web", port, &[lo(131)])],
+        &[],
+    );
+    // Reads until the ingress closes the connection; fails if it is still open after `limit`.
+    async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(limit, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return got,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => panic!("the connection was still open after {limit:?}"),
+            }
+        }
+    }
+    // 1. Headers that never finish: the connection is closed.
+    let mut slow = tokio::net::TcpStream::connect(ing.http).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: t.test\r\n").await.unwrap();
+    let got = closed_within(&mut slow, Duration::from_secs(5)).await;
+    assert!(!got.starts_with(b"HTTP/1.1 200"), "no answer to unfinished headers");
+    // 2. A request answered, then nothing: closed after the idle time.
+    let mut idle = tokio::net::TcpStream::connect(ing.http).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: t.test\r\n\r\n").await.unwrap();
+    let got = closed_within(&mut idle, Duration::from_secs(5)).await;
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    // 3. A slow request in flight is not idle: it is answered after the idle time.
+    let mut busy = tokio::net::TcpStream::connect(ing.http).await.unwrap();
+    busy.write_all(b"GET /?delay_ms=800 HTTP/1.1\r\nHost: t.test\r\n\r\n")
+        .await
+        .unwrap();
+    let got = closed_within(&mut busy, Duration::from_secs(5)).await;
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    ing.shutdown().await;
+}

@@ -327,21 +327,29 @@ pub async fn handle(
             .unwrap_or_else(|| HeaderValue::from_static("")),
     };
     let new_path = upstream_path(&path, route);
-    let pq: Cow<'_, str> = match (parts.uri.query(), &new_path) {
-        (None, p) => Cow::Borrowed(p.as_ref()),
-        (Some(q), p) => Cow::Owned(format!("{p}?{q}")),
+    // The request target as it came, unless the path changed (no copy then).
+    let pq = if new_path == path.as_str() {
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .or_else(|| Some(PathAndQuery::from_static("/")))
+    } else {
+        match parts.uri.query() {
+            None => PathAndQuery::try_from(new_path.as_ref()).ok(),
+            Some(q) => PathAndQuery::try_from(format!("{new_path}?{q}")).ok(),
+        }
     };
-    let uri = match proto {
-        Proto::Http1 => Uri::try_from(pq.as_ref()).ok(),
-        Proto::H2c => host_value.to_str().ok().and_then(|authority| {
-            Uri::builder()
-                .scheme("http")
-                .authority(authority)
-                .path_and_query(pq.as_ref())
-                .build()
-                .ok()
-        }),
-    };
+    let uri = pq.and_then(|pq| {
+        let mut u = http::uri::Parts::default();
+        if proto == Proto::H2c {
+            u.scheme = Some(http::uri::Scheme::HTTP);
+            u.authority = http::uri::Authority::try_from(host_value.as_bytes()).ok();
+            u.authority.as_ref()?;
+        }
+        u.path_and_query = Some(pq);
+        Uri::from_parts(u).ok()
+    });
     let Some(uri) = uri else {
         finish(StatusCode::BAD_REQUEST, None);
         return Ok(local(StatusCode::BAD_REQUEST, "bad request target\n", inflight));

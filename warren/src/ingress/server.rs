@@ -114,9 +114,9 @@ impl Builders {
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_read)
                 .keep_alive(true);
+            // No extended CONNECT (RFC 8441): WebSocket clients use HTTP/1.1.
             b.http2()
                 .timer(TokioTimer::new())
-                .enable_connect_protocol()
                 .max_concurrent_streams(256)
                 .keep_alive_interval(Duration::from_secs(30))
                 .keep_alive_timeout(Duration::from_secs(20));
