@@ -269,8 +269,12 @@ struct Lab {
     probe: String,
 }
 
+/// A variant, and why it did not start.
+type Started = (&'static str, Result<(), String>);
+
 impl Lab {
-    fn new(probe: &Path) -> Result<(Lab, Vec<(&'static str, Result<(), String>)>), String> {
+    /// The lab, and whether each variant started.
+    fn new(probe: &Path) -> Result<(Lab, Vec<Started>), String> {
         let tmp = std::env::temp_dir().join("warren-bench-ingress");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| format!("mkdir {}: {e}", tmp.display()))?;
