@@ -14,8 +14,10 @@
 //!
 //! Shape, as linkerd2-proxy's: [`IngressConfig::build`] does every fallible setup
 //! (binding the listeners, the TLS configuration, the metrics) and returns an
-//! [`Ingress`]; [`Ingress::spawn`] starts the accept loops and returns a
-//! [`RunningIngress`] that owns shutdown.
+//! [`Ingress`]; [`Ingress::spawn`] starts the worker threads (one event loop per
+//! CPU, each accepting on the shared listeners and keeping its own connections to
+//! tasks, as nginx's workers do) and returns a [`RunningIngress`] that owns
+//! shutdown.
 
 pub mod acme;
 mod body;
@@ -96,8 +98,11 @@ pub struct IngressConfig {
     pub connect_attempts: usize,
     /// TLS session resumption (tickets and a session cache).
     pub tls_resumption: bool,
-    /// Idle connections kept per task.
+    /// Idle connections kept per task (per worker thread).
     pub max_idle_per_backend: usize,
+    /// Threads serving connections, each with its own event loop and connections
+    /// to tasks (as nginx's workers); 0: one per CPU.
+    pub workers: usize,
 }
 
 impl Default for IngressConfig {
@@ -110,6 +115,7 @@ impl Default for IngressConfig {
             connect_attempts: 3,
             tls_resumption: true,
             max_idle_per_backend: 256,
+            workers: 0,
         }
     }
 }
@@ -126,13 +132,16 @@ pub enum IngressError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("starting ingress worker {worker}: {source}")]
+    Worker { worker: usize, source: std::io::Error },
 }
 
-/// State shared by the listeners, the connections and [`IngressHandle`].
+/// State shared by the workers, the connections and [`IngressHandle`].
 pub(crate) struct Shared {
     table: ArcSwap<RouteTable>,
     certs: Arc<tls::CertStore>,
-    upstreams: Upstreams,
+    /// Connect timeout, idle time and idle connections per task of the upstream pools.
+    upstream_pool: (Duration, Duration, usize),
     metrics: IngressMetrics,
     acme_metrics: RouteMetrics,
     unrouted_metrics: RouteMetrics,
@@ -144,6 +153,21 @@ pub(crate) struct Shared {
     shutdown: Shutdown,
     /// Inputs of the last update that later updates reuse.
     updating: Mutex<UpdateState>,
+}
+
+/// One worker thread's view: the shared state, and its own connections to tasks
+/// (a connection and the requests on it stay on one event loop).
+pub(crate) struct Worker {
+    shared: Arc<Shared>,
+    upstreams: Upstreams,
+}
+
+impl std::ops::Deref for Worker {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
 }
 
 #[derive(Default)]
@@ -196,7 +220,7 @@ impl IngressConfig {
         let shared = Arc::new(Shared {
             table: ArcSwap::from_pointee(RouteTable::empty()),
             certs,
-            upstreams: Upstreams::new(
+            upstream_pool: (
                 self.timeouts.upstream_connect,
                 Duration::from_secs(30),
                 self.max_idle_per_backend,
@@ -212,11 +236,17 @@ impl IngressConfig {
             shutdown: Shutdown::new(),
             updating: Mutex::new(UpdateState::default()),
         });
+        let workers = if self.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.workers
+        };
         Ok(Ingress {
             shared,
             http,
             https,
             tls_config,
+            workers,
         })
     }
 }
@@ -227,6 +257,7 @@ pub struct Ingress {
     http: Option<std::net::TcpListener>,
     https: Option<std::net::TcpListener>,
     tls_config: Arc<rustls::ServerConfig>,
+    workers: usize,
 }
 
 impl Ingress {
@@ -247,61 +278,106 @@ impl Ingress {
         }
     }
 
-    /// Starts the accept loops (and the upkeep of the upstream pools) on the
-    /// current tokio runtime.
+    /// Starts the worker threads, each with its own event loop accepting on
+    /// the listeners (no tokio runtime is needed to call this). Returns once
+    /// every worker is listening.
     pub fn spawn(self) -> Result<RunningIngress, IngressError> {
-        let mut tasks = Vec::new();
-        let tokio_listener = |l: std::net::TcpListener, name: &'static str| {
-            let addr = l.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-            tokio::net::TcpListener::from_std(l).map_err(|source| IngressError::Listen {
-                listener: name,
-                addr,
-                source,
-            })
-        };
         let http_addr = self.http_addr();
         let https_addr = self.https_addr();
-        if let Some(l) = self.http {
-            let l = tokio_listener(l, "http")?;
-            tasks.push(tokio::spawn(server::accept_loop(
-                self.shared.clone(),
-                l,
-                Listener::Http,
-                None,
-            )));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        // On an error below, dropping `running` stops the workers already started.
+        let mut running = RunningIngress {
+            handle: IngressHandle {
+                shared: self.shared.clone(),
+            },
+            threads: Vec::new(),
+        };
+        for worker in 0..self.workers {
+            let err = |source| IngressError::Worker { worker, source };
+            let clone = |l: &Option<std::net::TcpListener>| l.as_ref().map(|l| l.try_clone()).transpose();
+            let (http, https) = (clone(&self.http).map_err(err)?, clone(&self.https).map_err(err)?);
+            let (shared, tls, ready) = (self.shared.clone(), self.tls_config.clone(), ready_tx.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("warren-ingress-{worker}"))
+                .spawn(move || worker_main(worker, shared, http, https, tls, ready))
+                .map_err(err)?;
+            running.threads.push(t);
         }
-        if let Some(l) = self.https {
-            let l = tokio_listener(l, "https")?;
-            let acceptor = tokio_rustls::TlsAcceptor::from(self.tls_config.clone());
-            tasks.push(tokio::spawn(server::accept_loop(
-                self.shared.clone(),
-                l,
-                Listener::Https,
-                Some(acceptor),
-            )));
+        drop(ready_tx);
+        for _ in 0..self.workers {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(IngressError::Worker {
+                        worker: 0,
+                        source: std::io::Error::other("a worker ended before it was listening"),
+                    })
+                }
+            }
+        }
+        tracing::info!(http = ?http_addr, https = ?https_addr, workers = self.workers, "ingress listening");
+        Ok(running)
+    }
+}
+
+/// One worker thread: a current-thread runtime that accepts on both listeners
+/// and serves what it accepted, until the forced end of a shutdown.
+fn worker_main(
+    index: usize,
+    shared: Arc<Shared>,
+    http: Option<std::net::TcpListener>,
+    https: Option<std::net::TcpListener>,
+    tls: Arc<rustls::ServerConfig>,
+    ready: std::sync::mpsc::Sender<Result<(), IngressError>>,
+) {
+    let err = |source| IngressError::Worker { worker: index, source };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(err(e)));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let (connect, idle, max_idle) = shared.upstream_pool;
+        let worker = Arc::new(Worker {
+            shared: shared.clone(),
+            upstreams: Upstreams::new(connect, idle, max_idle),
+        });
+        let mut tasks = Vec::new();
+        for (l, kind) in [(http, Listener::Http), (https, Listener::Https)] {
+            let Some(l) = l else { continue };
+            let l = match tokio::net::TcpListener::from_std(l) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = ready.send(Err(err(e)));
+                    return;
+                }
+            };
+            let acceptor = (kind == Listener::Https).then(|| tokio_rustls::TlsAcceptor::from(tls.clone()));
+            tasks.push(tokio::spawn(server::accept_loop(worker.clone(), l, kind, acceptor)));
         }
         let upkeep = {
-            let shared = self.shared.clone();
+            let worker = worker.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(10));
                 loop {
                     tick.tick().await;
-                    let live = shared.table.load().plan.backend_addrs();
-                    shared.upstreams.retain(&live);
+                    let live = worker.table.load().plan.backend_addrs();
+                    worker.upstreams.retain(&live);
                 }
             })
         };
-        tracing::info!(
-            http = ?http_addr,
-            https = ?https_addr,
-            "ingress listening"
-        );
-        Ok(RunningIngress {
-            handle: IngressHandle { shared: self.shared },
-            tasks,
-            upkeep,
-        })
-    }
+        let _ = ready.send(Ok(()));
+        let mut hard = shared.shutdown.hard_signal();
+        let _ = hard.wait_for(|v| *v).await;
+        upkeep.abort();
+        for t in tasks {
+            t.abort();
+        }
+    });
+    // Dropping the runtime drops every connection and tunnel still on it.
 }
 
 /// Hands routes, endpoints and certificates to the ingress; cheap to clone.
@@ -381,12 +457,11 @@ impl IngressHandle {
     }
 }
 
-/// The running ingress; dropping it without [`RunningIngress::shutdown`] leaves
-/// the listeners running until the runtime ends.
+/// The running ingress. Dropping it without [`RunningIngress::shutdown`] stops
+/// it at once, dropping open connections.
 pub struct RunningIngress {
     handle: IngressHandle,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    upkeep: tokio::task::JoinHandle<()>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl RunningIngress {
@@ -395,13 +470,11 @@ impl RunningIngress {
     }
 
     /// Stops accepting, lets requests in flight finish (HTTP/2 clients get
-    /// GOAWAY) for up to the drain timeout, then drops what is left.
-    pub async fn shutdown(self) {
-        let sh = &self.handle.shared;
+    /// GOAWAY) for up to the drain timeout, then drops what is left and waits
+    /// for the workers to end.
+    pub async fn shutdown(mut self) {
+        let sh = self.handle.shared.clone();
         sh.shutdown.begin();
-        for t in self.tasks {
-            let _ = t.await;
-        }
         if tokio::time::timeout(sh.timeouts.drain, sh.shutdown.drained())
             .await
             .is_err()
@@ -412,6 +485,18 @@ impl RunningIngress {
             );
         }
         sh.shutdown.force();
-        self.upkeep.abort();
+        let threads = std::mem::take(&mut self.threads);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for RunningIngress {
+    fn drop(&mut self) {
+        self.handle.shared.shutdown.force();
     }
 }

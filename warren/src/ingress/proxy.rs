@@ -23,7 +23,7 @@ use super::{
     server::{ConnInfo, InflightGuard, Listener},
     table::{canonical_ip, path_has_prefix, PlannedRoute},
     upstream::{Proto, SendError},
-    Shared,
+    Worker,
 };
 
 pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
@@ -137,33 +137,33 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, keep_te_trailers: bo
     }
 }
 
-fn forwarded_for(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    }
-}
-
-/// `X-Forwarded-For` (appended), `-Proto`, `-Host`, and `Forwarded` (appended).
+/// `X-Forwarded-For` (appended), `-Proto`, `-Host`, and `Forwarded` (appended),
+/// each built in one buffer.
 fn set_forwarding(headers: &mut HeaderMap, client: IpAddr, https: bool, host: &HeaderValue) {
-    let ip = client.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+    use std::fmt::Write as _;
+    let earlier = |headers: &HeaderMap, name: &HeaderName| -> Option<String> {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| format!("{v}, "))
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    let mut xff = earlier(headers, &X_FORWARDED_FOR).unwrap_or_else(|| String::with_capacity(16));
+    let _ = write!(xff, "{client}");
+    if let Ok(v) = HeaderValue::try_from(xff) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     let proto = if https { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     headers.insert(X_FORWARDED_HOST.clone(), host.clone());
-    let host_str = host.to_str().unwrap_or("").replace(['"', '\\'], "");
-    let element = format!("for={};host=\"{host_str}\";proto={proto}", forwarded_for(client));
-    let fwd = match headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {element}"),
-        _ => element,
+    let mut fwd = earlier(headers, &FORWARDED).unwrap_or_else(|| String::with_capacity(64));
+    let _ = match client {
+        IpAddr::V4(v4) => write!(fwd, "for={v4};host=\""),
+        IpAddr::V6(v6) => write!(fwd, "for=\"[{v6}]\";host=\""),
     };
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
+    fwd.extend(host.to_str().unwrap_or("").chars().filter(|c| *c != '"' && *c != '\\'));
+    let _ = write!(fwd, "\";proto={proto}");
+    if let Ok(v) = HeaderValue::try_from(fwd) {
         headers.insert(FORWARDED.clone(), v);
     }
 }
@@ -196,37 +196,51 @@ struct Outcome<'a> {
     backend: Option<std::net::SocketAddr>,
 }
 
-fn log(started: Instant, info: &ConnInfo, method: &Method, host: &str, path: &str, version: Version, o: &Outcome<'_>) {
+const ACCESS_LOG: &str = "warren::ingress::access";
+
+/// The request's side of an access-log record, taken only while the log is on.
+struct Access {
+    method: Method,
+    host: String,
+    path: String,
+    version: Version,
+}
+
+fn log(started: Instant, info: &ConnInfo, access: Option<&Access>, o: &Outcome<'_>) {
+    let Some(a) = access else { return };
     tracing::info!(
-        target: "warren::ingress::access",
+        target: ACCESS_LOG,
         route = o.route,
         client = %info.client.ip(),
-        method = %method,
-        host,
-        path,
+        method = %a.method,
+        host = %a.host,
+        path = %a.path,
         status = o.status.as_u16(),
         backend = o.backend.map(|b| b.to_string()).unwrap_or_default(),
         duration_us = started.elapsed().as_micros() as u64,
-        proto = ?version,
+        proto = ?a.version,
         tls = info.listener == Listener::Https,
     );
 }
 
 pub async fn handle(
-    shared: Arc<Shared>,
+    shared: Arc<Worker>,
     info: Arc<ConnInfo>,
     req: Request<Incoming>,
     inflight: InflightGuard,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let https = info.listener == Listener::Https;
-    let method = req.method().clone();
     let version = req.version();
-    let host = request_host(&req).into_owned();
-    let path = req.uri().path().to_string();
+    let access = tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO).then(|| Access {
+        method: req.method().clone(),
+        host: request_host(&req).into_owned(),
+        path: req.uri().path().to_string(),
+        version,
+    });
 
     if !https {
-        if let Some(token) = path.strip_prefix(ACME_CHALLENGE_PREFIX) {
+        if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE_PREFIX) {
             if let Some(answer) = shared.challenges.key_authorization(token) {
                 let o = Outcome {
                     route: ACME_ROUTE,
@@ -234,21 +248,21 @@ pub async fn handle(
                     backend: None,
                 };
                 shared.acme_metrics.count(200);
-                log(started, &info, &method, &host, &path, version, &o);
+                log(started, &info, access.as_ref(), &o);
                 return Ok(local(StatusCode::OK, answer, inflight));
             }
         }
     }
 
     let table = shared.table.load_full();
-    let Some(index) = table.plan.lookup(&host, &path) else {
+    let Some(index) = table.plan.lookup(&request_host(&req), req.uri().path()) else {
         shared.unrouted_metrics.count(404);
         let o = Outcome {
             route: NO_ROUTE,
             status: StatusCode::NOT_FOUND,
             backend: None,
         };
-        log(started, &info, &method, &host, &path, version, &o);
+        log(started, &info, access.as_ref(), &o);
         return Ok(local(
             StatusCode::NOT_FOUND,
             "no route for this host and path\n",
@@ -265,7 +279,7 @@ pub async fn handle(
             status,
             backend,
         };
-        log(started, &info, &method, &host, &path, version, &o);
+        log(started, &info, access.as_ref(), &o);
     };
     let client_ip = canonical_ip(info.client.ip());
 
@@ -274,8 +288,9 @@ pub async fn handle(
         return Ok(local(StatusCode::FORBIDDEN, "forbidden\n", inflight));
     }
     if route.rules.redirect_https && !https {
+        let host = request_host(&req);
         let authority = if shared.https_port == 443 {
-            host.clone()
+            host.into_owned()
         } else {
             format!("{host}:{}", shared.https_port)
         };
@@ -326,9 +341,10 @@ pub async fn handle(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             .unwrap_or_else(|| HeaderValue::from_static("")),
     };
-    let new_path = upstream_path(&path, route);
+    let path = parts.uri.path();
+    let new_path = upstream_path(path, route);
     // The request target as it came, unless the path changed (no copy then).
-    let pq = if new_path == path.as_str() {
+    let pq = if new_path == path {
         parts
             .uri
             .path_and_query()

@@ -28,7 +28,7 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 
-use super::{proxy, Shared};
+use super::{proxy, Shared, Worker};
 
 /// Which listener a connection came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,7 +200,7 @@ async fn signalled(rx: &mut watch::Receiver<bool>) {
 }
 
 /// Accepts until shutdown begins.
-pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Listener, tls: Option<TlsAcceptor>) {
+pub async fn accept_loop(shared: Arc<Worker>, listener: TcpListener, kind: Listener, tls: Option<TlsAcceptor>) {
     let mut stop = shared.shutdown.graceful.subscribe();
     loop {
         let accepted = tokio::select! {
@@ -223,7 +223,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Liste
 }
 
 async fn connection(
-    shared: Arc<Shared>,
+    shared: Arc<Worker>,
     stream: TcpStream,
     client: SocketAddr,
     kind: Listener,
@@ -259,7 +259,7 @@ async fn connection(
     gauge.dec();
 }
 
-async fn serve<I>(shared: &Arc<Shared>, io: TokioIo<I>, info: Arc<ConnInfo>, builder: &auto::Builder<TokioExecutor>)
+async fn serve<I>(shared: &Arc<Worker>, io: TokioIo<I>, info: Arc<ConnInfo>, builder: &auto::Builder<TokioExecutor>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -8,6 +8,8 @@
 //! ```text
 //! ingress --http A:P --https A:P --cert PEM --key PEM --backend A:P... [--threads N] [--resumption]
 //! ```
+//!
+//! `--threads` is the number of the ingress's worker threads (default 2).
 
 use std::{
     io::{self, Write},
@@ -54,14 +56,10 @@ pub fn serve(args: &Args) {
         http_addr: Some(args.addr("--http").into()),
         https_addr: Some(args.addr("--https").into()),
         tls_resumption: args.has("--resumption"),
+        workers: threads,
         ..IngressConfig::default()
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(async move {
+    {
         let registry = prometheus::Registry::new_custom(Some("warren".into()), None).expect("registry");
         let ingress = cfg
             .build(&registry, Arc::new(MemoryChallenges::default()))
@@ -116,6 +114,8 @@ pub fn serve(args: &Args) {
         let _running = ingress.spawn().unwrap_or_else(|e| panic!("warren-dp-probe: {e}"));
         println!("listening");
         io::stdout().flush().ok();
-        std::future::pending::<()>().await;
-    });
+        loop {
+            std::thread::park();
+        }
+    }
 }
