@@ -7,11 +7,12 @@
 //! warren-bench --render        # docs/benchmarks.md again from bench/results/latest.json
 //! ```
 //!
-//! The data-plane scenarios need `warren-dp-probe` (from `warren-tests`), by
-//! default next to this binary.
+//! The data-plane and ingress scenarios need `warren-dp-probe` (from
+//! `warren-tests`), by default next to this binary.
 
 mod control;
 mod dataplane;
+mod ingress;
 mod mesh;
 mod report;
 mod stats;
@@ -165,6 +166,24 @@ const SCENARIOS: &[(&str, &str)] = &[
          5 runs each. Client, server and WireGuard share the machine's cores.",
     ),
     (
+        ingress::SCENARIO,
+        "Warren's ingress (its library in a process of its own, `warren-dp-probe ingress`, tokio with 2 \
+         worker threads) beside nginx 1.22 (2 worker processes) and HAProxy 2.6 (2 threads, HTTP mode) from \
+         Debian, configured for the same route: one ECDSA P-256 certificate, HTTP/1.1 with keep-alive to the \
+         same two backends (round robin), X-Forwarded-For set, no access log, TLS session resumption off. \
+         One network namespace on its loopback holds the backends (127.0.1.1-2:8080, one single-threaded \
+         hyper server as in dataplane.rr), the proxies (127.0.2.1-3, ports 80 and 443) and the clients. \
+         Keep-alive: `wrk -t1 -c32 --latency` for 1 s (quick) or 4 s, HTTPS (TLS 1.3 negotiated by wrk's \
+         OpenSSL) and plain HTTP. New connections: `warren-dp-probe crr` with 16 closed loops of connect, \
+         request, response, close; over HTTPS each is a full TLS 1.3 handshake (rustls client, no \
+         resumption, certificate not verified so the client costs as little as it can), 1 s (quick) or \
+         4 s. 2 (quick) or 5 runs per variant and figure, alternating run by run after a warm-up; a run \
+         with more than 1% errors is reported as not measured. Client, proxy and backend share the \
+         machine's cores. `proxy CPU per request` is the user and system CPU time of the proxy's \
+         processes (nginx's master and workers) during the run, from /proc, divided by the requests \
+         (or connections) answered.",
+    ),
+    (
         "control.failover",
         "Three managers as separate processes on 127.0.0.1. A client connected to a follower's socket \
          kills the leader with SIGKILL and retries CreateService until one succeeds; the time from the \
@@ -229,6 +248,7 @@ fn baselines(methods: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     }
     // Flatness: every size, and iptables, against Warren with one service.
     b.insert("dataplane.scale".to_string(), "warren-vip, 1 service".to_string());
+    b.insert(ingress::SCENARIO.to_string(), ingress::BASELINE.to_string());
     b.insert(
         "dataplane.ratelimit".to_string(),
         "unlimited service, alone".to_string(),
@@ -301,6 +321,12 @@ async fn main() -> std::process::ExitCode {
         let t = std::time::Instant::now();
         records.extend(tokio::task::block_in_place(|| mesh::run(args.quick, &args.probe)));
         took("mesh.throughput", t);
+    }
+    if wanted(ingress::SCENARIO) {
+        eprintln!("warren-bench: {}", ingress::SCENARIO);
+        let t = std::time::Instant::now();
+        records.extend(tokio::task::block_in_place(|| ingress::run(args.quick, &args.probe)));
+        took(ingress::SCENARIO, t);
     }
     if wanted("control.failover") {
         eprintln!("warren-bench: control.failover");

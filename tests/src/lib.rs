@@ -10,6 +10,7 @@ pub mod dataplane;
 pub mod dnsutil;
 pub mod env;
 pub mod images;
+pub mod ingress;
 pub mod lab;
 pub mod mesh;
 pub mod netns;

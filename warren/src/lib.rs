@@ -1,6 +1,6 @@
 //! Warren as a library: the CLI, the manager (Raft store, API, orchestrator,
-//! scheduler, dispatcher), the node agent, the data plane and the WireGuard mesh. `main.rs` only calls
-//! `cli::main`.
+//! scheduler, dispatcher), the node agent, the data plane, the WireGuard mesh and
+//! the ingress. `main.rs` only calls `cli::main`.
 
 pub mod agent;
 pub mod api;
@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod dns;
+pub mod ingress;
 pub mod leave;
 pub mod manager;
 pub mod mesh;

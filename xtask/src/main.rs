@@ -50,10 +50,14 @@ const PACKAGES: &[&str] = &[
     // inspect it: the default overlay's needs, and the mesh tests'.
     "wireguard-go",
     "wireguard-tools",
+    // The ingress tests: Pebble (an ACME CA) with its challenge test server, and
+    // promtool (in Debian's prometheus package) to check the metrics' format.
+    "pebble",
+    "prometheus",
 ];
 
 /// What the benchmarks compare Warren against, and drive it with.
-const BENCH_PACKAGES: &[&str] = &["haproxy", "wrk", "iperf3"];
+const BENCH_PACKAGES: &[&str] = &["haproxy", "wrk", "iperf3", "nginx"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

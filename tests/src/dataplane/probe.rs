@@ -13,15 +13,18 @@
 //! dual    --to [::ffff:A]:P --n N [--udp [--connected]]   (AF_INET6 sockets)
 //! daemon  --node N --bpffs DIR --cgroup DIR --vip A --port P --backend A...
 //! http    --listen A:P [--threads N]
-//! crr     --to A:P --ms MS [--warmup-ms MS] [--conns C] [--rate R] [--threads N]
+//! crr     --to A:P --ms MS [--warmup-ms MS] [--conns C] [--rate R] [--threads N] [--tls --sni NAME]
 //! await   --to A:P [--timeout-ms MS] [--poll-us US]
+//! ingress --http A:P --https A:P --cert PEM --key PEM --backend A:P... [--threads N] [--resumption]
 //! ```
 //!
 //! `daemon` stands in for the Warren daemon: it opens the data plane, syncs one
 //! service, prints `synced` and waits to be killed. `http`, `crr` and `await` are
-//! the HTTP server and load clients of the benchmarks ([`http`]).
+//! the HTTP server and load clients of the benchmarks ([`http`]); `ingress` runs
+//! Warren's ingress for the ingress benchmark ([`ingress`]).
 
 mod http;
+mod ingress;
 
 pub use http::monotonic_ns;
 
@@ -80,7 +83,7 @@ impl Args {
 pub fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some(mode) = argv.first().cloned() else {
-        eprintln!("usage: warren-dp-probe serve|connect|udp|loop|hold|daemon|http|crr|await ...");
+        eprintln!("usage: warren-dp-probe serve|connect|udp|loop|hold|daemon|http|crr|await|ingress ...");
         std::process::exit(2);
     };
     let args = Args(argv);
@@ -96,6 +99,7 @@ pub fn main() {
         "http" => http::serve(&args),
         "crr" => http::crr(&args),
         "await" => http::await_answer(&args),
+        "ingress" => ingress::serve(&args),
         other => {
             eprintln!("warren-dp-probe: unknown mode {other}");
             std::process::exit(2);

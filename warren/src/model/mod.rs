@@ -8,6 +8,7 @@ mod cluster;
 mod endpoints;
 #[cfg(test)]
 pub(crate) mod fixtures;
+pub mod ingress;
 mod node;
 mod parse;
 mod service;

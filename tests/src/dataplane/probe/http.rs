@@ -1,7 +1,9 @@
 //! The HTTP modes of `warren-dp-probe`, used by the data-plane benchmarks: a
 //! small hyper server (`http`), a closed- or open-loop client that opens one
 //! connection per request and times it (`crr`), and a poller that reports the
-//! moment a new service address first answers (`await`). Output is `key value`
+//! moment a new service address first answers (`await`). `crr --tls` makes every
+//! connection a full TLS handshake (no resumption, the server's certificate not
+//! verified: the client measures the server, not itself). Output is `key value`
 //! lines like the other modes; the benchmark parses them.
 
 use std::{
@@ -11,6 +13,7 @@ use std::{
     mem,
     net::{SocketAddr, SocketAddrV4, TcpStream},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -76,13 +79,90 @@ pub fn serve(args: &Args) {
     });
 }
 
+/// Accepts any certificate: the load generator measures the server's handshake.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls_pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls_pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// TLS for `crr --tls`: HTTP/1.1 by ALPN, no session resumption.
+fn tls_client() -> tokio_rustls::TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.resumption = rustls::client::Resumption::disabled();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+#[derive(Clone)]
+struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    sni: rustls_pki_types::ServerName<'static>,
+}
+
 /// One connection, one request: the body's first line, or the error's name.
-async fn one_request(to: SocketAddrV4) -> Result<String, String> {
+async fn one_request(to: SocketAddrV4, tls: Option<&Tls>) -> Result<String, String> {
     let mut s = tokio::net::TcpStream::connect(to).await.map_err(|e| errno_name(&e))?;
     let _ = s.set_nodelay(true);
-    s.write_all(REQUEST).await.map_err(|e| errno_name(&e))?;
     let mut buf = Vec::with_capacity(256);
-    s.read_to_end(&mut buf).await.map_err(|e| errno_name(&e))?;
+    match tls {
+        None => {
+            s.write_all(REQUEST).await.map_err(|e| errno_name(&e))?;
+            s.read_to_end(&mut buf).await.map_err(|e| errno_name(&e))?;
+        }
+        Some(tls) => {
+            let mut t = tls
+                .connector
+                .connect(tls.sni.clone(), s)
+                .await
+                .map_err(|e| format!("tls-{}", errno_name(&e)))?;
+            t.write_all(REQUEST).await.map_err(|e| errno_name(&e))?;
+            // A server that closes without close_notify has still answered.
+            if let Err(e) = t.read_to_end(&mut buf).await {
+                if e.kind() != io::ErrorKind::UnexpectedEof || buf.is_empty() {
+                    return Err(errno_name(&e));
+                }
+            }
+        }
+    }
     let text = String::from_utf8_lossy(&buf);
     if !text.starts_with("HTTP/1.1 200") {
         return Err(if text.is_empty() { "EOF".into() } else { "status".into() });
@@ -100,7 +180,7 @@ struct Tally {
     last_done: Option<Instant>,
 }
 
-/// `crr --to A:P --ms MS [--warmup-ms MS] [--conns C] [--rate R] [--threads N]`:
+/// `crr --to A:P --ms MS [--warmup-ms MS] [--conns C] [--rate R] [--threads N] [--tls --sni NAME]`:
 /// C loops of connect, request, response, close. Without `--rate` each loop starts
 /// its next connection when the last one finishes (closed loop); with it the
 /// attempts are paced at R per second in total (open loop, a flood). Only
@@ -113,6 +193,11 @@ pub fn crr(args: &Args) {
     let rate: Option<f64> = args
         .get("--rate")
         .map(|r| r.parse().unwrap_or_else(|_| panic!("warren-dp-probe: bad --rate {r}")));
+    let tls = args.has("--tls").then(|| Tls {
+        connector: tls_client(),
+        sni: rustls_pki_types::ServerName::try_from(args.get("--sni").unwrap_or("bench").to_string())
+            .unwrap_or_else(|_| panic!("warren-dp-probe: bad --sni")),
+    });
     let rt = runtime(args.num("--threads", 1) as usize);
     let (tallies, from) = rt.block_on(async move {
         let start = Instant::now();
@@ -120,6 +205,7 @@ pub fn crr(args: &Args) {
         let until = from + window;
         let mut tasks = Vec::new();
         for i in 0..conns {
+            let tls = tls.clone();
             tasks.push(tokio::spawn(async move {
                 let mut t = Tally::default();
                 for k in 0u64.. {
@@ -134,7 +220,7 @@ pub fn crr(args: &Args) {
                     if began >= until {
                         break;
                     }
-                    let r = match tokio::time::timeout(Duration::from_secs(5), one_request(to)).await {
+                    let r = match tokio::time::timeout(Duration::from_secs(5), one_request(to, tls.as_ref())).await {
                         Ok(r) => r,
                         Err(_) => Err("timeout".to_string()),
                     };
