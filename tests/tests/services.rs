@@ -622,6 +622,12 @@ fn node_inspect_shows_the_data_plane_and_leave_removes_everything() {
             "warren_sendmsg4",
             "warren_recvmsg4",
             "warren_getpeer4",
+            "warren_post_bind4",
+            "warren_connect6",
+            "warren_sendmsg6",
+            "warren_recvmsg6",
+            "warren_getpeer6",
+            "warren_post_bind6",
             "warren_tc_in",
             "warren_tc_out"
         ]),
