@@ -468,3 +468,70 @@ fn down() -> Result<()> {
     println!("stopped the demo node and removed {UP_DIR}");
     Ok(())
 }
+
+#[cfg(test)]
+mod feature_sets {
+    use super::cargo;
+    use std::collections::BTreeMap;
+
+    /// Every package of the build with the features it is built with, for one
+    /// package selection (`-p warren`, `--workspace`, ...).
+    fn features(selection: &[&str]) -> BTreeMap<String, String> {
+        let out = cargo()
+            .args([
+                "tree",
+                "--offline",
+                "-e",
+                "normal,build",
+                "--prefix",
+                "none",
+                "-f",
+                "{p}|{f}",
+            ])
+            .args(selection)
+            .output()
+            .expect("cargo tree");
+        assert!(
+            out.status.success(),
+            "cargo tree {selection:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('|'))
+            .map(|(p, f)| {
+                (
+                    p.replace(" (*)", "").trim().to_string(),
+                    f.replace(" (*)", "").trim().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// `cargo build --release -p warren`, `xtask up` (warren with the test images)
+    /// and `xtask bench` (warren, the bench and the tests) must build warren's
+    /// dependencies with the same features, or alternating them rebuilds warren.
+    #[test]
+    fn every_package_set_builds_warren_alike() {
+        let alone = features(&["-p", "warren"]);
+        for selection in [
+            &["-p", "warren", "-p", "warren-tests"][..],
+            &["-p", "warren", "-p", "warren-bench", "-p", "warren-tests"],
+            &["--workspace"],
+        ] {
+            let with = features(selection);
+            let differ: Vec<String> = alone
+                .iter()
+                .filter_map(|(p, f)| {
+                    let g = with.get(p)?;
+                    (g != f).then(|| format!("{p}: [{f}] alone, [{g}] with {selection:?}"))
+                })
+                .collect();
+            assert!(
+                differ.is_empty(),
+                "features differ (add them to the workspace's or warren's Cargo.toml):\n{}",
+                differ.join("\n")
+            );
+        }
+    }
+}
