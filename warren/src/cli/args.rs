@@ -679,6 +679,38 @@ mod tests {
     }
 
     #[test]
+    fn completion_scripts_know_the_swarm_flags_and_bash_reads_them() {
+        let mut out = Vec::new();
+        clap_complete::generate(clap_complete::Shell::Bash, &mut Cli::command(), "warren", &mut out);
+        let script = String::from_utf8(out).unwrap();
+        for flag in [
+            "--name",
+            "--env-file",
+            "--cap-add",
+            "--ulimit-rm",
+            "--sysctl",
+            "--dns-rm",
+            "--init",
+        ] {
+            assert!(script.contains(flag), "{flag} not in the bash completion");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warren.bash");
+        std::fs::write(&path, &script).unwrap();
+        let check = std::process::Command::new("bash")
+            .arg("-n")
+            .arg(&path)
+            .output()
+            .expect("running bash");
+        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+        for shell in [clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "warren", &mut out);
+            assert!(String::from_utf8(out).unwrap().contains("env-file"), "{shell}");
+        }
+    }
+
+    #[test]
     fn documented_spellings_parse() {
         let parse = |args: &[&str]| Cli::try_parse_from(args).map(|_| ()).map_err(|e| e.to_string());
         parse(&[
@@ -868,5 +900,22 @@ mod tests {
             parse(cmd).unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
         }
         assert!(parse(&["warren", "service", "create", "web", "--replicas", "two"]).is_err());
+        #[rustfmt::skip]
+        parse(&[
+            "warren", "service", "create", "--name", "web", "--hostname", "h", "--entrypoint", "/bin/sh -c", "--env-file", "a.env",
+            "--init", "--read-only", "--cap-add", "NET_ADMIN", "--cap-drop", "ALL", "--ulimit", "nofile=1024:2048",
+            "--sysctl", "net.core.somaxconn=512", "--limit-pids", "64", "--dns", "1.1.1.1",
+            "--publish", "published=8080,target=80,mode=host,protocol=udp", "nginx:1", "sh", "-c", "echo hi",
+        ])
+        .unwrap();
+        #[rustfmt::skip]
+        parse(&[
+            "warren", "service", "update", "web", "--init=false", "--read-only=false", "--cap-add", "SYS_TIME",
+            "--ulimit-add", "nproc=10", "--ulimit-rm", "nofile", "--sysctl-add", "net.core.somaxconn=1", "--sysctl-rm", "x",
+            "--dns-add", "1.1.1.1", "--dns-rm", "8.8.8.8", "--args", "-c 'sleep 1'", "--hostname", "",
+        ])
+        .unwrap();
+        // --env-file is create's, as in Swarm.
+        assert!(parse(&["warren", "service", "update", "web", "--env-file", "a.env"]).is_err());
     }
 }

@@ -441,6 +441,17 @@ mod tests {
     }
 
     #[test]
+    fn a_spec_from_before_the_container_options_loads() {
+        let mut old = serde_json::to_value(spec()).unwrap();
+        old.as_object_mut().unwrap().remove("container").expect("serialized");
+        let loaded: ServiceSpec = serde_json::from_value(old).unwrap();
+        assert_eq!(loaded, spec());
+        let mut s = spec();
+        s.container.sysctls.insert("vm.swappiness".into(), "1".into());
+        assert_eq!(s.validate().unwrap_err().field, "sysctl");
+    }
+
+    #[test]
     fn zero_replicas_is_valid() {
         let mut s = spec();
         s.mode = ServiceMode::Replicated { replicas: 0 };
