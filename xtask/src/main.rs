@@ -54,6 +54,8 @@ const PACKAGES: &[&str] = &[
     // promtool (in Debian's prometheus package) to check the metrics' format.
     "pebble",
     "prometheus",
+    // `service create --init`: tini-static, bind-mounted into the task as PID 1.
+    "tini",
 ];
 
 /// What the benchmarks compare Warren against, and drive it with.

@@ -359,21 +359,98 @@ pub struct SpecArgs {
     /// Connections a client may open at once above the rate [default: the rate].
     #[arg(long, value_name = "N")]
     pub rate_burst: Option<u32>,
+    #[command(flatten)]
+    pub container: ContainerArgs,
+}
+
+/// Swarm's container flags (issue 10, item 5), on create and update as
+/// `docker service create/update` spell them.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ContainerArgs {
+    /// Host name of each task's container; "" restores the default
+    /// [default: the first 12 characters of the task ID].
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Replace the image's ENTRYPOINT, split into words as a shell would; ""
+    /// restores the image's.
+    #[arg(long, value_name = "COMMAND", allow_hyphen_values = true)]
+    pub entrypoint: Option<String>,
+    /// Run an init process as PID 1 that forwards signals and reaps zombies (the
+    /// node's tini-static or catatonit); --init=false turns it off.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub init: Option<bool>,
+    /// Mount the container's root filesystem read-only; --read-only=false turns it off.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub read_only: Option<bool>,
+    /// Add a Linux capability, e.g. NET_ADMIN, or ALL (repeatable).
+    #[arg(long = "cap-add", value_name = "CAP", value_delimiter = ',')]
+    pub cap_add: Vec<String>,
+    /// Drop a Linux capability, or ALL (repeatable).
+    #[arg(long = "cap-drop", value_name = "CAP", value_delimiter = ',')]
+    pub cap_drop: Vec<String>,
+    /// A resource limit NAME=SOFT[:HARD], e.g. nofile=1024:2048 (repeatable).
+    #[arg(long = "ulimit", visible_alias = "ulimit-add", value_name = "NAME=SOFT[:HARD]")]
+    pub ulimits: Vec<String>,
+    /// A namespaced kernel parameter KEY=VALUE: net.*, fs.mqueue.*, kernel.shm*,
+    /// kernel.msg*, kernel.sem (repeatable).
+    #[arg(long = "sysctl", visible_alias = "sysctl-add", value_name = "KEY=VALUE")]
+    pub sysctls: Vec<String>,
+    /// Maximum number of processes in each task's container; 0 is unlimited.
+    #[arg(long, value_name = "N")]
+    pub limit_pids: Option<u64>,
+    /// A name server for the tasks' resolv.conf, replacing Warren's resolver
+    /// (repeatable, at most 3) [default: Warren's resolver on the node].
+    #[arg(long = "dns", visible_alias = "dns-add", value_name = "ADDRESS")]
+    pub dns: Vec<String>,
+}
+
+/// The removal flags of Swarm's container options, on update only.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ContainerRmArgs {
+    /// Replace the command's arguments (the image's CMD), split as a shell would.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub args: Option<String>,
+    /// Remove a ulimit by name (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub ulimit_rm: Vec<String>,
+    /// Remove a sysctl by key (repeatable).
+    #[arg(long, value_name = "KEY")]
+    pub sysctl_rm: Vec<String>,
+    /// Remove a name server (repeatable).
+    #[arg(long, value_name = "ADDRESS")]
+    pub dns_rm: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum ServiceCmd {
-    /// Create a service.
+    /// Create a service: `create --name NAME IMAGE [COMMAND] [ARG...]` (Swarm's
+    /// syntax) or `create NAME --image IMAGE [-- COMMAND [ARG...]]`.
+    #[command(
+        override_usage = "warren service create [OPTIONS] --name <NAME> <IMAGE> [COMMAND] [ARG]...\n       \
+                          warren service create [OPTIONS] <NAME> --image <IMAGE> [-- <COMMAND> [ARG]...]"
+    )]
     Create {
-        name: String,
+        /// The service's name; the first argument is then the image and the rest
+        /// its command and arguments (replacing the image's CMD), as in Swarm.
+        #[arg(long)]
+        name: Option<String>,
+        /// With --name: the image. Without: the service's name.
+        #[arg(value_name = "NAME|IMAGE")]
+        first: Option<String>,
+        /// With --name: the command and its arguments (the image's CMD is replaced,
+        /// its ENTRYPOINT kept). Without: the command replacing the image's
+        /// ENTRYPOINT and CMD.
+        #[arg(value_name = "COMMAND", trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
         #[command(flatten)]
         spec: SpecArgs,
         /// replicated (default) or global (one task per eligible node).
         #[arg(long, value_enum, default_value = "replicated")]
         mode: ModeArg,
-        /// Command and arguments to run instead of the image's.
-        #[arg(last = true)]
-        command: Vec<String>,
+        /// Read environment variables from a file in Docker's format, before --env
+        /// (repeatable).
+        #[arg(long = "env-file", value_name = "FILE")]
+        env_files: Vec<PathBuf>,
         /// Print the service ID only.
         #[arg(short, long)]
         quiet: bool,
@@ -430,6 +507,8 @@ pub enum ServiceCmd {
         /// of new connections (0-100); without other changes, re-weights the canary.
         #[arg(long, value_name = "W")]
         canary_weight: Option<u32>,
+        #[command(flatten)]
+        container_rm: ContainerRmArgs,
     },
     /// Make the canary the stable version (the other tasks are replaced).
     Promote { service: String },
@@ -597,6 +676,38 @@ mod tests {
     #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completion_scripts_know_the_swarm_flags_and_bash_reads_them() {
+        let mut out = Vec::new();
+        clap_complete::generate(clap_complete::Shell::Bash, &mut Cli::command(), "warren", &mut out);
+        let script = String::from_utf8(out).unwrap();
+        for flag in [
+            "--name",
+            "--env-file",
+            "--cap-add",
+            "--ulimit-rm",
+            "--sysctl",
+            "--dns-rm",
+            "--init",
+        ] {
+            assert!(script.contains(flag), "{flag} not in the bash completion");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warren.bash");
+        std::fs::write(&path, &script).unwrap();
+        let check = std::process::Command::new("bash")
+            .arg("-n")
+            .arg(&path)
+            .output()
+            .expect("running bash");
+        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+        for shell in [clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "warren", &mut out);
+            assert!(String::from_utf8(out).unwrap().contains("env-file"), "{shell}");
+        }
     }
 
     #[test]
@@ -789,5 +900,22 @@ mod tests {
             parse(cmd).unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
         }
         assert!(parse(&["warren", "service", "create", "web", "--replicas", "two"]).is_err());
+        #[rustfmt::skip]
+        parse(&[
+            "warren", "service", "create", "--name", "web", "--hostname", "h", "--entrypoint", "/bin/sh -c", "--env-file", "a.env",
+            "--init", "--read-only", "--cap-add", "NET_ADMIN", "--cap-drop", "ALL", "--ulimit", "nofile=1024:2048",
+            "--sysctl", "net.core.somaxconn=512", "--limit-pids", "64", "--dns", "1.1.1.1",
+            "--publish", "published=8080,target=80,mode=host,protocol=udp", "nginx:1", "sh", "-c", "echo hi",
+        ])
+        .unwrap();
+        #[rustfmt::skip]
+        parse(&[
+            "warren", "service", "update", "web", "--init=false", "--read-only=false", "--cap-add", "SYS_TIME",
+            "--ulimit-add", "nproc=10", "--ulimit-rm", "nofile", "--sysctl-add", "net.core.somaxconn=1", "--sysctl-rm", "x",
+            "--dns-add", "1.1.1.1", "--dns-rm", "8.8.8.8", "--args", "-c 'sleep 1'", "--hostname", "",
+        ])
+        .unwrap();
+        // --env-file is create's, as in Swarm.
+        assert!(parse(&["warren", "service", "update", "web", "--env-file", "a.env"]).is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! `warren service ...`: build the spec from flags (validating it first, so bad
 //! input fails before anything is sent), call the API, print what it answers.
 
-use super::args::{Format, ModeArg, ServiceCmd, SpecArgs};
+use super::args::{ContainerArgs, ContainerRmArgs, Format, ModeArg, ServiceCmd, SpecArgs};
 use super::client::{call, Client};
 use super::render::services::{ServiceView, TaskView};
 use super::render::{self, emit, error_line, json, line, Reported};
@@ -150,35 +150,185 @@ fn apply_spec_args(spec: &mut ServiceSpec, a: &SpecArgs) -> Result<()> {
     if let Some(d) = &a.stop_grace_period {
         spec.stop_grace_ms = model::parse_duration("--stop-grace-period", d).map_err(v)?.as_millis() as u64;
     }
+    apply_container_args(spec, &a.container)?;
     // Same checks as the server, with the CLI's flag names, before anything is sent.
     spec.validate().map_err(|e| anyhow!("--{e}"))?;
     Ok(())
+}
+
+// Swarm's container flags and create syntax (issue 10, item 5).
+
+/// Words of `--entrypoint` and `--args`, split as Docker does (a shell's quoting).
+fn split_words(flag: &str, s: &str) -> Result<Vec<String>> {
+    shlex::split(s).ok_or_else(|| anyhow!("{flag}: unbalanced quotes in {s:?}"))
+}
+
+/// Applies the container flags shared by create and update: values replace, lists
+/// add (or replace by key); `--cap-add X` also takes X off the dropped list and
+/// `--cap-drop X` off the added one, as `docker service update` does.
+fn apply_container_args(spec: &mut ServiceSpec, a: &ContainerArgs) -> Result<()> {
+    if let Some(e) = &a.entrypoint {
+        spec.command = split_words("--entrypoint", e)?;
+    }
+    let o = &mut spec.container;
+    if let Some(h) = &a.hostname {
+        o.hostname = h.clone();
+    }
+    if let Some(b) = a.init {
+        o.init = b;
+    }
+    if let Some(b) = a.read_only {
+        o.read_only = b;
+    }
+    for c in &a.cap_add {
+        let c = model::parse_capability("--cap-add", c).map_err(v)?;
+        o.cap_drop.retain(|x| *x != c);
+        if !o.cap_add.contains(&c) {
+            o.cap_add.push(c);
+        }
+    }
+    for c in &a.cap_drop {
+        let c = model::parse_capability("--cap-drop", c).map_err(v)?;
+        o.cap_add.retain(|x| *x != c);
+        if !o.cap_drop.contains(&c) {
+            o.cap_drop.push(c);
+        }
+    }
+    for u in &a.ulimits {
+        let u = model::Ulimit::parse("--ulimit", u).map_err(v)?;
+        o.ulimits.retain(|x| x.name != u.name);
+        o.ulimits.push(u);
+    }
+    for kv in &a.sysctls {
+        let (k, val) = model::parse_sysctl("--sysctl", kv).map_err(v)?;
+        o.sysctls.insert(k, val);
+    }
+    if let Some(n) = a.limit_pids {
+        o.pids_limit = n;
+    }
+    for d in &a.dns {
+        let d = model::parse_dns("--dns", d).map_err(v)?;
+        if !o.dns.contains(&d) {
+            o.dns.push(d);
+        }
+    }
+    Ok(())
+}
+
+/// The removals of `service update` (`--ulimit-rm`, `--sysctl-rm`, `--dns-rm`) and
+/// `--args`.
+fn apply_container_rm(spec: &mut ServiceSpec, a: &ContainerRmArgs) -> Result<()> {
+    if let Some(args) = &a.args {
+        spec.args = split_words("--args", args)?;
+    }
+    let o = &mut spec.container;
+    for n in &a.ulimit_rm {
+        let n = n.trim().to_ascii_lowercase();
+        if !o.ulimits.iter().any(|u| u.name == n) {
+            bail!("--ulimit-rm: the service has no ulimit {n}");
+        }
+        o.ulimits.retain(|u| u.name != n);
+    }
+    for k in &a.sysctl_rm {
+        let k = k.trim().replace('/', ".");
+        if o.sysctls.remove(&k).is_none() {
+            bail!("--sysctl-rm: the service sets no sysctl {k}");
+        }
+    }
+    for d in &a.dns_rm {
+        let d = model::parse_dns("--dns-rm", d).map_err(v)?;
+        if !o.dns.contains(&d) {
+            bail!("--dns-rm: the service has no name server {d}");
+        }
+        o.dns.retain(|x| *x != d);
+    }
+    Ok(())
+}
+
+/// The name and spec of `service create`, from either syntax: `--name NAME IMAGE
+/// [COMMAND] [ARG...]` (Swarm's: the words replace the image's CMD) or `NAME --image
+/// IMAGE [-- COMMAND...]` (the words replace ENTRYPOINT and CMD, unless
+/// `--entrypoint` is given, when they are its arguments).
+fn create_spec(
+    name: Option<String>,
+    first: Option<String>,
+    rest: Vec<String>,
+    a: &SpecArgs,
+    mode: ModeArg,
+    env_files: &[std::path::PathBuf],
+) -> Result<(String, ServiceSpec)> {
+    let mut spec = ServiceSpec {
+        mode: match mode {
+            ModeArg::Replicated => ServiceMode::Replicated { replicas: 1 },
+            ModeArg::Global => ServiceMode::Global,
+        },
+        ..Default::default()
+    };
+    let (name, words_are_args) = match (name, first) {
+        (Some(name), Some(image)) => {
+            if let Some(flag) = &a.image {
+                bail!(
+                    "--image: the image is given twice, as --image {flag} and as the argument {image}                      after --name; give only one"
+                );
+            }
+            spec.image = image;
+            (name, true)
+        }
+        (Some(name), None) => {
+            if a.image.is_none() {
+                bail!("IMAGE: an image is required: warren service create --name {name} IMAGE [COMMAND...]");
+            }
+            (name, true)
+        }
+        (None, Some(name)) => {
+            if a.image.is_none() {
+                bail!(
+                    "--image: an image is required: warren service create {name} --image IMAGE,                      or with Swarm's syntax warren service create --name NAME {name} [COMMAND...]"
+                );
+            }
+            (name, false)
+        }
+        (None, None) => {
+            bail!("--name: a service name is required: warren service create --name NAME IMAGE [COMMAND...]")
+        }
+    };
+    model::validate_name("name", &name).map_err(|e| anyhow!("--{e}"))?;
+    for path in env_files {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| anyhow!("--env-file: cannot read {}: {e}", path.display()))?;
+        let vars = model::parse_env_file("env-file", &text, |k| std::env::var(k).ok())
+            .map_err(|e| anyhow!("--env-file: {}: {}", path.display(), e.message))?;
+        for kv in vars {
+            let key = kv.split_once('=').map(|(k, _)| k.to_string()).unwrap_or_default();
+            spec.env
+                .retain(|x| x.split_once('=').map(|(xk, _)| xk) != Some(key.as_str()));
+            spec.env.push(kv);
+        }
+    }
+    apply_spec_args(&mut spec, a)?;
+    if !rest.is_empty() {
+        if words_are_args || a.container.entrypoint.is_some() {
+            spec.args = rest;
+        } else {
+            spec.command = rest;
+        }
+    }
+    spec.validate().map_err(|e| anyhow!("--{e}"))?;
+    Ok((name, spec))
 }
 
 pub async fn run(c: &mut Client, cmd: ServiceCmd) -> Result<()> {
     match cmd {
         ServiceCmd::Create {
             name,
+            first,
+            rest,
             spec: a,
             mode,
-            command,
+            env_files,
             quiet,
         } => {
-            model::validate_name("name", &name).map_err(v)?;
-            let mut spec = ServiceSpec {
-                mode: match mode {
-                    ModeArg::Replicated => ServiceMode::Replicated { replicas: 1 },
-                    ModeArg::Global => ServiceMode::Global,
-                },
-                ..Default::default()
-            };
-            if a.image.is_none() {
-                bail!("--image: an image is required");
-            }
-            apply_spec_args(&mut spec, &a)?;
-            if !command.is_empty() {
-                spec.command = command;
-            }
+            let (name, spec) = create_spec(name, first, rest, &a, mode, &env_files)?;
             let svc = call(c.create_service(pb::CreateServiceRequest {
                 name,
                 spec: Some(convert::spec_to_pb(&spec)),
@@ -268,6 +418,7 @@ pub async fn run(c: &mut Client, cmd: ServiceCmd) -> Result<()> {
             mount_rm,
             secret_rm,
             canary_weight,
+            container_rm,
         } => {
             if canary_weight.is_some_and(|w| w > 100) {
                 bail!(
@@ -312,6 +463,7 @@ pub async fn run(c: &mut Client, cmd: ServiceCmd) -> Result<()> {
                 }
                 spec.secrets.retain(|s| &s.name != n);
             }
+            apply_container_rm(&mut spec, &container_rm)?;
             apply_spec_args(&mut spec, &a)?;
             call(c.update_service(pb::UpdateServiceRequest {
                 service: current.id,
@@ -412,5 +564,201 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("--replicas:"), "{e}");
+    }
+
+    /// `service create` as parsed from a command line, then built into a spec.
+    fn create(argv: &[&str]) -> Result<(String, ServiceSpec)> {
+        use super::super::args::{Cli, Command};
+        use clap::Parser;
+        let cli = Cli::try_parse_from(["warren", "service", "create"].iter().chain(argv))?;
+        let Command::Service(cmd) = cli.command else {
+            unreachable!("parsed as service")
+        };
+        let ServiceCmd::Create {
+            name,
+            first,
+            rest,
+            spec,
+            mode,
+            env_files,
+            ..
+        } = *cmd
+        else {
+            unreachable!("parsed as create")
+        };
+        create_spec(name, first, rest, &spec, mode, &env_files)
+    }
+
+    #[test]
+    fn swarm_syntax_takes_the_image_and_its_command_after_the_name() {
+        let (name, spec) = create(&[
+            "--name",
+            "web",
+            "--replicas",
+            "2",
+            "nginx:1",
+            "sh",
+            "-c",
+            "echo hi; exit 0",
+        ])
+        .unwrap();
+        assert_eq!(name, "web");
+        assert_eq!(spec.image, "nginx:1");
+        assert_eq!(spec.replicas(), Some(2));
+        // Swarm's positional command replaces CMD; the image's ENTRYPOINT stays.
+        assert_eq!(
+            (spec.command.len(), spec.args.clone()),
+            (0, vec!["sh".into(), "-c".into(), "echo hi; exit 0".into()])
+        );
+
+        let (_, spec) = create(&["--name", "web", "--entrypoint", "/bin/sh -c", "busybox:1", "echo 'a b'"]).unwrap();
+        assert_eq!(spec.command, ["/bin/sh", "-c"]);
+        assert_eq!(spec.args, ["echo 'a b'"]);
+
+        let (_, spec) = create(&["--name", "web", "--image", "busybox:1"]).unwrap();
+        assert_eq!(spec.image, "busybox:1");
+    }
+
+    #[test]
+    fn the_old_syntax_keeps_working() {
+        let (name, spec) = create(&[
+            "web",
+            "--image",
+            "busybox:1",
+            "--replicas",
+            "3",
+            "--",
+            "sh",
+            "-c",
+            "true",
+        ])
+        .unwrap();
+        assert_eq!(
+            (name.as_str(), spec.image.as_str(), spec.replicas()),
+            ("web", "busybox:1", Some(3))
+        );
+        // As before: the words after -- replace ENTRYPOINT and CMD.
+        assert_eq!(spec.command, ["sh", "-c", "true"]);
+        assert!(spec.args.is_empty());
+        let (_, spec) = create(&["web", "--image", "busybox:1", "--entrypoint", "/bin/echo", "--", "hi"]).unwrap();
+        assert_eq!(
+            (spec.command.as_slice(), spec.args.as_slice()),
+            (&["/bin/echo".to_string()][..], &["hi".to_string()][..])
+        );
+    }
+
+    #[test]
+    fn mixed_syntaxes_name_the_argument() {
+        let e = |argv: &[&str]| create(argv).unwrap_err().to_string();
+        let m = e(&["--name", "web", "--image", "a:1", "b:1"]);
+        assert!(m.starts_with("--image: the image is given twice"), "{m}");
+        let m = e(&["web"]);
+        assert!(m.starts_with("--image: an image is required"), "{m}");
+        let m = e(&["--name", "web"]);
+        assert!(m.starts_with("IMAGE: an image is required"), "{m}");
+        let m = e(&["--image", "a:1"]);
+        assert!(m.starts_with("--name: a service name is required"), "{m}");
+        let m = e(&["--name", "bad name", "a:1"]);
+        assert!(m.starts_with("--name: invalid name"), "{m}");
+        let m = e(&["--name", "web", "--entrypoint", "sh -c 'x", "a:1"]);
+        assert!(m.starts_with("--entrypoint: unbalanced quotes"), "{m}");
+    }
+
+    #[test]
+    fn container_flags_build_the_options_and_bad_ones_name_their_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let env_file = dir.path().join("app.env");
+        std::fs::write(&env_file, "# settings\nFROM_FILE=1\nBOTH=file\n").unwrap();
+        let f = env_file.to_str().unwrap();
+        #[rustfmt::skip]
+        let (_, spec) = create(&[
+            "--name", "web", "--hostname", "web-host", "--env-file", f, "--env", "BOTH=flag", "--init", "--read-only",
+            "--cap-add", "NET_ADMIN", "--cap-drop", "net_raw,mknod", "--ulimit", "nofile=1024:2048", "--ulimit", "nproc=64",
+            "--sysctl", "net.core.somaxconn=512", "--limit-pids", "50", "--dns", "10.0.0.53",
+            "--publish", "published=8080,target=80,mode=host,protocol=udp", "busybox:1", "sleep", "1",
+        ]).unwrap();
+        let o = &spec.container;
+        assert_eq!(spec.env, ["FROM_FILE=1", "BOTH=flag"]);
+        assert_eq!(o.hostname, "web-host");
+        assert!(o.init && o.read_only);
+        assert_eq!(o.cap_add, ["CAP_NET_ADMIN"]);
+        assert_eq!(o.cap_drop, ["CAP_NET_RAW", "CAP_MKNOD"]);
+        let ulimits: Vec<String> = o.ulimits.iter().map(|u| u.to_string()).collect();
+        assert_eq!(ulimits, ["nofile=1024:2048", "nproc=64:64"]);
+        assert_eq!(o.sysctls["net.core.somaxconn"], "512");
+        assert_eq!(o.pids_limit, 50);
+        assert_eq!(o.dns, ["10.0.0.53".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!(spec.ports[0].to_string(), "mode=host,8080:80/udp");
+
+        let e = |argv: &[&str]| create(argv).unwrap_err().to_string();
+        for (flag, value) in [
+            ("--cap-add", "NET_WIZARD"),
+            ("--cap-drop", "nope"),
+            ("--ulimit", "nofile=2048:1024"),
+            ("--ulimit", "files=1"),
+            ("--sysctl", "kernel.panic=1"),
+            ("--dns", "resolver.example"),
+            ("--hostname", "under_score"),
+            ("--publish", "published=8080,targt=80"),
+        ] {
+            let m = e(&["--name", "web", flag, value, "busybox:1"]);
+            assert!(m.starts_with(&format!("{flag}: ")), "{flag} {value}: {m}");
+        }
+        let m = e(&["--name", "web", "--env-file", "/nonexistent/app.env", "busybox:1"]);
+        assert!(m.starts_with("--env-file: cannot read /nonexistent/app.env"), "{m}");
+        std::fs::write(&env_file, "BAD KEY=1\n").unwrap();
+        let m = e(&["--name", "web", "--env-file", f, "busybox:1"]);
+        assert!(m.starts_with("--env-file: ") && m.contains("line 1"), "{m}");
+    }
+
+    #[test]
+    fn update_adds_and_removes_container_options() {
+        let mut spec = ServiceSpec {
+            image: "a".into(),
+            ..Default::default()
+        };
+        let add = ContainerArgs {
+            cap_add: vec!["NET_ADMIN".into()],
+            cap_drop: vec!["NET_RAW".into()],
+            ulimits: vec!["nofile=10:20".into()],
+            sysctls: vec!["net.core.somaxconn=64".into()],
+            dns: vec!["10.0.0.53".into(), "10.0.0.54".into()],
+            init: Some(true),
+            ..Default::default()
+        };
+        apply_container_args(&mut spec, &add).unwrap();
+        // --cap-add of a dropped capability takes it off the dropped list, and back.
+        let undo = ContainerArgs {
+            cap_add: vec!["NET_RAW".into()],
+            cap_drop: vec!["NET_ADMIN".into()],
+            init: Some(false),
+            ..Default::default()
+        };
+        apply_container_args(&mut spec, &undo).unwrap();
+        assert_eq!(
+            (spec.container.cap_add.as_slice(), spec.container.cap_drop.as_slice()),
+            (&["CAP_NET_RAW".to_string()][..], &["CAP_NET_ADMIN".to_string()][..])
+        );
+        assert!(!spec.container.init);
+        let rm = ContainerRmArgs {
+            args: Some("-c 'sleep 1'".into()),
+            ulimit_rm: vec!["nofile".into()],
+            sysctl_rm: vec!["net.core.somaxconn".into()],
+            dns_rm: vec!["10.0.0.53".into()],
+        };
+        apply_container_rm(&mut spec, &rm).unwrap();
+        assert!(spec.container.ulimits.is_empty() && spec.container.sysctls.is_empty());
+        assert_eq!(spec.container.dns, ["10.0.0.54".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!(spec.args, ["-c", "sleep 1"]);
+        let e = apply_container_rm(
+            &mut spec,
+            &ContainerRmArgs {
+                ulimit_rm: vec!["nofile".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, "--ulimit-rm: the service has no ulimit nofile");
     }
 }

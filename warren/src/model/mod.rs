@@ -5,6 +5,7 @@
 
 mod assignment;
 mod cluster;
+mod container;
 mod endpoints;
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -17,6 +18,7 @@ mod workload;
 
 pub use assignment::*;
 pub use cluster::*;
+pub use container::*;
 pub use endpoints::*;
 pub use node::*;
 pub use parse::*;

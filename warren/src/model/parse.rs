@@ -188,7 +188,10 @@ pub fn parse_publish(field: &str, input: &str) -> Result<PortConfig, ValidationE
     let bad = |why: &str| {
         ValidationError::new(
             field,
-            format!("invalid port {input:?}: {why} (expected [mode=host,]PUBLISHED:TARGET[/udp])"),
+            format!(
+                "invalid port {input:?}: {why} (expected [mode=host,]PUBLISHED:TARGET[/udp] or \
+                 published=PORT,target=PORT[,mode=host][,protocol=udp])"
+            ),
         )
     };
     let mut mode = PublishMode::Ingress;
@@ -319,5 +322,14 @@ mod tests {
         assert!(parse_publish("p", "0:80").is_err());
         assert!(parse_publish("p", "80:80/sctp").is_err());
         assert!(parse_publish("p", "mode=bridge,80:80").is_err());
+        let p = parse_publish("p", "published=8080,target=80,mode=host").unwrap();
+        assert_eq!((p.published, p.target, p.mode), (8080, 80, PublishMode::Host));
+        let e = parse_publish("--publish", "published=8080,targt=80").unwrap_err();
+        assert_eq!(e.field, "--publish");
+        assert!(e.message.contains("unknown option \"targt\""), "{e}");
+        assert!(parse_publish("p", "published=8080")
+            .unwrap_err()
+            .message
+            .contains("missing target port"));
     }
 }

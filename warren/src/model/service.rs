@@ -2,7 +2,10 @@
 //! carries it (`Service`). Validation of a spec lives here so that the CLI, the API
 //! and the state machine agree on what is valid.
 
-use super::{Constraint, HealthCheck, Labels, Mount, MountKind, Resources, RestartPolicy, SecretRef, ValidationError};
+use super::{
+    Constraint, ContainerOptions, HealthCheck, Labels, Mount, MountKind, Resources, RestartPolicy, SecretRef,
+    ValidationError,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +149,11 @@ pub struct ServiceSpec {
     pub endpoint_mode: EndpointMode,
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
+    // Swarm's container flags (issue 10, item 5): hostname, init, read-only root,
+    // capabilities, ulimits, sysctls, pids limit, DNS servers. Kept in one struct so
+    // that specs from before it load with its defaults.
+    #[serde(default)]
+    pub container: ContainerOptions,
 }
 
 fn default_grace() -> u64 {
@@ -175,6 +183,7 @@ impl Default for ServiceSpec {
             stop_grace_ms: default_grace(),
             endpoint_mode: EndpointMode::Vip,
             rate_limit: None,
+            container: ContainerOptions::default(),
         }
     }
 }
@@ -272,6 +281,7 @@ impl ServiceSpec {
         if let Some(h) = &self.health {
             h.validate()?;
         }
+        self.container.validate()?;
         if let Some(r) = &self.rate_limit {
             if r.per_sec == 0 {
                 return Err(ValidationError::new("rate-limit", "must be at least 1/s"));
@@ -428,6 +438,17 @@ mod tests {
             burst: 1_000_000,
         });
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn a_spec_from_before_the_container_options_loads() {
+        let mut old = serde_json::to_value(spec()).unwrap();
+        old.as_object_mut().unwrap().remove("container").expect("serialized");
+        let loaded: ServiceSpec = serde_json::from_value(old).unwrap();
+        assert_eq!(loaded, spec());
+        let mut s = spec();
+        s.container.sysctls.insert("vm.swappiness".into(), "1".into());
+        assert_eq!(s.validate().unwrap_err().field, "sysctl");
     }
 
     #[test]

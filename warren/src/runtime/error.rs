@@ -61,6 +61,10 @@ pub enum RuntimeError {
     #[error("invalid container spec: {field}: {reason}")]
     InvalidSpec { field: String, reason: String },
 
+    /// `init` was asked for but the node has none of the init binaries.
+    #[error("init: no init binary on this node (looked for {}): install Debian's tini or catatonit", tried.join(", "))]
+    NoInitBinary { tried: Vec<String> },
+
     /// An exec did not finish in time (it was killed).
     #[error("exec {command:?} in container {id} timed out after {timeout:?}")]
     ExecTimeout {

@@ -70,7 +70,41 @@ pub struct ContainerSpec {
     /// Bind-mounted over /etc/resolv.conf.
     pub resolv_conf: Option<PathBuf>,
     pub read_only_rootfs: bool,
+    // Swarm's container flags (issue 10, item 5).
+    /// Added to containerd's default capability set (`CAP_X`, or `ALL`); added ones
+    /// win over dropped ones, as in Docker.
+    pub cap_add: Vec<String>,
+    /// Removed from the default set; `ALL` starts from none.
+    pub cap_drop: Vec<String>,
+    /// Each replaces the default of its resource (`RLIMIT_NOFILE` 1024:1024).
+    pub rlimits: Vec<Rlimit>,
+    /// Namespaced kernel parameters, set by runc in the container's namespaces.
+    pub sysctls: BTreeMap<String, String>,
+    /// Run the node's init binary (see [`INIT_BINARIES`]) as PID 1 in front of the
+    /// command.
+    pub init: bool,
 }
+
+/// A resource limit of the container's processes (setrlimit(2)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rlimit {
+    /// `RLIMIT_NOFILE`, `RLIMIT_NPROC`, ...
+    pub kind: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Static init binaries for `init`, in order of preference: Debian's tini-static
+/// (package tini), catatonit (package catatonit), and Docker's docker-init.
+/// Bind-mounted read-only at [`INIT_TARGET`], as Docker does.
+pub const INIT_BINARIES: &[&str] = &[
+    "/usr/bin/tini-static",
+    "/usr/bin/catatonit",
+    "/usr/libexec/docker/docker-init",
+    "/usr/bin/docker-init",
+];
+/// Where the init binary appears in the container.
+pub const INIT_TARGET: &str = "/sbin/docker-init";
 
 /// Which network namespace the container gets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::error::RuntimeError;
 use super::image::ImageConfig;
-use super::{ContainerSpec, MountSpec, NetworkMode};
+use super::{ContainerSpec, MountSpec, NetworkMode, INIT_TARGET};
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -30,6 +30,53 @@ const DEFAULT_CAPS: &[&str] = &[
     "CAP_SYS_CHROOT",
     "CAP_KILL",
     "CAP_AUDIT_WRITE",
+];
+
+/// Every capability the kernel knows, by bit number (`capability.h`, up to 6.x), for
+/// `ALL`. The model's list of the names users may write is the same (a worker test
+/// checks).
+pub const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
 ];
 
 /// A resolved process identity.
@@ -140,7 +187,85 @@ pub fn validate(spec: &ContainerSpec) -> Result<(), RuntimeError> {
     if spec.resources.memory_bytes.is_some_and(|m| m < 6 << 20) {
         return Err(invalid("resources.memory_bytes", "must be at least 6 MiB"));
     }
+    for (field, caps) in [("cap_add", &spec.cap_add), ("cap_drop", &spec.cap_drop)] {
+        for c in caps {
+            if c != "ALL" && !ALL_CAPS.contains(&c.as_str()) {
+                return Err(invalid(field, format!("unknown capability {c:?}")));
+            }
+        }
+    }
+    for r in &spec.rlimits {
+        let known = r
+            .kind
+            .strip_prefix("RLIMIT_")
+            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_uppercase()));
+        if !known {
+            return Err(invalid("rlimits", format!("{:?} is not an RLIMIT_ name", r.kind)));
+        }
+        if r.soft > r.hard {
+            return Err(invalid(
+                "rlimits",
+                format!("{}: soft limit {} above hard limit {}", r.kind, r.soft, r.hard),
+            ));
+        }
+    }
+    for (k, v) in &spec.sysctls {
+        if k.is_empty() || k.contains(['=', '\n', ' ']) || v.contains('\n') {
+            return Err(invalid("sysctls", format!("{k:?}={v:?} is not one KEY=VALUE line")));
+        }
+    }
     Ok(())
+}
+
+/// The first of `candidates` that exists on the node, for `init`.
+pub fn find_init(candidates: &[&str]) -> Result<PathBuf, RuntimeError> {
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| RuntimeError::NoInitBinary {
+            tried: candidates.iter().map(|c| c.to_string()).collect(),
+        })
+}
+
+/// Docker's rules (moby's `TweakCapabilities`): `ALL` added is every capability
+/// but the dropped ones; `ALL` dropped is only the added ones; otherwise the
+/// defaults less the dropped, plus the added.
+pub fn capabilities(spec: &ContainerSpec) -> Vec<String> {
+    let has_all = |v: &[String]| v.iter().any(|c| c == "ALL");
+    let mut caps: Vec<String> = if has_all(&spec.cap_add) {
+        ALL_CAPS
+            .iter()
+            .filter(|c| !spec.cap_drop.iter().any(|d| d == *c))
+            .map(|c| c.to_string())
+            .collect()
+    } else if has_all(&spec.cap_drop) {
+        spec.cap_add.clone()
+    } else {
+        DEFAULT_CAPS
+            .iter()
+            .filter(|c| !spec.cap_drop.iter().any(|d| d == *c))
+            .map(|c| c.to_string())
+            .chain(spec.cap_add.iter().cloned())
+            .collect()
+    };
+    let mut seen = std::collections::HashSet::new();
+    caps.retain(|c| seen.insert(c.clone()));
+    caps
+}
+
+/// containerd's default `RLIMIT_NOFILE` of 1024, each replaced by the spec's own.
+fn rlimits(spec: &ContainerSpec) -> Vec<Value> {
+    let mut out = vec![];
+    if !spec.rlimits.iter().any(|r| r.kind == "RLIMIT_NOFILE") {
+        out.push(json!({"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}));
+    }
+    out.extend(
+        spec.rlimits
+            .iter()
+            .map(|r| json!({"type": r.kind, "hard": r.hard, "soft": r.soft})),
+    );
+    out
 }
 
 /// Process arguments: Docker's rules for ENTRYPOINT/CMD overrides.
@@ -313,12 +438,19 @@ pub struct SpecInputs<'a> {
     pub image: &'a ImageConfig,
     pub user: User,
     pub cgroup_parent: &'a str,
+    /// The node's init binary when the spec asks for `init` ([`find_init`]).
+    pub init_binary: Option<&'a Path>,
 }
 
 /// Builds the runtime spec (JSON) of a container.
 pub fn build(spec: &ContainerSpec, inputs: &SpecInputs<'_>) -> Result<Value, RuntimeError> {
     validate(spec)?;
-    let args = process_args(spec, inputs.image)?;
+    let mut args = process_args(spec, inputs.image)?;
+    if spec.init {
+        // Docker's way: the init runs the command as its child, reaps zombies and
+        // forwards signals.
+        args.splice(0..0, [INIT_TARGET.to_string(), "--".to_string()]);
+    }
     let env = process_env(spec, inputs.image);
     let cwd = spec
         .workdir
@@ -353,6 +485,12 @@ pub fn build(spec: &ContainerSpec, inputs: &SpecInputs<'_>) -> Result<Value, Run
     }
     if let Some(r) = &spec.resolv_conf {
         mounts.push(bind(r, "/etc/resolv.conf", false));
+    }
+    if spec.init {
+        let init = inputs
+            .init_binary
+            .ok_or_else(|| invalid("init", "no init binary was found for the container"))?;
+        mounts.push(bind(init, INIT_TARGET, true));
     }
     // Parents before children, whatever order the caller listed them in.
     let mut user_mounts: Vec<&MountSpec> = spec.mounts.iter().collect();
@@ -414,7 +552,7 @@ pub fn build(spec: &ContainerSpec, inputs: &SpecInputs<'_>) -> Result<Value, Run
     if let Some(p) = spec.resources.pids_limit {
         resources["pids"] = json!({"limit": p});
     }
-    let caps: Vec<&str> = DEFAULT_CAPS.to_vec();
+    let caps = capabilities(spec);
     let mut user = json!({"uid": inputs.user.uid, "gid": inputs.user.gid});
     if !inputs.user.additional_gids.is_empty() {
         user["additionalGids"] = json!(inputs.user.additional_gids);
@@ -428,7 +566,7 @@ pub fn build(spec: &ContainerSpec, inputs: &SpecInputs<'_>) -> Result<Value, Run
             "env": env,
             "cwd": cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "rlimits": rlimits(spec),
             "noNewPrivileges": true
         },
         "root": {"path": "rootfs", "readonly": spec.read_only_rootfs},
@@ -447,6 +585,9 @@ pub fn build(spec: &ContainerSpec, inputs: &SpecInputs<'_>) -> Result<Value, Run
     });
     if let Some(h) = &spec.hostname {
         s["hostname"] = json!(h);
+    }
+    if !spec.sysctls.is_empty() {
+        s["linux"]["sysctl"] = json!(spec.sysctls);
     }
     Ok(s)
 }
@@ -487,6 +628,7 @@ mod tests {
             image,
             user: User::default(),
             cgroup_parent: "/warren/node1",
+            init_binary: None,
         }
     }
 
@@ -668,5 +810,155 @@ mod tests {
         assert_eq!(p["args"], json!(["id"]));
         assert_eq!(p["cwd"], "/srv");
         assert!(p["env"].as_array().unwrap().contains(&json!("X=1")));
+    }
+
+    #[test]
+    fn swarm_container_options_reach_the_oci_spec() {
+        let img = image();
+        let mut s = spec();
+        s.read_only_rootfs = true;
+        s.cap_add = vec!["CAP_NET_ADMIN".into()];
+        s.cap_drop = vec!["CAP_NET_RAW".into(), "CAP_MKNOD".into()];
+        s.rlimits = vec![
+            crate::runtime::Rlimit {
+                kind: "RLIMIT_NOFILE".into(),
+                soft: 1024,
+                hard: 2048,
+            },
+            crate::runtime::Rlimit {
+                kind: "RLIMIT_NPROC".into(),
+                soft: 64,
+                hard: 64,
+            },
+        ];
+        s.sysctls = [("net.core.somaxconn".to_string(), "512".to_string())].into();
+        s.resources.pids_limit = Some(50);
+        s.init = true;
+        let init = Path::new("/usr/bin/tini-static");
+        let v = build(
+            &s,
+            &SpecInputs {
+                init_binary: Some(init),
+                ..inputs(&img)
+            },
+        )
+        .unwrap();
+        assert_eq!(v["root"]["readonly"], true);
+        let caps: Vec<&str> = v["process"]["capabilities"]["effective"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        assert!(
+            caps.contains(&"CAP_NET_ADMIN") && caps.contains(&"CAP_CHOWN"),
+            "{caps:?}"
+        );
+        assert!(
+            !caps.contains(&"CAP_NET_RAW") && !caps.contains(&"CAP_MKNOD"),
+            "{caps:?}"
+        );
+        assert_eq!(
+            v["process"]["capabilities"]["bounding"],
+            v["process"]["capabilities"]["effective"]
+        );
+        // The spec's nofile replaces the default one; nothing else is doubled.
+        assert_eq!(
+            v["process"]["rlimits"],
+            json!([
+                {"type": "RLIMIT_NOFILE", "hard": 2048, "soft": 1024},
+                {"type": "RLIMIT_NPROC", "hard": 64, "soft": 64}
+            ])
+        );
+        assert_eq!(v["linux"]["sysctl"], json!({"net.core.somaxconn": "512"}));
+        assert_eq!(v["linux"]["resources"]["pids"]["limit"], 50);
+        // The init runs the command; its binary is bind-mounted read-only.
+        assert_eq!(
+            v["process"]["args"],
+            json!([INIT_TARGET, "--", "/bin/serve", "--port", "80"])
+        );
+        let init_mount = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == INIT_TARGET)
+            .expect("the init binary is mounted");
+        assert_eq!(init_mount["source"], "/usr/bin/tini-static");
+        assert_eq!(init_mount["options"], json!(["rbind", "rprivate", "ro"]));
+
+        // Without options: containerd's defaults, no sysctl key, no init.
+        let v = build(&spec(), &inputs(&img)).unwrap();
+        assert_eq!(
+            v["process"]["rlimits"],
+            json!([{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}])
+        );
+        assert_eq!(v["process"]["capabilities"]["effective"], json!(DEFAULT_CAPS));
+        assert!(v["linux"].get("sysctl").is_none());
+        assert_eq!(v["process"]["args"][0], "/bin/serve");
+        // init asked for but no binary found: refused, naming the field.
+        let e = build(&s, &inputs(&img)).unwrap_err();
+        assert!(e.to_string().starts_with("invalid container spec: init: "), "{e}");
+    }
+
+    #[test]
+    fn all_and_drop_follow_dockers_rules() {
+        let caps = |add: &[&str], drop: &[&str]| {
+            let mut s = spec();
+            s.cap_add = add.iter().map(|c| c.to_string()).collect();
+            s.cap_drop = drop.iter().map(|c| c.to_string()).collect();
+            capabilities(&s)
+        };
+        assert_eq!(caps(&["ALL"], &["CAP_SYS_ADMIN"]).len(), ALL_CAPS.len() - 1);
+        assert_eq!(caps(&["CAP_NET_ADMIN"], &["ALL"]), ["CAP_NET_ADMIN"]);
+        assert!(caps(&[], &["ALL"]).is_empty());
+        // Added wins over dropped; no duplicates.
+        let c = caps(&["CAP_CHOWN", "CAP_KILL"], &["CAP_CHOWN"]);
+        assert_eq!(c.iter().filter(|x| *x == "CAP_CHOWN").count(), 1);
+        assert_eq!(c.iter().filter(|x| *x == "CAP_KILL").count(), 1);
+    }
+
+    #[test]
+    fn the_init_binary_is_looked_up_and_a_missing_one_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let present = dir.path().join("catatonit");
+        std::fs::write(&present, "").unwrap();
+        let missing = dir.path().join("tini-static");
+        let (m, p) = (missing.to_str().unwrap(), present.to_str().unwrap());
+        assert_eq!(find_init(&[m, p]).unwrap(), present);
+        let e = find_init(&[m]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("init: no init binary on this node (looked for {m}): install Debian's tini or catatonit")
+        );
+    }
+
+    #[test]
+    fn bad_container_options_are_named() {
+        let img = image();
+        let mut s = spec();
+        s.cap_add = vec!["CAP_NOPE".into()];
+        assert!(build(&s, &inputs(&img))
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid container spec: cap_add: "));
+        let mut s = spec();
+        s.rlimits = vec![crate::runtime::Rlimit {
+            kind: "NOFILE".into(),
+            soft: 1,
+            hard: 1,
+        }];
+        assert!(build(&s, &inputs(&img))
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid container spec: rlimits: "));
+        s.rlimits[0].kind = "RLIMIT_NOFILE".into();
+        s.rlimits[0].soft = 2;
+        assert!(build(&s, &inputs(&img)).is_err());
+        let mut s = spec();
+        s.sysctls = [("a=b".to_string(), "1".to_string())].into();
+        assert!(build(&s, &inputs(&img))
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid container spec: sysctls: "));
     }
 }

@@ -247,17 +247,28 @@ async fn prepare_and_start(
         inner.report(id, st);
     };
     let dir = inner.task_dir(id);
-    let hostname: String = id.chars().take(12).collect();
-    let mut nameservers = vec![std::net::IpAddr::V4(net.gateway)];
-    nameservers.extend(
-        inner
-            .cfg
-            .upstream_dns
-            .iter()
-            .copied()
-            .filter(|a| !a.is_loopback())
-            .take(2),
-    );
+    let opts = &spec.container;
+    let hostname: String = if opts.hostname.is_empty() {
+        id.chars().take(12).collect()
+    } else {
+        opts.hostname.clone()
+    };
+    let nameservers = if opts.dns.is_empty() {
+        // Warren's resolver first (service names), then the node's upstreams.
+        let mut ns = vec![std::net::IpAddr::V4(net.gateway)];
+        ns.extend(
+            inner
+                .cfg
+                .upstream_dns
+                .iter()
+                .copied()
+                .filter(|a| !a.is_loopback())
+                .take(2),
+        );
+        ns
+    } else {
+        opts.dns.clone()
+    };
     let dns = DnsConfig {
         nameservers,
         search: inner.cfg.search_domains.clone(),
@@ -345,11 +356,24 @@ async fn prepare_and_start(
         resources: Resources {
             cpus: (spec.limits.nano_cpus > 0).then(|| spec.limits.nano_cpus as f64 / 1e9),
             memory_bytes: (spec.limits.memory_bytes > 0).then_some(spec.limits.memory_bytes as u64),
-            pids_limit: None,
+            pids_limit: (opts.pids_limit > 0).then_some(opts.pids_limit as i64),
         },
         hosts_file: Some(etc.hosts),
         resolv_conf: Some(etc.resolv_conf),
-        read_only_rootfs: false,
+        read_only_rootfs: opts.read_only,
+        cap_add: opts.cap_add.clone(),
+        cap_drop: opts.cap_drop.clone(),
+        rlimits: opts
+            .ulimits
+            .iter()
+            .map(|u| crate::runtime::Rlimit {
+                kind: format!("RLIMIT_{}", u.name.to_ascii_uppercase()),
+                soft: u.soft,
+                hard: u.hard,
+            })
+            .collect(),
+        sysctls: opts.sysctls.clone(),
+        init: opts.init,
     };
     if *stop.borrow() {
         cleanup(inner, network, id, id).await;
@@ -394,4 +418,12 @@ pub(super) async fn remove_leftover(inner: &Inner, network: &dyn NetworkManager,
         .stop(container_id, libc::SIGTERM, Duration::from_secs(10))
         .await;
     cleanup(inner, network, task_id, container_id).await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_model_and_the_runtime_know_the_same_capabilities() {
+        assert_eq!(crate::model::CAPABILITIES, crate::runtime::spec::ALL_CAPS);
+    }
 }

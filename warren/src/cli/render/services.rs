@@ -69,6 +69,47 @@ pub fn services_table(views: &[ServiceView]) -> String {
 }
 
 /// `service inspect`.
+/// Swarm's container flags (issue 10, item 5): arguments, hostname, init,
+/// read-only root, capabilities, ulimits, sysctls, pids limit, DNS.
+fn container_text(t: &mut Text, spec: &model::ServiceSpec) {
+    let o = &spec.container;
+    if !spec.args.is_empty() {
+        t.line(format_args!("Args:        {}", spec.args.join(" ")));
+    }
+    if !o.hostname.is_empty() {
+        t.line(format_args!("Hostname:    {}", o.hostname));
+    }
+    if o.init {
+        t.line("Init:        yes");
+    }
+    if o.read_only {
+        t.line("Read-only:   yes");
+    }
+    if !o.cap_add.is_empty() {
+        t.line(format_args!("Cap add:     {}", o.cap_add.join(", ")));
+    }
+    if !o.cap_drop.is_empty() {
+        t.line(format_args!("Cap drop:    {}", o.cap_drop.join(", ")));
+    }
+    if !o.ulimits.is_empty() {
+        let u: Vec<String> = o.ulimits.iter().map(|u| u.to_string()).collect();
+        t.line(format_args!("Ulimits:     {}", u.join(", ")));
+    }
+    if !o.sysctls.is_empty() {
+        t.line("Sysctls:");
+        for (k, val) in &o.sysctls {
+            t.line(format_args!("  {k}={val}"));
+        }
+    }
+    if o.pids_limit > 0 {
+        t.line(format_args!("Pids limit:  {}", o.pids_limit));
+    }
+    if !o.dns.is_empty() {
+        let d: Vec<String> = o.dns.iter().map(|a| a.to_string()).collect();
+        t.line(format_args!("DNS:         {}", d.join(", ")));
+    }
+}
+
 pub fn service_text(s: &ServiceView) -> String {
     let mut t = Text::default();
     let spec = &s.service.spec;
@@ -102,6 +143,7 @@ pub fn service_text(s: &ServiceView) -> String {
     if !spec.command.is_empty() {
         t.line(format_args!("Command:     {}", spec.command.join(" ")));
     }
+    container_text(&mut t, spec);
     if !spec.env.is_empty() {
         t.line("Env:");
         for e in &spec.env {

@@ -43,6 +43,13 @@ impl Containerd {
 
     pub(super) async fn create_container(&self, spec: &ContainerSpec) -> Result<()> {
         spec::validate(spec)?;
+        // Before anything is created: a node without an init binary fails the task
+        // with the binaries it looked for.
+        let init_binary = if spec.init {
+            Some(spec::find_init(crate::runtime::INIT_BINARIES)?)
+        } else {
+            None
+        };
         let r = ImageRef::parse(&spec.image)?;
         let name = r.to_string();
         let image = store::resolve_local(&self.cd, &name, &self.config.platform)
@@ -95,6 +102,7 @@ impl Containerd {
                         image: &config,
                         user,
                         cgroup_parent: &self.config.cgroup_parent,
+                        init_binary: init_binary.as_deref(),
                     },
                 )?;
                 let container = Container {

@@ -5,6 +5,7 @@
 //! from protobuf validate and report the offending field.
 
 mod assignment;
+mod container;
 mod dataplane;
 mod endpoints;
 mod node;
@@ -80,8 +81,21 @@ mod tests {
                 per_sec: 50,
                 burst: 100,
             }),
+            container: ContainerOptions {
+                hostname: "web".into(),
+                init: true,
+                read_only: true,
+                cap_add: vec!["CAP_NET_ADMIN".into()],
+                cap_drop: vec!["ALL".into()],
+                ulimits: vec![Ulimit::parse("u", "nofile=1024:2048").unwrap()],
+                sysctls: [("net.core.somaxconn".to_string(), "512".to_string())].into(),
+                pids_limit: 64,
+                dns: vec!["10.0.0.2".parse().unwrap(), "fd00::53".parse().unwrap()],
+            },
         };
         assert_eq!(spec_from_pb(spec_to_pb(&spec)).unwrap(), spec);
+        // Without container options the wire field stays unset (older peers).
+        assert_eq!(spec_to_pb(&ServiceSpec::default()).container, None);
         for test in [
             HealthTest::Cmd("true".into()),
             HealthTest::Tcp { port: 7 },
@@ -128,6 +142,47 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(spec_from_pb(p).unwrap_err().field, "mode");
+        let container = |o: pb::ContainerOptions| pb::ServiceSpec {
+            image: "x".into(),
+            container: Some(o),
+            ..Default::default()
+        };
+        for (o, field) in [
+            (
+                pb::ContainerOptions {
+                    sysctls: [("kernel.panic".to_string(), "1".to_string())].into(),
+                    ..Default::default()
+                },
+                "sysctl",
+            ),
+            (
+                pb::ContainerOptions {
+                    cap_add: vec!["CAP_NOPE".into()],
+                    ..Default::default()
+                },
+                "cap-add",
+            ),
+            (
+                pb::ContainerOptions {
+                    dns: vec!["not-an-ip".into()],
+                    ..Default::default()
+                },
+                "dns",
+            ),
+            (
+                pb::ContainerOptions {
+                    ulimits: vec![pb::Ulimit {
+                        name: "nofile".into(),
+                        soft: 2,
+                        hard: 1,
+                    }],
+                    ..Default::default()
+                },
+                "ulimit",
+            ),
+        ] {
+            assert_eq!(spec_from_pb(container(o)).unwrap_err().field, field);
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! canary settings) in both directions, validated from the wire with the field
 //! named, and the service view with its replica counts.
 
+use super::container::{container_from_pb, container_to_pb};
 use super::node::{resources_from_pb, resources_to_pb};
 use crate::model::{
     Canary, Constraint, EndpointMode, HealthCheck, HealthTest, Mount, MountKind, PortConfig, Protocol, PublishMode,
@@ -70,6 +71,7 @@ pub fn spec_to_pb(s: &ServiceSpec) -> pb::ServiceSpec {
             per_sec: r.per_sec,
             burst: r.burst,
         }),
+        container: container_to_pb(&s.container),
     }
 }
 
@@ -230,6 +232,7 @@ pub fn spec_from_pb(s: pb::ServiceSpec) -> Result<ServiceSpec, ValidationError> 
             per_sec: r.per_sec,
             burst: r.burst,
         }),
+        container: container_from_pb(s.container)?,
     };
     spec.validate()?;
     Ok(spec)
