@@ -63,7 +63,7 @@ fn map_specs() -> [(&'static str, u32, usize, usize, u32); 13] {
         ),
         (
             names::CT,
-            LRU_HASH,
+            HASH,
             size_of::<CtKey>(),
             size_of::<CtValue>(),
             CT_ENTRIES,
