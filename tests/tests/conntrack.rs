@@ -128,7 +128,9 @@ fn tc_flows_carry_tcp_state_and_leave_after_fin_rst_and_their_timeout() {
     wait_for("5 flows closed by a FIN each way", 3, || {
         forward_flows(&lab).iter().filter(|f| f.state == "closed").count() == 5
     });
-    wait_for("the FIN-closed flows to go (close timeout 3 s)", 10, || entries(&lab) == 6);
+    wait_for("the FIN-closed flows to go (close timeout 3 s)", 10, || {
+        entries(&lab) == 6
+    });
 
     // Reset: the same.
     let r = lab.outside_client(&["connect", "--to", &target, "--n", "5", "--rst"]);
@@ -193,10 +195,12 @@ fn short_flows_leave_the_ct_map_at_its_steady_state_size() {
             failed * 1000 <= total.max(1000),
             "failed flows: {failed} of {total}: {r:?}; {:?}; flows by state {:?}",
             dp.status().services[0].drops,
-            forward_flows(&lab).iter().fold(std::collections::BTreeMap::new(), |mut m, f| {
-                *m.entry(f.state).or_insert(0) += 1;
-                m
-            })
+            forward_flows(&lab)
+                .iter()
+                .fold(std::collections::BTreeMap::new(), |mut m, f| {
+                    *m.entry(f.state).or_insert(0) += 1;
+                    m
+                })
         );
     }
     let st = dp.status();
@@ -363,5 +367,9 @@ fn a_node_running_layout_v2_keeps_its_tc_flows_across_the_upgrade() {
         r.conns
     );
     let st = dp.status();
-    assert!(st.services.iter().any(|s| s.connections >= 10), "counters carried: {:?}", st.services);
+    assert!(
+        st.services.iter().any(|s| s.connections >= 10),
+        "counters carried: {:?}",
+        st.services
+    );
 }

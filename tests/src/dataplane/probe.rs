@@ -215,7 +215,10 @@ fn tcp_connect(to: SocketAddrV4, bind: Option<Ipv4Addr>) -> io::Result<TcpStream
 
 /// Makes closing `s` send a RST instead of a FIN (SO_LINGER 0).
 fn reset_on_close(s: &TcpStream) {
-    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: setsockopt on an open descriptor with a linger of the right size.
     let r = unsafe {
         libc::setsockopt(

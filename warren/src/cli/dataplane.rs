@@ -117,7 +117,16 @@ pub fn run(cmd: DataplaneCmd) -> Result<()> {
                 })
                 .collect();
             render::emit(&render::table(
-                &["SERVICE", "PROTO", "DIR", "PACKET", "REWRITTEN TO", "NAT", "STATE", "IDLE"],
+                &[
+                    "SERVICE",
+                    "PROTO",
+                    "DIR",
+                    "PACKET",
+                    "REWRITTEN TO",
+                    "NAT",
+                    "STATE",
+                    "IDLE",
+                ],
                 rows,
             ))?;
         }

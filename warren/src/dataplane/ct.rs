@@ -8,8 +8,7 @@ use std::{collections::HashMap as StdHashMap, time::Duration};
 
 use aya::maps::{HashMap, MapData, MapError};
 use warren_common::{
-    map_names as names, CtKey, CtValue, CT_F_REPLY, CT_REFRESH_NS, CT_S_FIN_FWD, CT_S_FIN_REPLY, CT_S_REPLIED,
-    CT_S_RST,
+    map_names as names, CtKey, CtValue, CT_F_REPLY, CT_REFRESH_NS, CT_S_FIN_FWD, CT_S_FIN_REPLY, CT_S_REPLIED, CT_S_RST,
 };
 
 use super::DataplaneError;
@@ -240,7 +239,14 @@ mod tests {
         flow_of(40000, 61000, proto, fwd_flags, fwd_seen, rep_seen)
     }
 
-    fn flow_of(cport: u16, snat: u16, proto: u8, fwd_flags: u32, fwd_seen: u64, rep_seen: u64) -> [(CtKey, CtValue); 2] {
+    fn flow_of(
+        cport: u16,
+        snat: u16,
+        proto: u8,
+        fwd_flags: u32,
+        fwd_seen: u64,
+        rep_seen: u64,
+    ) -> [(CtKey, CtValue); 2] {
         let fk = key([10, 0, 0, 2], cport, [10, 0, 0, 1], 30000, proto);
         let fv = CtValue {
             saddr: Be32::from_ip(Ipv4Addr::new(10, 0, 0, 1)),
@@ -297,7 +303,10 @@ mod tests {
             }
             // A recent packet on the reply half keeps the flow.
             let f = flow(TCP, flags, now - idle_s * S, now - S);
-            assert!(expired(&f, now, &t()).is_empty(), "flags {flags:#x}: the reply is recent");
+            assert!(
+                expired(&f, now, &t()).is_empty(),
+                "flags {flags:#x}: the reply is recent"
+            );
         }
         let f = flow(17, CT_S_REPLIED, now - 31 * S, now - 31 * S);
         assert_eq!(expired(&f, now, &t()).len(), 2, "udp after its timeout");
@@ -325,7 +334,9 @@ mod tests {
     fn a_gc_pass_removes_expired_flows_and_keeps_live_ones() {
         let now = 1000 * S;
         let mut table = FakeTable(BTreeMap::new());
-        table.0.extend(flow(TCP, CT_S_REPLIED | CT_S_RST, now - 20 * S, now - 20 * S));
+        table
+            .0
+            .extend(flow(TCP, CT_S_REPLIED | CT_S_RST, now - 20 * S, now - 20 * S));
         let live = flow_of(40001, 61001, TCP, CT_S_REPLIED, now - 20 * S, now - 20 * S);
         table.0.extend(live);
         let out = gc(&mut table, now, &t()).unwrap();

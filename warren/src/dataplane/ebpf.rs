@@ -24,9 +24,9 @@ use aya::{
     EbpfLoader,
 };
 use warren_common::{
-    map_names as names, CtKey, CtValue, SvcKey, SvcValue, BE_F_CANARY, BE_F_LOCAL, CT_ENTRIES, DROP_CT_FULL, DROP_NO_BACKEND, DROP_RATE_LIMITED,
-    DROP_NO_ROUTE, DROP_SNAT_EXHAUSTED, MAX_BACKENDS, MAX_NODE_ADDRS, MAX_SERVICES, MAX_SVC_ENTRIES, RL_ENTRIES, SLOT_POOL,
-    SOCK_ENTRIES,
+    map_names as names, CtKey, CtValue, SvcKey, SvcValue, BE_F_CANARY, BE_F_LOCAL, CT_ENTRIES, DROP_CT_FULL,
+    DROP_NO_BACKEND, DROP_NO_ROUTE, DROP_RATE_LIMITED, DROP_SNAT_EXHAUSTED, MAX_BACKENDS, MAX_NODE_ADDRS, MAX_SERVICES,
+    MAX_SVC_ENTRIES, RL_ENTRIES, SLOT_POOL, SOCK_ENTRIES,
 };
 use warren_ebpf::programs as progs;
 
@@ -43,8 +43,8 @@ use super::{
     maps::{check_pinned_maps, retire_old_maps, take, Maps},
     migrate,
     plan::{self, Clock, Current, Plan},
-    reserved, sys, AttachedProgram, BackendStats, Dataplane, DataplaneConfig, DataplaneError, DataplaneStatus, DropCounters,
-    MapFill, ServiceEntry, ServiceStats, SkippedService, SyncReport,
+    reserved, sys, AttachedProgram, BackendStats, Dataplane, DataplaneConfig, DataplaneError, DataplaneStatus,
+    DropCounters, MapFill, ServiceEntry, ServiceStats, SkippedService, SyncReport,
 };
 
 fn validate_config(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
@@ -184,7 +184,9 @@ impl Shared {
                 }
                 inner.reserved = ours;
             }
-            Err(e) => tracing::warn!(node = %node, error = %e, "cannot reserve the SNAT and published ports (net.ipv4.ip_local_reserved_ports)"),
+            Err(e) => {
+                tracing::warn!(node = %node, error = %e, "cannot reserve the SNAT and published ports (net.ipv4.ip_local_reserved_ports)")
+            }
         }
         if !outcome.kill.is_empty() {
             match inner.destroyer.as_mut() {
@@ -338,12 +340,7 @@ impl EbpfDataplane {
         if flows > 0 {
             tracing::info!(node = %cfg.node_name, entries = flows, "copied the tc flows into the connection tracking with TCP state (warren_ct_v1 to v2)");
         }
-        let ids: BTreeSet<u32> = maps
-            .svc
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(_, v)| v.svc_id)
-            .collect();
+        let ids: BTreeSet<u32> = maps.svc.iter().filter_map(Result::ok).map(|(_, v)| v.svc_id).collect();
         let counted = migrate::counters_from_v1(&cfg.bpffs_dir, &mut maps.svcc, ids.into_iter())?;
         if counted > 0 {
             tracing::info!(node = %cfg.node_name, services = counted, "copied the service counters (warren_svcc_v1 to v2)");

@@ -182,7 +182,9 @@ pub(crate) fn counters_from_v1(
         PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(|e| DataplaneError::map(V1_SVCC, e))?;
     let mut copied = 0;
     for id in ids.filter(|&id| id < MAX_SERVICES) {
-        let now = svcc.get(&id, 0).map_err(|e| DataplaneError::map(names::SVC_COUNTERS, e))?;
+        let now = svcc
+            .get(&id, 0)
+            .map_err(|e| DataplaneError::map(names::SVC_COUNTERS, e))?;
         if now.iter().any(|c| c.conns != 0 || c.packets != 0) {
             continue;
         }

@@ -16,8 +16,14 @@ pub(crate) fn parse(text: &str) -> Result<BTreeSet<u16>, String> {
     let mut out = BTreeSet::new();
     for item in text.trim().split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (a, b) = item.split_once('-').unwrap_or((item, item));
-        let a: u16 = a.trim().parse().map_err(|_| format!("{item:?} is not a port or range"))?;
-        let b: u16 = b.trim().parse().map_err(|_| format!("{item:?} is not a port or range"))?;
+        let a: u16 = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{item:?} is not a port or range"))?;
+        let b: u16 = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("{item:?} is not a port or range"))?;
         if a > b {
             return Err(format!("{item:?} is an empty range"));
         }
@@ -140,8 +146,14 @@ mod tests {
     #[test]
     fn the_sysctl_text_round_trips_with_ranges() {
         assert_eq!(parse("").unwrap(), set(&[]));
-        assert_eq!(parse("8080, 61000-61002,9\n").unwrap(), set(&[9, 8080, 61000, 61001, 61002]));
-        assert_eq!(format(&set(&[9, 8080, 61000, 61001, 61002, 65535])), "9,8080,61000-61002,65535");
+        assert_eq!(
+            parse("8080, 61000-61002,9\n").unwrap(),
+            set(&[9, 8080, 61000, 61001, 61002])
+        );
+        assert_eq!(
+            format(&set(&[9, 8080, 61000, 61001, 61002, 65535])),
+            "9,8080,61000-61002,65535"
+        );
         assert_eq!(format(&set(&[65534, 65535])), "65534-65535");
         assert!(parse("5-3").is_err());
         assert!(parse("x").is_err());
