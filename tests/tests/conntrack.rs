@@ -244,29 +244,63 @@ fn snat_ports_are_reserved_and_never_one_a_node_socket_uses() {
     node_conn.wait_line("ready");
 
     let target = to(node_addr(&lab), port);
-    for _ in 0..3 {
-        let r = lab.outside_client(&["connect", "--to", &target, "--n", "1"]);
-        assert_eq!(r.answers(), 1, "{:?}", r.errors);
-    }
-    let mut used: Vec<u16> = forward_flows(&lab)
-        .iter()
-        .map(|f| {
-            let (src, _) = f.to.split_once(" -> ").expect("a:p -> b:q");
-            src.rsplit_once(':').unwrap().1.parse().unwrap()
-        })
-        .collect();
-    used.sort();
+    let snat_ports = |lab: &Lab| -> Vec<u16> {
+        let mut used: Vec<u16> = forward_flows(lab)
+            .iter()
+            .filter(|f| f.state != "closed")
+            .map(|f| {
+                let (src, _) = f.to.split_once(" -> ").expect("a:p -> b:q");
+                src.rsplit_once(':').unwrap().1.parse().unwrap()
+            })
+            .collect();
+        used.sort();
+        used
+    };
+    let mut held = Proc::spawn(
+        lab.client
+            .as_ref()
+            .unwrap()
+            .exec(&[PROBE, "hold", "--to", &target, "--n", "3"]),
+        "held connections",
+    );
+    held.wait_line("ready");
     assert_eq!(
-        used,
+        snat_ports(&lab),
         [first + 1, first + 2, first + 3],
         "SNAT ports skip the node's socket and each other"
     );
-    // The three ended flows hold the other ports (close timeout 60 s): a new
-    // flow finds none and is refused, counted.
+    // Every other port is in use: a new flow is refused, counted.
     let r = lab.outside_client(&["connect", "--to", &target, "--n", "1"]);
     assert_eq!(r.answers(), 0, "{r:?}");
     let st = dp.status();
     assert!(st.services[0].drops.snat_exhausted >= 1, "{:?}", st.services[0].drops);
+    held.send_line("check");
+    let r = held.finish();
+    assert!(r.conns.iter().all(|(_, s)| s == "alive"), "{:?}", r.conns);
+    // Ended flows (close timeout 60 s) give their ports to new flows at once;
+    // the node socket's port is still never taken.
+    wait_for("the held flows to close", 5, || snat_ports(&lab).is_empty());
+    for _ in 0..6 {
+        let r = lab.outside_client(&["connect", "--to", &target, "--n", "1"]);
+        assert_eq!(r.answers(), 1, "an ended flow's port is taken over: {:?}", r.errors);
+    }
+    let ports: Vec<u16> = forward_flows(&lab)
+        .iter()
+        .map(|f| {
+            f.to.split_once(" -> ")
+                .unwrap()
+                .0
+                .rsplit_once(':')
+                .unwrap()
+                .1
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        ports.iter().all(|&p| p != first && (first..=first + 3).contains(&p)),
+        "{ports:?}"
+    );
 
     node_conn.send_line("check");
     let r = node_conn.finish();

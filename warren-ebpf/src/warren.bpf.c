@@ -296,6 +296,31 @@ static __always_inline int snat_port_in_use(struct __sk_buff *skb, __u8 proto, _
 #define E2BIG 7
 
 /*
+ * Takes the SNAT reply key `rkey` over from a flow that has ended (its forward
+ * half is closed or gone): its port is free again at once, as a TIME_WAIT port
+ * is for a new connection, rather than after the close timeout. 0 when taken.
+ */
+static __always_inline int ct_take_ended(const struct warren_ct_key *rkey,
+					 const struct warren_ct_value *rval)
+{
+	struct warren_ct_key fkey = {};
+	struct warren_ct_value *old, *f;
+
+	old = bpf_map_lookup_elem(&warren_ct_v2, rkey);
+	if (!old || !(old->flags & WARREN_CT_F_REPLY))
+		return -1;
+	ct_other_key(old, rkey->proto, &fkey);
+	f = bpf_map_lookup_elem(&warren_ct_v2, &fkey);
+	if (f) {
+		if (!ct_closed(f->flags))
+			return -1;
+		if (f->daddr == rkey->saddr && f->sport == rkey->dport)
+			bpf_map_delete_elem(&warren_ct_v2, &fkey);
+	}
+	return bpf_map_update_elem(&warren_ct_v2, rkey, rval, BPF_EXIST) == 0 ? 0 : -1;
+}
+
+/*
  * Creates the two connection-tracking entries of a new flow to a published port
  * and returns the forward translation in *fwd, or the drop reason. With SNAT the
  * source port comes from the reserved range, free of flows (the reply entry is
@@ -355,6 +380,10 @@ static __always_inline int ct_create(struct __sk_buff *skb, const struct warren_
 			}
 			if (err == -E2BIG)
 				return WARREN_DROP_CT_FULL;
+			if (ct_take_ended(&rkey, &rval) == 0) {
+				fwd->sport = p;
+				break;
+			}
 		}
 		if (i == SNAT_TRIES)
 			return WARREN_DROP_SNAT_EXHAUSTED;
