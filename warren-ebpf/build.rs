@@ -48,6 +48,15 @@ fn main() {
         &v1.join("include"),
         Path::new(&multiarch),
     );
+    // The programs of layout v2 as released (the previous version).
+    let v2 = manifest.join("fixtures/v2");
+    compile(
+        &clang,
+        &v2.join("src/warren.bpf.c"),
+        &out.join("warren_v2.bpf.o"),
+        &v2.join("include"),
+        Path::new(&multiarch),
+    );
 
     // The BPF-free arithmetic of include/bucket.h, compiled for the host so that
     // unit tests run the very code the programs run (see `host`).

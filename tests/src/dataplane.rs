@@ -7,6 +7,7 @@
 
 pub mod probe;
 pub mod v1;
+pub mod v2;
 
 use std::{
     collections::BTreeMap,

@@ -819,7 +819,7 @@ fn published_port_from_the_wire_via_tc() {
             .iter()
             .any(|e| e.from_wire && e.client == client_ip && e.port == limited_port && e.proto == 17)
     });
-    let ct = st.maps.iter().find(|m| m.name == "warren_ct_v1").unwrap();
+    let ct = st.maps.iter().find(|m| m.name == warren_common::map_names::CT).unwrap();
     assert!(ct.entries > 0, "connection tracking holds the flows");
     assert!(st.programs.iter().any(|p| p.target == "tc-ingress:vc0"));
     assert!(st.programs.iter().any(|p| p.target == "tc-egress:br0"));

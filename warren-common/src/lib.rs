@@ -38,7 +38,8 @@ pub const RL_ENTRIES: u32 = 65536;
 pub const RL_MAX_RATE: u32 = 1_000_000;
 /// Largest burst of a rate limit.
 pub const RL_MAX_BURST: u32 = 1_000_000;
-/// Capacity of the tc connection-tracking map (two entries per flow).
+/// Capacity of the tc connection-tracking map (two entries per flow; a plain
+/// hash: a full map refuses new flows, counted as `ct_full`).
 pub const CT_ENTRIES: u32 = 131072;
 /// Capacity of the map of backends whose sockets are being destroyed.
 pub const KILL_ENTRIES: u32 = 4096;
@@ -71,9 +72,19 @@ pub const BE_F_LOCAL: u8 = 0x02;
 pub const BE_F_CANARY: u8 = 0x04;
 
 /// [`CtValue::flags`]: the entry translates the reply direction.
-pub const CT_F_REPLY: u8 = 0x01;
+pub const CT_F_REPLY: u32 = 0x01;
 /// [`CtValue::flags`]: the source was rewritten to the node address.
-pub const CT_F_SNAT: u8 = 0x02;
+pub const CT_F_SNAT: u32 = 0x02;
+/// [`CtValue::flags`], flow state (in the forward entry): a packet came back.
+pub const CT_S_REPLIED: u32 = 0x10;
+/// Flow state: the client sent a FIN.
+pub const CT_S_FIN_FWD: u32 = 0x20;
+/// Flow state: the backend sent a FIN.
+pub const CT_S_FIN_REPLY: u32 = 0x40;
+/// Flow state: either side sent a RST.
+pub const CT_S_RST: u32 = 0x80;
+/// How often the programs rewrite [`CtValue::last_seen_ns`] at most.
+pub const CT_REFRESH_NS: u64 = 1_000_000_000;
 
 /// Drop reason: over the service's rate limit.
 pub const DROP_RATE_LIMITED: usize = 0;
@@ -83,10 +94,15 @@ pub const DROP_NO_BACKEND: usize = 1;
 pub const DROP_CT_FULL: usize = 2;
 /// Drop reason: no free source port for SNAT.
 pub const DROP_SNAT_EXHAUSTED: usize = 3;
+/// Drop reason (tc): no route to the backend, or back to the client.
+pub const DROP_NO_ROUTE: usize = 4;
 /// Number of drop reasons.
-pub const DROP_REASONS: usize = 4;
+pub const DROP_REASONS: usize = 5;
 /// Names of the drop reasons, indexed by reason (metric label values).
-pub const DROP_REASON_NAMES: [&str; DROP_REASONS] = ["rate_limited", "no_backend", "ct_full", "snat_exhausted"];
+pub const DROP_REASON_NAMES: [&str; DROP_REASONS] =
+    ["rate_limited", "no_backend", "ct_full", "snat_exhausted", "no_route"];
+/// Drop reasons of layout v1 of the counters (`warren_svcc_v1`).
+pub const DROP_REASONS_V1: usize = 4;
 
 /// Map names, exactly as in the C object and under the pin directory.
 pub mod map_names {
@@ -104,12 +120,12 @@ pub mod map_names {
     pub const AFFINITY: &str = "warren_aff_v1";
     /// (service, client) → token bucket.
     pub const RATE_LIMIT: &str = "warren_rl_v2";
-    /// tc connection tracking.
-    pub const CT: &str = "warren_ct_v1";
+    /// tc connection tracking (a plain hash, GC by the daemon).
+    pub const CT: &str = "warren_ct_v2";
     /// The node's addresses.
     pub const NODE_ADDR: &str = "warren_naddr_v1";
     /// Per-service counters (per CPU).
-    pub const SVC_COUNTERS: &str = "warren_svcc_v1";
+    pub const SVC_COUNTERS: &str = "warren_svcc_v2";
     /// Per-backend counters (per CPU).
     pub const BACKEND_COUNTERS: &str = "warren_bec_v1";
     /// Backends whose sockets are being destroyed.
@@ -121,7 +137,15 @@ pub mod map_names {
     /// carried over: new buckets start full).
     /// `warren_state_v1` and `warren_slot_v1`: 256-slot tables, migrated to Maglev
     /// tables at start.
-    pub const RETIRED: [&str; 3] = ["warren_rl_v1", "warren_state_v1", "warren_slot_v1"];
+    /// `warren_ct_v1`: an LRU hash (flows copied at start, state "replied").
+    /// `warren_svcc_v1`: four drop reasons (counters copied at start).
+    pub const RETIRED: [&str; 5] = [
+        "warren_rl_v1",
+        "warren_state_v1",
+        "warren_slot_v1",
+        "warren_ct_v1",
+        "warren_svcc_v1",
+    ];
     /// Every map, in a stable order.
     pub const ALL: [&str; 13] = [
         SVC,
@@ -372,7 +396,7 @@ shared_struct! {
 }
 
 shared_struct! {
-    /// Key of `warren_ct_v1`: a packet's tuple as it arrives.
+    /// Key of `warren_ct_v2` (and v1): a packet's tuple as it arrives.
     pub struct CtKey = "warren_ct_key" {
         pub saddr: Be32,
         pub daddr: Be32,
@@ -384,17 +408,18 @@ shared_struct! {
 }
 
 shared_struct! {
-    /// Value of `warren_ct_v1`: the tuple the packet is rewritten to.
+    /// Value of `warren_ct_v2` (and v1): the tuple the packet is rewritten to.
     pub struct CtValue = "warren_ct_value" {
         pub saddr: Be32,
         pub daddr: Be32,
         pub sport: Be16,
         pub dport: Be16,
         pub svc_id: u32,
+        /// Forward entries: the backend, whose address is `daddr`.
         pub backend_id: u32,
-        /// `CT_F_*`.
-        pub flags: u8,
-        pub pad: [u8; 3],
+        /// `CT_F_*` and `CT_S_*` (layout v1: a `u8` and padding, the same bytes).
+        pub flags: u32,
+        /// `bpf_ktime_get_ns()` of the last packet, to [`CT_REFRESH_NS`].
         pub last_seen_ns: u64,
     }
 }
@@ -408,7 +433,7 @@ shared_struct! {
 }
 
 shared_struct! {
-    /// Value of `warren_svcc_v1[svc_id]`, per CPU.
+    /// Value of `warren_svcc_v2[svc_id]`, per CPU.
     pub struct SvcCounters = "warren_svc_counters" {
         pub conns: u64,
         pub packets: u64,

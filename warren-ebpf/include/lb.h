@@ -72,7 +72,7 @@ static __always_inline struct warren_svc_state *svc_state(__u32 svc_id)
 
 static __always_inline void count_drop(__u32 svc_id, __u32 reason)
 {
-	struct warren_svc_counters *c = bpf_map_lookup_elem(&warren_svcc_v1, &svc_id);
+	struct warren_svc_counters *c = bpf_map_lookup_elem(&warren_svcc_v2, &svc_id);
 
 	if (c && reason < WARREN_DROP_REASONS)
 		c->drops[reason]++;
@@ -80,7 +80,7 @@ static __always_inline void count_drop(__u32 svc_id, __u32 reason)
 
 static __always_inline void count_conn(__u32 svc_id, __u32 backend_id)
 {
-	struct warren_svc_counters *c = bpf_map_lookup_elem(&warren_svcc_v1, &svc_id);
+	struct warren_svc_counters *c = bpf_map_lookup_elem(&warren_svcc_v2, &svc_id);
 	struct warren_backend_counters *b = bpf_map_lookup_elem(&warren_bec_v1, &backend_id);
 
 	if (c)
@@ -91,7 +91,7 @@ static __always_inline void count_conn(__u32 svc_id, __u32 backend_id)
 
 static __always_inline void count_packet(__u32 svc_id, __u32 backend_id, __u32 len)
 {
-	struct warren_svc_counters *c = bpf_map_lookup_elem(&warren_svcc_v1, &svc_id);
+	struct warren_svc_counters *c = bpf_map_lookup_elem(&warren_svcc_v2, &svc_id);
 	struct warren_backend_counters *b = bpf_map_lookup_elem(&warren_bec_v1, &backend_id);
 
 	if (c) {

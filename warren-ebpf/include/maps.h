@@ -73,12 +73,12 @@ struct {
 } warren_rl_v2 SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, WARREN_CT_ENTRIES);
 	__type(key, struct warren_ct_key);
 	__type(value, struct warren_ct_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} warren_ct_v1 SEC(".maps");
+} warren_ct_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -94,7 +94,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct warren_svc_counters);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} warren_svcc_v1 SEC(".maps");
+} warren_svcc_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

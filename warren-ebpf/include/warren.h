@@ -34,7 +34,7 @@
 #define WARREN_RL_ENTRIES 65536      /* token buckets */
 #define WARREN_RL_MAX_RATE 1000000   /* per second per client; the API refuses more */
 #define WARREN_RL_MAX_BURST 1000000
-#define WARREN_CT_ENTRIES 131072     /* tc connection tracking, both directions */
+#define WARREN_CT_ENTRIES 131072     /* tc connection tracking: two entries per flow */
 #define WARREN_KILL_ENTRIES 4096     /* backends whose sockets are being destroyed */
 #define WARREN_EVENTS_BYTES (256 * 1024) /* ring buffer of events for the daemon's log */
 
@@ -53,16 +53,27 @@
 #define WARREN_BE_F_LOCAL 0x02
 #define WARREN_BE_F_CANARY 0x04
 
-/* warren_ct_value.flags */
+/* warren_ct_value.flags: what the entry is... */
 #define WARREN_CT_F_REPLY 0x01 /* this entry translates the reply direction */
 #define WARREN_CT_F_SNAT 0x02  /* the source was rewritten to the node address */
+/* ...and what the flow has seen (set with an atomic or, never cleared). The
+ * forward entry holds the flow's state; a reply entry only remembers that it
+ * told its forward entry about the first reply. */
+#define WARREN_CT_S_REPLIED 0x10   /* a packet came back: established */
+#define WARREN_CT_S_FIN_FWD 0x20   /* the client sent a FIN */
+#define WARREN_CT_S_FIN_REPLY 0x40 /* the backend sent a FIN */
+#define WARREN_CT_S_RST 0x80       /* either side sent a RST */
+/* last_seen_ns is rewritten at most this often (a write per packet is a cache
+ * line bouncing between CPUs). Timeouts are the daemon's (its GC). */
+#define WARREN_CT_REFRESH_NS 1000000000ULL
 
 /* Drop reasons, the index into warren_svc_counters.drops. */
 #define WARREN_DROP_RATE_LIMITED 0
 #define WARREN_DROP_NO_BACKEND 1
 #define WARREN_DROP_CT_FULL 2
 #define WARREN_DROP_SNAT_EXHAUSTED 3
-#define WARREN_DROP_REASONS 4
+#define WARREN_DROP_NO_ROUTE 4 /* tc: no route to the backend or back to the client */
+#define WARREN_DROP_REASONS 5
 
 /* warren_svc_v1: which service answers at (addr, port, proto).
  * addr = 0 means "any node address" (a published port); port = 0 is a wildcard. */
@@ -139,8 +150,12 @@ struct warren_rl_value {
 	__u64 last_ns; /* bpf_ktime_get_ns() up to which time was turned into tokens */
 };
 
-/* warren_ct_v1: tc connection tracking. The key is the packet's tuple as it arrives;
- * the value is the tuple to rewrite it to. */
+/* warren_ct_v2: tc connection tracking, a plain hash (never evicted: a full map
+ * refuses new flows, counted as ct_full). Each flow is two entries, keyed by the
+ * packet's tuple as it arrives in each direction; the value is the tuple to
+ * rewrite it to. They are created together, and removed together by the
+ * daemon's GC once the flow's state says it is over (docs/dataplane.md).
+ * (v1: an LRU hash, which could evict one half of a flow.) */
 struct warren_ct_key {
 	__be32 saddr;
 	__be32 daddr;
@@ -156,10 +171,9 @@ struct warren_ct_value {
 	__be16 sport;
 	__be16 dport;
 	__u32 svc_id;
-	__u32 backend_id;
-	__u8 flags; /* WARREN_CT_F_* */
-	__u8 pad[3];
-	__u64 last_seen_ns;
+	__u32 backend_id; /* forward: the backend's address is daddr (checked) */
+	__u32 flags;      /* WARREN_CT_F_* and WARREN_CT_S_* (v1: a __u8 and padding) */
+	__u64 last_seen_ns; /* bpf_ktime_get_ns(), to WARREN_CT_REFRESH_NS */
 };
 
 /* warren_naddr_v1: the node's own addresses (published ports answer there). */
@@ -168,7 +182,7 @@ struct warren_node_addr {
 	__u32 flags;
 };
 
-/* warren_svcc_v1[svc_id], per CPU. */
+/* warren_svcc_v2[svc_id], per CPU. (v1: four drop reasons.) */
 struct warren_svc_counters {
 	__u64 conns;
 	__u64 packets;

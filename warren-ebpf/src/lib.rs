@@ -21,6 +21,17 @@ pub mod fixtures {
     pub fn v1_object() -> &'static [u8] {
         &V1_OBJ.bytes
     }
+
+    static V2_OBJ: &super::Aligned<[u8]> = &super::Aligned {
+        bytes: *include_bytes!(concat!(env!("OUT_DIR"), "/warren_v2.bpf.o")),
+    };
+
+    /// The main object of map layout v2 as released (`fixtures/v2`): Maglev
+    /// tables, the LRU connection tracking `warren_ct_v1`, counters
+    /// `warren_svcc_v1`; every program of today's object.
+    pub fn v2_object() -> &'static [u8] {
+        &V2_OBJ.bytes
+    }
 }
 
 /// Keeps an embedded object 8-byte aligned, as the ELF parser expects.

@@ -5,10 +5,11 @@
 //!
 //! ```text
 //! serve   --name N --tcp PORT --udp PORT --count-file PATH
-//! connect --to A:P [--n N] [--rate R --secs S] [--bind ADDR] [--http]
+//! connect --to A:P [--n N] [--rate R --secs S] [--bind ADDR] [--http] [--rst]
 //! udp     --to A:P --n N [--connected | --socket-each] [--timeout-ms MS]
 //! loop    --to A:P --stop-file PATH [--http]
-//! hold    --to A:P --n N [--udp]      (then reads "check" on stdin)
+//! hold    --to A:P --n N [--udp] [--from A:P]   (then reads "check" on stdin;
+//!         a TCP connection is "alive" when it echoes a line)
 //! bind    --to A:P [--udp]            (prints `bound 1` or `error E 1`)
 //! dual    --to [::ffff:A]:P --n N [--udp [--connected]]   (AF_INET6 sockets)
 //! daemon  --node N --bpffs DIR --cgroup DIR --vip A --port P --backend A...
@@ -33,7 +34,7 @@ use std::{
     io::{self, BufRead, Read, Write},
     mem,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    os::fd::{FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -149,9 +150,14 @@ fn serve(args: &Args) {
         };
         thread::spawn(move || {
             let _ = conn.write_all(reply.as_bytes());
-            // Keep the connection until the client closes it (hold mode).
-            let mut sink = [0u8; 64];
-            while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+            // Keep the connection until the client closes it, echoing what it
+            // sends (hold mode's check).
+            let mut buf = [0u8; 64];
+            while let Ok(n @ 1..) = conn.read(&mut buf) {
+                if conn.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
         });
     }
 }
@@ -207,9 +213,38 @@ fn tcp_connect(to: SocketAddrV4, bind: Option<Ipv4Addr>) -> io::Result<TcpStream
     }
 }
 
+/// Makes closing `s` send a RST instead of a FIN (SO_LINGER 0).
+fn reset_on_close(s: &TcpStream) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on an open descriptor with a linger of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_LINGER: {}", io::Error::last_os_error());
+}
+
 /// One connection: the backend's name, or the error.
-fn one(to: SocketAddrV4, bind: Option<Ipv4Addr>, peer_mismatch: &mut u64, http: bool) -> Result<String, String> {
+/// With `rst`, it ends with a RST.
+fn one(
+    to: SocketAddrV4,
+    bind: Option<Ipv4Addr>,
+    peer_mismatch: &mut u64,
+    http: bool,
+    rst: bool,
+) -> Result<String, String> {
     let mut s = tcp_connect(to, bind).map_err(|e| errno_name(&e))?;
+    if rst {
+        reset_on_close(&s);
+    }
     if s.peer_addr().ok() != Some(SocketAddr::V4(to)) {
         *peer_mismatch += 1;
     }
@@ -253,6 +288,7 @@ fn connect(args: &Args) {
     let to = args.addr("--to");
     let http = args.has("--http");
     let bind = args.get("--bind").map(|b| b.parse().expect("--bind"));
+    let rst = args.has("--rst");
     let mut names = BTreeMap::new();
     let mut errors = BTreeMap::new();
     let mut mismatch = 0;
@@ -272,12 +308,12 @@ fn connect(args: &Args) {
                 thread::sleep(wait);
             }
             attempts += 1;
-            record(one(to, bind, &mut mismatch, http));
+            record(one(to, bind, &mut mismatch, http, rst));
         }
     } else {
         for _ in 0..args.num("--n", 1) {
             attempts += 1;
-            record(one(to, bind, &mut mismatch, http));
+            record(one(to, bind, &mut mismatch, http, rst));
         }
     }
     report(&names, &errors);
@@ -353,7 +389,7 @@ fn connect_loop(args: &Args) {
     io::stdout().flush().ok();
     while !stop.exists() {
         attempts += 1;
-        match one(to, None, &mut mismatch, http) {
+        match one(to, None, &mut mismatch, http, false) {
             Ok(n) => *names.entry(n).or_insert(0u64) += 1,
             Err(e) => *errors.entry(e).or_insert(0u64) += 1,
         }
@@ -382,7 +418,10 @@ fn hold(args: &Args) {
             let n = s.recv(&mut buf).expect("recv");
             (String::from_utf8_lossy(&buf[..n]).trim().to_string(), Held::Udp(s))
         } else {
-            let s = tcp_connect(to, None).expect("connect");
+            let s = match args.get("--from") {
+                None => tcp_connect(to, None).expect("connect"),
+                Some(a) => tcp_connect_from(to, a.parse().expect("--from A:P")).expect("connect from --from"),
+            };
             s.set_read_timeout(Some(Duration::from_secs(3))).ok();
             let mut line = String::new();
             io::BufReader::new(&s).read_line(&mut line).expect("read name");
@@ -402,7 +441,7 @@ fn hold(args: &Args) {
                 match s.read(&mut buf) {
                     Ok(0) => "eof".to_string(),
                     Ok(_) => "data".to_string(),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => "alive".to_string(),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => echo(s),
                     Err(e) => errno_name(&e),
                 }
             }
@@ -416,6 +455,44 @@ fn hold(args: &Args) {
             }
         };
         println!("conn {name} {state}");
+    }
+}
+
+/// "alive" when the connection still carries a line both ways, else what failed.
+fn echo(s: &mut TcpStream) -> String {
+    s.set_nonblocking(false).ok();
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+    if let Err(e) = s.write_all(b"ping\n") {
+        return format!("write-{}", errno_name(&e));
+    }
+    let mut line = String::new();
+    match io::BufReader::new(&*s).read_line(&mut line) {
+        Ok(_) if line == "ping\n" => "alive".to_string(),
+        Ok(0) => "eof".to_string(),
+        Ok(_) => format!("echoed-{}", line.trim()),
+        Err(e) => format!("echo-{}", errno_name(&e)),
+    }
+}
+
+/// A TCP connection from the local address and port `from`.
+fn tcp_connect_from(to: SocketAddrV4, from: SocketAddrV4) -> io::Result<TcpStream> {
+    // SAFETY: plain socket syscalls on a descriptor owned by `fd`.
+    unsafe {
+        let raw = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(raw);
+        let sa = sockaddr(from);
+        let len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::bind(raw, (&sa as *const libc::sockaddr_in).cast(), len) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let sa = sockaddr(to);
+        if libc::connect(raw, (&sa as *const libc::sockaddr_in).cast(), len) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(TcpStream::from(fd))
     }
 }
 

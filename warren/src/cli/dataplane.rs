@@ -111,12 +111,22 @@ pub fn run(cmd: DataplaneCmd) -> Result<()> {
                         f.from.clone(),
                         f.to.clone(),
                         if f.snat { "snat".into() } else { String::new() },
+                        f.state.to_string(),
                         format!("{}ms", f.idle_ms),
                     ]
                 })
                 .collect();
             render::emit(&render::table(
-                &["SERVICE", "PROTO", "DIR", "PACKET", "REWRITTEN TO", "NAT", "IDLE"],
+                &[
+                    "SERVICE",
+                    "PROTO",
+                    "DIR",
+                    "PACKET",
+                    "REWRITTEN TO",
+                    "NAT",
+                    "STATE",
+                    "IDLE",
+                ],
                 rows,
             ))?;
         }

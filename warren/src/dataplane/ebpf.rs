@@ -5,7 +5,7 @@
 //! own modules.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs::File,
     os::fd::AsFd,
     os::unix::fs::MetadataExt,
@@ -15,7 +15,7 @@ use std::{
 };
 
 use aya::{
-    maps::{MapData, MapError, RingBuf},
+    maps::{HashMap, Map, MapData, MapError, RingBuf},
     programs::{
         links::FdLink,
         tc::{self, NlOptions, TcAttachOptions},
@@ -24,14 +24,15 @@ use aya::{
     EbpfLoader,
 };
 use warren_common::{
-    map_names as names, BE_F_CANARY, BE_F_LOCAL, CT_ENTRIES, DROP_CT_FULL, DROP_NO_BACKEND, DROP_RATE_LIMITED,
-    DROP_SNAT_EXHAUSTED, MAX_BACKENDS, MAX_NODE_ADDRS, MAX_SERVICES, MAX_SVC_ENTRIES, RL_ENTRIES, SLOT_POOL,
-    SOCK_ENTRIES,
+    map_names as names, CtKey, CtValue, SvcKey, SvcValue, BE_F_CANARY, BE_F_LOCAL, CT_ENTRIES, DROP_CT_FULL,
+    DROP_NO_BACKEND, DROP_NO_ROUTE, DROP_RATE_LIMITED, DROP_SNAT_EXHAUSTED, MAX_BACKENDS, MAX_NODE_ADDRS, MAX_SERVICES,
+    MAX_SVC_ENTRIES, RL_ENTRIES, SLOT_POOL, SOCK_ENTRIES,
 };
 use warren_ebpf::programs as progs;
 
 use super::{
     checks::{self, KernelSupport},
+    ct,
     destroy::{netns_under, SockDestroyer},
     error::verifier_detail,
     events::EventReader,
@@ -42,8 +43,8 @@ use super::{
     maps::{check_pinned_maps, retire_old_maps, take, Maps},
     migrate,
     plan::{self, Clock, Current, Plan},
-    sys, AttachedProgram, BackendStats, Dataplane, DataplaneConfig, DataplaneError, DataplaneStatus, DropCounters,
-    MapFill, ServiceEntry, ServiceStats, SkippedService, SyncReport,
+    reserved, sys, AttachedProgram, BackendStats, Dataplane, DataplaneConfig, DataplaneError, DataplaneStatus,
+    DropCounters, MapFill, ServiceEntry, ServiceStats, SkippedService, SyncReport,
 };
 
 fn validate_config(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
@@ -63,6 +64,19 @@ fn validate_config(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
         return Err(DataplaneError::InvalidConfig {
             field: "node_addrs",
             problem: format!("{a} is not a node address"),
+        });
+    }
+    let (first, last) = cfg.snat_ports;
+    if first == 0 || first > last {
+        return Err(DataplaneError::InvalidConfig {
+            field: "snat_ports",
+            problem: format!("{first}-{last} is not a range of ports (first 1 or more, at most last)"),
+        });
+    }
+    if cfg.ct_gc_interval.is_zero() {
+        return Err(DataplaneError::InvalidConfig {
+            field: "ct_gc_interval",
+            problem: "must be more than zero".into(),
         });
     }
     let mut seen = BTreeSet::new();
@@ -95,7 +109,17 @@ fn host_netns_cookie(cfg: &DataplaneConfig) -> u64 {
     }
 }
 
+/// Warren's share of the node's reserved local ports: the SNAT range and every
+/// published port of `entries`.
+fn reserved_ports(cfg: &DataplaneConfig, entries: &BTreeMap<SvcKey, SvcValue>) -> BTreeSet<u16> {
+    let mut ports: BTreeSet<u16> = (cfg.snat_ports.0..=cfg.snat_ports.1).collect();
+    ports.extend(entries.keys().filter(|k| k.addr.get() == 0).map(|k| k.port.get()));
+    ports
+}
+
 struct Inner {
+    /// The ports Warren last added to `ip_local_reserved_ports`.
+    reserved: BTreeSet<u16>,
     maps: Maps,
     current: Current,
     /// The last plan applied, which the maintenance thread re-applies when a
@@ -112,6 +136,8 @@ struct Shared {
     cfg: DataplaneConfig,
     epoch: Instant,
     inner: Mutex<Inner>,
+    /// The connection-tracking map for the GC, apart from the sync lock.
+    ct: Mutex<HashMap<MapData, CtKey, CtValue>>,
 }
 
 impl Shared {
@@ -131,6 +157,7 @@ impl Shared {
         // Work on a copy: if a write fails midway, the cache must keep describing
         // the maps as they were, and the next sync retries.
         let mut next = inner.current.clone();
+        let plan_entries = plan.svc_entries.clone();
         let outcome = match plan::reconcile(&mut next, &plan, &mut inner.maps, self.clock()) {
             Ok(o) => {
                 inner.current = next;
@@ -146,6 +173,21 @@ impl Shared {
             }
         };
         let node = &self.cfg.node_name;
+        let ours = reserved_ports(&self.cfg, &plan_entries);
+        let sysctl = reserved::Sysctl {
+            netns: self.cfg.host_netns.clone(),
+        };
+        match reserved::apply(&sysctl, &inner.reserved, &ours) {
+            Ok(changed) => {
+                if changed {
+                    tracing::info!(node = %node, ports = %reserved::format(&ours), "reserved the SNAT and published ports from the node's ephemeral ports");
+                }
+                inner.reserved = ours;
+            }
+            Err(e) => {
+                tracing::warn!(node = %node, error = %e, "cannot reserve the SNAT and published ports (net.ipv4.ip_local_reserved_ports)")
+            }
+        }
         if !outcome.kill.is_empty() {
             match inner.destroyer.as_mut() {
                 Some(d) => {
@@ -162,6 +204,18 @@ impl Shared {
             }
         }
         Ok(outcome.writes)
+    }
+
+    /// Removes the tc flows that are over (ct::expired), without the sync lock.
+    fn collect_flows(&self) {
+        let mut table = self.ct.lock().unwrap_or_else(|p| p.into_inner());
+        match ct::gc(&mut *table, ct::monotonic_ns(), &self.cfg.ct_timeouts) {
+            Ok(o) if o.removed > 0 => {
+                tracing::debug!(node = %self.cfg.node_name, removed = o.removed, left = o.left, "removed ended tc flows")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(node = %self.cfg.node_name, error = %e, "connection-tracking GC failed"),
+        }
     }
 
     /// Periodic work: removes tombstones that are due.
@@ -191,11 +245,18 @@ struct Maintenance {
 impl Maintenance {
     fn start(shared: Arc<Shared>) -> std::io::Result<Self> {
         let (stop, stopped) = mpsc::channel::<()>();
+        let gc_every = shared.cfg.ct_gc_interval;
+        let tick = gc_every.min(Duration::from_secs(1));
         let thread = std::thread::Builder::new()
             .name(format!("dp-maint-{}", shared.cfg.node_name))
             .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(Duration::from_secs(1)) {
+                let mut last_gc = Instant::now();
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
                     shared.maintain();
+                    if last_gc.elapsed() >= gc_every {
+                        shared.collect_flows();
+                        last_gc = Instant::now();
+                    }
                 }
             })?;
         Ok(Self {
@@ -237,6 +298,8 @@ impl EbpfDataplane {
         let redirect_neigh = u32::from(kernel.at_least(5, 10));
         let set_retval = u32::from(kernel.at_least(5, 18));
         let atomics = u32::from(kernel.at_least(5, 12));
+        let snat_min = u32::from(cfg.snat_ports.0);
+        let snat_span = u32::from(cfg.snat_ports.1) - snat_min + 1;
         let host_netns = host_netns_cookie(&cfg);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&cfg.bpffs_dir)
@@ -244,6 +307,8 @@ impl EbpfDataplane {
             .override_global("warren_set_retval", &set_retval, true)
             .override_global("warren_atomics", &atomics, true)
             .override_global("warren_host_netns", &host_netns, true)
+            .override_global("warren_snat_min", &snat_min, true)
+            .override_global("warren_snat_span", &snat_span, true)
             .load(warren_ebpf::warren_object())
             .map_err(|e| DataplaneError::Load {
                 object: "warren.bpf.o",
@@ -270,6 +335,15 @@ impl EbpfDataplane {
         let migrated = migrate::tables_from_v1(&cfg.bpffs_dir, &mut maps, clock)?;
         if migrated > 0 {
             tracing::info!(node = %cfg.node_name, services = migrated, "migrated the services' backend tables to Maglev tables (layout v1 to v2)");
+        }
+        let flows = migrate::ct_from_v1(&cfg.bpffs_dir, &mut maps.ct)?;
+        if flows > 0 {
+            tracing::info!(node = %cfg.node_name, entries = flows, "copied the tc flows into the connection tracking with TCP state (warren_ct_v1 to v2)");
+        }
+        let ids: BTreeSet<u32> = maps.svc.iter().filter_map(Result::ok).map(|(_, v)| v.svc_id).collect();
+        let counted = migrate::counters_from_v1(&cfg.bpffs_dir, &mut maps.svcc, ids.into_iter())?;
+        if counted > 0 {
+            tracing::info!(node = %cfg.node_name, services = counted, "copied the service counters (warren_svcc_v1 to v2)");
         }
 
         let mut programs = Vec::new();
@@ -424,10 +498,13 @@ impl EbpfDataplane {
         // The programs stay attached through their pinned links; the maps were
         // taken out, so dropping the object only closes our program fds.
         drop(ebpf);
+        let ct_pin = cfg.bpffs_dir.join(names::CT);
+        let ct_data = MapData::from_pin(&ct_pin).map_err(|e| DataplaneError::map(names::CT, e))?;
+        let ct_table = HashMap::try_from(Map::HashMap(ct_data)).map_err(|e| DataplaneError::map(names::CT, e))?;
         let shared = Arc::new(Shared {
-            cfg,
-            epoch,
+            ct: Mutex::new(ct_table),
             inner: Mutex::new(Inner {
+                reserved: reserved_ports(&cfg, &current.svc_entries),
                 maps,
                 current,
                 last_plan: None,
@@ -435,6 +512,8 @@ impl EbpfDataplane {
                 destroyer,
                 events,
             }),
+            cfg,
+            epoch,
         });
         let maintenance = Maintenance::start(shared.clone())
             .map_err(|e| DataplaneError::io("start the data plane maintenance thread", e))?;
@@ -449,6 +528,22 @@ impl EbpfDataplane {
     /// Detaches every program and removes every pinned link and map of `cfg`'s
     /// node (and legacy tc filters on its interfaces). Idempotent.
     pub fn cleanup(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
+        // Warren's reserved ports go back to the node (the published ones are
+        // read from the service map while it is still pinned).
+        let svc_pin = cfg.bpffs_dir.join(names::SVC);
+        if svc_pin.exists() {
+            let entries: BTreeMap<SvcKey, SvcValue> = MapData::from_pin(&svc_pin)
+                .ok()
+                .and_then(|d| HashMap::<MapData, SvcKey, SvcValue>::try_from(Map::HashMap(d)).ok())
+                .map(|m| m.iter().filter_map(Result::ok).collect())
+                .unwrap_or_default();
+            let sysctl = reserved::Sysctl {
+                netns: cfg.host_netns.clone(),
+            };
+            if let Err(e) = reserved::apply(&sysctl, &reserved_ports(cfg, &entries), &BTreeSet::new()) {
+                tracing::warn!(node = %cfg.node_name, error = %e, "cannot give back the reserved SNAT and published ports");
+            }
+        }
         for iface in &cfg.ifaces {
             for (name, t) in [
                 (progs::TC_INGRESS, TcAttachType::Ingress),
@@ -550,6 +645,7 @@ impl EbpfDataplane {
                         no_backend: c.drops[DROP_NO_BACKEND],
                         ct_full: c.drops[DROP_CT_FULL],
                         snat_exhausted: c.drops[DROP_SNAT_EXHAUSTED],
+                        no_route: c.drops[DROP_NO_ROUTE],
                     },
                 }),
                 Err(e) => errors.push(e.to_string()),

@@ -25,7 +25,7 @@ const RECENT: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DropEvent {
     pub service_id: u32,
-    /// `rate_limited`, `no_backend`, `ct_full`, `snat_exhausted`.
+    /// `rate_limited`, `no_backend`, `ct_full`, `snat_exhausted`, `no_route`.
     pub reason: &'static str,
     /// The client's address (0.0.0.0 for an unbound local socket).
     pub client: Ipv4Addr,

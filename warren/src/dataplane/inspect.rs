@@ -212,22 +212,18 @@ pub struct FlowView {
     pub service_id: u32,
     pub backend_id: u32,
     pub snat: bool,
+    /// The flow's TCP state as its forward entry records it (`syn-sent`,
+    /// `established`, `half-closed`, `closed`; `udp`); `-` on reply entries.
+    pub state: &'static str,
     /// Milliseconds since a packet last used the entry (as the programs last
     /// wrote it), from the kernel's monotonic clock.
     pub idle_ms: u64,
 }
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime fills the timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// The tc flows of the data plane pinned in `dir` (an LRU map: a snapshot).
+/// The tc flows of the data plane pinned in `dir` (a snapshot).
 pub fn flows(dir: &Path) -> Result<Vec<FlowView>, DataplaneError> {
-    let ct: HashMap<MapData, CtKey, CtValue> = hash(dir, names::CT, true)?;
-    let now = monotonic_ns();
+    let ct: HashMap<MapData, CtKey, CtValue> = hash(dir, names::CT, false)?;
+    let now = super::ct::monotonic_ns();
     let mut out: Vec<FlowView> = entries(&ct, names::CT)?
         .into_iter()
         .map(|(k, v)| FlowView {
@@ -250,6 +246,11 @@ pub fn flows(dir: &Path) -> Result<Vec<FlowView>, DataplaneError> {
             service_id: v.svc_id,
             backend_id: v.backend_id,
             snat: v.flags & CT_F_SNAT != 0,
+            state: if v.flags & CT_F_REPLY != 0 {
+                "-"
+            } else {
+                super::ct::FlowState::of(k.proto, v.flags).as_str()
+            },
             idle_ms: now.saturating_sub(v.last_seen_ns) / 1_000_000,
         })
         .collect();
@@ -272,7 +273,7 @@ pub struct BucketView {
 /// The token buckets of the data plane pinned in `dir`.
 pub fn buckets(dir: &Path) -> Result<Vec<BucketView>, DataplaneError> {
     let rl: HashMap<MapData, RlKey, RlValue> = hash(dir, names::RATE_LIMIT, true)?;
-    let now = monotonic_ns();
+    let now = super::ct::monotonic_ns();
     let mut out: Vec<BucketView> = entries(&rl, names::RATE_LIMIT)?
         .into_iter()
         .map(|(k, v)| BucketView {

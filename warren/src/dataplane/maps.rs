@@ -61,13 +61,7 @@ fn map_specs() -> [(&'static str, u32, usize, usize, u32); 13] {
             size_of::<RlValue>(),
             RL_ENTRIES,
         ),
-        (
-            names::CT,
-            LRU_HASH,
-            size_of::<CtKey>(),
-            size_of::<CtValue>(),
-            CT_ENTRIES,
-        ),
+        (names::CT, HASH, size_of::<CtKey>(), size_of::<CtValue>(), CT_ENTRIES),
         (names::NODE_ADDR, HASH, 4, size_of::<NodeAddr>(), MAX_NODE_ADDRS),
         (
             names::SVC_COUNTERS,

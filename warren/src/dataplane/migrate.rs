@@ -9,8 +9,11 @@ use std::{
     path::Path,
 };
 
-use aya::maps::{Array, Map, MapData};
-use warren_common::{BE_F_CANARY, BE_F_LOCAL};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
+use warren_common::{
+    map_names as names, CtKey, CtValue, SvcCounters, BE_F_CANARY, BE_F_LOCAL, CT_F_REPLY, CT_S_REPLIED,
+    DROP_REASONS_V1, MAX_SERVICES,
+};
 
 use super::{
     maps::Maps,
@@ -106,4 +109,103 @@ pub(crate) fn tables_from_v1(dir: &Path, maps: &mut Maps, clock: Clock) -> Resul
     }
     plan::reconcile(&mut current, &plan, maps, clock)?;
     Ok(plan.services.len())
+}
+
+const V1_CT: &str = "warren_ct_v1";
+const V1_SVCC: &str = "warren_svcc_v1";
+
+/// Copies the tc flows of `warren_ct_v1` (an LRU hash) into `warren_ct_v2`,
+/// where the programs about to be attached look them up, so that established
+/// flows from the wire keep their translation and SNAT port. The v1 layout has
+/// no state: a flow whose both halves are there counts as replied
+/// (established), and a half without its other half is left out (the LRU
+/// evicted its twin; the flow is broken already). Entries already in v2 (a
+/// start that stopped before retiring v1) are kept. Returns the entries copied.
+pub(crate) fn ct_from_v1(dir: &Path, ct: &mut HashMap<MapData, CtKey, CtValue>) -> Result<usize, DataplaneError> {
+    let pin = dir.join(V1_CT);
+    if !pin.exists() {
+        return Ok(0);
+    }
+    let data = MapData::from_pin(&pin).map_err(|e| DataplaneError::map(V1_CT, e))?;
+    let old: HashMap<MapData, CtKey, CtValue> =
+        HashMap::try_from(Map::LruHashMap(data)).map_err(|e| DataplaneError::map(V1_CT, e))?;
+    let entries = super::ct::CtTable::entries(&old)?;
+    let by_key: BTreeMap<CtKey, CtValue> = entries.iter().copied().collect();
+    let mut copied = 0;
+    for (k, v) in &entries {
+        let other = super::ct::other_key(v, k.proto);
+        if !by_key.contains_key(&other) {
+            continue;
+        }
+        let mut v = *v;
+        // v1 wrote a u8 of flags and zero padding: the same bytes as v2's flags.
+        v.flags &= 0xff;
+        if v.flags & CT_F_REPLY == 0 {
+            v.flags |= CT_S_REPLIED;
+        }
+        match ct.insert(k, v, 1 /* BPF_NOEXIST */) {
+            Ok(()) => copied += 1,
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(DataplaneError::map(names::CT, e)),
+        }
+    }
+    Ok(copied)
+}
+
+/// `struct warren_svc_counters` of layout v1 (four drop reasons).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct SvcCountersV1 {
+    conns: u64,
+    packets: u64,
+    bytes: u64,
+    drops: [u64; DROP_REASONS_V1],
+}
+
+// SAFETY: repr(C) integers with no padding; any byte pattern is valid.
+unsafe impl aya::Pod for SvcCountersV1 {}
+
+/// Carries each service's per-CPU counters from `warren_svcc_v1` into
+/// `warren_svcc_v2` (the new drop reason starts at zero) for the services
+/// `ids`, unless v2 already counts for them. Returns the services copied.
+pub(crate) fn counters_from_v1(
+    dir: &Path,
+    svcc: &mut PerCpuArray<MapData, SvcCounters>,
+    ids: impl Iterator<Item = u32>,
+) -> Result<usize, DataplaneError> {
+    let pin = dir.join(V1_SVCC);
+    if !pin.exists() {
+        return Ok(0);
+    }
+    let data = MapData::from_pin(&pin).map_err(|e| DataplaneError::map(V1_SVCC, e))?;
+    let old: PerCpuArray<MapData, SvcCountersV1> =
+        PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(|e| DataplaneError::map(V1_SVCC, e))?;
+    let mut copied = 0;
+    for id in ids.filter(|&id| id < MAX_SERVICES) {
+        let now = svcc
+            .get(&id, 0)
+            .map_err(|e| DataplaneError::map(names::SVC_COUNTERS, e))?;
+        if now.iter().any(|c| c.conns != 0 || c.packets != 0) {
+            continue;
+        }
+        let was = old.get(&id, 0).map_err(|e| DataplaneError::map(V1_SVCC, e))?;
+        let values: Vec<SvcCounters> = was
+            .iter()
+            .map(|c| {
+                let mut n = SvcCounters {
+                    conns: c.conns,
+                    packets: c.packets,
+                    bytes: c.bytes,
+                    ..Default::default()
+                };
+                n.drops[..DROP_REASONS_V1].copy_from_slice(&c.drops);
+                n
+            })
+            .collect();
+        let values = PerCpuValues::try_from(values).map_err(|e| DataplaneError::io("per-CPU values", e))?;
+        svcc.set(id, values, 0)
+            .map_err(|e| DataplaneError::map(names::SVC_COUNTERS, e))?;
+        copied += 1;
+    }
+    Ok(copied)
 }

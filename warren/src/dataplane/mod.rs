@@ -9,6 +9,7 @@
 //! `docs/dataplane.md` describes the design and how to inspect every map.
 
 mod checks;
+mod ct;
 mod destroy;
 mod ebpf;
 mod error;
@@ -21,6 +22,7 @@ mod maps;
 mod metrics;
 mod migrate;
 mod plan;
+mod reserved;
 mod sys;
 
 use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
@@ -30,6 +32,7 @@ use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 pub const DEFAULT_REFUSE_REMOVED: Duration = Duration::from_secs(5);
 
 pub use checks::{check_kernel, ensure_bpffs, KernelSupport};
+pub use ct::CtTimeouts;
 pub use ebpf::EbpfDataplane;
 pub use error::DataplaneError;
 pub use events::DropEvent;
@@ -61,7 +64,21 @@ pub struct DataplaneConfig {
     /// a client with a cached answer is refused rather than routed out of the node
     /// untranslated. Zero removes it at once.
     pub refuse_removed: Duration,
+    /// How long a tc flow stays tracked after its last packet, by state.
+    pub ct_timeouts: CtTimeouts,
+    /// How often the daemon removes expired tc flows.
+    pub ct_gc_interval: Duration,
+    /// Source ports for SNAT on the tc path (first, last): reserved from the
+    /// node's ephemeral ports (`net.ipv4.ip_local_reserved_ports`, with every
+    /// published port) and never taken while a node socket uses one.
+    pub snat_ports: (u16, u16),
 }
+
+/// [`DataplaneConfig::snat_ports`] by default: above Linux's default
+/// `ip_local_port_range` (32768-60999).
+pub const DEFAULT_SNAT_PORTS: (u16, u16) = (61000, 65535);
+/// [`DataplaneConfig::ct_gc_interval`] by default.
+pub const DEFAULT_CT_GC_INTERVAL: Duration = Duration::from_secs(10);
 
 impl DataplaneConfig {
     /// The defaults for `node_name`: pins under `/sys/fs/bpf/warren/<node_name>`,
@@ -76,6 +93,9 @@ impl DataplaneConfig {
             node_addrs: Vec::new(),
             host_netns: None,
             refuse_removed: DEFAULT_REFUSE_REMOVED,
+            ct_timeouts: CtTimeouts::default(),
+            ct_gc_interval: DEFAULT_CT_GC_INTERVAL,
+            snat_ports: DEFAULT_SNAT_PORTS,
         }
     }
 }
@@ -209,6 +229,8 @@ pub struct DropCounters {
     pub no_backend: u64,
     pub ct_full: u64,
     pub snat_exhausted: u64,
+    /// tc: no route to the backend or back to the client.
+    pub no_route: u64,
 }
 
 impl DropCounters {
@@ -220,6 +242,7 @@ impl DropCounters {
             (n[warren_common::DROP_NO_BACKEND], self.no_backend),
             (n[warren_common::DROP_CT_FULL], self.ct_full),
             (n[warren_common::DROP_SNAT_EXHAUSTED], self.snat_exhausted),
+            (n[warren_common::DROP_NO_ROUTE], self.no_route),
         ]
     }
 
