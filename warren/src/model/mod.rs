@@ -13,6 +13,7 @@ mod node;
 mod parse;
 mod service;
 mod task;
+mod update;
 mod workload;
 
 pub use assignment::*;
@@ -22,6 +23,7 @@ pub use node::*;
 pub use parse::*;
 pub use service::*;
 pub use task::*;
+pub use update::*;
 pub use workload::*;
 
 use serde::{Deserialize, Serialize};

@@ -2,7 +2,10 @@
 //! carries it (`Service`). Validation of a spec lives here so that the CLI, the API
 //! and the state machine agree on what is valid.
 
-use super::{Constraint, HealthCheck, Labels, Mount, MountKind, Resources, RestartPolicy, SecretRef, ValidationError};
+use super::{
+    Constraint, HealthCheck, Labels, Mount, MountKind, Resources, RestartPolicy, SecretRef, UpdateConfig, UpdateStatus,
+    ValidationError,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +149,14 @@ pub struct ServiceSpec {
     pub endpoint_mode: EndpointMode,
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
+    /// How a change of this spec replaces the tasks, and how a rollback does.
+    #[serde(default)]
+    pub update: UpdateConfig,
+    #[serde(default)]
+    pub rollback: UpdateConfig,
+    /// Bumped by `service update --force`: a new spec version with nothing else changed.
+    #[serde(default)]
+    pub force_update: u64,
 }
 
 fn default_grace() -> u64 {
@@ -175,6 +186,9 @@ impl Default for ServiceSpec {
             stop_grace_ms: default_grace(),
             endpoint_mode: EndpointMode::Vip,
             rate_limit: None,
+            update: UpdateConfig::default(),
+            rollback: UpdateConfig::default(),
+            force_update: 0,
         }
     }
 }
@@ -272,6 +286,8 @@ impl ServiceSpec {
         if let Some(h) = &self.health {
             h.validate()?;
         }
+        self.update.validate("update")?;
+        self.rollback.validate("rollback")?;
         if let Some(r) = &self.rate_limit {
             if r.per_sec == 0 {
                 return Err(ValidationError::new("rate-limit", "must be at least 1/s"));
@@ -344,6 +360,9 @@ pub struct Service {
     /// The spec before the last update, for `service rollback`.
     #[serde(default)]
     pub previous_spec: Option<ServiceSpec>,
+    /// The rolling update (or rollback) to the current spec, if one was started.
+    #[serde(default)]
+    pub update_status: Option<UpdateStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -80,8 +80,30 @@ mod tests {
                 per_sec: 50,
                 burst: 100,
             }),
+            update: UpdateConfig {
+                parallelism: 0,
+                delay_ms: 1_500,
+                failure_action: FailureAction::Rollback,
+                monitor_ms: 0,
+                max_failure_ratio: 0.25,
+                order: Some(UpdateOrder::StopFirst),
+            },
+            rollback: UpdateConfig {
+                order: Some(UpdateOrder::StartFirst),
+                ..Default::default()
+            },
+            force_update: 3,
         };
         assert_eq!(spec_from_pb(spec_to_pb(&spec)).unwrap(), spec);
+        // A spec from an older client has no update configs: Swarm's defaults.
+        let mut old = spec_to_pb(&spec);
+        old.update = None;
+        old.rollback = None;
+        let old = spec_from_pb(old).unwrap();
+        assert_eq!(
+            (old.update, old.rollback),
+            (UpdateConfig::default(), UpdateConfig::default())
+        );
         for test in [
             HealthTest::Cmd("true".into()),
             HealthTest::Tcp { port: 7 },
