@@ -12,6 +12,7 @@ mod events;
 mod image;
 mod node;
 mod render;
+mod rollout;
 mod secret;
 mod service;
 mod task;

@@ -150,6 +150,7 @@ fn apply_spec_args(spec: &mut ServiceSpec, a: &SpecArgs) -> Result<()> {
     if let Some(d) = &a.stop_grace_period {
         spec.stop_grace_ms = model::parse_duration("--stop-grace-period", d).map_err(v)?.as_millis() as u64;
     }
+    super::rollout::apply(spec, &a.rollout)?;
     // Same checks as the server, with the CLI's flag names, before anything is sent.
     spec.validate().map_err(|e| anyhow!("--{e}"))?;
     Ok(())
@@ -268,7 +269,21 @@ pub async fn run(c: &mut Client, cmd: ServiceCmd) -> Result<()> {
             mount_rm,
             secret_rm,
             canary_weight,
+            force,
+            rollback,
+            detach,
         } => {
+            if rollback {
+                let svc = call(c.rollback_service(pb::RollbackServiceRequest {
+                    service: service.clone(),
+                }))
+                .await?;
+                if !detach {
+                    super::rollout::follow(c, svc, true).await?;
+                }
+                line(&service)?;
+                return Ok(());
+            }
             if canary_weight.is_some_and(|w| w > 100) {
                 bail!(
                     "--canary-weight: {} is not between 0 and 100",
@@ -313,13 +328,19 @@ pub async fn run(c: &mut Client, cmd: ServiceCmd) -> Result<()> {
                 spec.secrets.retain(|s| &s.name != n);
             }
             apply_spec_args(&mut spec, &a)?;
-            call(c.update_service(pb::UpdateServiceRequest {
+            if force {
+                spec.force_update += 1;
+            }
+            let svc = call(c.update_service(pb::UpdateServiceRequest {
                 service: current.id,
                 version,
                 spec: Some(convert::spec_to_pb(&spec)),
                 canary_weight,
             }))
             .await?;
+            if !detach {
+                super::rollout::follow(c, svc, false).await?;
+            }
             line(&service)?;
         }
         ServiceCmd::Promote { service } => {
@@ -329,11 +350,14 @@ pub async fn run(c: &mut Client, cmd: ServiceCmd) -> Result<()> {
             .await?;
             line(&format!("{service}: the canary is now the stable version"))?;
         }
-        ServiceCmd::Rollback { service } => {
-            call(c.rollback_service(pb::RollbackServiceRequest {
+        ServiceCmd::Rollback { service, detach } => {
+            let svc = call(c.rollback_service(pb::RollbackServiceRequest {
                 service: service.clone(),
             }))
             .await?;
+            if !detach {
+                super::rollout::follow(c, svc, true).await?;
+            }
             line(&format!("{service}: rolled back"))?;
         }
         ServiceCmd::Logs { service, opts } => {
