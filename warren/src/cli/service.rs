@@ -338,7 +338,9 @@ pub async fn run(c: &mut Client, cmd: ServiceCmd) -> Result<()> {
                 canary_weight,
             }))
             .await?;
-            if !detach {
+            // Only a new spec version starts an update to follow (a canary or a
+            // scale does not).
+            if !detach && svc.spec_version != current.spec_version {
                 super::rollout::follow(c, svc, false).await?;
             }
             line(&service)?;

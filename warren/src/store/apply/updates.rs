@@ -4,7 +4,7 @@
 //! it or rolls it back, per its failure action. Starting an update is
 //! `update_service`'s, returning to the previous spec `restore_previous`'s.
 
-use super::{change, Versioned};
+use super::change;
 use crate::model::{FailureAction, UpdateState, UpdateStep};
 use crate::store::state::{Action, Change, ObjectKind, State};
 use crate::store::ApplyError;
@@ -101,7 +101,8 @@ impl State {
                 status.admitted.clear();
             }
         }
-        svc.touch(at_ms);
+        // Not a change of what the user wrote: the version that guards their
+        // writes stays, so that an update in progress does not make them conflict.
         changes.push(change(ObjectKind::Service, Action::Updated, id, &name));
         if let (Some(reason), Some(previous)) = (roll_back, svc.previous_spec.clone()) {
             self.restore_previous(id, previous, format!("rolling back: {reason}"), at_ms, changes)?;
