@@ -105,10 +105,19 @@ fn a_published_port_belongs_to_one_service_through_any_manager() {
     );
     c.ok(
         m1,
-        &["service", "update", "web", "--image", "img:2", "--publish", "8080:8000"],
+        &[
+            "service",
+            "update",
+            "web",
+            "--detach",
+            "--image",
+            "img:2",
+            "--publish",
+            "8080:8000",
+        ],
     );
     c.ok(m2, &["service", "scale", "web=3"]);
-    c.ok(m1, &["service", "rollback", "web"]);
+    c.ok(m1, &["service", "rollback", "--detach", "web"]);
     c.ok(
         m2,
         &["service", "update", "web", "--image", "img:3", "--canary-weight", "20"],
@@ -252,7 +261,7 @@ fn output_to_a_closed_pipe_ends_quietly_with_status_zero() {
         &["cluster", "join-token", "worker", "-q"],
         &["completion", "bash"],
         &["service", "scale", "demo=2"],
-        &["service", "update", "demo", "--env", "A=1"],
+        &["service", "update", "demo", "--detach", "--env", "A=1"],
         &["node", "update", "m1", "--label-add", "a=b"],
     ];
     for args in commands {

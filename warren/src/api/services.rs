@@ -41,6 +41,7 @@ pub(super) async fn create(ctx: &ManagerCtx, req: pb::CreateServiceRequest) -> R
         dp_id: 0,
         canary: None,
         previous_spec: None,
+        update_status: None,
     };
     let id = svc.id.clone();
     let cmd = Command::CreateService {

@@ -361,6 +361,8 @@ pub struct SpecArgs {
     pub rate_burst: Option<u32>,
     #[command(flatten)]
     pub container: ContainerArgs,
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
 }
 
 /// Swarm's container flags (issue 10, item 5), on create and update as
@@ -419,6 +421,48 @@ pub struct ContainerRmArgs {
     /// Remove a name server (repeatable).
     #[arg(long, value_name = "ADDRESS")]
     pub dns_rm: Vec<String>,
+}
+
+/// How a change is rolled out (`--update-*`) and rolled back (`--rollback-*`), as
+/// Swarm spells them.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RolloutArgs {
+    /// Tasks replaced at once; 0 replaces all at once [default: 1].
+    #[arg(long, value_name = "N")]
+    pub update_parallelism: Option<u64>,
+    /// Wait between one batch being up and the next [default: 0s].
+    #[arg(long, value_name = "DURATION")]
+    pub update_delay: Option<String>,
+    /// pause, continue or rollback, when too many new tasks fail [default: pause].
+    #[arg(long, value_name = "ACTION")]
+    pub update_failure_action: Option<String>,
+    /// How long a new task's failure still counts against the update [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    pub update_monitor: Option<String>,
+    /// Share of new tasks that may fail, 0 to 1 [default: 0].
+    #[arg(long, value_name = "F")]
+    pub update_max_failure_ratio: Option<f64>,
+    /// start-first or stop-first [default: start-first; stop-first with a local volume].
+    #[arg(long, value_name = "ORDER")]
+    pub update_order: Option<String>,
+    /// Tasks rolled back at once; 0 is all at once [default: 1].
+    #[arg(long, value_name = "N")]
+    pub rollback_parallelism: Option<u64>,
+    /// Wait between rollback batches [default: 0s].
+    #[arg(long, value_name = "DURATION")]
+    pub rollback_delay: Option<String>,
+    /// pause or continue, when too many tasks fail during a rollback [default: pause].
+    #[arg(long, value_name = "ACTION")]
+    pub rollback_failure_action: Option<String>,
+    /// How long a task's failure counts against the rollback [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    pub rollback_monitor: Option<String>,
+    /// Share of tasks that may fail during a rollback, 0 to 1 [default: 0].
+    #[arg(long, value_name = "F")]
+    pub rollback_max_failure_ratio: Option<f64>,
+    /// start-first or stop-first, for the rollback.
+    #[arg(long, value_name = "ORDER")]
+    pub rollback_order: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -509,12 +553,26 @@ pub enum ServiceCmd {
         canary_weight: Option<u32>,
         #[command(flatten)]
         container_rm: ContainerRmArgs,
+        /// Replace every task even if nothing changed.
+        #[arg(long)]
+        force: bool,
+        /// Return to the previous version, with the rollback config.
+        #[arg(long, conflicts_with_all = ["force", "canary_weight"])]
+        rollback: bool,
+        /// Return at once instead of following the rolling update.
+        #[arg(short, long)]
+        detach: bool,
     },
     /// Make the canary the stable version (the other tasks are replaced).
     Promote { service: String },
     /// Drop the canary (all traffic back to the stable version), or return to the
-    /// version before the last update.
-    Rollback { service: String },
+    /// version before the last update, with the rollback config.
+    Rollback {
+        service: String,
+        /// Return at once instead of following the rollback.
+        #[arg(short, long)]
+        detach: bool,
+    },
     /// Remove services.
     #[command(visible_alias = "remove")]
     Rm {

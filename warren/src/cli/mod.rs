@@ -12,6 +12,7 @@ mod events;
 mod image;
 mod node;
 mod render;
+mod rollout;
 mod secret;
 mod service;
 mod task;
@@ -229,13 +230,18 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// Commands that follow a stream (or upload one) for as long as it lasts, rather than
-/// waiting for one answer.
+/// Commands that follow a stream (or upload one, or a rolling update) for as long as
+/// it lasts, rather than waiting for one answer.
 fn streams(cmd: &Command) -> bool {
     matches!(
         cmd,
         Command::Events { .. } | Command::Image(_) | Command::Task(TaskCmd::Logs { .. })
-    ) || matches!(cmd, Command::Service(s) if matches!(**s, ServiceCmd::Logs { .. }))
+    ) || matches!(cmd, Command::Service(s) if matches!(
+        **s,
+        ServiceCmd::Logs { .. }
+            | ServiceCmd::Update { detach: false, .. }
+            | ServiceCmd::Rollback { detach: false, .. }
+    ))
 }
 
 /// One client command, by its noun.

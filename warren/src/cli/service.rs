@@ -151,6 +151,7 @@ fn apply_spec_args(spec: &mut ServiceSpec, a: &SpecArgs) -> Result<()> {
         spec.stop_grace_ms = model::parse_duration("--stop-grace-period", d).map_err(v)?.as_millis() as u64;
     }
     apply_container_args(spec, &a.container)?;
+    super::rollout::apply(spec, &a.rollout)?;
     // Same checks as the server, with the CLI's flag names, before anything is sent.
     spec.validate().map_err(|e| anyhow!("--{e}"))?;
     Ok(())
@@ -419,7 +420,21 @@ pub async fn run(c: &mut Client, cmd: ServiceCmd) -> Result<()> {
             secret_rm,
             canary_weight,
             container_rm,
+            force,
+            rollback,
+            detach,
         } => {
+            if rollback {
+                let svc = call(c.rollback_service(pb::RollbackServiceRequest {
+                    service: service.clone(),
+                }))
+                .await?;
+                if !detach {
+                    super::rollout::follow(c, svc, true).await?;
+                }
+                line(&service)?;
+                return Ok(());
+            }
             if canary_weight.is_some_and(|w| w > 100) {
                 bail!(
                     "--canary-weight: {} is not between 0 and 100",
@@ -465,13 +480,21 @@ pub async fn run(c: &mut Client, cmd: ServiceCmd) -> Result<()> {
             }
             apply_container_rm(&mut spec, &container_rm)?;
             apply_spec_args(&mut spec, &a)?;
-            call(c.update_service(pb::UpdateServiceRequest {
+            if force {
+                spec.force_update += 1;
+            }
+            let svc = call(c.update_service(pb::UpdateServiceRequest {
                 service: current.id,
                 version,
                 spec: Some(convert::spec_to_pb(&spec)),
                 canary_weight,
             }))
             .await?;
+            // Only a new spec version starts an update to follow (a canary or a
+            // scale does not).
+            if !detach && svc.spec_version != current.spec_version {
+                super::rollout::follow(c, svc, false).await?;
+            }
             line(&service)?;
         }
         ServiceCmd::Promote { service } => {
@@ -481,11 +504,14 @@ pub async fn run(c: &mut Client, cmd: ServiceCmd) -> Result<()> {
             .await?;
             line(&format!("{service}: the canary is now the stable version"))?;
         }
-        ServiceCmd::Rollback { service } => {
-            call(c.rollback_service(pb::RollbackServiceRequest {
+        ServiceCmd::Rollback { service, detach } => {
+            let svc = call(c.rollback_service(pb::RollbackServiceRequest {
                 service: service.clone(),
             }))
             .await?;
+            if !detach {
+                super::rollout::follow(c, svc, true).await?;
+            }
             line(&format!("{service}: rolled back"))?;
         }
         ServiceCmd::Logs { service, opts } => {

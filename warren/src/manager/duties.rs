@@ -1,9 +1,9 @@
-//! The leader's duties — orchestrator, scheduler, heartbeat monitor and Raft
+//! The leader's duties — orchestrator, updater, scheduler, heartbeat monitor and Raft
 //! membership reconciler — which run only while this manager leads. Each duty
 //! watches the store and reconciles; none calls another.
 
 use super::ctx::ManagerCtx;
-use super::{dispatcher, orchestrator, scheduler};
+use super::{dispatcher, orchestrator, scheduler, updater};
 use crate::model::{now_ms, NodeRole};
 use crate::store::{Command, ObjectKind, State};
 use std::sync::Arc;
@@ -19,13 +19,21 @@ pub async fn run_leader_duties(ctx: Arc<ManagerCtx>) {
         let leading = *leadership.borrow_and_update() == Some(ctx.raft.id());
         match (leading, duties.is_some()) {
             (true, false) => {
-                tracing::info!(node = %ctx.node_id, "became leader: starting orchestrator, scheduler and heartbeat monitor");
+                tracing::info!(node = %ctx.node_id, "became leader: starting orchestrator, updater, scheduler and heartbeat monitor");
                 let mut set = JoinSet::new();
                 let c = ctx.clone();
                 set.spawn(async move {
                     let settings = c.settings.orchestrator.clone();
                     run_component("orchestrator", c, move |s, now| {
                         let plan = orchestrator::reconcile(s, now, &settings);
+                        (plan.commands, plan.wake_at_ms)
+                    })
+                    .await
+                });
+                let c = ctx.clone();
+                set.spawn(async move {
+                    run_component("updater", c, |s, now| {
+                        let plan = updater::plan(s, now);
                         (plan.commands, plan.wake_at_ms)
                     })
                     .await

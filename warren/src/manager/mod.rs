@@ -1,6 +1,7 @@
 //! The manager: what its services and duties share (`ManagerCtx`), the leader's
-//! duties (`duties`: orchestrator, scheduler, heartbeat monitor, Raft membership),
-//! the phases they compute (`orchestrator`, `scheduler`, `filters`) and the
+//! duties (`duties`: orchestrator, updater, scheduler, heartbeat monitor, Raft
+//! membership),
+//! the phases they compute (`orchestrator`, `updater`, `scheduler`, `filters`) and the
 //! dispatcher that holds each node agent's session. The gRPC API is `api`'s.
 
 mod ctx;
@@ -9,6 +10,7 @@ mod duties;
 pub mod filters;
 pub mod orchestrator;
 pub mod scheduler;
+pub mod updater;
 
 pub use ctx::{ManagerCtx, ManagerSettings, Sessions};
 pub use duties::run_leader_duties;

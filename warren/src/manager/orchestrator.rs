@@ -5,8 +5,10 @@
 //! services, and removes finished tasks beyond the history limit. Placement is the
 //! scheduler's job; stopping containers is the agents'.
 
-use super::filters;
-use crate::model::{new_id, NodeState, RestartCondition, Service, ServiceMode, Task, TaskState, TaskStatus};
+use super::{filters, updater};
+use crate::model::{
+    new_id, NodeState, RestartCondition, Service, ServiceMode, Task, TaskState, TaskStatus, UpdateOrder,
+};
 use crate::store::{Command, State};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -124,6 +126,66 @@ fn new_task(svc: &Service, v: &Version<'_>, slot: u64, node: Option<String>, att
     }
 }
 
+/// Where one slot's decisions go.
+struct SlotOut<'a> {
+    create: &'a mut Vec<Task>,
+    shutdown: &'a mut BTreeSet<String>,
+    wake: Option<i64>,
+}
+
+/// One slot of a service (a replica number, or a node of a global service) and
+/// how its outdated task may be replaced.
+struct Slot<'a> {
+    svc: &'a Service,
+    v: &'a Version<'a>,
+    slot: u64,
+    node: Option<&'a String>,
+    /// The rolling update has reached this slot (or none governs the service).
+    admitted: bool,
+    order: UpdateOrder,
+}
+
+impl Slot<'_> {
+    /// Keeps one task running the current version; while there is none, or it is
+    /// not up yet, an outdated one keeps serving unless the slot is admitted
+    /// stop-first. An outdated task goes once a current one is up.
+    fn settle(&self, in_slot: &[&Task], alive: &[&Task], now_ms: i64, settings: &Settings, out: &mut SlotOut<'_>) {
+        let newest_first = |ts: &mut Vec<&Task>| ts.sort_by_key(|t| std::cmp::Reverse((t.created_ms, t.id.clone())));
+        let (mut current, mut outdated): (Vec<&Task>, Vec<&Task>) = alive
+            .iter()
+            .copied()
+            .partition(|t| t.spec_version == self.v.spec_version && t.canary == self.v.canary);
+        newest_first(&mut current);
+        // The outdated task to keep serving is one that is up, else the newest.
+        outdated.sort_by_key(|t| std::cmp::Reverse((updater::is_up(t), t.created_ms, t.id.clone())));
+        out.shutdown.extend(current.iter().skip(1).map(|t| t.id.clone()));
+        let current_up = current.first().is_some_and(|t| updater::is_up(t));
+        let keep_outdated = if current_up || (self.admitted && self.order == UpdateOrder::StopFirst) {
+            0
+        } else {
+            1
+        };
+        out.shutdown
+            .extend(outdated.iter().skip(keep_outdated).map(|t| t.id.clone()));
+        let replace = current.is_empty() && (self.admitted || outdated.is_empty());
+        if !replace {
+            return;
+        }
+        match refill(self.v, in_slot, now_ms, settings) {
+            Refill::Now { attempt } => out.create.push(new_task(
+                self.svc,
+                self.v,
+                self.slot,
+                self.node.cloned(),
+                attempt,
+                now_ms,
+            )),
+            Refill::At(at) => out.wake = Some(out.wake.map_or(at, |w| w.min(at))),
+            Refill::Never => {}
+        }
+    }
+}
+
 pub fn reconcile(state: &State, now_ms: i64, settings: &Settings) -> Plan {
     let mut plan = Plan::default();
     let mut create = Vec::new();
@@ -157,7 +219,7 @@ pub fn reconcile(state: &State, now_ms: i64, settings: &Settings) -> Plan {
 
     for svc in state.services.values() {
         let tasks = by_service.get(svc.id.as_str()).cloned().unwrap_or_default();
-        // Outdated or on a drained node: stop it (its slot is refilled below).
+        // On a drained node: stop it (its slot is refilled below, elsewhere).
         let mut stale = BTreeSet::new();
         for t in tasks.iter().filter(|t| live(t)) {
             let drained = t
@@ -165,16 +227,21 @@ pub fn reconcile(state: &State, now_ms: i64, settings: &Settings) -> Plan {
                 .as_ref()
                 .and_then(|n| state.nodes.get(n))
                 .is_some_and(|n| n.availability == crate::model::Availability::Drain);
-            let current = match (&svc.canary, t.canary) {
-                (_, false) => t.spec_version == svc.spec_version,
-                (Some(c), true) => t.spec_version == c.spec_version,
-                (None, true) => false,
-            };
-            if !current || drained {
+            if drained {
                 stale.insert(t.id.clone());
             }
         }
         let still_live = |t: &&Task| live(t) && !stale.contains(&t.id);
+        let order = svc
+            .update_status
+            .as_ref()
+            .map_or(svc.spec.update, |u| u.config)
+            .order_for(&svc.spec);
+        let mut out = SlotOut {
+            create: &mut create,
+            shutdown: &mut shutdown,
+            wake: None,
+        };
         match svc.spec.mode {
             ServiceMode::Replicated { replicas } => {
                 let mut versions = vec![(Version::stable(svc), replicas)];
@@ -196,23 +263,23 @@ pub fn reconcile(state: &State, now_ms: i64, settings: &Settings) -> Plan {
                     if let Some((v, _)) = want {
                         for slot in 1..=count {
                             let in_slot = slots.get(&slot).cloned().unwrap_or_default();
-                            let mut alive: Vec<&Task> = in_slot.iter().copied().filter(still_live).collect();
-                            if alive.is_empty() {
-                                match refill(v, &in_slot, now_ms, settings) {
-                                    Refill::Now { attempt } => {
-                                        create.push(new_task(svc, v, slot, None, attempt, now_ms))
-                                    }
-                                    Refill::At(at) => wake(at, &mut plan),
-                                    Refill::Never => {}
-                                }
-                            } else if alive.len() > 1 {
-                                alive.sort_by_key(|t| std::cmp::Reverse((t.created_ms, t.id.clone())));
-                                shutdown.extend(alive[1..].iter().map(|t| t.id.clone()));
-                            }
+                            let alive: Vec<&Task> = in_slot.iter().copied().filter(still_live).collect();
+                            // Canaries are not rolled: they start beside the stable version.
+                            let admitted = canary || updater::admitted(svc, &slot.to_string());
+                            let at = Slot {
+                                svc,
+                                v,
+                                slot,
+                                node: None,
+                                admitted,
+                                order,
+                            };
+                            at.settle(&in_slot, &alive, now_ms, settings, &mut out);
                         }
                     }
                     for (_, in_slot) in slots.range(count + 1..) {
-                        shutdown.extend(in_slot.iter().filter(|t| live(t)).map(|t| t.id.clone()));
+                        out.shutdown
+                            .extend(in_slot.iter().filter(|t| live(t)).map(|t| t.id.clone()));
                     }
                 }
             }
@@ -228,30 +295,30 @@ pub fn reconcile(state: &State, now_ms: i64, settings: &Settings) -> Plan {
                     let keep_ok = node.state != NodeState::Down
                         && node.availability != crate::model::Availability::Drain
                         && filters::constraints(node, &svc.spec).is_ok();
-                    let mut alive: Vec<&Task> = on_node.iter().copied().filter(still_live).collect();
+                    let alive: Vec<&Task> = on_node.iter().copied().filter(still_live).collect();
                     if !keep_ok {
-                        shutdown.extend(alive.iter().map(|t| t.id.clone()));
+                        out.shutdown.extend(alive.iter().map(|t| t.id.clone()));
                         continue;
                     }
-                    if alive.is_empty() {
-                        if !node.is_schedulable() {
-                            continue;
-                        }
-                        let v = Version::stable(svc);
-                        match refill(&v, &on_node, now_ms, settings) {
-                            Refill::Now { attempt } => {
-                                create.push(new_task(svc, &v, 0, Some(node.id.clone()), attempt, now_ms))
-                            }
-                            Refill::At(at) => wake(at, &mut plan),
-                            Refill::Never => {}
-                        }
-                    } else if alive.len() > 1 {
-                        alive.sort_by_key(|t| std::cmp::Reverse((t.created_ms, t.id.clone())));
-                        shutdown.extend(alive[1..].iter().map(|t| t.id.clone()));
+                    if alive.is_empty() && !node.is_schedulable() {
+                        continue;
                     }
+                    let v = Version::stable(svc);
+                    let at = Slot {
+                        svc,
+                        v: &v,
+                        slot: 0,
+                        node: Some(&node.id),
+                        admitted: updater::admitted(svc, &node.id),
+                        order,
+                    };
+                    at.settle(&on_node, &alive, now_ms, settings, &mut out);
                 }
                 // Tasks on nodes that no longer exist were orphaned above.
             }
+        }
+        if let Some(at) = out.wake {
+            wake(at, &mut plan);
         }
         shutdown.extend(stale);
     }
@@ -382,6 +449,7 @@ mod tests {
             dp_id: 0,
             canary: None,
             previous_spec: None,
+            update_status: None,
         }
     }
 

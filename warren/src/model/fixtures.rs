@@ -59,6 +59,7 @@ pub fn service(id: &str, name: &str) -> Service {
         dp_id: 0,
         canary: None,
         previous_spec: None,
+        update_status: None,
     }
 }
 

@@ -14,6 +14,7 @@ mod node;
 mod parse;
 mod service;
 mod task;
+mod update;
 mod workload;
 
 pub use assignment::*;
@@ -24,6 +25,7 @@ pub use node::*;
 pub use parse::*;
 pub use service::*;
 pub use task::*;
+pub use update::*;
 pub use workload::*;
 
 use serde::{Deserialize, Serialize};

@@ -4,7 +4,7 @@
 
 use super::{
     Constraint, ContainerOptions, HealthCheck, Labels, Mount, MountKind, Resources, RestartPolicy, SecretRef,
-    ValidationError,
+    UpdateConfig, UpdateStatus, ValidationError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -154,6 +154,14 @@ pub struct ServiceSpec {
     // that specs from before it load with its defaults.
     #[serde(default)]
     pub container: ContainerOptions,
+    /// How a change of this spec replaces the tasks, and how a rollback does.
+    #[serde(default)]
+    pub update: UpdateConfig,
+    #[serde(default)]
+    pub rollback: UpdateConfig,
+    /// Bumped by `service update --force`: a new spec version with nothing else changed.
+    #[serde(default)]
+    pub force_update: u64,
 }
 
 fn default_grace() -> u64 {
@@ -184,6 +192,9 @@ impl Default for ServiceSpec {
             endpoint_mode: EndpointMode::Vip,
             rate_limit: None,
             container: ContainerOptions::default(),
+            update: UpdateConfig::default(),
+            rollback: UpdateConfig::default(),
+            force_update: 0,
         }
     }
 }
@@ -282,6 +293,8 @@ impl ServiceSpec {
             h.validate()?;
         }
         self.container.validate()?;
+        self.update.validate("update")?;
+        self.rollback.validate("rollback")?;
         if let Some(r) = &self.rate_limit {
             if r.per_sec == 0 {
                 return Err(ValidationError::new("rate-limit", "must be at least 1/s"));
@@ -354,6 +367,9 @@ pub struct Service {
     /// The spec before the last update, for `service rollback`.
     #[serde(default)]
     pub previous_spec: Option<ServiceSpec>,
+    /// The rolling update (or rollback) to the current spec, if one was started.
+    #[serde(default)]
+    pub update_status: Option<UpdateStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@
 use super::ApplyError;
 use crate::model::{
     Availability, ClusterMeta, Labels, Node, NodeRole, NodeState, Platform, Resources, Secret, Service, ServiceSpec,
-    Task, TaskState, TaskStatus, Volume,
+    Task, TaskState, TaskStatus, UpdateStep, Volume,
 };
 use serde::{Deserialize, Serialize};
 
@@ -134,6 +134,14 @@ pub enum Command {
         #[serde(default = "Rules::before_v1")]
         rules: Rules,
     },
+    /// A step of the rolling update to spec version `spec_version` (refused once a
+    /// newer spec has started its own update).
+    UpdateStep {
+        id: String,
+        spec_version: u64,
+        step: UpdateStep,
+        at_ms: i64,
+    },
 
     /// New tasks from the orchestrator; ignored for services that are gone.
     CreateTasks {
@@ -211,6 +219,7 @@ impl Command {
             Command::SetCanaryWeight { .. } => "set_canary_weight",
             Command::PromoteCanary { .. } => "promote_canary",
             Command::RollbackService { .. } => "rollback_service",
+            Command::UpdateStep { .. } => "update_step",
             Command::CreateTasks { .. } => "create_tasks",
             Command::AssignTasks { .. } => "assign_tasks",
             Command::SetTasksPending { .. } => "set_tasks_pending",

@@ -43,6 +43,7 @@ pub(crate) fn service(id: &str, name: &str) -> Service {
         dp_id: 0,
         canary: None,
         previous_spec: None,
+        update_status: None,
     }
 }
 

@@ -441,6 +441,7 @@ mod tests {
             dp_id: 0,
             canary: None,
             previous_spec: None,
+            update_status: None,
         }
     }
 

@@ -134,7 +134,8 @@ impl State {
     }
 }
 
-/// Whether running tasks must be replaced: anything but the replica count changed.
+/// Whether running tasks must be replaced: anything but the replica count and the
+/// update and rollback configs changed.
 pub fn spec_differs_beyond_scale(a: &crate::model::ServiceSpec, b: &crate::model::ServiceSpec) -> bool {
     let mut a = a.clone();
     let mut b = b.clone();
@@ -144,6 +145,9 @@ pub fn spec_differs_beyond_scale(a: &crate::model::ServiceSpec, b: &crate::model
         a.mode = crate::model::ServiceMode::Replicated { replicas: 0 };
         b.mode = crate::model::ServiceMode::Replicated { replicas: 0 };
     }
+    // How tasks are replaced is not what they run: changing it replaces nothing.
+    a.update = b.update;
+    a.rollback = b.rollback;
     a != b
 }
 

@@ -138,6 +138,28 @@ pub fn service_text(s: &ServiceView) -> String {
         "Version:     {} (spec {})",
         s.service.version, s.service.spec_version
     ));
+    if let Some(u) = &s.service.update_status {
+        t.line(format_args!("Update:      {}, {}", u.state.as_str(), u.progress()));
+        if !u.message.is_empty() {
+            t.line(format_args!("  Message:   {}", u.message));
+        }
+        if u.failures > 0 {
+            t.line(format_args!("  Failures:  {}", u.failures));
+        }
+    }
+    let rollout = |c: &crate::model::UpdateConfig| {
+        format!(
+            "parallelism {}, delay {}ms, on failure {}, monitor {}ms, max failure ratio {}, {}",
+            c.parallelism,
+            c.delay_ms,
+            c.failure_action.as_str(),
+            c.monitor_ms,
+            c.max_failure_ratio,
+            c.order_for(spec).as_str()
+        )
+    };
+    t.line(format_args!("UpdateConfig: {}", rollout(&spec.update)));
+    t.line(format_args!("RollbackConfig: {}", rollout(&spec.rollback)));
     t.line(format_args!("Created:     {}", ago(s.service.created_ms)));
     t.line(format_args!("Updated:     {}", ago(s.service.updated_ms)));
     if !spec.command.is_empty() {

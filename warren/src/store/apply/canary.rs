@@ -3,8 +3,8 @@
 //! update to the spec before it.
 
 use super::{change, Versioned};
-use crate::model::{Canary, ServiceMode, ServiceSpec, Task};
-use crate::store::state::{Action, Change, ObjectKind, State};
+use crate::model::{Canary, ServiceMode, ServiceSpec, Task, UpdateState, UpdateStatus};
+use crate::store::state::{spec_differs_beyond_scale, Action, Change, ObjectKind, State};
 use crate::store::{ApplyError, Rules};
 
 impl State {
@@ -79,6 +79,8 @@ impl State {
         spec.mode = svc.spec.mode;
         svc.previous_spec = Some(std::mem::replace(&mut svc.spec, spec));
         svc.spec_version = canary.spec_version;
+        // The promoted tasks already run it; the rest are replaced start-first.
+        svc.update_status = None;
         svc.touch(at_ms);
         changes.push(change(ObjectKind::Service, Action::Updated, id, &svc.name));
         // The canary tasks become stable ones, in the first slots: the
@@ -122,17 +124,58 @@ impl State {
             self.check_references(previous)?;
             self.check_ports(previous, Some(id))?;
         }
-        let svc = self.service_mut(id)?;
         match restore {
-            None => svc.canary = None,
-            Some(mut previous) => {
-                previous.mode = svc.spec.mode;
-                svc.previous_spec = Some(std::mem::replace(&mut svc.spec, previous));
-                svc.spec_version += 1;
+            None => {
+                let svc = self.service_mut(id)?;
+                svc.canary = None;
+                svc.touch(at_ms);
+                changes.push(change(ObjectKind::Service, Action::Updated, id, &svc.name));
             }
+            Some(previous) => self.restore_previous(id, previous, "rolling back: requested".into(), at_ms, changes)?,
         }
+        Ok(())
+    }
+
+    /// Returns to `previous` as a new spec version, rolled out with the rollback
+    /// config of the spec being left. Tasks that still run `previous` (slots the
+    /// update had not reached) are relabelled to the new version: a rollback does
+    /// not restart what never changed.
+    pub(super) fn restore_previous(
+        &mut self,
+        id: &str,
+        mut previous: ServiceSpec,
+        reason: String,
+        at_ms: i64,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), ApplyError> {
+        let svc = self.service_mut(id)?;
+        previous.mode = svc.spec.mode;
+        let config = svc.spec.rollback;
+        svc.previous_spec = Some(std::mem::replace(&mut svc.spec, previous));
+        svc.spec_version = svc.next_spec_version();
+        let version = svc.spec_version;
+        svc.update_status = Some(UpdateStatus::new(
+            UpdateState::RollingBack,
+            version,
+            config,
+            at_ms,
+            reason,
+        ));
         svc.touch(at_ms);
         changes.push(change(ObjectKind::Service, Action::Updated, id, &svc.name));
+        let restored = svc.spec.clone();
+        for t in self.tasks.values_mut() {
+            if t.service_id == id
+                && !t.canary
+                && t.is_live()
+                && t.spec_version != version
+                && !spec_differs_beyond_scale(&t.spec, &restored)
+            {
+                t.spec_version = version;
+                t.touch(at_ms);
+                changes.push(change(ObjectKind::Task, Action::Updated, &t.id, ""));
+            }
+        }
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! `State::apply`: the pure function that applies one `Command`, as a short dispatch
-//! to one function per object family (cluster, nodes, services and their canaries,
-//! tasks, secrets and volumes), with the rules that must hold across managers
+//! to one function per object family (cluster, nodes, services, their canaries and
+//! rolling updates, tasks, secrets and volumes), with the rules that must hold across managers
 //! (references, in use, published ports) in `rules`. Applying is deterministic (no
 //! clock, no randomness, no I/O), and a command that fails changes nothing (a batch
 //! keeps the parts that succeeded).
@@ -12,6 +12,7 @@ mod rules;
 mod secrets_volumes;
 mod services;
 mod tasks;
+mod updates;
 
 use super::state::{Action, Change, ObjectKind, State};
 use super::{ApplyError, Command};
@@ -68,6 +69,12 @@ impl State {
             Command::SetCanaryWeight { id, weight, at_ms } => self.set_canary_weight(id, *weight, *at_ms, changes),
             Command::PromoteCanary { id, at_ms } => self.promote_canary(id, *at_ms, changes),
             Command::RollbackService { id, at_ms, rules } => self.rollback_service(id, *at_ms, *rules, changes),
+            Command::UpdateStep {
+                id,
+                spec_version,
+                step,
+                at_ms,
+            } => self.update_step(id, *spec_version, step, *at_ms, changes),
 
             Command::CreateTasks { tasks } => self.create_tasks(tasks, changes),
             Command::AssignTasks { assignments, at_ms } => self.assign_tasks(assignments, *at_ms, changes),

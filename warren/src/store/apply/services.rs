@@ -1,9 +1,9 @@
-//! Services: creation (a data-plane number and a virtual IP each), spec updates,
-//! scaling and removal (which marks the service's tasks for removal). The canary
+//! Services: creation (a data-plane number and a virtual IP each), spec updates
+//! (which start a rolling update, stepped in `updates`), scaling and removal (which marks the service's tasks for removal). The canary
 //! commands are in `canary`.
 
 use super::{change, Versioned};
-use crate::model::{EndpointMode, Service, ServiceMode, ServiceSpec, TaskState};
+use crate::model::{EndpointMode, Service, ServiceMode, ServiceSpec, TaskState, UpdateState, UpdateStatus};
 use crate::store::state::{spec_differs_beyond_scale, Action, Change, ObjectKind, State};
 use crate::store::{ApplyError, Rules};
 
@@ -85,6 +85,13 @@ impl State {
         if changed {
             svc.previous_spec = Some(svc.spec.clone());
             svc.spec_version = svc.next_spec_version();
+            svc.update_status = Some(UpdateStatus::new(
+                UpdateState::Updating,
+                svc.spec_version,
+                spec.update,
+                at_ms,
+                "update in progress".into(),
+            ));
         }
         svc.spec = spec.clone();
         svc.touch(at_ms);

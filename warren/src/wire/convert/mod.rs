@@ -92,8 +92,30 @@ mod tests {
                 pids_limit: 64,
                 dns: vec!["10.0.0.2".parse().unwrap(), "fd00::53".parse().unwrap()],
             },
+            update: UpdateConfig {
+                parallelism: 0,
+                delay_ms: 1_500,
+                failure_action: FailureAction::Rollback,
+                monitor_ms: 0,
+                max_failure_ratio: 0.25,
+                order: Some(UpdateOrder::StopFirst),
+            },
+            rollback: UpdateConfig {
+                order: Some(UpdateOrder::StartFirst),
+                ..Default::default()
+            },
+            force_update: 3,
         };
         assert_eq!(spec_from_pb(spec_to_pb(&spec)).unwrap(), spec);
+        // A spec from an older client has no update configs: Swarm's defaults.
+        let mut old = spec_to_pb(&spec);
+        old.update = None;
+        old.rollback = None;
+        let old = spec_from_pb(old).unwrap();
+        assert_eq!(
+            (old.update, old.rollback),
+            (UpdateConfig::default(), UpdateConfig::default())
+        );
         // Without container options the wire field stays unset (older peers).
         assert_eq!(spec_to_pb(&ServiceSpec::default()).container, None);
         for test in [

@@ -5,8 +5,9 @@
 use super::container::{container_from_pb, container_to_pb};
 use super::node::{resources_from_pb, resources_to_pb};
 use crate::model::{
-    Canary, Constraint, EndpointMode, HealthCheck, HealthTest, Mount, MountKind, PortConfig, Protocol, PublishMode,
-    RateLimit, RestartCondition, RestartPolicy, SecretRef, Service, ServiceMode, ServiceSpec, ValidationError,
+    Canary, Constraint, EndpointMode, FailureAction, HealthCheck, HealthTest, Mount, MountKind, PortConfig, Protocol,
+    PublishMode, RateLimit, RestartCondition, RestartPolicy, SecretRef, Service, ServiceMode, ServiceSpec,
+    UpdateConfig, UpdateOrder, UpdateState, UpdateStatus, ValidationError,
 };
 use warren_proto::v1 as pb;
 
@@ -72,6 +73,9 @@ pub fn spec_to_pb(s: &ServiceSpec) -> pb::ServiceSpec {
             burst: r.burst,
         }),
         container: container_to_pb(&s.container),
+        update: Some(update_config_to_pb(&s.update)),
+        rollback: Some(update_config_to_pb(&s.rollback)),
+        force_update: s.force_update,
     }
 }
 
@@ -233,9 +237,107 @@ pub fn spec_from_pb(s: pb::ServiceSpec) -> Result<ServiceSpec, ValidationError> 
             burst: r.burst,
         }),
         container: container_from_pb(s.container)?,
+        update: s
+            .update
+            .map(|c| update_config_from_pb("update", c))
+            .transpose()?
+            .unwrap_or_default(),
+        rollback: s
+            .rollback
+            .map(|c| update_config_from_pb("rollback", c))
+            .transpose()?
+            .unwrap_or_default(),
+        force_update: s.force_update,
     };
     spec.validate()?;
     Ok(spec)
+}
+
+pub fn update_config_to_pb(c: &UpdateConfig) -> pb::UpdateConfig {
+    pb::UpdateConfig {
+        parallelism: Some(c.parallelism),
+        delay_ms: c.delay_ms,
+        failure_action: match c.failure_action {
+            FailureAction::Pause => pb::UpdateFailureAction::Pause,
+            FailureAction::Continue => pb::UpdateFailureAction::Continue,
+            FailureAction::Rollback => pb::UpdateFailureAction::Rollback,
+        } as i32,
+        monitor_ms: Some(c.monitor_ms),
+        max_failure_ratio: c.max_failure_ratio,
+        order: match c.order {
+            None => pb::UpdateOrder::Auto,
+            Some(UpdateOrder::StartFirst) => pb::UpdateOrder::StartFirst,
+            Some(UpdateOrder::StopFirst) => pb::UpdateOrder::StopFirst,
+        } as i32,
+    }
+}
+
+/// `field` is the flag prefix (`update` or `rollback`).
+pub fn update_config_from_pb(field: &str, c: pb::UpdateConfig) -> Result<UpdateConfig, ValidationError> {
+    let defaults = UpdateConfig::default();
+    Ok(UpdateConfig {
+        parallelism: c.parallelism.unwrap_or(defaults.parallelism),
+        delay_ms: c.delay_ms,
+        failure_action: match pb::UpdateFailureAction::try_from(c.failure_action) {
+            Ok(pb::UpdateFailureAction::Pause) => FailureAction::Pause,
+            Ok(pb::UpdateFailureAction::Continue) => FailureAction::Continue,
+            Ok(pb::UpdateFailureAction::Rollback) => FailureAction::Rollback,
+            Err(_) => {
+                return Err(ValidationError::new(
+                    format!("{field}-failure-action"),
+                    format!("unknown failure action {}", c.failure_action),
+                ))
+            }
+        },
+        monitor_ms: c.monitor_ms.unwrap_or(defaults.monitor_ms),
+        max_failure_ratio: c.max_failure_ratio,
+        order: match pb::UpdateOrder::try_from(c.order) {
+            Ok(pb::UpdateOrder::Auto) => None,
+            Ok(pb::UpdateOrder::StartFirst) => Some(UpdateOrder::StartFirst),
+            Ok(pb::UpdateOrder::StopFirst) => Some(UpdateOrder::StopFirst),
+            Err(_) => {
+                return Err(ValidationError::new(
+                    format!("{field}-order"),
+                    format!("unknown update order {}", c.order),
+                ))
+            }
+        },
+    })
+}
+
+fn update_status_to_pb(u: &UpdateStatus) -> pb::UpdateStatus {
+    pb::UpdateStatus {
+        state: u.state.as_str().into(),
+        spec_version: u.spec_version,
+        updated: u.updated,
+        total: u.total,
+        failures: u.failures,
+        message: u.message.clone(),
+        started_ms: u.started_ms,
+        completed_ms: u.completed_ms,
+        config: Some(update_config_to_pb(&u.config)),
+    }
+}
+
+fn update_status_from_pb(u: pb::UpdateStatus) -> Result<UpdateStatus, ValidationError> {
+    let state = [
+        UpdateState::Updating,
+        UpdateState::Paused,
+        UpdateState::Completed,
+        UpdateState::RollingBack,
+        UpdateState::RollbackPaused,
+        UpdateState::RollbackCompleted,
+    ]
+    .into_iter()
+    .find(|s| s.as_str() == u.state)
+    .ok_or_else(|| ValidationError::new("update_status", format!("unknown update state {:?}", u.state)))?;
+    let config = update_config_from_pb("update", u.config.unwrap_or_default())?;
+    let mut status = UpdateStatus::new(state, u.spec_version, config, u.started_ms, u.message);
+    status.updated = u.updated;
+    status.total = u.total;
+    status.failures = u.failures;
+    status.completed_ms = u.completed_ms;
+    Ok(status)
 }
 
 pub(super) fn port_to_pb(p: &PortConfig) -> pb::PortConfig {
@@ -319,6 +421,7 @@ pub fn service_to_pb(s: &Service, c: Counts) -> pb::Service {
             }),
         }),
         has_previous_spec: s.previous_spec.is_some(),
+        update_status: s.update_status.as_ref().map(update_status_to_pb),
     }
 }
 
@@ -359,6 +462,7 @@ pub fn service_from_pb(s: pb::Service) -> Result<(Service, Counts), ValidationEr
             dp_id: 0,
             canary,
             previous_spec: None,
+            update_status: s.update_status.map(update_status_from_pb).transpose()?,
         },
         counts,
     ))

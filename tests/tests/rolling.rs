@@ -1,0 +1,246 @@
+//! End-to-end tests of rolling updates on real containers: batches of
+//! `--update-parallelism` with `--update-delay`, progress in `service inspect` and
+//! in `service update`'s output, an automatic rollback when the new version fails
+//! its health check, and a manager failover in the middle of an update.
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use warren_tests::cluster::{text, warren_bin};
+use warren_tests::env::Env;
+
+const HEALTH: &[&str] = &[
+    "--health-cmd",
+    "wget -q -O /dev/null http://127.0.0.1/healthz",
+    "--health-interval",
+    "1s",
+    "--health-retries",
+    "1",
+];
+
+fn create(env: &Env, m: usize, name: &str, image: &str, extra: &[&str]) {
+    let mut args = vec!["service", "create", name, "--image", image, "--replicas", "6"];
+    args.extend_from_slice(HEALTH);
+    args.extend_from_slice(extra);
+    env.c.ok(m, &args);
+}
+
+/// Live tasks of `service`: meant to run and not finished.
+fn live(env: &Env, m: usize, service: &str) -> Vec<Value> {
+    const FINISHED: &[&str] = &["Complete", "Shutdown", "Failed", "Rejected", "Orphaned"];
+    env.c
+        .tasks(m, service)
+        .into_iter()
+        .filter(|t| t["desired_state"] == "Running")
+        .filter(|t| !FINISHED.iter().any(|s| t["status"]["state"] == *s))
+        .collect()
+}
+
+fn healthy(t: &Value) -> bool {
+    t["status"]["state"] == "Running" && t["status"]["health"] == "healthy"
+}
+
+fn wait_healthy(env: &Env, m: usize, service: &str, image: &str, n: usize) {
+    env.c.wait(
+        &format!("{n} healthy tasks of {service} on {image}"),
+        Duration::from_secs(90),
+        || {
+            let ts = live(env, m, service);
+            (ts.len() == n && ts.iter().all(|t| healthy(t) && t["spec"]["image"] == image)).then_some(())
+        },
+    );
+}
+
+fn update_status(env: &Env, m: usize, service: &str) -> Value {
+    let s: Value = env
+        .c
+        .json(m, &["service", "inspect", service, "--format", "json"])
+        .unwrap();
+    s["update_status"].clone()
+}
+
+/// `warren service update ...` running in the background, following the update.
+fn spawn_cli(env: &Env, m: usize, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(warren_bin())
+        .arg("-H")
+        .arg(format!("unix://{}", env.c.nodes[m].socket.display()))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running the warren CLI")
+}
+
+#[test]
+fn a_rolling_update_replaces_two_tasks_at_a_time_and_shows_its_progress() {
+    let mut env = Env::new();
+    let m1 = env.init("m1");
+    let v1 = env.image("warren-test/http");
+    let v2 = format!("{}/warren-test/http:2", env.registry);
+    create(&env, m1, "web", &v1, &[]);
+    wait_healthy(&env, m1, "web", &v1, 6);
+
+    let cli = spawn_cli(
+        &env,
+        m1,
+        &[
+            "service",
+            "update",
+            "web",
+            "--image",
+            &v2,
+            "--update-parallelism",
+            "2",
+            "--update-delay",
+            "1s",
+        ],
+    );
+    // While it runs: never more than one batch of new tasks short of healthy, never
+    // fewer than six healthy tasks (start-first), and inspect shows the progress.
+    let mut progress = BTreeSet::new();
+    let (mut max_starting, mut min_healthy) = (0, usize::MAX);
+    env.c.wait("the update to complete", Duration::from_secs(180), || {
+        let ts = live(&env, m1, "web");
+        let starting = ts
+            .iter()
+            .filter(|t| t["spec"]["image"] == v2.as_str() && !healthy(t))
+            .count();
+        max_starting = max_starting.max(starting);
+        min_healthy = min_healthy.min(ts.iter().filter(|t| healthy(t)).count());
+        let u = update_status(&env, m1, "web");
+        progress.insert(u["updated"].as_u64().unwrap_or(99));
+        (u["state"] == "Completed").then_some(())
+    });
+    let out = cli.wait_with_output().unwrap();
+    assert!(out.status.success(), "service update: {}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("web: completed: 6/6 updated"), "{stdout}");
+    assert!(max_starting <= 2, "{max_starting} new tasks were starting at once");
+    assert!(
+        progress.len() >= 3 && progress.contains(&6),
+        "updated counts seen: {progress:?}"
+    );
+    assert!(min_healthy >= 6, "only {min_healthy} healthy tasks during the update");
+    wait_healthy(&env, m1, "web", &v2, 6);
+    let inspect = env.c.ok(m1, &["service", "inspect", "web"]);
+    assert!(inspect.contains("Update:      completed, 6/6 updated"), "{inspect}");
+    assert!(
+        inspect.contains("UpdateConfig: parallelism 2, delay 1000ms"),
+        "{inspect}"
+    );
+
+    // --force redeploys the same spec: every task is replaced, as a rolling update.
+    let before: BTreeSet<String> = live(&env, m1, "web")
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    env.c.ok(m1, &["service", "update", "web", "--force"]);
+    wait_healthy(&env, m1, "web", &v2, 6);
+    let after: BTreeSet<String> = live(&env, m1, "web")
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(before.is_disjoint(&after), "{before:?} {after:?}");
+}
+
+#[test]
+fn a_failing_health_check_rolls_the_update_back_after_the_first_batch() {
+    let mut env = Env::new();
+    let m1 = env.init("m1");
+    let v1 = env.image("warren-test/http");
+    let v2 = format!("{}/warren-test/http:2", env.registry);
+    create(&env, m1, "web", &v1, &[]);
+    wait_healthy(&env, m1, "web", &v1, 6);
+    let before: BTreeSet<String> = live(&env, m1, "web")
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+
+    let err = env.c.fails(
+        m1,
+        &[
+            "service",
+            "update",
+            "web",
+            "--image",
+            &v2,
+            "--health-cmd",
+            "exit 1",
+            "--update-parallelism",
+            "2",
+            "--update-failure-action",
+            "rollback",
+        ],
+    );
+    assert!(err.contains("web: rolled back: "), "{err}");
+    assert!(err.contains("unhealthy"), "{err}");
+    let u = update_status(&env, m1, "web");
+    assert_eq!(u["state"], "RollbackCompleted", "{u}");
+    let s: Value = env
+        .c
+        .json(m1, &["service", "inspect", "web", "--format", "json"])
+        .unwrap();
+    assert_eq!(s["spec"]["image"], v1.as_str());
+    // Only the first batch ran the new version; the old tasks never stopped.
+    let new_slots: BTreeSet<u64> = env
+        .c
+        .tasks(m1, "web")
+        .iter()
+        .filter(|t| t["spec"]["image"] == v2.as_str())
+        .map(|t| t["slot"].as_u64().unwrap())
+        .collect();
+    assert_eq!(new_slots.len(), 2, "slots that ran the new version: {new_slots:?}");
+    wait_healthy(&env, m1, "web", &v1, 6);
+    let after: BTreeSet<String> = live(&env, m1, "web")
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn a_manager_failover_in_the_middle_of_an_update_resumes_it() {
+    let mut env = Env::new();
+    let m1 = env.init("m1");
+    let token = env.c.token(m1, "manager");
+    let m2 = env.join("m2", &token, m1);
+    let m3 = env.join("m3", &token, m1);
+    let v1 = env.image("warren-test/http");
+    let v2 = format!("{}/warren-test/http:2", env.registry);
+    create(&env, m1, "web", &v1, &[]);
+    wait_healthy(&env, m1, "web", &v1, 6);
+
+    env.c.ok(
+        m1,
+        &[
+            "service",
+            "update",
+            "web",
+            "--detach",
+            "--image",
+            &v2,
+            "--update-parallelism",
+            "1",
+            "--update-delay",
+            "2s",
+        ],
+    );
+    env.c.wait("the second slot updated", Duration::from_secs(90), || {
+        let u = update_status(&env, m1, "web");
+        (u["updated"].as_u64().unwrap_or(0) >= 2).then_some(())
+    });
+    let leader = env.c.leader();
+    env.c.nodes[leader].kill9();
+    let survivor = [m1, m2, m3].into_iter().find(|i| *i != leader).unwrap();
+    let u = update_status(&env, survivor, "web");
+    assert_eq!(u["state"], "Updating", "the update is in the replicated state: {u}");
+    env.c.wait(
+        "the new leader to complete the update",
+        Duration::from_secs(180),
+        || {
+            let u = update_status(&env, survivor, "web");
+            (u["state"] == "Completed").then_some(())
+        },
+    );
+    wait_healthy(&env, survivor, "web", &v2, 6);
+}
