@@ -75,7 +75,9 @@ fn swarm_create_syntax_and_container_flags_reach_the_container() {
     let env_file = env_file.to_str().unwrap();
 
     // 1. A `docker service create` line with the program name changed: --name, then
-    //    the image, then its command (here the arguments of --entrypoint).
+    //    the image, then its command (here the arguments of --entrypoint). The
+    //    command serves nothing, so the image's HTTP health check is turned off
+    //    (an update waits for its new task to be healthy).
     #[rustfmt::skip]
     let id = env.c.ok(m1, &[
         "service", "create", "--name", "web", "--entrypoint", "/bin/sh", "--hostname", "swarm-web",
@@ -83,7 +85,7 @@ fn swarm_create_syntax_and_container_flags_reach_the_container() {
         "--cap-add", "NET_ADMIN", "--cap-drop", "NET_RAW", "--ulimit", "nofile=1024:2048",
         "--sysctl", "net.core.somaxconn=512", "--limit-pids", "64", "--dns", "10.0.0.53",
         "--publish", "published=18080,target=80,mode=host", "--stop-grace-period", "2s",
-        &image, "-c", REPORT,
+        "--no-healthcheck", &image, "-c", REPORT,
     ]);
     assert_eq!(id.trim().len(), 25, "create prints the service ID: {id:?}");
     let task = running_task(&env, m1, "web", None);
