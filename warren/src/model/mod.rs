@@ -10,6 +10,7 @@ mod endpoints;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod ingress;
+mod manifest;
 mod node;
 mod parse;
 mod service;
@@ -21,6 +22,7 @@ pub use assignment::*;
 pub use cluster::*;
 pub use container::*;
 pub use endpoints::*;
+pub use manifest::*;
 pub use node::*;
 pub use parse::*;
 pub use service::*;
