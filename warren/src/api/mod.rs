@@ -1,7 +1,7 @@
 //! The gRPC surface of a manager: `WarrenApi` for clients (`server`, one line per
 //! call, handing each to its family: `services`, `nodes`, `secrets`, `cluster`),
 //! `Membership` for joining, and the calls answered by asking nodes
-//! (`node_proxy`). Conversions, authorization, the call layer and the status
+//! (`node_proxy`); reads are linearized in front of them (`reads`). Conversions, authorization, the call layer and the status
 //! mapping are the boundary floor's (`wire`); the state and its rules are the
 //! store's.
 
@@ -10,12 +10,23 @@ mod common;
 pub mod membership;
 pub mod node_proxy;
 mod nodes;
+pub mod reads;
 mod secrets;
 pub mod server;
 mod services;
 
 pub use membership::MembershipService;
 pub use server::ApiService;
+
+use crate::manager::ManagerCtx;
+use std::sync::Arc;
+use warren_proto::v1::warren_api_server::WarrenApiServer;
+
+/// The client API as every listener serves it: reads linearized (`reads`).
+pub fn client_api(ctx: Arc<ManagerCtx>) -> reads::Linearized<WarrenApiServer<ApiService>> {
+    let raft = ctx.raft.clone();
+    reads::Linearized::new(WarrenApiServer::new(ApiService::new(ctx)), raft)
+}
 
 #[cfg(test)]
 mod tests;

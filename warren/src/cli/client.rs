@@ -53,11 +53,28 @@ pub async fn connect(host: &str, tls_dir: &Path) -> Result<Client> {
     Ok(WarrenApiClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
+/// Set once a manager answered a read from a state it could not confirm as
+/// current (no quorum): the command's output says so (`render::json`, `stale_note`).
+static STALE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether any answer this command printed may be stale.
+pub fn stale() -> bool {
+    STALE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Awaits one API call: its message, or its error as the user should see it.
 pub async fn call<T>(
     answer: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T> {
-    answer.await.map(tonic::Response::into_inner).map_err(status_error)
+    let resp = answer.await.map_err(status_error)?;
+    if resp
+        .metadata()
+        .get(crate::api::reads::STALE_HEADER)
+        .is_some_and(|v| v == "true")
+    {
+        STALE.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(resp.into_inner())
 }
 
 /// Turns a gRPC error into the one line the user should see. An error about a spec

@@ -35,7 +35,11 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    if client::stale() {
+        render::error_line(render::STALE_NOTE);
+    }
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // Whoever read the output has what they wanted (`| head -1`).
         Err(e) if e.is::<render::StdoutClosed>() => std::process::ExitCode::SUCCESS,

@@ -13,7 +13,7 @@ use super::options::Ready;
 use super::serve::{self, Routes};
 use super::session;
 use crate::agent::{self, executor, node_service, EndpointsListener};
-use crate::api::{ApiService, MembershipService};
+use crate::api::MembershipService;
 use crate::config::NodeConfig;
 use crate::manager::{self, dispatcher::DispatcherService};
 use crate::network::{NetlinkNetwork, NetworkManager};
@@ -93,9 +93,7 @@ impl App {
         match manager {
             Some(Manager { raft, ctx, socket }) => {
                 let routes = grpc
-                    .add_service(pb::warren_api_server::WarrenApiServer::new(ApiService::new(
-                        ctx.clone(),
-                    )))
+                    .add_service(crate::api::client_api(ctx.clone()))
                     .add_service(pb::membership_server::MembershipServer::new(MembershipService::new(
                         ctx.clone(),
                     )))
@@ -115,9 +113,7 @@ impl App {
                 }
                 // Served only now: a client of the local socket never sees a cluster
                 // before its first entry (it waits in the socket's backlog meanwhile).
-                let local = serve::grpc(&metrics).add_service(pb::warren_api_server::WarrenApiServer::new(
-                    ApiService::new(ctx.clone()),
-                ));
+                let local = serve::grpc(&metrics).add_service(crate::api::client_api(ctx.clone()));
                 let incoming = tokio_stream::wrappers::UnixListenerStream::new(socket);
                 serve::serve(&mut running.servers, "local socket", local, incoming, stopping.clone());
                 tokio::spawn(manager::run_leader_duties(ctx));

@@ -81,6 +81,33 @@ enum ForwardError {
     Status(#[from] tonic::Status),
 }
 
+/// What the leader answers a follower's request for a read index.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum ReadIndexReply {
+    /// Every write acknowledged before the request is at or below this index.
+    Index(u64),
+    NotLeader,
+    Failed(String),
+}
+
+/// How long a member goes without a leader, or a leader without hearing from a
+/// majority, before it says the quorum is lost. An election after a leader's death
+/// takes 0.7-1.2 s here (lease, then one election timeout); a longer gap is a
+/// partition or a majority down, and writes then fail at once instead of waiting
+/// out the write timeout.
+const QUORUM_GRACE: Duration = Duration::from_millis(1500);
+
+/// How long a read waits for the leader to confirm the read index before it is
+/// served from the local state, marked stale.
+const READ_CONFIRM: Duration = Duration::from_secs(1);
+
+/// When the leader last changed, and to what: the clock of `QUORUM_GRACE`.
+#[derive(Clone, Copy)]
+struct LeaderClock {
+    leader: Option<u64>,
+    since: Instant,
+}
+
 /// What the leader answers a forwarded write.
 #[derive(Serialize, Deserialize)]
 pub(crate) enum ForwardReply {
@@ -96,6 +123,7 @@ pub struct RaftNode {
     peers: Peers,
     tuning: RaftTuning,
     leader: watch::Receiver<Option<u64>>,
+    clock: Arc<std::sync::Mutex<LeaderClock>>,
 }
 
 impl RaftNode {
@@ -135,8 +163,13 @@ impl RaftNode {
         let raft = Raft::new(id, Arc::new(config), peers.clone(), log, sm)
             .await
             .map_err(|e| StartError::Fatal(Box::new(e)))?;
+        let clock = Arc::new(std::sync::Mutex::new(LeaderClock {
+            leader: None,
+            since: Instant::now(),
+        }));
         Ok(Arc::new(RaftNode {
-            leader: follow_leader(&raft),
+            leader: follow_leader(&raft, clock.clone()),
+            clock,
             raft,
             id,
             store,
@@ -185,7 +218,11 @@ impl RaftNode {
                     WriteError::Timeout(self.tuning.write_timeout)
                 });
             }
-            let attempt = tokio::time::timeout(remaining, self.raft.client_write(cmd.clone())).await;
+            self.quorum()?;
+            let attempt = tokio::select! {
+                a = tokio::time::timeout(remaining, self.raft.client_write(cmd.clone())) => a,
+                e = self.quorum_lost() => return Err(e),
+            };
             match attempt {
                 Err(_) => return Err(WriteError::Timeout(self.tuning.write_timeout)),
                 Ok(Ok(resp)) => return resp.data.into_result().map_err(WriteError::Apply),
@@ -226,7 +263,14 @@ impl RaftNode {
 
     /// Leader side of a forwarded write.
     pub(crate) async fn handle_forward(&self, cmd: Command) -> ForwardReply {
-        match tokio::time::timeout(self.tuning.write_timeout, self.raft.client_write(cmd)).await {
+        if let Err(e) = self.quorum() {
+            return ForwardReply::Failed(e.to_string());
+        }
+        let attempt = tokio::select! {
+            a = tokio::time::timeout(self.tuning.write_timeout, self.raft.client_write(cmd)) => a,
+            e = self.quorum_lost() => return ForwardReply::Failed(e.to_string()),
+        };
+        match attempt {
             Err(_) => ForwardReply::Failed(format!(
                 "the write was not committed within {:?}: is a majority of managers up?",
                 self.tuning.write_timeout
@@ -237,6 +281,114 @@ impl RaftNode {
             },
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => ForwardReply::NotLeader,
             Ok(Err(e)) => ForwardReply::Failed(e.to_string()),
+        }
+    }
+
+    /// Whether this member can still expect a write to commit: a follower trusts
+    /// the leader it follows (the leader answers for its own quorum); a leader needs
+    /// an acknowledgement from a majority within `QUORUM_GRACE`; a member without a
+    /// leader gets `QUORUM_GRACE` for an election.
+    fn quorum(&self) -> Result<(), WriteError> {
+        let m = self.raft.metrics().borrow().clone();
+        let voters = m.membership_config.membership().voter_ids().count();
+        if voters <= 1 && m.current_leader == Some(self.id) {
+            return Ok(());
+        }
+        let clock = *self.clock.lock().unwrap_or_else(|p| p.into_inner());
+        let lost = match m.current_leader {
+            Some(l) if l == self.id => match m.millis_since_quorum_ack {
+                Some(ms) => Duration::from_millis(ms) > QUORUM_GRACE,
+                // Not acknowledged yet since it was elected.
+                None => clock.leader == Some(self.id) && clock.since.elapsed() > QUORUM_GRACE,
+            },
+            Some(_) => false,
+            None => clock.leader.is_none() && clock.since.elapsed() > QUORUM_GRACE,
+        };
+        if lost {
+            Err(WriteError::NoQuorum {
+                voters: voters.max(1),
+                needed: voters / 2 + 1,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Resolves when `quorum` fails: races a write that would otherwise wait out
+    /// its timeout.
+    async fn quorum_lost(&self) -> WriteError {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Err(e) = self.quorum() {
+                return e;
+            }
+        }
+    }
+
+    /// A linearizable read point: the leader confirms its leadership with a
+    /// majority (openraft's read index); a follower asks the leader for that index
+    /// and waits until it has applied it.
+    pub async fn linearize(&self) -> Result<(), WriteError> {
+        self.quorum()?;
+        let deadline = Instant::now() + READ_CONFIRM;
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader.ok_or(WriteError::NoLeader)?;
+        let index = if leader == self.id {
+            self.read_index().await?
+        } else {
+            let addr = m
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.addr.clone())
+                .ok_or(WriteError::NoLeader)?;
+            let mut client = self
+                .peers
+                .raft_client(&addr)
+                .map_err(|e| WriteError::Raft(format!("asking the leader for a read index: {e}")))?;
+            let mut req = tonic::Request::new(RaftPayload { data: Vec::new() });
+            req.set_timeout(READ_CONFIRM);
+            let reply = client
+                .read_index(req)
+                .await
+                .map_err(|e| WriteError::Raft(format!("asking the leader for a read index: {}", e.message())))?;
+            match serde_json::from_slice(&reply.into_inner().data) {
+                Ok(ReadIndexReply::Index(i)) => i,
+                Ok(ReadIndexReply::NotLeader) => return Err(WriteError::NoLeader),
+                Ok(ReadIndexReply::Failed(e)) => return Err(WriteError::Raft(e)),
+                Err(e) => return Err(WriteError::Raft(format!("decoding the leader's read index: {e}"))),
+            }
+        };
+        if !self
+            .store
+            .wait_applied(index, deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
+            return Err(WriteError::Timeout(READ_CONFIRM));
+        }
+        Ok(())
+    }
+
+    /// Leader only: confirms leadership with a majority and returns the index a
+    /// linearizable read must see applied.
+    async fn read_index(&self) -> Result<u64, WriteError> {
+        match tokio::time::timeout(READ_CONFIRM, self.raft.get_read_log_id()).await {
+            Err(_) => Err(WriteError::Timeout(READ_CONFIRM)),
+            Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index)),
+            Ok(Err(RaftError::APIError(_))) => Err(WriteError::NoLeader),
+            Ok(Err(RaftError::Fatal(e))) => Err(WriteError::Raft(e.to_string())),
+        }
+    }
+
+    /// Leader side of a follower's read index request.
+    pub(crate) async fn handle_read_index(&self) -> ReadIndexReply {
+        if let Err(e) = self.quorum() {
+            return ReadIndexReply::Failed(e.to_string());
+        }
+        match self.read_index().await {
+            Ok(i) => ReadIndexReply::Index(i),
+            Err(WriteError::NoLeader) => ReadIndexReply::NotLeader,
+            Err(e) => ReadIndexReply::Failed(e.to_string()),
         }
     }
 
@@ -287,13 +439,24 @@ impl RaftNode {
 
 /// A watch of the leader's ID alone, fed from openraft's metrics (which change with
 /// every applied entry), so that waiters wake only when leadership moves.
-fn follow_leader(raft: &Raft) -> watch::Receiver<Option<u64>> {
+fn follow_leader(raft: &Raft, clock: Arc<std::sync::Mutex<LeaderClock>>) -> watch::Receiver<Option<u64>> {
     let mut metrics = raft.metrics();
     let (tx, rx) = watch::channel(metrics.borrow().current_leader);
+    let tick = move |leader: Option<u64>| {
+        let mut c = clock.lock().unwrap_or_else(|p| p.into_inner());
+        if c.leader != leader {
+            *c = LeaderClock {
+                leader,
+                since: Instant::now(),
+            };
+        }
+    };
+    tick(*rx.borrow());
     tokio::spawn(async move {
         // Ends when Raft shuts down (its metrics sender goes) or nobody watches.
         while metrics.changed().await.is_ok() {
             let leader = metrics.borrow_and_update().current_leader;
+            tick(leader);
             tx.send_if_modified(|l| std::mem::replace(l, leader) != leader);
             if tx.is_closed() {
                 return;
@@ -336,6 +499,10 @@ impl Proposer for RaftNode {
 
     fn leadership(&self) -> watch::Receiver<Option<u64>> {
         self.leader.clone()
+    }
+
+    async fn linearize(&self) -> Result<(), WriteError> {
+        RaftNode::linearize(self).await
     }
 
     async fn add_voter(&self, id: u64, addr: &str) -> Result<(), WriteError> {

@@ -1,6 +1,7 @@
 //! The server side of `warren.v1.Raft`: decodes openraft messages from other
 //! managers and hands them to the local Raft member; `Forward` applies a
-//! follower's write when this member leads. Only managers get here: the call layer
+//! follower's write when this member leads, and `ReadIndex` confirms a read
+//! point for a follower's linearizable read. Only managers get here: the call layer
 //! (`wire::calls`) refuses every other caller.
 
 use super::node::RaftNode;
@@ -52,5 +53,9 @@ impl RaftRpc for RaftService {
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let cmd: Command = decode(req)?;
         encode(&self.node.handle_forward(cmd).await)
+    }
+
+    async fn read_index(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        encode(&self.node.handle_read_index().await)
     }
 }

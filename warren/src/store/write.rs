@@ -18,6 +18,11 @@ pub enum WriteError {
     NoLeader,
     #[error("the write was not committed within {0:?}: is a majority of managers up?")]
     Timeout(Duration),
+    /// This manager cannot reach a majority of the voters: a write cannot commit
+    /// and a read cannot be confirmed as current. Said at once rather than after the
+    /// write timeout, so that a client on the minority side of a partition knows.
+    #[error("no quorum: fewer than {needed} of the {voters} managers are reachable from this one, so the write was not committed (the cluster changes only while a majority of its managers is up)")]
+    NoQuorum { voters: usize, needed: usize },
     #[error("raft: {0}")]
     Raft(String),
 }
@@ -64,6 +69,13 @@ pub trait Proposer: Send + Sync {
     async fn propose(&self, cmd: Command) -> Result<(), WriteError>;
 
     fn status(&self) -> RaftStatus;
+
+    /// Returns once this member's state includes every write acknowledged before
+    /// the call (a linearizable read point), or says why it cannot tell. A reader
+    /// that gets an error may still read the local state, knowing it may be stale.
+    async fn linearize(&self) -> Result<(), WriteError> {
+        Ok(())
+    }
 
     /// Changes whenever the leader does; the value is the leader's Raft ID.
     fn leadership(&self) -> watch::Receiver<Option<u64>>;

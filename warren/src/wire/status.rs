@@ -16,7 +16,9 @@ pub const FIELD_KEY: &str = "warren-field";
 pub fn write_status(e: WriteError) -> Status {
     match e {
         WriteError::Apply(a) => apply_status(a),
-        WriteError::NoLeader | WriteError::Timeout(_) => Status::unavailable(e.to_string()),
+        WriteError::NoLeader | WriteError::Timeout(_) | WriteError::NoQuorum { .. } => {
+            Status::unavailable(e.to_string())
+        }
         WriteError::Raft(_) => Status::internal(e.to_string()),
     }
 }

@@ -92,10 +92,30 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     text
 }
 
-/// Pretty JSON and a line break, as `--format json` prints it.
+/// Pretty JSON and a line break, as `--format json` prints it. Read from a
+/// manager without quorum, every object (or every object of a list) carries
+/// `"stale": true`.
 pub fn json<T: Serialize>(v: &T) -> anyhow::Result<String> {
-    Ok(format!("{}\n", serde_json::to_string_pretty(v)?))
+    let mut value = serde_json::to_value(v)?;
+    if crate::cli::client::stale() {
+        mark_stale(&mut value);
+    }
+    Ok(format!("{}\n", serde_json::to_string_pretty(&value)?))
 }
+
+fn mark_stale(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(o) => {
+            o.insert("stale".into(), serde_json::Value::Bool(true));
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(mark_stale),
+        _ => {}
+    }
+}
+
+/// What a command that printed a possibly stale answer adds on standard error.
+pub const STALE_NOTE: &str =
+    "note: no quorum of managers answered; this is the state as this manager last knew it and may be stale";
 
 /// "5 seconds ago", "3 minutes ago", ...
 pub fn ago(ms: i64) -> String {
