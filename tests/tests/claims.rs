@@ -472,6 +472,20 @@ fn node_rm_of_a_down_node_and_manager_token_rotation() {
         .collect();
     assert_eq!(names, vec!["m1"], "{nodes}");
 
+    // 1b. The removed node's certificate is refused from now on: restarted, it
+    //     cannot open a session, and it does not come back.
+    let mark = c.nodes[w1].log_mark();
+    c.restart(w1);
+    wait_for("the removed node to be refused", Duration::from_secs(30), || {
+        c.nodes[w1]
+            .log_since(mark)
+            .contains("was removed from the cluster")
+            .then_some(())
+    });
+    let nodes = c.json(m1, &["node", "ls", "--format", "json"]).unwrap();
+    assert_eq!(nodes.as_array().map(Vec::len), Some(1), "{nodes}");
+    c.nodes[w1].kill9();
+
     // 2. Rotating the manager token: the old one is refused, the new one joins.
     let old = c.token(m1, "manager");
     let out = c.ok(m1, &["cluster", "join-token", "manager", "--rotate", "-q"]);

@@ -238,6 +238,24 @@ fn joining_takes_a_valid_token_and_the_api_a_cluster_certificate() {
     let fresh = c.token(m1, "worker");
     assert_ne!(fresh, worker_token);
     c.join("w2", &fresh, m1, &[]);
+
+    // 5b. A token issued with an expiry works until then and is refused after,
+    //     naming the expiry; issuing it replaced the previous token.
+    let out = c.ok(m1, &["cluster", "join-token", "worker", "--expire", "24h"]);
+    assert!(out.contains("expires at"), "{out}");
+    let issued = std::time::Instant::now();
+    let short = c.ok(m1, &["cluster", "join-token", "worker", "--expire", "2s", "-q"]);
+    let short = short.trim().to_string();
+    let out = c.join_expect_failure("bad5", &fresh, m1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rotated"));
+    // The expiry is a point in time: wait until it has passed.
+    std::thread::sleep(Duration::from_millis(2200).saturating_sub(issued.elapsed()));
+    let out = c.join_expect_failure("bad6", &short, m1);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("join token expired"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    let err = c.fails(m1, &["cluster", "join-token", "worker", "--expire", "0s"]);
+    assert!(err.contains("--expire"), "{err}");
     let names: Vec<String> = c
         .json(m1, &["node", "ls", "--format", "json"])
         .unwrap()

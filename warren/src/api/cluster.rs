@@ -16,12 +16,17 @@ pub(super) type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status
 
 pub(super) async fn join_token(ctx: &ManagerCtx, req: pb::GetJoinTokenRequest) -> Result<pb::JoinToken, Status> {
     let role = convert::role_from_pb(req.role);
-    if req.rotate {
+    if req.rotate || req.expire_ms > 0 {
+        let expires_ms = match req.expire_ms {
+            0 => 0,
+            d => now_ms().saturating_add(i64::try_from(d).unwrap_or(i64::MAX)),
+        };
         write(
             ctx,
             Command::RotateJoinToken {
                 role,
                 secret: crate::pki::new_token_secret(),
+                expires_ms,
             },
         )
         .await?;
@@ -30,6 +35,10 @@ pub(super) async fn join_token(ctx: &ManagerCtx, req: pb::GetJoinTokenRequest) -
         .store
         .read(|s| s.meta.clone())
         .ok_or_else(|| Status::unavailable("the cluster is not initialized yet"))?;
+    let expires_ms = match role {
+        NodeRole::Worker => meta.worker_token_expires_ms,
+        NodeRole::Manager => meta.manager_token_expires_ms,
+    };
     let token = JoinToken {
         ca_digest: crate::pki::ca_digest(&meta.ca_cert_pem).map_err(|e| Status::internal(e.to_string()))?,
         secret: match role {
@@ -41,6 +50,7 @@ pub(super) async fn join_token(ctx: &ManagerCtx, req: pb::GetJoinTokenRequest) -
         role: convert::role_to_pb(role) as i32,
         token: token.to_string(),
         managers: ctx.manager_addrs(),
+        expires_ms,
     })
 }
 

@@ -24,6 +24,16 @@ impl MembershipService {
     }
 }
 
+/// "3 s ago", "2 h ago".
+fn expired_ago(expires_ms: i64) -> String {
+    let secs = (crate::model::now_ms() - expires_ms).max(0) / 1000;
+    match secs {
+        0..=119 => format!("{secs} s ago"),
+        120..=7199 => format!("{} min ago", secs / 60),
+        _ => format!("{} h ago", secs / 3600),
+    }
+}
+
 fn ct_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -44,15 +54,23 @@ impl pb::membership_server::Membership for MembershipService {
                 "the join token was issued by another cluster (its CA digest does not match)",
             ));
         }
-        let role = if ct_eq(&token.secret, &meta.manager_token_secret) {
-            NodeRole::Manager
+        let (role, expires_ms) = if ct_eq(&token.secret, &meta.manager_token_secret) {
+            (NodeRole::Manager, meta.manager_token_expires_ms)
         } else if ct_eq(&token.secret, &meta.worker_token_secret) {
-            NodeRole::Worker
+            (NodeRole::Worker, meta.worker_token_expires_ms)
         } else {
             return Err(Status::permission_denied(
                 "invalid join token: it was rotated, or never issued by this cluster; get a current one with `warren cluster join-token worker|manager`",
             ));
         };
+        if expires_ms > 0 && crate::model::now_ms() >= expires_ms {
+            return Err(Status::permission_denied(format!(
+                "the {} join token expired {}; get a new one with `warren cluster join-token {} --rotate`",
+                role.as_str(),
+                expired_ago(expires_ms),
+                role.as_str()
+            )));
+        }
         validate_name("node-name", &req.node_name).map_err(invalid)?;
         req.advertise_addr.parse::<std::net::SocketAddr>().map_err(|_| {
             invalid(ValidationError::new(

@@ -220,6 +220,10 @@ pub enum ClusterCmd {
         /// Replace the token; the old one stops working.
         #[arg(long)]
         rotate: bool,
+        /// Issue a new token that stops working after this long (`24h`, `30m`);
+        /// the old one stops working at once.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expire: Option<std::time::Duration>,
         /// Print the token only.
         #[arg(short, long)]
         quiet: bool,

@@ -10,7 +10,17 @@ use crate::wire::convert;
 use anyhow::Result;
 use warren_proto::v1 as pb;
 
-pub async fn join_token(c: &mut Client, role: RoleArg, rotate: bool, quiet: bool) -> Result<()> {
+pub async fn join_token(
+    c: &mut Client,
+    role: RoleArg,
+    rotate: bool,
+    expire: Option<std::time::Duration>,
+    quiet: bool,
+) -> Result<()> {
+    if expire.is_some_and(|d| d.is_zero()) {
+        anyhow::bail!("--expire: must be longer than 0s");
+    }
+    let rotate = rotate || expire.is_some();
     let role = match role {
         RoleArg::Worker => NodeRole::Worker,
         RoleArg::Manager => NodeRole::Manager,
@@ -18,6 +28,7 @@ pub async fn join_token(c: &mut Client, role: RoleArg, rotate: bool, quiet: bool
     let t = call(c.get_join_token(pb::GetJoinTokenRequest {
         role: convert::role_to_pb(role) as i32,
         rotate,
+        expire_ms: expire.map_or(0, |d| d.as_millis().min(u64::MAX as u128) as u64),
     }))
     .await?;
     if quiet {
@@ -31,6 +42,13 @@ pub async fn join_token(c: &mut Client, role: RoleArg, rotate: bool, quiet: bool
         "To add a {} to this cluster, run the following command:\n\n",
         role.as_str()
     ));
+    if t.expires_ms > 0 {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.expires_ms as u64);
+        text.push_str(&format!(
+            "The token expires at {} UTC.\n\n",
+            humantime::format_rfc3339_seconds(at)
+        ));
+    }
     let manager = t.managers.first().cloned().unwrap_or_else(|| "MANAGER_IP:2377".into());
     text.push_str(&format!("    warren cluster join --token {} {manager}\n\n", t.token));
     emit(&text)

@@ -251,9 +251,12 @@ fn streams(cmd: &Command) -> bool {
 /// One client command, by its noun.
 async fn client_command(c: &mut client::Client, cmd: Command) -> Result<()> {
     match cmd {
-        Command::Cluster(ClusterCmd::JoinToken { role, rotate, quiet }) => {
-            cluster::join_token(c, role, rotate, quiet).await
-        }
+        Command::Cluster(ClusterCmd::JoinToken {
+            role,
+            rotate,
+            expire,
+            quiet,
+        }) => cluster::join_token(c, role, rotate, expire, quiet).await,
         Command::Cluster(ClusterCmd::Info { format }) => cluster::info(c, format).await,
         Command::Service(s) => service::run(c, *s).await,
         Command::Node(n) => node::run(c, n).await,

@@ -144,6 +144,7 @@ pub(super) fn init(opts: &DaemonOptions, pod_cidr: &str, service_cidr: &str) -> 
         manager_token_secret: pki::new_token_secret(),
         pod_cidr: pod_cidr.to_string(),
         service_cidr: service_cidr.to_string(),
+        ..Default::default()
     };
     let node = Node {
         id: node_id.clone(),

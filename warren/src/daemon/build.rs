@@ -86,7 +86,8 @@ impl Config {
             NodeRole::Worker => None,
         };
         let cluster_port = serve::bind_tcp(cfg.listen_addr).await?;
-        let grpc = serve::grpc(&metrics).tls_config(boot.creds.server_tls())?;
+        let revoked = manager.as_ref().map(|m| serve::revocations(m.ctx.store.clone()));
+        let grpc = serve::grpc(&metrics, revoked).tls_config(boot.creds.server_tls())?;
         Ok(App {
             cfg,
             data_dir,

@@ -5,7 +5,7 @@
 
 use super::error::DaemonError;
 use crate::metrics::Metrics;
-use crate::wire::calls::CallLayer;
+use crate::wire::calls::{CallLayer, Revoked};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -22,11 +22,27 @@ pub(super) type Routes = Router<Stack<CallLayer, Identity>>;
 
 /// The one way the daemon builds a gRPC server: no service is ever served
 /// without the call layer in front of it.
-pub(super) fn grpc(metrics: &Metrics) -> Grpc {
+/// `revoked`: on a manager's cluster port, the replicated list of removed nodes.
+pub(super) fn grpc(metrics: &Metrics, revoked: Option<Revoked>) -> Grpc {
+    let mut layer = CallLayer::new(metrics.api_duration.clone());
+    if let Some(r) = revoked {
+        layer = layer.with_revocations(r);
+    }
     Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
-        .layer(CallLayer::new(metrics.api_duration.clone()))
+        .layer(layer)
+}
+
+/// The removed nodes of `store`'s cluster, as the call layer asks.
+pub(super) fn revocations(store: std::sync::Arc<crate::store::Store>) -> Revoked {
+    std::sync::Arc::new(move |node_id: &str| {
+        store.read(|s| {
+            s.meta
+                .as_ref()
+                .is_some_and(|m| m.removed_nodes.iter().any(|r| r == node_id))
+        })
+    })
 }
 
 pub(super) async fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener, DaemonError> {

@@ -113,7 +113,7 @@ impl App {
                 }
                 // Served only now: a client of the local socket never sees a cluster
                 // before its first entry (it waits in the socket's backlog meanwhile).
-                let local = serve::grpc(&metrics).add_service(crate::api::client_api(ctx.clone()));
+                let local = serve::grpc(&metrics, None).add_service(crate::api::client_api(ctx.clone()));
                 let incoming = tokio_stream::wrappers::UnixListenerStream::new(socket);
                 serve::serve(&mut running.servers, "local socket", local, incoming, stopping.clone());
                 tokio::spawn(manager::run_leader_duties(ctx));

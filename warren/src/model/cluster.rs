@@ -19,6 +19,16 @@ pub struct ClusterMeta {
     /// Where services' virtual IPs come from (`--service-cidr`).
     #[serde(default = "default_service_cidr")]
     pub service_cidr: String,
+    /// When each join token stops working (Unix ms); 0: never
+    /// (`cluster join-token ROLE --expire D`).
+    #[serde(default)]
+    pub worker_token_expires_ms: i64,
+    #[serde(default)]
+    pub manager_token_expires_ms: i64,
+    /// Nodes removed with `node rm`: their certificates are refused on every
+    /// manager's port from then on (a revocation list, replicated).
+    #[serde(default)]
+    pub removed_nodes: Vec<String>,
 }
 
 pub fn default_service_cidr() -> String {

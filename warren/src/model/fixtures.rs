@@ -120,5 +120,6 @@ pub fn meta() -> ClusterMeta {
         manager_token_secret: "m".repeat(25),
         pod_cidr: "10.88.0.0/16".into(),
         service_cidr: "10.96.0.0/16".into(),
+        ..Default::default()
     }
 }

@@ -51,6 +51,9 @@ pub enum Command {
     RotateJoinToken {
         role: NodeRole,
         secret: String,
+        /// Unix ms after which the new token is refused; 0: never.
+        #[serde(default)]
+        expires_ms: i64,
     },
 
     /// A node joined with a valid token.

@@ -1,7 +1,8 @@
 //! The one wrapper around every gRPC call a node serves (`WarrenApi`, `Membership`,
 //! `Dispatcher`, `NodeAgent`, `Raft`, on the cluster port and the local socket): a
 //! tower layer that authorizes the caller by the method's `auth::policy`, hands the
-//! `Caller` to the handler, and records the call's duration and status code in
+//! `Caller` to the handler, refuses a certificate of a node removed from the
+//! cluster (on managers, which hold the replicated revocation list), and records the call's duration and status code in
 //! `warren_api_request_duration_seconds{method, code}` — refused calls included.
 //! Client API methods keep their bare names as the `method` label (`CreateService`);
 //! the other services' are prefixed (`Raft.AppendEntries`), since `LoadImage` is
@@ -11,21 +12,35 @@
 use super::auth;
 use futures::future::BoxFuture;
 use prometheus::HistogramVec;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tonic::Code;
 use tower::{Layer, Service};
 
+/// Whether a node ID was removed from the cluster (its certificate revoked).
+pub type Revoked = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// The layer for `tonic::transport::Server::builder().layer(..)`.
 #[derive(Clone)]
 pub struct CallLayer {
     durations: HistogramVec,
+    revoked: Option<Revoked>,
 }
 
 impl CallLayer {
     /// `durations` is labelled `[method, code]`.
     pub fn new(durations: HistogramVec) -> CallLayer {
-        CallLayer { durations }
+        CallLayer {
+            durations,
+            revoked: None,
+        }
+    }
+
+    /// Refuses callers whose node ID `revoked` names.
+    pub fn with_revocations(mut self, revoked: Revoked) -> CallLayer {
+        self.revoked = Some(revoked);
+        self
     }
 }
 
@@ -36,6 +51,7 @@ impl<S> Layer<S> for CallLayer {
         Calls {
             inner,
             durations: self.durations.clone(),
+            revoked: self.revoked.clone(),
         }
     }
 }
@@ -44,6 +60,7 @@ impl<S> Layer<S> for CallLayer {
 pub struct Calls<S> {
     inner: S,
     durations: HistogramVec,
+    revoked: Option<Revoked>,
 }
 
 /// The `method` label of a gRPC path.
@@ -91,7 +108,14 @@ where
                 .with_label_values(&[method.as_str(), &format!("{code:?}")])
                 .observe(started.elapsed().as_secs_f64());
         };
-        if let Err(status) = auth::authorize(auth::policy(path), &caller) {
+        let refused = match (&caller, &self.revoked) {
+            (auth::Caller::Node(id), Some(revoked)) if revoked(&id.node_id) => Err(tonic::Status::permission_denied(format!(
+                "node {} was removed from the cluster (`warren node rm`): its certificate is no longer accepted; join again with a current token",
+                id.node_id
+            ))),
+            _ => auth::authorize(auth::policy(path), &caller),
+        };
+        if let Err(status) = refused {
             tracing::debug!(path = %path, caller = ?caller, reason = %status.message(), "call refused");
             observe(status.code());
             return Box::pin(async move { Ok(status.into_http()) });

@@ -28,6 +28,7 @@ impl State {
         &mut self,
         role: NodeRole,
         secret: &str,
+        expires_ms: i64,
         changes: &mut Vec<Change>,
     ) -> Result<(), ApplyError> {
         let meta = self
@@ -35,8 +36,14 @@ impl State {
             .as_mut()
             .ok_or_else(|| ApplyError::Invalid("the cluster is not initialized".into()))?;
         match role {
-            NodeRole::Worker => meta.worker_token_secret = secret.to_string(),
-            NodeRole::Manager => meta.manager_token_secret = secret.to_string(),
+            NodeRole::Worker => {
+                meta.worker_token_secret = secret.to_string();
+                meta.worker_token_expires_ms = expires_ms;
+            }
+            NodeRole::Manager => {
+                meta.manager_token_secret = secret.to_string();
+                meta.manager_token_expires_ms = expires_ms;
+            }
         }
         changes.push(change(ObjectKind::Cluster, Action::Updated, &meta.cluster_id, ""));
         Ok(())

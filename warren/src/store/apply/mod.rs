@@ -23,7 +23,11 @@ impl State {
     pub fn apply(&mut self, cmd: &Command, changes: &mut Vec<Change>) -> Result<(), ApplyError> {
         match cmd {
             Command::Bootstrap { meta, node } => self.bootstrap(meta, node, changes),
-            Command::RotateJoinToken { role, secret } => self.rotate_join_token(*role, secret, changes),
+            Command::RotateJoinToken {
+                role,
+                secret,
+                expires_ms,
+            } => self.rotate_join_token(*role, secret, *expires_ms, changes),
 
             Command::AddNode { node } => self.add_node(node, changes),
             Command::NodeHello {

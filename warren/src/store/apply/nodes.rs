@@ -96,6 +96,12 @@ impl State {
             .remove(id)
             .ok_or_else(|| ApplyError::not_found(ObjectKind::Node, id))?;
         changes.push(change(ObjectKind::Node, Action::Removed, id, &node.name));
+        if let Some(meta) = self.meta.as_mut() {
+            if !meta.removed_nodes.iter().any(|r| r == id) {
+                meta.removed_nodes.push(id.to_string());
+                changes.push(change(ObjectKind::Cluster, Action::Updated, &meta.cluster_id, ""));
+            }
+        }
         for t in self.tasks.values_mut() {
             if t.node_id.as_deref() == Some(id) && !t.status.state.is_terminal() {
                 t.status.state = TaskState::Orphaned;
@@ -177,6 +183,8 @@ mod tests {
         assert!(err.to_string().contains("no free /24 left"), "{err}");
         assert!(!s.nodes.contains_key("n3"));
         s.apply(&Command::RemoveNode { id: "n1".into() }, &mut ch).unwrap();
+        // Its certificate is revoked: the list every manager's call layer consults.
+        assert_eq!(s.meta.as_ref().unwrap().removed_nodes, vec!["n1".to_string()]);
         s.apply(
             &Command::AddNode {
                 node: node("n3", "three"),
