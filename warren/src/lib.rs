@@ -10,6 +10,8 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod dns;
+#[cfg(test)]
+mod fuzz;
 pub mod ingress;
 pub mod leave;
 pub mod manager;
