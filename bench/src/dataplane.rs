@@ -314,6 +314,7 @@ fn warren_service(id: u32, name: &str, vip: Option<Ipv4Addr>, backends: &[Ipv4Ad
                 addr,
                 group: BackendGroup::Stable,
                 local: true,
+                draining: false,
             })
             .collect(),
         canary_weight: 0,

@@ -249,6 +249,8 @@ const HTTP_MAIN: &str = "#!/bin/sh\n\
 echo \"warren-test/http: serving $(hostname) on port ${PORT:-80}\"\n\
 exec httpd -f -v -p \"${PORT:-80}\" -h /www\n";
 const HTTP_INDEX: &str = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\nhostname\n";
+/// A long request: answers after 3 s (drain tests).
+const HTTP_SLOW: &str = "#!/bin/sh\nsleep 3\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\nhostname\n";
 const ECHO_MAIN: &str = "#!/bin/sh\n\
 echo \"warren-test/echo: tcp echo on port 7, udp hostname on port 7\"\n\
 /usr/local/bin/udp-name 7 &\n\
@@ -321,6 +323,7 @@ fn app_layer(image: TestImage) -> Result<Vec<u8>, HarnessError> {
             t.dir("www/cgi-bin", 0o755, 0).map_err(f)?;
             t.file("www/cgi-bin/index.cgi", 0o755, HTTP_INDEX.as_bytes())
                 .map_err(f)?;
+            t.file("www/cgi-bin/slow", 0o755, HTTP_SLOW.as_bytes()).map_err(f)?;
             t.file("www/healthz", 0o644, b"ok\n").map_err(f)?;
             t.file("usr/local/bin/warren-http", 0o755, HTTP_MAIN.as_bytes())
                 .map_err(f)?;

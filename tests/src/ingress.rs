@@ -96,6 +96,7 @@ pub fn service(name: &str, port: u16, addrs: &[Ipv4Addr]) -> ServiceEndpoints {
                 node_id: "node".into(),
                 canary: false,
                 ready: true,
+                draining: false,
             })
             .collect(),
     }

@@ -60,6 +60,7 @@ fn published(lab: &Lab, id: u32, port: u16, target: u16, remote: &[usize]) -> Se
                 addr: lab.backends[i].addr,
                 group: BackendGroup::Stable,
                 local: false,
+                draining: false,
             })
             .collect(),
         canary_weight: 0,

@@ -43,6 +43,7 @@ fn service(lab: &Lab, id: u32, name: &str, groups: &[(usize, BackendGroup, bool)
                 addr: lab.backends[i].addr,
                 group,
                 local,
+                draining: false,
             })
             .collect(),
         canary_weight: 0,
@@ -342,6 +343,7 @@ fn maglev_spreads_over_300_backends_and_holds_a_10_percent_canary() {
             addr,
             group: BackendGroup::Stable,
             local: true,
+            draining: false,
         })
         .collect();
     dp.sync(std::slice::from_ref(&svc)).expect("sync");
@@ -1050,6 +1052,7 @@ fn a_node_running_layout_v1_is_upgraded_without_dropping_a_connection() {
                 addr,
                 group: BackendGroup::Stable,
                 local: true,
+                draining: false,
             })
             .collect(),
         canary_weight: 0,

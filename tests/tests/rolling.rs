@@ -244,3 +244,217 @@ fn a_manager_failover_in_the_middle_of_an_update_resumes_it() {
     );
     wait_healthy(&env, survivor, "web", &v2, 6);
 }
+
+/// Closed-loop HTTP clients outside the service for the whole of an operation: a
+/// new connection per request and a keep-alive one, through the VIP (from the
+/// node, where its socket programs apply) and through the published port (from
+/// another namespace on the lab's network).
+struct Clients {
+    stop: std::path::PathBuf,
+    running: Vec<(String, warren_tests::env::ChildGuard)>,
+}
+
+impl Clients {
+    fn start(env: &Env, node: &str, client_ns: &str, tag: &str, vip: &str, published: &str, path: &str) -> Clients {
+        let stop = env.c.dir.path().join(format!("stop-{tag}"));
+        let (ns, cg) = (env.node_netns(node), env.node_cgroup(node));
+        let client_ns = client_ns.to_string();
+        let mut running = Vec::new();
+        for (what, netns, cgroup, to) in [("vip", &ns, Some(&cg), vip), ("published", &client_ns, None, published)] {
+            for keepalive in [false, true] {
+                let mut args = vec!["loop", "--to", to, "--stop-file", stop.to_str().unwrap(), "--http"];
+                args.extend(["--path", path]);
+                if keepalive {
+                    args.push("--keepalive");
+                }
+                let name = format!("{what}{}", if keepalive { " keep-alive" } else { "" });
+                let child = warren_tests::env::ChildGuard::spawn(
+                    env.probe(netns, cgroup.map(|c| c.as_path()), &args)
+                        .stdout(std::process::Stdio::piped()),
+                );
+                running.push((name, child));
+            }
+        }
+        Clients { stop, running }
+    }
+
+    /// Tells the clients to stop after the request each one is in.
+    fn stop(&self) {
+        std::fs::write(&self.stop, "").unwrap();
+    }
+
+    /// Stops the clients and returns each one's report.
+    fn finish(self) -> Vec<(String, warren_tests::dataplane::Report)> {
+        self.stop();
+        self.running
+            .into_iter()
+            .map(|(name, c)| {
+                let out = c.wait_with_output();
+                (
+                    name,
+                    warren_tests::dataplane::Report::parse(&String::from_utf8_lossy(&out.stdout)),
+                )
+            })
+            .collect()
+    }
+}
+
+fn assert_no_failures(what: &str, reports: &[(String, warren_tests::dataplane::Report)]) {
+    for (client, r) in reports {
+        eprintln!(
+            "{what}: {client}: {} answers, errors {:?}, {:?}",
+            r.answers(),
+            r.errors,
+            r.values
+        );
+        assert!(r.answers() > 0, "{what}: the {client} client got no answer: {r:?}");
+        assert_eq!(
+            r.error_count(),
+            0,
+            "{what}: failed requests of the {client} client: {r:?}"
+        );
+    }
+}
+
+fn vip_of(env: &Env, m: usize, service: &str) -> String {
+    let s: Value = env
+        .c
+        .json(m, &["service", "inspect", service, "--format", "json"])
+        .unwrap();
+    s["vip"].as_str().expect("a VIP").to_string()
+}
+
+/// Established connections accepted on port 80 inside a task's network namespace.
+fn accepted(env: &Env, node: &str, task_id: &str) -> usize {
+    let pid = env.pid(node, task_id);
+    let out = std::process::Command::new("nsenter")
+        .args([
+            &format!("--net=/proc/{pid}/ns/net"),
+            "ss",
+            "-Htn",
+            "state",
+            "established",
+            "( sport = :80 )",
+        ])
+        .output()
+        .expect("running ss");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+#[test]
+fn updates_rollbacks_scale_downs_drains_and_removals_fail_no_request() {
+    let mut env = Env::new();
+    let m1 = env.init("m1");
+    let token = env.c.token(m1, "worker");
+    let w2 = env.join("w2", &token, m1);
+    let (client_ns, _) = env.lab.node();
+    let node_id = |name: &str| -> String {
+        let j: Value = env.c.json(m1, &["node", "inspect", name, "--format", "json"]).unwrap();
+        j["id"].as_str().unwrap().to_string()
+    };
+    let (m1_id, w2_id) = (node_id("m1"), node_id("w2"));
+    let _ = w2;
+    let v1 = env.image("warren-test/http");
+    let v2 = format!("{}/warren-test/http:2", env.registry);
+    create(
+        &env,
+        m1,
+        "web",
+        &v1,
+        &[
+            "--publish",
+            "8080:80",
+            "--update-parallelism",
+            "2",
+            "--update-delay",
+            "1s",
+        ],
+    );
+    wait_healthy(&env, m1, "web", &v1, 6);
+    let vip = format!("{}:80", vip_of(&env, m1, "web"));
+    let published = format!("{}:8080", env.c.nodes[m1].addr.split(':').next().unwrap());
+    let clients = Clients::start(&env, "m1", &client_ns, "web", &vip, &published, "/");
+
+    // A rolling update, two tasks at a time.
+    env.c.ok(m1, &["service", "update", "web", "--image", &v2]);
+    wait_healthy(&env, m1, "web", &v2, 6);
+    // Its rollback.
+    env.c.ok(m1, &["service", "rollback", "web"]);
+    wait_healthy(&env, m1, "web", &v1, 6);
+    // Draining the worker node: its tasks move to m1.
+    env.c.ok(m1, &["node", "update", "w2", "--availability", "drain"]);
+    env.c.wait("every task on m1", Duration::from_secs(120), || {
+        let ts = live(&env, m1, "web");
+        let on_w2 = env
+            .c
+            .tasks(m1, "web")
+            .iter()
+            .filter(|t| t["status"]["state"] == "Running" && t["node_id"] == w2_id.as_str())
+            .count();
+        (ts.len() == 6 && ts.iter().all(healthy) && on_w2 == 0).then_some(())
+    });
+    // Scaling down from 6 to 2.
+    env.c.ok(m1, &["service", "scale", "web=2"]);
+    env.c.wait("two tasks left", Duration::from_secs(120), || {
+        let running = env
+            .c
+            .tasks(m1, "web")
+            .iter()
+            .filter(|t| t["status"]["state"] == "Running")
+            .count();
+        (running == 2).then_some(())
+    });
+    assert_no_failures("update, rollback, node drain, scale 6 to 2", &clients.finish());
+
+    // `service rm` while its tasks serve 3 s requests: those requests complete.
+    let mut args = vec![
+        "service",
+        "create",
+        "slow",
+        "--image",
+        &v1,
+        "--replicas",
+        "2",
+        "--publish",
+        "8081:80",
+    ];
+    args.extend_from_slice(HEALTH);
+    env.c.ok(m1, &args);
+    wait_healthy(&env, m1, "slow", &v1, 2);
+    let slow_vip = format!("{}:80", vip_of(&env, m1, "slow"));
+    let slow_published = format!("{}:8081", env.c.nodes[m1].addr.split(':').next().unwrap());
+    let tasks: Vec<(String, String)> = live(&env, m1, "slow")
+        .iter()
+        .map(|t| {
+            let name = if t["node_id"] == m1_id.as_str() { "m1" } else { "w2" };
+            (name.to_string(), t["id"].as_str().unwrap().to_string())
+        })
+        .collect();
+    let clients = Clients::start(
+        &env,
+        "m1",
+        &client_ns,
+        "slow",
+        &slow_vip,
+        &slow_published,
+        "/cgi-bin/slow",
+    );
+    env.c.wait("four long requests in flight", Duration::from_secs(30), || {
+        let n: usize = tasks.iter().map(|(node, id)| accepted(&env, node, id)).sum();
+        (n >= 4).then_some(())
+    });
+    // The clients stop after the request they are in.
+    clients.stop();
+    env.c.ok(m1, &["service", "rm", "slow"]);
+    let reports = clients.finish();
+    for (client, r) in &reports {
+        assert_eq!(
+            (r.answers(), r.error_count()),
+            (1, 0),
+            "the long request of the {client} client did not complete: {r:?}"
+        );
+    }
+}

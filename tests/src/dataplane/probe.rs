@@ -7,7 +7,7 @@
 //! serve   --name N --tcp PORT --udp PORT --count-file PATH
 //! connect --to A:P [--n N] [--rate R --secs S] [--bind ADDR] [--http] [--rst]
 //! udp     --to A:P --n N [--connected | --socket-each] [--timeout-ms MS]
-//! loop    --to A:P --stop-file PATH [--http]
+//! loop    --to A:P --stop-file PATH [--http [--path P] [--keepalive]]
 //! hold    --to A:P --n N [--udp] [--from A:P]   (then reads "check" on stdin;
 //!         a TCP connection is "alive" when it echoes a line)
 //! bind    --to A:P [--udp]            (prints `bound 1` or `error E 1`)
@@ -380,16 +380,29 @@ fn udp(args: &Args) {
 fn connect_loop(args: &Args) {
     let to = args.addr("--to");
     let http = args.has("--http");
+    let path = args.get("--path").unwrap_or("/").to_string();
+    let keepalive = args.has("--keepalive");
     let stop = PathBuf::from(args.req("--stop-file"));
     let mut names = BTreeMap::new();
     let mut errors = BTreeMap::new();
     let mut mismatch = 0;
     let mut attempts = 0u64;
+    let mut conn: Option<TcpStream> = None;
+    let (mut reused, mut retried) = (0u64, 0u64);
     println!("started");
     io::stdout().flush().ok();
     while !stop.exists() {
         attempts += 1;
-        match one(to, None, &mut mismatch, http, false) {
+        let r = if keepalive {
+            keepalive_request(to, &path, &mut conn, &mut reused, &mut retried)
+        } else if http && path != "/" {
+            tcp_connect(to, None)
+                .map_err(|e| errno_name(&e))
+                .and_then(|mut c| http_request(&mut c, to, &path, false).map(|(n, _)| n))
+        } else {
+            one(to, None, &mut mismatch, http, false)
+        };
+        match r {
             Ok(n) => *names.entry(n).or_insert(0u64) += 1,
             Err(e) => *errors.entry(e).or_insert(0u64) += 1,
         }
@@ -397,6 +410,91 @@ fn connect_loop(args: &Args) {
     }
     report(&names, &errors);
     println!("attempts {attempts}");
+    println!("reused {reused}");
+    println!("retried {retried}");
+}
+
+/// One request on `s`: the last line of the body (the backend's name) and whether
+/// the connection may carry another request.
+fn http_request(s: &mut TcpStream, to: SocketAddrV4, path: &str, keepalive: bool) -> Result<(String, bool), String> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let conn = if keepalive { "keep-alive" } else { "close" };
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {to}\r\nConnection: {conn}\r\n\r\n").as_bytes())
+        .map_err(|e| errno_name(&e))?;
+    let mut r = io::BufReader::new(&*s);
+    let mut status = String::new();
+    r.read_line(&mut status).map_err(|e| errno_name(&e))?;
+    if status.is_empty() {
+        return Err("EOF".into());
+    }
+    let code = status.split_whitespace().nth(1).unwrap_or("");
+    let (mut length, mut close) = (None, !keepalive);
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).map_err(|e| errno_name(&e))?;
+        let h = h.trim();
+        if h.is_empty() {
+            break;
+        }
+        let lower = h.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse::<usize>().ok();
+        }
+        if lower.starts_with("connection:") && lower.contains("close") {
+            close = true;
+        }
+    }
+    let mut body = Vec::new();
+    match length {
+        Some(n) => {
+            body.resize(n, 0);
+            r.read_exact(&mut body).map_err(|e| errno_name(&e))?;
+        }
+        None => {
+            close = true;
+            r.read_to_end(&mut body).map_err(|e| errno_name(&e))?;
+        }
+    }
+    if code != "200" {
+        return Err(format!("status{code}"));
+    }
+    let name = String::from_utf8_lossy(&body)
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| "EOF".to_string())?;
+    Ok((name, !close))
+}
+
+/// A keep-alive client: reuses its connection while the server keeps it open, and,
+/// like any HTTP client, retries a request once on a new connection when a reused
+/// (idle) connection turns out to have been closed by the server.
+fn keepalive_request(
+    to: SocketAddrV4,
+    path: &str,
+    conn: &mut Option<TcpStream>,
+    reused: &mut u64,
+    retried: &mut u64,
+) -> Result<String, String> {
+    if let Some(mut s) = conn.take() {
+        *reused += 1;
+        match http_request(&mut s, to, path, true) {
+            Ok((name, again)) => {
+                if again {
+                    *conn = Some(s);
+                }
+                return Ok(name);
+            }
+            Err(_) => *retried += 1,
+        }
+    }
+    let mut s = tcp_connect(to, None).map_err(|e| errno_name(&e))?;
+    let (name, again) = http_request(&mut s, to, path, true)?;
+    if again {
+        *conn = Some(s);
+    }
+    Ok(name)
 }
 
 enum Held {
@@ -600,6 +698,7 @@ fn daemon(args: &Args) {
                 addr: a.parse().expect("--backend"),
                 group: BackendGroup::Stable,
                 local: true,
+                draining: false,
             })
             .collect(),
         canary_weight: 0,

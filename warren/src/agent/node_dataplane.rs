@@ -1,6 +1,7 @@
 //! Feeds the node's data plane from the cluster's endpoints: every service with a
 //! VIP or published ports becomes a `ServiceEntry` whose backends are its ready
-//! tasks (canary tasks in their own group), marked local when they run here. How
+//! tasks (canary tasks in their own group), marked local when they run here and
+//! draining when they are to stop. How
 //! connections are balanced is `crate::dataplane`; this only translates and syncs.
 
 use crate::dataplane::{Backend, BackendGroup, Dataplane, Protocol, RateLimit, ServiceEntry, ServicePort};
@@ -54,6 +55,7 @@ pub fn entries(node_id: &str, services: &[ServiceEndpoints]) -> Vec<ServiceEntry
                         BackendGroup::Stable
                     },
                     local: e.node_id == node_id,
+                    draining: e.draining,
                 })
                 .collect(),
             canary_weight: s.canary_weight,

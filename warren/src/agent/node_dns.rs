@@ -25,10 +25,12 @@ pub fn table(services: &[ServiceEndpoints]) -> DnsTable {
             EndpointMode::Vip => s.vip,
             EndpointMode::Dnsrr => None,
         };
+        // Draining tasks are not handed out while another task can take clients.
+        let any_live = s.endpoints.iter().any(|e| e.ready && !e.draining);
         let tasks = s
             .endpoints
             .iter()
-            .filter(|e| e.ready)
+            .filter(|e| e.ready && (!e.draining || !any_live))
             .map(|e| (e.slot, e.addr))
             .collect();
         if let Err(e) = b.service(&s.name, vip, tasks) {
@@ -130,6 +132,7 @@ mod tests {
                     node_id: "n".into(),
                     canary: false,
                     ready: *ready,
+                    draining: false,
                 })
                 .collect(),
         }

@@ -352,6 +352,11 @@ pub struct SpecArgs {
     /// Time a task has to stop before it is killed [default: 10s].
     #[arg(long, value_name = "DURATION")]
     pub stop_grace_period: Option<String>,
+    /// Time a task that is to stop waits, with no new connections, for its
+    /// established connections to finish before it gets the stop signal; 0 sends
+    /// the signal at once [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub drain_timeout: Option<String>,
     /// vip (a virtual IP balanced by the data plane) or dnsrr (DNS round robin over
     /// the tasks) [default: vip].
     #[arg(long, value_name = "MODE")]

@@ -105,6 +105,7 @@ mod tests {
                 addr: Ipv4Addr::new(10, 1, 0, 2),
                 group: BackendGroup::Stable,
                 local: true,
+                draining: false,
             }],
             canary_weight: 0,
             rate_limit: None,

@@ -88,6 +88,7 @@ pub(crate) fn tables_from_v1(dir: &Path, maps: &mut Maps, clock: Clock) -> Resul
                 addr: b.addr.ip(),
                 canary: b.flags & BE_F_CANARY != 0,
                 local: b.flags & BE_F_LOCAL != 0,
+                draining: false,
             })
             .collect();
         backends.sort();

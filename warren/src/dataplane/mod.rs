@@ -147,6 +147,11 @@ pub struct Backend {
     /// The task runs on this node: published-port traffic reaches it without SNAT
     /// (the client's address is preserved) and `mode=host` ports use only these.
     pub local: bool,
+    /// The task is to stop: it gets no new connections (weight 0) while its
+    /// established ones continue and its sockets are left alone, unless the
+    /// service has no other backend, when it still takes them rather than
+    /// refusing.
+    pub draining: bool,
 }
 
 /// A port of a service.

@@ -24,6 +24,9 @@ pub(crate) struct PlannedBackend {
     pub addr: Ipv4Addr,
     pub canary: bool,
     pub local: bool,
+    /// In the backend map (its flows and sockets live on) but in no table,
+    /// unless the service has nothing else.
+    pub draining: bool,
 }
 
 /// A service as planned.
@@ -339,6 +342,7 @@ fn plan_one(s: &ServiceEntry, name: &str, taken: &Taken) -> Result<PlannedOne, D
             addr: b.addr,
             canary: b.group == BackendGroup::Canary,
             local: b.local,
+            draining: b.draining,
         });
     }
     backends.sort();
@@ -590,7 +594,12 @@ pub(crate) fn reconcile(
     let mut busy: BTreeMap<u32, u32> = current.services.values().flat_map(|c| c.state.ranges()).collect();
     let mut cooling = BTreeSet::new();
     for (&svc_id, svc) in &plan.services {
-        let members = ids_of.remove(&svc_id).unwrap_or_default();
+        let mut members = ids_of.remove(&svc_id).unwrap_or_default();
+        // Draining backends get no new connections while any other backend can
+        // take them; a service left with draining ones only still answers.
+        if members.iter().any(|(_, b)| !b.draining) {
+            members.retain(|(_, b)| !b.draining);
+        }
         let existing = current.services.get(&svc_id);
         let group = |local_only: bool, canary: bool| -> Vec<(u32, Ipv4Addr)> {
             members
@@ -724,6 +733,12 @@ pub(crate) fn reconcile(
             // services it still serves; keep to this service's declared ports.
             ports.retain(|&(_, port)| port != 0);
         }
+        if !plan.services.contains_key(&b.svc_id) {
+            // The whole service was removed (`service rm`) while its tasks drain:
+            // their TCP connections finish (or end with the server's FIN when it
+            // exits); connected UDP sockets get no such end and are destroyed.
+            ports.retain(|&(proto, _)| proto == libc::IPPROTO_UDP as u8);
+        }
         let wild: BTreeSet<u8> = ports.iter().filter(|p| p.1 == 0).map(|p| p.0).collect();
         for (proto, port) in ports {
             if port == 0 || !wild.contains(&proto) {
@@ -805,11 +820,13 @@ mod tests {
                     addr: Ipv4Addr::new(10, 1, 0, 2),
                     group: BackendGroup::Stable,
                     local: true,
+                    draining: false,
                 },
                 Backend {
                     addr: Ipv4Addr::new(10, 1, 0, 3),
                     group: BackendGroup::Stable,
                     local: false,
+                    draining: false,
                 },
             ],
             canary_weight: 0,
@@ -929,6 +946,56 @@ mod tests {
     }
 
     #[test]
+    fn a_draining_backend_leaves_the_tables_but_keeps_its_entry_and_sockets() {
+        let mut s = svc(3, "web");
+        let mut cur = Current::default();
+        reconcile(
+            &mut cur,
+            &plan(std::slice::from_ref(&s)).unwrap(),
+            &mut Recorder::default(),
+        )
+        .unwrap();
+        let table_before = cur.services[&3].tables[0].clone();
+        s.backends[1].draining = true;
+        let mut rec = Recorder::default();
+        let out = reconcile(&mut cur, &plan(std::slice::from_ref(&s)).unwrap(), &mut rec).unwrap();
+        assert!(
+            out.kill.is_empty(),
+            "its established connections live on: {:?}",
+            out.kill
+        );
+        assert_eq!(cur.backends.len(), 2, "its flows still find it");
+        assert_eq!(cur.services[&3].state.backends_all, 1);
+        let table = &cur.services[&3].tables[0];
+        assert_ne!(*table, table_before);
+        assert!(table
+            .iter()
+            .all(|id| cur.backends[id].addr.ip() == Ipv4Addr::new(10, 1, 0, 2)));
+        // When every backend drains, they still take connections: none is refused.
+        s.backends[0].draining = true;
+        reconcile(
+            &mut cur,
+            &plan(std::slice::from_ref(&s)).unwrap(),
+            &mut Recorder::default(),
+        )
+        .unwrap();
+        assert_eq!(cur.services[&3].state.backends_all, 2);
+        // Its container exited: it leaves the list, and only now are sockets destroyed.
+        s.backends.remove(1);
+        let out = reconcile(
+            &mut cur,
+            &plan(std::slice::from_ref(&s)).unwrap(),
+            &mut Recorder::default(),
+        )
+        .unwrap();
+        assert!(
+            out.kill.iter().any(|k| k.addr == Ipv4Addr::new(10, 1, 0, 3)),
+            "{:?}",
+            out.kill
+        );
+    }
+
+    #[test]
     fn an_unchanged_sync_writes_nothing() {
         let services = [svc(3, "web"), svc(4, "api")];
         let plan = plan(&services).unwrap();
@@ -1004,6 +1071,7 @@ mod tests {
             addr: Ipv4Addr::new(10, 1, 0, 9),
             group: BackendGroup::Stable,
             local: false,
+            draining: false,
         });
         reconcile(&mut cur, &plan(&[s.clone(), other.clone()]).unwrap(), &mut rec).unwrap();
         assert_eq!(
@@ -1070,22 +1138,9 @@ mod tests {
         let log = &rec.log;
         assert!(pos(log, "del") < pos(log, "state 3 all 0 local 0"));
         assert!(pos(log, "state 3") < pos(log, "backend 1 0.0.0.0"));
-        // The addresses still serve service 4, so only service 3's declared port dies.
-        assert_eq!(
-            out.kill,
-            [
-                KillTarget {
-                    addr: Ipv4Addr::new(10, 1, 0, 2),
-                    port: 80,
-                    proto: 6
-                },
-                KillTarget {
-                    addr: Ipv4Addr::new(10, 1, 0, 3),
-                    port: 80,
-                    proto: 6
-                },
-            ]
-        );
+        // Its tasks drain: their TCP connections are left to finish (the service
+        // had no UDP port of its own; the VIP wildcard's sockets still serve 4).
+        assert_eq!(out.kill, []);
         assert!(!cur.services.contains_key(&3));
         assert_eq!(cur.svc_entries.len(), 4);
     }
@@ -1168,6 +1223,7 @@ mod tests {
             addr: Ipv4Addr::new(10, 1, 0, 9),
             group: BackendGroup::Stable,
             local: true,
+            draining: false,
         });
         reconcile(&mut cur, &plan(&[s]).unwrap(), &mut Recorder::default()).unwrap();
         assert_eq!(cur.backends.keys().copied().collect::<Vec<_>>(), [1, 2]);

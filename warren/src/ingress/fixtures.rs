@@ -58,6 +58,7 @@ pub fn endpoints(name: &str, targets: &[u16], tasks: &[(&str, bool)]) -> Service
                 node_id: "node-1".into(),
                 canary: false,
                 ready: *ready,
+                draining: false,
             })
             .collect(),
     }

@@ -302,10 +302,13 @@ pub fn plan(routes: &[Ingress], endpoints: &[ServiceEndpoints], certificates: &B
                 Err(e) => issue(&mut issues, r, format!("{e}; requests get 503"), false),
                 Ok(p) => {
                     port = p;
+                    // Draining tasks get no new requests while another task can
+                    // take them (connection-aware drain, docs/worker.md).
+                    let any_live = svc.endpoints.iter().any(|e| e.ready && !e.draining);
                     backends = svc
                         .endpoints
                         .iter()
-                        .filter(|e| e.ready)
+                        .filter(|e| e.ready && (!e.draining || !any_live))
                         .map(|e| PlannedBackend {
                             addr: SocketAddr::new(IpAddr::V4(e.addr), p),
                             task_id: e.task_id.clone(),

@@ -16,6 +16,10 @@ pub struct Endpoint {
     pub canary: bool,
     /// Running and healthy (or without a health check): it may take connections.
     pub ready: bool,
+    /// The task is to stop and drains: weight 0, no new connections (unless no
+    /// task of its service is left to take them), established ones continue.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

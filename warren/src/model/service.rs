@@ -145,6 +145,11 @@ pub struct ServiceSpec {
     /// How long a task may take to stop before it is killed.
     #[serde(default = "default_grace")]
     pub stop_grace_ms: u64,
+    /// How long a task that is to stop waits for its established connections to
+    /// finish (with no new ones arriving) before it gets the stop signal; 0 stops
+    /// it at once.
+    #[serde(default = "default_drain")]
+    pub drain_timeout_ms: u64,
     #[serde(default)]
     pub endpoint_mode: EndpointMode,
     #[serde(default)]
@@ -168,6 +173,13 @@ fn default_grace() -> u64 {
     10_000
 }
 
+/// `--drain-timeout`'s default: 30 s.
+pub const DEFAULT_DRAIN_MS: u64 = 30_000;
+
+fn default_drain() -> u64 {
+    DEFAULT_DRAIN_MS
+}
+
 impl Default for ServiceSpec {
     fn default() -> Self {
         ServiceSpec {
@@ -189,6 +201,7 @@ impl Default for ServiceSpec {
             restart: RestartPolicy::default(),
             stop_signal: String::new(),
             stop_grace_ms: default_grace(),
+            drain_timeout_ms: default_drain(),
             endpoint_mode: EndpointMode::Vip,
             rate_limit: None,
             container: ContainerOptions::default(),

@@ -22,6 +22,7 @@ mod netlink;
 pub(crate) mod netns;
 mod nft;
 mod rtnl;
+mod sock_diag;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -37,6 +38,7 @@ pub use etc_files::{hosts_content, resolv_conf_content, write_etc_files, DnsConf
 pub use fake::{FakeCall, FakeNetwork};
 pub use ipam::{gateway_of, validate_subnet, Ipam, IPAM_FILE};
 pub use netlink::NetlinkNetwork;
+pub use sock_diag::accepted_connections;
 
 /// The bridge name unless configured otherwise.
 pub const DEFAULT_BRIDGE: &str = "warren0";

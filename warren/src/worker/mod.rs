@@ -2,10 +2,12 @@
 //! and back. One reconcile loop compares the assignment with what runs and starts
 //! or stops a supervisor per task (`task`); supervisors pull, wire up the network,
 //! secrets and volumes, run the container, watch its exit and health, and report
-//! every state change. Containers that survive a daemon restart are adopted by
+//! every state change; a task that is to stop drains its connections first
+//! (`drain`). Containers that survive a daemon restart are adopted by
 //! their labels, never duplicated or killed. Scheduling and restarts are the
 //! managers' business; this module only does what the assignment says.
 
+mod drain;
 mod health;
 mod mounts;
 mod task;
@@ -48,6 +50,8 @@ pub(crate) struct Inner {
     statuses: Mutex<HashMap<String, TaskStatus>>,
     desired: watch::Sender<Option<Assignment>>,
     net_info: watch::Sender<Option<NodeNetwork>>,
+    /// What a stopping task's drain observes.
+    traffic: Arc<dyn drain::Traffic>,
 }
 
 impl Inner {
@@ -101,7 +105,7 @@ impl Worker {
         reports: mpsc::UnboundedSender<Report>,
         initial_network: Option<NodeNetwork>,
     ) -> Worker {
-        let (desired, _) = watch::channel(None);
+        let (desired, assignment) = watch::channel(None);
         let (net_info, _) = watch::channel(initial_network);
         let inner = Arc::new(Inner {
             cfg,
@@ -110,6 +114,7 @@ impl Worker {
             statuses: Mutex::new(HashMap::new()),
             desired,
             net_info,
+            traffic: Arc::new(drain::NodeTraffic { assignment }),
         });
         tokio::spawn(reconcile_loop(inner.clone(), network));
         Worker { inner }

@@ -1,8 +1,10 @@
 //! One task's life on the node: prepare (image, network, /etc files, secrets,
 //! volumes), run its container, watch its exit, its health and the stop signal,
-//! report each state, and clean up everything but the log. An adopted container
+//! report each state; when it is to stop, drain its connections (`drain`), then
+//! signal it; and clean up everything but the log. An adopted container
 //! skips the preparation and is watched from where it is.
 
+use super::drain::{self, Outcome};
 use super::health::{self, Tracker, Verdict};
 use super::{mounts, status, Inner};
 use crate::model::{signal_number, MountKind, Task, TaskState};
@@ -31,9 +33,10 @@ pub(super) async fn supervise(
     let id = task.id.clone();
     let rt = inner.runtime.clone();
 
-    let (addr, image_health, stop_signal) = match &adopted {
+    let (addr, netns, image_health, stop_signal) = match &adopted {
         Some(c) => {
             let net = network.setup_task(&id).await.ok();
+            let netns = net.as_ref().map(|n| n.netns_path.clone());
             let addr = net.map(|n| n.address);
             let image = rt.image(&task.spec.image).await.ok().flatten();
             let exited = c.task.as_ref().and_then(|t| t.exit).filter(|_| {
@@ -65,7 +68,7 @@ pub(super) async fn supervise(
             st.health = task.status.health.clone();
             inner.report(&id, st);
             let sig = image.as_ref().and_then(|i| i.config.stop_signal.clone());
-            (addr, image.and_then(|i| i.config.healthcheck), sig)
+            (addr, netns, image.and_then(|i| i.config.healthcheck), sig)
         }
         None => match prepare_and_start(&inner, network.as_ref(), &task, &secrets, &mut stop).await {
             Some(v) => v,
@@ -99,28 +102,29 @@ pub(super) async fn supervise(
         report_running(&inner, &task, addr, &last_health);
     }
 
+    // Either how the task ended, or None: it is to stop (drain, then signal).
     let end = loop {
         if *stop.borrow() {
-            break End::Stopped(rt.stop(&id, signal, grace).await.unwrap_or(None));
+            break None;
         }
         tokio::select! {
             exit = &mut wait => match exit {
-                Ok(e) => break End::Exited(e),
+                Ok(e) => break Some(End::Exited(e)),
                 Err(e) => {
                     tracing::warn!(task = %id, error = %e, "lost track of the container; checking its status");
                     match rt.status(&id).await {
-                        Ok(ContainerStatus { task: Some(t), .. }) if t.exit.is_some() => break End::Exited(t.exit.unwrap_or(ExitStatus { code: 255, exited_at: None })),
+                        Ok(ContainerStatus { task: Some(t), .. }) if t.exit.is_some() => break Some(End::Exited(t.exit.unwrap_or(ExitStatus { code: 255, exited_at: None }))),
                         Ok(ContainerStatus { task: Some(_), .. }) => {
                             wait.set(rt.wait(&id));
                             continue;
                         }
-                        _ => break End::Exited(ExitStatus { code: 255, exited_at: None }),
+                        _ => break Some(End::Exited(ExitStatus { code: 255, exited_at: None })),
                     }
                 }
             },
             r = stop.changed() => {
                 if r.is_err() || *stop.borrow() {
-                    break End::Stopped(rt.stop(&id, signal, grace).await.unwrap_or(None));
+                    break None;
                 }
             }
             _ = tick.tick(), if plan.is_some() => {
@@ -142,7 +146,7 @@ pub(super) async fn supervise(
                     // balancing tables during the stop grace period, not after it.
                     report_running(&inner, &task, addr, "unhealthy");
                     let _ = rt.stop(&id, signal, grace).await;
-                    break End::Unhealthy(why);
+                    break Some(End::Unhealthy(why));
                 }
                 if health != last_health {
                     last_health = health.to_string();
@@ -151,8 +155,42 @@ pub(super) async fn supervise(
             }
         }
     };
+    let end = match end {
+        Some(end) => end,
+        None => {
+            let drain_timeout = Duration::from_millis(task.spec.drain_timeout_ms);
+            let exited = match netns.as_deref().filter(|_| !drain_timeout.is_zero()) {
+                None => None,
+                Some(ns) => {
+                    let mut st = status(TaskState::Running, "draining: no new connections");
+                    st.container_id = task.id.clone();
+                    st.addr = addr.map(|a| a.to_string()).unwrap_or_default();
+                    st.health = last_health.clone();
+                    inner.report(&task.id, st);
+                    tokio::select! {
+                        outcome = drain::run(inner.traffic.as_ref(), &id, ns, drain_timeout) => {
+                            match &outcome {
+                                Outcome::Drained => tracing::info!(task = %id, "drained: no connections left"),
+                                Outcome::TimedOut { open } => tracing::info!(task = %id, open = ?open, timeout_ms = task.spec.drain_timeout_ms, "drain timeout: stopping with connections open"),
+                                Outcome::Uncountable(e) => tracing::warn!(task = %id, error = %e, "cannot count the task's connections: stopping it without draining"),
+                            }
+                            None
+                        }
+                        exit = &mut wait => exit.ok(),
+                    }
+                }
+            };
+            match exited {
+                // It ended on its own while draining.
+                Some(e) => End::Exited(e),
+                None => End::Stopped(rt.stop(&id, signal, grace).await.unwrap_or(None)),
+            }
+        }
+    };
     // Everything is released before the final state is reported: a task the
-    // managers see finished holds nothing on the node any more.
+    // managers see finished holds nothing on the node any more. Only then does the
+    // task leave its service's endpoints, and every node's data plane destroys the
+    // client sockets still connected to it.
     cleanup(&inner, network.as_ref(), &id, &id).await;
     report_end(&inner, &task, end, addr);
 }
@@ -197,6 +235,7 @@ fn report_end(inner: &Inner, task: &Task, end: End, addr: Option<std::net::Ipv4A
 
 type Started = (
     Option<std::net::Ipv4Addr>,
+    Option<std::path::PathBuf>,
     Option<crate::runtime::Healthcheck>,
     Option<String>,
 );
@@ -391,9 +430,15 @@ async fn prepare_and_start(
     let mut st = status(TaskState::Running, "running");
     st.container_id = id.clone();
     st.addr = net.address.to_string();
+    // A task with a health check is "starting" from its first running report: it
+    // becomes a backend only once a check passed, and never flaps in and out.
+    if health::plan(spec.health.as_ref(), image.config.healthcheck.as_ref()).is_some() {
+        st.health = "starting".into();
+    }
     inner.report(id, st);
     Some((
         Some(net.address),
+        Some(net.netns_path.clone()),
         image.config.healthcheck.clone(),
         image.config.stop_signal.clone(),
     ))

@@ -103,6 +103,7 @@ pub fn serve(args: &Args) {
                     node_id: "bench".into(),
                     canary: false,
                     ready: true,
+                    draining: false,
                 })
                 .collect(),
         };

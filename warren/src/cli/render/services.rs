@@ -254,6 +254,14 @@ pub fn service_text(s: &ServiceView) -> String {
             spec.stop_grace_ms
         ));
     }
+    t.line(format_args!(
+        "Drain:       {}",
+        if spec.drain_timeout_ms == 0 {
+            "off (the stop signal is sent at once)".to_string()
+        } else {
+            format!("up to {}ms for established connections", spec.drain_timeout_ms)
+        }
+    ));
     t.0
 }
 

@@ -31,6 +31,7 @@ pub fn endpoints_to_pb(s: &model::ServiceEndpoints) -> pb::ServiceEndpoints {
                 node_id: e.node_id.clone(),
                 canary: e.canary,
                 ready: e.ready,
+                draining: e.draining,
             })
             .collect(),
     }
@@ -64,6 +65,7 @@ pub fn endpoints_from_pb(s: pb::ServiceEndpoints) -> Result<model::ServiceEndpoi
                     node_id: e.node_id,
                     canary: e.canary,
                     ready: e.ready,
+                    draining: e.draining,
                 })
             })
             .collect(),

@@ -76,6 +76,7 @@ mod tests {
             },
             stop_signal: "SIGQUIT".into(),
             stop_grace_ms: 0,
+            drain_timeout_ms: 5_000,
             endpoint_mode: EndpointMode::Dnsrr,
             rate_limit: Some(RateLimit {
                 per_sec: 50,
