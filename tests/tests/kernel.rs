@@ -51,8 +51,9 @@ fn one_node_cluster_on_this_kernel() {
         "hybrid cgroups (v2 at /sys/fs/cgroup/unified)"
     };
 
-    // 1. The data plane loaded and attached its twelve programs: ten socket programs (v4 and v6
-    //    connect, sendmsg, recvmsg, getpeername, post_bind) at the v2 root found, two tc.
+    // 1. The data plane loaded and attached its thirteen programs: eleven socket programs (v4
+    //    and v6 connect, sendmsg, recvmsg, getpeername, post_bind; sockops) at the v2 root
+    //    found, two tc.
     let j = env
         .c
         .json(m1, &["node", "inspect", "self", "--format", "json"])
@@ -60,14 +61,14 @@ fn one_node_cluster_on_this_kernel() {
     let dp = &j["dataplane"];
     assert_eq!(dp["enabled"], true, "{j}");
     let programs = dp["programs"].as_array().expect("programs");
-    assert_eq!(programs.len(), 12, "{dp}");
+    assert_eq!(programs.len(), 13, "{dp}");
     let cgroup_target = format!("cgroup:{}", cg.display());
     assert!(
         programs
             .iter()
             .filter(|p| p["target"] == cgroup_target.as_str())
             .count()
-            == 10,
+            == 11,
         "socket programs at {cgroup_target}: {dp}"
     );
 

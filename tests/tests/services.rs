@@ -600,7 +600,7 @@ fn node_inspect_shows_the_data_plane_and_leave_removes_everything() {
     let j = env.c.json(m1, &["node", "inspect", "m1", "--format", "json"]).unwrap();
     let dp = &j["dataplane"];
     assert_eq!(dp["enabled"], true, "{j}");
-    assert_eq!(dp["programs"].as_array().unwrap().len(), 12, "{dp}");
+    assert_eq!(dp["programs"].as_array().unwrap().len(), 13, "{dp}");
     let svc = dp["maps"]
         .as_array()
         .unwrap()

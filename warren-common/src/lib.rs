@@ -130,6 +130,8 @@ pub mod map_names {
     pub const BACKEND_COUNTERS: &str = "warren_bec_v1";
     /// Backends whose sockets are being destroyed.
     pub const KILL: &str = "warren_kill_v1";
+    /// Connection outcomes per backend address (per CPU, LRU).
+    pub const BACKEND_OUTCOMES: &str = "warren_beo_v1";
     /// Ring buffer of [`Event`](super::Event)s.
     pub const EVENTS: &str = "warren_event_v1";
     /// Pins of earlier layouts: unpinned once the programs use their successors.
@@ -453,6 +455,24 @@ shared_struct! {
 }
 
 shared_struct! {
+    /// Key of `warren_beo_v1`.
+    pub struct OutcomeKey = "warren_outcome_key" {
+        /// An IPv4 address, octets in order.
+        pub addr: [u8; 4],
+    }
+}
+
+shared_struct! {
+    /// Value of `warren_beo_v1[addr]`, per CPU: how connections to the backend ended.
+    pub struct BackendOutcomes = "warren_backend_outcomes" {
+        pub established: u64,
+        pub reset: u64,
+        pub refused: u64,
+        pub timed_out: u64,
+    }
+}
+
+shared_struct! {
     /// Key of `warren_kill_v1`; `port` 0 matches any port.
     pub struct KillKey = "warren_kill_key" {
         pub addr: Be32,
@@ -490,7 +510,7 @@ unsafe impl aya::Pod for Be32 {}
 unsafe impl aya::Pod for Be16 {}
 
 /// Every shared struct: (C name, size, fields), for the layout test.
-pub const SHARED_LAYOUTS: [(&str, usize, &[FieldLayout]); 16] = [
+pub const SHARED_LAYOUTS: [(&str, usize, &[FieldLayout]); 18] = [
     layout_of::<SvcKey>(),
     layout_of::<SvcValue>(),
     layout_of::<SvcState>(),
@@ -506,6 +526,8 @@ pub const SHARED_LAYOUTS: [(&str, usize, &[FieldLayout]); 16] = [
     layout_of::<SvcCounters>(),
     layout_of::<BackendCounters>(),
     layout_of::<KillKey>(),
+    layout_of::<OutcomeKey>(),
+    layout_of::<BackendOutcomes>(),
     layout_of::<Event>(),
 ];
 

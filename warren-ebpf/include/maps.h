@@ -105,6 +105,14 @@ struct {
 } warren_bec_v1 SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, WARREN_MAX_BACKENDS);
+	__type(key, struct warren_outcome_key);
+	__type(value, struct warren_backend_outcomes);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} warren_beo_v1 SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, WARREN_EVENTS_BYTES);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);

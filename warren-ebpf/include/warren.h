@@ -197,6 +197,21 @@ struct warren_backend_counters {
 	__u64 bytes;
 };
 
+/* warren_beo_v1[backend address], per CPU, LRU: how the node's connections to a
+ * backend ended, counted by the sockops program for sockets the socket load
+ * balancer translated. Keyed by address (a task's address is its own while it
+ * runs); the daemon names the task. */
+struct warren_outcome_key {
+	__u8 addr[4]; /* IPv4 address, octets in order */
+};
+
+struct warren_backend_outcomes {
+	__u64 established; /* the handshake completed */
+	__u64 reset;       /* established, then ended by a reset instead of a close */
+	__u64 refused;     /* the connect was answered with a reset */
+	__u64 timed_out;   /* the connect got no answer (SYN retransmitted, then given up) */
+};
+
 /* warren_event_v1 (ring buffer): what the daemon turns into log records. */
 #define WARREN_EVENT_DROP 1 /* reason = WARREN_DROP_*; addr/port = client */
 

@@ -84,6 +84,8 @@ pub mod programs {
     pub const POST_BIND4: &str = "warren_post_bind4";
     /// `cgroup/post_bind6`
     pub const POST_BIND6: &str = "warren_post_bind6";
+    /// `sockops`: connection outcomes per backend
+    pub const SOCKOPS: &str = "warren_sockops";
     /// tc ingress
     pub const TC_INGRESS: &str = "warren_tc_in";
     /// tc egress

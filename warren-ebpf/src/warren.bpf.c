@@ -2,7 +2,8 @@
 /*
  * The Warren data plane: socket load balancing (cgroup connect, sendmsg, recvmsg,
  * getpeername for IPv4 and IPv4-mapped IPv6), the published-port bind guard
- * (post_bind4) and published ports from the wire (tc ingress/egress). Each SEC()
+ * (post_bind4), connection outcomes per backend (sockops) and published ports
+ * from the wire (tc ingress/egress). Each SEC()
  * entry is a thin call into include/ (sock.h, lb.h); the loader is
  * warren::dataplane.
  */
@@ -15,6 +16,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "sock.h"
+#include "outcome.h"
 
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
@@ -40,6 +42,12 @@ char _license[] SEC("license") = "Dual BSD/GPL";
 volatile const struct warren_event warren_event_layout = {};
 
 /* ---------------------------------------------------------------- sockets */
+
+SEC("sockops")
+int warren_sockops(struct bpf_sock_ops *skops)
+{
+	return outcome_sockops(skops);
+}
 
 SEC("cgroup/connect4")
 int warren_connect4(struct bpf_sock_addr *ctx)

@@ -39,6 +39,11 @@ pub type SessionCallback = Box<dyn Fn(&SessionInfo) + Send + Sync>;
 pub trait EndpointsListener: Send + Sync {
     fn configure(&self, network: &executor::NodeNetwork);
     fn endpoints(&self, services: &[crate::model::ServiceEndpoints]);
+    /// How this node's connections to each task ended, by task ID, for the
+    /// heartbeat; only a listener that balances connections counts them.
+    fn outcomes(&self) -> Vec<(String, crate::model::Outcomes)> {
+        Vec::new()
+    }
 }
 
 impl EndpointsListener for node_dns::NodeDns {

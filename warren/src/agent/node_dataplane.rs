@@ -12,6 +12,9 @@ pub struct NodeDataplane {
     dp: Arc<dyn Dataplane>,
     node_id: String,
     last: Mutex<Option<Vec<ServiceEntry>>>,
+    /// The task behind each endpoint address, from the last endpoints set (the
+    /// data plane counts outcomes by backend address).
+    tasks: Mutex<std::collections::HashMap<std::net::Ipv4Addr, String>>,
 }
 
 /// The data plane's view of the services.
@@ -74,6 +77,7 @@ impl NodeDataplane {
             dp,
             node_id,
             last: Mutex::new(None),
+            tasks: Mutex::default(),
         }
     }
 }
@@ -81,7 +85,32 @@ impl NodeDataplane {
 impl super::EndpointsListener for NodeDataplane {
     fn configure(&self, _network: &super::executor::NodeNetwork) {}
 
+    fn outcomes(&self) -> Vec<(String, model::Outcomes)> {
+        let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut out: std::collections::BTreeMap<String, model::Outcomes> = Default::default();
+        // A backend of several services (ports) is one address, counted once.
+        for b in self.dp.status().backends {
+            if let Some(task) = tasks.get(&b.addr) {
+                let o = &b.outcomes;
+                out.insert(
+                    task.clone(),
+                    model::Outcomes {
+                        established: o.established,
+                        reset: o.reset,
+                        refused: o.refused,
+                        timed_out: o.timed_out,
+                    },
+                );
+            }
+        }
+        out.into_iter().collect()
+    }
+
     fn endpoints(&self, services: &[ServiceEndpoints]) {
+        *self.tasks.lock().unwrap_or_else(|e| e.into_inner()) = services
+            .iter()
+            .flat_map(|s| s.endpoints.iter().map(|e| (e.addr, e.task_id.clone())))
+            .collect();
         let wanted = entries(&self.node_id, services);
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if last.as_ref() == Some(&wanted) {

@@ -83,7 +83,19 @@ pub(super) async fn session(
                 }
             }
             _ = heartbeat.tick() => {
-                let hb = pb::AgentMessage { msg: Some(AgentMsg::Heartbeat(pb::Heartbeat {})) };
+                let outcomes = cfg
+                    .listeners
+                    .iter()
+                    .flat_map(|l| l.outcomes())
+                    .map(|(task_id, o)| pb::TaskConnectionOutcomes {
+                        task_id,
+                        established: o.established,
+                        reset: o.reset,
+                        refused: o.refused,
+                        timed_out: o.timed_out,
+                    })
+                    .collect();
+                let hb = pb::AgentMessage { msg: Some(AgentMsg::Heartbeat(pb::Heartbeat { outcomes })) };
                 tx.send(hb).await.map_err(|_| SessionError::Gone)?;
             }
             r = reports.recv() => {

@@ -472,6 +472,25 @@ pub struct RolloutArgs {
     /// start-first or stop-first, for the rollback.
     #[arg(long, value_name = "ORDER")]
     pub rollback_order: Option<String>,
+    /// rolling, blue-green or canary: how a changed spec reaches the tasks
+    /// [default: rolling; --canary-steps implies canary].
+    #[arg(long, value_name = "STRATEGY")]
+    pub update_strategy: Option<String>,
+    /// Blue-green: how long the old version keeps running after the switch
+    /// (`service promote` ends it sooner) [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub blue_green_hold: Option<String>,
+    /// Canary: the weights (percent of new connections) to step through, rising,
+    /// ending at 100, e.g. 10,25,50,100 [default: 10,25,50,100].
+    #[arg(long, value_name = "W,W,..")]
+    pub canary_steps: Option<String>,
+    /// Canary: how long each step runs before its counters are judged [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub canary_interval: Option<String>,
+    /// Canary: by how much (0 to 1) the canary's failed share of connections may
+    /// exceed the stable version's before it is rolled back [default: 0.05].
+    #[arg(long, value_name = "F")]
+    pub canary_max_failure_ratio: Option<f64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -558,7 +577,8 @@ pub enum ServiceCmd {
         secret_rm: Vec<String>,
         /// Run the changed service as a canary beside the stable version, taking W%
         /// of new connections (0-100); without other changes, re-weights the canary.
-        #[arg(long, value_name = "W")]
+        /// (A canary weighted by hand; --canary-steps lets Warren step it.)
+        #[arg(long, value_name = "W", conflicts_with_all = ["canary_steps", "update_strategy"])]
         canary_weight: Option<u32>,
         #[command(flatten)]
         container_rm: ContainerRmArgs,
@@ -572,7 +592,8 @@ pub enum ServiceCmd {
         #[arg(short, long)]
         detach: bool,
     },
-    /// Make the canary the stable version (the other tasks are replaced).
+    /// Make the canary the stable version (the other tasks are replaced); ends a
+    /// blue-green hold or a canary release at once.
     Promote { service: String },
     /// Drop the canary (all traffic back to the stable version), or return to the
     /// version before the last update, with the rollback config.

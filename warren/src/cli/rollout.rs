@@ -5,7 +5,7 @@
 use super::args::RolloutArgs;
 use super::client::{call, Client};
 use super::render::line;
-use crate::model::{self, FailureAction, UpdateConfig, UpdateOrder, UpdateState};
+use crate::model::{self, CanarySteps, FailureAction, UpdateConfig, UpdateOrder, UpdateState, UpdateStrategy};
 use anyhow::{anyhow, bail, Result};
 use std::time::Duration;
 use warren_proto::v1 as pb;
@@ -44,8 +44,36 @@ fn apply_one(c: &mut UpdateConfig, f: Flags<'_>) -> Result<()> {
     Ok(())
 }
 
+/// The release flags (blue-green and canary steps) onto the update config.
+fn apply_release(c: &mut UpdateConfig, a: &RolloutArgs) -> Result<()> {
+    let v = |e: model::ValidationError| anyhow!("{e}");
+    let ms =
+        |field: &str, d: &str| -> Result<u64> { Ok(model::parse_duration(field, d).map_err(v)?.as_millis() as u64) };
+    if a.canary_steps.is_some() && a.update_strategy.as_deref().is_some_and(|s| s != "canary") {
+        bail!("--canary-steps: needs --update-strategy canary (or no --update-strategy)");
+    }
+    if let Some(steps) = &a.canary_steps {
+        c.canary_steps = CanarySteps::parse("--canary-steps", steps).map_err(v)?;
+        c.strategy = UpdateStrategy::Canary;
+    }
+    if let Some(s) = &a.update_strategy {
+        c.strategy = UpdateStrategy::parse("--update-strategy", s).map_err(v)?;
+    }
+    if let Some(d) = &a.blue_green_hold {
+        c.blue_green_hold_ms = ms("--blue-green-hold", d)?;
+    }
+    if let Some(d) = &a.canary_interval {
+        c.canary_interval_ms = ms("--canary-interval", d)?;
+    }
+    if let Some(r) = a.canary_max_failure_ratio {
+        c.canary_max_failure_ratio = r;
+    }
+    Ok(())
+}
+
 /// Applies the flags that were given; the spec's `validate` checks the result.
 pub fn apply(spec: &mut model::ServiceSpec, a: &RolloutArgs) -> Result<()> {
+    apply_release(&mut spec.update, a)?;
     apply_one(
         &mut spec.update,
         Flags {
@@ -90,7 +118,16 @@ fn state_of(u: &pb::UpdateStatus) -> Option<UpdateState> {
 /// why). `rollback` is true when the operator asked for the rollback.
 pub async fn follow(c: &mut Client, svc: pb::Service, rollback: bool) -> Result<()> {
     let name = svc.name.clone();
-    let Some(first) = svc.update_status.filter(|u| u.spec_version == svc.spec_version) else {
+    // A blue-green or canary release runs as the canary's version until promoted.
+    let release_version = svc
+        .canary
+        .as_ref()
+        .filter(|c| !c.release_strategy.is_empty())
+        .map(|c| c.spec_version);
+    let Some(first) = svc
+        .update_status
+        .filter(|u| u.spec_version == svc.spec_version || Some(u.spec_version) == release_version)
+    else {
         return Ok(());
     };
     let target = first.spec_version;
@@ -108,6 +145,12 @@ pub async fn follow(c: &mut Client, svc: pb::Service, rollback: bool) -> Result<
             bail!("{name}: the update is no longer recorded");
         };
         let state = state_of(&u).ok_or_else(|| anyhow!("{name}: unknown update state {:?}", u.state))?;
+        // Blue-green returns once switched: the hold is the operator's time to
+        // promote or roll back.
+        let switched = svc
+            .canary
+            .as_ref()
+            .is_some_and(|c| c.release_strategy == "blue-green" && c.weight == 100);
         if u.spec_version > target
             && !matches!(
                 state,
@@ -116,13 +159,18 @@ pub async fn follow(c: &mut Client, svc: pb::Service, rollback: bool) -> Result<
         {
             bail!("{name}: a newer update replaced this one");
         }
-        let now = format!("{name}: {}: {}/{} updated", u.state, u.updated, u.total);
+        let now = if release_version.is_some() {
+            format!("{name}: {}: {}", u.state, u.message)
+        } else {
+            format!("{name}: {}: {}/{} updated", u.state, u.updated, u.total)
+        };
         if now != last {
             printed = printed.and(line(&now));
             last = now;
         }
         match state {
             UpdateState::Completed => return printed,
+            UpdateState::Updating if switched => return printed,
             UpdateState::RollbackCompleted if rollback => return printed,
             UpdateState::RollbackCompleted | UpdateState::Paused | UpdateState::RollbackPaused => {
                 bail!("{name}: {}", u.message)

@@ -494,8 +494,12 @@ pub async fn run(c: &mut Client, cmd: ServiceCmd) -> Result<()> {
             }))
             .await?;
             // Only a new spec version starts an update to follow (a canary or a
-            // scale does not).
-            if !detach && svc.spec_version != current.spec_version {
+            // scale does not); a blue-green or canary release is one too.
+            let release = svc
+                .canary
+                .as_ref()
+                .is_some_and(|c| !c.release_strategy.is_empty() && c.spec_version > current.spec_version);
+            if !detach && (svc.spec_version != current.spec_version || release) {
                 super::rollout::follow(c, svc, false).await?;
             }
             line(&service)?;

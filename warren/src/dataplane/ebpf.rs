@@ -19,7 +19,7 @@ use aya::{
     programs::{
         links::FdLink,
         tc::{self, NlOptions, TcAttachOptions},
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, SockOps, TcAttachType,
     },
     EbpfLoader,
 };
@@ -393,6 +393,23 @@ impl EbpfDataplane {
                         FdLink::try_from(link).map_err(|e| DataplaneError::program(name, e))
                     })?
                 }
+                CgroupKind::SockOps => {
+                    let prog: &mut SockOps = prog.try_into().map_err(|e| DataplaneError::program(name, e))?;
+                    prog.load()
+                        .map_err(|e| DataplaneError::program(name, verifier_detail(&e)))?;
+                    let prog_fd = prog
+                        .fd()
+                        .map_err(|e| DataplaneError::program(name, e))?
+                        .try_clone()
+                        .map_err(|e| DataplaneError::program(name, e))?;
+                    attach_pinned(&cfg.bpffs_dir.join(pin), expect, prog_fd.as_fd(), || {
+                        let id = prog
+                            .attach(&cgroup, CgroupAttachMode::Single)
+                            .map_err(|e| DataplaneError::program(name, e))?;
+                        let link = prog.take_link(id).map_err(|e| DataplaneError::program(name, e))?;
+                        FdLink::try_from(link).map_err(|e| DataplaneError::program(name, e))
+                    })?
+                }
             };
             programs.push(AttachedProgram {
                 program: name.to_string(),
@@ -665,6 +682,10 @@ impl EbpfDataplane {
                     connections: c.conns,
                     packets: c.packets,
                     bytes: c.bytes,
+                    outcomes: maps.backend_outcomes(b.addr.ip()).unwrap_or_else(|e| {
+                        errors.push(e.to_string());
+                        Default::default()
+                    }),
                 }),
                 Err(e) => errors.push(e.to_string()),
             }

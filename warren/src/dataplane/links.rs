@@ -25,6 +25,7 @@ const BPF_CGROUP_INET6_POST_BIND: u32 = 13;
 const BPF_CGROUP_UDP6_SENDMSG: u32 = 15;
 const BPF_CGROUP_UDP6_RECVMSG: u32 = 20;
 const BPF_CGROUP_INET6_GETPEERNAME: u32 = 30;
+const BPF_CGROUP_SOCK_OPS: u32 = 3;
 pub(crate) const BPF_TCX_INGRESS: u32 = 46;
 pub(crate) const BPF_TCX_EGRESS: u32 = 47;
 
@@ -35,10 +36,12 @@ pub(crate) enum CgroupKind {
     SockAddr,
     /// `BPF_PROG_TYPE_CGROUP_SOCK`: post_bind.
     Sock,
+    /// `BPF_PROG_TYPE_SOCK_OPS`: connection outcomes per backend.
+    SockOps,
 }
 
 /// The cgroup programs: (program, pin name, attach type, program type).
-pub(crate) const CGROUP_PROGRAMS: [(&str, &str, u32, CgroupKind); 10] = [
+pub(crate) const CGROUP_PROGRAMS: [(&str, &str, u32, CgroupKind); 11] = [
     (
         progs::CONNECT4,
         "link_connect4",
@@ -99,6 +102,7 @@ pub(crate) const CGROUP_PROGRAMS: [(&str, &str, u32, CgroupKind); 10] = [
         BPF_CGROUP_INET6_POST_BIND,
         CgroupKind::Sock,
     ),
+    (progs::SOCKOPS, "link_sockops", BPF_CGROUP_SOCK_OPS, CgroupKind::SockOps),
 ];
 
 /// Attaches through a pinned link: an existing pin for the same hook gets the new

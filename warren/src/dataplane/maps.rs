@@ -5,14 +5,14 @@
 use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuHashMap, PerCpuValues},
     Ebpf,
 };
 use warren_common::{
-    map_names as names, Affinity, Backend as BeValue, BackendCounters, Be32, CtKey, CtValue, KillKey, NodeAddr, RevNat,
-    RlKey, RlValue, SockKey, SvcCounters, SvcKey, SvcState, SvcValue, BE_F_ACTIVE, CT_ENTRIES, EVENTS_BYTES,
-    KILL_ENTRIES, KINDS, MAX_BACKENDS, MAX_NODE_ADDRS, MAX_SERVICES, MAX_SVC_ENTRIES, RL_ENTRIES, SLOT_POOL,
-    SOCK_ENTRIES, SVC_F_REFUSE,
+    map_names as names, Affinity, Backend as BeValue, BackendCounters, BackendOutcomes, Be32, CtKey, CtValue, KillKey,
+    NodeAddr, OutcomeKey, RevNat, RlKey, RlValue, SockKey, SvcCounters, SvcKey, SvcState, SvcValue, BE_F_ACTIVE,
+    CT_ENTRIES, EVENTS_BYTES, KILL_ENTRIES, KINDS, MAX_BACKENDS, MAX_NODE_ADDRS, MAX_SERVICES, MAX_SVC_ENTRIES,
+    RL_ENTRIES, SLOT_POOL, SOCK_ENTRIES, SVC_F_REFUSE,
 };
 
 use super::{
@@ -22,12 +22,13 @@ use super::{
 
 /// Every map: (name, kernel map type, key size, value size, max entries). A pinned
 /// map that differs is refused rather than reused.
-fn map_specs() -> [(&'static str, u32, usize, usize, u32); 13] {
+fn map_specs() -> [(&'static str, u32, usize, usize, u32); 14] {
     use std::mem::size_of;
     const HASH: u32 = 1;
     const ARRAY: u32 = 2;
     const PERCPU_ARRAY: u32 = 6;
     const LRU_HASH: u32 = 9;
+    const LRU_PERCPU_HASH: u32 = 10;
     const RINGBUF: u32 = 27;
     [
         (
@@ -79,6 +80,13 @@ fn map_specs() -> [(&'static str, u32, usize, usize, u32); 13] {
         ),
         (names::KILL, HASH, size_of::<KillKey>(), 4, KILL_ENTRIES),
         (names::EVENTS, RINGBUF, 0, 0, EVENTS_BYTES),
+        (
+            names::BACKEND_OUTCOMES,
+            LRU_PERCPU_HASH,
+            size_of::<OutcomeKey>(),
+            size_of::<BackendOutcomes>(),
+            MAX_BACKENDS,
+        ),
     ]
 }
 
@@ -91,6 +99,7 @@ pub(crate) struct Maps {
     pub(crate) naddr: HashMap<MapData, Be32, NodeAddr>,
     pub(crate) svcc: PerCpuArray<MapData, SvcCounters>,
     pub(crate) bec: PerCpuArray<MapData, BackendCounters>,
+    pub(crate) beo: PerCpuHashMap<MapData, OutcomeKey, BackendOutcomes>,
     pub(crate) rnat: HashMap<MapData, SockKey, RevNat>,
     pub(crate) aff: HashMap<MapData, SockKey, Affinity>,
     pub(crate) rl: HashMap<MapData, RlKey, RlValue>,
@@ -116,6 +125,7 @@ impl Maps {
             naddr: take(ebpf, names::NODE_ADDR)?,
             svcc: take(ebpf, names::SVC_COUNTERS)?,
             bec: take(ebpf, names::BACKEND_COUNTERS)?,
+            beo: take(ebpf, names::BACKEND_OUTCOMES)?,
             rnat: take(ebpf, names::REVNAT)?,
             aff: take(ebpf, names::AFFINITY)?,
             rl: take(ebpf, names::RATE_LIMIT)?,
@@ -228,6 +238,27 @@ impl Maps {
             sum.conns += c.conns;
             sum.packets += c.packets;
             sum.bytes += c.bytes;
+        }
+        Ok(sum)
+    }
+}
+
+impl Maps {
+    /// How connections to `addr` ended, summed over CPUs; zero for a backend no
+    /// connection was counted for (or whose entry the LRU evicted).
+    pub(crate) fn backend_outcomes(&self, addr: Ipv4Addr) -> Result<BackendOutcomes, DataplaneError> {
+        let key = OutcomeKey { addr: addr.octets() };
+        let per_cpu = match self.beo.get(&key, 0) {
+            Ok(v) => v,
+            Err(MapError::KeyNotFound) => return Ok(BackendOutcomes::default()),
+            Err(e) => return Err(DataplaneError::map(names::BACKEND_OUTCOMES, e)),
+        };
+        let mut sum = BackendOutcomes::default();
+        for c in per_cpu.iter() {
+            sum.established += c.established;
+            sum.reset += c.reset;
+            sum.refused += c.refused;
+            sum.timed_out += c.timed_out;
         }
         Ok(sum)
     }

@@ -87,6 +87,12 @@ const FAMILIES: &[Family] = &[
         counter: false,
     },
     Family {
+        name: "dataplane_backend_outcomes_total",
+        help: "How this node's connections to the backend ended: established, reset, refused, timed_out.",
+        labels: &["service", "backend", "outcome"],
+        counter: true,
+    },
+    Family {
         name: "dataplane_sock_destroy_supported",
         help: "1 when sockets to removed backends are destroyed (bpf_sock_destroy).",
         labels: &[],
@@ -165,6 +171,15 @@ impl Collector for DataplaneCollector {
             vecs[4].set(&[&b.service, &addr], b.connections);
             vecs[5].set(&[&b.service, &addr], b.packets);
             vecs[6].set(&[&b.service, &addr], b.bytes);
+            let o = &b.outcomes;
+            for (outcome, v) in [
+                ("established", o.established),
+                ("reset", o.reset),
+                ("refused", o.refused),
+                ("timed_out", o.timed_out),
+            ] {
+                vecs[11].set(&[&b.service, &addr, outcome], v);
+            }
         }
         for m in &st.maps {
             vecs[7].set(&[&m.name], m.entries);
@@ -176,7 +191,7 @@ impl Collector for DataplaneCollector {
         for k in &st.skipped {
             vecs[10].set(&[&k.name, &k.field], 1);
         }
-        vecs[11].set(&[], u64::from(st.sock_destroy));
+        vecs[12].set(&[], u64::from(st.sock_destroy));
         vecs.iter().flat_map(Vec_::collect).collect()
     }
 }
@@ -235,6 +250,12 @@ mod tests {
                 connections: 7,
                 packets: 3,
                 bytes: 300,
+                outcomes: warren_common::BackendOutcomes {
+                    established: 6,
+                    reset: 2,
+                    refused: 1,
+                    timed_out: 0,
+                },
             }],
             maps: vec![MapFill {
                 name: "warren_svc_v1".into(),
@@ -264,6 +285,7 @@ mod tests {
             "warren_dataplane_map_entries{map=\"warren_svc_v1\"} 4",
             "warren_dataplane_map_capacity{map=\"warren_svc_v1\"} 8192",
             "warren_dataplane_sock_destroy_supported 1",
+            "warren_dataplane_backend_outcomes_total{backend=\"10.1.0.2\",outcome=\"reset\",service=\"web\"} 2",
             "warren_dataplane_service_skipped{field=\"vip\",service=\"bad\"} 1",
             "# TYPE warren_dataplane_connections_total counter",
         ] {

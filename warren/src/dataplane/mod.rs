@@ -282,6 +282,8 @@ pub struct BackendStats {
     pub connections: u64,
     pub packets: u64,
     pub bytes: u64,
+    /// How this node's connections to it ended (the sockops program's counters).
+    pub outcomes: warren_common::BackendOutcomes,
 }
 
 /// What [`Dataplane::status`] reports.

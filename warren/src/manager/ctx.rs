@@ -64,13 +64,35 @@ impl ManagerCtx {
     }
 }
 
-/// Last heartbeat per node, on this manager.
+/// Last heartbeat per node, on this manager, and the connection outcomes per task
+/// that each node's data plane last reported with it (cumulative counters, kept
+/// in memory: a new leader has them again within a heartbeat).
 #[derive(Default)]
 pub struct Sessions {
     last_seen: Mutex<HashMap<String, Instant>>,
+    outcomes: Mutex<HashMap<String, HashMap<String, crate::model::Outcomes>>>,
 }
 
 impl Sessions {
+    /// Replaces what `node_id` reported before (a task it no longer counts is gone).
+    pub fn report_outcomes(&self, node_id: &str, by_task: HashMap<String, crate::model::Outcomes>) {
+        self.outcomes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node_id.to_string(), by_task);
+    }
+
+    /// Every task's outcomes, summed over the nodes that counted connections to it.
+    pub fn outcomes_by_task(&self) -> super::updater::TaskOutcomes {
+        let mut out = super::updater::TaskOutcomes::new();
+        for by_task in self.outcomes.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            for (task, o) in by_task {
+                out.entry(task.clone()).or_default().add(o);
+            }
+        }
+        out
+    }
+
     pub fn seen(&self, node_id: &str) {
         self.last_seen
             .lock()

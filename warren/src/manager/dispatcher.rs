@@ -252,7 +252,23 @@ where
                 };
                 ctx.sessions.seen(&node_id);
                 match msg.msg {
-                    Some(AgentMsg::Heartbeat(_)) => ensure_ready(&ctx, &node_id).await,
+                    Some(AgentMsg::Heartbeat(hb)) => {
+                        let outcomes = hb
+                            .outcomes
+                            .into_iter()
+                            .map(|o| {
+                                let counts = crate::model::Outcomes {
+                                    established: o.established,
+                                    reset: o.reset,
+                                    refused: o.refused,
+                                    timed_out: o.timed_out,
+                                };
+                                (o.task_id, counts)
+                            })
+                            .collect();
+                        ctx.sessions.report_outcomes(&node_id, outcomes);
+                        ensure_ready(&ctx, &node_id).await
+                    }
                     Some(AgentMsg::Status(batch)) => {
                         let reports = convert::reports_from_pb(batch.reports);
                         if !reports.is_empty() {
@@ -589,7 +605,7 @@ mod tests {
 
         let (agent, mut out) = session(&ctx, "n1");
         let heartbeat = pb::AgentMessage {
-            msg: Some(AgentMsg::Heartbeat(pb::Heartbeat {})),
+            msg: Some(AgentMsg::Heartbeat(pb::Heartbeat::default())),
         };
         agent.send(Ok(heartbeat)).unwrap();
         let e = next(&mut out).await.unwrap_err();

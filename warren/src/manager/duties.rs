@@ -32,8 +32,9 @@ pub async fn run_leader_duties(ctx: Arc<ManagerCtx>) {
                 });
                 let c = ctx.clone();
                 set.spawn(async move {
-                    run_component("updater", c, |s, now| {
-                        let plan = updater::plan(s, now);
+                    let sessions = c.sessions.clone();
+                    run_component("updater", c, move |s, now| {
+                        let plan = updater::plan(s, now, &sessions.outcomes_by_task());
                         (plan.commands, plan.wake_at_ms)
                     })
                     .await

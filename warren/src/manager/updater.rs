@@ -5,8 +5,16 @@
 //! update once every slot runs the new version for the monitor period. Replacing
 //! the tasks of an admitted slot, start-first or stop-first, is the orchestrator's;
 //! everything it needs is in the replicated state, so a new leader resumes.
+//!
+//! It also steps blue-green and canary releases (`release_step`): the switch once
+//! the whole new version is up, the end of the hold, and each canary step's
+//! verdict from the connection outcomes the nodes' data planes count per task
+//! (reported to this leader, passed in as `outcomes`).
 
-use crate::model::{Availability, NodeState, Service, ServiceMode, Task, TaskState, UpdateStatus, UpdateStep};
+use crate::model::{
+    Availability, Canary, NodeState, Outcomes, Release, ReleaseStep, Service, ServiceMode, Task, TaskState,
+    UpdateStatus, UpdateStep, UpdateStrategy,
+};
 use crate::store::{Command, State};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,17 +30,7 @@ pub fn slot_key(t: &Task) -> String {
 
 /// Running and, if it has a health check, passing it: ready for traffic.
 pub fn is_up(t: &Task) -> bool {
-    let healthy = match t.status.health.as_str() {
-        "healthy" => true,
-        // A spec with its own check reports "starting" before it passes.
-        "" => t
-            .spec
-            .health
-            .as_ref()
-            .is_none_or(|h| h.test == crate::model::HealthTest::Disabled),
-        _ => false,
-    };
-    t.is_live() && t.status.state == TaskState::Running && healthy
+    t.is_up()
 }
 
 /// Whether an outdated task in `key` may be replaced now.
@@ -50,13 +48,39 @@ pub struct Plan {
     pub wake_at_ms: Option<i64>,
 }
 
-pub fn plan(state: &State, now_ms: i64) -> Plan {
+/// Connection outcomes per task ID, summed over the nodes that reported them.
+pub type TaskOutcomes = BTreeMap<String, Outcomes>;
+
+pub fn plan(state: &State, now_ms: i64, outcomes: &TaskOutcomes) -> Plan {
     let mut plan = Plan::default();
     let mut by_service: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
-    for t in state.tasks.values().filter(|t| !t.canary) {
-        by_service.entry(&t.service_id).or_default().push(t);
+    let mut all_tasks: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
+    for t in state.tasks.values() {
+        all_tasks.entry(&t.service_id).or_default().push(t);
+        if !t.canary {
+            by_service.entry(&t.service_id).or_default().push(t);
+        }
     }
     for svc in state.services.values() {
+        if let Some((c, r)) = svc.canary.as_ref().and_then(|c| c.release.as_ref().map(|r| (c, r))) {
+            let tasks = all_tasks.get(svc.id.as_str()).map_or(&[][..], |v| &v[..]);
+            let started_ms = svc
+                .update_status
+                .as_ref()
+                .filter(|u| u.spec_version == c.spec_version)
+                .map_or(0, |u| u.started_ms);
+            let (step, wake) = release_step(svc, c, r, tasks, started_ms, now_ms, outcomes);
+            plan.commands.extend(step.map(|step| Command::ReleaseStep {
+                id: svc.id.clone(),
+                spec_version: c.spec_version,
+                step,
+                at_ms: now_ms,
+            }));
+            if let Some(at) = wake {
+                plan.wake_at_ms = Some(plan.wake_at_ms.map_or(at, |w: i64| w.min(at)));
+            }
+            continue;
+        }
         let Some(u) = svc.update_status.as_ref().filter(|u| u.state.governs()) else {
             continue;
         };
@@ -100,7 +124,7 @@ fn slots(state: &State, svc: &Service, tasks: &[&Task]) -> Vec<String> {
     }
 }
 
-type Step = (Option<UpdateStep>, Option<i64>);
+type Step<S = UpdateStep> = (Option<S>, Option<i64>);
 
 fn next_step(state: &State, svc: &Service, u: &UpdateStatus, tasks: &[&Task], now_ms: i64) -> Option<Step> {
     let keys = slots(state, svc, tasks);
@@ -175,6 +199,113 @@ fn next_step(state: &State, svc: &Service, u: &UpdateStatus, tasks: &[&Task], no
     Some((Some(UpdateStep::Admit { slots }), None))
 }
 
+/// The next step of a release, and when to look again.
+fn release_step(
+    svc: &Service,
+    c: &Canary,
+    r: &Release,
+    tasks: &[&Task],
+    started_ms: i64,
+    now_ms: i64,
+    outcomes: &TaskOutcomes,
+) -> Step<ReleaseStep> {
+    let replicas = match svc.spec.mode {
+        ServiceMode::Replicated { replicas } => replicas,
+        ServiceMode::Global => 0,
+    };
+    let new: Vec<&Task> = tasks
+        .iter()
+        .copied()
+        .filter(|t| t.canary && t.spec_version == c.spec_version)
+        .collect();
+    // A new task that ended by itself (failed to start, exited, failed its health
+    // check) ends the release: the stable version still has all of its tasks.
+    let failed = new
+        .iter()
+        .filter(|t| {
+            matches!(t.status.state, TaskState::Failed | TaskState::Rejected)
+                && t.desired_state <= TaskState::Running
+                && t.status.timestamp_ms >= started_ms
+        })
+        .max_by_key(|t| t.status.timestamp_ms);
+    if let Some(t) = failed {
+        let why = if t.status.err.is_empty() {
+            &t.status.message
+        } else {
+            &t.status.err
+        };
+        let reason = match r.strategy {
+            UpdateStrategy::Canary => format!("canary {}: task {} failed: {why}", r.step_name(), t.name()),
+            _ => format!("blue-green: task {} of the new version failed: {why}", t.name()),
+        };
+        return (Some(ReleaseStep::RollBack { reason }), None);
+    }
+    let up = new.iter().filter(|t| t.is_up()).count() as u64;
+    let all_up = up >= c.replicas(replicas);
+    let sum = |canary: bool| {
+        let mut o = Outcomes::default();
+        for t in tasks.iter().filter(|t| t.canary == canary) {
+            if canary && t.spec_version != c.spec_version {
+                continue;
+            }
+            if let Some(x) = outcomes.get(&t.id) {
+                o.add(x);
+            }
+        }
+        o
+    };
+    match (r.strategy, r.step, r.step_ms) {
+        (UpdateStrategy::BlueGreen, 0, _) => (all_up.then_some(ReleaseStep::Switch), None),
+        (UpdateStrategy::BlueGreen, _, since) => {
+            let at = since.saturating_add(r.config.blue_green_hold_ms as i64);
+            if now_ms >= at {
+                let reason = format!(
+                    "the hold of {} passed",
+                    crate::model::human_duration(r.config.blue_green_hold_ms)
+                );
+                (Some(ReleaseStep::Promote { reason }), None)
+            } else {
+                (None, Some(at))
+            }
+        }
+        (UpdateStrategy::Canary, _, 0) => (
+            all_up.then(|| ReleaseStep::Begin {
+                canary: sum(true),
+                stable: sum(false),
+            }),
+            None,
+        ),
+        (UpdateStrategy::Canary, step, since) => {
+            let at = since.saturating_add(r.config.canary_interval_ms as i64);
+            if now_ms < at {
+                return (None, Some(at));
+            }
+            let dc = sum(true).since(&r.baseline_canary);
+            let ds = sum(false).since(&r.baseline_stable);
+            let (fc, fs) = (dc.failure_ratio(), ds.failure_ratio());
+            let limit = r.config.canary_max_failure_ratio;
+            let counts = format!("canary {}, stable {}", dc.describe(), ds.describe());
+            if dc.failures() > 0 && fc > fs + limit {
+                let reason = format!(
+                    "canary {}: {counts}: the canary's failed share {fc:.2} exceeds the stable version's {fs:.2} by more than {limit}",
+                    r.step_name()
+                );
+                return (Some(ReleaseStep::RollBack { reason }), None);
+            }
+            let last = step as usize + 1 >= r.config.canary_steps.as_slice().len();
+            let step = if last {
+                ReleaseStep::Promote {
+                    reason: format!("every step passed, the last with {counts}"),
+                }
+            } else {
+                ReleaseStep::Advance { reason: counts }
+            };
+            (Some(step), None)
+        }
+        (UpdateStrategy::Rolling, _, _) => (None, None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +326,13 @@ mod tests {
         max_in_flight: usize,
         /// Fewest slots with a task up at any one time.
         min_up: usize,
+        /// What the nodes' data planes report; `round` adds connections to every
+        /// task that is up, failing ones to tasks of `resetting_image`.
+        outcomes: TaskOutcomes,
+        resetting_image: &'static str,
+        /// The images that took new connections, per round (by the endpoints' weights).
+        serving: Vec<BTreeSet<String>>,
+        weights: Vec<u8>,
     }
 
     impl Sim {
@@ -212,7 +350,29 @@ mod tests {
                 failing_image: "broken",
                 max_in_flight: 0,
                 min_up: usize::MAX,
+                outcomes: TaskOutcomes::new(),
+                resetting_image: "resets",
+                serving: vec![],
+                weights: vec![],
             }
+        }
+
+        /// The images that new connections go to, as a node's data plane splits
+        /// them: ready endpoints, canary weight between the groups (a group
+        /// without endpoints gives its share to the other).
+        fn serving_now(&self) -> BTreeSet<String> {
+            self.store.read(|s| {
+                let eps = s.service_endpoints().into_iter().find(|e| e.id == "svc").unwrap();
+                let image = |id: &str| s.tasks[id].spec.image.clone();
+                let ready: Vec<_> = eps.endpoints.iter().filter(|e| e.ready).collect();
+                let (canary, stable): (Vec<_>, Vec<_>) = ready.into_iter().partition(|e| e.canary);
+                let groups = match (stable.is_empty(), canary.is_empty(), eps.canary_weight) {
+                    (false, false, 0) => vec![stable],
+                    (false, false, 100) => vec![canary],
+                    _ => vec![stable, canary],
+                };
+                groups.into_iter().flatten().map(|e| image(&e.task_id)).collect()
+            })
         }
 
         /// A new leader: the same replicated state behind another proposer.
@@ -246,8 +406,30 @@ mod tests {
             for c in cmds {
                 self.propose(c).await;
             }
-            for c in self.store.read(|s| plan(s, now).commands) {
+            for c in self.store.read(|s| plan(s, now, &self.outcomes).commands) {
                 self.propose(c).await;
+            }
+            let serving = self.serving_now();
+            self.serving.push(serving);
+            if let Some(w) = self.svc().canary.map(|c| c.weight) {
+                if self.weights.last() != Some(&w) {
+                    self.weights.push(w);
+                }
+            }
+            let resetting = self.resetting_image;
+            let up: Vec<(String, bool)> = self.store.read(|s| {
+                s.tasks
+                    .values()
+                    .filter(|t| is_up(t))
+                    .map(|t| (t.id.clone(), t.spec.image == resetting))
+                    .collect()
+            });
+            for (id, resets) in up {
+                let o = self.outcomes.entry(id).or_default();
+                o.established += 10;
+                if resets {
+                    o.reset += 10;
+                }
             }
             let failing = self.failing_image;
             self.store.write(|s| {
@@ -258,6 +440,7 @@ mod tests {
                     } else if t.desired_state == TaskState::Running && st.state == TaskState::Assigned {
                         st.state = TaskState::Running;
                         st.health = "starting".into();
+                        st.addr = "10.0.0.2".into();
                     } else if st.state == TaskState::Running && st.health == "starting" {
                         // One round later the first check has run.
                         if t.spec.image == failing {
@@ -347,6 +530,7 @@ mod tests {
         assert_eq!(sim.images(), vec!["img"; 6]);
         sim.min_up = usize::MAX;
         sim.max_in_flight = 0;
+        sim.serving.clear();
         sim
     }
 
@@ -478,6 +662,128 @@ mod tests {
         .await;
         assert_eq!(sim.images(), vec!["img:2"; 6]);
         assert_eq!(sim.min_up, 6);
+    }
+
+    fn release(strategy: crate::model::UpdateStrategy) -> UpdateConfig {
+        UpdateConfig {
+            strategy,
+            blue_green_hold_ms: 2_000,
+            canary_steps: crate::model::CanarySteps::parse("s", "10,50,100").unwrap(),
+            canary_interval_ms: 1_000,
+            canary_max_failure_ratio: 0.1,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn blue_green_switches_new_connections_in_one_step_then_promotes() {
+        let mut sim = six_replicas(release(crate::model::UpdateStrategy::BlueGreen)).await;
+        sim.update("img:2").await;
+        sim.until("the promotion", |s| {
+            s.update_status.as_ref().unwrap().state == UpdateState::Completed
+        })
+        .await;
+        for _ in 0..4 {
+            sim.round(250).await;
+        }
+        let old = BTreeSet::from(["img".to_string()]);
+        let new = BTreeSet::from(["img:2".to_string()]);
+        let mut phases = sim.serving.clone();
+        phases.dedup();
+        assert_eq!(phases, vec![old, new], "never both versions, never none");
+        assert_eq!(sim.weights, vec![0, 100]);
+        let u = sim.svc().update_status.unwrap();
+        assert_eq!(u.message, "blue-green release promoted: the hold of 2s passed");
+        assert_eq!(sim.images(), vec!["img:2"; 6]);
+        assert_eq!(sim.min_up, 6);
+    }
+
+    #[tokio::test]
+    async fn blue_green_rollback_during_the_hold_flips_back_at_once() {
+        let mut sim = six_replicas(release(crate::model::UpdateStrategy::BlueGreen)).await;
+        sim.update("img:2").await;
+        sim.until("the switch", |s| s.canary.as_ref().is_some_and(|c| c.weight == 100))
+            .await;
+        sim.round(0).await;
+        assert_eq!(sim.serving_now(), BTreeSet::from(["img:2".to_string()]));
+        let id = sim.svc().id;
+        sim.propose(Command::RollbackService {
+            id,
+            at_ms: sim.now,
+            rules: Rules::CURRENT,
+        })
+        .await;
+        // The write itself sends every new connection back.
+        assert_eq!(sim.serving_now(), BTreeSet::from(["img".to_string()]));
+        let u = sim.svc().update_status.unwrap();
+        assert_eq!(
+            (u.state, u.message.as_str()),
+            (UpdateState::RollbackCompleted, "rolled back: requested")
+        );
+        for _ in 0..4 {
+            sim.round(250).await;
+        }
+        assert_eq!(sim.images(), vec!["img"; 6]);
+    }
+
+    #[tokio::test]
+    async fn a_good_canary_is_promoted_step_by_step() {
+        let mut sim = six_replicas(release(crate::model::UpdateStrategy::Canary)).await;
+        sim.update("img:2").await;
+        sim.until("the promotion", |s| {
+            s.update_status.as_ref().unwrap().state == UpdateState::Completed
+        })
+        .await;
+        assert_eq!(sim.weights, vec![10, 50, 100]);
+        let u = sim.svc().update_status.unwrap();
+        assert!(
+            u.message
+                .starts_with("canary release promoted: every step passed, the last with canary 0 of "),
+            "{}",
+            u.message
+        );
+        for _ in 0..4 {
+            sim.round(250).await;
+        }
+        assert_eq!(sim.images(), vec!["img:2"; 6]);
+        assert_eq!(sim.min_up, 6);
+    }
+
+    #[tokio::test]
+    async fn a_canary_that_resets_connections_is_rolled_back_at_the_first_step() {
+        let mut sim = six_replicas(release(crate::model::UpdateStrategy::Canary)).await;
+        sim.update("resets").await;
+        sim.until("the rollback", |s| {
+            s.update_status.as_ref().unwrap().state == UpdateState::RollbackCompleted
+        })
+        .await;
+        assert_eq!(sim.weights, vec![10], "no step after the first");
+        let u = sim.svc().update_status.unwrap();
+        assert!(
+            u.message.starts_with("rolled back: canary step 1/3 (10%): canary ")
+                && u.message.contains(" reset, 0 refused, 0 timed out), stable 0 of ")
+                && u.message
+                    .ends_with("exceeds the stable version's 0.00 by more than 0.1"),
+            "{}",
+            u.message
+        );
+        for _ in 0..4 {
+            sim.round(250).await;
+        }
+        assert_eq!(sim.images(), vec!["img"; 6]);
+    }
+
+    #[tokio::test]
+    async fn a_canary_task_that_fails_its_health_check_ends_the_release() {
+        let mut sim = six_replicas(release(crate::model::UpdateStrategy::Canary)).await;
+        sim.update("broken").await;
+        sim.until("the rollback", |s| {
+            s.update_status.as_ref().unwrap().state == UpdateState::RollbackCompleted
+        })
+        .await;
+        let u = sim.svc().update_status.unwrap();
+        assert!(u.message.contains("failed: task: unhealthy"), "{}", u.message);
+        assert_eq!(sim.svc().spec.image, "img");
     }
 
     #[tokio::test]

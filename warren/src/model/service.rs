@@ -308,6 +308,15 @@ impl ServiceSpec {
         self.container.validate()?;
         self.update.validate("update")?;
         self.rollback.validate("rollback")?;
+        if self.update.strategy != super::UpdateStrategy::Rolling && self.mode == ServiceMode::Global {
+            return Err(ValidationError::new(
+                "update-strategy",
+                format!(
+                    "{} needs a replicated service: a global service runs one task per node",
+                    self.update.strategy.as_str()
+                ),
+            ));
+        }
         if let Some(r) = &self.rate_limit {
             if r.per_sec == 0 {
                 return Err(ValidationError::new("rate-limit", "must be at least 1/s"));
@@ -392,12 +401,24 @@ pub struct Canary {
     pub spec_version: u64,
     /// Percent of new connections, 0-100.
     pub weight: u8,
+    /// Set when the canary is a blue-green or stepped canary release that the
+    /// updater drives; None for a canary weighted by hand.
+    #[serde(default)]
+    pub release: Option<super::Release>,
 }
 
 impl Canary {
     /// Canary tasks to run: enough for the weight at the service's scale, and at
     /// least one (the traffic split is the data plane's, not the task count's).
+    /// Blue-green runs the complete new version from the start.
     pub fn replicas(&self, stable_replicas: u64) -> u64 {
+        if self
+            .release
+            .as_ref()
+            .is_some_and(|r| r.strategy == super::UpdateStrategy::BlueGreen)
+        {
+            return stable_replicas.max(1);
+        }
         ((stable_replicas * u64::from(self.weight)).div_ceil(100)).max(1)
     }
 }

@@ -103,6 +103,21 @@ impl Task {
         self.desired_state <= TaskState::Running && !self.status.state.is_terminal()
     }
 
+    /// Running and, if it has a health check, passing it: ready for traffic.
+    pub fn is_up(&self) -> bool {
+        let healthy = match self.status.health.as_str() {
+            "healthy" => true,
+            // A spec with its own check reports "starting" before it passes.
+            "" => self
+                .spec
+                .health
+                .as_ref()
+                .is_none_or(|h| h.test == super::HealthTest::Disabled),
+            _ => false,
+        };
+        self.is_live() && self.status.state == TaskState::Running && healthy
+    }
+
     /// Swarm-style name: `web.2` for a replica, `web.<node>` for a global task.
     pub fn name(&self) -> String {
         if self.slot > 0 {

@@ -259,6 +259,11 @@ impl Default for RestartPolicy {
 }
 
 /// Durations as the CLI spells them: `30s`, `1m30s`, `500ms`.
+/// `60s`, `1m 30s`: a duration in milliseconds as people write it.
+pub fn human_duration(ms: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
+}
+
 pub fn parse_duration(field: &str, input: &str) -> Result<Duration, ValidationError> {
     humantime::parse_duration(input.trim()).map_err(|_| {
         ValidationError::new(

@@ -7,8 +7,8 @@
 
 use super::ApplyError;
 use crate::model::{
-    Availability, ClusterMeta, Labels, Node, NodeRole, NodeState, Platform, Resources, Secret, Service, ServiceSpec,
-    Task, TaskState, TaskStatus, UpdateStep, Volume,
+    Availability, ClusterMeta, Labels, Node, NodeRole, NodeState, Platform, ReleaseStep, Resources, Secret, Service,
+    ServiceSpec, Task, TaskState, TaskStatus, UpdateStep, Volume,
 };
 use serde::{Deserialize, Serialize};
 
@@ -201,6 +201,15 @@ pub enum Command {
     /// Several commands in one log entry; each applies on its own and the first
     /// error is the batch's result.
     Batch(Vec<Command>),
+
+    /// A step of the blue-green or canary release of spec version `spec_version`
+    /// (the service's canary); refused once that release is over.
+    ReleaseStep {
+        id: String,
+        spec_version: u64,
+        step: ReleaseStep,
+        at_ms: i64,
+    },
 }
 
 impl Command {
@@ -235,6 +244,7 @@ impl Command {
             Command::CreateVolume { .. } => "create_volume",
             Command::RemoveVolume { .. } => "remove_volume",
             Command::Batch(_) => "batch",
+            Command::ReleaseStep { .. } => "release_step",
         }
     }
 }

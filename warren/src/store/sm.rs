@@ -282,6 +282,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 action: Action::Updated,
                 id: String::new(),
                 name: "membership".into(),
+                message: String::new(),
             });
         }
         if let Some(last) = self.last_applied {

@@ -52,6 +52,9 @@ pub struct Change {
     pub action: Action,
     pub id: String,
     pub name: String,
+    /// Why, where the command says (a release step that advanced or rolled back).
+    #[serde(default)]
+    pub message: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

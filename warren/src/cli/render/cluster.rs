@@ -12,6 +12,9 @@ pub struct EventView {
     pub id: String,
     pub name: String,
     pub timestamp_ms: i64,
+    /// Why, where the change says (a release step).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 impl EventView {
@@ -29,6 +32,7 @@ impl EventView {
             id: ev.id,
             name: ev.name,
             timestamp_ms: ev.timestamp_ms,
+            message: ev.message,
         }
     }
 
@@ -44,8 +48,13 @@ impl EventView {
         } else {
             format!(" {}", self.name)
         };
+        let message = if self.message.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", self.message)
+        };
         format!(
-            "{} {} {}{name} ({}) index={}\n",
+            "{} {} {}{name} ({}) index={}{message}\n",
             humantime::format_rfc3339_millis(at),
             self.kind,
             self.action,

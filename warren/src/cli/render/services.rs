@@ -133,6 +133,14 @@ pub fn service_text(s: &ServiceView) -> String {
             "Canary:      {} (spec {}), {}% of new connections, {}/{} running",
             c.spec.image, c.spec_version, c.weight, s.replicas.canary_running, s.replicas.canary_desired
         ));
+        if let Some(r) = &c.release {
+            let at = match r.strategy {
+                crate::model::UpdateStrategy::BlueGreen if r.switched() => "switched, holding the old version".into(),
+                crate::model::UpdateStrategy::BlueGreen => "starting the new version".into(),
+                _ => format!("{} of {}", r.step_name(), r.config.canary_steps),
+            };
+            t.line(format_args!("  Release:   {} ({at})", r.strategy.as_str()));
+        }
     }
     t.line(format_args!(
         "Version:     {} (spec {})",
@@ -158,7 +166,21 @@ pub fn service_text(s: &ServiceView) -> String {
             c.order_for(spec).as_str()
         )
     };
-    t.line(format_args!("UpdateConfig: {}", rollout(&spec.update)));
+    let u = &spec.update;
+    let strategy = match u.strategy {
+        crate::model::UpdateStrategy::Rolling => String::new(),
+        crate::model::UpdateStrategy::BlueGreen => format!(
+            "blue-green, hold {}; ",
+            crate::model::human_duration(u.blue_green_hold_ms)
+        ),
+        crate::model::UpdateStrategy::Canary => format!(
+            "canary steps {}, interval {}, max failure ratio {}; ",
+            u.canary_steps,
+            crate::model::human_duration(u.canary_interval_ms),
+            u.canary_max_failure_ratio
+        ),
+    };
+    t.line(format_args!("UpdateConfig: {strategy}{}", rollout(&spec.update)));
     t.line(format_args!("RollbackConfig: {}", rollout(&spec.rollback)));
     t.line(format_args!("Created:     {}", ago(s.service.created_ms)));
     t.line(format_args!("Updated:     {}", ago(s.service.updated_ms)));

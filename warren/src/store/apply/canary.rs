@@ -3,7 +3,7 @@
 //! update to the spec before it.
 
 use super::{change, Versioned};
-use crate::model::{Canary, ServiceMode, ServiceSpec, Task, UpdateState, UpdateStatus};
+use crate::model::{Canary, ServiceMode, ServiceSpec, Task, TaskState, UpdateState, UpdateStatus};
 use crate::store::state::{spec_differs_beyond_scale, Action, Change, ObjectKind, State};
 use crate::store::{ApplyError, Rules};
 
@@ -42,6 +42,7 @@ impl State {
             spec: canary_spec,
             spec_version: svc.next_spec_version(),
             weight,
+            release: None,
         });
         svc.touch(at_ms);
         changes.push(change(ObjectKind::Service, Action::Updated, id, &svc.name));
@@ -63,6 +64,12 @@ impl State {
                 "canary-weight: service {name:?} has no canary: start one with `warren service update {name} --image IMG --canary-weight W`"
             ))
         })?;
+        if let Some(r) = &canary.release {
+            return Err(ApplyError::Invalid(format!(
+                "canary-weight: service {name:?} is in a {} release that Warren steps: `warren service promote {name}` or `warren service rollback {name}`",
+                r.strategy.as_str()
+            )));
+        }
         canary.weight = weight;
         svc.touch(at_ms);
         changes.push(change(ObjectKind::Service, Action::Updated, id, &svc.name));
@@ -70,6 +77,28 @@ impl State {
     }
 
     pub(super) fn promote_canary(&mut self, id: &str, at_ms: i64, changes: &mut Vec<Change>) -> Result<(), ApplyError> {
+        let released = self
+            .service_by_id(id)?
+            .canary
+            .as_ref()
+            .and_then(|c| c.release.as_ref())
+            .map(|r| r.strategy.as_str());
+        let message = released.map_or_else(String::new, |s| format!("{s} release promoted: requested"));
+        self.promote_canary_because(id, message, at_ms, changes)
+    }
+
+    /// The canary becomes the stable version. In the same write, every old task
+    /// whose slot a promoted task serves (running and healthy) is told to stop: the
+    /// data plane never sees both versions as one group taking new connections.
+    /// `message` (empty for a canary weighted by hand) completes the release's
+    /// update status and goes with the event.
+    pub(super) fn promote_canary_because(
+        &mut self,
+        id: &str,
+        message: String,
+        at_ms: i64,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), ApplyError> {
         let svc = self.service_mut(id)?;
         let canary = svc
             .canary
@@ -80,9 +109,19 @@ impl State {
         svc.previous_spec = Some(std::mem::replace(&mut svc.spec, spec));
         svc.spec_version = canary.spec_version;
         // The promoted tasks already run it; the rest are replaced start-first.
-        svc.update_status = None;
+        svc.update_status = match (canary.release, svc.update_status.take()) {
+            (Some(_), Some(mut u)) if u.spec_version == canary.spec_version => {
+                u.state = UpdateState::Completed;
+                u.completed_ms = at_ms;
+                u.message = message.clone();
+                Some(u)
+            }
+            _ => None,
+        };
         svc.touch(at_ms);
-        changes.push(change(ObjectKind::Service, Action::Updated, id, &svc.name));
+        let mut c = change(ObjectKind::Service, Action::Updated, id, &svc.name);
+        c.message = message;
+        changes.push(c);
         // The canary tasks become stable ones, in the first slots: the
         // orchestrator keeps them (the newest task of a slot wins) and replaces
         // the rest of the old version.
@@ -92,11 +131,27 @@ impl State {
             .filter(|t| t.service_id == id && t.canary && t.is_live())
             .collect();
         promoted.sort_by_key(|t| t.slot);
+        let mut served = std::collections::BTreeSet::new();
         for (slot, t) in (1..).zip(promoted) {
             t.canary = false;
             t.slot = slot;
             t.touch(at_ms);
+            if t.is_up() {
+                served.insert(slot);
+            }
             changes.push(change(ObjectKind::Task, Action::Updated, &t.id, ""));
+        }
+        for t in self.tasks.values_mut() {
+            if t.service_id == id
+                && !t.canary
+                && t.is_live()
+                && t.spec_version != canary.spec_version
+                && served.contains(&t.slot)
+            {
+                t.desired_state = TaskState::Shutdown;
+                t.touch(at_ms);
+                changes.push(change(ObjectKind::Task, Action::Updated, &t.id, ""));
+            }
         }
         Ok(())
     }
@@ -127,9 +182,18 @@ impl State {
         match restore {
             None => {
                 let svc = self.service_mut(id)?;
-                svc.canary = None;
+                let release = svc.canary.take().and_then(|c| c.release.map(|_| c.spec_version));
+                let mut c = change(ObjectKind::Service, Action::Updated, id, &svc.name);
+                // A release ends here: all new connections return to the stable
+                // version in this one write.
+                if let Some(u) = svc.update_status.as_mut().filter(|u| release == Some(u.spec_version)) {
+                    u.state = UpdateState::RollbackCompleted;
+                    u.completed_ms = at_ms;
+                    u.message = "rolled back: requested".into();
+                    c.message = u.message.clone();
+                }
                 svc.touch(at_ms);
-                changes.push(change(ObjectKind::Service, Action::Updated, id, &svc.name));
+                changes.push(c);
             }
             Some(previous) => self.restore_previous(id, previous, "rolling back: requested".into(), at_ms, changes)?,
         }

@@ -8,6 +8,7 @@
 mod canary;
 mod cluster;
 mod nodes;
+mod release;
 mod rules;
 mod secrets_volumes;
 mod services;
@@ -93,6 +94,13 @@ impl State {
             Command::CreateVolume { volume } => self.create_volume(volume, changes),
             Command::RemoveVolume { id, rules } => self.remove_volume(id, *rules, changes),
 
+            Command::ReleaseStep {
+                id,
+                spec_version,
+                step,
+                at_ms,
+            } => self.release_step(id, *spec_version, step, *at_ms, changes),
+
             Command::Batch(cmds) => {
                 let mut first_err = None;
                 for c in cmds {
@@ -158,5 +166,6 @@ fn change(kind: ObjectKind, action: Action, id: &str, name: &str) -> Change {
         action,
         id: id.to_string(),
         name: name.to_string(),
+        message: String::new(),
     }
 }

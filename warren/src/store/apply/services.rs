@@ -73,6 +73,9 @@ impl State {
             self.check_references(spec)?;
             self.check_ports(spec, Some(id))?;
         }
+        if changed && spec.update.strategy != crate::model::UpdateStrategy::Rolling {
+            return self.start_release(id, spec, at_ms, changes);
+        }
         let vip = match (svc.spec.endpoint_mode, spec.endpoint_mode) {
             (EndpointMode::Dnsrr, EndpointMode::Vip) => Some(Some(self.allocate_vip(&svc.name)?)),
             (EndpointMode::Vip, EndpointMode::Dnsrr) => Some(None),

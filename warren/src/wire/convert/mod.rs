@@ -100,6 +100,11 @@ mod tests {
                 monitor_ms: 0,
                 max_failure_ratio: 0.25,
                 order: Some(UpdateOrder::StopFirst),
+                strategy: crate::model::UpdateStrategy::Canary,
+                blue_green_hold_ms: 5_000,
+                canary_steps: crate::model::CanarySteps::parse("canary-steps", "5,100").unwrap(),
+                canary_interval_ms: 2_000,
+                canary_max_failure_ratio: 0.2,
             },
             rollback: UpdateConfig {
                 order: Some(UpdateOrder::StartFirst),

@@ -49,5 +49,6 @@ pub fn event_to_pb(c: &Change, index: u64, at_ms: i64) -> pb::Event {
         id: c.id.clone(),
         name: c.name.clone(),
         timestamp_ms: at_ms,
+        message: c.message.clone(),
     }
 }

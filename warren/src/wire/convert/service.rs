@@ -5,9 +5,9 @@
 use super::container::{container_from_pb, container_to_pb};
 use super::node::{resources_from_pb, resources_to_pb};
 use crate::model::{
-    Canary, Constraint, EndpointMode, FailureAction, HealthCheck, HealthTest, Mount, MountKind, PortConfig, Protocol,
-    PublishMode, RateLimit, RestartCondition, RestartPolicy, SecretRef, Service, ServiceMode, ServiceSpec,
-    UpdateConfig, UpdateOrder, UpdateState, UpdateStatus, ValidationError,
+    Canary, CanarySteps, Constraint, EndpointMode, FailureAction, HealthCheck, HealthTest, Mount, MountKind,
+    PortConfig, Protocol, PublishMode, RateLimit, Release, RestartCondition, RestartPolicy, SecretRef, Service,
+    ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus, UpdateStrategy, ValidationError,
 };
 use warren_proto::v1 as pb;
 
@@ -271,6 +271,15 @@ pub fn update_config_to_pb(c: &UpdateConfig) -> pb::UpdateConfig {
             Some(UpdateOrder::StartFirst) => pb::UpdateOrder::StartFirst,
             Some(UpdateOrder::StopFirst) => pb::UpdateOrder::StopFirst,
         } as i32,
+        strategy: match c.strategy {
+            UpdateStrategy::Rolling => pb::UpdateStrategy::Rolling,
+            UpdateStrategy::BlueGreen => pb::UpdateStrategy::BlueGreen,
+            UpdateStrategy::Canary => pb::UpdateStrategy::Canary,
+        } as i32,
+        blue_green_hold_ms: Some(c.blue_green_hold_ms),
+        canary_steps: c.canary_steps.as_slice().iter().map(|w| u32::from(*w)).collect(),
+        canary_interval_ms: Some(c.canary_interval_ms),
+        canary_max_failure_ratio: Some(c.canary_max_failure_ratio),
     }
 }
 
@@ -304,6 +313,30 @@ pub fn update_config_from_pb(field: &str, c: pb::UpdateConfig) -> Result<UpdateC
                 ))
             }
         },
+        strategy: match pb::UpdateStrategy::try_from(c.strategy) {
+            Ok(pb::UpdateStrategy::Rolling) => UpdateStrategy::Rolling,
+            Ok(pb::UpdateStrategy::BlueGreen) => UpdateStrategy::BlueGreen,
+            Ok(pb::UpdateStrategy::Canary) => UpdateStrategy::Canary,
+            Err(_) => {
+                return Err(ValidationError::new(
+                    "update-strategy",
+                    format!("unknown update strategy {}", c.strategy),
+                ))
+            }
+        },
+        blue_green_hold_ms: c.blue_green_hold_ms.unwrap_or(defaults.blue_green_hold_ms),
+        canary_steps: if c.canary_steps.is_empty() {
+            defaults.canary_steps
+        } else {
+            let weights = c
+                .canary_steps
+                .iter()
+                .map(|w| u8::try_from(*w).unwrap_or(u8::MAX))
+                .collect::<Vec<u8>>();
+            CanarySteps::from_weights("canary-steps", &weights)?
+        },
+        canary_interval_ms: c.canary_interval_ms.unwrap_or(defaults.canary_interval_ms),
+        canary_max_failure_ratio: c.canary_max_failure_ratio.unwrap_or(defaults.canary_max_failure_ratio),
     })
 }
 
@@ -421,6 +454,11 @@ pub fn service_to_pb(s: &Service, c: Counts) -> pb::Service {
                 running: c.canary_running,
                 desired: c.canary_desired,
             }),
+            release_strategy: k
+                .release
+                .as_ref()
+                .map_or_else(String::new, |r| r.strategy.as_str().to_string()),
+            release_step: k.release.as_ref().map_or(0, |r| r.step),
         }),
         has_previous_spec: s.previous_spec.is_some(),
         update_status: s.update_status.as_ref().map(update_status_to_pb),
@@ -444,10 +482,25 @@ pub fn service_from_pb(s: pb::Service) -> Result<(Service, Counts), ValidationEr
                 counts.canary_running = r.running;
                 counts.canary_desired = r.desired;
             }
+            let spec = spec_from_pb(c.spec.unwrap_or_default())?;
+            // A client sees a release's strategy and step; its timing and
+            // counters stay on the managers.
+            let release = match c.release_strategy.as_str() {
+                "" => None,
+                s => Some(Release {
+                    strategy: UpdateStrategy::parse("release_strategy", s)?,
+                    config: spec.update,
+                    step: c.release_step,
+                    step_ms: 0,
+                    baseline_canary: Default::default(),
+                    baseline_stable: Default::default(),
+                }),
+            };
             Some(Canary {
-                spec: spec_from_pb(c.spec.unwrap_or_default())?,
+                spec,
                 spec_version: c.spec_version,
                 weight: c.weight.min(100) as u8,
+                release,
             })
         }
     };
