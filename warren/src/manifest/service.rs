@@ -27,7 +27,7 @@ pub(crate) struct Decls {
     pub services: Vec<String>,
 }
 
-const KEYS: &[&str] = &[
+pub(crate) const KEYS: &[&str] = &[
     "image",
     "command",
     "entrypoint",
@@ -71,7 +71,7 @@ const KEYS: &[&str] = &[
 ];
 
 /// Compose keys a Swarm service cannot honour: accepted and listed as ignored.
-const IGNORED: &[&str] = &[
+pub(crate) const IGNORED: &[&str] = &[
     "build",
     "container_name",
     "links",

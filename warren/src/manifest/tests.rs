@@ -755,3 +755,21 @@ fn random_input_never_panics() {
         let _ = stack_sources(&[src(), src()], "st", &vars);
     }
 }
+
+/// docs/warren.schema.json knows every key the loader reads in a Service spec.
+#[test]
+fn the_json_schema_matches_the_loader() {
+    let text = include_str!("../../../docs/warren.schema.json");
+    let schema: serde_json::Value = serde_json::from_str(text).unwrap();
+    let service = schema["allOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["if"]["properties"]["kind"]["const"] == "Service")
+        .unwrap();
+    let props = service["then"]["properties"]["spec"]["properties"].as_object().unwrap();
+    for key in service::KEYS.iter().chain(service::IGNORED) {
+        assert!(props.contains_key(*key), "{key} is missing from the schema");
+    }
+    assert_eq!(props.len(), service::KEYS.len() + service::IGNORED.len());
+}
