@@ -15,6 +15,7 @@ mod fuzz;
 pub mod ingress;
 pub mod leave;
 pub mod manager;
+pub mod manifest;
 pub mod mesh;
 pub mod metrics;
 pub mod model;
