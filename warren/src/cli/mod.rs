@@ -7,6 +7,7 @@
 pub mod args;
 mod client;
 mod cluster;
+mod config;
 mod dataplane;
 mod events;
 mod image;
@@ -257,6 +258,7 @@ async fn client_command(c: &mut client::Client, cmd: Command) -> Result<()> {
         Command::Image(i) => image::run(c, i).await,
         Command::Secret(s) => secret::run(c, s).await,
         Command::Volume(v) => volume::run(c, v).await,
+        Command::Config(x) => config::run(c, x).await,
         Command::Events { kinds, format } => events::run(c, kinds, format).await,
         Command::Cluster(ClusterCmd::Init { .. } | ClusterCmd::Join { .. } | ClusterCmd::Leave { .. })
         | Command::Daemon(_)

@@ -33,6 +33,7 @@ pub fn endpoints_to_pb(s: &model::ServiceEndpoints) -> pb::ServiceEndpoints {
                 ready: e.ready,
             })
             .collect(),
+        stack: s.stack.clone(),
     }
 }
 
@@ -67,5 +68,6 @@ pub fn endpoints_from_pb(s: pb::ServiceEndpoints) -> Result<model::ServiceEndpoi
                 })
             })
             .collect(),
+        stack: s.stack,
     })
 }
