@@ -13,6 +13,7 @@ pub mod dns;
 pub mod ingress;
 pub mod leave;
 pub mod manager;
+pub mod manifest;
 pub mod mesh;
 pub mod metrics;
 pub mod model;

@@ -22,6 +22,10 @@ pub struct Manifest {
     pub volumes: Vec<ManifestVolume>,
     pub ingresses: Vec<ManifestIngress>,
     pub certificates: Vec<ManifestCertificate>,
+    /// Networks a compose file declares (`networks:`); stack scoping is the
+    /// manager's.
+    #[serde(default)]
+    pub networks: Vec<ManifestNetwork>,
     /// Keys the loader accepted but cannot honour (`build`, `container_name`, ...),
     /// as `services.web.build`: printed once as ignored, as Swarm does.
     #[serde(default)]
@@ -35,6 +39,34 @@ pub struct ManifestService {
     /// Config objects mounted read-only into the tasks.
     #[serde(default)]
     pub configs: Vec<ConfigRef>,
+    /// The networks the service joins, as named in the file (compose `networks:`).
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// `strategy: canary` (x-warren): an update runs as a canary first.
+    #[serde(default)]
+    pub canary: Option<ManifestCanary>,
+}
+
+/// How an update of the service is rolled out as a canary (x-warren `canary_weight`,
+/// `canary_steps`): the new version first takes `weight`% of new connections, then
+/// each of `steps` in turn (ascending, 1-100), then it is promoted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestCanary {
+    pub weight: u8,
+    #[serde(default)]
+    pub steps: Vec<u8>,
+}
+
+/// A network named by a compose file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestNetwork {
+    pub name: String,
+    /// `external: true`: must already exist; not created or removed with the stack.
+    pub external: bool,
+    /// As written (`overlay` if empty); Warren's networks are its own overlay.
+    pub driver: String,
+    #[serde(default)]
+    pub labels: Labels,
 }
 
 /// A secret's value travels only inside the apply request, never back out.
