@@ -79,6 +79,11 @@ pub enum Command {
     /// Manage config objects (files mounted read-only into tasks).
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Create or update what Warren YAML or compose files declare.
+    Apply(ApplyArgs),
+    /// Deploy and manage stacks of compose files.
+    #[command(subcommand)]
+    Stack(StackCmd),
     /// Read this node's eBPF maps directly (works with the daemon stopped).
     #[command(subcommand)]
     Dataplane(super::dataplane::DataplaneCmd),

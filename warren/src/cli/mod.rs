@@ -4,6 +4,7 @@
 //! here, once, as one line, `error: ...`, with a non-zero exit; a closed standard
 //! output (`| head`) ends a command quietly with status 0.
 
+mod apply;
 pub mod args;
 mod client;
 mod cluster;
@@ -259,6 +260,8 @@ async fn client_command(c: &mut client::Client, cmd: Command) -> Result<()> {
         Command::Secret(s) => secret::run(c, s).await,
         Command::Volume(v) => volume::run(c, v).await,
         Command::Config(x) => config::run(c, x).await,
+        Command::Apply(a) => apply::apply(c, a).await,
+        Command::Stack(s) => apply::stack(c, s).await,
         Command::Events { kinds, format } => events::run(c, kinds, format).await,
         Command::Cluster(ClusterCmd::Init { .. } | ClusterCmd::Join { .. } | ClusterCmd::Leave { .. })
         | Command::Daemon(_)
