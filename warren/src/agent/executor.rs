@@ -25,6 +25,8 @@ pub struct Assignment {
     pub volumes: Vec<String>,
     /// Every service's reachable tasks.
     pub services: Vec<crate::model::ServiceEndpoints>,
+    /// Content of the config objects these tasks use, by name.
+    pub configs: BTreeMap<String, Vec<u8>>,
 }
 
 /// Where this node's tasks get their addresses.

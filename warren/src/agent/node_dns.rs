@@ -27,12 +27,24 @@ pub fn table(services: &[ServiceEndpoints]) -> DnsTable {
         };
         // Draining tasks are not handed out while another task can take clients.
         let any_live = s.endpoints.iter().any(|e| e.ready && !e.draining);
-        let tasks = s
+        let tasks: Vec<(u64, Ipv4Addr)> = s
             .endpoints
             .iter()
             .filter(|e| e.ready && (!e.draining || !any_live))
             .map(|e| (e.slot, e.addr))
             .collect();
+        // A stack's service `S_db` also answers `db.S`: its stack's tasks search
+        // `S.<domain>` first, so that `db` works inside the stack as in compose.
+        let alias = s
+            .name
+            .strip_prefix(&format!("{}_", s.stack))
+            .filter(|short| !s.stack.is_empty() && !short.is_empty())
+            .map(|short| format!("{short}.{}", s.stack));
+        if let Some(alias) = alias {
+            if let Err(e) = b.service(&alias, vip, tasks.clone()) {
+                tracing::warn!(service = %s.name, alias = %alias, error = %e, "dns: leaving a stack alias out");
+            }
+        }
         if let Err(e) = b.service(&s.name, vip, tasks) {
             tracing::warn!(service = %s.name, error = %e, "dns: leaving a service out");
         }
@@ -123,6 +135,7 @@ mod tests {
             ports: vec![],
             canary_weight: 0,
             rate_limit: None,
+            stack: String::new(),
             endpoints: ready
                 .iter()
                 .map(|(slot, addr, ready)| Endpoint {
@@ -136,6 +149,23 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_stack_service_also_answers_its_short_name_under_the_stack() {
+        use crate::dns::Resolution;
+        let mut db = svc("shop_db", EndpointMode::Vip, Some("10.96.0.7".parse().unwrap()), &[]);
+        db.stack = "shop".into();
+        let t = table(&[db]);
+        let vip = vec!["10.96.0.7".parse::<Ipv4Addr>().unwrap()];
+        let search = ["warren".to_string()];
+        for name in ["shop_db", "db.shop", "db.shop.warren"] {
+            match t.resolve(name, &search, 0) {
+                Resolution::Local { addrs, .. } => assert_eq!(addrs, vip, "{name}"),
+                Resolution::Forward => panic!("{name} forwarded"),
+            }
+        }
+        assert_eq!(t.resolve("db", &search, 0), Resolution::Forward);
     }
 
     #[test]

@@ -148,5 +148,6 @@ fn assign(cfg: &AgentConfig, executor: &dyn Executor, a: pb::Assignments) {
         peers,
         volumes: a.volumes,
         services,
+        configs: a.configs.into_iter().map(|c| (c.name, c.data)).collect(),
     });
 }

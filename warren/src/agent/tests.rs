@@ -224,6 +224,7 @@ async fn hello_acceptance_assignments_reports_and_heartbeats() {
         canary_weight: 0,
         rate_limit: None,
         endpoints: vec![],
+        stack: String::new(),
     };
     assert!(s.send(DispatcherMsg::Assignments(pb::Assignments {
         tasks: vec![convert::task_to_pb(&task)],
@@ -246,6 +247,7 @@ async fn hello_acceptance_assignments_reports_and_heartbeats() {
         ],
         volumes: vec!["data".into()],
         services: vec![convert::endpoints_to_pb(&endpoints)],
+        configs: vec![],
     })));
     until("the assignment", || !a.executor.assigned.lock().unwrap().is_empty()).await;
     let got = a.executor.assigned.lock().unwrap()[0].clone();

@@ -1,10 +1,12 @@
 //! The gRPC surface of a manager: `WarrenApi` for clients (`server`, one line per
-//! call, handing each to its family: `services`, `nodes`, `secrets`, `cluster`),
+//! call, handing each to its family: `services`, `nodes`, `secrets`, `cluster`,
+//! `apply`),
 //! `Membership` for joining, and the calls answered by asking nodes
 //! (`node_proxy`); reads are linearized in front of them (`reads`). Conversions, authorization, the call layer and the status
 //! mapping are the boundary floor's (`wire`); the state and its rules are the
 //! store's.
 
+mod apply;
 mod cluster;
 mod common;
 pub mod membership;

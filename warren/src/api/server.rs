@@ -4,7 +4,7 @@
 //! every service a node serves. Reads after a caller's own write see it, because a
 //! write returns only once this manager has applied the entry.
 
-use super::{cluster, node_proxy, nodes, secrets, services};
+use super::{apply, cluster, node_proxy, nodes, secrets, services};
 use crate::manager::ManagerCtx;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -110,6 +110,22 @@ impl pb::warren_api_server::WarrenApi for ApiService {
 
     async fn remove_volume(&self, req: Request<pb::RemoveVolumeRequest>) -> Reply<pb::Empty> {
         ok(secrets::remove_volume(&self.ctx, req.into_inner()).await)
+    }
+
+    async fn create_config(&self, req: Request<pb::CreateConfigRequest>) -> Reply<pb::ConfigObject> {
+        ok(apply::create_config(&self.ctx, req.into_inner()).await)
+    }
+
+    async fn list_configs(&self, _: Request<pb::ListConfigsRequest>) -> Reply<pb::ListConfigsResponse> {
+        Ok(Response::new(apply::list_configs(&self.ctx)))
+    }
+
+    async fn remove_config(&self, req: Request<pb::RemoveConfigRequest>) -> Reply<pb::Empty> {
+        ok(apply::remove_config(&self.ctx, req.into_inner()).await)
+    }
+
+    async fn apply_manifest(&self, req: Request<pb::ApplyManifestRequest>) -> Reply<pb::ApplyManifestReply> {
+        ok(apply::apply_manifest(&self.ctx, req.into_inner()).await)
     }
 
     async fn get_join_token(&self, req: Request<pb::GetJoinTokenRequest>) -> Reply<pb::JoinToken> {

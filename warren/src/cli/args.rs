@@ -5,6 +5,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+mod apply;
+pub use apply::*;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "warren",
@@ -73,6 +76,14 @@ pub enum Command {
     /// Manage volumes.
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// Manage config objects (files mounted read-only into tasks).
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Create or update what Warren YAML or compose files declare.
+    Apply(ApplyArgs),
+    /// Deploy and manage stacks of compose files.
+    #[command(subcommand)]
+    Stack(StackCmd),
     /// Read this node's eBPF maps directly (works with the daemon stopped).
     #[command(subcommand)]
     Dataplane(super::dataplane::DataplaneCmd),

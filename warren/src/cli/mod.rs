@@ -4,9 +4,11 @@
 //! here, once, as one line, `error: ...`, with a non-zero exit; a closed standard
 //! output (`| head`) ends a command quietly with status 0.
 
+mod apply;
 pub mod args;
 mod client;
 mod cluster;
+mod config;
 mod dataplane;
 mod events;
 mod image;
@@ -264,6 +266,9 @@ async fn client_command(c: &mut client::Client, cmd: Command) -> Result<()> {
         Command::Image(i) => image::run(c, i).await,
         Command::Secret(s) => secret::run(c, s).await,
         Command::Volume(v) => volume::run(c, v).await,
+        Command::Config(x) => config::run(c, x).await,
+        Command::Apply(a) => apply::apply(c, a).await,
+        Command::Stack(s) => apply::stack(c, s).await,
         Command::Events { kinds, format } => events::run(c, kinds, format).await,
         Command::Cluster(ClusterCmd::Init { .. } | ClusterCmd::Join { .. } | ClusterCmd::Leave { .. })
         | Command::Daemon(_)

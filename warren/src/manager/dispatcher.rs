@@ -29,7 +29,13 @@ pub fn assignments_for(state: &State, node_id: &str) -> NodeAssignment {
         .cloned()
         .collect();
     let mut secrets = BTreeMap::new();
+    let mut configs = BTreeMap::new();
     for t in &tasks {
+        for r in &t.spec.configs {
+            if let Some(c) = state.configs.values().find(|c| c.name == r.name) {
+                configs.insert(c.name.clone(), c.data.clone());
+            }
+        }
         for r in &t.spec.secrets {
             if let Some(s) = state.secrets.values().find(|s| s.name == r.name) {
                 secrets.insert(s.name.clone(), s.id.clone());
@@ -57,6 +63,7 @@ pub fn assignments_for(state: &State, node_id: &str) -> NodeAssignment {
         peers,
         volumes,
         services: state.service_endpoints(),
+        configs,
     }
 }
 
@@ -66,6 +73,7 @@ type Fingerprint = (
     Vec<(String, String, String)>,
     Vec<String>,
     Vec<crate::model::ServiceEndpoints>,
+    BTreeMap<String, Vec<u8>>,
 );
 
 fn fingerprint(a: &NodeAssignment) -> Fingerprint {
@@ -77,6 +85,7 @@ fn fingerprint(a: &NodeAssignment) -> Fingerprint {
         a.peers.clone(),
         a.volumes.clone(),
         a.services.clone(),
+        a.configs.clone(),
     )
 }
 

@@ -1,7 +1,8 @@
 //! The manager: what its services and duties share (`ManagerCtx`), the leader's
 //! duties (`duties`: orchestrator, updater, scheduler, heartbeat monitor, Raft
 //! membership),
-//! the phases they compute (`orchestrator`, `updater`, `scheduler`, `filters`) and the
+//! the phases they compute (`orchestrator`, `updater`, `scheduler`, `filters`), the
+//! diff of a manifest (`plan`) and the
 //! dispatcher that holds each node agent's session. The gRPC API is `api`'s.
 
 mod ctx;
@@ -9,6 +10,7 @@ pub mod dispatcher;
 mod duties;
 pub mod filters;
 pub mod orchestrator;
+pub mod plan;
 pub mod scheduler;
 pub mod updater;
 

@@ -18,4 +18,6 @@ pub struct NodeAssignment {
     pub volumes: Vec<String>,
     /// Every service's reachable tasks (the same for every node).
     pub services: Vec<ServiceEndpoints>,
+    /// The content of the config objects the tasks use, by name.
+    pub configs: BTreeMap<String, Vec<u8>>,
 }

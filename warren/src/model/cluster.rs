@@ -3,6 +3,7 @@
 //! managers' secrets key (see `pki` and `secrets`), never in the clear.
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterMeta {
@@ -58,4 +59,24 @@ pub struct Volume {
     pub labels: super::Labels,
     pub options: super::Labels,
     pub created_ms: i64,
+}
+
+/// A config (as Docker's): a small file kept in the replicated state in the clear,
+/// mounted read-only into the tasks that name it. Named `ConfigObject` so as not to
+/// be taken for the daemon's own configuration (`crate::config`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigObject {
+    pub id: String,
+    pub name: String,
+    pub labels: super::Labels,
+    pub data: Vec<u8>,
+    /// SHA-256 of `data`, hex.
+    pub digest: String,
+    pub created_ms: i64,
+}
+
+/// SHA-256 of a secret's or config's plaintext, hex: how a re-applied file's value is
+/// compared with the stored one without unsealing it.
+pub fn digest_of(data: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(data))
 }

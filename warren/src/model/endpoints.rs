@@ -34,4 +34,7 @@ pub struct ServiceEndpoints {
     pub canary_weight: u8,
     pub rate_limit: Option<RateLimit>,
     pub endpoints: Vec<Endpoint>,
+    /// The stack the service belongs to (`stack deploy`); empty: none.
+    #[serde(default)]
+    pub stack: String,
 }

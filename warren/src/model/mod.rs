@@ -36,6 +36,12 @@ use std::collections::BTreeMap;
 /// Labels on nodes, services, secrets and volumes.
 pub type Labels = BTreeMap<String, String>;
 
+/// The label that makes a service, secret, config or volume part of a stack
+/// (`warren stack deploy`), as Docker's.
+pub const STACK_LABEL: &str = "com.docker.stack.namespace";
+/// The label on what `warren apply -f` created: its `--prune` removes only such objects.
+pub const APPLY_LABEL: &str = "warren.apply";
+
 /// CPU and memory, as reservations, limits or node capacity.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {

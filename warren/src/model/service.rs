@@ -134,6 +134,9 @@ pub struct ServiceSpec {
     pub mounts: Vec<Mount>,
     #[serde(default)]
     pub secrets: Vec<SecretRef>,
+    /// Config objects mounted read-only (issue 14).
+    #[serde(default)]
+    pub configs: Vec<super::ConfigRef>,
     /// None: the image's HEALTHCHECK, if any.
     #[serde(default)]
     pub health: Option<HealthCheck>,
@@ -197,6 +200,7 @@ impl Default for ServiceSpec {
             user: String::new(),
             mounts: vec![],
             secrets: vec![],
+            configs: vec![],
             health: None,
             restart: RestartPolicy::default(),
             stop_signal: String::new(),

@@ -7,7 +7,8 @@
 
 use super::ApplyError;
 use crate::model::{
-    Availability, ClusterMeta, Labels, Node, NodeRole, NodeState, Platform, ReleaseStep, Resources, Secret, Service,
+    Availability, ClusterMeta, ConfigObject, Labels, Node, NodeRole, NodeState, Platform, ReleaseStep, Resources, Secret,
+    Service,
     ServiceSpec, Task, TaskState, TaskStatus, UpdateStep, Volume,
 };
 use serde::{Deserialize, Serialize};
@@ -210,6 +211,44 @@ pub enum Command {
         step: ReleaseStep,
         at_ms: i64,
     },
+
+    // Issue 14: config objects and manifests (`warren apply -f`, `stack deploy`).
+    CreateConfig {
+        config: ConfigObject,
+    },
+    RemoveConfig {
+        id: String,
+        rules: Rules,
+    },
+    /// A manifest's changes, all or nothing: every step is applied to a copy of the
+    /// state and the copy replaces the state only if none failed; the first failure
+    /// is the result, with its step's manifest field path.
+    Apply {
+        steps: Vec<ApplyStep>,
+    },
+}
+
+/// One change of a manifest's apply, with the field path it comes from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApplyStep {
+    /// `services.web`, `secrets.db_password`: the prefix of an error's field path.
+    pub field: String,
+    pub op: ApplyOp,
+}
+
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ApplyOp {
+    /// Create the secret unless one of its name holds the same value (digest); a
+    /// different value is refused: secrets are immutable, as in Swarm.
+    Secret(Secret),
+    /// The same for a config.
+    Config(ConfigObject),
+    /// Create the volume unless one of its name exists.
+    Volume(Volume),
+    /// A service or removal command: `CreateService`, `UpdateService`,
+    /// `RemoveService`, `RemoveSecret`, `RemoveConfig` or `RemoveVolume`.
+    Run(Command),
 }
 
 impl Command {
@@ -245,6 +284,10 @@ impl Command {
             Command::RemoveVolume { .. } => "remove_volume",
             Command::Batch(_) => "batch",
             Command::ReleaseStep { .. } => "release_step",
+
+            Command::CreateConfig { .. } => "create_config",
+            Command::RemoveConfig { .. } => "remove_config",
+            Command::Apply { .. } => "apply",
         }
     }
 }

@@ -50,6 +50,12 @@ impl State {
                     canary_weight: s.canary.as_ref().map_or(0, |c| c.weight),
                     rate_limit: s.spec.rate_limit,
                     endpoints,
+                    stack: s
+                        .spec
+                        .labels
+                        .get(crate::model::STACK_LABEL)
+                        .cloned()
+                        .unwrap_or_default(),
                 }
             })
             .collect();

@@ -31,6 +31,20 @@ pub enum ApplyError {
     Conflict { service: String, read: u64, now: u64 },
     #[error("{0}")]
     Invalid(String),
+    /// A step of a manifest's apply failed: `field` is the manifest's field path
+    /// (`services.web.ports[0].published`), which the CLI maps to a file and line.
+    #[error("{field}: {}", strip_field(error))]
+    Field { field: String, error: Box<ApplyError> },
+}
+
+/// The message of `e` without its own leading `field: ` (a manifest's field path
+/// replaces it).
+fn strip_field(e: &ApplyError) -> String {
+    let text = e.to_string();
+    match e.field() {
+        Some(f) => text.strip_prefix(&format!("{f}: ")).map(str::to_string).unwrap_or(text),
+        None => text,
+    }
 }
 
 /// What keeps an object in use.
@@ -58,6 +72,10 @@ impl ApplyError {
                 kind: ObjectKind::Secret,
                 ..
             } => Some("secret"),
+            ApplyError::Missing {
+                kind: ObjectKind::Config,
+                ..
+            } => Some("config"),
             ApplyError::Missing { .. } => Some("mount"),
             ApplyError::PortTaken { .. } => Some("publish"),
             _ => None,
@@ -69,6 +87,9 @@ fn missing_message(kind: ObjectKind, name: &str) -> String {
     match kind {
         ObjectKind::Secret => {
             format!("secret: secret {name:?} not found (create it with `warren secret create {name} FILE`)")
+        }
+        ObjectKind::Config => {
+            format!("config: config {name:?} not found (create it with `warren config create {name} FILE`)")
         }
         _ => format!("mount: {kind} {name:?} not found (create it with `warren {kind} create {name}`)"),
     }

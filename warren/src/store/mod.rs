@@ -18,7 +18,7 @@ pub mod state;
 pub mod types;
 pub mod write;
 
-pub use command::{Command, Response, Rules};
+pub use command::{ApplyOp, ApplyStep, Command, Response, Rules};
 pub use error::{ApplyError, User};
 pub use fake::FakeProposer;
 pub use state::{Action, Change, ObjectKind, State};

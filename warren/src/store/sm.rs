@@ -29,6 +29,7 @@ const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("volumes");
+const CONFIGS: TableDefinition<&str, &[u8]> = TableDefinition::new("configs");
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 
 const KEY_APPLIED: &str = "last_applied";
@@ -42,6 +43,7 @@ fn table_of(kind: ObjectKind) -> TableDefinition<'static, &'static str, &'static
         ObjectKind::Task => TASKS,
         ObjectKind::Secret => SECRETS,
         ObjectKind::Volume => VOLUMES,
+        ObjectKind::Config => CONFIGS,
         ObjectKind::Cluster => META,
     }
 }
@@ -85,7 +87,7 @@ impl StateMachine {
         let db = Database::create(path).map_err(sm_read)?;
         {
             let txn = db.begin_write().map_err(sm_write)?;
-            for t in [META, NODES, SERVICES, TASKS, SECRETS, VOLUMES, SNAPSHOT] {
+            for t in [META, NODES, SERVICES, TASKS, SECRETS, VOLUMES, CONFIGS, SNAPSHOT] {
                 txn.open_table(t).map_err(sm_write)?;
             }
             txn.commit().map_err(sm_write)?;
@@ -112,6 +114,7 @@ impl StateMachine {
             load(&txn, TASKS, &mut state.tasks)?;
             load(&txn, SECRETS, &mut state.secrets)?;
             load(&txn, VOLUMES, &mut state.volumes)?;
+            load(&txn, CONFIGS, &mut state.configs)?;
         }
         store.write(|s| *s = state);
         store.publish(Applied {
@@ -143,6 +146,7 @@ impl StateMachine {
                 ObjectKind::Task => state.tasks.get(&c.id).map(serde_json::to_vec),
                 ObjectKind::Secret => state.secrets.get(&c.id).map(serde_json::to_vec),
                 ObjectKind::Volume => state.volumes.get(&c.id).map(serde_json::to_vec),
+                ObjectKind::Config => state.configs.get(&c.id).map(serde_json::to_vec),
             }
             .transpose()
             .map_err(sm_write)?;
@@ -336,6 +340,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             keys.extend(s.tasks.keys().map(|k| (ObjectKind::Task, k.clone())));
             keys.extend(s.secrets.keys().map(|k| (ObjectKind::Secret, k.clone())));
             keys.extend(s.volumes.keys().map(|k| (ObjectKind::Volume, k.clone())));
+            keys.extend(s.configs.keys().map(|k| (ObjectKind::Config, k.clone())));
             keys
         });
         for (kind, key) in old_keys {
@@ -355,6 +360,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         for (k, v) in &state.volumes {
             rows.push((ObjectKind::Volume, k.clone(), Some(enc(v)?)));
+        }
+        for (k, v) in &state.configs {
+            rows.push((ObjectKind::Config, k.clone(), Some(enc(v)?)));
         }
         if let Some(m) = &state.meta {
             rows.push((ObjectKind::Cluster, KEY_CLUSTER.into(), Some(enc(m)?)));

@@ -4,7 +4,7 @@
 //! and publishes as events.
 
 use super::ApplyError;
-use crate::model::{ClusterMeta, Node, Resources, Secret, Service, Task, Volume};
+use crate::model::{ClusterMeta, ConfigObject, Node, Resources, Secret, Service, Task, Volume};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -17,6 +17,7 @@ pub enum ObjectKind {
     Task,
     Secret,
     Volume,
+    Config,
 }
 
 impl ObjectKind {
@@ -28,6 +29,7 @@ impl ObjectKind {
             ObjectKind::Task => "task",
             ObjectKind::Secret => "secret",
             ObjectKind::Volume => "volume",
+            ObjectKind::Config => "config",
         }
     }
 }
@@ -65,6 +67,9 @@ pub struct State {
     pub tasks: BTreeMap<String, Task>,
     pub secrets: BTreeMap<String, Secret>,
     pub volumes: BTreeMap<String, Volume>,
+    /// Config objects (issue 14); absent from snapshots written before them.
+    #[serde(default)]
+    pub configs: BTreeMap<String, ConfigObject>,
 }
 
 /// Finds an object by exact ID, exact name, or unique ID prefix, the way Docker does.
@@ -112,6 +117,10 @@ impl State {
 
     pub fn volume(&self, key: &str) -> Result<&Volume, ApplyError> {
         resolve(&self.volumes, |v| &v.name, ObjectKind::Volume, key)
+    }
+
+    pub fn config(&self, key: &str) -> Result<&ConfigObject, ApplyError> {
+        resolve(&self.configs, |c| &c.name, ObjectKind::Config, key)
     }
 
     pub fn tasks_of_service<'a>(&'a self, service_id: &'a str) -> impl Iterator<Item = &'a Task> + 'a {

@@ -24,7 +24,11 @@ pub fn write_status(e: WriteError) -> Status {
 }
 
 pub fn apply_status(e: ApplyError) -> Status {
-    let code = match &e {
+    let inner = match &e {
+        ApplyError::Field { error, .. } => error.as_ref(),
+        other => other,
+    };
+    let code = match inner {
         ApplyError::NotFound { .. } => Code::NotFound,
         ApplyError::AlreadyExists(_) => Code::AlreadyExists,
         // The request names something that is not there: fix the request.
@@ -34,9 +38,16 @@ pub fn apply_status(e: ApplyError) -> Status {
         ApplyError::InUse { .. } | ApplyError::PortTaken { .. } => Code::FailedPrecondition,
         // Read again and retry.
         ApplyError::Conflict { .. } => Code::Aborted,
+        ApplyError::Field { .. } => Code::InvalidArgument,
     };
     let mut status = Status::new(code, e.to_string());
-    if let Some(field) = e.field() {
+    if let ApplyError::Field { field, .. } = &e {
+        // A manifest's field path (`services.web.ports[0].published`): the CLI maps
+        // it to the file and line it came from.
+        if let Ok(v) = tonic::metadata::MetadataValue::try_from(field.as_str()) {
+            status.metadata_mut().insert(FIELD_KEY, v);
+        }
+    } else if let Some(field) = e.field() {
         status
             .metadata_mut()
             .insert(FIELD_KEY, tonic::metadata::MetadataValue::from_static(field));

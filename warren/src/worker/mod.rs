@@ -282,6 +282,26 @@ async fn reconcile_loop(inner: Arc<Inner>, factory: NetworkFactory) {
                         finished.insert(t.id.clone());
                         continue;
                     }
+                    let missing: Vec<&str> = t
+                        .spec
+                        .configs
+                        .iter()
+                        .filter(|r| !a.configs.contains_key(&r.name))
+                        .map(|r| r.name.as_str())
+                        .collect();
+                    if !missing.is_empty() {
+                        let mut st = status(TaskState::Rejected, "configs unavailable");
+                        st.err = format!("config {} was not sent to this node (removed?)", missing.join(", "));
+                        inner.report(&t.id, st);
+                        finished.insert(t.id.clone());
+                        continue;
+                    }
+                    let configs: Vec<(String, Vec<u8>)> = t
+                        .spec
+                        .configs
+                        .iter()
+                        .map(|r| (r.name.clone(), a.configs[&r.name].clone()))
+                        .collect();
                     let (stop_tx, stop_rx) = watch::channel(false);
                     let adopted = adoptable.remove(&t.id);
                     let (inner2, net2, task, done) = (inner.clone(), net.clone(), t.clone(), finished_tx.clone());
@@ -289,7 +309,8 @@ async fn reconcile_loop(inner: Arc<Inner>, factory: NetworkFactory) {
                     tokio::spawn(tracing::Instrument::instrument(
                         async move {
                             let id = task.id.clone();
-                            task::supervise(inner2, net2, task, secrets, adopted, stop_rx).await;
+                            let files = task::Files { secrets, configs };
+                            task::supervise(inner2, net2, task, files, adopted, stop_rx).await;
                             let _ = done.send(id);
                         },
                         span,
@@ -303,7 +324,7 @@ async fn reconcile_loop(inner: Arc<Inner>, factory: NetworkFactory) {
                     let (inner2, net2, task, done) = (inner.clone(), net.clone(), t.clone(), finished_tx.clone());
                     tokio::spawn(async move {
                         let id = task.id.clone();
-                        task::supervise(inner2, net2, task, vec![], Some(c), stop_rx).await;
+                        task::supervise(inner2, net2, task, task::Files::default(), Some(c), stop_rx).await;
                         let _ = done.send(id);
                     });
                     supervisors.insert(t.id.clone(), Supervisor { stop: stop_tx });

@@ -14,6 +14,8 @@ pub enum MountError {
     Tmpfs { task: String, path: String, reason: String },
     #[error("cannot write secret {name} of task {task}: {reason}")]
     Secret { task: String, name: String, reason: String },
+    #[error("cannot write config {name} of task {task}: {reason}")]
+    Config { task: String, name: String, reason: String },
     #[error("cannot create volume {name} at {path}: {reason}")]
     Volume { name: String, path: String, reason: String },
 }
@@ -63,6 +65,36 @@ pub fn write_secrets(
         }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).map_err(|e| serr(e.to_string()))?;
         out.insert(name.clone(), path);
+    }
+    Ok(out)
+}
+
+/// Writes each config (name, content, mode) as a file in `dir` owned by `owner`,
+/// returning their host paths in order. Configs are not secret: they live in the
+/// task's directory on disk and are bind-mounted read-only.
+pub fn write_configs(
+    task: &str,
+    dir: &Path,
+    configs: &[(String, Vec<u8>, u32)],
+    owner: Option<(u32, u32)>,
+) -> Result<Vec<PathBuf>, MountError> {
+    let mut out = Vec::new();
+    for (i, (name, data, mode)) in configs.iter().enumerate() {
+        let cerr = |reason: String| MountError::Config {
+            task: task.to_string(),
+            name: name.clone(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| cerr(e.to_string()))?;
+        // One file per reference: a config may be mounted twice with other modes.
+        let path = dir.join(format!("{i}-{name}"));
+        let _ = std::fs::remove_file(&path);
+        std::fs::write(&path, data).map_err(|e| cerr(e.to_string()))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|e| cerr(e.to_string()))?;
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).map_err(|e| cerr(e.to_string()))?;
+        out.push(path);
     }
     Ok(out)
 }
@@ -130,6 +162,25 @@ pub fn numeric_owner(user: &str) -> Option<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configs_are_written_with_their_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = write_configs(
+            "t1",
+            &dir.path().join("configs"),
+            &[
+                ("a".into(), b"x=1".to_vec(), 0o440),
+                ("a".into(), b"x=1".to_vec(), 0o444),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(paths.len(), 2);
+        assert_eq!(std::fs::read(&paths[0]).unwrap(), b"x=1");
+        let mode = std::fs::metadata(&paths[0]).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o440);
+    }
 
     #[test]
     fn owners() {

@@ -22,11 +22,19 @@ enum End {
     Unhealthy(String),
 }
 
+/// The content a task's container gets as files: its secrets (on a tmpfs) and its
+/// config objects, by name.
+#[derive(Default)]
+pub(super) struct Files {
+    pub secrets: Vec<(String, Vec<u8>)>,
+    pub configs: Vec<(String, Vec<u8>)>,
+}
+
 pub(super) async fn supervise(
     inner: Arc<Inner>,
     network: Arc<dyn NetworkManager>,
     task: Task,
-    secrets: Vec<(String, Vec<u8>)>,
+    files: Files,
     adopted: Option<ContainerStatus>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -70,7 +78,7 @@ pub(super) async fn supervise(
             let sig = image.as_ref().and_then(|i| i.config.stop_signal.clone());
             (addr, netns, image.and_then(|i| i.config.healthcheck), sig)
         }
-        None => match prepare_and_start(&inner, network.as_ref(), &task, &secrets, &mut stop).await {
+        None => match prepare_and_start(&inner, network.as_ref(), &task, &files, &mut stop).await {
             Some(v) => v,
             None => return,
         },
@@ -246,9 +254,10 @@ async fn prepare_and_start(
     inner: &Arc<Inner>,
     network: &dyn NetworkManager,
     task: &Task,
-    secrets: &[(String, Vec<u8>)],
+    files: &Files,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<Started> {
+    let secrets = &files.secrets;
     let id = &task.id;
     let rt = inner.runtime.clone();
     let spec = &task.spec;
@@ -308,11 +317,7 @@ async fn prepare_and_start(
     } else {
         opts.dns.clone()
     };
-    let dns = DnsConfig {
-        nameservers,
-        search: inner.cfg.search_domains.clone(),
-        ndots: 0,
-    };
+    let dns = task_dns(nameservers, &inner.cfg.search_domains, spec);
     let etc = match write_etc_files(&dir, &hostname, net.address, &dns) {
         Ok(e) => e,
         Err(e) => {
@@ -334,6 +339,33 @@ async fn prepare_and_start(
                             read_only: true,
                         });
                     }
+                }
+            }
+            Err(e) => {
+                cleanup(inner, network, id, id).await;
+                fail(inner, e.to_string());
+                return None;
+            }
+        }
+    }
+    if !files.configs.is_empty() {
+        let owner = mounts::numeric_owner(&spec.user);
+        let wanted: Vec<(String, Vec<u8>, u32)> = spec
+            .configs
+            .iter()
+            .filter_map(|r| {
+                let data = files.configs.iter().find(|(n, _)| n == &r.name)?;
+                Some((r.name.clone(), data.1.clone(), r.mode))
+            })
+            .collect();
+        match mounts::write_configs(id, &dir.join("configs"), &wanted, owner) {
+            Ok(paths) => {
+                for (r, p) in spec.configs.iter().zip(paths) {
+                    mount_specs.push(MountSpec::Bind {
+                        source: p,
+                        target: r.target.clone(),
+                        read_only: true,
+                    });
                 }
             }
             Err(e) => {
@@ -465,8 +497,44 @@ pub(super) async fn remove_leftover(inner: &Inner, network: &dyn NetworkManager,
     cleanup(inner, network, task_id, container_id).await;
 }
 
+/// The task's resolver settings. A task of a stack also searches `<stack>.<domain>`
+/// first (with `ndots:1`, so that a bare name tries it before anything else): the
+/// node's DNS answers `db.<stack>` for the stack's service `<stack>_db`, so `db`
+/// works inside the stack as in compose.
+fn task_dns(nameservers: Vec<std::net::IpAddr>, domains: &[String], spec: &crate::model::ServiceSpec) -> DnsConfig {
+    match spec.labels.get(crate::model::STACK_LABEL) {
+        Some(stack) if !stack.is_empty() => {
+            let stack = stack.to_ascii_lowercase();
+            let mut search: Vec<String> = domains.iter().map(|d| format!("{stack}.{d}")).collect();
+            search.extend(domains.iter().cloned());
+            DnsConfig {
+                nameservers,
+                search,
+                ndots: 1,
+            }
+        }
+        _ => DnsConfig {
+            nameservers,
+            search: domains.to_vec(),
+            ndots: 0,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_stack_task_searches_its_stack_first() {
+        let mut spec = crate::model::ServiceSpec::default();
+        let ns = vec![std::net::IpAddr::from([10, 88, 0, 1])];
+        let plain = super::task_dns(ns.clone(), &["warren".into()], &spec);
+        assert_eq!((plain.search, plain.ndots), (vec!["warren".to_string()], 0));
+        spec.labels.insert(crate::model::STACK_LABEL.into(), "Shop".into());
+        let stacked = super::task_dns(ns, &["warren".into()], &spec);
+        assert_eq!(stacked.search, ["shop.warren", "warren"]);
+        assert_eq!(stacked.ndots, 1);
+    }
+
     #[test]
     fn the_model_and_the_runtime_know_the_same_capabilities() {
         assert_eq!(crate::model::CAPABILITIES, crate::runtime::spec::ALL_CAPS);

@@ -7,6 +7,7 @@
 
 mod canary;
 mod cluster;
+mod manifest;
 mod nodes;
 mod release;
 mod rules;
@@ -110,6 +111,10 @@ impl State {
                 }
                 first_err.map_or(Ok(()), Err)
             }
+
+            Command::CreateConfig { config } => self.create_config(config, changes),
+            Command::RemoveConfig { id, rules } => self.remove_config(id, *rules, changes),
+            Command::Apply { steps } => self.apply_manifest(steps, changes),
         }
     }
 

@@ -3,7 +3,7 @@
 //! secrets and volumes a spec names exist, nothing removes a secret or volume still
 //! in use, and no two services publish the same port (per protocol, in any mode).
 
-use crate::model::{Protocol, Secret, Service, ServiceSpec, Volume};
+use crate::model::{ConfigObject, Protocol, Secret, Service, ServiceSpec, Volume};
 use crate::store::error::User;
 use crate::store::state::{ObjectKind, State};
 use crate::store::ApplyError;
@@ -15,6 +15,14 @@ impl State {
             if !self.secrets.values().any(|x| x.name == r.name) {
                 return Err(ApplyError::Missing {
                     kind: ObjectKind::Secret,
+                    name: r.name.clone(),
+                });
+            }
+        }
+        for r in &spec.configs {
+            if !self.configs.values().any(|x| x.name == r.name) {
+                return Err(ApplyError::Missing {
+                    kind: ObjectKind::Config,
                     name: r.name.clone(),
                 });
             }
@@ -66,6 +74,22 @@ impl State {
             Some(svc) => Err(ApplyError::InUse {
                 kind: ObjectKind::Secret,
                 name: secret.name.clone(),
+                user: User::Service(svc.name.clone()),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// No service (stable or canary) names the config.
+    pub(super) fn check_config_unused(&self, config: &ConfigObject) -> Result<(), ApplyError> {
+        let user = self
+            .services
+            .values()
+            .find(|svc| specs(svc).any(|spec| spec.configs.iter().any(|r| r.name == config.name)));
+        match user {
+            Some(svc) => Err(ApplyError::InUse {
+                kind: ObjectKind::Config,
+                name: config.name.clone(),
                 user: User::Service(svc.name.clone()),
             }),
             None => Ok(()),

@@ -25,5 +25,13 @@ pub fn assignment_to_pb(a: &NodeAssignment, secrets: Vec<(String, Vec<u8>)>, ind
             .collect(),
         volumes: a.volumes.clone(),
         services: a.services.iter().map(endpoints_to_pb).collect(),
+        configs: a
+            .configs
+            .iter()
+            .map(|(name, data)| pb::ConfigData {
+                name: name.clone(),
+                data: data.clone(),
+            })
+            .collect(),
     }
 }

@@ -8,6 +8,7 @@ mod assignment;
 mod container;
 mod dataplane;
 mod endpoints;
+mod manifest;
 mod node;
 mod objects;
 mod service;
@@ -16,6 +17,7 @@ mod task;
 pub use assignment::*;
 pub use dataplane::*;
 pub use endpoints::*;
+pub use manifest::*;
 pub use node::*;
 pub use objects::*;
 pub use service::*;
@@ -59,6 +61,11 @@ mod tests {
                 Mount::parse("m", "type=tmpfs,target=/scratch").unwrap(),
             ],
             secrets: vec![SecretRef::parse("s", "source=db,target=/etc/db").unwrap()],
+            configs: vec![ConfigRef {
+                name: "conf".into(),
+                target: "/etc/app.conf".into(),
+                mode: 0o440,
+            }],
             health: Some(HealthCheck {
                 test: HealthTest::Http {
                     port: 8080,

@@ -26,6 +26,17 @@ pub fn volume_to_pb(v: &model::Volume) -> pb::Volume {
     }
 }
 
+pub fn config_to_pb(c: &model::ConfigObject) -> pb::ConfigObject {
+    pb::ConfigObject {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        labels: c.labels.clone().into_iter().collect(),
+        digest: c.digest.clone(),
+        created_ms: c.created_ms,
+        size: c.data.len() as u64,
+    }
+}
+
 pub fn object_kind_to_pb(k: ObjectKind) -> pb::ObjectKind {
     match k {
         ObjectKind::Cluster => pb::ObjectKind::Cluster,
@@ -34,6 +45,7 @@ pub fn object_kind_to_pb(k: ObjectKind) -> pb::ObjectKind {
         ObjectKind::Task => pb::ObjectKind::Task,
         ObjectKind::Secret => pb::ObjectKind::Secret,
         ObjectKind::Volume => pb::ObjectKind::Volume,
+        ObjectKind::Config => pb::ObjectKind::Config,
     }
 }
 

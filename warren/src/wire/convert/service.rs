@@ -5,7 +5,7 @@
 use super::container::{container_from_pb, container_to_pb};
 use super::node::{resources_from_pb, resources_to_pb};
 use crate::model::{
-    Canary, CanarySteps, Constraint, EndpointMode, FailureAction, HealthCheck, HealthTest, Mount, MountKind,
+    Canary, CanarySteps, ConfigRef, Constraint, EndpointMode, FailureAction, HealthCheck, HealthTest, Mount, MountKind,
     PortConfig, Protocol, PublishMode, RateLimit, Release, RestartCondition, RestartPolicy, SecretRef, Service,
     ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus, UpdateStrategy, ValidationError,
 };
@@ -50,6 +50,15 @@ pub fn spec_to_pb(s: &ServiceSpec) -> pb::ServiceSpec {
             .map(|r| pb::SecretReference {
                 name: r.name.clone(),
                 target: r.target.clone(),
+            })
+            .collect(),
+        configs: s
+            .configs
+            .iter()
+            .map(|r| pb::ConfigReference {
+                name: r.name.clone(),
+                target: r.target.clone(),
+                mode: r.mode,
             })
             .collect(),
         health: s.health.as_ref().map(health_to_pb),
@@ -186,6 +195,36 @@ pub fn spec_from_pb(s: pb::ServiceSpec) -> Result<ServiceSpec, ValidationError> 
             name: r.name,
         })
         .collect();
+    let configs = s
+        .configs
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            crate::model::validate_name(&format!("configs[{i}]"), &r.name)?;
+            let target = if r.target.is_empty() {
+                format!("/{}", r.name)
+            } else {
+                r.target
+            };
+            if !target.starts_with('/') {
+                return Err(ValidationError::new(
+                    format!("configs[{i}].target"),
+                    format!("{target:?} is not an absolute path"),
+                ));
+            }
+            if r.mode > 0o7777 {
+                return Err(ValidationError::new(
+                    format!("configs[{i}].mode"),
+                    format!("{:o} is not a file mode", r.mode),
+                ));
+            }
+            Ok(ConfigRef {
+                name: r.name,
+                target,
+                mode: if r.mode == 0 { 0o444 } else { r.mode },
+            })
+        })
+        .collect::<Result<Vec<_>, ValidationError>>()?;
     let restart = match s.restart {
         None => RestartPolicy::default(),
         Some(r) => RestartPolicy {
@@ -219,6 +258,7 @@ pub fn spec_from_pb(s: pb::ServiceSpec) -> Result<ServiceSpec, ValidationError> 
         user: s.user,
         mounts,
         secrets,
+        configs,
         health: s.health.map(health_from_pb).transpose()?,
         restart,
         stop_signal: s.stop_signal,

@@ -1,0 +1,712 @@
+//! The diff of a manifest (`warren apply -f`, `warren stack deploy`) against the
+//! replicated state: what to create, update, leave unchanged and (with prune)
+//! remove, and the steps of the one `Command::Apply` that makes it so. Pure: the
+//! caller seals secrets, chooses IDs and the time; whether the steps may happen
+//! (references, ports, immutability, versions) is decided again in apply.
+
+use crate::model::{
+    digest_of, validate_name, ConfigObject, Manifest, MountKind, Secret, Service, ServiceMode, ServiceSpec, Volume,
+    APPLY_LABEL, STACK_LABEL,
+};
+use crate::store::{ApplyError, ApplyOp, ApplyStep, Command, ObjectKind, Rules, State};
+use std::collections::BTreeMap;
+
+/// Largest secret or config accepted, as in Swarm.
+const MAX_DATA_BYTES: usize = 500 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiffAction {
+    Create,
+    Update,
+    Unchanged,
+    Remove,
+}
+
+impl DiffAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiffAction::Create => "create",
+            DiffAction::Update => "update",
+            DiffAction::Unchanged => "unchanged",
+            DiffAction::Remove => "remove",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiffEntry {
+    pub kind: ObjectKind,
+    /// The name in the cluster (`shop_web` for service web of stack shop).
+    pub name: String,
+    pub action: DiffAction,
+    /// The manifest field path; empty for a removal.
+    pub field: String,
+    /// For an update: the spec fields that differ.
+    pub changed: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub diff: Vec<DiffEntry>,
+    pub steps: Vec<ApplyStep>,
+}
+
+/// What the planner needs from outside: sealing, IDs and the time.
+pub trait Minter {
+    fn seal(&self, plaintext: &[u8]) -> Vec<u8>;
+    fn new_id(&mut self) -> String;
+    fn now_ms(&self) -> i64;
+}
+
+fn bad(field: impl Into<String>, msg: impl Into<String>) -> ApplyError {
+    ApplyError::Field {
+        field: field.into(),
+        error: Box::new(ApplyError::Invalid(msg.into())),
+    }
+}
+
+/// The scope a manifest's objects carry and prune within.
+struct Scope<'a> {
+    stack: Option<&'a str>,
+}
+
+impl Scope<'_> {
+    fn label(&self) -> (&'static str, String) {
+        match self.stack {
+            Some(s) => (STACK_LABEL, s.to_string()),
+            None => (APPLY_LABEL, "true".to_string()),
+        }
+    }
+
+    fn owns(&self, labels: &crate::model::Labels) -> bool {
+        let (k, v) = self.label();
+        labels.get(k) == Some(&v)
+    }
+
+    fn full(&self, name: &str) -> String {
+        match self.stack {
+            Some(s) => format!("{s}_{name}"),
+            None => name.to_string(),
+        }
+    }
+}
+
+/// Computes the diff and the steps. `prune` also removes the services, secrets and
+/// configs of the scope (the stack, or everything `apply -f` created) that the
+/// manifest no longer names; volumes are kept, as `docker stack rm` keeps them.
+pub fn plan(state: &State, m: &Manifest, prune: bool, minter: &mut dyn Minter) -> Result<Plan, ApplyError> {
+    if let Some(s) = &m.stack {
+        validate_name("stack", s).map_err(|e| bad("stack", e.message))?;
+    }
+    if let Some(i) = m.ingresses.first() {
+        return Err(bad(
+            format!("ingresses.{}", i.name),
+            "this manager does not apply ingresses yet: create them with `warren ingress`",
+        ));
+    }
+    if let Some(c) = m.certificates.first() {
+        return Err(bad(
+            format!("certificates.{}", c.name),
+            "this manager does not apply certificates yet",
+        ));
+    }
+    let scope = Scope {
+        stack: m.stack.as_deref(),
+    };
+    let (label_key, label_value) = scope.label();
+    let mut plan = Plan::default();
+    let now = minter.now_ms();
+
+    // Names as the specs write them → names in the cluster.
+    let mut secret_names = BTreeMap::new();
+    let mut config_names = BTreeMap::new();
+    let mut volume_names = BTreeMap::new();
+
+    for s in &m.secrets {
+        let field = format!("secrets.{}", s.name);
+        let (full, existing) = if s.external {
+            (s.name.clone(), state.secrets.values().find(|x| x.name == s.name))
+        } else {
+            let full = scope.full(&s.name);
+            let existing = state.secrets.values().find(|x| x.name == full);
+            (full, existing)
+        };
+        validate_name(&field, &full).map_err(|e| bad(&field, e.message))?;
+        secret_names.insert(s.name.clone(), full.clone());
+        if s.external {
+            if existing.is_none() {
+                return Err(bad(
+                    &field,
+                    format!("external secret {full:?} not found (create it with `warren secret create {full} FILE`)"),
+                ));
+            }
+            continue;
+        }
+        check_data(&field, "secret", &s.data)?;
+        let digest = digest_of(&s.data);
+        match existing {
+            Some(x) if x.digest == digest => plan.entry(ObjectKind::Secret, &full, DiffAction::Unchanged, &field),
+            Some(_) => {
+                return Err(bad(
+                    &field,
+                    format!("secret {full:?} already exists with another value: secrets are immutable; give the new value a new name (or remove the secret first)"),
+                ))
+            }
+            None => {
+                let mut labels = s.labels.clone();
+                labels.insert(label_key.into(), label_value.clone());
+                plan.entry(ObjectKind::Secret, &full, DiffAction::Create, &field);
+                plan.steps.push(ApplyStep {
+                    field,
+                    op: ApplyOp::Secret(Secret {
+                        id: minter.new_id(),
+                        name: full,
+                        labels,
+                        sealed: minter.seal(&s.data),
+                        digest,
+                        created_ms: now,
+                    }),
+                });
+            }
+        }
+    }
+
+    for c in &m.configs {
+        let field = format!("configs.{}", c.name);
+        let full = if c.external {
+            c.name.clone()
+        } else {
+            scope.full(&c.name)
+        };
+        validate_name(&field, &full).map_err(|e| bad(&field, e.message))?;
+        config_names.insert(c.name.clone(), full.clone());
+        let existing = state.configs.values().find(|x| x.name == full);
+        if c.external {
+            if existing.is_none() {
+                return Err(bad(
+                    &field,
+                    format!("external config {full:?} not found (create it with `warren config create {full} FILE`)"),
+                ));
+            }
+            continue;
+        }
+        check_data(&field, "config", &c.data)?;
+        let digest = digest_of(&c.data);
+        match existing {
+            Some(x) if x.digest == digest => plan.entry(ObjectKind::Config, &full, DiffAction::Unchanged, &field),
+            Some(_) => {
+                return Err(bad(
+                    &field,
+                    format!("config {full:?} already exists with another content: configs are immutable; give the new content a new name (or remove the config first)"),
+                ))
+            }
+            None => {
+                let mut labels = c.labels.clone();
+                labels.insert(label_key.into(), label_value.clone());
+                plan.entry(ObjectKind::Config, &full, DiffAction::Create, &field);
+                plan.steps.push(ApplyStep {
+                    field,
+                    op: ApplyOp::Config(ConfigObject {
+                        id: minter.new_id(),
+                        name: full,
+                        labels,
+                        data: c.data.clone(),
+                        digest,
+                        created_ms: now,
+                    }),
+                });
+            }
+        }
+    }
+
+    for v in &m.volumes {
+        let field = format!("volumes.{}", v.name);
+        let full = if v.external {
+            v.name.clone()
+        } else {
+            scope.full(&v.name)
+        };
+        validate_name(&field, &full).map_err(|e| bad(&field, e.message))?;
+        volume_names.insert(v.name.clone(), full.clone());
+        let exists = state.volumes.values().any(|x| x.name == full);
+        if v.external {
+            if !exists {
+                return Err(bad(
+                    &field,
+                    format!("external volume {full:?} not found (create it with `warren volume create {full}`)"),
+                ));
+            }
+            continue;
+        }
+        let driver = if v.driver.is_empty() {
+            "local"
+        } else {
+            v.driver.as_str()
+        };
+        if driver != "local" {
+            return Err(bad(
+                format!("{field}.driver"),
+                format!("unknown volume driver {driver:?} (supported: local)"),
+            ));
+        }
+        if exists {
+            plan.entry(ObjectKind::Volume, &full, DiffAction::Unchanged, &field);
+            continue;
+        }
+        let mut labels = v.labels.clone();
+        labels.insert(label_key.into(), label_value.clone());
+        plan.entry(ObjectKind::Volume, &full, DiffAction::Create, &field);
+        plan.steps.push(ApplyStep {
+            field,
+            op: ApplyOp::Volume(Volume {
+                id: minter.new_id(),
+                name: full,
+                driver: driver.into(),
+                node_id: None,
+                labels,
+                options: v.options.clone(),
+                created_ms: now,
+            }),
+        });
+    }
+
+    // Services: removals first, then updates, then creations, so that a port one
+    // service gives up can be taken by another in the same apply.
+    let mut named = std::collections::BTreeSet::new();
+    let mut updates = Vec::new();
+    let mut creates = Vec::new();
+    for ms in &m.services {
+        let field = format!("services.{}", ms.name);
+        let full = scope.full(&ms.name);
+        validate_name(&field, &full).map_err(|e| bad(&field, e.message))?;
+        if !named.insert(full.clone()) {
+            return Err(bad(&field, format!("service {full:?} is named twice")));
+        }
+        let mut spec = ms.spec.clone();
+        if spec.configs.is_empty() {
+            spec.configs = ms.configs.clone();
+        }
+        resolve_names(&mut spec, &secret_names, &config_names, &volume_names);
+        spec.labels.insert(label_key.into(), label_value.clone());
+        spec.validate()
+            .map_err(|e| bad(format!("{field}.{}", e.field), e.message))?;
+        match state.services.values().find(|s| s.name == full) {
+            Some(cur) if cur.spec == spec => plan.entry(ObjectKind::Service, &full, DiffAction::Unchanged, &field),
+            Some(cur) => {
+                if matches!(cur.spec.mode, ServiceMode::Global) != matches!(spec.mode, ServiceMode::Global) {
+                    return Err(bad(
+                        format!("{field}.deploy.mode"),
+                        "a service's mode cannot change; remove and re-create the service",
+                    ));
+                }
+                plan.diff.push(DiffEntry {
+                    kind: ObjectKind::Service,
+                    name: full.clone(),
+                    action: DiffAction::Update,
+                    field: field.clone(),
+                    changed: changed_fields(&cur.spec, &spec),
+                });
+                updates.push(ApplyStep {
+                    field,
+                    op: ApplyOp::Run(Command::UpdateService {
+                        id: cur.id.clone(),
+                        expected_version: cur.version,
+                        spec,
+                        at_ms: now,
+                        rules: Rules::CURRENT,
+                    }),
+                });
+            }
+            None => {
+                plan.entry(ObjectKind::Service, &full, DiffAction::Create, &field);
+                creates.push(ApplyStep {
+                    field,
+                    op: ApplyOp::Run(Command::CreateService {
+                        service: new_service(minter.new_id(), full, spec, now),
+                        rules: Rules::CURRENT,
+                    }),
+                });
+            }
+        }
+    }
+
+    if prune {
+        for svc in state.services.values() {
+            if scope.owns(&svc.spec.labels) && !named.contains(&svc.name) {
+                plan.entry(ObjectKind::Service, &svc.name, DiffAction::Remove, "");
+                plan.steps.push(ApplyStep {
+                    field: format!("services.{}", svc.name),
+                    op: ApplyOp::Run(Command::RemoveService {
+                        id: svc.id.clone(),
+                        at_ms: now,
+                    }),
+                });
+            }
+        }
+    }
+    plan.steps.extend(updates);
+    plan.steps.extend(creates);
+    if prune {
+        let kept_secrets: Vec<&String> = secret_names.values().collect();
+        for s in state.secrets.values() {
+            if scope.owns(&s.labels) && !kept_secrets.contains(&&s.name) {
+                plan.entry(ObjectKind::Secret, &s.name, DiffAction::Remove, "");
+                plan.steps.push(ApplyStep {
+                    field: format!("secrets.{}", s.name),
+                    op: ApplyOp::Run(Command::RemoveSecret {
+                        id: s.id.clone(),
+                        rules: Rules::CURRENT,
+                    }),
+                });
+            }
+        }
+        let kept_configs: Vec<&String> = config_names.values().collect();
+        for c in state.configs.values() {
+            if scope.owns(&c.labels) && !kept_configs.contains(&&c.name) {
+                plan.entry(ObjectKind::Config, &c.name, DiffAction::Remove, "");
+                plan.steps.push(ApplyStep {
+                    field: format!("configs.{}", c.name),
+                    op: ApplyOp::Run(Command::RemoveConfig {
+                        id: c.id.clone(),
+                        rules: Rules::CURRENT,
+                    }),
+                });
+            }
+        }
+    }
+    Ok(plan)
+}
+
+impl Plan {
+    fn entry(&mut self, kind: ObjectKind, name: &str, action: DiffAction, field: &str) {
+        self.diff.push(DiffEntry {
+            kind,
+            name: name.to_string(),
+            action,
+            field: field.to_string(),
+            changed: vec![],
+        });
+    }
+
+    /// Whether applying would change anything.
+    pub fn is_noop(&self) -> bool {
+        self.steps.is_empty()
+    }
+}
+
+fn check_data(field: &str, what: &str, data: &[u8]) -> Result<(), ApplyError> {
+    if data.is_empty() {
+        return Err(bad(field, format!("a {what} cannot be empty")));
+    }
+    if data.len() > MAX_DATA_BYTES {
+        return Err(bad(
+            field,
+            format!("{} bytes is more than the limit of {MAX_DATA_BYTES}", data.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Points the spec's secrets, configs and volumes at their names in the cluster
+/// (a stack's own ones are prefixed); the file keeps its short name (a secret at
+/// `/run/secrets/db_password`, a config at `/db.conf`), as Docker's.
+fn resolve_names(
+    spec: &mut ServiceSpec,
+    secrets: &BTreeMap<String, String>,
+    configs: &BTreeMap<String, String>,
+    volumes: &BTreeMap<String, String>,
+) {
+    for r in &mut spec.secrets {
+        if r.target.is_empty() {
+            r.target = format!("/run/secrets/{}", r.name);
+        }
+        if let Some(full) = secrets.get(&r.name) {
+            r.name = full.clone();
+        }
+    }
+    for r in &mut spec.configs {
+        if r.target.is_empty() {
+            r.target = format!("/{}", r.name);
+        }
+        if r.mode == 0 {
+            r.mode = 0o444;
+        }
+        if let Some(full) = configs.get(&r.name) {
+            r.name = full.clone();
+        }
+    }
+    for m in &mut spec.mounts {
+        if m.kind == MountKind::Volume {
+            if let Some(full) = volumes.get(&m.source) {
+                m.source = full.clone();
+            }
+        }
+    }
+}
+
+fn new_service(id: String, name: String, spec: ServiceSpec, now: i64) -> Service {
+    Service {
+        id,
+        name,
+        spec,
+        version: 1,
+        spec_version: 1,
+        created_ms: now,
+        updated_ms: now,
+        vip: None,
+        dp_id: 0,
+        canary: None,
+        previous_spec: None,
+        update_status: None,
+    }
+}
+
+/// The top-level spec fields that differ, by their serialized names.
+fn changed_fields(a: &ServiceSpec, b: &ServiceSpec) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(a), serde_json::to_value(b))
+    else {
+        return vec![];
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| k.to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{parse_publish, ManifestSecret, ManifestService, ManifestVolume, Mount, SecretRef};
+    use crate::store::FakeProposer;
+
+    struct TestMinter(u32);
+    impl Minter for TestMinter {
+        fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+            plaintext.iter().rev().copied().collect()
+        }
+        fn new_id(&mut self) -> String {
+            self.0 += 1;
+            format!("id{:04}", self.0)
+        }
+        fn now_ms(&self) -> i64 {
+            1000
+        }
+    }
+
+    fn spec(image: &str) -> ServiceSpec {
+        ServiceSpec {
+            image: image.into(),
+            ..Default::default()
+        }
+    }
+
+    fn stack() -> Manifest {
+        let mut web = spec("web:1");
+        web.ports = vec![parse_publish("publish", "8080:80").unwrap()];
+        let mut db = spec("db:1");
+        db.secrets = vec![SecretRef {
+            name: "pw".into(),
+            target: String::new(),
+        }];
+        db.mounts = vec![Mount::parse("mount", "type=volume,source=data,target=/data").unwrap()];
+        Manifest {
+            stack: Some("shop".into()),
+            services: vec![
+                ManifestService {
+                    name: "web".into(),
+                    spec: web,
+                    ..Default::default()
+                },
+                ManifestService {
+                    name: "api".into(),
+                    spec: spec("api:1"),
+                    ..Default::default()
+                },
+                ManifestService {
+                    name: "db".into(),
+                    spec: db,
+                    ..Default::default()
+                },
+            ],
+            secrets: vec![ManifestSecret {
+                name: "pw".into(),
+                external: false,
+                data: b"hunter2".to_vec(),
+                labels: Default::default(),
+            }],
+            volumes: vec![ManifestVolume {
+                name: "data".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn actions(p: &Plan) -> Vec<(String, &'static str)> {
+        p.diff
+            .iter()
+            .map(|d| (format!("{} {}", d.kind, d.name), d.action.as_str()))
+            .collect()
+    }
+
+    struct Cluster {
+        store: std::sync::Arc<crate::store::Store>,
+        raft: std::sync::Arc<FakeProposer>,
+    }
+
+    impl Cluster {
+        fn new() -> Cluster {
+            let store = crate::store::Store::new();
+            let raft = FakeProposer::new(store.clone());
+            Cluster { store, raft }
+        }
+
+        fn state(&self) -> State {
+            self.store.read(|s| s.clone())
+        }
+    }
+
+    async fn apply(c: &Cluster, m: &Manifest, prune: bool, minter: &mut TestMinter) -> Result<Plan, ApplyError> {
+        let p = c.store.read(|s| plan(s, m, prune, minter))?;
+        if !p.is_noop() {
+            use crate::store::Proposer;
+            c.raft
+                .propose(Command::Apply { steps: p.steps.clone() })
+                .await
+                .map_err(|e| match e {
+                    crate::store::WriteError::Apply(a) => a,
+                    other => ApplyError::Invalid(other.to_string()),
+                })?;
+        }
+        Ok(p)
+    }
+
+    #[tokio::test]
+    async fn a_stack_is_created_then_unchanged_then_updated_and_pruned() {
+        let store = Cluster::new();
+        let mut minter = TestMinter(0);
+        let m = stack();
+        let p = apply(&store, &m, false, &mut minter).await.unwrap();
+        assert_eq!(
+            actions(&p),
+            [
+                ("secret shop_pw".to_string(), "create"),
+                ("volume shop_data".to_string(), "create"),
+                ("service shop_web".to_string(), "create"),
+                ("service shop_api".to_string(), "create"),
+                ("service shop_db".to_string(), "create"),
+            ]
+        );
+        let st = store.state();
+        let db = st.service("shop_db").unwrap();
+        assert_eq!(db.spec.secrets[0].name, "shop_pw");
+        assert_eq!(db.spec.secrets[0].target, "/run/secrets/pw");
+        assert_eq!(db.spec.mounts[0].source, "shop_data");
+        assert_eq!(db.spec.labels[STACK_LABEL], "shop");
+
+        // The same manifest again: nothing to do, nothing written.
+        let p = apply(&store, &m, false, &mut minter).await.unwrap();
+        assert!(p.is_noop());
+        assert!(p.diff.iter().all(|d| d.action == DiffAction::Unchanged));
+        assert_eq!(store.state(), st);
+
+        // One image changes: only that service updates, through a new spec version.
+        let mut m2 = m.clone();
+        m2.services[1].spec.image = "api:2".into();
+        m2.services.remove(0);
+        let p = apply(&store, &m2, true, &mut minter).await.unwrap();
+        let changed: Vec<_> = p.diff.iter().filter(|d| d.action != DiffAction::Unchanged).collect();
+        assert_eq!(changed.len(), 2, "{changed:?}");
+        assert_eq!(
+            (changed[0].name.as_str(), changed[0].action),
+            ("shop_api", DiffAction::Update)
+        );
+        assert_eq!(changed[0].changed, ["image"]);
+        assert_eq!(
+            (changed[1].name.as_str(), changed[1].action),
+            ("shop_web", DiffAction::Remove)
+        );
+        let st2 = store.state();
+        assert!(st2.service("shop_web").is_err());
+        assert_eq!(st2.service("shop_api").unwrap().spec_version, 2);
+        assert_eq!(st2.service("shop_db").unwrap().version, db.version);
+
+        // An empty manifest with prune (stack rm): services and secrets go, the volume stays.
+        let rm = Manifest {
+            stack: Some("shop".into()),
+            ..Default::default()
+        };
+        apply(&store, &rm, true, &mut minter).await.unwrap();
+        let st3 = store.state();
+        assert!(st3.services.is_empty() && st3.secrets.is_empty());
+        assert_eq!(st3.volumes.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn refusals_name_the_field_and_change_nothing() {
+        let store = Cluster::new();
+        let mut minter = TestMinter(0);
+        apply(&store, &stack(), false, &mut minter).await.unwrap();
+        let before = store.state();
+
+        let mut changed_secret = stack();
+        changed_secret.secrets[0].data = b"other".to_vec();
+        changed_secret.services[1].spec.image = "api:2".into();
+        let e = apply(&store, &changed_secret, false, &mut minter).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("secrets.pw: secret \"shop_pw\" already exists with another value"),
+            "{e}"
+        );
+
+        let mut other = stack();
+        other.stack = Some("other".into());
+        let e = apply(&store, &other, false, &mut minter).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "services.web.ports[0].published: port 8080/tcp is already published by service \"shop_web\""
+        );
+
+        let mut unknown = stack();
+        unknown.services[2].spec.secrets[0].name = "nope".into();
+        let e = apply(&store, &unknown, false, &mut minter).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("services.db.secrets[0]: secret \"nope\" not found"),
+            "{e}"
+        );
+        assert_eq!(store.state(), before);
+    }
+
+    #[test]
+    fn apply_without_a_stack_keeps_names_and_prunes_only_what_it_labelled() {
+        let mut state = State::default();
+        let mut minter = TestMinter(0);
+        let mut hand = new_service("h".into(), "by-hand".into(), spec("x:1"), 0);
+        hand.spec.labels.clear();
+        state.services.insert("h".into(), hand);
+        let mut applied = new_service("a".into(), "old".into(), spec("x:1"), 0);
+        applied.spec.labels.insert(APPLY_LABEL.into(), "true".into());
+        state.services.insert("a".into(), applied);
+        let m = Manifest {
+            services: vec![ManifestService {
+                name: "web".into(),
+                spec: spec("web:1"),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let p = plan(&state, &m, true, &mut minter).unwrap();
+        assert_eq!(
+            actions(&p),
+            [
+                ("service web".to_string(), "create"),
+                ("service old".to_string(), "remove")
+            ]
+        );
+    }
+}

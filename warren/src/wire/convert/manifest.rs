@@ -1,0 +1,119 @@
+//! Manifests (`warren apply -f`, `warren stack deploy`) and their diffs on the wire.
+//! A secret's value goes out in the request only; the reply never carries one.
+
+use super::service::{spec_from_pb, spec_to_pb};
+use crate::model::{Manifest, ManifestConfig, ManifestSecret, ManifestService, ManifestVolume, ValidationError};
+use warren_proto::v1 as pb;
+
+/// CLI side. A service's `configs` travel inside its spec.
+pub fn manifest_to_pb(m: &Manifest, dry_run: bool, prune: bool) -> pb::ApplyManifestRequest {
+    pb::ApplyManifestRequest {
+        stack: m.stack.clone().unwrap_or_default(),
+        services: m
+            .services
+            .iter()
+            .map(|s| {
+                let mut spec = s.spec.clone();
+                if spec.configs.is_empty() {
+                    spec.configs = s.configs.clone();
+                }
+                pb::ManifestService {
+                    name: s.name.clone(),
+                    spec: Some(spec_to_pb(&spec)),
+                }
+            })
+            .collect(),
+        secrets: m
+            .secrets
+            .iter()
+            .map(|s| pb::ManifestSecret {
+                name: s.name.clone(),
+                external: s.external,
+                data: s.data.clone(),
+                labels: s.labels.clone().into_iter().collect(),
+            })
+            .collect(),
+        configs: m
+            .configs
+            .iter()
+            .map(|c| pb::ManifestConfig {
+                name: c.name.clone(),
+                external: c.external,
+                data: c.data.clone(),
+                labels: c.labels.clone().into_iter().collect(),
+            })
+            .collect(),
+        volumes: m
+            .volumes
+            .iter()
+            .map(|v| pb::ManifestVolume {
+                name: v.name.clone(),
+                external: v.external,
+                driver: v.driver.clone(),
+                options: v.options.clone().into_iter().collect(),
+                labels: v.labels.clone().into_iter().collect(),
+            })
+            .collect(),
+        dry_run,
+        prune,
+    }
+}
+
+/// Manager side: each spec is validated, its errors named by the manifest field
+/// (`services.web.image`).
+pub fn manifest_from_pb(r: pb::ApplyManifestRequest) -> Result<Manifest, ValidationError> {
+    let services = r
+        .services
+        .into_iter()
+        .map(|s| {
+            let field = format!("services.{}", s.name);
+            let spec = s
+                .spec
+                .ok_or_else(|| ValidationError::new(&field, "missing spec"))
+                .and_then(|spec| {
+                    spec_from_pb(spec).map_err(|e| ValidationError::new(format!("{field}.{}", e.field), e.message))
+                })?;
+            Ok(ManifestService {
+                name: s.name,
+                spec,
+                ..Default::default()
+            })
+        })
+        .collect::<Result<Vec<_>, ValidationError>>()?;
+    Ok(Manifest {
+        stack: (!r.stack.is_empty()).then_some(r.stack),
+        services,
+        secrets: r
+            .secrets
+            .into_iter()
+            .map(|s| ManifestSecret {
+                name: s.name,
+                external: s.external,
+                data: s.data,
+                labels: s.labels.into_iter().collect(),
+            })
+            .collect(),
+        configs: r
+            .configs
+            .into_iter()
+            .map(|c| ManifestConfig {
+                name: c.name,
+                external: c.external,
+                data: c.data,
+                labels: c.labels.into_iter().collect(),
+            })
+            .collect(),
+        volumes: r
+            .volumes
+            .into_iter()
+            .map(|v| ManifestVolume {
+                name: v.name,
+                external: v.external,
+                driver: v.driver,
+                options: v.options.into_iter().collect(),
+                labels: v.labels.into_iter().collect(),
+            })
+            .collect(),
+        ..Default::default()
+    })
+}
