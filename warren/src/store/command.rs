@@ -7,8 +7,8 @@
 
 use super::ApplyError;
 use crate::model::{
-    Availability, ClusterMeta, Labels, Node, NodeRole, NodeState, Platform, Resources, Secret, Service, ServiceSpec,
-    Task, TaskState, TaskStatus, UpdateStep, Volume,
+    Availability, ClusterMeta, Labels, Node, NodeMesh, NodeRole, NodeState, Platform, Resources, Secret, Service,
+    ServiceSpec, Task, TaskState, TaskStatus, UpdateStep, Volume,
 };
 use serde::{Deserialize, Serialize};
 
@@ -198,6 +198,19 @@ pub enum Command {
     /// Several commands in one log entry; each applies on its own and the first
     /// error is the batch's result.
     Batch(Vec<Command>),
+
+    /// What a node publishes of its mesh end: its public key (and next key during
+    /// a rotation) and endpoint. The rotation counter stays the managers'.
+    SetNodeMesh {
+        id: String,
+        mesh: NodeMesh,
+        at_ms: i64,
+    },
+    /// `warren node update --rotate-key`: asks the node for a key rotation.
+    RotateNodeKey {
+        id: String,
+        at_ms: i64,
+    },
 }
 
 impl Command {
@@ -232,6 +245,8 @@ impl Command {
             Command::CreateVolume { .. } => "create_volume",
             Command::RemoveVolume { .. } => "remove_volume",
             Command::Batch(_) => "batch",
+            Command::SetNodeMesh { .. } => "set_node_mesh",
+            Command::RotateNodeKey { .. } => "rotate_node_key",
         }
     }
 }
