@@ -359,6 +359,11 @@ impl Cluster {
         let mut n = self.new_node(name);
         n.extra = extra.iter().map(|s| s.to_string()).collect();
         let mut args = vec!["cluster".into(), "init".into(), "--node-name".into(), name.into()];
+        // Most tests run several nodes in one namespace, where one mesh interface
+        // and port each would not fit: native unless the test picks the overlay.
+        if !extra.iter().any(|e| e.starts_with("--overlay")) {
+            args.extend(["--overlay".to_string(), "native".to_string()]);
+        }
         args.extend(self.node_flags(&n));
         Self::spawn(&mut n, args);
         self.nodes.push(n);

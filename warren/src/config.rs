@@ -38,6 +38,31 @@ pub struct RuntimeSettings {
     /// Interfaces carrying published-port traffic; empty: the advertise address's.
     #[serde(default)]
     pub dataplane_ifaces: Vec<String>,
+    /// The WireGuard mesh's interface, port and userspace implementation (used
+    /// only in a wireguard cluster).
+    #[serde(default)]
+    pub mesh: MeshSettings,
+}
+
+/// `--mesh-interface`, `--mesh-port`, `--mesh-run-dir`, `--wireguard-go`: distinct
+/// values let several nodes share one machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshSettings {
+    pub interface: String,
+    pub listen_port: u16,
+    pub run_dir: PathBuf,
+    pub wireguard_go: PathBuf,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        MeshSettings {
+            interface: crate::mesh::DEFAULT_INTERFACE.into(),
+            listen_port: crate::mesh::DEFAULT_LISTEN_PORT,
+            run_dir: crate::mesh::DEFAULT_RUN_DIR.into(),
+            wireguard_go: "wireguard-go".into(),
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -57,6 +82,7 @@ impl Default for RuntimeSettings {
             bpffs: None,
             cgroup_root: None,
             dataplane_ifaces: vec![],
+            mesh: MeshSettings::default(),
         }
     }
 }
@@ -89,6 +115,10 @@ pub struct NodeConfig {
     pub cluster_cidr: Option<String>,
     #[serde(default)]
     pub runtime: RuntimeSettings,
+    /// The cluster's overlay, as init chose it or join learned it; a node.json
+    /// written before the mesh has none: native.
+    #[serde(default)]
+    pub overlay: crate::model::Overlay,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -306,6 +336,7 @@ mod tests {
             subnet: None,
             cluster_cidr: None,
             runtime: RuntimeSettings::default(),
+            overlay: Default::default(),
         }
     }
 

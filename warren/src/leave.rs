@@ -329,6 +329,7 @@ mod tests {
             subnet: None,
             cluster_cidr: None,
             runtime: Default::default(),
+            overlay: Default::default(),
         }
     }
 

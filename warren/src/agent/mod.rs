@@ -12,6 +12,7 @@ mod fake;
 pub mod link;
 pub mod node_dataplane;
 pub mod node_dns;
+pub mod node_mesh;
 pub mod node_service;
 mod session;
 
@@ -68,6 +69,9 @@ pub struct AgentConfig {
     /// Told about every endpoints change before the executor sees the tasks, so that
     /// a stopping task leaves the node's data plane before its container stops.
     pub listeners: Vec<std::sync::Arc<dyn EndpointsListener>>,
+    /// The node's mesh component (wireguard overlay): its end goes out with the
+    /// hello and on every change, and it gets every peer list.
+    pub mesh: Option<std::sync::Arc<node_mesh::NodeMesh>>,
 }
 
 /// Total memory and CPUs of this machine, the capacity a node reports by default.

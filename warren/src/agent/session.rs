@@ -34,6 +34,7 @@ pub(super) async fn session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<SessionEnd, SessionError> {
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
+    let mut published = cfg.mesh.as_ref().map(|m| m.published());
     let hello = pb::AgentHello {
         node_id: cfg.node_id.clone(),
         hostname: cfg.hostname.clone(),
@@ -41,6 +42,9 @@ pub(super) async fn session(
         platform: Some(convert::platform_to_pb(&Platform::current())),
         warren_version: crate::VERSION.to_string(),
         tasks: convert::reports_to_pb(executor.statuses()),
+        mesh: published
+            .as_mut()
+            .and_then(|p| p.borrow_and_update().as_ref().map(convert::mesh_to_pb)),
     };
     // Reports queued while disconnected are covered by the hello's statuses.
     while reports.try_recv().is_ok() {}
@@ -73,6 +77,9 @@ pub(super) async fn session(
                             for l in &cfg.listeners {
                                 l.configure(n);
                             }
+                            if let Some(m) = &cfg.mesh {
+                                m.configure(n);
+                            }
                             executor.configure(n.clone());
                         }
                         (cfg.on_session)(&SessionInfo { managers: managers.clone(), network });
@@ -80,6 +87,12 @@ pub(super) async fn session(
                     Some(DispatcherMsg::Assignments(a)) => assign(cfg, executor, a),
                     Some(DispatcherMsg::NotLeader(n)) => return Ok(SessionEnd::Redirect(n.leader_addr)),
                     None => {}
+                }
+            }
+            Some(end) = mesh_changed(&mut published) => {
+                if let Some(end) = end {
+                    let msg = pb::AgentMessage { msg: Some(AgentMsg::Mesh(convert::mesh_to_pb(&end))) };
+                    tx.send(msg).await.map_err(|_| SessionError::Gone)?;
                 }
             }
             _ = heartbeat.tick() => {
@@ -114,6 +127,19 @@ pub(super) async fn session(
     }
 }
 
+/// The next change of what the mesh publishes; never, without a mesh (or once
+/// the component is gone).
+async fn mesh_changed(
+    rx: &mut Option<watch::Receiver<Option<crate::model::NodeMesh>>>,
+) -> Option<Option<crate::model::NodeMesh>> {
+    if let Some(r) = rx {
+        if r.changed().await.is_ok() {
+            return Some(r.borrow_and_update().clone());
+        }
+    }
+    std::future::pending().await
+}
+
 /// Hands one assignment set to the listeners, then to the executor. What this
 /// agent cannot read is skipped, with a warning, rather than failing the set.
 fn assign(cfg: &AgentConfig, executor: &dyn Executor, a: pb::Assignments) {
@@ -126,10 +152,14 @@ fn assign(cfg: &AgentConfig, executor: &dyn Executor, a: pb::Assignments) {
         }
     }
     tracing::debug!(tasks = tasks.len(), index = a.index, "assignments");
-    let peers = a
-        .peers
+    let all: Vec<crate::model::NodePeer> = a.peers.into_iter().filter_map(convert::peer_from_pb).collect();
+    if let Some(m) = &cfg.mesh {
+        let own = a.own_mesh.map(convert::mesh_from_pb);
+        m.assign(&all, own.as_ref(), a.mesh_rotation);
+    }
+    let peers = all
         .into_iter()
-        .filter_map(|p| Some((p.subnet, p.via.parse().ok()?)))
+        .filter_map(|p| Some((p.subnet, p.via?.parse().ok()?)))
         .collect();
     let mut services = Vec::with_capacity(a.services.len());
     for s in a.services {

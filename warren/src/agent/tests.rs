@@ -95,6 +95,7 @@ fn start(managers: &[&str]) -> Agent {
     let announced = Arc::new(Mutex::new(Vec::new()));
     let seen = announced.clone();
     let cfg = AgentConfig {
+        mesh: None,
         node_id: "n1".into(),
         hostname: "edge-1".into(),
         managers: managers.iter().map(|m| m.to_string()).collect(),
@@ -238,16 +239,20 @@ async fn hello_acceptance_assignments_reports_and_heartbeats() {
                 node_id: "n2".into(),
                 subnet: "10.88.4.0/24".into(),
                 via: "10.0.0.2".into(),
+                mesh: None,
             },
             pb::NodeRoute {
                 node_id: "n3".into(),
                 subnet: "10.88.5.0/24".into(),
                 via: "not an address".into(),
+                mesh: None,
             },
         ],
         volumes: vec!["data".into()],
         services: vec![convert::endpoints_to_pb(&endpoints)],
         configs: vec![],
+        mesh_rotation: 0,
+        own_mesh: None,
     })));
     until("the assignment", || !a.executor.assigned.lock().unwrap().is_empty()).await;
     let got = a.executor.assigned.lock().unwrap()[0].clone();

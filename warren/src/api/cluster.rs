@@ -67,6 +67,7 @@ pub(super) fn info(ctx: &ManagerCtx) -> pb::ClusterInfo {
             .collect();
         let leader_node = raft.leader.and_then(|id| by_raft.get(&id));
         pb::ClusterInfo {
+            overlay: meta.overlay.as_str().to_string(),
             cluster_id: meta.cluster_id.clone(),
             created_ms: meta.created_ms,
             leader_node_id: leader_node.map(|n| n.id.clone()).unwrap_or_default(),

@@ -112,6 +112,7 @@ impl pb::membership_server::Membership for MembershipService {
             message: "joined; waiting for the agent's first heartbeat".into(),
             raft_id,
             subnet: None,
+            mesh: None,
             warren_version: req.warren_version,
             created_ms: now,
             updated_ms: now,
@@ -130,6 +131,7 @@ impl pb::membership_server::Membership for MembershipService {
             ca_pem: meta.ca_cert_pem,
             managers: self.ctx.manager_addrs(),
             cluster_id: meta.cluster_id,
+            overlay: meta.overlay.as_str().to_string(),
             raft_id,
             secrets_key: match role {
                 NodeRole::Manager => self.ctx.secrets_key.as_bytes().to_vec(),

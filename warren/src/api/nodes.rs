@@ -65,17 +65,50 @@ pub(super) async fn update(ctx: &ManagerCtx, req: pb::UpdateNodeRequest) -> Resu
             return Err(Status::invalid_argument(format!("label: invalid label key {k:?}")));
         }
     }
-    write(
-        ctx,
-        Command::UpdateNode {
-            id: id.clone(),
-            availability,
-            label_add: req.label_add.into_iter().collect(),
-            label_rm: req.label_rm,
-            at_ms: now_ms(),
-        },
-    )
-    .await?;
+    if req.rotate_key {
+        // Checked before anything is written: a refused rotation changes nothing.
+        ctx.store.read(|s| {
+            let overlay = s.meta.as_ref().map(|m| m.overlay).unwrap_or_default();
+            let n = s.node(&id).map_err(crate::wire::status::apply_status)?;
+            if overlay != crate::model::Overlay::Wireguard {
+                return Err(Status::failed_precondition(format!(
+                    "rotate-key: the cluster's overlay is {}; only a wireguard cluster has node keys",
+                    overlay.as_str()
+                )));
+            }
+            if n.mesh.is_none() {
+                return Err(Status::failed_precondition(format!(
+                    "rotate-key: node {} has not published a mesh key yet (is its daemon running?)",
+                    n.name
+                )));
+            }
+            Ok(())
+        })?;
+    }
+    let other = availability.is_some() || !req.label_add.is_empty() || !req.label_rm.is_empty();
+    if other || !req.rotate_key {
+        write(
+            ctx,
+            Command::UpdateNode {
+                id: id.clone(),
+                availability,
+                label_add: req.label_add.into_iter().collect(),
+                label_rm: req.label_rm,
+                at_ms: now_ms(),
+            },
+        )
+        .await?;
+    }
+    if req.rotate_key {
+        write(
+            ctx,
+            Command::RotateNodeKey {
+                id: id.clone(),
+                at_ms: now_ms(),
+            },
+        )
+        .await?;
+    }
     view(ctx, &id)
 }
 

@@ -347,6 +347,7 @@ async fn nodes_are_shown_with_their_manager_status_and_guarded_on_removal() {
         availability: None,
         label_add: [("zone=a".to_string(), "x".to_string())].into(),
         label_rm: vec![],
+        rotate_key: false,
     });
     refused(
         api.update_node(label).await,

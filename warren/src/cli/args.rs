@@ -174,6 +174,30 @@ pub struct RuntimeArgs {
     /// [default: the interface of the advertise address].
     #[arg(long = "dataplane-iface", value_name = "IFACE")]
     pub dataplane_ifaces: Vec<String>,
+    /// The WireGuard mesh's interface (wireguard overlay) [default: warren-wg].
+    #[arg(long)]
+    pub mesh_interface: Option<String>,
+    /// The UDP port the mesh listens on; open it between nodes [default: 51820].
+    #[arg(long)]
+    pub mesh_port: Option<u16>,
+    /// Where userspace WireGuard's control sockets go; give each node on a shared
+    /// machine its own [default: /run/wireguard].
+    #[arg(long)]
+    pub mesh_run_dir: Option<std::path::PathBuf>,
+    /// The userspace WireGuard binary, used where the kernel has no WireGuard module
+    /// [default: wireguard-go].
+    #[arg(long)]
+    pub wireguard_go: Option<std::path::PathBuf>,
+}
+
+/// `cluster init --overlay`.
+#[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]
+pub enum OverlayArg {
+    /// An encrypted WireGuard mesh between the nodes.
+    #[default]
+    Wireguard,
+    /// Plain routes via the nodes' addresses (one trusted segment).
+    Native,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -214,6 +238,9 @@ pub enum ClusterCmd {
         /// Where services' virtual IPs come from.
         #[arg(long, default_value = "10.96.0.0/16")]
         service_cidr: String,
+        /// How task traffic travels between nodes; fixed for the cluster's life.
+        #[arg(long, value_enum, default_value_t)]
+        overlay: OverlayArg,
     },
     /// Join an existing cluster (runs in the foreground); the token decides the role.
     Join {
@@ -701,6 +728,10 @@ pub enum NodeCmd {
         /// Remove a label (repeatable).
         #[arg(long, value_name = "KEY")]
         label_rm: Vec<String>,
+        /// Rotate the node's WireGuard key (wireguard overlay), without dropping
+        /// traffic; returns once the rotation is asked, not done.
+        #[arg(long)]
+        rotate_key: bool,
     },
     /// Remove nodes from the cluster.
     #[command(visible_alias = "remove")]

@@ -123,7 +123,12 @@ fn options(node: &NodeArgs) -> Result<DaemonOptions> {
             bpffs: node.runtime.bpffs.clone(),
             cgroup_root: node.runtime.cgroup_root.clone(),
             dataplane_ifaces: node.runtime.dataplane_ifaces.clone(),
+            mesh_interface: node.runtime.mesh_interface.clone(),
+            mesh_port: node.runtime.mesh_port,
+            mesh_run_dir: node.runtime.mesh_run_dir.clone(),
+            wireguard_go: node.runtime.wireguard_go.clone(),
         },
+        overlay: None,
         manager: ManagerSettings {
             heartbeat_period: t.heartbeat_period,
             heartbeat_grace: t.heartbeat_grace,
@@ -163,9 +168,14 @@ async fn run(cli: Cli) -> Result<()> {
             node,
             pod_cidr,
             service_cidr,
+            overlay,
         }) => {
             init_logging(cli.log_format);
-            let opts = options(&node)?;
+            let mut opts = options(&node)?;
+            opts.overlay = Some(match overlay {
+                OverlayArg::Wireguard => crate::model::Overlay::Wireguard,
+                OverlayArg::Native => crate::model::Overlay::Native,
+            });
             daemon::init(opts, &pod_cidr, &service_cidr, print_ready).await?;
         }
         Command::Cluster(ClusterCmd::Join {

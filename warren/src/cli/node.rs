@@ -57,6 +57,7 @@ pub async fn run(c: &mut Client, cmd: NodeCmd) -> Result<()> {
             availability,
             label_add,
             label_rm,
+            rotate_key,
         } => {
             let availability = availability
                 .map(|a| model::Availability::parse("--availability", &a).map_err(|e| anyhow!("{e}")))
@@ -67,14 +68,15 @@ pub async fn run(c: &mut Client, cmd: NodeCmd) -> Result<()> {
                 let (k, val) = parse_key_value("--label-add", l).map_err(|e| anyhow!("{e}"))?;
                 add.insert(k, val);
             }
-            if availability.is_none() && add.is_empty() && label_rm.is_empty() {
-                bail!("nothing to update: pass --availability, --label-add or --label-rm");
+            if availability.is_none() && add.is_empty() && label_rm.is_empty() && !rotate_key {
+                bail!("nothing to update: pass --availability, --label-add, --label-rm or --rotate-key");
             }
             call(c.update_node(pb::UpdateNodeRequest {
                 node: node.clone(),
                 availability,
                 label_add: add,
                 label_rm,
+                rotate_key,
             }))
             .await?;
             line(&node)?;

@@ -8,7 +8,7 @@ use super::error::{DaemonError, JoinError};
 use super::options::{DaemonOptions, DEFAULT_LISTEN, DEFAULT_METRICS, DEFAULT_SOCKET};
 use crate::agent;
 use crate::config::{NodeConfig, RuntimeSettings};
-use crate::model::{self, new_id, now_ms, Availability, ClusterMeta, Node, NodeRole, NodeState, Platform};
+use crate::model::{self, new_id, now_ms, Availability, ClusterMeta, Node, NodeRole, NodeState, Overlay, Platform};
 use crate::pki::{self, CertificateAuthority, JoinToken, NodeCredentials};
 use crate::secrets::SecretsKey;
 use crate::store::Command;
@@ -108,6 +108,7 @@ fn new_config(
         subnet: None,
         cluster_cidr: None,
         runtime: opts.runtime.apply(&RuntimeSettings::default()),
+        overlay: Overlay::Native,
     }
 }
 
@@ -144,6 +145,7 @@ pub(super) fn init(opts: &DaemonOptions, pod_cidr: &str, service_cidr: &str) -> 
         manager_token_secret: pki::new_token_secret(),
         pod_cidr: pod_cidr.to_string(),
         service_cidr: service_cidr.to_string(),
+        overlay: opts.overlay.unwrap_or(Overlay::FOR_NEW_CLUSTERS),
         ..Default::default()
     };
     let node = Node {
@@ -159,6 +161,7 @@ pub(super) fn init(opts: &DaemonOptions, pod_cidr: &str, service_cidr: &str) -> 
         message: String::new(),
         raft_id,
         subnet: None,
+        mesh: None,
         warren_version: crate::VERSION.to_string(),
         created_ms: now_ms(),
         updated_ms: now_ms(),
@@ -166,7 +169,7 @@ pub(super) fn init(opts: &DaemonOptions, pod_cidr: &str, service_cidr: &str) -> 
     };
     // Saved once the bootstrap entry is committed: an interrupted init leaves no
     // node.json, and the data dir is then refused as incomplete.
-    let cfg = new_config(
+    let mut cfg = new_config(
         opts,
         (listen, advertise, node_name),
         (cluster_id, node_id, raft_id),
@@ -174,6 +177,7 @@ pub(super) fn init(opts: &DaemonOptions, pod_cidr: &str, service_cidr: &str) -> 
         vec![advertise.to_string()],
         true,
     );
+    cfg.overlay = meta.overlay;
     let token = |secret: &str| {
         JoinToken {
             ca_digest: ca.digest(),
@@ -250,7 +254,7 @@ pub(super) async fn join(opts: &DaemonOptions, token: &str, manager: &str) -> Re
     if role == NodeRole::Manager && !managers.contains(&advertise.to_string()) {
         managers.insert(0, advertise.to_string());
     }
-    let cfg = new_config(
+    let mut cfg = new_config(
         opts,
         (listen, advertise, node_name),
         (resp.cluster_id, resp.node_id, resp.raft_id),
@@ -258,6 +262,14 @@ pub(super) async fn join(opts: &DaemonOptions, token: &str, manager: &str) -> Re
         managers,
         false,
     );
+    // A manager that predates the mesh says nothing: its cluster is native.
+    cfg.overlay = match resp.overlay.as_str() {
+        "" => Overlay::Native,
+        o => Overlay::parse("overlay", o).map_err(|e| DaemonError::Join {
+            manager: manager.to_string(),
+            source: JoinError::Overlay(e),
+        })?,
+    };
     cfg.save(&opts.data_dir)?;
     Ok(Boot {
         cfg,

@@ -17,6 +17,8 @@ use std::time::Duration;
 pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("the WireGuard mesh: {0}")]
+    Mesh(crate::mesh::MeshError),
     #[error(transparent)]
     Pki(#[from] PkiError),
     #[error(transparent)]
@@ -79,6 +81,8 @@ pub enum JoinError {
     Connect(#[from] ChannelError),
     #[error("{}", .0.message())]
     Refused(#[from] tonic::Status),
+    #[error("the manager answered an overlay this node does not know ({0})")]
+    Overlay(crate::model::ValidationError),
     #[error("could not enter the Raft group within {within:?}{}", last.as_ref().map(|(m, e)| format!(": {m}: {e}")).unwrap_or_default())]
     NotEntered {
         within: Duration,

@@ -31,6 +31,8 @@ pub struct DaemonOptions {
     pub manager: ManagerSettings,
     /// Changes to the runtime settings (persisted ones, or the defaults, otherwise).
     pub runtime: RuntimeOverrides,
+    /// `cluster init --overlay` (None: wireguard); join and daemon ignore it.
+    pub overlay: Option<crate::model::Overlay>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -45,6 +47,10 @@ pub struct RuntimeOverrides {
     pub bpffs: Option<PathBuf>,
     pub cgroup_root: Option<PathBuf>,
     pub dataplane_ifaces: Vec<String>,
+    pub mesh_interface: Option<String>,
+    pub mesh_port: Option<u16>,
+    pub mesh_run_dir: Option<PathBuf>,
+    pub wireguard_go: Option<PathBuf>,
 }
 
 impl RuntimeOverrides {
@@ -79,6 +85,18 @@ impl RuntimeOverrides {
         }
         if !self.dataplane_ifaces.is_empty() {
             r.dataplane_ifaces = self.dataplane_ifaces.clone();
+        }
+        if let Some(v) = &self.mesh_interface {
+            r.mesh.interface = v.clone();
+        }
+        if let Some(v) = self.mesh_port {
+            r.mesh.listen_port = v;
+        }
+        if let Some(v) = &self.mesh_run_dir {
+            r.mesh.run_dir = v.clone();
+        }
+        if let Some(v) = &self.wireguard_go {
+            r.mesh.wireguard_go = v.clone();
         }
         r
     }

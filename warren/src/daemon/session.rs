@@ -55,6 +55,7 @@ mod tests {
             subnet: None,
             cluster_cidr: None,
             runtime: Default::default(),
+            overlay: Default::default(),
         }
     }
 

@@ -12,6 +12,7 @@ use super::error::{DaemonError, JoinError};
 use super::options::Ready;
 use super::serve::{self, Routes};
 use super::session;
+use crate::agent::node_mesh::NodeMesh;
 use crate::agent::{self, executor, node_service, EndpointsListener};
 use crate::api::MembershipService;
 use crate::config::NodeConfig;
@@ -46,6 +47,7 @@ pub(super) struct Running {
     agent: Option<JoinHandle<()>>,
     metrics_server: JoinHandle<()>,
     raft: Option<Arc<RaftNode>>,
+    mesh: Option<Arc<NodeMesh>>,
     containerd: Option<Arc<Containerd>>,
     socket: Option<PathBuf>,
     data_dir: PathBuf,
@@ -70,7 +72,23 @@ impl App {
         } = self;
         let (stop, stopping) = watch::channel(false);
         let (report_tx, report_rx) = mpsc::unbounded_channel();
-        let (executor, node_ops) = executor(&cfg, &data_dir, containerd.clone(), report_tx);
+        // The mesh first: its public key goes out with the agent's first hello, and
+        // task interfaces wait for its MTU.
+        let mesh = match cfg.overlay {
+            crate::model::Overlay::Wireguard => Some(
+                NodeMesh::start(
+                    cfg.runtime.mesh.clone(),
+                    data_dir.join("wireguard"),
+                    cfg.advertise_addr.ip(),
+                )
+                .map_err(DaemonError::Mesh)?,
+            ),
+            crate::model::Overlay::Native => None,
+        };
+        if let (Some(m), Some(n)) = (&mesh, known_network(&cfg)) {
+            m.configure(&n);
+        }
+        let (executor, node_ops) = executor(&cfg, &data_dir, containerd.clone(), report_tx, mesh.clone());
         let node_agent = pb::node_agent_server::NodeAgentServer::new(node_service::NodeService::new(
             node_ops,
             data_dir.join("spool"),
@@ -86,6 +104,7 @@ impl App {
             agent: None,
             metrics_server: crate::metrics::serve(metrics_port, metrics.clone()),
             raft: manager.as_ref().map(|m| m.raft.clone()),
+            mesh: mesh.clone(),
             containerd,
             socket: manager.as_ref().map(|_| cfg.socket.clone()),
             data_dir: data_dir.clone(),
@@ -149,6 +168,7 @@ impl App {
             resources: cfg.capacity.unwrap_or_else(agent::detect_resources),
             listeners,
             on_session: session::callback(data_dir, cfg.clone()),
+            mesh,
         };
         running.agent = Some(tokio::spawn(agent::run(agent_cfg, executor, report_rx, stopping)));
         tracing::info!(
@@ -175,6 +195,9 @@ impl Running {
         let _ = tokio::time::timeout(STOP_WITHIN, async { while self.servers.join_next().await.is_some() {} }).await;
         if let Some(socket) = &self.socket {
             let _ = std::fs::remove_file(socket);
+        }
+        if let Some(mesh) = &self.mesh {
+            mesh.shutdown().await;
         }
         if let Some(raft) = &self.raft {
             raft.shutdown().await;
@@ -228,6 +251,7 @@ fn executor(
     data_dir: &Path,
     containerd: Option<Arc<Containerd>>,
     reports: mpsc::UnboundedSender<executor::Report>,
+    mesh: Option<Arc<NodeMesh>>,
 ) -> (Arc<dyn executor::Executor>, Arc<dyn node_service::NodeOps>) {
     let Some(containerd) = containerd else {
         tracing::warn!("--runtime none: this node runs no tasks; tasks placed here stay assigned");
@@ -238,9 +262,12 @@ fn executor(
     };
     let (node, dir) = (cfg.clone(), data_dir.to_path_buf());
     let factory: crate::worker::NetworkFactory = Arc::new(move |n: executor::NodeNetwork| {
-        let (node, dir) = (node.clone(), dir.clone());
+        let (node, dir, mesh) = (node.clone(), dir.clone(), mesh.clone());
         Box::pin(async move {
-            let nc = node.network_config(&dir, &n.subnet, &n.cluster_cidr)?;
+            let mut nc = node.network_config(&dir, &n.subnet, &n.cluster_cidr)?;
+            if let Some(m) = &mesh {
+                nc.mtu = Some(m.mtu().await);
+            }
             let net = NetlinkNetwork::new(nc).await?;
             Ok(Arc::new(net) as Arc<dyn NetworkManager>)
         })

@@ -6,7 +6,7 @@
 //! leader. `monitor_heartbeats` (a leader duty) marks silent nodes down.
 
 use super::ctx::ManagerCtx;
-use crate::model::{now_ms, NodeAssignment, NodeState, Task};
+use crate::model::{now_ms, NodeAssignment, NodePeer, NodeState, Overlay, Task};
 use crate::store::{Command, ObjectKind, State};
 use crate::wire::{auth, convert};
 use std::collections::BTreeMap;
@@ -42,15 +42,35 @@ pub fn assignments_for(state: &State, node_id: &str) -> NodeAssignment {
             }
         }
     }
+    let overlay = state.meta.as_ref().map(|m| m.overlay).unwrap_or_default();
     let peers = state
         .nodes
         .values()
-        .filter(|n| n.id != node_id && n.state != NodeState::Down)
-        .filter_map(|n| {
-            let ip = n.addr.parse::<std::net::SocketAddr>().ok()?.ip().to_string();
-            Some((n.id.clone(), n.subnet.clone()?, ip))
+        .filter(|n| n.id != node_id)
+        .filter_map(|n| match overlay {
+            // A native route through a node that is down would only blackhole.
+            Overlay::Native if n.state == NodeState::Down => None,
+            Overlay::Native => {
+                let ip = n.addr.parse::<std::net::SocketAddr>().ok()?.ip().to_string();
+                Some(NodePeer {
+                    node_id: n.id.clone(),
+                    subnet: n.subnet.clone()?,
+                    via: Some(ip),
+                    mesh: None,
+                })
+            }
+            // A mesh peer stays while the node is a member, down or not: WireGuard
+            // resumes by itself when it comes back. No key yet: no peer (the
+            // cluster range's prohibit route refuses its subnet meanwhile).
+            Overlay::Wireguard => Some(NodePeer {
+                node_id: n.id.clone(),
+                subnet: n.subnet.clone()?,
+                via: None,
+                mesh: Some(n.mesh.clone()?),
+            }),
         })
         .collect();
+    let own_mesh = state.nodes.get(node_id).and_then(|n| n.mesh.clone());
     let volumes = state
         .volumes
         .values()
@@ -64,16 +84,19 @@ pub fn assignments_for(state: &State, node_id: &str) -> NodeAssignment {
         volumes,
         services: state.service_endpoints(),
         configs,
+        mesh_rotation: own_mesh.as_ref().map_or(0, |m| m.rotation),
+        own_mesh,
     }
 }
 
 type Fingerprint = (
     Vec<(String, u64)>,
     BTreeMap<String, String>,
-    Vec<(String, String, String)>,
+    Vec<NodePeer>,
     Vec<String>,
     Vec<crate::model::ServiceEndpoints>,
     BTreeMap<String, Vec<u8>>,
+    Option<crate::model::NodeMesh>,
 );
 
 fn fingerprint(a: &NodeAssignment) -> Fingerprint {
@@ -86,6 +109,7 @@ fn fingerprint(a: &NodeAssignment) -> Fingerprint {
         a.volumes.clone(),
         a.services.clone(),
         a.configs.clone(),
+        a.own_mesh.clone(),
     )
 }
 
@@ -202,6 +226,14 @@ where
         at_ms: now_ms(),
     })
     .await?;
+    if let Some(m) = hello.mesh {
+        write(Command::SetNodeMesh {
+            id: node_id.clone(),
+            mesh: convert::mesh_from_pb(m),
+            at_ms: now_ms(),
+        })
+        .await?;
+    }
     let reports = convert::reports_from_pb(hello.tasks);
     if !reports.is_empty() {
         write(Command::ReportTaskStatus {
@@ -283,6 +315,9 @@ where
                         if !reports.is_empty() {
                             write(Command::ReportTaskStatus { node_id: node_id.clone(), reports }).await?;
                         }
+                    }
+                    Some(AgentMsg::Mesh(m)) => {
+                        write(Command::SetNodeMesh { id: node_id.clone(), mesh: convert::mesh_from_pb(m), at_ms: now_ms() }).await?;
                     }
                     Some(AgentMsg::Hello(_)) | None => {}
                 }
@@ -424,7 +459,12 @@ mod tests {
         assert_eq!(a.secrets, BTreeMap::from([("db".to_string(), "x1".to_string())]));
         assert_eq!(
             a.peers,
-            vec![("n2".to_string(), "10.88.2.0/24".to_string(), "10.0.0.2".to_string())],
+            vec![NodePeer {
+                node_id: "n2".to_string(),
+                subnet: "10.88.2.0/24".to_string(),
+                via: Some("10.0.0.2".to_string()),
+                mesh: None,
+            }],
             "no route to itself, to a down node, or to a node without a subnet"
         );
         assert_eq!(a.volumes, vec!["data".to_string()]);
@@ -437,6 +477,50 @@ mod tests {
         let stranger = assignments_for(&s, "nobody");
         assert!(stranger.tasks.is_empty() && stranger.secrets.is_empty() && stranger.volumes.is_empty());
         assert_eq!(stranger.peers.len(), 2, "every reachable node with a subnet is a peer");
+    }
+
+    #[test]
+    fn in_a_wireguard_cluster_peers_are_mesh_ends_without_native_routes() {
+        let mut s = State::default();
+        let mut meta = fixtures::meta();
+        meta.overlay = Overlay::Wireguard;
+        s.meta = Some(meta);
+        let end = |n: u8| crate::model::NodeMesh {
+            public_key: format!("key{n}"),
+            next_public_key: None,
+            endpoint: format!("10.0.0.{n}:51820"),
+            rotation: 0,
+        };
+        let mut n1 = node("n1", 1);
+        n1.mesh = Some(crate::model::NodeMesh { rotation: 2, ..end(1) });
+        let mut down = node("n3", 3);
+        down.state = NodeState::Down;
+        down.mesh = Some(end(3));
+        let mut n2 = node("n2", 2);
+        n2.mesh = Some(end(2));
+        let keyless = node("n4", 4);
+        for n in [n1, n2, down, keyless] {
+            s.nodes.insert(n.id.clone(), n);
+        }
+        let a = assignments_for(&s, "n1");
+        let got: Vec<(&str, Option<&str>, Option<&str>)> = a
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.node_id.as_str(),
+                    p.via.as_deref(),
+                    p.mesh.as_ref().map(|m| m.public_key.as_str()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [("n2", None, Some("key2")), ("n3", None, Some("key3"))],
+            "a down node stays a peer; a node without a key is none; no native route"
+        );
+        assert_eq!(a.mesh_rotation, 2);
+        assert_eq!(a.own_mesh.as_ref().map(|m| m.public_key.as_str()), Some("key1"));
     }
 
     /// A cluster whose manager `m1` leads, with worker `n1` joined.
@@ -468,6 +552,7 @@ mod tests {
                 platform: None,
                 warren_version: "9.9.9".into(),
                 tasks,
+                mesh: None,
             })),
         }
     }

@@ -425,6 +425,7 @@ mod tests {
             message: String::new(),
             raft_id: 0,
             subnet: None,
+            mesh: None,
             warren_version: String::new(),
             created_ms: 0,
             updated_ms: 0,

@@ -30,6 +30,44 @@ pub struct ClusterMeta {
     /// manager's port from then on (a revocation list, replicated).
     #[serde(default)]
     pub removed_nodes: Vec<String>,
+    /// How task traffic travels between nodes. A cluster whose state predates the
+    /// mesh has none in its meta and stays `native`: an upgrade changes nothing.
+    #[serde(default)]
+    pub overlay: Overlay,
+}
+
+/// The two overlay modes (`warren cluster init --overlay`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlay {
+    /// A route per peer subnet via the peer node's address: one trusted segment.
+    #[default]
+    Native,
+    /// An encrypted WireGuard mesh between every pair of nodes.
+    Wireguard,
+}
+
+impl Overlay {
+    /// What `cluster init` picks when `--overlay` is not given.
+    pub const FOR_NEW_CLUSTERS: Overlay = Overlay::Wireguard;
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overlay::Native => "native",
+            Overlay::Wireguard => "wireguard",
+        }
+    }
+
+    pub fn parse(field: &str, s: &str) -> Result<Overlay, super::ValidationError> {
+        match s {
+            "native" => Ok(Overlay::Native),
+            "wireguard" => Ok(Overlay::Wireguard),
+            _ => Err(super::ValidationError::new(
+                field,
+                format!("invalid overlay {s:?}: expected wireguard or native"),
+            )),
+        }
+    }
 }
 
 pub fn default_service_cidr() -> String {

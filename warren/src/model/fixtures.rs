@@ -21,6 +21,7 @@ pub fn node(id: &str, name: &str) -> Node {
         message: String::new(),
         raft_id: 0,
         subnet: None,
+        mesh: None,
         warren_version: String::new(),
         created_ms: 0,
         updated_ms: 0,
@@ -120,6 +121,7 @@ pub fn meta() -> ClusterMeta {
         manager_token_secret: "m".repeat(25),
         pod_cidr: "10.88.0.0/16".into(),
         service_cidr: "10.96.0.0/16".into(),
+        overlay: Default::default(),
         ..Default::default()
     }
 }

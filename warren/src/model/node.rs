@@ -105,6 +105,10 @@ pub struct Node {
     /// The node's /24 of the cluster CIDR, for its tasks' addresses.
     #[serde(default)]
     pub subnet: Option<String>,
+    /// What the other nodes need to reach this one over the WireGuard mesh; None
+    /// for a node of a `native` cluster, or one that has not said yet.
+    #[serde(default)]
+    pub mesh: Option<NodeMesh>,
     pub warren_version: String,
     pub created_ms: i64,
     pub updated_ms: i64,
@@ -116,4 +120,20 @@ impl Node {
     pub fn is_schedulable(&self) -> bool {
         self.state == NodeState::Ready && self.availability == Availability::Active
     }
+}
+
+/// A node's end of the WireGuard mesh, as it publishes it (never the private key).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMesh {
+    /// The node's WireGuard public key, base64.
+    pub public_key: String,
+    /// The key the node rotates to, published before it switches (see `mesh`).
+    #[serde(default)]
+    pub next_public_key: Option<String>,
+    /// Where the node's WireGuard listens (IP:PORT on the underlay).
+    pub endpoint: String,
+    /// Counts the rotations asked of the node (`warren node update --rotate-key`);
+    /// the node starts one when it sees a value it has not acted on.
+    #[serde(default)]
+    pub rotation: u64,
 }

@@ -7,8 +7,8 @@
 
 use super::ApplyError;
 use crate::model::{
-    Availability, ClusterMeta, ConfigObject, Labels, Node, NodeRole, NodeState, Platform, ReleaseStep, Resources, Secret,
-    Service,
+    Availability, ClusterMeta, ConfigObject, Labels, Node, NodeMesh, NodeRole, NodeState, Platform, ReleaseStep,
+    Resources, Secret, Service,
     ServiceSpec, Task, TaskState, TaskStatus, UpdateStep, Volume,
 };
 use serde::{Deserialize, Serialize};
@@ -226,6 +226,19 @@ pub enum Command {
     Apply {
         steps: Vec<ApplyStep>,
     },
+
+    /// What a node publishes of its mesh end: its public key (and next key during
+    /// a rotation) and endpoint. The rotation counter stays the managers'.
+    SetNodeMesh {
+        id: String,
+        mesh: NodeMesh,
+        at_ms: i64,
+    },
+    /// `warren node update --rotate-key`: asks the node for a key rotation.
+    RotateNodeKey {
+        id: String,
+        at_ms: i64,
+    },
 }
 
 /// One change of a manifest's apply, with the field path it comes from.
@@ -288,6 +301,8 @@ impl Command {
             Command::CreateConfig { .. } => "create_config",
             Command::RemoveConfig { .. } => "remove_config",
             Command::Apply { .. } => "apply",
+            Command::SetNodeMesh { .. } => "set_node_mesh",
+            Command::RotateNodeKey { .. } => "rotate_node_key",
         }
     }
 }

@@ -19,6 +19,7 @@ pub(crate) fn node(id: &str, name: &str) -> Node {
         message: String::new(),
         raft_id: 0,
         subnet: None,
+        mesh: None,
         warren_version: String::new(),
         created_ms: 0,
         updated_ms: 0,

@@ -89,6 +89,8 @@ pub struct ClusterView {
     pub services: u64,
     pub tasks: u64,
     pub pod_cidr: String,
+    /// "wireguard" or "native" ("native" from managers that predate the mesh).
+    pub overlay: String,
     pub node_id: String,
     pub snapshot_index: u64,
     pub purged_index: u64,
@@ -121,6 +123,11 @@ impl ClusterView {
             services: i.services,
             tasks: i.tasks,
             pod_cidr: i.pod_cidr,
+            overlay: if i.overlay.is_empty() {
+                "native".into()
+            } else {
+                i.overlay
+            },
             node_id: i.node_id,
             snapshot_index: i.snapshot_index,
             purged_index: i.purged_index,
@@ -134,6 +141,7 @@ impl ClusterView {
         t.line(format_args!("Created:      {}", ago(self.created_ms)));
         t.line(format_args!("CA digest:    sha256:{}", self.ca_digest));
         t.line(format_args!("Pod CIDR:     {}", self.pod_cidr));
+        t.line(format_args!("Overlay:      {}", self.overlay));
         t.line(format_args!(
             "Leader:       {} ({})",
             or_dash(&short_id(&self.leader_node_id)),

@@ -94,6 +94,8 @@ impl State {
             Command::RemoveSecret { id, rules } => self.remove_secret(id, *rules, changes),
             Command::CreateVolume { volume } => self.create_volume(volume, changes),
             Command::RemoveVolume { id, rules } => self.remove_volume(id, *rules, changes),
+            Command::SetNodeMesh { id, mesh, at_ms } => self.set_node_mesh(id, mesh, *at_ms, changes),
+            Command::RotateNodeKey { id, at_ms } => self.rotate_node_key(id, *at_ms, changes),
 
             Command::ReleaseStep {
                 id,

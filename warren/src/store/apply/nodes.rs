@@ -2,7 +2,7 @@
 //! its node, availability and labels, and removal (which orphans the node's tasks).
 
 use super::{change, Versioned};
-use crate::model::{Availability, Labels, Node, NodeState, Platform, Resources, TaskState};
+use crate::model::{Availability, Labels, Node, NodeMesh, NodeState, Overlay, Platform, Resources, TaskState};
 use crate::store::state::{Action, Change, ObjectKind, State};
 use crate::store::ApplyError;
 use std::collections::BTreeMap;
@@ -85,6 +85,54 @@ impl State {
         for (k, v) in label_add {
             node.labels.insert(k.clone(), v.clone());
         }
+        node.touch(at_ms);
+        changes.push(change(ObjectKind::Node, Action::Updated, id, &node.name));
+        Ok(())
+    }
+
+    pub(super) fn set_node_mesh(
+        &mut self,
+        id: &str,
+        mesh: &NodeMesh,
+        at_ms: i64,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), ApplyError> {
+        let node = self.node_mut(id)?;
+        let rotation = node.mesh.as_ref().map_or(0, |m| m.rotation);
+        let new = NodeMesh {
+            rotation,
+            ..mesh.clone()
+        };
+        if node.mesh.as_ref() == Some(&new) {
+            return Ok(());
+        }
+        node.mesh = Some(new);
+        node.touch(at_ms);
+        changes.push(change(ObjectKind::Node, Action::Updated, id, &node.name));
+        Ok(())
+    }
+
+    pub(super) fn rotate_node_key(
+        &mut self,
+        id: &str,
+        at_ms: i64,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), ApplyError> {
+        let overlay = self.meta.as_ref().map(|m| m.overlay).unwrap_or_default();
+        if overlay != Overlay::Wireguard {
+            return Err(ApplyError::Invalid(format!(
+                "rotate-key: the cluster's overlay is {}; only a wireguard cluster has node keys",
+                overlay.as_str()
+            )));
+        }
+        let node = self.node_mut(id)?;
+        let Some(mesh) = node.mesh.as_mut() else {
+            return Err(ApplyError::Invalid(format!(
+                "rotate-key: node {} has not published a mesh key yet (is its daemon running?)",
+                node.name
+            )));
+        };
+        mesh.rotation += 1;
         node.touch(at_ms);
         changes.push(change(ObjectKind::Node, Action::Updated, id, &node.name));
         Ok(())
@@ -215,5 +263,62 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.to_string().contains("warren node rm edge"), "{err}");
+    }
+
+    #[test]
+    fn a_nodes_mesh_end_is_published_rotations_are_counted_and_old_state_is_native() {
+        use crate::model::{NodeMesh, Overlay};
+        // State written before the mesh: no overlay in the meta, no mesh on nodes.
+        let meta: ClusterMeta = serde_json::from_str(
+            r#"{"cluster_id":"c","created_ms":0,"ca_cert_pem":"","ca_key_sealed":[],
+                "worker_token_secret":"w","manager_token_secret":"m","pod_cidr":"10.88.0.0/16"}"#,
+        )
+        .unwrap();
+        assert_eq!(meta.overlay, Overlay::Native);
+        let mut s = State::default();
+        let mut ch = vec![];
+        s.apply(
+            &Command::Bootstrap {
+                meta: meta.clone(),
+                node: node("n1", "one"),
+            },
+            &mut ch,
+        )
+        .unwrap();
+        let end = NodeMesh {
+            public_key: "k1".into(),
+            next_public_key: None,
+            endpoint: "192.0.2.1:51820".into(),
+            rotation: 9,
+        };
+        let set = |m: &NodeMesh| Command::SetNodeMesh {
+            id: "n1".into(),
+            mesh: m.clone(),
+            at_ms: 1,
+        };
+        s.apply(&set(&end), &mut ch).unwrap();
+        assert_eq!(
+            s.nodes["n1"].mesh.as_ref().unwrap().rotation,
+            0,
+            "the counter is not the node's to set"
+        );
+        let rotate = Command::RotateNodeKey {
+            id: "n1".into(),
+            at_ms: 2,
+        };
+        let e = s.apply(&rotate, &mut ch).unwrap_err().to_string();
+        assert!(e.contains("the cluster's overlay is native"), "{e}");
+        s.meta.as_mut().unwrap().overlay = Overlay::Wireguard;
+        s.apply(&rotate, &mut ch).unwrap();
+        let next = NodeMesh {
+            next_public_key: Some("k2".into()),
+            ..end.clone()
+        };
+        s.apply(&set(&next), &mut ch).unwrap();
+        let m = s.nodes["n1"].mesh.clone().unwrap();
+        assert_eq!((m.rotation, m.next_public_key.as_deref()), (1, Some("k2")));
+        let version = s.nodes["n1"].version;
+        s.apply(&set(&next), &mut ch).unwrap();
+        assert_eq!(s.nodes["n1"].version, version, "the same end again changes nothing");
     }
 }

@@ -99,6 +99,8 @@ pub fn node_to_pb(n: &Node, reserved: Resources, manager: Option<pb::ManagerStat
         reserved: Some(resources_to_pb(reserved)),
         warren_version: n.warren_version.clone(),
         subnet: n.subnet.clone().unwrap_or_default(),
+        mesh: n.mesh.as_ref().map(super::mesh_to_pb),
+        mesh_status: None,
     }
 }
 
@@ -117,6 +119,7 @@ pub fn node_from_pb(n: pb::Node) -> (Node, Resources, Option<pb::ManagerStatus>)
         message: n.message,
         raft_id: n.manager.as_ref().map(|m| m.raft_id).unwrap_or(0),
         subnet: (!n.subnet.is_empty()).then_some(n.subnet),
+        mesh: n.mesh.map(super::mesh_from_pb),
         warren_version: n.warren_version,
         created_ms: n.created_ms,
         updated_ms: n.updated_ms,
