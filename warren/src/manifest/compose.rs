@@ -103,6 +103,7 @@ pub(crate) fn convert(cx: &mut Cx, doc: &Node, vars: &Vars) -> R<Part> {
                     "ipam",
                     "enable_ipv4",
                     "enable_ipv6",
+                    "subnet",
                 ],
                 true,
             )?;

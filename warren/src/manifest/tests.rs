@@ -773,3 +773,99 @@ fn the_json_schema_matches_the_loader() {
     }
     assert_eq!(props.len(), service::KEYS.len() + service::IGNORED.len());
 }
+
+/// The tech spec's own example (a compose-like file with Warren's shortcuts) loads.
+const TECH_SPEC: &str = r#"# warren.yaml
+version: "1"
+
+services:
+  web:
+    image: nginx:latest
+    replicas: 3
+    deploy:
+      strategy: rolling
+      update_config:
+        parallelism: 1
+        delay: 10s
+        failure_action: rollback
+    ports:
+      - target: 80
+        published: 8080
+        protocol: tcp
+    networks:
+      - frontend
+    health_check:
+      type: http
+      endpoint: /health
+      interval: 10s
+      timeout: 5s
+      retries: 3
+    resources:
+      limits:
+        cpus: "0.5"
+        memory: 512M
+      reservations:
+        cpus: "0.25"
+        memory: 256M
+    labels:
+      com.example.team: "platform"
+
+  api:
+    image: myapp:v1.0
+    replicas: 5
+    deploy:
+      strategy: canary
+      update_config:
+        canary_weight: 10
+    secrets:
+      - db_password
+    volumes:
+      - api-data:/var/lib/api
+    networks:
+      - frontend
+      - backend
+
+networks:
+  frontend:
+    driver: wireguard
+    subnet: 10.0.1.0/24
+  backend:
+    driver: wireguard
+    subnet: 10.0.2.0/24
+
+secrets:
+  db_password:
+    external: true  # Created separately via CLI
+
+volumes:
+  api-data:
+    driver: local
+"#;
+
+#[test]
+fn the_tech_spec_example_loads() {
+    let d = dir_with(&[("warren.yaml", TECH_SPEC)]);
+    let l = load_apply(&[d.path().join("warren.yaml")], &env()).unwrap();
+    let m = &l.manifest;
+    let (web, api) = (&m.services[0], &m.services[1]);
+    assert_eq!((web.spec.replicas(), api.spec.replicas()), (Some(3), Some(5)));
+    assert_eq!(
+        web.spec.health.as_ref().map(|h| &h.test),
+        Some(&HealthTest::Http {
+            port: 80,
+            path: "/health".into()
+        })
+    );
+    assert_eq!(web.spec.limits.memory_bytes, 512 << 20);
+    assert_eq!(web.spec.update.failure_action, FailureAction::Rollback);
+    assert_eq!(
+        api.canary,
+        Some(ManifestCanary {
+            weight: 10,
+            steps: vec![]
+        })
+    );
+    assert_eq!(api.networks, ["frontend", "backend"]);
+    assert!(m.secrets[0].external);
+    assert_eq!(m.ignored, ["networks.frontend.subnet", "networks.backend.subnet"]);
+}
