@@ -258,6 +258,21 @@ fn three_nodes_reach_a_remote_service_over_the_encrypted_mesh_rotate_keys_and_dr
         "handshake and bytes with n3: {to_n3:?}"
     );
 
+    // `node inspect` shows n3's mesh as n3 sees it: m1 and n2 as peers, with
+    // handshakes and bytes; and its published key.
+    let n3_view: Value = env.c.json(m1, &["node", "inspect", "n3", "--format", "json"]).unwrap();
+    assert_eq!(n3_view["mesh"]["public_key"], keys[2].as_str(), "{n3_view}");
+    let mesh = &n3_view["dataplane"]["mesh"];
+    assert_eq!(mesh["public_key"], keys[2].as_str(), "{n3_view}");
+    let peers = mesh["peers"].as_array().expect("mesh peers");
+    assert_eq!(peers.len(), 2, "{mesh}");
+    assert!(
+        peers
+            .iter()
+            .all(|p| p["last_handshake_ms"].as_i64() > Some(0) && p["rx_bytes"].as_u64() > Some(0)),
+        "{mesh}"
+    );
+
     // 6. n3 rotates its key under a constant request loop from m1: 0 failures.
     let stop = env.c.dir.path().join("stop-loop");
     let mut looping = ChildGuard::spawn(

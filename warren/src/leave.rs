@@ -50,6 +50,8 @@ pub enum CleanupError {
     Interfaces(#[from] InterfaceError),
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Mesh(#[from] crate::mesh::MeshError),
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -76,6 +78,8 @@ pub struct LeaveReport {
     pub stopped_pid: Option<i32>,
     pub containers: usize,
     pub network: bool,
+    /// A mesh interface (or its routes, or its wireguard-go) was left to remove.
+    pub mesh: bool,
     pub dataplane: Option<PathBuf>,
     pub kept_volumes: Option<PathBuf>,
 }
@@ -119,6 +123,12 @@ pub async fn leave(data_dir: &Path, force: bool) -> Result<LeaveReport, LeaveErr
         let net = crate::network::NetlinkNetwork::open(nc).map_err(cleanup("network"))?;
         net.cleanup_node().await.map_err(cleanup("network"))?;
         report.network = true;
+    }
+    if cfg.overlay == crate::model::Overlay::Wireguard {
+        let m = &cfg.runtime.mesh;
+        report.mesh = crate::mesh::leave(&m.interface, &m.run_dir, crate::mesh::RTPROT_WARREN_MESH)
+            .await
+            .map_err(cleanup("mesh"))?;
     }
     if cfg.runtime.dataplane {
         let dc = cfg.dataplane_config().map_err(cleanup("data plane"))?;

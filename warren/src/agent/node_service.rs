@@ -60,6 +60,8 @@ pub struct NodeService {
     node_name: String,
     /// None with `--dataplane none`.
     dataplane: Option<Arc<dyn crate::dataplane::Dataplane>>,
+    /// The node's mesh (wireguard overlay), for `node inspect`.
+    pub mesh: Option<Arc<super::node_mesh::NodeMesh>>,
 }
 
 impl NodeService {
@@ -74,7 +76,37 @@ impl NodeService {
             spool,
             node_name,
             dataplane,
+            mesh: None,
         }
+    }
+}
+
+fn mesh_status_to_pb(s: &crate::mesh::MeshStatus) -> pb::NodeMeshStatus {
+    let ms = |t: &std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    };
+    pb::NodeMeshStatus {
+        interface: s.interface.clone(),
+        backend: s.backend.to_string(),
+        public_key: s.public_key.to_string(),
+        next_public_key: s.next_public_key.map(|k| k.to_string()).unwrap_or_default(),
+        listen_port: u32::from(s.listen_port),
+        mtu: s.mtu,
+        up: s.up,
+        peers: s
+            .peers
+            .iter()
+            .map(|p| pb::NodeMeshPeer {
+                node_id: p.node_id.clone().unwrap_or_default(),
+                public_key: p.public_key.to_string(),
+                endpoint: p.endpoint.map(|e| e.to_string()).unwrap_or_default(),
+                allowed_ips: p.allowed_ips.iter().map(|n| n.to_string()).collect(),
+                last_handshake_ms: p.last_handshake.as_ref().map_or(0, ms),
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+            })
+            .collect(),
     }
 }
 
@@ -90,10 +122,15 @@ impl pb::node_agent_server::NodeAgent for NodeService {
         let st = tokio::task::spawn_blocking(move || dp.map(|d| d.status()))
             .await
             .map_err(|e| Status::internal(format!("reading the data plane: {e}")))?;
-        Ok(Response::new(crate::wire::convert::dataplane_to_pb(
-            &self.node_name,
-            st.as_ref(),
-        )))
+        let mut out = crate::wire::convert::dataplane_to_pb(&self.node_name, st.as_ref());
+        if let Some(m) = &self.mesh {
+            match m.status().await {
+                Some(Ok(s)) => out.mesh = Some(mesh_status_to_pb(&s)),
+                Some(Err(e)) => out.errors.push(format!("mesh: {e}")),
+                None => out.errors.push("mesh: not started yet".into()),
+            }
+        }
+        Ok(Response::new(out))
     }
 
     async fn logs(&self, req: Request<pb::NodeLogsRequest>) -> Result<Response<LineStream>, Status> {

@@ -203,6 +203,9 @@ async fn run(cli: Cli) -> Result<()> {
             if r.network {
                 text.push_str("Removed the node network (task namespaces, bridge, nft table).\n");
             }
+            if r.mesh {
+                text.push_str("Removed the WireGuard mesh (interface, routes, wireguard-go).\n");
+            }
             if let Some(dir) = &r.dataplane {
                 text.push_str(&format!(
                     "Removed the eBPF data plane (programs detached, {} unpinned).\n",

@@ -89,13 +89,14 @@ impl App {
             m.configure(&n);
         }
         let (executor, node_ops) = executor(&cfg, &data_dir, containerd.clone(), report_tx, mesh.clone());
-        let node_agent = pb::node_agent_server::NodeAgentServer::new(node_service::NodeService::new(
+        let mut node_service = node_service::NodeService::new(
             node_ops,
             data_dir.join("spool"),
             cfg.node_name.clone(),
             dataplane.clone(),
-        ))
-        .max_decoding_message_size(8 << 20);
+        );
+        node_service.mesh = mesh.clone();
+        let node_agent = pb::node_agent_server::NodeAgentServer::new(node_service).max_decoding_message_size(8 << 20);
 
         let mut running = Running {
             ready: ready(&cfg, tokens),

@@ -287,6 +287,40 @@ impl MeshConfig {
     }
 }
 
+/// `cluster leave` after a daemon that could not clean up (killed): stops the
+/// userspace WireGuard named in `run_dir`'s pid file for `interface`, removes the
+/// mesh's routes (protocol `route_protocol`) and the interface. Runs in the node's
+/// namespace, inside a runtime. True when something was there.
+pub async fn leave(interface: &str, run_dir: &std::path::Path, route_protocol: u8) -> Result<bool, MeshError> {
+    let mut found = false;
+    let pid_file = run_dir.join(format!("{interface}.pid"));
+    let pid = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    if let Some(pid) = pid {
+        // Only a wireguard-go: a stale pid file may name a recycled pid.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim().starts_with("wireguard") {
+            // SAFETY: kill(2) of the userspace WireGuard this node's daemon started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            found = true;
+        }
+        let _ = std::fs::remove_file(&pid_file);
+    }
+    let link = NetlinkMeshLink::here()?;
+    for r in link.routes().await? {
+        if r.protocol == route_protocol {
+            link.delete_route(interface, r).await?;
+            found = true;
+        }
+    }
+    if let Some(l) = link.link(interface).await? {
+        link.delete_link(interface, l.index).await?;
+        found = true;
+    }
+    Ok(found)
+}
+
 /// A built mesh, not running yet.
 pub struct Mesh {
     rec: Reconciler,

@@ -98,6 +98,16 @@ fn dataplane_json(dp: &Dataplane) -> serde_json::Value {
             "connections": d.connections,
             "drops": d.drops,
             "errors": d.errors,
+            "mesh": d.mesh.as_ref().map(|m| serde_json::json!({
+                "interface": m.interface, "backend": m.backend, "public_key": m.public_key,
+                "next_public_key": m.next_public_key, "listen_port": m.listen_port, "mtu": m.mtu,
+                "up": m.up,
+                "peers": m.peers.iter().map(|p| serde_json::json!({
+                    "node_id": p.node_id, "public_key": p.public_key, "endpoint": p.endpoint,
+                    "allowed_ips": p.allowed_ips, "last_handshake_ms": p.last_handshake_ms,
+                    "rx_bytes": p.rx_bytes, "tx_bytes": p.tx_bytes,
+                })).collect::<Vec<_>>(),
+            })),
         }),
     }
 }
@@ -119,6 +129,13 @@ pub fn node_text(n: &NodeView, dp: &Dataplane) -> String {
     ));
     t.line(format_args!("Availability: {}", n.node.availability.as_str()));
     t.line(format_args!("Address:      {}", n.node.addr));
+    if let Some(m) = &n.node.mesh {
+        t.line(format_args!("Mesh key:     {}", m.public_key));
+        if let Some(k) = &m.next_public_key {
+            t.line(format_args!("Mesh next:    {k} (rotating)"));
+        }
+        t.line(format_args!("Mesh end:     {}", m.endpoint));
+    }
     t.line(format_args!(
         "Platform:     {}/{}",
         n.node.platform.os, n.node.platform.arch
@@ -145,7 +162,38 @@ pub fn node_text(n: &NodeView, dp: &Dataplane) -> String {
         }
     }
     dataplane_text(&mut t, dp);
+    if let Ok(pb::NodeDataplane { mesh: Some(m), .. }) = dp {
+        mesh_text(&mut t, m);
+    }
     t.0
+}
+
+/// The node's mesh as the node sees it: the device, and per peer its handshake age
+/// and bytes.
+fn mesh_text(t: &mut Text, m: &pb::NodeMeshStatus) {
+    t.line(format_args!(
+        "Mesh:         {} ({}, port {}, MTU {}{})",
+        m.interface,
+        m.backend,
+        m.listen_port,
+        m.mtu,
+        if m.up { "" } else { ", down" }
+    ));
+    let now = model::now_ms();
+    for p in &m.peers {
+        let hs = match p.last_handshake_ms {
+            0 => "never".to_string(),
+            at => format!("{}s ago", (now - at).max(0) / 1000),
+        };
+        t.line(format_args!(
+            "  peer {} {} handshake {hs}, rx {} tx {} ({})",
+            short_id(&p.node_id),
+            if p.endpoint.is_empty() { "-" } else { &p.endpoint },
+            format_size(p.rx_bytes as i64),
+            format_size(p.tx_bytes as i64),
+            p.allowed_ips.join(",")
+        ));
+    }
 }
 
 fn dataplane_text(t: &mut Text, dp: &Dataplane) {

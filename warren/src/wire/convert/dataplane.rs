@@ -37,5 +37,6 @@ pub fn dataplane_to_pb(node_name: &str, st: Option<&crate::dataplane::DataplaneS
         connections: st.services.iter().map(|s| s.connections).sum(),
         drops: st.services.iter().map(|s| s.drops.total()).sum(),
         errors: st.errors.clone(),
+        mesh: None,
     }
 }

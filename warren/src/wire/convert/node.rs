@@ -100,7 +100,6 @@ pub fn node_to_pb(n: &Node, reserved: Resources, manager: Option<pb::ManagerStat
         warren_version: n.warren_version.clone(),
         subnet: n.subnet.clone().unwrap_or_default(),
         mesh: n.mesh.as_ref().map(super::mesh_to_pb),
-        mesh_status: None,
     }
 }
 
