@@ -7,6 +7,7 @@
 
 mod cluster;
 mod common;
+mod ingress;
 pub mod membership;
 pub mod node_proxy;
 mod nodes;

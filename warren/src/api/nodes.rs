@@ -65,6 +65,27 @@ pub(super) async fn update(ctx: &ManagerCtx, req: pb::UpdateNodeRequest) -> Resu
             return Err(Status::invalid_argument(format!("label: invalid label key {k:?}")));
         }
     }
+    if let Some(on) = req.ingress {
+        let current = read(ctx, |s| Ok(s.node(&id)?.ingress))?;
+        let ingress = on.then(|| {
+            convert::node_ingress_from_pb(req.ingress_ports)
+                .or(current)
+                .unwrap_or_default()
+        });
+        write(
+            ctx,
+            Command::SetNodeIngress {
+                id: id.clone(),
+                ingress,
+                at_ms: now_ms(),
+            },
+        )
+        .await?;
+    } else if req.ingress_ports.is_some() {
+        return Err(Status::invalid_argument(
+            "ingress-http-port: give --ingress true with the ingress ports",
+        ));
+    }
     write(
         ctx,
         Command::UpdateNode {

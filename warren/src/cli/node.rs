@@ -57,6 +57,7 @@ pub async fn run(c: &mut Client, cmd: NodeCmd) -> Result<()> {
             availability,
             label_add,
             label_rm,
+            ingress,
         } => {
             let availability = availability
                 .map(|a| model::Availability::parse("--availability", &a).map_err(|e| anyhow!("{e}")))
@@ -67,14 +68,23 @@ pub async fn run(c: &mut Client, cmd: NodeCmd) -> Result<()> {
                 let (k, val) = parse_key_value("--label-add", l).map_err(|e| anyhow!("{e}"))?;
                 add.insert(k, val);
             }
-            if availability.is_none() && add.is_empty() && label_rm.is_empty() {
-                bail!("nothing to update: pass --availability, --label-add or --label-rm");
+            if availability.is_none() && add.is_empty() && label_rm.is_empty() && ingress.ingress.is_none() {
+                bail!("nothing to update: pass --availability, --label-add, --label-rm or --ingress");
             }
+            let ingress_ports = match (ingress.ingress_http_port, ingress.ingress_https_port) {
+                (None, None) => None,
+                (h, s) => Some(pb::IngressPorts {
+                    http_port: h.unwrap_or(80).into(),
+                    https_port: s.unwrap_or(443).into(),
+                }),
+            };
             call(c.update_node(pb::UpdateNodeRequest {
                 node: node.clone(),
                 availability,
                 label_add: add,
                 label_rm,
+                ingress: ingress.ingress,
+                ingress_ports,
             }))
             .await?;
             line(&node)?;

@@ -31,6 +31,8 @@ pub struct DaemonOptions {
     pub manager: ManagerSettings,
     /// Changes to the runtime settings (persisted ones, or the defaults, otherwise).
     pub runtime: RuntimeOverrides,
+    /// `--ingress` on init and join: seeds the node's ingress record.
+    pub ingress: Option<crate::model::ingress::NodeIngress>,
 }
 
 #[derive(Clone, Debug, Default)]

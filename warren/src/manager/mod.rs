@@ -4,6 +4,7 @@
 //! the phases they compute (`orchestrator`, `updater`, `scheduler`, `filters`) and the
 //! dispatcher that holds each node agent's session. The gRPC API is `api`'s.
 
+pub mod acme;
 mod ctx;
 pub mod dispatcher;
 mod duties;

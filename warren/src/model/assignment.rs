@@ -18,4 +18,6 @@ pub struct NodeAssignment {
     pub volumes: Vec<String>,
     /// Every service's reachable tasks (the same for every node).
     pub services: Vec<ServiceEndpoints>,
+    /// For a node that runs an ingress: what it serves.
+    pub ingress: Option<super::ingress::IngressAssignment>,
 }

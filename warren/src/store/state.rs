@@ -4,6 +4,7 @@
 //! and publishes as events.
 
 use super::ApplyError;
+use crate::model::ingress::{AcmeState, Certificate, Ingress};
 use crate::model::{ClusterMeta, Node, Resources, Secret, Service, Task, Volume};
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,10 @@ pub enum ObjectKind {
     Task,
     Secret,
     Volume,
+    Ingress,
+    Certificate,
+    /// The cluster's ACME settings, accounts, orders and challenge answers.
+    Acme,
 }
 
 impl ObjectKind {
@@ -28,6 +33,9 @@ impl ObjectKind {
             ObjectKind::Task => "task",
             ObjectKind::Secret => "secret",
             ObjectKind::Volume => "volume",
+            ObjectKind::Ingress => "ingress",
+            ObjectKind::Certificate => "certificate",
+            ObjectKind::Acme => "acme",
         }
     }
 }
@@ -62,6 +70,12 @@ pub struct State {
     pub tasks: BTreeMap<String, Task>,
     pub secrets: BTreeMap<String, Secret>,
     pub volumes: BTreeMap<String, Volume>,
+    #[serde(default)]
+    pub ingresses: BTreeMap<String, Ingress>,
+    #[serde(default)]
+    pub certificates: BTreeMap<String, Certificate>,
+    #[serde(default)]
+    pub acme: AcmeState,
 }
 
 /// Finds an object by exact ID, exact name, or unique ID prefix, the way Docker does.
@@ -109,6 +123,14 @@ impl State {
 
     pub fn volume(&self, key: &str) -> Result<&Volume, ApplyError> {
         resolve(&self.volumes, |v| &v.name, ObjectKind::Volume, key)
+    }
+
+    pub fn ingress(&self, key: &str) -> Result<&Ingress, ApplyError> {
+        resolve(&self.ingresses, |i| &i.name, ObjectKind::Ingress, key)
+    }
+
+    pub fn certificate(&self, key: &str) -> Result<&Certificate, ApplyError> {
+        resolve(&self.certificates, |c| &c.name, ObjectKind::Certificate, key)
     }
 
     pub fn tasks_of_service<'a>(&'a self, service_id: &'a str) -> impl Iterator<Item = &'a Task> + 'a {

@@ -7,6 +7,7 @@
 
 mod canary;
 mod cluster;
+mod ingress;
 mod nodes;
 mod rules;
 mod secrets_volumes;
@@ -89,6 +90,29 @@ impl State {
             Command::CreateVolume { volume } => self.create_volume(volume, changes),
             Command::RemoveVolume { id, rules } => self.remove_volume(id, *rules, changes),
 
+            Command::CreateIngress { ingress } => self.create_ingress(ingress, changes),
+            Command::UpdateIngress {
+                id,
+                expected_version,
+                spec,
+                at_ms,
+            } => self.update_ingress(id, *expected_version, spec, *at_ms, changes),
+            Command::RemoveIngress { id } => self.remove_ingress(id, changes),
+            Command::CreateCertificate { certificate } => self.create_certificate(certificate, changes),
+            Command::RemoveCertificate { id } => self.remove_certificate(id, changes),
+            Command::SetNodeIngress { id, ingress, at_ms } => self.set_node_ingress(id, *ingress, *at_ms, changes),
+            Command::SetAcmeSettings { settings } => self.set_acme_settings(settings, changes),
+            Command::SaveAcmeAccount {
+                directory_url,
+                credentials_sealed,
+            } => self.save_acme_account(directory_url, credentials_sealed, changes),
+            Command::BeginAcmeOrder { order } => self.begin_acme_order(order, changes),
+            Command::PublishAcmeChallenges { challenges } => self.publish_acme_challenges(challenges, changes),
+            Command::FinishAcmeOrder { order_url, certificate } => {
+                self.finish_acme_order(order_url, certificate, changes)
+            }
+            Command::DropAcmeOrder { order_url } => self.drop_acme_order(order_url, changes),
+
             Command::Batch(cmds) => {
                 let mut first_err = None;
                 for c in cmds {
@@ -146,7 +170,7 @@ macro_rules! versioned {
         }
     )*};
 }
-versioned!(Node, Service, Task);
+versioned!(Node, Service, Task, crate::model::ingress::Ingress);
 
 fn change(kind: ObjectKind, action: Action, id: &str, name: &str) -> Change {
     Change {

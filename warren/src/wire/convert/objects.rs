@@ -34,6 +34,9 @@ pub fn object_kind_to_pb(k: ObjectKind) -> pb::ObjectKind {
         ObjectKind::Task => pb::ObjectKind::Task,
         ObjectKind::Secret => pb::ObjectKind::Secret,
         ObjectKind::Volume => pb::ObjectKind::Volume,
+        ObjectKind::Ingress => pb::ObjectKind::Ingress,
+        ObjectKind::Certificate => pb::ObjectKind::Certificate,
+        ObjectKind::Acme => pb::ObjectKind::Acme,
     }
 }
 
