@@ -23,11 +23,11 @@ fn flag(e: crate::model::ValidationError) -> anyhow::Error {
 
 /// Applies the flags that were given to `spec`.
 fn apply_flags(spec: &mut IngressSpec, a: RouteArgs, creating: bool) -> Result<()> {
-    if let Some(h) = &a.host {
+    if let Some(h) = &a.hostname {
         spec.host = if h.is_empty() {
             String::new()
         } else {
-            parse_host("host", h).map_err(flag)?
+            parse_host("hostname", h).map_err(flag)?
         };
     }
     if let Some(p) = &a.path {
@@ -453,7 +453,7 @@ mod tests {
             ..Default::default()
         };
         let a = RouteArgs {
-            host: Some("Shop.Example.com".into()),
+            hostname: Some("Shop.Example.com".into()),
             path: Some("/api/".into()),
             service: Some("api:8080".into()),
             tls: Some("acme".into()),

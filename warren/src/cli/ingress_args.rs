@@ -40,9 +40,10 @@ pub struct NodeIngressUpdateArgs {
 /// The route flags shared by create and update.
 #[derive(Args, Debug, Clone, Default)]
 pub struct RouteArgs {
-    /// Host name, exact (shop.example.com) or wildcard (*.example.com).
-    #[arg(long)]
-    pub host: Option<String>,
+    /// Host name, exact (shop.example.com) or wildcard (*.example.com). (`--host`
+    /// is the global flag naming the manager.)
+    #[arg(long = "hostname", value_name = "HOST")]
+    pub hostname: Option<String>,
     /// Path prefix, matched by segments [default: /].
     #[arg(long)]
     pub path: Option<String>,
