@@ -344,5 +344,7 @@ fn routes_tls_acme_and_changes_under_load_on_a_real_cluster() {
             );
             (code == 200 && !body.trim().is_empty()).then_some(())
         });
+    let info = env.c.ok(m1, &["cluster", "info"]);
+    assert!(info.contains("ACME:         ops@shop.test at https://"), "{info}");
     drop(pebble);
 }

@@ -179,6 +179,21 @@ mod tests {
     use crate::store::{ApplyError, Command, ObjectKind, Rules, State};
 
     #[test]
+    fn a_state_written_before_the_ingress_loads_without_one() {
+        let mut old = serde_json::to_value(State::default()).unwrap();
+        for k in ["ingresses", "certificates", "acme"] {
+            old.as_object_mut().unwrap().remove(k);
+        }
+        let mut node = serde_json::to_value(crate::model::fixtures::node("n1", "n1")).unwrap();
+        node.as_object_mut().unwrap().remove("ingress");
+        old["nodes"] = serde_json::json!({ "n1": node });
+        let s: State = serde_json::from_value(old).unwrap();
+        assert!(s.ingresses.is_empty() && s.certificates.is_empty());
+        assert_eq!(s.acme, Default::default());
+        assert_eq!(s.nodes["n1"].ingress, None);
+    }
+
+    #[test]
     fn resolve_by_name_id_and_prefix() {
         let mut s = State::default();
         let mut ch = vec![];
