@@ -344,6 +344,55 @@ fn routes_tls_acme_and_changes_under_load_on_a_real_cluster() {
             );
             (code == 200 && !body.trim().is_empty()).then_some(())
         });
+    // 6. The node's ingress moves with its record: a port a service publishes is
+    // refused, another one rebuilds the listeners there.
+    env.c.ok(
+        m1,
+        &[
+            "service",
+            "create",
+            "pub",
+            "--image",
+            &image,
+            "--replicas",
+            "0",
+            "--publish",
+            "8088:80",
+        ],
+    );
+    let e = env.c.fails(
+        m1,
+        &[
+            "node",
+            "update",
+            "m1",
+            "--ingress",
+            "true",
+            "--ingress-http-port",
+            "8088",
+        ],
+    );
+    assert!(
+        e.contains("--ingress-http-port: port 8088/tcp is already published by service \"pub\""),
+        "{e}"
+    );
+    env.c.ok(
+        m1,
+        &[
+            "node",
+            "update",
+            "m1",
+            "--ingress",
+            "true",
+            "--ingress-http-port",
+            "8081",
+        ],
+    );
+    let moved = format!("http://{ip}:8081/");
+    env.c
+        .wait("the ingress on its new HTTP port", Duration::from_secs(30), || {
+            (curl(&lan, &["-H", "Host: shop.test", &moved]).0 == 200).then_some(())
+        });
     let info = env.c.ok(m1, &["cluster", "info"]);
     assert!(info.contains("ACME:         ops@shop.test at https://"), "{info}");
     drop(pebble);

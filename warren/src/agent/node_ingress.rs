@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 pub struct NodeIngress {
+    me: std::sync::Weak<NodeIngress>,
     /// The address the listeners bind (0.0.0.0 unless configured).
     bind_ip: IpAddr,
     metrics: IngressMetrics,
@@ -31,6 +32,9 @@ struct Inner {
     last: Option<(IngressView, Vec<ServiceEndpoints>)>,
     /// Ports that could not be bound, so that the error is logged once per change.
     failed: Option<Ports>,
+    /// The previous ingress is draining before the new one binds (the ports
+    /// that did not change are still its).
+    rebuilding: bool,
 }
 
 impl NodeIngress {
@@ -40,15 +44,21 @@ impl NodeIngress {
         registry: &prometheus::Registry,
         bind_ip: Option<IpAddr>,
     ) -> Result<Arc<NodeIngress>, prometheus::Error> {
-        Ok(Arc::new(NodeIngress {
+        let metrics = IngressMetrics::register(registry)?;
+        Ok(Arc::new_cyclic(|me| NodeIngress {
+            me: me.clone(),
             bind_ip: bind_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-            metrics: IngressMetrics::register(registry)?,
+            metrics,
             challenges: Arc::new(MemoryChallenges::default()),
             inner: Mutex::new(Inner::default()),
         }))
     }
 
     fn sync(&self, inner: &mut Inner) {
+        if inner.rebuilding {
+            // The rebuild syncs once the old listeners are gone.
+            return;
+        }
         let Some(view) = inner.view.clone() else {
             if let Some((ports, running)) = inner.running.take() {
                 tracing::info!(
@@ -63,9 +73,25 @@ impl NodeIngress {
             return;
         };
         if inner.running.as_ref().is_some_and(|(p, _)| *p != view.ports) {
-            if let Some((_, running)) = inner.running.take() {
-                tracing::info!("ingress ports changed: rebuilding the listeners");
-                spawn_shutdown(running);
+            if let (Some((_, running)), Some(me), Ok(rt)) = (
+                inner.running.take(),
+                self.me.upgrade(),
+                tokio::runtime::Handle::try_current(),
+            ) {
+                tracing::info!(
+                    http = view.ports.http_port,
+                    https = view.ports.https_port,
+                    "ingress ports changed: draining the old listeners, then binding the new ones"
+                );
+                inner.rebuilding = true;
+                inner.last = None;
+                rt.spawn(async move {
+                    running.shutdown().await;
+                    let mut inner = me.inner.lock().unwrap_or_else(|e| e.into_inner());
+                    inner.rebuilding = false;
+                    me.sync(&mut inner);
+                });
+                return;
             }
             inner.last = None;
         }

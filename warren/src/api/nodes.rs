@@ -67,10 +67,15 @@ pub(super) async fn update(ctx: &ManagerCtx, req: pb::UpdateNodeRequest) -> Resu
     }
     if let Some(on) = req.ingress {
         let current = read(ctx, |s| Ok(s.node(&id)?.ingress))?;
+        // A port left 0 keeps the node's, or the default.
         let ingress = on.then(|| {
-            convert::node_ingress_from_pb(req.ingress_ports)
-                .or(current)
-                .unwrap_or_default()
+            let base = current.unwrap_or_default();
+            let asked = req.ingress_ports.unwrap_or_default();
+            let port = |p: u32, keep: u16| if p == 0 { keep } else { u16::try_from(p).unwrap_or(0) };
+            crate::model::ingress::NodeIngress {
+                http_port: port(asked.http_port, base.http_port),
+                https_port: port(asked.https_port, base.https_port),
+            }
         });
         write(
             ctx,

@@ -74,8 +74,9 @@ pub async fn run(c: &mut Client, cmd: NodeCmd) -> Result<()> {
             let ingress_ports = match (ingress.ingress_http_port, ingress.ingress_https_port) {
                 (None, None) => None,
                 (h, s) => Some(pb::IngressPorts {
-                    http_port: h.unwrap_or(80).into(),
-                    https_port: s.unwrap_or(443).into(),
+                    // 0: as before (or the default).
+                    http_port: h.unwrap_or(0).into(),
+                    https_port: s.unwrap_or(0).into(),
                 }),
             };
             call(c.update_node(pb::UpdateNodeRequest {
