@@ -737,6 +737,19 @@ fn record(report: &Mutex<LoopReport>, r: Result<(u16, String), String>, leaf: Op
 
 // ------------------------------------------------------------------ Pebble
 
+/// `program`, run inside network namespace `netns` when one is given (nsenter
+/// execs it: the child's pid is the program's).
+fn in_netns(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// A child process killed on drop.
 pub struct KillOnDrop(Child);
 
@@ -756,11 +769,18 @@ pub struct Pebble {
     pub tls_ca_pem: String,
     management: SocketAddr,
     dir: tempfile::TempDir,
+    netns: Option<String>,
     _procs: Vec<KillOnDrop>,
 }
 
 impl Pebble {
     pub async fn start(http_port: u16) -> Pebble {
+        Pebble::start_in(None, http_port).await
+    }
+
+    /// Runs inside network namespace `netns` (a node's, whose ingress then answers
+    /// HTTP-01 on its 127.0.0.1), or on the host.
+    pub async fn start_in(netns: Option<&str>, http_port: u16) -> Pebble {
         for (cmd, pkg) in [("pebble", "pebble"), ("pebble-challtestsrv", "pebble")] {
             crate::netns::require_command(cmd, pkg);
         }
@@ -787,7 +807,7 @@ impl Pebble {
         let log = |name: &str| {
             std::fs::File::create(dir.path().join(name)).unwrap_or_else(|e| panic!("log file {name}: {e}"))
         };
-        let dns_srv = Command::new("pebble-challtestsrv")
+        let dns_srv = in_netns(netns, "pebble-challtestsrv")
             .args(["-dns01", &format!("127.0.0.1:{dns}")])
             .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
             .args(["-management", &format!("127.0.0.1:{dns_mgmt}")])
@@ -797,7 +817,7 @@ impl Pebble {
             .spawn()
             .expect("starting pebble-challtestsrv");
         let dns_srv = KillOnDrop(dns_srv);
-        let pebble = Command::new("pebble")
+        let pebble = in_netns(netns, "pebble")
             .arg("-config")
             .arg(&config_path)
             .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
@@ -818,12 +838,13 @@ impl Pebble {
             management: SocketAddr::from(([127, 0, 0, 1], management)),
             _procs: vec![dns_srv, pebble],
             dir,
+            netns: netns.map(str::to_string),
         };
         let ca_file = p.ca_file();
         let url = p.directory_url.clone();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let ok = tokio::process::Command::new("curl")
+            let ok = tokio::process::Command::from(in_netns(p.netns.as_deref(), "curl"))
                 .args(["-sf", "--noproxy", "*", "--max-time", "2", "--cacert"])
                 .arg(&ca_file)
                 .arg(&url)
@@ -858,7 +879,7 @@ impl Pebble {
 
     /// The root that signs the certificates Pebble issues (random per start).
     pub async fn issuing_root_pem(&self) -> String {
-        let out = tokio::process::Command::new("curl")
+        let out = tokio::process::Command::from(in_netns(self.netns.as_deref(), "curl"))
             .args(["-sSf", "--noproxy", "*", "--max-time", "5", "--cacert"])
             .arg(self.ca_file())
             .arg(format!("https://{}/roots/0", self.management))

@@ -13,6 +13,7 @@ pub mod link;
 pub mod node_dataplane;
 pub mod node_dns;
 pub mod node_mesh;
+pub mod node_ingress;
 pub mod node_service;
 mod session;
 
@@ -39,6 +40,9 @@ pub type SessionCallback = Box<dyn Fn(&SessionInfo) + Send + Sync>;
 /// A node component that follows the cluster's services (DNS, data plane).
 pub trait EndpointsListener: Send + Sync {
     fn configure(&self, network: &executor::NodeNetwork);
+    /// What the node's ingress serves (None: it runs none), told before the
+    /// endpoints of the same assignment set; only the ingress listens.
+    fn ingress(&self, _view: Option<&crate::wire::convert::IngressView>) {}
     fn endpoints(&self, services: &[crate::model::ServiceEndpoints]);
     /// How this node's connections to each task ended, by task ID, for the
     /// heartbeat; only a listener that balances connections counts them.

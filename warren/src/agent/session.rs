@@ -169,7 +169,15 @@ fn assign(cfg: &AgentConfig, executor: &dyn Executor, a: pb::Assignments) {
             Err(e) => tracing::warn!(service = %name, error = %e, "ignoring endpoints this agent cannot read"),
         }
     }
+    let ingress = a.ingress.map(|i| {
+        let (view, bad) = convert::ingress_view_from_pb(i);
+        for (route, e) in bad {
+            tracing::warn!(route = %route, error = %e, "ignoring an ingress route this agent cannot read");
+        }
+        view
+    });
     for l in &cfg.listeners {
+        l.ingress(ingress.as_ref());
         l.endpoints(&services);
     }
     executor.assign(executor::Assignment {

@@ -228,6 +228,7 @@ async fn hello_acceptance_assignments_reports_and_heartbeats() {
         stack: String::new(),
     };
     assert!(s.send(DispatcherMsg::Assignments(pb::Assignments {
+        ingress: Default::default(),
         tasks: vec![convert::task_to_pb(&task)],
         index: 7,
         secrets: vec![pb::SecretData {

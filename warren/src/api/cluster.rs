@@ -88,6 +88,7 @@ pub(super) fn info(ctx: &ManagerCtx) -> pb::ClusterInfo {
                 })
                 .collect(),
             ca_digest: crate::pki::ca_digest(&meta.ca_cert_pem).unwrap_or_default(),
+            acme: Some(convert::acme_to_pb(&s.acme)),
             nodes: s.nodes.len() as u64,
             services: s.services.len() as u64,
             tasks: s.tasks.len() as u64,

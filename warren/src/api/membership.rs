@@ -117,6 +117,7 @@ impl pb::membership_server::Membership for MembershipService {
             created_ms: now,
             updated_ms: now,
             version: 1,
+            ingress: convert::node_ingress_from_pb(req.ingress),
         };
         self.ctx
             .raft

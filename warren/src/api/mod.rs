@@ -9,6 +9,7 @@
 mod apply;
 mod cluster;
 mod common;
+mod ingress;
 pub mod membership;
 pub mod node_proxy;
 mod nodes;

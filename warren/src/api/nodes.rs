@@ -85,8 +85,35 @@ pub(super) async fn update(ctx: &ManagerCtx, req: pb::UpdateNodeRequest) -> Resu
             Ok(())
         })?;
     }
+    if req.ingress.is_none() && req.ingress_ports.is_some() {
+        return Err(Status::invalid_argument(
+            "ingress-http-port: give --ingress true with the ingress ports",
+        ));
+    }
+    if let Some(on) = req.ingress {
+        let current = read(ctx, |s| Ok(s.node(&id)?.ingress))?;
+        // A port left 0 keeps the node's, or the default.
+        let ingress = on.then(|| {
+            let base = current.unwrap_or_default();
+            let asked = req.ingress_ports.unwrap_or_default();
+            let port = |p: u32, keep: u16| if p == 0 { keep } else { u16::try_from(p).unwrap_or(0) };
+            crate::model::ingress::NodeIngress {
+                http_port: port(asked.http_port, base.http_port),
+                https_port: port(asked.https_port, base.https_port),
+            }
+        });
+        write(
+            ctx,
+            Command::SetNodeIngress {
+                id: id.clone(),
+                ingress,
+                at_ms: now_ms(),
+            },
+        )
+        .await?;
+    }
     let other = availability.is_some() || !req.label_add.is_empty() || !req.label_rm.is_empty();
-    if other || !req.rotate_key {
+    if other || (!req.rotate_key && req.ingress.is_none()) {
         write(
             ctx,
             Command::UpdateNode {

@@ -4,7 +4,7 @@
 //! every service a node serves. Reads after a caller's own write see it, because a
 //! write returns only once this manager has applied the entry.
 
-use super::{apply, cluster, node_proxy, nodes, secrets, services};
+use super::{apply, cluster, ingress, node_proxy, nodes, secrets, services};
 use crate::manager::ManagerCtx;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -28,6 +28,58 @@ fn ok<T>(r: Result<T, Status>) -> Reply<T> {
 
 #[tonic::async_trait]
 impl pb::warren_api_server::WarrenApi for ApiService {
+    async fn create_ingress_route(&self, req: Request<pb::CreateIngressRouteRequest>) -> Reply<pb::IngressRoute> {
+        ok(ingress::create_route(&self.ctx, req.into_inner()).await)
+    }
+
+    async fn get_ingress_route(&self, req: Request<pb::GetIngressRouteRequest>) -> Reply<pb::IngressRoute> {
+        ok(ingress::get_route(&self.ctx, req.into_inner()))
+    }
+
+    async fn list_ingress_routes(
+        &self,
+        _: Request<pb::ListIngressRoutesRequest>,
+    ) -> Reply<pb::ListIngressRoutesResponse> {
+        Ok(Response::new(ingress::list_routes(&self.ctx)))
+    }
+
+    async fn update_ingress_route(&self, req: Request<pb::UpdateIngressRouteRequest>) -> Reply<pb::IngressRoute> {
+        ok(ingress::update_route(&self.ctx, req.into_inner()).await)
+    }
+
+    async fn remove_ingress_route(&self, req: Request<pb::RemoveIngressRouteRequest>) -> Reply<pb::Empty> {
+        ok(ingress::remove_route(&self.ctx, req.into_inner()).await)
+    }
+
+    async fn create_ingress_certificate(
+        &self,
+        req: Request<pb::CreateIngressCertificateRequest>,
+    ) -> Reply<pb::IngressCertificate> {
+        ok(ingress::create_certificate(&self.ctx, req.into_inner()).await)
+    }
+
+    async fn get_ingress_certificate(
+        &self,
+        req: Request<pb::GetIngressCertificateRequest>,
+    ) -> Reply<pb::IngressCertificate> {
+        ok(ingress::get_certificate(&self.ctx, req.into_inner()))
+    }
+
+    async fn list_ingress_certificates(
+        &self,
+        _: Request<pb::ListIngressCertificatesRequest>,
+    ) -> Reply<pb::ListIngressCertificatesResponse> {
+        Ok(Response::new(ingress::list_certificates(&self.ctx)))
+    }
+
+    async fn remove_ingress_certificate(&self, req: Request<pb::RemoveIngressCertificateRequest>) -> Reply<pb::Empty> {
+        ok(ingress::remove_certificate(&self.ctx, req.into_inner()).await)
+    }
+
+    async fn update_cluster_acme(&self, req: Request<pb::UpdateClusterAcmeRequest>) -> Reply<pb::ClusterAcme> {
+        ok(ingress::update_acme(&self.ctx, req.into_inner()).await)
+    }
+
     async fn create_service(&self, req: Request<pb::CreateServiceRequest>) -> Reply<pb::Service> {
         ok(services::create(&self.ctx, req.into_inner()).await)
     }

@@ -343,6 +343,8 @@ async fn nodes_are_shown_with_their_manager_status_and_guarded_on_removal() {
     assert!(nodes[1].manager.is_none());
 
     let label = Request::new(pb::UpdateNodeRequest {
+        ingress: None,
+        ingress_ports: None,
         node: "n1".into(),
         availability: None,
         label_add: [("zone=a".to_string(), "x".to_string())].into(),
@@ -411,6 +413,7 @@ async fn joining_takes_a_token_of_this_cluster_and_a_valid_node() {
     let (_, csr) = crate::pki::new_node_key("n9").unwrap();
     let join = |token: String, name: &str, addr: &str| {
         Request::new(pb::JoinRequest {
+            ingress: Default::default(),
             token,
             csr_der: csr.clone(),
             node_name: name.into(),

@@ -84,6 +84,12 @@ pub enum Command {
     /// Deploy and manage stacks of compose files.
     #[command(subcommand)]
     Stack(StackCmd),
+    /// Manage ingress routes (HTTP/HTTPS host and path routing to services).
+    #[command(subcommand)]
+    Ingress(super::ingress_args::IngressCmd),
+    /// Manage the ingress's TLS certificates.
+    #[command(subcommand)]
+    Certificate(super::ingress_args::CertificateCmd),
     /// Read this node's eBPF maps directly (works with the daemon stopped).
     #[command(subcommand)]
     Dataplane(super::dataplane::DataplaneCmd),
@@ -134,6 +140,8 @@ pub struct NodeArgs {
     pub runtime: RuntimeArgs,
     #[command(flatten)]
     pub tuning: TuningArgs,
+    #[command(flatten)]
+    pub ingress: super::ingress_args::NodeIngressArgs,
 }
 
 /// How the node runs containers.
@@ -277,6 +285,8 @@ pub enum ClusterCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Change cluster-wide settings (ACME for the ingress).
+    Update(super::ingress_args::ClusterUpdateArgs),
     /// Show the cluster: ID, leader, Raft members, counts.
     Info {
         #[arg(long, value_enum, default_value_t)]
@@ -732,6 +742,8 @@ pub enum NodeCmd {
         /// traffic; returns once the rotation is asked, not done.
         #[arg(long)]
         rotate_key: bool,
+        #[command(flatten)]
+        ingress: super::ingress_args::NodeIngressUpdateArgs,
     },
     /// Remove nodes from the cluster.
     #[command(visible_alias = "remove")]

@@ -12,6 +12,8 @@ mod config;
 mod dataplane;
 mod events;
 mod image;
+mod ingress;
+pub mod ingress_args;
 mod node;
 mod render;
 mod rollout;
@@ -100,7 +102,15 @@ fn options(node: &NodeArgs) -> Result<DaemonOptions> {
     if t.heartbeat_grace <= t.heartbeat_period {
         return Err(anyhow!("--heartbeat-grace must be longer than --heartbeat-period"));
     }
+    let ingress = node.ingress.ingress.then_some(crate::model::ingress::NodeIngress {
+        http_port: node.ingress.ingress_http_port,
+        https_port: node.ingress.ingress_https_port,
+    });
+    if let Some(i) = &ingress {
+        i.validate().map_err(|e| anyhow!("--{}: {}", e.field, e.message))?;
+    }
     Ok(DaemonOptions {
+        ingress,
         data_dir: node.data_dir.clone(),
         listen_addr: node.listen_addr,
         advertise_addr: node.advertise_addr,
@@ -282,6 +292,9 @@ async fn client_command(c: &mut client::Client, cmd: Command) -> Result<()> {
         Command::Config(x) => config::run(c, x).await,
         Command::Apply(a) => apply::apply(c, a).await,
         Command::Stack(s) => apply::stack(c, s).await,
+        Command::Ingress(i) => ingress::run(c, i).await,
+        Command::Certificate(x) => ingress::certificates(c, x).await,
+        Command::Cluster(ClusterCmd::Update(a)) => ingress::cluster_update(c, a).await,
         Command::Events { kinds, format } => events::run(c, kinds, format).await,
         Command::Cluster(ClusterCmd::Init { .. } | ClusterCmd::Join { .. } | ClusterCmd::Leave { .. })
         | Command::Daemon(_)

@@ -58,6 +58,7 @@ pub async fn run(c: &mut Client, cmd: NodeCmd) -> Result<()> {
             label_add,
             label_rm,
             rotate_key,
+            ingress,
         } => {
             let availability = availability
                 .map(|a| model::Availability::parse("--availability", &a).map_err(|e| anyhow!("{e}")))
@@ -68,15 +69,30 @@ pub async fn run(c: &mut Client, cmd: NodeCmd) -> Result<()> {
                 let (k, val) = parse_key_value("--label-add", l).map_err(|e| anyhow!("{e}"))?;
                 add.insert(k, val);
             }
-            if availability.is_none() && add.is_empty() && label_rm.is_empty() && !rotate_key {
-                bail!("nothing to update: pass --availability, --label-add, --label-rm or --rotate-key");
+            if availability.is_none()
+                && add.is_empty()
+                && label_rm.is_empty()
+                && !rotate_key
+                && ingress.ingress.is_none()
+            {
+                bail!("nothing to update: pass --availability, --label-add, --label-rm, --rotate-key or --ingress");
             }
+            let ingress_ports = match (ingress.ingress_http_port, ingress.ingress_https_port) {
+                (None, None) => None,
+                (h, s) => Some(pb::IngressPorts {
+                    // 0: as before (or the default).
+                    http_port: h.unwrap_or(0).into(),
+                    https_port: s.unwrap_or(0).into(),
+                }),
+            };
             call(c.update_node(pb::UpdateNodeRequest {
                 node: node.clone(),
                 availability,
                 label_add: add,
                 label_rm,
                 rotate_key,
+                ingress: ingress.ingress,
+                ingress_ports,
             }))
             .await?;
             line(&node)?;

@@ -166,6 +166,7 @@ pub(super) fn init(opts: &DaemonOptions, pod_cidr: &str, service_cidr: &str) -> 
         created_ms: now_ms(),
         updated_ms: now_ms(),
         version: 1,
+        ingress: opts.ingress,
     };
     // Saved once the bootstrap entry is committed: an interrupted init leaves no
     // node.json, and the data dir is then refused as incomplete.
@@ -221,6 +222,7 @@ pub(super) async fn join(opts: &DaemonOptions, token: &str, manager: &str) -> Re
     let capacity = opts.capacity.unwrap_or_else(agent::detect_resources);
     let resp = pb::membership_client::MembershipClient::new(channel)
         .join(pb::JoinRequest {
+            ingress: convert::node_ingress_to_pb(opts.ingress),
             token: token.to_string(),
             csr_der: csr,
             node_name: node_name.clone(),

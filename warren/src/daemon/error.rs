@@ -64,6 +64,8 @@ pub enum DaemonError {
     CgroupRoot { path: String, source: std::io::Error },
     #[error("data plane: metrics: {0}")]
     DataplaneMetrics(#[source] prometheus::Error),
+    #[error("ingress metrics: {0}")]
+    IngressMetrics(#[source] prometheus::Error),
     #[error("dns metrics: {0}")]
     DnsMetrics(#[from] crate::dns::DnsError),
 }

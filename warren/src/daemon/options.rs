@@ -33,6 +33,8 @@ pub struct DaemonOptions {
     pub runtime: RuntimeOverrides,
     /// `cluster init --overlay` (None: wireguard); join and daemon ignore it.
     pub overlay: Option<crate::model::Overlay>,
+    /// `--ingress` on init and join: seeds the node's ingress record.
+    pub ingress: Option<crate::model::ingress::NodeIngress>,
 }
 
 #[derive(Clone, Debug, Default)]

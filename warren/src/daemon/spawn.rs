@@ -51,6 +51,7 @@ pub(super) struct Running {
     containerd: Option<Arc<Containerd>>,
     socket: Option<PathBuf>,
     data_dir: PathBuf,
+    ingress: Option<Arc<agent::node_ingress::NodeIngress>>,
 }
 
 impl App {
@@ -109,6 +110,7 @@ impl App {
             containerd,
             socket: manager.as_ref().map(|_| cfg.socket.clone()),
             data_dir: data_dir.clone(),
+            ingress: None,
         };
         match manager {
             Some(Manager { raft, ctx, socket }) => {
@@ -136,7 +138,13 @@ impl App {
                 let local = serve::grpc(&metrics, None).add_service(crate::api::client_api(ctx.clone()));
                 let incoming = tokio_stream::wrappers::UnixListenerStream::new(socket);
                 serve::serve(&mut running.servers, "local socket", local, incoming, stopping.clone());
-                tokio::spawn(manager::run_leader_duties(ctx));
+                tokio::spawn(manager::run_leader_duties(ctx.clone()));
+                let stop = stopping.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = manager::acme::run(ctx, stop).await {
+                        tracing::error!(error = %e, "the acme manager cannot register its metrics; no certificates are ordered");
+                    }
+                });
             }
             // Workers serve only what managers ask of nodes: logs and image imports.
             None => {
@@ -161,6 +169,18 @@ impl App {
             }
             listeners.push(dns);
         }
+        // The ingress last: it binds only once an assignment says this node runs one.
+        let ingress =
+            agent::node_ingress::NodeIngress::new(&metrics.registry, None).map_err(DaemonError::IngressMetrics);
+        let ingress = match ingress {
+            Ok(i) => i,
+            Err(e) => {
+                running.shutdown().await;
+                return Err(e);
+            }
+        };
+        listeners.push(ingress.clone());
+        running.ingress = Some(ingress);
         let agent_cfg = agent::AgentConfig {
             node_id: cfg.node_id.clone(),
             hostname: cfg.node_name.clone(),
@@ -192,6 +212,9 @@ impl Running {
         let _ = self.stop.send(true);
         if let Some(agent) = self.agent.take() {
             let _ = tokio::time::timeout(STOP_WITHIN, agent).await;
+        }
+        if let Some(i) = &self.ingress {
+            i.shutdown().await;
         }
         let _ = tokio::time::timeout(STOP_WITHIN, async { while self.servers.join_next().await.is_some() {} }).await;
         if let Some(socket) = &self.socket {

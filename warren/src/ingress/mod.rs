@@ -208,13 +208,23 @@ impl IngressConfig {
     /// Binds the listeners and registers the metrics on `registry` (the node's,
     /// so that they are `warren_ingress_*`). `challenges` answers ACME HTTP-01.
     pub fn build(self, registry: &Registry, challenges: Arc<dyn ChallengeTokens>) -> Result<Ingress, IngressError> {
+        let metrics = IngressMetrics::register(registry)?;
+        self.build_with(metrics, challenges)
+    }
+
+    /// As [`IngressConfig::build`], with metrics registered earlier: a node that
+    /// rebuilds its ingress (new ports) keeps exporting the same series.
+    pub fn build_with(
+        self,
+        metrics: IngressMetrics,
+        challenges: Arc<dyn ChallengeTokens>,
+    ) -> Result<Ingress, IngressError> {
         let http = self.http_addr.map(|a| bind("http", a)).transpose()?;
         let https = self.https_addr.map(|a| bind("https", a)).transpose()?;
         let https_port = self
             .public_https_port
             .or_else(|| https.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port()))
             .unwrap_or(443);
-        let metrics = IngressMetrics::register(registry)?;
         let certs = Arc::new(tls::CertStore::default());
         let tls_config = Arc::new(tls::server_config(certs.clone(), self.tls_resumption)?);
         let shared = Arc::new(Shared {

@@ -6,6 +6,8 @@
 //! leader. `monitor_heartbeats` (a leader duty) marks silent nodes down.
 
 use super::ctx::ManagerCtx;
+use crate::ingress::CertificatePem;
+use crate::model::ingress::IngressAssignment;
 use crate::model::{now_ms, NodeAssignment, NodePeer, NodeState, Overlay, Task};
 use crate::store::{Command, ObjectKind, State};
 use crate::wire::{auth, convert};
@@ -86,7 +88,28 @@ pub fn assignments_for(state: &State, node_id: &str) -> NodeAssignment {
         configs,
         mesh_rotation: own_mesh.as_ref().map_or(0, |m| m.rotation),
         own_mesh,
+        ingress: ingress_for(state, node_id),
     }
+}
+
+/// For a node whose ingress is on: every route, the certificates routes may use
+/// (all of them: SNI picks one by host, not by route) and the open ACME answers.
+fn ingress_for(state: &State, node_id: &str) -> Option<IngressAssignment> {
+    let ports = state.nodes.get(node_id)?.ingress?;
+    let mut routes: Vec<_> = state.ingresses.values().cloned().collect();
+    routes.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut certificates: Vec<_> = state
+        .certificates
+        .values()
+        .map(|c| (c.name.clone(), c.id.clone(), c.version))
+        .collect();
+    certificates.sort();
+    Some(IngressAssignment {
+        ports,
+        routes,
+        certificates,
+        challenges: state.acme.challenges.clone(),
+    })
 }
 
 type Fingerprint = (
@@ -97,6 +120,7 @@ type Fingerprint = (
     Vec<crate::model::ServiceEndpoints>,
     BTreeMap<String, Vec<u8>>,
     Option<crate::model::NodeMesh>,
+    Option<IngressAssignment>,
 );
 
 fn fingerprint(a: &NodeAssignment) -> Fingerprint {
@@ -110,7 +134,36 @@ fn fingerprint(a: &NodeAssignment) -> Fingerprint {
         a.services.clone(),
         a.configs.clone(),
         a.own_mesh.clone(),
+        a.ingress.clone(),
     )
+}
+
+/// The certificates (with their keys) of a node's ingress. One that cannot be
+/// unsealed is left out (and logged): its hosts then fail their handshakes.
+fn unseal_certificates(ctx: &ManagerCtx, a: &NodeAssignment) -> Vec<CertificatePem> {
+    let Some(ingress) = &a.ingress else {
+        return vec![];
+    };
+    ctx.store.read(|s| {
+        ingress
+            .certificates
+            .iter()
+            .filter_map(|(_, id, _)| {
+                let c = s.certificates.get(id)?;
+                match ctx.secrets_key.open(&c.key_sealed).map(String::from_utf8) {
+                    Ok(Ok(key_pem)) => Some(CertificatePem {
+                        name: c.name.clone(),
+                        cert_pem: c.cert_pem.clone(),
+                        key_pem,
+                    }),
+                    Ok(Err(_)) | Err(_) => {
+                        tracing::error!(certificate = %c.name, "cannot unseal a certificate's key for a node");
+                        None
+                    }
+                }
+            })
+            .collect()
+    })
 }
 
 /// The plaintext of the secrets a node's tasks use, by name. A secret that cannot
@@ -276,9 +329,11 @@ where
         let fp = fingerprint(&assignment);
         if sent.as_ref() != Some(&fp) {
             let secrets = unseal(&ctx, &assignment);
+            let certificates = unseal_certificates(&ctx, &assignment);
             send(DispatcherMsg::Assignments(convert::assignment_to_pb(
                 &assignment,
                 secrets,
+                certificates,
                 index,
             )))
             .await?;

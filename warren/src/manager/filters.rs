@@ -113,6 +113,7 @@ mod tests {
 
     fn node() -> Node {
         Node {
+            ingress: Default::default(),
             id: "n1".into(),
             name: "edge-1".into(),
             role: NodeRole::Worker,

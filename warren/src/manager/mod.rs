@@ -5,6 +5,7 @@
 //! diff of a manifest (`plan`) and the
 //! dispatcher that holds each node agent's session. The gRPC API is `api`'s.
 
+pub mod acme;
 mod ctx;
 pub mod dispatcher;
 mod duties;

@@ -413,6 +413,7 @@ mod tests {
 
     fn node(id: &str) -> Node {
         Node {
+            ingress: Default::default(),
             id: id.into(),
             name: id.into(),
             role: NodeRole::Worker,

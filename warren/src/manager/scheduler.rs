@@ -154,6 +154,7 @@ mod tests {
 
     pub(crate) fn node(id: &str) -> Node {
         Node {
+            ingress: Default::default(),
             id: id.into(),
             name: format!("node-{id}"),
             role: NodeRole::Worker,

@@ -17,6 +17,8 @@ pub struct NodeAssignment {
     pub volumes: Vec<String>,
     /// Every service's reachable tasks (the same for every node).
     pub services: Vec<ServiceEndpoints>,
+    /// For a node that runs an ingress: what it serves.
+    pub ingress: Option<super::ingress::IngressAssignment>,
     /// The content of the config objects the tasks use, by name.
     pub configs: BTreeMap<String, Vec<u8>>,
     /// The rotations asked of this node's mesh key so far.

@@ -26,6 +26,7 @@ pub fn node(id: &str, name: &str) -> Node {
         created_ms: 0,
         updated_ms: 0,
         version: 1,
+        ingress: None,
     }
 }
 

@@ -561,6 +561,80 @@ pub struct AcmeOrder {
     pub started_ms: i64,
 }
 
+/// The ingress of one node, as the replicated state records it: the ports it
+/// listens on (so that apply can refuse a service that publishes one of them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeIngress {
+    pub http_port: u16,
+    pub https_port: u16,
+}
+
+impl Default for NodeIngress {
+    fn default() -> Self {
+        NodeIngress {
+            http_port: 80,
+            https_port: 443,
+        }
+    }
+}
+
+impl NodeIngress {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.http_port == 0 {
+            return Err(ValidationError::new("ingress-http-port", "must be between 1 and 65535"));
+        }
+        if self.https_port == 0 {
+            return Err(ValidationError::new(
+                "ingress-https-port",
+                "must be between 1 and 65535",
+            ));
+        }
+        if self.http_port == self.https_port {
+            return Err(ValidationError::new(
+                "ingress-https-port",
+                format!("{} is also the HTTP port", self.https_port),
+            ));
+        }
+        Ok(())
+    }
+
+    /// (port, the flag that sets it).
+    pub fn ports(&self) -> [(u16, &'static str); 2] {
+        [
+            (self.http_port, "ingress-http-port"),
+            (self.https_port, "ingress-https-port"),
+        ]
+    }
+}
+
+/// The ACME state of the cluster in the replicated state: the settings, the
+/// account credentials (sealed), the orders in progress and their challenge
+/// answers. The certificates obtained are ordinary [`Certificate`]s.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcmeState {
+    #[serde(default)]
+    pub settings: Option<AcmeSettings>,
+    /// Sealed account credentials, by directory URL.
+    #[serde(default)]
+    pub accounts: std::collections::BTreeMap<String, Vec<u8>>,
+    #[serde(default)]
+    pub orders: Vec<AcmeOrder>,
+    #[serde(default)]
+    pub challenges: Vec<AcmeChallenge>,
+}
+
+/// What the leader tells a node that runs an ingress: its ports, every route,
+/// the certificates the routes may use (IDs, unsealed just before they go on
+/// the wire) and the open HTTP-01 answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IngressAssignment {
+    pub ports: NodeIngress,
+    pub routes: Vec<Ingress>,
+    /// (certificate name, certificate ID, its version).
+    pub certificates: Vec<(String, String, u64)>,
+    pub challenges: Vec<AcmeChallenge>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

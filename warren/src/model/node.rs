@@ -113,6 +113,10 @@ pub struct Node {
     pub created_ms: i64,
     pub updated_ms: i64,
     pub version: u64,
+    /// The ingress this node runs, with the ports it listens on (`--ingress`);
+    /// None: no ingress. The daemon follows this, not its flags.
+    #[serde(default)]
+    pub ingress: Option<super::ingress::NodeIngress>,
 }
 
 impl Node {

@@ -6,6 +6,7 @@
 //! had, new fields come with a serde default that means "as before" (`Rules`).
 
 use super::ApplyError;
+use crate::model::ingress::{AcmeChallenge, AcmeOrder, AcmeSettings, Certificate, Ingress, IngressSpec, NodeIngress};
 use crate::model::{
     Availability, ClusterMeta, ConfigObject, Labels, Node, NodeMesh, NodeRole, NodeState, Platform, ReleaseStep,
     Resources, Secret, Service,
@@ -239,6 +240,61 @@ pub enum Command {
         id: String,
         at_ms: i64,
     },
+
+    /// A new ingress route (`warren ingress create`).
+    CreateIngress {
+        ingress: Ingress,
+    },
+    UpdateIngress {
+        id: String,
+        /// The version the caller read; a mismatch is a conflict.
+        expected_version: u64,
+        spec: IngressSpec,
+        at_ms: i64,
+    },
+    RemoveIngress {
+        id: String,
+    },
+    /// An uploaded certificate (its key already sealed by the proposer).
+    CreateCertificate {
+        certificate: Certificate,
+    },
+    /// Refused while a route names it.
+    RemoveCertificate {
+        id: String,
+    },
+    /// Whether and where nodes' ingresses run (`warren node update --ingress`).
+    SetNodeIngress {
+        id: String,
+        ingress: Option<NodeIngress>,
+        at_ms: i64,
+    },
+    /// `warren cluster update --acme-*`; None turns ACME off.
+    SetAcmeSettings {
+        settings: Option<AcmeSettings>,
+    },
+    /// The ACME account at a directory, its credentials sealed.
+    SaveAcmeAccount {
+        directory_url: String,
+        credentials_sealed: Vec<u8>,
+    },
+    /// An order placed at the CA, recorded before its challenges are published
+    /// (replaces an order for the same certificate).
+    BeginAcmeOrder {
+        order: AcmeOrder,
+    },
+    PublishAcmeChallenges {
+        challenges: Vec<AcmeChallenge>,
+    },
+    /// The certificate an order obtained (created or replaced, key sealed), and
+    /// the order and its answers dropped, in one write.
+    FinishAcmeOrder {
+        order_url: String,
+        certificate: Certificate,
+    },
+    DropAcmeOrder {
+        order_url: String,
+    },
 }
 
 /// One change of a manifest's apply, with the field path it comes from.
@@ -303,6 +359,18 @@ impl Command {
             Command::Apply { .. } => "apply",
             Command::SetNodeMesh { .. } => "set_node_mesh",
             Command::RotateNodeKey { .. } => "rotate_node_key",
+            Command::CreateIngress { .. } => "create_ingress",
+            Command::UpdateIngress { .. } => "update_ingress",
+            Command::RemoveIngress { .. } => "remove_ingress",
+            Command::CreateCertificate { .. } => "create_certificate",
+            Command::RemoveCertificate { .. } => "remove_certificate",
+            Command::SetNodeIngress { .. } => "set_node_ingress",
+            Command::SetAcmeSettings { .. } => "set_acme_settings",
+            Command::SaveAcmeAccount { .. } => "save_acme_account",
+            Command::BeginAcmeOrder { .. } => "begin_acme_order",
+            Command::PublishAcmeChallenges { .. } => "publish_acme_challenges",
+            Command::FinishAcmeOrder { .. } => "finish_acme_order",
+            Command::DropAcmeOrder { .. } => "drop_acme_order",
         }
     }
 }

@@ -26,6 +26,24 @@ pub enum ApplyError {
         protocol: Protocol,
         service: String,
     },
+    /// A node's ingress listens on this port: no service may publish it.
+    #[error("publish: port {port}/tcp is where the ingress of node {node:?} listens")]
+    IngressPortTaken { port: u16, node: String },
+    /// A service publishes the port a node's ingress is to listen on.
+    #[error("{}: port {port}/tcp is already published by service {service:?}", flag.as_str())]
+    PortPublished {
+        flag: IngressPortFlag,
+        port: u16,
+        service: String,
+    },
+    /// The object changed since the caller read it at version `read`.
+    #[error("{kind} {name:?} changed since it was read (version {read} read, now {now}): read it again and retry")]
+    Stale {
+        kind: ObjectKind,
+        name: String,
+        read: u64,
+        now: u64,
+    },
     /// The service changed since the caller read it at version `read`.
     #[error("service {service:?} changed since it was read (version {read} read, now {now}): read it again and retry")]
     Conflict { service: String, read: u64, now: u64 },
@@ -47,6 +65,22 @@ fn strip_field(e: &ApplyError) -> String {
     }
 }
 
+/// Which of a node's ingress ports an error is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IngressPortFlag {
+    Http,
+    Https,
+}
+
+impl IngressPortFlag {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            IngressPortFlag::Http => "ingress-http-port",
+            IngressPortFlag::Https => "ingress-https-port",
+        }
+    }
+}
+
 /// What keeps an object in use.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum User {
@@ -54,6 +88,8 @@ pub enum User {
     Service(String),
     /// A task that is still stopping, named `service.slot`.
     Task(String),
+    /// An ingress route that names the object (a service or a certificate).
+    Ingress(String),
 }
 
 impl ApplyError {
@@ -77,7 +113,8 @@ impl ApplyError {
                 ..
             } => Some("config"),
             ApplyError::Missing { .. } => Some("mount"),
-            ApplyError::PortTaken { .. } => Some("publish"),
+            ApplyError::PortTaken { .. } | ApplyError::IngressPortTaken { .. } => Some("publish"),
+            ApplyError::PortPublished { flag, .. } => Some(flag.as_str()),
             _ => None,
         }
     }
@@ -102,6 +139,9 @@ fn in_use_message(kind: ObjectKind, name: &str, user: &User) -> String {
         }
         (_, User::Service(s)) => format!("{kind} {name} is in use by service {s}"),
         (_, User::Task(t)) => format!("{kind} {name} is in use by task {t} (still stopping)"),
+        (_, User::Ingress(i)) => {
+            format!("{kind} {name} is in use by ingress route {i}: remove it from the route first")
+        }
     }
 }
 

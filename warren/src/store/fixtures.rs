@@ -4,6 +4,7 @@ use crate::model::*;
 
 pub(crate) fn node(id: &str, name: &str) -> Node {
     Node {
+        ingress: None,
         id: id.into(),
         name: name.into(),
         role: NodeRole::Worker,

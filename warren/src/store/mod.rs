@@ -19,7 +19,7 @@ pub mod types;
 pub mod write;
 
 pub use command::{ApplyOp, ApplyStep, Command, Response, Rules};
-pub use error::{ApplyError, User};
+pub use error::{ApplyError, IngressPortFlag, User};
 pub use fake::FakeProposer;
 pub use state::{Action, Change, ObjectKind, State};
 pub use write::{Member, Proposer, RaftStatus, WriteError};

@@ -30,11 +30,14 @@ const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("volumes");
 const CONFIGS: TableDefinition<&str, &[u8]> = TableDefinition::new("configs");
+const INGRESSES: TableDefinition<&str, &[u8]> = TableDefinition::new("ingresses");
+const CERTIFICATES: TableDefinition<&str, &[u8]> = TableDefinition::new("certificates");
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 
 const KEY_APPLIED: &str = "last_applied";
 const KEY_MEMBERSHIP: &str = "membership";
 const KEY_CLUSTER: &str = "cluster";
+const KEY_ACME: &str = "acme";
 
 fn table_of(kind: ObjectKind) -> TableDefinition<'static, &'static str, &'static [u8]> {
     match kind {
@@ -44,7 +47,9 @@ fn table_of(kind: ObjectKind) -> TableDefinition<'static, &'static str, &'static
         ObjectKind::Secret => SECRETS,
         ObjectKind::Volume => VOLUMES,
         ObjectKind::Config => CONFIGS,
-        ObjectKind::Cluster => META,
+        ObjectKind::Ingress => INGRESSES,
+        ObjectKind::Certificate => CERTIFICATES,
+        ObjectKind::Cluster | ObjectKind::Acme => META,
     }
 }
 
@@ -87,7 +92,18 @@ impl StateMachine {
         let db = Database::create(path).map_err(sm_read)?;
         {
             let txn = db.begin_write().map_err(sm_write)?;
-            for t in [META, NODES, SERVICES, TASKS, SECRETS, VOLUMES, CONFIGS, SNAPSHOT] {
+            for t in [
+                META,
+                NODES,
+                SERVICES,
+                TASKS,
+                SECRETS,
+                VOLUMES,
+                INGRESSES,
+                CERTIFICATES,
+                CONFIGS,
+                SNAPSHOT,
+            ] {
                 txn.open_table(t).map_err(sm_write)?;
             }
             txn.commit().map_err(sm_write)?;
@@ -115,6 +131,12 @@ impl StateMachine {
             load(&txn, SECRETS, &mut state.secrets)?;
             load(&txn, VOLUMES, &mut state.volumes)?;
             load(&txn, CONFIGS, &mut state.configs)?;
+            load(&txn, INGRESSES, &mut state.ingresses)?;
+            load(&txn, CERTIFICATES, &mut state.certificates)?;
+            state.acme = match meta.get(KEY_ACME).map_err(sm_read)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(sm_read)?,
+                None => Default::default(),
+            };
         }
         store.write(|s| *s = state);
         store.publish(Applied {
@@ -147,13 +169,16 @@ impl StateMachine {
                 ObjectKind::Secret => state.secrets.get(&c.id).map(serde_json::to_vec),
                 ObjectKind::Volume => state.volumes.get(&c.id).map(serde_json::to_vec),
                 ObjectKind::Config => state.configs.get(&c.id).map(serde_json::to_vec),
+                ObjectKind::Ingress => state.ingresses.get(&c.id).map(serde_json::to_vec),
+                ObjectKind::Certificate => state.certificates.get(&c.id).map(serde_json::to_vec),
+                ObjectKind::Acme => Some(serde_json::to_vec(&state.acme)),
             }
             .transpose()
             .map_err(sm_write)?;
-            let key = if c.kind == ObjectKind::Cluster {
-                KEY_CLUSTER.to_string()
-            } else {
-                c.id.clone()
+            let key = match c.kind {
+                ObjectKind::Cluster => KEY_CLUSTER.to_string(),
+                ObjectKind::Acme => KEY_ACME.to_string(),
+                _ => c.id.clone(),
             };
             rows.push((c.kind, key, value));
         }
@@ -341,6 +366,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             keys.extend(s.secrets.keys().map(|k| (ObjectKind::Secret, k.clone())));
             keys.extend(s.volumes.keys().map(|k| (ObjectKind::Volume, k.clone())));
             keys.extend(s.configs.keys().map(|k| (ObjectKind::Config, k.clone())));
+            keys.extend(s.ingresses.keys().map(|k| (ObjectKind::Ingress, k.clone())));
+            keys.extend(s.certificates.keys().map(|k| (ObjectKind::Certificate, k.clone())));
             keys
         });
         for (kind, key) in old_keys {
@@ -364,6 +391,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for (k, v) in &state.configs {
             rows.push((ObjectKind::Config, k.clone(), Some(enc(v)?)));
         }
+        for (k, v) in &state.ingresses {
+            rows.push((ObjectKind::Ingress, k.clone(), Some(enc(v)?)));
+        }
+        for (k, v) in &state.certificates {
+            rows.push((ObjectKind::Certificate, k.clone(), Some(enc(v)?)));
+        }
+        rows.push((ObjectKind::Acme, KEY_ACME.into(), Some(enc(&state.acme)?)));
         if let Some(m) = &state.meta {
             rows.push((ObjectKind::Cluster, KEY_CLUSTER.into(), Some(enc(m)?)));
         }

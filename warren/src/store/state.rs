@@ -4,6 +4,7 @@
 //! and publishes as events.
 
 use super::ApplyError;
+use crate::model::ingress::{AcmeState, Certificate, Ingress};
 use crate::model::{ClusterMeta, ConfigObject, Node, Resources, Secret, Service, Task, Volume};
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,10 @@ pub enum ObjectKind {
     Secret,
     Volume,
     Config,
+    Ingress,
+    Certificate,
+    /// The cluster's ACME settings, accounts, orders and challenge answers.
+    Acme,
 }
 
 impl ObjectKind {
@@ -30,6 +35,9 @@ impl ObjectKind {
             ObjectKind::Secret => "secret",
             ObjectKind::Volume => "volume",
             ObjectKind::Config => "config",
+            ObjectKind::Ingress => "ingress",
+            ObjectKind::Certificate => "certificate",
+            ObjectKind::Acme => "acme",
         }
     }
 }
@@ -70,6 +78,12 @@ pub struct State {
     /// Config objects (issue 14); absent from snapshots written before them.
     #[serde(default)]
     pub configs: BTreeMap<String, ConfigObject>,
+    #[serde(default)]
+    pub ingresses: BTreeMap<String, Ingress>,
+    #[serde(default)]
+    pub certificates: BTreeMap<String, Certificate>,
+    #[serde(default)]
+    pub acme: AcmeState,
 }
 
 /// Finds an object by exact ID, exact name, or unique ID prefix, the way Docker does.
@@ -123,6 +137,14 @@ impl State {
         resolve(&self.configs, |c| &c.name, ObjectKind::Config, key)
     }
 
+    pub fn ingress(&self, key: &str) -> Result<&Ingress, ApplyError> {
+        resolve(&self.ingresses, |i| &i.name, ObjectKind::Ingress, key)
+    }
+
+    pub fn certificate(&self, key: &str) -> Result<&Certificate, ApplyError> {
+        resolve(&self.certificates, |c| &c.name, ObjectKind::Certificate, key)
+    }
+
     pub fn tasks_of_service<'a>(&'a self, service_id: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
         self.tasks.values().filter(move |t| t.service_id == service_id)
     }
@@ -167,6 +189,21 @@ pub fn spec_differs_beyond_scale(a: &crate::model::ServiceSpec, b: &crate::model
 mod tests {
     use crate::store::fixtures::service;
     use crate::store::{ApplyError, Command, ObjectKind, Rules, State};
+
+    #[test]
+    fn a_state_written_before_the_ingress_loads_without_one() {
+        let mut old = serde_json::to_value(State::default()).unwrap();
+        for k in ["ingresses", "certificates", "acme"] {
+            old.as_object_mut().unwrap().remove(k);
+        }
+        let mut node = serde_json::to_value(crate::model::fixtures::node("n1", "n1")).unwrap();
+        node.as_object_mut().unwrap().remove("ingress");
+        old["nodes"] = serde_json::json!({ "n1": node });
+        let s: State = serde_json::from_value(old).unwrap();
+        assert!(s.ingresses.is_empty() && s.certificates.is_empty());
+        assert_eq!(s.acme, Default::default());
+        assert_eq!(s.nodes["n1"].ingress, None);
+    }
 
     #[test]
     fn resolve_by_name_id_and_prefix() {

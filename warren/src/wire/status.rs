@@ -35,9 +35,12 @@ pub fn apply_status(e: ApplyError) -> Status {
         ApplyError::Missing { .. } | ApplyError::Invalid(_) => Code::InvalidArgument,
         // The request is fine but the cluster must change first (free the port,
         // stop using the object).
-        ApplyError::InUse { .. } | ApplyError::PortTaken { .. } => Code::FailedPrecondition,
+        ApplyError::InUse { .. }
+        | ApplyError::PortTaken { .. }
+        | ApplyError::IngressPortTaken { .. }
+        | ApplyError::PortPublished { .. } => Code::FailedPrecondition,
         // Read again and retry.
-        ApplyError::Conflict { .. } => Code::Aborted,
+        ApplyError::Conflict { .. } | ApplyError::Stale { .. } => Code::Aborted,
         ApplyError::Field { .. } => Code::InvalidArgument,
     };
     let mut status = Status::new(code, e.to_string());

@@ -94,6 +94,18 @@ pub struct ClusterView {
     pub node_id: String,
     pub snapshot_index: u64,
     pub purged_index: u64,
+    /// The ingress's ACME settings and orders in progress; None: ACME is off.
+    pub acme: Option<AcmeView>,
+}
+
+#[derive(Serialize)]
+pub struct AcmeView {
+    pub email: String,
+    pub directory_url: String,
+    pub custom_ca: bool,
+    pub renew_before_ms: u64,
+    /// Certificate names with an order in progress.
+    pub orders: Vec<String>,
 }
 
 impl ClusterView {
@@ -131,6 +143,13 @@ impl ClusterView {
             node_id: i.node_id,
             snapshot_index: i.snapshot_index,
             purged_index: i.purged_index,
+            acme: i.acme.filter(|a| a.enabled).map(|a| AcmeView {
+                email: a.email,
+                directory_url: a.directory_url,
+                custom_ca: a.custom_ca,
+                renew_before_ms: a.renew_before_ms,
+                orders: a.orders.into_iter().map(|o| o.certificate).collect(),
+            }),
         }
     }
 
@@ -155,6 +174,20 @@ impl ClusterView {
             "Objects:      {} nodes, {} services, {} tasks",
             self.nodes, self.services, self.tasks
         ));
+        match &self.acme {
+            Some(a) => t.line(format_args!(
+                "ACME:         {} at {}, renew {}d before expiry{}",
+                a.email,
+                a.directory_url,
+                a.renew_before_ms / 86_400_000,
+                if a.orders.is_empty() {
+                    String::new()
+                } else {
+                    format!(", ordering {}", a.orders.join(", "))
+                }
+            )),
+            None => t.line("ACME:         off"),
+        }
         t.line("Managers:");
         for m in &self.members {
             t.line(format_args!(

@@ -136,6 +136,13 @@ pub fn node_text(n: &NodeView, dp: &Dataplane) -> String {
         }
         t.line(format_args!("Mesh end:     {}", m.endpoint));
     }
+    match n.node.ingress {
+        Some(i) => t.line(format_args!(
+            "Ingress:      http :{}, https :{}",
+            i.http_port, i.https_port
+        )),
+        None => t.line("Ingress:      off"),
+    }
     t.line(format_args!(
         "Platform:     {}/{}",
         n.node.platform.os, n.node.platform.arch

@@ -8,6 +8,7 @@
 mod canary;
 mod cluster;
 mod manifest;
+mod ingress;
 mod nodes;
 mod release;
 mod rules;
@@ -104,6 +105,29 @@ impl State {
                 at_ms,
             } => self.release_step(id, *spec_version, step, *at_ms, changes),
 
+            Command::CreateIngress { ingress } => self.create_ingress(ingress, changes),
+            Command::UpdateIngress {
+                id,
+                expected_version,
+                spec,
+                at_ms,
+            } => self.update_ingress(id, *expected_version, spec, *at_ms, changes),
+            Command::RemoveIngress { id } => self.remove_ingress(id, changes),
+            Command::CreateCertificate { certificate } => self.create_certificate(certificate, changes),
+            Command::RemoveCertificate { id } => self.remove_certificate(id, changes),
+            Command::SetNodeIngress { id, ingress, at_ms } => self.set_node_ingress(id, *ingress, *at_ms, changes),
+            Command::SetAcmeSettings { settings } => self.set_acme_settings(settings, changes),
+            Command::SaveAcmeAccount {
+                directory_url,
+                credentials_sealed,
+            } => self.save_acme_account(directory_url, credentials_sealed, changes),
+            Command::BeginAcmeOrder { order } => self.begin_acme_order(order, changes),
+            Command::PublishAcmeChallenges { challenges } => self.publish_acme_challenges(challenges, changes),
+            Command::FinishAcmeOrder { order_url, certificate } => {
+                self.finish_acme_order(order_url, certificate, changes)
+            }
+            Command::DropAcmeOrder { order_url } => self.drop_acme_order(order_url, changes),
+
             Command::Batch(cmds) => {
                 let mut first_err = None;
                 for c in cmds {
@@ -165,7 +189,7 @@ macro_rules! versioned {
         }
     )*};
 }
-versioned!(Node, Service, Task);
+versioned!(Node, Service, Task, crate::model::ingress::Ingress);
 
 fn change(kind: ObjectKind, action: Action, id: &str, name: &str) -> Change {
     Change {

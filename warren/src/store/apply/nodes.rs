@@ -18,6 +18,9 @@ impl State {
                 node.name, other.id, other.name
             )));
         }
+        if let Some(i) = &node.ingress {
+            self.check_ingress_ports(i)?;
+        }
         let mut node = node.clone();
         if let Some(meta) = &self.meta {
             node.subnet = Some(allocate_subnet(&meta.pod_cidr, &self.nodes, &node.name)?);

@@ -49,6 +49,14 @@ impl State {
             if own.is_some_and(|s| publishes(s, key)) {
                 continue;
             }
+            if p.protocol == Protocol::Tcp {
+                if let Some(node) = self.ingress_node_on(p.published) {
+                    return Err(ApplyError::IngressPortTaken {
+                        port: p.published,
+                        node: node.to_string(),
+                    });
+                }
+            }
             let taken = self
                 .services
                 .values()

@@ -125,6 +125,14 @@ impl State {
     }
 
     pub(super) fn remove_service(&mut self, id: &str, at_ms: i64, changes: &mut Vec<Change>) -> Result<(), ApplyError> {
+        let name = &self.service_by_id(id)?.name;
+        if let Some(route) = self.ingresses.values().find(|i| i.spec.service == *name) {
+            return Err(ApplyError::InUse {
+                kind: ObjectKind::Service,
+                name: name.clone(),
+                user: crate::store::User::Ingress(route.name.clone()),
+            });
+        }
         let svc = self
             .services
             .remove(id)

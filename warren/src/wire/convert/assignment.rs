@@ -6,7 +6,13 @@ use warren_proto::v1 as pb;
 
 /// `secrets` is the plaintext of the assignment's secrets, by name, unsealed by the
 /// dispatcher; `index` the Raft index the set was computed at.
-pub fn assignment_to_pb(a: &NodeAssignment, secrets: Vec<(String, Vec<u8>)>, index: u64) -> pb::Assignments {
+/// `certificates` the plaintext of the ingress's certificates, unsealed likewise.
+pub fn assignment_to_pb(
+    a: &NodeAssignment,
+    secrets: Vec<(String, Vec<u8>)>,
+    certificates: Vec<crate::ingress::CertificatePem>,
+    index: u64,
+) -> pb::Assignments {
     pb::Assignments {
         tasks: a.tasks.iter().map(task_to_pb).collect(),
         index,
@@ -36,6 +42,10 @@ pub fn assignment_to_pb(a: &NodeAssignment, secrets: Vec<(String, Vec<u8>)>, ind
             .collect(),
         mesh_rotation: a.mesh_rotation,
         own_mesh: a.own_mesh.as_ref().map(mesh_to_pb),
+        ingress: a
+            .ingress
+            .as_ref()
+            .map(|i| super::ingress_assignment_to_pb(i, certificates)),
     }
 }
 

@@ -100,6 +100,7 @@ pub fn node_to_pb(n: &Node, reserved: Resources, manager: Option<pb::ManagerStat
         warren_version: n.warren_version.clone(),
         subnet: n.subnet.clone().unwrap_or_default(),
         mesh: n.mesh.as_ref().map(super::mesh_to_pb),
+        ingress: super::node_ingress_to_pb(n.ingress),
     }
 }
 
@@ -123,6 +124,7 @@ pub fn node_from_pb(n: pb::Node) -> (Node, Resources, Option<pb::ManagerStatus>)
         created_ms: n.created_ms,
         updated_ms: n.updated_ms,
         version: n.version,
+        ingress: super::node_ingress_from_pb(n.ingress),
     };
     (node, resources_from_pb(n.reserved), n.manager)
 }

@@ -46,6 +46,9 @@ pub fn object_kind_to_pb(k: ObjectKind) -> pb::ObjectKind {
         ObjectKind::Secret => pb::ObjectKind::Secret,
         ObjectKind::Volume => pb::ObjectKind::Volume,
         ObjectKind::Config => pb::ObjectKind::Config,
+        ObjectKind::Ingress => pb::ObjectKind::Ingress,
+        ObjectKind::Certificate => pb::ObjectKind::Certificate,
+        ObjectKind::Acme => pb::ObjectKind::Acme,
     }
 }
 
