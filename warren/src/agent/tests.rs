@@ -224,6 +224,7 @@ async fn hello_acceptance_assignments_reports_and_heartbeats() {
         canary_weight: 0,
         rate_limit: None,
         endpoints: vec![],
+        removed: false,
     };
     assert!(s.send(DispatcherMsg::Assignments(pb::Assignments {
         tasks: vec![convert::task_to_pb(&task)],

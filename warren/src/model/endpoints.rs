@@ -34,4 +34,8 @@ pub struct ServiceEndpoints {
     pub canary_weight: u8,
     pub rate_limit: Option<RateLimit>,
     pub endpoints: Vec<Endpoint>,
+    /// Removed (`service rm`) while its tasks drain: no address, port, name or
+    /// route reaches it any more; only its tasks' established flows live on.
+    #[serde(default)]
+    pub removed: bool,
 }

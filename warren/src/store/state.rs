@@ -62,6 +62,11 @@ pub struct State {
     pub tasks: BTreeMap<String, Task>,
     pub secrets: BTreeMap<String, Secret>,
     pub volumes: BTreeMap<String, Volume>,
+    /// Services removed while some of their tasks still run (drain): kept, out of
+    /// every listing, so that the data plane keeps their tasks' established
+    /// connections until the containers have exited.
+    #[serde(default)]
+    pub removed_services: BTreeMap<String, Service>,
 }
 
 /// Finds an object by exact ID, exact name, or unique ID prefix, the way Docker does.

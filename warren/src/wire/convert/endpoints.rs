@@ -34,6 +34,7 @@ pub fn endpoints_to_pb(s: &model::ServiceEndpoints) -> pb::ServiceEndpoints {
                 draining: e.draining,
             })
             .collect(),
+        removed: s.removed,
     }
 }
 
@@ -69,5 +70,6 @@ pub fn endpoints_from_pb(s: pb::ServiceEndpoints) -> Result<model::ServiceEndpoi
                 })
             })
             .collect(),
+        removed: s.removed,
     })
 }
