@@ -313,11 +313,16 @@ pub struct Report {
     pub conns: Vec<(String, String)>,
     /// Other `key number` lines.
     pub values: BTreeMap<String, u64>,
+    /// The whole output.
+    pub raw: String,
 }
 
 impl Report {
     pub fn parse(text: &str) -> Self {
-        let mut r = Report::default();
+        let mut r = Report {
+            raw: text.to_string(),
+            ..Default::default()
+        };
         for line in text.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             match f.as_slice() {

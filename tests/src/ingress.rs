@@ -100,6 +100,7 @@ pub fn service(name: &str, port: u16, addrs: &[Ipv4Addr]) -> ServiceEndpoints {
                 draining: false,
             })
             .collect(),
+        removed: false,
     }
 }
 

@@ -378,12 +378,21 @@ fn updates_rollbacks_scale_downs_drains_and_removals_fail_no_request() {
     let published = format!("{}:8080", env.c.nodes[m1].addr.split(':').next().unwrap());
     let clients = Clients::start(&env, "m1", &client_ns, "web", &vip, &published, "/");
 
+    let mark = |what: &str| {
+        eprintln!(
+            "{what} at {} (monotonic ms)",
+            warren_tests::dataplane::probe::monotonic_ns() / 1_000_000
+        )
+    };
+    mark("update");
     // A rolling update, two tasks at a time.
     env.c.ok(m1, &["service", "update", "web", "--image", &v2]);
     wait_healthy(&env, m1, "web", &v2, 6);
+    mark("rollback");
     // Its rollback.
     env.c.ok(m1, &["service", "rollback", "web"]);
     wait_healthy(&env, m1, "web", &v1, 6);
+    mark("node drain");
     // Draining the worker node: its tasks move to m1.
     env.c.ok(m1, &["node", "update", "w2", "--availability", "drain"]);
     env.c.wait("every task on m1", Duration::from_secs(120), || {
@@ -396,6 +405,7 @@ fn updates_rollbacks_scale_downs_drains_and_removals_fail_no_request() {
             .count();
         (ts.len() == 6 && ts.iter().all(healthy) && on_w2 == 0).then_some(())
     });
+    mark("scale");
     // Scaling down from 6 to 2.
     env.c.ok(m1, &["service", "scale", "web=2"]);
     env.c.wait("two tasks left", Duration::from_secs(120), || {
@@ -407,6 +417,7 @@ fn updates_rollbacks_scale_downs_drains_and_removals_fail_no_request() {
             .count();
         (running == 2).then_some(())
     });
+    mark("end");
     assert_no_failures("update, rollback, node drain, scale 6 to 2", &clients.finish());
 
     // `service rm` while its tasks serve 3 s requests: those requests complete.

@@ -404,7 +404,11 @@ fn connect_loop(args: &Args) {
         };
         match r {
             Ok(n) => *names.entry(n).or_insert(0u64) += 1,
-            Err(e) => *errors.entry(e).or_insert(0u64) += 1,
+            Err(e) => {
+                // When, for the test to line it up with what it did.
+                println!("failure {} {e}", monotonic_ns() / 1_000_000);
+                *errors.entry(e).or_insert(0u64) += 1
+            }
         }
         thread::sleep(Duration::from_millis(2));
     }

@@ -22,12 +22,14 @@ pub fn entries(node_id: &str, services: &[ServiceEndpoints]) -> Vec<ServiceEntry
     let mut out = Vec::with_capacity(services.len());
     for s in services {
         let vip = match s.endpoint_mode {
-            EndpointMode::Vip => s.vip,
-            EndpointMode::Dnsrr => None,
+            EndpointMode::Vip if !s.removed => s.vip,
+            _ => None,
         };
+        // A removed service keeps its backends only, for their established flows.
         let ports: Vec<ServicePort> = s
             .ports
             .iter()
+            .filter(|_| !s.removed)
             .map(|p| ServicePort {
                 protocol: match p.protocol {
                     model::Protocol::Tcp => Protocol::Tcp,
@@ -38,7 +40,7 @@ pub fn entries(node_id: &str, services: &[ServiceEndpoints]) -> Vec<ServiceEntry
                 host_mode: p.mode == PublishMode::Host,
             })
             .collect();
-        if vip.is_none() && ports.is_empty() {
+        if vip.is_none() && ports.is_empty() && !s.removed {
             continue;
         }
         out.push(ServiceEntry {

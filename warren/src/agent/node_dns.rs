@@ -20,7 +20,7 @@ pub struct NodeDns {
 /// their ready tasks; `tasks.NAME` and `NAME.SLOT` always list ready tasks.
 pub fn table(services: &[ServiceEndpoints]) -> DnsTable {
     let mut b = DnsTable::builder();
-    for s in services {
+    for s in services.iter().filter(|s| !s.removed) {
         let vip = match s.endpoint_mode {
             EndpointMode::Vip => s.vip,
             EndpointMode::Dnsrr => None,
@@ -148,6 +148,7 @@ mod tests {
                     draining: false,
                 })
                 .collect(),
+            removed: false,
         }
     }
 

@@ -226,6 +226,7 @@ async fn hello_acceptance_assignments_reports_and_heartbeats() {
         rate_limit: None,
         endpoints: vec![],
         stack: String::new(),
+        removed: false,
     };
     assert!(s.send(DispatcherMsg::Assignments(pb::Assignments {
         ingress: Default::default(),

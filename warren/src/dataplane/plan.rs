@@ -733,12 +733,6 @@ pub(crate) fn reconcile(
             // services it still serves; keep to this service's declared ports.
             ports.retain(|&(_, port)| port != 0);
         }
-        if !plan.services.contains_key(&b.svc_id) {
-            // The whole service was removed (`service rm`) while its tasks drain:
-            // their TCP connections finish (or end with the server's FIN when it
-            // exits); connected UDP sockets get no such end and are destroyed.
-            ports.retain(|&(proto, _)| proto == libc::IPPROTO_UDP as u8);
-        }
         let wild: BTreeSet<u8> = ports.iter().filter(|p| p.1 == 0).map(|p| p.0).collect();
         for (proto, port) in ports {
             if port == 0 || !wild.contains(&proto) {
@@ -1138,9 +1132,22 @@ mod tests {
         let log = &rec.log;
         assert!(pos(log, "del") < pos(log, "state 3 all 0 local 0"));
         assert!(pos(log, "state 3") < pos(log, "backend 1 0.0.0.0"));
-        // Its tasks drain: their TCP connections are left to finish (the service
-        // had no UDP port of its own; the VIP wildcard's sockets still serve 4).
-        assert_eq!(out.kill, []);
+        // The addresses still serve service 4, so only service 3's declared port dies.
+        assert_eq!(
+            out.kill,
+            [
+                KillTarget {
+                    addr: Ipv4Addr::new(10, 1, 0, 2),
+                    port: 80,
+                    proto: 6
+                },
+                KillTarget {
+                    addr: Ipv4Addr::new(10, 1, 0, 3),
+                    port: 80,
+                    proto: 6
+                },
+            ]
+        );
         assert!(!cur.services.contains_key(&3));
         assert_eq!(cur.svc_entries.len(), 4);
     }

@@ -62,5 +62,6 @@ pub fn endpoints(name: &str, targets: &[u16], tasks: &[(&str, bool)]) -> Service
                 draining: false,
             })
             .collect(),
+        removed: false,
     }
 }

@@ -232,7 +232,11 @@ fn compile_rules(route: &Ingress) -> Result<Rules, String> {
 /// other is dropped with an issue; the state machine refuses such pairs, so this
 /// only covers a state written by another version.
 pub fn plan(routes: &[Ingress], endpoints: &[ServiceEndpoints], certificates: &BTreeSet<String>) -> (Plan, Vec<Issue>) {
-    let by_name: HashMap<&str, &ServiceEndpoints> = endpoints.iter().map(|e| (e.name.as_str(), e)).collect();
+    let by_name: HashMap<&str, &ServiceEndpoints> = endpoints
+        .iter()
+        .filter(|e| !e.removed)
+        .map(|e| (e.name.as_str(), e))
+        .collect();
     let mut ordered: Vec<&Ingress> = routes.iter().collect();
     ordered.sort_by(|a, b| (a.created_ms, &a.name).cmp(&(b.created_ms, &b.name)));
 

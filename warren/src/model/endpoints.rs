@@ -37,4 +37,8 @@ pub struct ServiceEndpoints {
     /// The stack the service belongs to (`stack deploy`); empty: none.
     #[serde(default)]
     pub stack: String,
+    /// Removed (`service rm`) while its tasks drain: no address, port, name or
+    /// route reaches it any more; only its tasks' established flows live on.
+    #[serde(default)]
+    pub removed: bool,
 }

@@ -34,9 +34,11 @@ impl State {
                 draining: t.desired_state > TaskState::Running,
             });
         }
+        let removed = |s: &crate::model::Service| state.removed_services.contains_key(&s.id);
         let mut out: Vec<ServiceEndpoints> = state
             .services
             .values()
+            .chain(state.removed_services.values())
             .map(|s| {
                 let mut endpoints = by_service.remove(s.id.as_str()).unwrap_or_default();
                 endpoints.sort_by(|a, b| (a.canary, a.slot, &a.task_id).cmp(&(b.canary, b.slot, &b.task_id)));
@@ -56,6 +58,7 @@ impl State {
                         .get(crate::model::STACK_LABEL)
                         .cloned()
                         .unwrap_or_default(),
+                    removed: removed(s),
                 }
             })
             .collect();

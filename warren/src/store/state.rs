@@ -84,6 +84,11 @@ pub struct State {
     pub certificates: BTreeMap<String, Certificate>,
     #[serde(default)]
     pub acme: AcmeState,
+    /// Services removed while some of their tasks still run (drain): kept, out of
+    /// every listing, so that the data plane keeps their tasks' established
+    /// connections until the containers have exited.
+    #[serde(default)]
+    pub removed_services: BTreeMap<String, Service>,
 }
 
 /// Finds an object by exact ID, exact name, or unique ID prefix, the way Docker does.

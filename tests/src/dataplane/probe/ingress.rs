@@ -107,6 +107,7 @@ pub fn serve(args: &Args) {
                     draining: false,
                 })
                 .collect(),
+            removed: false,
         };
         let report = ingress.handle().update(&[route], &[service], &[cert]);
         assert!(

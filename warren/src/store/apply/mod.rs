@@ -24,6 +24,19 @@ use crate::model::{Node, Service, Task};
 impl State {
     /// Applies one command, appending what it touched to `changes`.
     pub fn apply(&mut self, cmd: &Command, changes: &mut Vec<Change>) -> Result<(), ApplyError> {
+        let result = self.apply_command(cmd, changes);
+        if !self.removed_services.is_empty() {
+            let tasks = &self.tasks;
+            self.removed_services.retain(|id, _| {
+                tasks
+                    .values()
+                    .any(|t| t.service_id == *id && t.status.state == crate::model::TaskState::Running)
+            });
+        }
+        result
+    }
+
+    fn apply_command(&mut self, cmd: &Command, changes: &mut Vec<Change>) -> Result<(), ApplyError> {
         match cmd {
             Command::Bootstrap { meta, node } => self.bootstrap(meta, node, changes),
             Command::RotateJoinToken {

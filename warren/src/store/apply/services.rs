@@ -31,7 +31,12 @@ impl State {
             self.check_ports(&service.spec, None)?;
         }
         let mut service = service.clone();
-        let used: std::collections::HashSet<u32> = self.services.values().map(|s| s.dp_id).collect();
+        let used: std::collections::HashSet<u32> = self
+            .services
+            .values()
+            .chain(self.removed_services.values())
+            .map(|s| s.dp_id)
+            .collect();
         // Every node's data plane numbers services 0..MAX_SERVICES.
         service.dp_id = (1..warren_common::MAX_SERVICES)
             .find(|n| !used.contains(n))
@@ -138,6 +143,14 @@ impl State {
             .remove(id)
             .ok_or_else(|| ApplyError::not_found(ObjectKind::Service, id))?;
         changes.push(change(ObjectKind::Service, Action::Removed, id, &svc.name));
+        if self
+            .tasks
+            .values()
+            .any(|t| t.service_id == id && t.status.state == TaskState::Running)
+        {
+            // Its tasks drain: the data plane keeps their flows until they exit.
+            self.removed_services.insert(id.to_string(), svc);
+        }
         for t in self.tasks.values_mut() {
             if t.service_id == id && t.desired_state != TaskState::Remove {
                 t.desired_state = TaskState::Remove;
@@ -300,6 +313,47 @@ mod tests {
         .unwrap();
         assert!(s.services.is_empty());
         assert_eq!(s.tasks["t1"].desired_state, TaskState::Remove);
+    }
+
+    #[test]
+    fn a_removed_service_with_running_tasks_stays_for_the_data_plane_until_they_exit() {
+        let mut s = State::default();
+        let mut ch = vec![];
+        let svc = service("a", "web");
+        s.apply(&create(svc.clone()), &mut ch).unwrap();
+        let mut t = task("t1", &svc);
+        t.node_id = Some("n1".into());
+        t.status.state = TaskState::Running;
+        t.status.addr = "10.0.0.2".into();
+        s.apply(&Command::CreateTasks { tasks: vec![t] }, &mut ch).unwrap();
+        s.apply(
+            &Command::RemoveService {
+                id: "a".into(),
+                at_ms: 1,
+            },
+            &mut ch,
+        )
+        .unwrap();
+        assert!(s.services.is_empty());
+        let eps = s.service_endpoints();
+        assert_eq!(eps.len(), 1);
+        assert!(eps[0].removed);
+        assert!(eps[0].endpoints[0].draining);
+        // Its data plane id is not handed out while its flows live on.
+        s.apply(&create(service("b", "api")), &mut ch).unwrap();
+        assert_ne!(s.services["b"].dp_id, eps[0].dp_id);
+        let mut exited = s.tasks["t1"].status.clone();
+        exited.state = TaskState::Shutdown;
+        s.apply(
+            &Command::ReportTaskStatus {
+                node_id: "n1".into(),
+                reports: vec![("t1".into(), exited)],
+            },
+            &mut ch,
+        )
+        .unwrap();
+        assert!(s.removed_services.is_empty());
+        assert!(s.service_endpoints().iter().all(|e| !e.removed));
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub fn endpoints_to_pb(s: &model::ServiceEndpoints) -> pb::ServiceEndpoints {
             })
             .collect(),
         stack: s.stack.clone(),
+        removed: s.removed,
     }
 }
 
@@ -71,5 +72,6 @@ pub fn endpoints_from_pb(s: pb::ServiceEndpoints) -> Result<model::ServiceEndpoi
             })
             .collect(),
         stack: s.stack,
+        removed: s.removed,
     })
 }
