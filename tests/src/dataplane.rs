@@ -311,6 +311,8 @@ pub struct Report {
     pub from: BTreeMap<String, u64>,
     /// `conn <name> <state>` lines of hold mode.
     pub conns: Vec<(String, String)>,
+    /// `run <name> <count>` lines of loop mode with `--runs`, in order.
+    pub runs: Vec<(String, u64)>,
     /// Other `key number` lines.
     pub values: BTreeMap<String, u64>,
     /// The whole output.
@@ -337,6 +339,7 @@ impl Report {
                 ["from", a, c] => {
                     r.from.insert((*a).into(), c.parse().unwrap());
                 }
+                ["run", n, c] => r.runs.push(((*n).into(), c.parse().unwrap())),
                 ["conn", n, s] => {
                     let name = n.split_once('@').map_or(*n, |x| x.0);
                     r.conns.push((name.into(), (*s).into()));

@@ -48,6 +48,13 @@ impl ChildGuard {
         self.0.as_mut()?.try_wait().ok().flatten().map(|_| ())
     }
 
+    /// Ends a process that runs until stopped (e.g. `warren events`); its output.
+    pub fn kill_with_output(mut self) -> std::process::Output {
+        let mut child = self.0.take().expect("a child");
+        let _ = child.kill();
+        child.wait_with_output().expect("waiting for a child")
+    }
+
     /// Waits for the process to exit by itself; its output.
     pub fn wait_with_output(mut self) -> std::process::Output {
         self.0

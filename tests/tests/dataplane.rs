@@ -900,6 +900,7 @@ fn pinned_programs_survive_the_loader_and_are_adopted_without_a_gap() {
         "warren_getpeer6",
         "warren_post_bind4",
         "warren_post_bind6",
+        "warren_sockops",
     ] {
         assert_eq!(text.matches(name).count(), 1, "{name} attached once:\n{text}");
     }

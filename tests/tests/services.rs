@@ -628,6 +628,7 @@ fn node_inspect_shows_the_data_plane_and_leave_removes_everything() {
             "warren_recvmsg6",
             "warren_getpeer6",
             "warren_post_bind6",
+            "warren_sockops",
             "warren_tc_in",
             "warren_tc_out"
         ]),

@@ -75,7 +75,6 @@ static __always_inline void outcome_count(struct bpf_sock_ops *skops, enum warre
 #define OUT_TCP_ESTABLISHED 1
 #define OUT_TCP_SYN_SENT 2
 #define OUT_TCP_CLOSE 7
-#define OUT_TCP_CLOSE_WAIT 8
 
 static __always_inline int outcome_sockops(struct bpf_sock_ops *skops)
 {
@@ -95,12 +94,13 @@ static __always_inline int outcome_sockops(struct bpf_sock_ops *skops)
 		if (skops->args[1] != OUT_TCP_CLOSE)
 			break;
 		/* A close from SYN_SENT is a reset answering the SYN, or the SYN
-		 * retries running out; from ESTABLISHED or CLOSE_WAIT without the FIN
-		 * states in between, a reset. An orderly close passes through
-		 * FIN_WAIT or LAST_ACK first. */
+		 * retries running out; from ESTABLISHED, a reset. An orderly close
+		 * passes through FIN_WAIT or CLOSE_WAIT first; a reset after the
+		 * peer's FIN (CLOSE_WAIT) ends an answered exchange and is not
+		 * counted. */
 		if (skops->args[0] == OUT_TCP_SYN_SENT)
 			outcome_count(skops, skops->total_retrans ? OUTCOME_TIMED_OUT : OUTCOME_REFUSED);
-		else if (skops->args[0] == OUT_TCP_ESTABLISHED || skops->args[0] == OUT_TCP_CLOSE_WAIT)
+		else if (skops->args[0] == OUT_TCP_ESTABLISHED)
 			outcome_count(skops, OUTCOME_RESET);
 		break;
 	}

@@ -7,7 +7,8 @@
 //! serve   --name N --tcp PORT --udp PORT --count-file PATH
 //! connect --to A:P [--n N] [--rate R --secs S] [--bind ADDR] [--http] [--rst]
 //! udp     --to A:P --n N [--connected | --socket-each] [--timeout-ms MS]
-//! loop    --to A:P --stop-file PATH [--http [--path P] [--keepalive]]
+//! loop    --to A:P --stop-file PATH [--http [--path P] [--keepalive]] [--runs]   (--runs: also
+//!         `run NAME COUNT` for each stretch of consecutive answers from one backend, in order)
 //! hold    --to A:P --n N [--udp] [--from A:P]   (then reads "check" on stdin;
 //!         a TCP connection is "alive" when it echoes a line)
 //! bind    --to A:P [--udp]            (prints `bound 1` or `error E 1`)
@@ -389,6 +390,7 @@ fn connect_loop(args: &Args) {
     let mut attempts = 0u64;
     let mut conn: Option<TcpStream> = None;
     let (mut reused, mut retried) = (0u64, 0u64);
+    let mut runs: Vec<(String, u64)> = Vec::new();
     println!("started");
     io::stdout().flush().ok();
     while !stop.exists() {
@@ -403,7 +405,13 @@ fn connect_loop(args: &Args) {
             one(to, None, &mut mismatch, http, false)
         };
         match r {
-            Ok(n) => *names.entry(n).or_insert(0u64) += 1,
+            Ok(n) => {
+                match runs.last_mut() {
+                    Some((last, c)) if *last == n => *c += 1,
+                    _ => runs.push((n.clone(), 1)),
+                }
+                *names.entry(n).or_insert(0u64) += 1
+            }
             Err(e) => {
                 // When, for the test to line it up with what it did.
                 println!("failure {} {e}", monotonic_ns() / 1_000_000);
@@ -413,6 +421,11 @@ fn connect_loop(args: &Args) {
         thread::sleep(Duration::from_millis(2));
     }
     report(&names, &errors);
+    if args.has("--runs") {
+        for (n, c) in runs {
+            println!("run {n} {c}");
+        }
+    }
     println!("attempts {attempts}");
     println!("reused {reused}");
     println!("retried {retried}");
