@@ -103,6 +103,7 @@ pub(crate) fn convert(cx: &mut Cx, doc: &Node, vars: &Vars) -> R<Part> {
                     "ipam",
                     "enable_ipv4",
                     "enable_ipv6",
+                    "subnet",
                 ],
                 true,
             )?;
@@ -135,7 +136,7 @@ pub(crate) fn convert(cx: &mut Cx, doc: &Node, vars: &Vars) -> R<Part> {
     decls.services = entries.iter().map(|(k, _)| k.name.clone()).collect();
     for (k, v) in entries {
         let kp = join(&sp, &k.name);
-        let svc = service::convert(cx, &k.name, v, &kp, vars, Some(&decls))?;
+        let svc = service::convert(cx, &k.name, k.line, v, &kp, vars, Some(&decls))?;
         part.manifest.services.push(svc);
     }
     record(cx, &mut part.origins, doc, "");

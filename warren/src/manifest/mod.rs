@@ -246,8 +246,12 @@ pub fn load_apply_as(paths: &[PathBuf], format: Format, env: &Env) -> Result<Loa
     let vars = Vars::load(env, &first_dir(paths))?;
     let files = expand(paths)?;
     let sources = files.iter().map(|p| read_source(p)).collect::<Result<Vec<_>, _>>()?;
-    let docs = parse_sources(&sources)?;
-    let mut cx = walk::Cx::new(&sources);
+    apply_sources(&sources, format, &vars)
+}
+
+fn apply_sources(sources: &[Source], format: Format, vars: &Vars) -> Result<Loaded, LoadError> {
+    let docs = parse_sources(sources)?;
+    let mut cx = walk::Cx::new(sources);
     let mut out = Collect::default();
     for (file, file_docs) in docs.into_iter().enumerate() {
         if file_docs.is_empty() {
@@ -259,15 +263,15 @@ pub fn load_apply_as(paths: &[PathBuf], format: Format, env: &Env) -> Result<Loa
                 f => f,
             };
             let mut unset = Vec::new();
-            interpolate(&cx, &mut doc, "", &vars, &mut unset)?;
+            interpolate(&cx, &mut doc, "", vars, &mut unset)?;
             out.warn_unset(&cx, unset);
             match f {
                 Format::Compose => {
-                    let part = compose::convert(&mut cx, &doc, &vars)?;
+                    let part = compose::convert(&mut cx, &doc, vars)?;
                     out.add(&cx, part)?;
                 }
                 _ => {
-                    let part = warren::convert(&mut cx, &doc, &vars)?;
+                    let part = warren::convert(&mut cx, &doc, vars)?;
                     out.add(&cx, part)?;
                 }
             }
@@ -287,8 +291,12 @@ pub fn load_stack(paths: &[PathBuf], stack: &str, env: &Env) -> Result<Loaded, L
     }
     let vars = Vars::load(env, &first_dir(paths))?;
     let sources = paths.iter().map(|p| read_source(p)).collect::<Result<Vec<_>, _>>()?;
-    let docs = parse_sources(&sources)?;
-    let mut cx = walk::Cx::new(&sources);
+    stack_sources(&sources, stack, &vars)
+}
+
+fn stack_sources(sources: &[Source], stack: &str, vars: &Vars) -> Result<Loaded, LoadError> {
+    let docs = parse_sources(sources)?;
+    let mut cx = walk::Cx::new(sources);
     let mut merged: Option<yaml::Node> = None;
     let mut out = Collect::default();
     for (file, mut file_docs) in docs.into_iter().enumerate() {
@@ -309,7 +317,7 @@ pub fn load_stack(paths: &[PathBuf], stack: &str, env: &Env) -> Result<Loaded, L
             });
         }
         let mut unset = Vec::new();
-        interpolate(&cx, &mut doc, "", &vars, &mut unset)?;
+        interpolate(&cx, &mut doc, "", vars, &mut unset)?;
         out.warn_unset(&cx, unset);
         merged = Some(match merged {
             None => doc,
@@ -317,7 +325,7 @@ pub fn load_stack(paths: &[PathBuf], stack: &str, env: &Env) -> Result<Loaded, L
         });
     }
     let doc = merged.expect("one file at least");
-    let part = compose::convert(&mut cx, &doc, &vars)?;
+    let part = compose::convert(&mut cx, &doc, vars)?;
     out.add(&cx, part)?;
     let mut loaded = out.finish(&cx)?;
     loaded.manifest.stack = Some(stack.to_string());

@@ -27,7 +27,7 @@ pub(crate) struct Decls {
     pub services: Vec<String>,
 }
 
-const KEYS: &[&str] = &[
+pub(crate) const KEYS: &[&str] = &[
     "image",
     "command",
     "entrypoint",
@@ -71,7 +71,7 @@ const KEYS: &[&str] = &[
 ];
 
 /// Compose keys a Swarm service cannot honour: accepted and listed as ignored.
-const IGNORED: &[&str] = &[
+pub(crate) const IGNORED: &[&str] = &[
     "build",
     "container_name",
     "links",
@@ -140,6 +140,7 @@ const X_WARREN: &[&str] = &["strategy", "canary_weight", "canary_steps", "rate_l
 pub(crate) fn convert(
     cx: &mut Cx,
     name: &str,
+    name_line: u32,
     n: &Node,
     path: &str,
     vars: &Vars,
@@ -155,8 +156,9 @@ pub(crate) fn convert(
     match f.get("image") {
         Some((i, p)) => spec.image = cx.str(i, &p)?,
         None => {
-            return Err(cx.err(
-                n,
+            return Err(cx.err_at(
+                n.file,
+                name_line,
                 &join(path, "image"),
                 "a service needs an image (Warren does not build images)",
             ))

@@ -304,6 +304,15 @@ fn similar(a: &str, b: &str) -> bool {
         return true;
     }
     let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    // Two neighbours swapped (`imgae`).
+    if a.len() == b.len() {
+        let diff: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
+        if let [i, j] = diff[..] {
+            if j == i + 1 && a[i] == b[j] && a[j] == b[i] {
+                return true;
+            }
+        }
+    }
     if a.len().abs_diff(b.len()) > 1 {
         return false;
     }
@@ -335,6 +344,7 @@ mod tests {
             assert_eq!(parse_go_duration(bad), None, "{bad}");
         }
         assert!(similar("replicas", "replica"));
+        assert!(similar("imgae", "image"));
         assert!(similar("working_dir", "workingdir"));
         assert!(!similar("image", "labels"));
     }

@@ -70,7 +70,7 @@ pub(crate) fn convert(cx: &mut Cx, doc: &Node, vars: &Vars) -> R<Part> {
     let m = &mut part.manifest;
     match kind.as_str() {
         "Service" => {
-            let mut svc = service::convert(cx, &name, spec, &path, vars, None)?;
+            let mut svc = service::convert(cx, &name, n.line, spec, &path, vars, None)?;
             for (k, v) in labels {
                 svc.spec.labels.entry(k).or_insert(v);
             }

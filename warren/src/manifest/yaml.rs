@@ -235,6 +235,12 @@ pub(crate) fn parse(text: &str, file: u16) -> Result<Vec<Node>, SyntaxError> {
                     *key = Some(Key { name, line: node.line });
                 }
                 Some(k) => {
+                    let mut node = node;
+                    if matches!(node.value, Value::Map(_) | Value::Seq(_)) {
+                        // A mapping or list is where its key names it: errors about
+                        // it as a whole point at that line, not at its first item.
+                        node.line = k.line;
+                    }
                     if k.name == "<<" {
                         merges.push(node);
                     } else if entries.iter().any(|(e, _)| e.name == k.name) {
@@ -302,7 +308,7 @@ mod tests {
         let docs = parse(text, 0).unwrap();
         assert_eq!(docs.len(), 2);
         let web = docs[0].get("web").unwrap();
-        assert_eq!(web.line, 5);
+        assert_eq!(web.line, 4);
         assert_eq!(
             web.get("user").unwrap().value,
             Value::Str {
