@@ -29,6 +29,10 @@ fn compose(image: &str, api_image: &str, with_api: bool) -> String {
     environment:
       API_HOST: api
       DATABASE_HOST: db
+    configs:
+      - source: site
+        target: /etc/site.conf
+        mode: 0440
 {api}  db:
     image: {image}
     secrets:
@@ -44,6 +48,9 @@ fn compose(image: &str, api_image: &str, with_api: bool) -> String {
 secrets:
   db_password:
     file: ./db_password.txt
+configs:
+  site:
+    file: ./site.conf
 volumes:
   data: {{}}
 "
@@ -113,6 +120,7 @@ fn a_compose_stack_deploys_reapplies_rolls_refuses_prunes_and_goes() {
     let v2 = format!("{}/warren-test/http:2", env.registry);
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "db_password.txt", "hunter2\n");
+    write(dir.path(), "site.conf", "greeting = hello\n");
     let file = write(dir.path(), "compose.yaml", &compose(&v1, &v1, true));
 
     // 1. It deploys: services named shop_<service>, one task each.
@@ -148,6 +156,18 @@ fn a_compose_stack_deploys_reapplies_rolls_refuses_prunes_and_goes() {
         &["/bin/busybox", "wget", "-q", "-O", "-", &format!("http://{api_vip}/")],
     );
     assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+
+    // The config is a read-only file at its target, with its mode.
+    let cat = env.exec_in("m1", &web_task, &["/bin/busybox", "cat", "/etc/site.conf"]);
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "greeting = hello\n");
+    let mode = env.exec_in("m1", &web_task, &["/bin/busybox", "stat", "-c", "%a", "/etc/site.conf"]);
+    assert_eq!(String::from_utf8_lossy(&mode.stdout).trim(), "440");
+    let ro = env.exec_in(
+        "m1",
+        &web_task,
+        &["/bin/busybox", "sh", "-c", "echo x > /etc/site.conf"],
+    );
+    assert!(!ro.status.success(), "the config must be read-only");
 
     // 3. `stack ps` lists every task; the db task gets healthy.
     let ids = task_ids(&env, m1);
@@ -240,6 +260,8 @@ fn a_compose_stack_deploys_reapplies_rolls_refuses_prunes_and_goes() {
     assert_eq!(left, serde_json::json!([]));
     let secrets: Value = env.c.json(m1, &["secret", "ls", "--format", "json"]).unwrap();
     assert_eq!(secrets, serde_json::json!([]));
+    let configs: Value = env.c.json(m1, &["config", "ls", "--format", "json"]).unwrap();
+    assert_eq!(configs, serde_json::json!([]));
     assert!(env
         .c
         .fails(m1, &["stack", "ps", "shop"])
