@@ -2,7 +2,8 @@
 //! of three services deploys, its tasks reach each other by their short names,
 //! re-applying changes nothing, an image change rolls only its service, a dry run
 //! changes nothing, a port conflict and a changed secret are refused at their
-//! file:line with nothing changed, `--prune` and `stack rm` remove what goes. One
+//! file:line with nothing changed, `--prune` and `stack rm` remove what goes, and
+//! `apply -f` of Warren YAML creates, keeps and prunes. One
 //! cluster for every step, to keep the time small.
 
 use serde_json::Value;
@@ -266,4 +267,27 @@ fn a_compose_stack_deploys_reapplies_rolls_refuses_prunes_and_goes() {
         .c
         .fails(m1, &["stack", "ps", "shop"])
         .contains("nothing found in stack shop"));
+
+    // 11. `apply -f` of Warren YAML: created under its own names, unchanged when
+    //     applied again, and `--prune` removes what the file no longer names.
+    let doc =
+        |name: &str| format!("apiVersion: warren/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  image: {v1}\n");
+    let yaml = write(dir.path(), "warren.yaml", &format!("{}---\n{}", doc("one"), doc("two")));
+    env.c.ok(m1, &["apply", "-f", &yaml]);
+    env.running(m1, "one", 1);
+    let before = state(&env, m1);
+    let out = env.c.ok(m1, &["apply", "-f", &yaml]);
+    assert!(out.contains("nothing to do"), "{out}");
+    assert_eq!(state(&env, m1), before);
+    write(dir.path(), "warren.yaml", &doc("one"));
+    let out = env.c.ok(m1, &["apply", "-f", &yaml, "--prune"]);
+    assert!(out.contains("remove") && out.contains("two"), "{out}");
+    let left: Value = env.c.json(m1, &["service", "ls", "--format", "json"]).unwrap();
+    let names: Vec<&str> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["one"]);
 }
