@@ -2,7 +2,8 @@
 //! of three services deploys, its tasks reach each other by their short names,
 //! re-applying changes nothing, an image change rolls only its service, a dry run
 //! changes nothing, a port conflict and a changed secret are refused at their
-//! file:line with nothing changed, `--prune` and `stack rm` remove what goes. One
+//! file:line with nothing changed, `--prune` and `stack rm` remove what goes, and
+//! `apply -f` of Warren YAML creates, keeps and prunes. One
 //! cluster for every step, to keep the time small.
 
 use serde_json::Value;
@@ -29,6 +30,10 @@ fn compose(image: &str, api_image: &str, with_api: bool) -> String {
     environment:
       API_HOST: api
       DATABASE_HOST: db
+    configs:
+      - source: site
+        target: /etc/site.conf
+        mode: 0440
 {api}  db:
     image: {image}
     secrets:
@@ -44,6 +49,9 @@ fn compose(image: &str, api_image: &str, with_api: bool) -> String {
 secrets:
   db_password:
     file: ./db_password.txt
+configs:
+  site:
+    file: ./site.conf
 volumes:
   data: {{}}
 "
@@ -113,6 +121,7 @@ fn a_compose_stack_deploys_reapplies_rolls_refuses_prunes_and_goes() {
     let v2 = format!("{}/warren-test/http:2", env.registry);
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "db_password.txt", "hunter2\n");
+    write(dir.path(), "site.conf", "greeting = hello\n");
     let file = write(dir.path(), "compose.yaml", &compose(&v1, &v1, true));
 
     // 1. It deploys: services named shop_<service>, one task each.
@@ -148,6 +157,18 @@ fn a_compose_stack_deploys_reapplies_rolls_refuses_prunes_and_goes() {
         &["/bin/busybox", "wget", "-q", "-O", "-", &format!("http://{api_vip}/")],
     );
     assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+
+    // The config is a read-only file at its target, with its mode.
+    let cat = env.exec_in("m1", &web_task, &["/bin/busybox", "cat", "/etc/site.conf"]);
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "greeting = hello\n");
+    let mode = env.exec_in("m1", &web_task, &["/bin/busybox", "stat", "-c", "%a", "/etc/site.conf"]);
+    assert_eq!(String::from_utf8_lossy(&mode.stdout).trim(), "440");
+    let ro = env.exec_in(
+        "m1",
+        &web_task,
+        &["/bin/busybox", "sh", "-c", "echo x > /etc/site.conf"],
+    );
+    assert!(!ro.status.success(), "the config must be read-only");
 
     // 3. `stack ps` lists every task; the db task gets healthy.
     let ids = task_ids(&env, m1);
@@ -240,8 +261,33 @@ fn a_compose_stack_deploys_reapplies_rolls_refuses_prunes_and_goes() {
     assert_eq!(left, serde_json::json!([]));
     let secrets: Value = env.c.json(m1, &["secret", "ls", "--format", "json"]).unwrap();
     assert_eq!(secrets, serde_json::json!([]));
+    let configs: Value = env.c.json(m1, &["config", "ls", "--format", "json"]).unwrap();
+    assert_eq!(configs, serde_json::json!([]));
     assert!(env
         .c
         .fails(m1, &["stack", "ps", "shop"])
         .contains("nothing found in stack shop"));
+
+    // 11. `apply -f` of Warren YAML: created under its own names, unchanged when
+    //     applied again, and `--prune` removes what the file no longer names.
+    let doc =
+        |name: &str| format!("apiVersion: warren/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  image: {v1}\n");
+    let yaml = write(dir.path(), "warren.yaml", &format!("{}---\n{}", doc("one"), doc("two")));
+    env.c.ok(m1, &["apply", "-f", &yaml]);
+    env.running(m1, "one", 1);
+    let before = state(&env, m1);
+    let out = env.c.ok(m1, &["apply", "-f", &yaml]);
+    assert!(out.contains("nothing to do"), "{out}");
+    assert_eq!(state(&env, m1), before);
+    write(dir.path(), "warren.yaml", &doc("one"));
+    let out = env.c.ok(m1, &["apply", "-f", &yaml, "--prune"]);
+    assert!(out.contains("remove") && out.contains("two"), "{out}");
+    let left: Value = env.c.json(m1, &["service", "ls", "--format", "json"]).unwrap();
+    let names: Vec<&str> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["one"]);
 }

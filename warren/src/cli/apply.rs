@@ -159,6 +159,14 @@ async fn send(c: &mut Client, loaded: Loaded, opts: &ApplyOpts) -> Result<()> {
             manifest.ignored.join(", ")
         ));
     }
+    for s in &manifest.services {
+        if let Some(c) = s.canary.as_ref().filter(|c| !c.steps.is_empty()) {
+            render::error_line(&format!(
+                "warning: services.{}: canary steps {:?} are not advanced automatically: the canary starts at {}%; raise it with `warren service update --canary-weight N` and `warren service promote`",
+                s.name, c.steps, c.weight
+            ));
+        }
+    }
     let req = convert::manifest_to_pb(&manifest, opts.dry_run, opts.prune);
     let reply = c
         .apply_manifest(req)

@@ -95,7 +95,7 @@ pub enum Command {
     Dataplane(super::dataplane::DataplaneCmd),
     /// Stream changes to the cluster state as they are committed.
     Events {
-        /// Only these kinds: service, task, node, secret, volume, cluster (repeatable).
+        /// Only these kinds: service, task, node, secret, volume, cluster, config (repeatable).
         #[arg(long = "kind", value_enum)]
         kinds: Vec<KindArg>,
         #[arg(long, value_enum, default_value_t)]
@@ -302,6 +302,7 @@ pub enum KindArg {
     Secret,
     Volume,
     Cluster,
+    Config,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]

@@ -18,6 +18,7 @@ pub async fn run(c: &mut Client, kinds: Vec<KindArg>, format: Format) -> Result<
                 KindArg::Secret => pb::ObjectKind::Secret,
                 KindArg::Volume => pb::ObjectKind::Volume,
                 KindArg::Cluster => pb::ObjectKind::Cluster,
+                KindArg::Config => pb::ObjectKind::Config,
             };
             kind as i32
         })

@@ -8,6 +8,7 @@ use crate::model::{
     digest_of, validate_name, ConfigObject, Manifest, MountKind, Secret, Service, ServiceMode, ServiceSpec, Volume,
     APPLY_LABEL, STACK_LABEL,
 };
+use crate::store::state::spec_differs_beyond_scale;
 use crate::store::{ApplyError, ApplyOp, ApplyStep, Command, ObjectKind, Rules, State};
 use std::collections::BTreeMap;
 
@@ -292,6 +293,15 @@ pub fn plan(state: &State, m: &Manifest, prune: bool, minter: &mut dyn Minter) -
             .map_err(|e| bad(format!("{field}.{}", e.field), e.message))?;
         match state.services.values().find(|s| s.name == full) {
             Some(cur) if cur.spec == spec => plan.entry(ObjectKind::Service, &full, DiffAction::Unchanged, &field),
+            // The canary already runs this version: re-applying restarts nothing.
+            Some(cur)
+                if cur
+                    .canary
+                    .as_ref()
+                    .is_some_and(|c| !spec_differs_beyond_scale(&c.spec, &spec)) =>
+            {
+                plan.entry(ObjectKind::Service, &full, DiffAction::Unchanged, &field)
+            }
             Some(cur) => {
                 if matches!(cur.spec.mode, ServiceMode::Global) != matches!(spec.mode, ServiceMode::Global) {
                     return Err(bad(
@@ -299,12 +309,41 @@ pub fn plan(state: &State, m: &Manifest, prune: bool, minter: &mut dyn Minter) -
                         "a service's mode cannot change; remove and re-create the service",
                     ));
                 }
+                let mut changed = changed_fields(&cur.spec, &spec);
+                // x-warren `strategy: canary`: a change of what the tasks run starts
+                // a canary beside the stable version (promoted with `service promote`).
+                if let Some(c) = ms
+                    .canary
+                    .as_ref()
+                    .filter(|_| spec_differs_beyond_scale(&cur.spec, &spec))
+                {
+                    changed.push(format!("canary {}%", c.weight));
+                    plan.diff.push(DiffEntry {
+                        kind: ObjectKind::Service,
+                        name: full.clone(),
+                        action: DiffAction::Update,
+                        field: field.clone(),
+                        changed,
+                    });
+                    updates.push(ApplyStep {
+                        field,
+                        op: ApplyOp::Run(Command::StartCanary {
+                            id: cur.id.clone(),
+                            expected_version: cur.version,
+                            spec,
+                            weight: c.weight,
+                            at_ms: now,
+                            rules: Rules::CURRENT,
+                        }),
+                    });
+                    continue;
+                }
                 plan.diff.push(DiffEntry {
                     kind: ObjectKind::Service,
                     name: full.clone(),
                     action: DiffAction::Update,
                     field: field.clone(),
-                    changed: changed_fields(&cur.spec, &spec),
+                    changed,
                 });
                 updates.push(ApplyStep {
                     field,
@@ -680,6 +719,30 @@ mod tests {
             "{e}"
         );
         assert_eq!(store.state(), before);
+    }
+
+    #[tokio::test]
+    async fn a_canary_strategy_starts_a_canary_and_reapplying_it_changes_nothing() {
+        let store = Cluster::new();
+        let mut minter = TestMinter(0);
+        let mut m = stack();
+        apply(&store, &m, false, &mut minter).await.unwrap();
+        m.services[1].spec.image = "api:2".into();
+        m.services[1].canary = Some(crate::model::ManifestCanary {
+            weight: 10,
+            steps: vec![],
+        });
+        let p = apply(&store, &m, false, &mut minter).await.unwrap();
+        let api = p.diff.iter().find(|d| d.name == "shop_api").unwrap();
+        assert_eq!(api.changed, ["image", "canary 10%"]);
+        let svc = store.state().service("shop_api").unwrap().clone();
+        assert_eq!(svc.spec.image, "api:1");
+        assert_eq!(
+            svc.canary.as_ref().map(|c| (c.spec.image.as_str(), c.weight)),
+            Some(("api:2", 10))
+        );
+        let p = apply(&store, &m, false, &mut minter).await.unwrap();
+        assert!(p.is_noop(), "{:?}", p.diff);
     }
 
     #[test]

@@ -82,6 +82,7 @@ impl State {
             ApplyOp::Run(
                 cmd @ (Command::CreateService { rules: Rules::V1, .. }
                 | Command::UpdateService { rules: Rules::V1, .. }
+                | Command::StartCanary { rules: Rules::V1, .. }
                 | Command::RemoveService { .. }
                 | Command::RemoveSecret { rules: Rules::V1, .. }
                 | Command::RemoveConfig { rules: Rules::V1, .. }
@@ -100,7 +101,7 @@ impl State {
 fn at_field(field: &str, op: &ApplyOp, e: ApplyError) -> ApplyError {
     let spec: Option<&ServiceSpec> = match op {
         ApplyOp::Run(Command::CreateService { service, .. }) => Some(&service.spec),
-        ApplyOp::Run(Command::UpdateService { spec, .. }) => Some(spec),
+        ApplyOp::Run(Command::UpdateService { spec, .. } | Command::StartCanary { spec, .. }) => Some(spec),
         _ => None,
     };
     let refined = spec.and_then(|spec| match &e {

@@ -2,7 +2,9 @@
 //! A secret's value goes out in the request only; the reply never carries one.
 
 use super::service::{spec_from_pb, spec_to_pb};
-use crate::model::{Manifest, ManifestConfig, ManifestSecret, ManifestService, ManifestVolume, ValidationError};
+use crate::model::{
+    Manifest, ManifestCanary, ManifestConfig, ManifestSecret, ManifestService, ManifestVolume, ValidationError,
+};
 use warren_proto::v1 as pb;
 
 /// CLI side. A service's `configs` travel inside its spec.
@@ -20,6 +22,13 @@ pub fn manifest_to_pb(m: &Manifest, dry_run: bool, prune: bool) -> pb::ApplyMani
                 pb::ManifestService {
                     name: s.name.clone(),
                     spec: Some(spec_to_pb(&spec)),
+                    canary: s.canary.is_some(),
+                    canary_weight: s.canary.as_ref().map_or(0, |c| u32::from(c.weight)),
+                    canary_steps: s
+                        .canary
+                        .as_ref()
+                        .map(|c| c.steps.iter().map(|&w| u32::from(w)).collect())
+                        .unwrap_or_default(),
                 }
             })
             .collect(),
@@ -73,9 +82,26 @@ pub fn manifest_from_pb(r: pb::ApplyManifestRequest) -> Result<Manifest, Validat
                 .and_then(|spec| {
                     spec_from_pb(spec).map_err(|e| ValidationError::new(format!("{field}.{}", e.field), e.message))
                 })?;
+            let weight = |w: u32| {
+                u8::try_from(w).ok().filter(|w| *w <= 100).ok_or_else(|| {
+                    ValidationError::new(
+                        format!("{field}.x-warren.canary_weight"),
+                        format!("{w} is not between 0 and 100"),
+                    )
+                })
+            };
+            let canary = if s.canary {
+                Some(ManifestCanary {
+                    weight: weight(s.canary_weight)?,
+                    steps: s.canary_steps.into_iter().map(weight).collect::<Result<_, _>>()?,
+                })
+            } else {
+                None
+            };
             Ok(ManifestService {
                 name: s.name,
                 spec,
+                canary,
                 ..Default::default()
             })
         })
