@@ -12,8 +12,8 @@ mod fake;
 pub mod link;
 pub mod node_dataplane;
 pub mod node_dns;
-pub mod node_mesh;
 pub mod node_ingress;
+pub mod node_mesh;
 pub mod node_service;
 mod session;
 

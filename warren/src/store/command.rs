@@ -9,8 +9,7 @@ use super::ApplyError;
 use crate::model::ingress::{AcmeChallenge, AcmeOrder, AcmeSettings, Certificate, Ingress, IngressSpec, NodeIngress};
 use crate::model::{
     Availability, ClusterMeta, ConfigObject, Labels, Node, NodeMesh, NodeRole, NodeState, Platform, ReleaseStep,
-    Resources, Secret, Service,
-    ServiceSpec, Task, TaskState, TaskStatus, UpdateStep, Volume,
+    Resources, Secret, Service, ServiceSpec, Task, TaskState, TaskStatus, UpdateStep, Volume,
 };
 use serde::{Deserialize, Serialize};
 

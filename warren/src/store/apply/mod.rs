@@ -7,8 +7,8 @@
 
 mod canary;
 mod cluster;
-mod manifest;
 mod ingress;
+mod manifest;
 mod nodes;
 mod release;
 mod rules;
