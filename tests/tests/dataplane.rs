@@ -1006,7 +1006,7 @@ fn a_node_running_layout_v1_is_upgraded_without_dropping_a_connection() {
     let st = dp.status();
     assert_eq!(
         st.programs.iter().filter(|p| p.target.starts_with("cgroup:")).count(),
-        10,
+        11,
         "{:?}",
         st.programs
     );

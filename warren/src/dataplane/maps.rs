@@ -372,6 +372,7 @@ impl MapTypeRaw for MapInfo {
             Ok(MapType::Array) => 2,
             Ok(MapType::PerCpuArray) => 6,
             Ok(MapType::LruHash) => 9,
+            Ok(MapType::LruPerCpuHash) => 10,
             Ok(MapType::RingBuf) => 27,
             _ => u32::MAX,
         }
