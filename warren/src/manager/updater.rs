@@ -364,7 +364,14 @@ mod tests {
             self.store.read(|s| {
                 let eps = s.service_endpoints().into_iter().find(|e| e.id == "svc").unwrap();
                 let image = |id: &str| s.tasks[id].spec.image.clone();
-                let ready: Vec<_> = eps.endpoints.iter().filter(|e| e.ready).collect();
+                // As every node's data plane selects: draining tasks take no new
+                // connections while another task can (drain, issue 10 item 1).
+                let any_live = eps.endpoints.iter().any(|e| e.ready && !e.draining);
+                let ready: Vec<_> = eps
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.ready && (!e.draining || !any_live))
+                    .collect();
                 let (canary, stable): (Vec<_>, Vec<_>) = ready.into_iter().partition(|e| e.canary);
                 let groups = match (stable.is_empty(), canary.is_empty(), eps.canary_weight) {
                     (false, false, 0) => vec![stable],
