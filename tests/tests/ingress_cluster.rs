@@ -135,6 +135,30 @@ fn routes_tls_acme_and_changes_under_load_on_a_real_cluster() {
         e.contains("port 443/tcp is where the ingress of node \"m1\" listens"),
         "{e}"
     );
+    // Nor the node's own listeners: its cluster port, its metrics port, DNS.
+    let cluster_port = env.c.nodes[m1].addr.rsplit_once(':').unwrap().1.to_string();
+    for (publish, what) in [
+        (
+            format!("{cluster_port}:80"),
+            format!("port {cluster_port}/tcp is the cluster port (--listen-addr) of node \"m1\""),
+        ),
+        (
+            "53:53/udp".to_string(),
+            "port 53/udp is the DNS resolver of node \"m1\"".to_string(),
+        ),
+    ] {
+        let e = env.c.fails(
+            m1,
+            &["service", "create", "bad", "--image", &image, "--publish", &publish],
+        );
+        assert!(e.contains(&what), "{e}");
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+    }
+    let nodes = env.c.json(m1, &["service", "ls", "--format", "json"]).unwrap();
+    assert!(
+        !nodes.to_string().contains("\"bad\""),
+        "a refused service was created: {nodes}"
+    );
 
     // 2. Routes by host and path; bad input names its flag; an unknown service is refused.
     let e = env.c.fails(

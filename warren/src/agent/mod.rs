@@ -76,6 +76,8 @@ pub struct AgentConfig {
     /// The node's mesh component (wireguard overlay): its end goes out with the
     /// hello and on every change, and it gets every peer list.
     pub mesh: Option<std::sync::Arc<node_mesh::NodeMesh>>,
+    /// The metrics listener's port, reported so that no service publishes it.
+    pub metrics_port: u16,
 }
 
 /// Total memory and CPUs of this machine, the capacity a node reports by default.

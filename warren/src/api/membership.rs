@@ -118,6 +118,7 @@ impl pb::membership_server::Membership for MembershipService {
             updated_ms: now,
             version: 1,
             ingress: convert::node_ingress_from_pb(req.ingress),
+            metrics_port: 0,
         };
         self.ctx
             .raft

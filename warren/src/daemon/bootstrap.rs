@@ -167,6 +167,7 @@ pub(super) fn init(opts: &DaemonOptions, pod_cidr: &str, service_cidr: &str) -> 
         updated_ms: now_ms(),
         version: 1,
         ingress: opts.ingress,
+        metrics_port: 0,
     };
     // Saved once the bootstrap entry is committed: an interrupted init leaves no
     // node.json, and the data dir is then refused as incomplete.

@@ -190,6 +190,7 @@ impl App {
             listeners,
             on_session: session::callback(data_dir, cfg.clone()),
             mesh,
+            metrics_port: cfg.metrics_addr.port(),
         };
         running.agent = Some(tokio::spawn(agent::run(agent_cfg, executor, report_rx, stopping)));
         tracing::info!(

@@ -277,6 +277,7 @@ where
         platform: convert::platform_from_pb(hello.platform),
         warren_version: hello.warren_version,
         at_ms: now_ms(),
+        metrics_port: u16::try_from(hello.metrics_port).unwrap_or(0),
     })
     .await?;
     if let Some(m) = hello.mesh {
@@ -608,6 +609,7 @@ mod tests {
                 warren_version: "9.9.9".into(),
                 tasks,
                 mesh: None,
+                metrics_port: 0,
             })),
         }
     }

@@ -431,6 +431,7 @@ mod tests {
             created_ms: 0,
             updated_ms: 0,
             version: 1,
+            metrics_port: 0,
         }
     }
 

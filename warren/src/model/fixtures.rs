@@ -27,6 +27,7 @@ pub fn node(id: &str, name: &str) -> Node {
         updated_ms: 0,
         version: 1,
         ingress: None,
+        metrics_port: 0,
     }
 }
 

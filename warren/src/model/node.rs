@@ -117,6 +117,54 @@ pub struct Node {
     /// None: no ingress. The daemon follows this, not its flags.
     #[serde(default)]
     pub ingress: Option<super::ingress::NodeIngress>,
+    /// The port of the node's metrics listener, as its agent reports it; 0: not
+    /// reported yet.
+    #[serde(default)]
+    pub metrics_port: u16,
+}
+
+/// The DNS port every node's resolver answers on.
+pub const DNS_PORT: u16 = 53;
+
+/// A port one of a node's own listeners uses, which no service may publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DaemonPort {
+    /// The cluster port (API, Raft, dispatcher, node agent): `--listen-addr`.
+    Cluster,
+    Metrics,
+    Dns,
+    /// The WireGuard mesh's UDP port.
+    Mesh,
+}
+
+impl DaemonPort {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DaemonPort::Cluster => "cluster port (--listen-addr)",
+            DaemonPort::Metrics => "metrics port (--metrics-addr)",
+            DaemonPort::Dns => "DNS resolver",
+            DaemonPort::Mesh => "WireGuard mesh port (--mesh-port)",
+        }
+    }
+}
+
+impl Node {
+    /// The node's own listeners: which ports, protocols and what for.
+    pub fn daemon_ports(&self) -> Vec<(u16, super::Protocol, DaemonPort)> {
+        use super::Protocol::{Tcp, Udp};
+        let port_of = |addr: &str| addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
+        let mut out = vec![(DNS_PORT, Tcp, DaemonPort::Dns), (DNS_PORT, Udp, DaemonPort::Dns)];
+        if let Some(p) = port_of(&self.addr) {
+            out.push((p, Tcp, DaemonPort::Cluster));
+        }
+        if self.metrics_port != 0 {
+            out.push((self.metrics_port, Tcp, DaemonPort::Metrics));
+        }
+        if let Some(p) = self.mesh.as_ref().and_then(|m| port_of(&m.endpoint)) {
+            out.push((p, Udp, DaemonPort::Mesh));
+        }
+        out
+    }
 }
 
 impl Node {

@@ -68,6 +68,9 @@ pub enum Command {
         platform: Platform,
         warren_version: String,
         at_ms: i64,
+        /// 0: not said (an agent from before this field).
+        #[serde(default)]
+        metrics_port: u16,
     },
     SetNodeState {
         id: String,

@@ -26,6 +26,14 @@ pub enum ApplyError {
         protocol: Protocol,
         service: String,
     },
+    /// One of a node's own listeners uses this port: no service may publish it.
+    #[error("publish: port {port}/{} is the {} of node {node:?}", protocol.as_str(), what.as_str())]
+    DaemonPortTaken {
+        port: u16,
+        protocol: Protocol,
+        node: String,
+        what: crate::model::DaemonPort,
+    },
     /// A node's ingress listens on this port: no service may publish it.
     #[error("publish: port {port}/tcp is where the ingress of node {node:?} listens")]
     IngressPortTaken { port: u16, node: String },
@@ -113,7 +121,9 @@ impl ApplyError {
                 ..
             } => Some("config"),
             ApplyError::Missing { .. } => Some("mount"),
-            ApplyError::PortTaken { .. } | ApplyError::IngressPortTaken { .. } => Some("publish"),
+            ApplyError::PortTaken { .. } | ApplyError::IngressPortTaken { .. } | ApplyError::DaemonPortTaken { .. } => {
+                Some("publish")
+            }
             ApplyError::PortPublished { flag, .. } => Some(flag.as_str()),
             _ => None,
         }

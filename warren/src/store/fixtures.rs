@@ -25,6 +25,7 @@ pub(crate) fn node(id: &str, name: &str) -> Node {
         created_ms: 0,
         updated_ms: 0,
         version: 1,
+        metrics_port: 0,
     }
 }
 

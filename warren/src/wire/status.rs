@@ -38,6 +38,7 @@ pub fn apply_status(e: ApplyError) -> Status {
         ApplyError::InUse { .. }
         | ApplyError::PortTaken { .. }
         | ApplyError::IngressPortTaken { .. }
+        | ApplyError::DaemonPortTaken { .. }
         | ApplyError::PortPublished { .. } => Code::FailedPrecondition,
         // Read again and retry.
         ApplyError::Conflict { .. } | ApplyError::Stale { .. } => Code::Aborted,

@@ -105,7 +105,7 @@ fn at_field(field: &str, op: &ApplyOp, e: ApplyError) -> ApplyError {
         _ => None,
     };
     let refined = spec.and_then(|spec| match &e {
-        ApplyError::PortTaken { port, protocol, .. } => spec
+        ApplyError::PortTaken { port, protocol, .. } | ApplyError::DaemonPortTaken { port, protocol, .. } => spec
             .ports
             .iter()
             .position(|p| p.published == *port && p.protocol == *protocol)

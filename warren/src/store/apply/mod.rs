@@ -52,7 +52,8 @@ impl State {
                 platform,
                 warren_version,
                 at_ms,
-            } => self.node_hello(id, *resources, platform, warren_version, *at_ms, changes),
+                metrics_port,
+            } => self.node_hello(id, *resources, platform, warren_version, *at_ms, *metrics_port, changes),
             Command::SetNodeState {
                 id,
                 state,

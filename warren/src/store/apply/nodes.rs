@@ -37,9 +37,13 @@ impl State {
         platform: &Platform,
         warren_version: &str,
         at_ms: i64,
+        metrics_port: u16,
         changes: &mut Vec<Change>,
     ) -> Result<(), ApplyError> {
         let node = self.node_mut(id)?;
+        if metrics_port != 0 {
+            node.metrics_port = metrics_port;
+        }
         node.resources = resources;
         node.platform = platform.clone();
         node.warren_version = warren_version.to_string();

@@ -49,6 +49,20 @@ impl State {
             if own.is_some_and(|s| publishes(s, key)) {
                 continue;
             }
+            let daemon = self.nodes.values().find_map(|n| {
+                n.daemon_ports()
+                    .into_iter()
+                    .find(|(port, proto, _)| *port == p.published && *proto == p.protocol)
+                    .map(|(_, _, what)| (n.name.clone(), what))
+            });
+            if let Some((node, what)) = daemon {
+                return Err(ApplyError::DaemonPortTaken {
+                    port: p.published,
+                    protocol: p.protocol,
+                    node,
+                    what,
+                });
+            }
             if p.protocol == Protocol::Tcp {
                 if let Some(node) = self.ingress_node_on(p.published) {
                     return Err(ApplyError::IngressPortTaken {
@@ -248,6 +262,48 @@ mod tests {
             },
         );
         ok(&mut s, &create(with_ports("d", "api", &["8080:80"])));
+    }
+
+    #[test]
+    fn a_nodes_own_listener_ports_cannot_be_published() {
+        let mut s = State::default();
+        let mut n = crate::store::fixtures::node("n1", "edge-1");
+        n.addr = "10.0.0.1:2377".into();
+        n.metrics_port = 9090;
+        n.mesh = Some(crate::model::NodeMesh {
+            endpoint: "10.0.0.1:51820".into(),
+            ..Default::default()
+        });
+        ok(&mut s, &Command::AddNode { node: n });
+        for (publish, message) in [
+            (
+                "2377:80",
+                "publish: port 2377/tcp is the cluster port (--listen-addr) of node \"edge-1\"",
+            ),
+            (
+                "9090:80",
+                "publish: port 9090/tcp is the metrics port (--metrics-addr) of node \"edge-1\"",
+            ),
+            (
+                "53:53/udp",
+                "publish: port 53/udp is the DNS resolver of node \"edge-1\"",
+            ),
+            ("53:53", "publish: port 53/tcp is the DNS resolver of node \"edge-1\""),
+            (
+                "51820:51820/udp",
+                "publish: port 51820/udp is the WireGuard mesh port (--mesh-port) of node \"edge-1\"",
+            ),
+        ] {
+            let before = s.clone();
+            let e = s
+                .apply(&create(with_ports("a", "web", &[publish])), &mut vec![])
+                .unwrap_err();
+            assert_eq!(e.to_string(), message);
+            assert_eq!(e.field(), Some("publish"));
+            assert_eq!(s, before, "a refused create changed the state");
+        }
+        // The same numbers on the other protocol are free.
+        ok(&mut s, &create(with_ports("a", "web", &["2377:80/udp", "51820:80"])));
     }
 
     #[test]

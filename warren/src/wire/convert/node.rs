@@ -125,6 +125,7 @@ pub fn node_from_pb(n: pb::Node) -> (Node, Resources, Option<pb::ManagerStatus>)
         updated_ms: n.updated_ms,
         version: n.version,
         ingress: super::node_ingress_from_pb(n.ingress),
+        metrics_port: 0,
     };
     (node, resources_from_pb(n.reserved), n.manager)
 }
