@@ -53,7 +53,11 @@ impl State {
                 warren_version,
                 at_ms,
                 metrics_port,
-            } => self.node_hello(id, *resources, platform, warren_version, *at_ms, *metrics_port, changes),
+            } => {
+                self.node_hello(id, *resources, platform, warren_version, *at_ms, changes)?;
+                self.node_metrics_port(id, *metrics_port);
+                Ok(())
+            }
             Command::SetNodeState {
                 id,
                 state,

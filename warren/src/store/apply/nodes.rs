@@ -37,13 +37,9 @@ impl State {
         platform: &Platform,
         warren_version: &str,
         at_ms: i64,
-        metrics_port: u16,
         changes: &mut Vec<Change>,
     ) -> Result<(), ApplyError> {
         let node = self.node_mut(id)?;
-        if metrics_port != 0 {
-            node.metrics_port = metrics_port;
-        }
         node.resources = resources;
         node.platform = platform.clone();
         node.warren_version = warren_version.to_string();
@@ -52,6 +48,13 @@ impl State {
         node.touch(at_ms);
         changes.push(change(ObjectKind::Node, Action::Updated, id, &node.name));
         Ok(())
+    }
+
+    /// The metrics port a hello reports (0: an agent from before it says none).
+    pub(super) fn node_metrics_port(&mut self, id: &str, port: u16) {
+        if let (Some(node), true) = (self.nodes.get_mut(id), port != 0) {
+            node.metrics_port = port;
+        }
     }
 
     pub(super) fn set_node_state(
