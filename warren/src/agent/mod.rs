@@ -78,6 +78,9 @@ pub struct AgentConfig {
     pub mesh: Option<std::sync::Arc<node_mesh::NodeMesh>>,
     /// The metrics listener's port, reported so that no service publishes it.
     pub metrics_port: u16,
+    /// `warren daemon --ingress`: asked of the managers if the node's record has no
+    /// ingress.
+    pub ingress_seed: Option<crate::model::ingress::NodeIngress>,
 }
 
 /// Total memory and CPUs of this machine, the capacity a node reports by default.

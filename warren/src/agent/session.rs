@@ -46,6 +46,7 @@ pub(super) async fn session(
             .as_mut()
             .and_then(|p| p.borrow_and_update().as_ref().map(convert::mesh_to_pb)),
         metrics_port: u32::from(cfg.metrics_port),
+        ingress_seed: convert::node_ingress_to_pb(cfg.ingress_seed),
     };
     // Reports queued while disconnected are covered by the hello's statuses.
     while reports.try_recv().is_ok() {}

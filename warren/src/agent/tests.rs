@@ -107,6 +107,7 @@ fn start(managers: &[&str]) -> Agent {
         on_session: Box::new(move |info| seen.lock().unwrap().push(info.clone())),
         listeners: vec![Arc::new(Listener(log.clone()))],
         metrics_port: 0,
+        ingress_seed: None,
     };
     let (reports, reports_rx) = mpsc::unbounded_channel();
     let (shutdown, shutdown_rx) = watch::channel(false);

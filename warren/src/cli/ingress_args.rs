@@ -7,12 +7,14 @@ use super::args::Format;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 
-/// `--ingress` on init and join: the node runs the ingress on these ports (the
-/// cluster state keeps them; `warren node update --ingress` changes them later).
+/// `--ingress` on init, join and daemon: the node runs the ingress on these ports
+/// (the cluster state keeps them and wins over a later flag: `warren daemon
+/// --ingress` seeds only a node without one; `warren node update --ingress`
+/// changes them).
 #[derive(Args, Debug, Clone, Default)]
 pub struct NodeIngressArgs {
-    /// Run the HTTP/HTTPS ingress on this node (init and join; later:
-    /// `warren node update --ingress true|false`).
+    /// Run the HTTP/HTTPS ingress on this node (init, join, or daemon for a node
+    /// without one; later: `warren node update --ingress true|false`).
     #[arg(long)]
     pub ingress: bool,
     /// The ingress's plain-HTTP port (also ACME HTTP-01).

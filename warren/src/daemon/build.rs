@@ -48,6 +48,8 @@ pub(super) struct App {
     pub cluster_port: tokio::net::TcpListener,
     /// The cluster port's server, with the node's certificate.
     pub grpc: Grpc,
+    /// `--ingress` given to this run: seeds the node's ingress record if it has none.
+    pub ingress_seed: Option<crate::model::ingress::NodeIngress>,
 }
 
 /// What only a manager has.
@@ -102,6 +104,7 @@ impl Config {
             manager,
             cluster_port,
             grpc,
+            ingress_seed: opts.ingress,
         })
     }
 }

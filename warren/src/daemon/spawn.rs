@@ -70,6 +70,7 @@ impl App {
             manager,
             cluster_port,
             mut grpc,
+            ingress_seed,
         } = self;
         let (stop, stopping) = watch::channel(false);
         let (report_tx, report_rx) = mpsc::unbounded_channel();
@@ -191,6 +192,7 @@ impl App {
             on_session: session::callback(data_dir, cfg.clone()),
             mesh,
             metrics_port: cfg.metrics_addr.port(),
+            ingress_seed,
         };
         running.agent = Some(tokio::spawn(agent::run(agent_cfg, executor, report_rx, stopping)));
         tracing::info!(

@@ -280,6 +280,20 @@ where
         metrics_port: u16::try_from(hello.metrics_port).unwrap_or(0),
     })
     .await?;
+    // `warren daemon --ingress` seeds the record; a node that has one keeps it.
+    if let Some(seed) = convert::node_ingress_from_pb(hello.ingress_seed) {
+        let has = ctx
+            .store
+            .read(|s| s.nodes.get(&node_id).is_some_and(|n| n.ingress.is_some()));
+        if !has {
+            write(Command::SetNodeIngress {
+                id: node_id.clone(),
+                ingress: Some(seed),
+                at_ms: now_ms(),
+            })
+            .await?;
+        }
+    }
     if let Some(m) = hello.mesh {
         write(Command::SetNodeMesh {
             id: node_id.clone(),
@@ -610,6 +624,7 @@ mod tests {
                 tasks,
                 mesh: None,
                 metrics_port: 0,
+                ingress_seed: None,
             })),
         }
     }
@@ -723,6 +738,41 @@ mod tests {
                 other => panic!("expected NotLeader, got {other:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_hellos_metrics_port_is_recorded_and_its_ingress_flag_seeds_only_an_empty_record() {
+        let (ctx, _raft) = cluster().await;
+        let seeded = |http: u32| {
+            let mut m = hello("n1", vec![]);
+            if let Some(AgentMsg::Hello(h)) = m.msg.as_mut() {
+                h.metrics_port = 9191;
+                h.ingress_seed = Some(pb::IngressPorts {
+                    http_port: http,
+                    https_port: 8443,
+                });
+            }
+            m
+        };
+        // 1. No ingress in the record: the flag's ports become the record.
+        let (agent, mut out) = session(&ctx, "n1");
+        agent.send(Ok(seeded(8080))).unwrap();
+        let Ok(DispatcherMsg::Accepted(_)) = next(&mut out).await else {
+            panic!("the first answer is not an acceptance");
+        };
+        let n1 = ctx.store.read(|s| s.nodes["n1"].clone());
+        assert_eq!(n1.metrics_port, 9191);
+        assert_eq!(n1.ingress.map(|i| (i.http_port, i.https_port)), Some((8080, 8443)));
+        drop((agent, out));
+        // 2. A record that has one keeps it: the flag only seeds.
+        let (agent, mut out) = session(&ctx, "n1");
+        agent.send(Ok(seeded(9000))).unwrap();
+        let Ok(DispatcherMsg::Accepted(_)) = next(&mut out).await else {
+            panic!("the first answer is not an acceptance");
+        };
+        let n1 = ctx.store.read(|s| s.nodes["n1"].clone());
+        assert_eq!(n1.ingress.map(|i| i.http_port), Some(8080));
+        drop((agent, out));
     }
 
     #[tokio::test]
