@@ -249,7 +249,9 @@ fn joining_takes_a_valid_token_and_the_api_a_cluster_certificate() {
     let out = c.join_expect_failure("bad5", &fresh, m1);
     assert!(String::from_utf8_lossy(&out.stderr).contains("rotated"));
     // The expiry is a point in time: wait until it has passed.
-    std::thread::sleep(Duration::from_millis(2200).saturating_sub(issued.elapsed()));
+    wait_for("the 2 s token to expire", Duration::from_secs(10), || {
+        (issued.elapsed() > Duration::from_millis(2200)).then_some(())
+    });
     let out = c.join_expect_failure("bad6", &short, m1);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("join token expired"), "{err}");
