@@ -968,7 +968,11 @@ fn a_daemon_killed_with_sigkill_and_restarted_causes_no_failed_connection() {
         let r = lab.client(&["connect", "--to", &to(vip(lab.net), TCP_PORT), "--n", "10"]);
         assert_eq!(r.answers(), 10, "VIP works while no daemon runs: {:?}", r.errors);
         let (d, lines) = start_daemon();
-        assert_eq!(lines, ["adopted 10"], "a restart adopts the 10 pinned cgroup links");
+        assert_eq!(
+            lines,
+            ["adopted 11"],
+            "a restart adopts the 11 pinned cgroup links (sockops included)"
+        );
         daemon = d;
     }
     std::fs::write(&stop, b"").unwrap();
