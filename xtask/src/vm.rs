@@ -381,6 +381,11 @@ fn run_kernel(vng: &Path, k: &Kernel, binaries: &[(String, PathBuf)], tests: &[(
             "4G",
             "--cpus",
             "2",
+            // One host thread runs both vCPUs. Multi-threaded TCG lets a vCPU run a
+            // stale translation of kernel text another vCPU has just patched (a
+            // static key flipped by a cgroup's CPU quota or a BPF attach): Debian's
+            // 6.12 guest died of `Oops: int3` in the scheduler twice in CI that way.
+            "--qemu-opts=-accel tcg,thread=single",
         ])
         // Quiet kernel messages on the console, so that the tests' lines stand out.
         .args(["--append", "loglevel=4"])
