@@ -38,6 +38,9 @@ const KEY_APPLIED: &str = "last_applied";
 const KEY_MEMBERSHIP: &str = "membership";
 const KEY_CLUSTER: &str = "cluster";
 const KEY_ACME: &str = "acme";
+/// The services removed while their tasks drain, as one row: a restarted manager
+/// must keep their VIPs until those tasks have exited, and the set is small.
+const KEY_REMOVED_SERVICES: &str = "removed_services";
 
 fn table_of(kind: ObjectKind) -> TableDefinition<'static, &'static str, &'static [u8]> {
     match kind {
@@ -137,6 +140,10 @@ impl StateMachine {
                 Some(v) => serde_json::from_slice(v.value()).map_err(sm_read)?,
                 None => Default::default(),
             };
+            state.removed_services = match meta.get(KEY_REMOVED_SERVICES).map_err(sm_read)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(sm_read)?,
+                None => Default::default(),
+            };
         }
         store.write(|s| *s = state);
         store.publish(Applied {
@@ -181,6 +188,15 @@ impl StateMachine {
                 _ => c.id.clone(),
             };
             rows.push((c.kind, key, value));
+        }
+        // A service removal adds to the draining set and a task change can empty it
+        // (`State::apply` prunes it), so either rewrites that row.
+        if changes
+            .iter()
+            .any(|c| matches!(c.kind, ObjectKind::Service | ObjectKind::Task))
+        {
+            let removed = serde_json::to_vec(&state.removed_services).map_err(sm_write)?;
+            rows.push((ObjectKind::Cluster, KEY_REMOVED_SERVICES.to_string(), Some(removed)));
         }
         Ok(rows)
     }
@@ -398,6 +414,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             rows.push((ObjectKind::Certificate, k.clone(), Some(enc(v)?)));
         }
         rows.push((ObjectKind::Acme, KEY_ACME.into(), Some(enc(&state.acme)?)));
+        rows.push((
+            ObjectKind::Cluster,
+            KEY_REMOVED_SERVICES.into(),
+            Some(enc(&state.removed_services)?),
+        ));
         if let Some(m) = &state.meta {
             rows.push((ObjectKind::Cluster, KEY_CLUSTER.into(), Some(enc(m)?)));
         }
@@ -530,6 +551,59 @@ mod tests {
             assert_eq!(s.services["a"].name, "web");
         });
         assert!(sm.get_current_snapshot().await.unwrap().is_some());
+    }
+
+    /// A manager restarted while a removed service drains still knows it, so the
+    /// data plane keeps that service's flows until its tasks have exited.
+    #[tokio::test]
+    async fn a_draining_removed_service_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let reopen = || {
+            let store = Store::new();
+            let sm = StateMachine::open(&path, store.clone()).unwrap();
+            (store, sm)
+        };
+        let service = svc("a", "web");
+        let mut task = crate::store::fixtures::task("t1", &service);
+        task.status.state = crate::model::TaskState::Running;
+        {
+            let (_, mut sm) = reopen();
+            sm.apply(vec![
+                entry(
+                    1,
+                    Command::CreateService {
+                        service,
+                        rules: Rules::CURRENT,
+                    },
+                ),
+                entry(2, Command::CreateTasks { tasks: vec![task] }),
+                entry(
+                    3,
+                    Command::RemoveService {
+                        id: "a".into(),
+                        at_ms: 5,
+                    },
+                ),
+            ])
+            .await
+            .unwrap();
+            // Make the non-durable commits durable, as a snapshot would.
+            sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        }
+        {
+            let (store, mut sm) = reopen();
+            store.read(|s| {
+                assert!(s.services.is_empty());
+                assert_eq!(s.removed_services.keys().collect::<Vec<_>>(), vec!["a"]);
+            });
+            sm.apply(vec![entry(4, Command::RemoveTasks { ids: vec!["t1".into()] })])
+                .await
+                .unwrap();
+            sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        }
+        let (store, _) = reopen();
+        store.read(|s| assert!(s.removed_services.is_empty()));
     }
 
     #[tokio::test]
