@@ -282,17 +282,12 @@ where
     .await?;
     // `warren daemon --ingress` seeds the record; a node that has one keeps it.
     if let Some(seed) = convert::node_ingress_from_pb(hello.ingress_seed) {
-        let has = ctx
-            .store
-            .read(|s| s.nodes.get(&node_id).is_some_and(|n| n.ingress.is_some()));
-        if !has {
-            write(Command::SetNodeIngress {
-                id: node_id.clone(),
-                ingress: Some(seed),
-                at_ms: now_ms(),
-            })
-            .await?;
-        }
+        write(Command::SeedNodeIngress {
+            id: node_id.clone(),
+            ingress: seed,
+            at_ms: now_ms(),
+        })
+        .await?;
     }
     if let Some(m) = hello.mesh {
         write(Command::SetNodeMesh {

@@ -271,6 +271,13 @@ pub enum Command {
         ingress: Option<NodeIngress>,
         at_ms: i64,
     },
+    /// `warren daemon --ingress`: the node's ingress unless its record has one, so
+    /// that a restart with the flag never undoes a `node update`.
+    SeedNodeIngress {
+        id: String,
+        ingress: NodeIngress,
+        at_ms: i64,
+    },
     /// `warren cluster update --acme-*`; None turns ACME off.
     SetAcmeSettings {
         settings: Option<AcmeSettings>,
@@ -367,6 +374,7 @@ impl Command {
             Command::CreateCertificate { .. } => "create_certificate",
             Command::RemoveCertificate { .. } => "remove_certificate",
             Command::SetNodeIngress { .. } => "set_node_ingress",
+            Command::SeedNodeIngress { .. } => "seed_node_ingress",
             Command::SetAcmeSettings { .. } => "set_acme_settings",
             Command::SaveAcmeAccount { .. } => "save_acme_account",
             Command::BeginAcmeOrder { .. } => "begin_acme_order",

@@ -531,6 +531,11 @@ mod tests {
         );
         n2.ingress = None;
         ok(&mut s, Command::AddNode { node: n2 });
+        let set_none = || Command::SetNodeIngress {
+            id: "n2".into(),
+            ingress: None,
+            at_ms: 1,
+        };
         let set = |http_port| Command::SetNodeIngress {
             id: "n2".into(),
             ingress: Some(NodeIngress {
@@ -542,6 +547,20 @@ mod tests {
         assert!(matches!(refused(&mut s, set(8080)), ApplyError::PortPublished { .. }));
         ok(&mut s, set(8081));
         assert_eq!(s.nodes["n2"].ingress.unwrap().http_port, 8081);
+        // `daemon --ingress` only seeds: the record set above stays.
+        let seed = |http_port| Command::SeedNodeIngress {
+            id: "n2".into(),
+            ingress: NodeIngress {
+                http_port,
+                https_port: 8443,
+            },
+            at_ms: 2,
+        };
+        ok(&mut s, seed(9000));
+        assert_eq!(s.nodes["n2"].ingress.unwrap().http_port, 8081);
+        ok(&mut s, set_none());
+        ok(&mut s, seed(9000));
+        assert_eq!(s.nodes["n2"].ingress.unwrap().http_port, 9000);
     }
 
     #[test]

@@ -134,6 +134,12 @@ impl State {
             Command::CreateCertificate { certificate } => self.create_certificate(certificate, changes),
             Command::RemoveCertificate { id } => self.remove_certificate(id, changes),
             Command::SetNodeIngress { id, ingress, at_ms } => self.set_node_ingress(id, *ingress, *at_ms, changes),
+            Command::SeedNodeIngress { id, ingress, at_ms } => {
+                if self.node_mut(id)?.ingress.is_some() {
+                    return Ok(());
+                }
+                self.set_node_ingress(id, Some(*ingress), *at_ms, changes)
+            }
             Command::SetAcmeSettings { settings } => self.set_acme_settings(settings, changes),
             Command::SaveAcmeAccount {
                 directory_url,
