@@ -10,6 +10,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use warren::dataplane::{
     Backend, BackendGroup, Dataplane, EbpfDataplane, Protocol, RateLimit, ServiceEntry, ServicePort,
 };
+use warren_tests::cluster::wait_until;
 use warren_tests::dataplane::{run, Lab, Proc, TCP_PORT, UDP_PORT};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_warren-dp-probe");
@@ -58,15 +59,6 @@ fn stable(lab: &Lab, id: u32, name: &str) -> ServiceEntry {
     service(lab, id, name, &groups)
 }
 
-/// Waits for an eventual condition (events arrive asynchronously); fails naming it.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !cond() {
-        assert!(std::time::Instant::now() < deadline, "never saw {what}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 fn to(addr: Ipv4Addr, port: u16) -> String {
     format!("{addr}:{port}")
 }
@@ -87,6 +79,20 @@ fn vip_reaches_every_backend_over_tcp_and_udp() {
         r.names
     );
     assert_eq!(r.values["peer_mismatch"], 0, "getpeername must return the VIP");
+    // Where the kernel has socket storage, a connected socket's translation lives
+    // with the socket: 150 connections leave no reverse-NAT entry behind.
+    let sk_storage = warren::dataplane::check_kernel().expect("kernel").at_least(5, 10);
+    let revnat = |dp: &EbpfDataplane| {
+        dp.status()
+            .maps
+            .iter()
+            .find(|m| m.name == "warren_rnat_v1")
+            .map(|m| m.entries)
+            .expect("warren_rnat_v1 fill")
+    };
+    if sk_storage {
+        assert_eq!(revnat(&dp), 0, "TCP connections wrote reverse-NAT entries");
+    }
 
     // Unconnected UDP: replies come from the VIP, not from the backend.
     let r = lab.client(&["udp", "--to", &to(vip(lab.net), UDP_PORT), "--n", "20"]);
@@ -101,6 +107,14 @@ fn vip_reaches_every_backend_over_tcp_and_udp() {
     let r = lab.client(&["udp", "--to", &to(vip(lab.net), UDP_PORT), "--n", "5", "--connected"]);
     assert_eq!(r.answers(), 5, "{:?}", r.errors);
     assert_eq!(r.from.keys().cloned().collect::<Vec<_>>(), [to(vip(lab.net), UDP_PORT)]);
+    if sk_storage {
+        // The one unconnected socket's entry (one backend, one service address).
+        assert_eq!(
+            revnat(&dp),
+            1,
+            "reverse-NAT entries beyond the unconnected UDP socket's"
+        );
+    }
 
     // Any port of the VIP reaches the same port of a backend (wildcard entry); a
     // node address reaches the published port.
@@ -422,12 +436,16 @@ fn rate_limit_refuses_new_connections_over_the_bucket_per_client() {
 
     // The programs also report the drops through the events ring buffer.
     let busy_ip: Ipv4Addr = busy_src.parse().unwrap();
-    wait_for("rate-limit drop events of the busy client", || {
-        dp.status()
-            .recent_drops
-            .iter()
-            .any(|e| e.reason == "rate_limited" && e.client == busy_ip && e.service_id == 2 && !e.from_wire)
-    });
+    wait_until(
+        "rate-limit drop events of the busy client",
+        std::time::Duration::from_secs(10),
+        || {
+            dp.status()
+                .recent_drops
+                .iter()
+                .any(|e| e.reason == "rate_limited" && e.client == busy_ip && e.service_id == 2 && !e.from_wire)
+        },
+    );
     let calm_ip: Ipv4Addr = calm_src.parse().unwrap();
     assert!(
         !dp.status().recent_drops.iter().any(|e| e.client == calm_ip),
@@ -552,6 +570,85 @@ fn udp_is_charged_per_flow_not_per_datagram() {
     assert_eq!(r.errors.get("ECONNREFUSED").copied(), Some(8 - r.answers()), "{r:?}");
     let st = dp.status();
     assert_eq!(st.services[0].connections, 2 + r.answers(), "one connection per flow");
+}
+
+/// An unconnected UDP socket's flow to a service ends after the UDP timeout:
+/// datagrams further apart are new flows, each charged and balanced; a node's
+/// flows of the earlier affinity layout (no idle time) are carried over.
+#[test]
+fn an_unconnected_udp_flow_ends_after_its_idle_timeout_and_old_affinities_carry_over() {
+    use aya::maps::{HashMap, Map, MapData};
+    use warren_common::{Affinity, SockKey};
+    let lab = Lab::new("udpidle", 27, 2, false, PROBE);
+    let mut cfg = lab.cfg();
+    cfg.ct_timeouts.udp = std::time::Duration::from_secs(1);
+    // 1. A flow as the previous layout pinned it: cookie 7 to 10.203.27.1:53 on
+    //    backend 5 of service 1.
+    std::fs::create_dir_all(&cfg.bpffs_dir).expect("pin directory");
+    let v1 = cfg.bpffs_dir.join("warren_aff_v1");
+    let v1_path = v1.to_string_lossy().into_owned();
+    run(Command::new("bpftool").args([
+        "map",
+        "create",
+        &v1_path,
+        "type",
+        "lru_hash",
+        "key",
+        "16",
+        "value",
+        "8",
+        "entries",
+        "65536",
+        "name",
+        "warren_aff_v1",
+    ]));
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>();
+    let mut key = 7u64.to_ne_bytes().to_vec();
+    key.extend([10, 203, 27, 1, 0, 53, 0, 0]);
+    let mut value = 5u32.to_ne_bytes().to_vec();
+    value.extend(1u32.to_ne_bytes());
+    let mut update = vec!["map", "update", "pinned", v1_path.as_str(), "key", "hex"];
+    let (key_hex, value_hex) = (hex(&key), hex(&value));
+    update.extend(key_hex.iter().map(String::as_str));
+    update.extend(["value", "hex"]);
+    update.extend(value_hex.iter().map(String::as_str));
+    run(Command::new("bpftool").args(&update));
+
+    // 2. The new daemon carries it into warren_aff_v2, as just seen, and retires
+    //    the old pin.
+    let dp = EbpfDataplane::open(cfg.clone()).expect("open data plane");
+    assert!(!v1.exists(), "warren_aff_v1 is still pinned");
+    let data = MapData::from_pin(cfg.bpffs_dir.join("warren_aff_v2")).expect("warren_aff_v2 pinned");
+    let aff: HashMap<MapData, SockKey, Affinity> = HashMap::try_from(Map::LruHashMap(data)).expect("LRU hash");
+    let carried: Vec<(SockKey, Affinity)> = aff.iter().map(|e| e.expect("entry")).collect();
+    assert_eq!(carried.len(), 1, "{carried:?}");
+    assert_eq!(
+        (carried[0].0.cookie, carried[0].1.backend_id, carried[0].1.svc_id),
+        (7, 5, 1)
+    );
+    assert!(
+        carried[0].1.last_ns > 0,
+        "a carried flow starts its idle time at the upgrade"
+    );
+
+    // 3. Datagrams close together: one flow. Further apart than the timeout: a
+    //    new flow each.
+    dp.sync(&[stable(&lab, 1, "dns")]).expect("sync");
+    let target = to(vip(lab.net), UDP_PORT);
+    let r = lab.client(&["udp", "--to", &target, "--n", "5", "--gap-ms", "100"]);
+    assert_eq!(r.answers(), 5, "{:?}", r.errors);
+    assert_eq!(
+        dp.status().services[0].connections,
+        1,
+        "datagrams 100 ms apart are one flow"
+    );
+    let r = lab.client(&["udp", "--to", &target, "--n", "3", "--gap-ms", "1300"]);
+    assert_eq!(r.answers(), 3, "{:?}", r.errors);
+    assert_eq!(
+        dp.status().services[0].connections,
+        4,
+        "datagrams 1.3 s apart (timeout 1 s) are a flow each"
+    );
 }
 
 #[test]
@@ -691,7 +788,11 @@ fn a_removed_services_vip_refuses_new_connections_until_the_dns_ttl_passed() {
         "the VIP entries (2 ports, 2 wildcards) stay as tombstones; published ports go"
     );
     // After the grace the addresses go, with no further sync.
-    wait_for("the removed VIP's entries to go", || svc_entries(&dp) == Some(0));
+    wait_until(
+        "the removed VIP's entries to go",
+        std::time::Duration::from_secs(10),
+        || svc_entries(&dp) == Some(0),
+    );
     let r = lab.client(&["connect", "--to", &target, "--n", "1"]);
     assert_eq!(r.errors.get("ENETUNREACH"), Some(&1), "{:?}", r.errors);
 }
@@ -815,7 +916,7 @@ fn published_port_from_the_wire_via_tc() {
         "every dropped new flow is counted"
     );
     let client_ip = Ipv4Addr::new(10, 202, lab.net, 2);
-    wait_for("tc drop events", || {
+    wait_until("tc drop events", std::time::Duration::from_secs(10), || {
         dp.status()
             .recent_drops
             .iter()

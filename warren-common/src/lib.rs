@@ -114,10 +114,13 @@ pub mod map_names {
     pub const SLOT: &str = "warren_slot_v2";
     /// backend id → backend.
     pub const BACKEND: &str = "warren_be_v1";
-    /// (socket cookie, backend) → service address, for replies and getpeername.
+    /// (socket cookie, backend) → service address, for replies and getpeername:
+    /// unconnected UDP, and sockets connected where there is no socket storage.
     pub const REVNAT: &str = "warren_rnat_v1";
+    /// Socket-local storage of connected sockets: backend → service address.
+    pub const SOCK_STATE: &str = "warren_sks_v1";
     /// (socket cookie, service address) → backend, for unconnected UDP.
-    pub const AFFINITY: &str = "warren_aff_v1";
+    pub const AFFINITY: &str = "warren_aff_v2";
     /// (service, client) → token bucket.
     pub const RATE_LIMIT: &str = "warren_rl_v2";
     /// tc connection tracking (a plain hash, GC by the daemon).
@@ -141,20 +144,23 @@ pub mod map_names {
     /// tables at start.
     /// `warren_ct_v1`: an LRU hash (flows copied at start, state "replied").
     /// `warren_svcc_v1`: four drop reasons (counters copied at start).
-    pub const RETIRED: [&str; 5] = [
+    /// `warren_aff_v1`: no idle time (entries copied at start, as just seen).
+    pub const RETIRED: [&str; 6] = [
         "warren_rl_v1",
         "warren_state_v1",
         "warren_slot_v1",
         "warren_ct_v1",
         "warren_svcc_v1",
+        "warren_aff_v1",
     ];
     /// Every map, in a stable order.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 15] = [
         SVC,
         STATE,
         SLOT,
         BACKEND,
         REVNAT,
+        SOCK_STATE,
         AFFINITY,
         RATE_LIMIT,
         CT,
@@ -162,6 +168,7 @@ pub mod map_names {
         SVC_COUNTERS,
         BACKEND_COUNTERS,
         KILL,
+        BACKEND_OUTCOMES,
         EVENTS,
     ];
 }
@@ -346,7 +353,7 @@ shared_struct! {
 }
 
 shared_struct! {
-    /// Key of `warren_rnat_v1` and `warren_aff_v1`.
+    /// Key of `warren_rnat_v1` and `warren_aff_v2`.
     pub struct SockKey = "warren_sock_key" {
         pub cookie: u64,
         pub addr: Be32,
@@ -365,10 +372,26 @@ shared_struct! {
 }
 
 shared_struct! {
-    /// Value of `warren_aff_v1`.
+    /// Value of `warren_sks_v1`, the socket-local storage of a connected socket:
+    /// its backend and the service address the application sees.
+    pub struct SockState = "warren_sock_state" {
+        pub backend_addr: Be32,
+        pub backend_port: Be16,
+        pub pad: u16,
+        pub svc_addr: Be32,
+        pub svc_port: Be16,
+        pub pad2: u16,
+    }
+}
+
+shared_struct! {
+    /// Value of `warren_aff_v2`: an unconnected UDP socket's flow to a service.
     pub struct Affinity = "warren_affinity" {
         pub backend_id: u32,
         pub svc_id: u32,
+        /// CLOCK_MONOTONIC of the flow's last datagram, to an eighth of the UDP
+        /// timeout.
+        pub last_ns: u64,
     }
 }
 
@@ -510,13 +533,14 @@ unsafe impl aya::Pod for Be32 {}
 unsafe impl aya::Pod for Be16 {}
 
 /// Every shared struct: (C name, size, fields), for the layout test.
-pub const SHARED_LAYOUTS: [(&str, usize, &[FieldLayout]); 18] = [
+pub const SHARED_LAYOUTS: [(&str, usize, &[FieldLayout]); 19] = [
     layout_of::<SvcKey>(),
     layout_of::<SvcValue>(),
     layout_of::<SvcState>(),
     layout_of::<Backend>(),
     layout_of::<SockKey>(),
     layout_of::<RevNat>(),
+    layout_of::<SockState>(),
     layout_of::<Affinity>(),
     layout_of::<RlKey>(),
     layout_of::<RlValue>(),

@@ -56,13 +56,29 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } warren_rnat_v1 SEC(".maps");
 
+/* Connected sockets' translations live with the socket, so nothing is left behind
+ * when it closes; warren_rnat_v1 keeps unconnected UDP (one socket, many peers)
+ * and sockets connected by a daemon that predates this map. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct warren_sock_state);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} warren_sks_v1 SEC(".maps");
+
+/* Set by the loader when sock_addr and sockops programs may use socket-local
+ * storage (5.10+, where sockops has `sk`); before, every translation goes to the
+ * warren_rnat_v1 LRU. Dead code to the verifier when 0. */
+volatile const __u32 warren_sk_storage = 0;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, WARREN_SOCK_ENTRIES);
 	__type(key, struct warren_sock_key);
 	__type(value, struct warren_affinity);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} warren_aff_v1 SEC(".maps");
+} warren_aff_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -34,9 +34,19 @@ static __always_inline int skops_balanced(struct bpf_sock_ops *skops)
 
 	if (skops->family != 2 /* AF_INET */)
 		return 0;
-	key.cookie = bpf_get_socket_cookie(skops);
 	key.addr = skops->remote_ip4;
 	key.port = skops_remote_port(skops);
+	if (warren_sk_storage) {
+		struct bpf_sock *sk = skops->sk;
+		struct warren_sock_state *ss;
+
+		if (sk) {
+			ss = bpf_sk_storage_get(&warren_sks_v1, sk, 0, 0);
+			if (ss && ss->backend_addr == key.addr && ss->backend_port == key.port)
+				return 1;
+		}
+	}
+	key.cookie = bpf_get_socket_cookie(skops);
 	return bpf_map_lookup_elem(&warren_rnat_v1, &key) != NULL;
 }
 

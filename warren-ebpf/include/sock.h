@@ -27,6 +27,11 @@
  * branch that calls it when this is 0. */
 volatile const __u32 warren_set_retval = 0;
 
+/* An unconnected UDP socket's flow to a service address ends after this long
+ * without a datagram: the next one is a new flow, charged and balanced again. The
+ * loader sets the connection tracking's UDP timeout. */
+volatile const __u64 warren_udp_idle_ns = 60000000000ULL;
+
 /* Refuses a socket operation with -err where the kernel lets a program choose. */
 static __always_inline int sys_reject(int err)
 {
@@ -93,7 +98,7 @@ static __always_inline void sock_client(struct bpf_sock_addr *ctx, int sendmsg, 
 /*
  * Translates a socket's destination from a service address to a backend. For
  * connect() the choice is made once per socket; for unconnected UDP (sendmsg) the
- * socket keeps its backend per service address (warren_aff_v1) so that a
+ * socket keeps its backend per service address (warren_aff_v2) so that a
  * request/response exchange stays on one backend.
  */
 static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, int sendmsg, int v6)
@@ -105,9 +110,10 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, int sendmsg, in
 	struct warren_svc_state *st;
 	struct warren_backend *be = NULL;
 	struct warren_sock_key skey = {};
-	struct warren_revnat rnat = {};
+	struct warren_revnat rnat = {}, *known;
 	struct warren_affinity *aff;
 	__u32 svc_id, be_id = 0;
+	__u64 now = 0;
 	__be16 tport;
 	__be32 client;
 	__u64 netns;
@@ -133,15 +139,21 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, int sendmsg, in
 		 * datagram of a known flow is neither charged nor balanced again. */
 		skey.addr = daddr;
 		skey.port = dport;
-		aff = bpf_map_lookup_elem(&warren_aff_v1, &skey);
-		if (aff && aff->svc_id == svc_id) {
+		now = bpf_ktime_get_ns();
+		aff = bpf_map_lookup_elem(&warren_aff_v2, &skey);
+		if (aff && aff->svc_id == svc_id && now - aff->last_ns < warren_udp_idle_ns) {
 			__u32 id = aff->backend_id;
 
 			be = bpf_map_lookup_elem(&warren_be_v1, &id);
-			if (be && (be->flags & WARREN_BE_F_ACTIVE) && be->svc_id == svc_id)
+			if (be && (be->flags & WARREN_BE_F_ACTIVE) && be->svc_id == svc_id) {
 				be_id = id;
-			else
+				/* Refreshed an eighth of the timeout apart, not
+				 * per datagram. */
+				if (now - aff->last_ns > warren_udp_idle_ns >> 3)
+					aff->last_ns = now;
+			} else {
 				be = NULL;
+			}
 		}
 	}
 	if (!be) {
@@ -157,21 +169,38 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, int sendmsg, in
 		}
 		count_conn(svc_id, be_id);
 		if (sendmsg) {
-			struct warren_affinity a = { .backend_id = be_id, .svc_id = svc_id };
+			struct warren_affinity a = { .backend_id = be_id, .svc_id = svc_id, .last_ns = now };
 
-			bpf_map_update_elem(&warren_aff_v1, &skey, &a, BPF_ANY);
+			bpf_map_update_elem(&warren_aff_v2, &skey, &a, BPF_ANY);
 		}
 	}
 	if (sendmsg)
 		count_packet(svc_id, be_id, 0);
 
 	tport = svc->target_port ? svc->target_port : dport;
+	if (!sendmsg && warren_sk_storage) {
+		struct warren_sock_state *ss;
+
+		ss = bpf_sk_storage_get(&warren_sks_v1, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (ss) {
+			ss->backend_addr = be->addr;
+			ss->backend_port = tport;
+			ss->svc_addr = daddr;
+			ss->svc_port = dport;
+			goto translate;
+		}
+	}
+	/* Written only when it changes: a UDP socket's every datagram passes here. */
 	skey.addr = be->addr;
 	skey.port = tport;
-	rnat.addr = daddr;
-	rnat.port = dport;
-	bpf_map_update_elem(&warren_rnat_v1, &skey, &rnat, BPF_ANY);
+	known = bpf_map_lookup_elem(&warren_rnat_v1, &skey);
+	if (!known || known->addr != daddr || known->port != dport) {
+		rnat.addr = daddr;
+		rnat.port = dport;
+		bpf_map_update_elem(&warren_rnat_v1, &skey, &rnat, BPF_ANY);
+	}
 
+translate:
 	sock_set_daddr(ctx, v6, be->addr);
 	ctx->user_port = (__u32)tport;
 	return SYS_PROCEED;
@@ -186,8 +215,17 @@ static __always_inline void sock_revnat(struct bpf_sock_addr *ctx, int v6)
 	key.addr = sock_daddr(ctx, v6);
 	if (!key.addr)
 		return;
-	key.cookie = bpf_get_socket_cookie(ctx);
 	key.port = (__be16)ctx->user_port;
+	if (warren_sk_storage) {
+		struct warren_sock_state *ss = bpf_sk_storage_get(&warren_sks_v1, ctx->sk, 0, 0);
+
+		if (ss && ss->backend_addr == key.addr && ss->backend_port == key.port) {
+			sock_set_daddr(ctx, v6, ss->svc_addr);
+			ctx->user_port = (__u32)ss->svc_port;
+			return;
+		}
+	}
+	key.cookie = bpf_get_socket_cookie(ctx);
 	r = bpf_map_lookup_elem(&warren_rnat_v1, &key);
 	if (!r)
 		return;

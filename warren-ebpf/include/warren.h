@@ -115,7 +115,7 @@ struct warren_backend {
 	__u8 pad[3];
 };
 
-/* warren_rnat_v1 and warren_aff_v1: per-socket state of the socket load balancer. */
+/* warren_rnat_v1 and warren_aff_v2: per-socket state of the socket load balancer. */
 struct warren_sock_key {
 	__u64 cookie;
 	__be32 addr; /* rnat: backend address; aff: service address */
@@ -130,10 +130,24 @@ struct warren_revnat {
 	__u16 pad;
 };
 
-/* warren_aff_v1 value: the backend an unconnected UDP socket talks to. */
+/* warren_sks_v1 (socket-local storage): the translation of a socket the load
+ * balancer connected (TCP, connected UDP), freed by the kernel with the socket. */
+struct warren_sock_state {
+	__be32 backend_addr;
+	__be16 backend_port;
+	__u16 pad;
+	__be32 svc_addr;
+	__be16 svc_port;
+	__u16 pad2;
+};
+
+/* warren_aff_v2 value: the backend an unconnected UDP socket talks to, for one
+ * flow: datagrams to the service address no further apart than the UDP timeout
+ * (warren_udp_idle_ns). */
 struct warren_affinity {
 	__u32 backend_id;
 	__u32 svc_id;
+	__u64 last_ns; /* bpf_ktime_get_ns of the flow's last datagram, to 1/8 of the timeout */
 };
 
 /* warren_rl_v2: a token bucket per (service, client). The client is the source

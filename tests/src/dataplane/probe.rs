@@ -6,7 +6,7 @@
 //! ```text
 //! serve   --name N --tcp PORT --udp PORT --count-file PATH
 //! connect --to A:P [--n N] [--rate R --secs S] [--bind ADDR] [--http] [--rst]
-//! udp     --to A:P --n N [--connected | --socket-each] [--timeout-ms MS]
+//! udp     --to A:P --n N [--connected | --socket-each] [--timeout-ms MS] [--gap-ms MS]
 //! loop    --to A:P --stop-file PATH [--http [--path P] [--keepalive]] [--runs]   (--runs: also
 //!         `run NAME COUNT` for each stretch of consecutive answers from one backend, in order)
 //! hold    --to A:P --n N [--udp] [--from A:P]   (then reads "check" on stdin;
@@ -335,6 +335,7 @@ fn udp(args: &Args) {
     let to = args.addr("--to");
     let connected = args.has("--connected");
     let each = args.has("--socket-each");
+    let gap = Duration::from_millis(args.num("--gap-ms", 0));
     let mut sock = udp_socket(args);
     if connected {
         sock.connect(to).expect("connect udp");
@@ -346,6 +347,10 @@ fn udp(args: &Args) {
     for i in 0..args.num("--n", 1) {
         if each && i > 0 {
             sock = udp_socket(args);
+        }
+        if i > 0 {
+            // The traffic's shape (datagrams this far apart), not a wait.
+            std::thread::sleep(gap);
         }
         let msg = format!("ping {i}\n");
         let sent = if connected {

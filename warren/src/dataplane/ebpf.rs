@@ -298,6 +298,8 @@ impl EbpfDataplane {
         let redirect_neigh = u32::from(kernel.at_least(5, 10));
         let set_retval = u32::from(kernel.at_least(5, 18));
         let atomics = u32::from(kernel.at_least(5, 12));
+        let sk_storage = u32::from(kernel.at_least(5, 10));
+        let udp_idle_ns = cfg.ct_timeouts.udp.as_nanos() as u64;
         let snat_min = u32::from(cfg.snat_ports.0);
         let snat_span = u32::from(cfg.snat_ports.1) - snat_min + 1;
         let host_netns = host_netns_cookie(&cfg);
@@ -306,6 +308,8 @@ impl EbpfDataplane {
             .override_global("warren_redirect_neigh", &redirect_neigh, true)
             .override_global("warren_set_retval", &set_retval, true)
             .override_global("warren_atomics", &atomics, true)
+            .override_global("warren_sk_storage", &sk_storage, true)
+            .override_global("warren_udp_idle_ns", &udp_idle_ns, true)
             .override_global("warren_host_netns", &host_netns, true)
             .override_global("warren_snat_min", &snat_min, true)
             .override_global("warren_snat_span", &snat_span, true)
@@ -340,6 +344,10 @@ impl EbpfDataplane {
         if flows > 0 {
             tracing::info!(node = %cfg.node_name, entries = flows, "copied the tc flows into the connection tracking with TCP state (warren_ct_v1 to v2)");
         }
+        let flows = migrate::aff_from_v1(&cfg.bpffs_dir, &mut maps.aff, ct::monotonic_ns())?;
+        if flows > 0 {
+            tracing::info!(node = %cfg.node_name, entries = flows, "copied the unconnected UDP flows (warren_aff_v1 to v2)");
+        }
         let ids: BTreeSet<u32> = maps.svc.iter().filter_map(Result::ok).map(|(_, v)| v.svc_id).collect();
         let counted = migrate::counters_from_v1(&cfg.bpffs_dir, &mut maps.svcc, ids.into_iter())?;
         if counted > 0 {
@@ -358,58 +366,31 @@ impl EbpfDataplane {
                 .program_mut(name)
                 .ok_or_else(|| DataplaneError::program(name, "missing from the object"))?;
             let expect = (sys::LINK_TYPE_CGROUP, cgroup_id, attach_type);
+            // aya's cgroup program types share no trait for `attach`/`take_link`, so
+            // one body serves the three through a macro.
+            macro_rules! load_and_attach {
+                ($ty:ty) => {{
+                    let prog: &mut $ty = prog.try_into().map_err(|e| DataplaneError::program(name, e))?;
+                    prog.load()
+                        .map_err(|e| DataplaneError::program(name, verifier_detail(&e)))?;
+                    let prog_fd = prog
+                        .fd()
+                        .map_err(|e| DataplaneError::program(name, e))?
+                        .try_clone()
+                        .map_err(|e| DataplaneError::program(name, e))?;
+                    attach_pinned(&cfg.bpffs_dir.join(pin), expect, prog_fd.as_fd(), || {
+                        let id = prog
+                            .attach(&cgroup, CgroupAttachMode::Single)
+                            .map_err(|e| DataplaneError::program(name, e))?;
+                        let link = prog.take_link(id).map_err(|e| DataplaneError::program(name, e))?;
+                        FdLink::try_from(link).map_err(|e| DataplaneError::program(name, e))
+                    })?
+                }};
+            }
             let adopted = match kind {
-                CgroupKind::SockAddr => {
-                    let prog: &mut CgroupSockAddr = prog.try_into().map_err(|e| DataplaneError::program(name, e))?;
-                    prog.load()
-                        .map_err(|e| DataplaneError::program(name, verifier_detail(&e)))?;
-                    let prog_fd = prog
-                        .fd()
-                        .map_err(|e| DataplaneError::program(name, e))?
-                        .try_clone()
-                        .map_err(|e| DataplaneError::program(name, e))?;
-                    attach_pinned(&cfg.bpffs_dir.join(pin), expect, prog_fd.as_fd(), || {
-                        let id = prog
-                            .attach(&cgroup, CgroupAttachMode::Single)
-                            .map_err(|e| DataplaneError::program(name, e))?;
-                        let link = prog.take_link(id).map_err(|e| DataplaneError::program(name, e))?;
-                        FdLink::try_from(link).map_err(|e| DataplaneError::program(name, e))
-                    })?
-                }
-                CgroupKind::Sock => {
-                    let prog: &mut CgroupSock = prog.try_into().map_err(|e| DataplaneError::program(name, e))?;
-                    prog.load()
-                        .map_err(|e| DataplaneError::program(name, verifier_detail(&e)))?;
-                    let prog_fd = prog
-                        .fd()
-                        .map_err(|e| DataplaneError::program(name, e))?
-                        .try_clone()
-                        .map_err(|e| DataplaneError::program(name, e))?;
-                    attach_pinned(&cfg.bpffs_dir.join(pin), expect, prog_fd.as_fd(), || {
-                        let id = prog
-                            .attach(&cgroup, CgroupAttachMode::Single)
-                            .map_err(|e| DataplaneError::program(name, e))?;
-                        let link = prog.take_link(id).map_err(|e| DataplaneError::program(name, e))?;
-                        FdLink::try_from(link).map_err(|e| DataplaneError::program(name, e))
-                    })?
-                }
-                CgroupKind::SockOps => {
-                    let prog: &mut SockOps = prog.try_into().map_err(|e| DataplaneError::program(name, e))?;
-                    prog.load()
-                        .map_err(|e| DataplaneError::program(name, verifier_detail(&e)))?;
-                    let prog_fd = prog
-                        .fd()
-                        .map_err(|e| DataplaneError::program(name, e))?
-                        .try_clone()
-                        .map_err(|e| DataplaneError::program(name, e))?;
-                    attach_pinned(&cfg.bpffs_dir.join(pin), expect, prog_fd.as_fd(), || {
-                        let id = prog
-                            .attach(&cgroup, CgroupAttachMode::Single)
-                            .map_err(|e| DataplaneError::program(name, e))?;
-                        let link = prog.take_link(id).map_err(|e| DataplaneError::program(name, e))?;
-                        FdLink::try_from(link).map_err(|e| DataplaneError::program(name, e))
-                    })?
-                }
+                CgroupKind::SockAddr => load_and_attach!(CgroupSockAddr),
+                CgroupKind::Sock => load_and_attach!(CgroupSock),
+                CgroupKind::SockOps => load_and_attach!(SockOps),
             };
             programs.push(AttachedProgram {
                 program: name.to_string(),

@@ -10,9 +10,9 @@ use aya::{
 };
 use warren_common::{
     map_names as names, Affinity, Backend as BeValue, BackendCounters, BackendOutcomes, Be32, CtKey, CtValue, KillKey,
-    NodeAddr, OutcomeKey, RevNat, RlKey, RlValue, SockKey, SvcCounters, SvcKey, SvcState, SvcValue, BE_F_ACTIVE,
-    CT_ENTRIES, EVENTS_BYTES, KILL_ENTRIES, KINDS, MAX_BACKENDS, MAX_NODE_ADDRS, MAX_SERVICES, MAX_SVC_ENTRIES,
-    RL_ENTRIES, SLOT_POOL, SOCK_ENTRIES, SVC_F_REFUSE,
+    NodeAddr, OutcomeKey, RevNat, RlKey, RlValue, SockKey, SockState, SvcCounters, SvcKey, SvcState, SvcValue,
+    BE_F_ACTIVE, CT_ENTRIES, EVENTS_BYTES, KILL_ENTRIES, KINDS, MAX_BACKENDS, MAX_NODE_ADDRS, MAX_SERVICES,
+    MAX_SVC_ENTRIES, RL_ENTRIES, SLOT_POOL, SOCK_ENTRIES, SVC_F_REFUSE,
 };
 
 use super::{
@@ -22,13 +22,14 @@ use super::{
 
 /// Every map: (name, kernel map type, key size, value size, max entries). A pinned
 /// map that differs is refused rather than reused.
-fn map_specs() -> [(&'static str, u32, usize, usize, u32); 14] {
+fn map_specs() -> [(&'static str, u32, usize, usize, u32); 15] {
     use std::mem::size_of;
     const HASH: u32 = 1;
     const ARRAY: u32 = 2;
     const PERCPU_ARRAY: u32 = 6;
     const LRU_HASH: u32 = 9;
     const LRU_PERCPU_HASH: u32 = 10;
+    const SK_STORAGE: u32 = 24;
     const RINGBUF: u32 = 27;
     [
         (
@@ -48,6 +49,8 @@ fn map_specs() -> [(&'static str, u32, usize, usize, u32); 14] {
             size_of::<RevNat>(),
             SOCK_ENTRIES,
         ),
+        // Socket storage has no capacity: it lives with each socket.
+        (names::SOCK_STATE, SK_STORAGE, 4, size_of::<SockState>(), 0),
         (
             names::AFFINITY,
             LRU_HASH,
@@ -373,6 +376,7 @@ impl MapTypeRaw for MapInfo {
             Ok(MapType::PerCpuArray) => 6,
             Ok(MapType::LruHash) => 9,
             Ok(MapType::LruPerCpuHash) => 10,
+            Ok(MapType::SkStorage) => 24,
             Ok(MapType::RingBuf) => 27,
             _ => u32::MAX,
         }

@@ -11,8 +11,8 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use warren_common::{
-    map_names as names, CtKey, CtValue, SvcCounters, BE_F_CANARY, BE_F_LOCAL, CT_F_REPLY, CT_S_REPLIED,
-    DROP_REASONS_V1, MAX_SERVICES,
+    map_names as names, Affinity, CtKey, CtValue, SockKey, SvcCounters, BE_F_CANARY, BE_F_LOCAL, CT_F_REPLY,
+    CT_S_REPLIED, DROP_REASONS_V1, MAX_SERVICES,
 };
 
 use super::{
@@ -207,6 +207,53 @@ pub(crate) fn counters_from_v1(
         svcc.set(id, values, 0)
             .map_err(|e| DataplaneError::map(names::SVC_COUNTERS, e))?;
         copied += 1;
+    }
+    Ok(copied)
+}
+
+const V1_AFFINITY: &str = "warren_aff_v1";
+
+/// `struct warren_affinity` of layout v1 (no idle time).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct AffinityV1 {
+    backend_id: u32,
+    svc_id: u32,
+}
+
+// SAFETY: repr(C) integers with no padding; any byte pattern is valid.
+unsafe impl aya::Pod for AffinityV1 {}
+
+/// Copies the unconnected UDP sockets' backends from `warren_aff_v1` into
+/// `warren_aff_v2`, each as seen at `now_ns` (CLOCK_MONOTONIC, the clock of
+/// `bpf_ktime_get_ns`), so that a flow in progress keeps its backend through the
+/// upgrade and then ages like a new one. Entries already in v2 stay.
+pub(crate) fn aff_from_v1(
+    dir: &Path,
+    aff: &mut HashMap<MapData, SockKey, Affinity>,
+    now_ns: u64,
+) -> Result<usize, DataplaneError> {
+    let pin = dir.join(V1_AFFINITY);
+    if !pin.exists() {
+        return Ok(0);
+    }
+    let data = MapData::from_pin(&pin).map_err(|e| DataplaneError::map(V1_AFFINITY, e))?;
+    let old: HashMap<MapData, SockKey, AffinityV1> =
+        HashMap::try_from(Map::LruHashMap(data)).map_err(|e| DataplaneError::map(V1_AFFINITY, e))?;
+    let mut copied = 0;
+    for entry in old.iter() {
+        // An LRU entry may go while the walk runs: skip it.
+        let Ok((k, v)) = entry else { continue };
+        let value = Affinity {
+            backend_id: v.backend_id,
+            svc_id: v.svc_id,
+            last_ns: now_ns,
+        };
+        match aff.insert(k, value, 1 /* BPF_NOEXIST */) {
+            Ok(()) => copied += 1,
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(DataplaneError::map(names::AFFINITY, e)),
+        }
     }
     Ok(copied)
 }
