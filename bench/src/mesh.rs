@@ -11,7 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use warren_tests::dataplane::{Netns, Proc};
-use warren_tests::mesh::{wait_for, MeshNode, MeshNodeConfig};
+use warren_tests::cluster::wait_until;
+use warren_tests::mesh::{MeshNode, MeshNodeConfig};
 
 use crate::dataplane::lab::finish;
 use crate::dataplane::tools::parse_crr;
@@ -222,7 +223,7 @@ fn warren() -> Result<Pair, String> {
         out.map(|o| String::from_utf8_lossy(&o.stdout).contains("warren-wg"))
             .unwrap_or(false)
     };
-    wait_for(
+    wait_until(
         "the warren mesh routes to the other namespace",
         Duration::from_secs(20),
         || nodes[0].peer(&key).is_some() && routed(&nodes[0]),

@@ -96,6 +96,11 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// [`wait_for`] for a condition that holds or not.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    wait_for(what, timeout, || cond().then_some(()))
+}
+
 pub struct NodeProc {
     pub name: String,
     /// The network namespace the node runs in (None: the test's own).
@@ -552,6 +557,30 @@ impl Cluster {
             .as_array()
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// The tasks of `service` that are to run and have not finished.
+    pub fn live_tasks(&self, i: usize, service: &str) -> Vec<Value> {
+        const FINISHED: &[&str] = &["Complete", "Shutdown", "Failed", "Rejected", "Orphaned"];
+        self.tasks(i, service)
+            .into_iter()
+            .filter(|t| t["desired_state"] == "Running")
+            .filter(|t| !FINISHED.iter().any(|s| t["status"]["state"] == *s))
+            .collect()
+    }
+
+    /// Waits until `service` has exactly `n` live tasks, all running `image` and
+    /// healthy (so all are backends).
+    pub fn wait_healthy_on(&self, i: usize, service: &str, image: &str, n: usize) {
+        self.wait(
+            &format!("{n} healthy tasks of {service} on {image}"),
+            Duration::from_secs(90),
+            || {
+                let ts = self.live_tasks(i, service);
+                let healthy = |t: &Value| t["status"]["state"] == "Running" && t["status"]["health"] == "healthy";
+                (ts.len() == n && ts.iter().all(|t| healthy(t) && t["spec"]["image"] == image)).then_some(())
+            },
+        );
     }
 
     /// Prints every node's log; call it before failing a test on a timing issue.

@@ -9,7 +9,6 @@ use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use nix::sched::{setns, CloneFlags};
@@ -243,18 +242,6 @@ impl Drop for MeshNode {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         self.rt.take();
-    }
-}
-
-/// Waits for `cond`, polling; panics with `what` after `timeout`.
-pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting until {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

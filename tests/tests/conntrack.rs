@@ -11,21 +11,13 @@ use warren::dataplane::{
     inspect, Backend, BackendGroup, CtTimeouts, Dataplane, DataplaneConfig, EbpfDataplane, Protocol, ServiceEntry,
     ServicePort,
 };
+use warren_tests::cluster::wait_until;
 use warren_tests::dataplane::{Lab, Proc, TCP_PORT, UDP_PORT};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_warren-dp-probe");
 
 fn to(addr: Ipv4Addr, port: u16) -> String {
     format!("{addr}:{port}")
-}
-
-/// Waits up to `secs` for a condition; fails naming it.
-fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(std::time::Instant::now() < deadline, "never saw {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The lab's client-side node address (published ports from the wire).
@@ -126,19 +118,25 @@ fn tc_flows_carry_tcp_state_and_leave_after_fin_rst_and_their_timeout() {
     let r = lab.outside_client(&["connect", "--to", &target, "--n", "5"]);
     assert_eq!(r.answers(), 5, "{:?}", r.errors);
     // (The backend's FIN follows the client's: wait for it, within the timeout.)
-    wait_for("5 flows closed by a FIN each way", 3, || {
+    wait_until("5 flows closed by a FIN each way", Duration::from_secs(3), || {
         forward_flows(&lab).iter().filter(|f| f.state == "closed").count() == 5
     });
-    wait_for("the FIN-closed flows to go (close timeout 3 s)", 10, || {
-        entries(&lab) == 6
-    });
+    wait_until(
+        "the FIN-closed flows to go (close timeout 3 s)",
+        Duration::from_secs(10),
+        || entries(&lab) == 6,
+    );
 
     // Reset: the same.
     let r = lab.outside_client(&["connect", "--to", &target, "--n", "5", "--rst"]);
     assert_eq!(r.answers(), 5, "{:?}", r.errors);
     let closed = forward_flows(&lab).iter().filter(|f| f.state == "closed").count();
     assert_eq!(closed, 5, "RST flows are closed: {:?}", forward_flows(&lab));
-    wait_for("the reset flows to go (close timeout 3 s)", 10, || entries(&lab) == 6);
+    wait_until(
+        "the reset flows to go (close timeout 3 s)",
+        Duration::from_secs(10),
+        || entries(&lab) == 6,
+    );
 
     held.send_line("check");
     let r = held.finish();
@@ -147,14 +145,18 @@ fn tc_flows_carry_tcp_state_and_leave_after_fin_rst_and_their_timeout() {
         "held connections kept working through the GC: {:?}",
         r.conns
     );
-    wait_for("the held flows to go once closed", 10, || entries(&lab) == 0);
+    wait_until("the held flows to go once closed", Duration::from_secs(10), || {
+        entries(&lab) == 0
+    });
 
     // UDP flows have no end to see: they go after their idle timeout.
     let r = lab.outside_client(&["udp", "--to", &target, "--n", "3", "--connected"]);
     assert_eq!(r.answers(), 3, "{r:?}");
     let flows = forward_flows(&lab);
     assert!(flows.len() == 1 && flows[0].state == "udp", "{flows:?}");
-    wait_for("the UDP flow to go (timeout 2 s)", 10, || entries(&lab) == 0);
+    wait_until("the UDP flow to go (timeout 2 s)", Duration::from_secs(10), || {
+        entries(&lab) == 0
+    });
     let st = dp.status();
     assert_eq!(st.services[0].drops.total(), 0, "{:?}", st.services[0].drops);
 }
@@ -207,7 +209,11 @@ fn short_flows_leave_the_ct_map_at_its_steady_state_size() {
     let st = dp.status();
     assert_eq!(st.services[0].drops.total(), 0, "{:?}", st.services[0].drops);
     assert!(st.services[0].connections >= 100_000, "{:?}", st.services[0]);
-    wait_for("the CT map back to its steady state (empty)", 10, || entries(&lab) == 0);
+    wait_until(
+        "the CT map back to its steady state (empty)",
+        Duration::from_secs(10),
+        || entries(&lab) == 0,
+    );
 }
 
 #[test]
@@ -280,7 +286,9 @@ fn snat_ports_are_reserved_and_never_one_a_node_socket_uses() {
     assert!(r.conns.iter().all(|(_, s)| s == "alive"), "{:?}", r.conns);
     // Ended flows (close timeout 60 s) give their ports to new flows at once;
     // the node socket's port is still never taken.
-    wait_for("the held flows to close", 5, || snat_ports(&lab).is_empty());
+    wait_until("the held flows to close", Duration::from_secs(5), || {
+        snat_ports(&lab).is_empty()
+    });
     for _ in 0..6 {
         let r = lab.outside_client(&["connect", "--to", &target, "--n", "1"]);
         assert_eq!(r.answers(), 1, "an ended flow's port is taken over: {:?}", r.errors);
@@ -350,7 +358,7 @@ fn icmp_errors_reach_the_client_and_an_unroutable_backend_is_a_counted_drop() {
     let st = dp.status();
     let svc = st.services.iter().find(|s| s.id == 1).unwrap();
     assert!(svc.drops.no_route >= 1, "{:?}", svc.drops);
-    wait_for("a no_route drop event", 10, || {
+    wait_until("a no_route drop event", Duration::from_secs(10), || {
         dp.status().recent_drops.iter().any(|e| e.reason == "no_route")
     });
 }

@@ -15,7 +15,8 @@ use std::time::{Duration, SystemTime};
 
 use ipnet::Ipv4Net;
 use warren::mesh::MeshPeer;
-use warren_tests::mesh::{peers_of, wait_for, MeshNode, MeshNodeConfig};
+use warren_tests::cluster::wait_until;
+use warren_tests::mesh::{peers_of, MeshNode, MeshNodeConfig};
 use warren_tests::netns::{
     bridge, require_command, require_network_tools, tcp_request, unique_name, veth_pair, NetNs, TcpServer,
 };
@@ -133,7 +134,7 @@ impl Sites {
             }));
         }
         for n in &nodes {
-            wait_for(&format!("{}'s wireguard-go is up", n.name), WAIT, || n.status().up);
+            wait_until(&format!("{}'s wireguard-go is up", n.name), WAIT, || n.status().up);
             // One pass in place: the prohibit route for the cluster CIDR is there.
             n.run(|m| Box::pin(async move { m.sync().await.expect("first mesh pass") }));
         }
@@ -224,7 +225,7 @@ fn tasks_reach_each_other_across_sites_only_through_wireguard() {
 
     // 2. The full mesh: node 1's task reaches node 3's behind the NAT, and back.
     sites.full_mesh();
-    wait_for("node 1's task reaches node 3's", WAIT, || request(&t1, &t3).is_ok());
+    wait_until("node 1's task reaches node 3's", WAIT, || request(&t1, &t3).is_ok());
     assert_eq!(request(&t1, &t3).expect("n1 -> n3"), "ok");
     assert_eq!(request(&t3, &t1).expect("n3 -> n1"), "ok");
 
@@ -255,7 +256,7 @@ fn tasks_reach_each_other_across_sites_only_through_wireguard() {
         .filter(|p| p.node_id != n3.name)
         .collect();
     n1.set_peers(without3);
-    wait_for("node 1 drops node 3 as a peer", WAIT, || {
+    wait_until("node 1 drops node 3 as a peer", WAIT, || {
         n1.peer(&n3.public_key()).is_none()
     });
     assert!(
@@ -266,7 +267,7 @@ fn tasks_reach_each_other_across_sites_only_through_wireguard() {
 
     // 7. Added again: reachable again.
     n1.set_peers(peers_of(n1, &all));
-    wait_for("node 1's task reaches node 3's again", WAIT, || {
+    wait_until("node 1's task reaches node 3's again", WAIT, || {
         request(&t1, &t3).is_ok()
     });
 
@@ -274,10 +275,10 @@ fn tasks_reach_each_other_across_sites_only_through_wireguard() {
     let pid = n1.wireguard_go_pid().expect("node 1's wireguard-go pid file");
     // SAFETY: kill(2) of the wireguard-go the mesh started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    wait_for("a new wireguard-go on node 1", WAIT, || {
+    wait_until("a new wireguard-go on node 1", WAIT, || {
         n1.wireguard_go_pid().is_some_and(|p| p != pid)
     });
-    wait_for("node 1's task reaches node 3's after the restart", WAIT, || {
+    wait_until("node 1's task reaches node 3's after the restart", WAIT, || {
         request(&t1, &t3).is_ok()
     });
     sites.assert_no_plaintext_between_sites();
@@ -317,7 +318,7 @@ fn the_node_behind_nat_keeps_its_handshakes_alive() {
     let (t1, _s1) = task_server(n1, "a");
     let (t3, _s3) = task_server(n3, "c");
     sites.full_mesh();
-    wait_for("node 3 handshakes with node 1", WAIT, || {
+    wait_until("node 3 handshakes with node 1", WAIT, || {
         n1.peer(&n3.public_key()).is_some_and(|p| p.last_handshake.is_some())
     });
 
@@ -325,7 +326,7 @@ fn the_node_behind_nat_keeps_its_handshakes_alive() {
     //    times its UDP timeout.
     let start = n1.peer(&n3.public_key()).expect("peer").rx_bytes;
     // A keepalive is a 32-byte WireGuard message; 8 of them span 8 s > 2 s.
-    wait_for("8 keepalives from node 3 reach node 1", WAIT, || {
+    wait_until("8 keepalives from node 3 reach node 1", WAIT, || {
         n1.peer(&n3.public_key()).expect("peer").rx_bytes >= start + 8 * 32
     });
 
@@ -349,7 +350,7 @@ fn a_key_rotation_under_a_request_loop_fails_no_request() {
     let (t1, _s1) = task_server(n1, "a");
     let (t3, _s3) = task_server(n3, "c");
     sites.full_mesh();
-    wait_for("node 1's task reaches node 3's", WAIT, || request(&t1, &t3).is_ok());
+    wait_until("node 1's task reaches node 3's", WAIT, || request(&t1, &t3).is_ok());
 
     // A request loop from node 1's task to node 3's, over the whole rotation.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -378,7 +379,7 @@ fn a_key_rotation_under_a_request_loop_fails_no_request() {
         n.set_peers(peers);
     }
     for n in [n1, n2] {
-        wait_for("the peers configure node 3's next key", WAIT, || {
+        wait_until("the peers configure node 3's next key", WAIT, || {
             n.peer(&next).is_some()
         });
     }
@@ -387,7 +388,7 @@ fn a_key_rotation_under_a_request_loop_fails_no_request() {
     let new = n3.run(|m| Box::pin(async move { m.commit_rotation().await.expect("commit") }));
     assert_eq!(new, next);
     for n in [n1, n2] {
-        wait_for("the peers route node 3's subnet to the new key", WAIT, || {
+        wait_until("the peers route node 3's subnet to the new key", WAIT, || {
             n.peer(&old).is_none() && n.peer(&new).is_some_and(|p| !p.allowed_ips.is_empty())
         });
     }
@@ -397,7 +398,7 @@ fn a_key_rotation_under_a_request_loop_fails_no_request() {
         n.set_peers(peers_of(n, &all));
     }
     let before = n1.peer(&new).expect("peer").rx_bytes;
-    wait_for("more requests after the rotation", WAIT, || {
+    wait_until("more requests after the rotation", WAIT, || {
         n1.peer(&new).is_some_and(|p| p.rx_bytes > before + 10_000)
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

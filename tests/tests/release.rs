@@ -34,27 +34,6 @@ fn update_state(env: &Env, m: usize, service: &str) -> (String, String) {
     (s(&u["state"]), s(&u["message"]))
 }
 
-/// Live tasks of `service` running `image`, all healthy.
-fn wait_healthy(env: &Env, m: usize, service: &str, image: &str, n: usize) {
-    env.c.wait(
-        &format!("{n} healthy tasks of {service} on {image}"),
-        Duration::from_secs(90),
-        || {
-            let ts: Vec<Value> = env
-                .c
-                .tasks(m, service)
-                .into_iter()
-                .filter(|t| t["desired_state"] == "Running" && t["status"]["state"] == "Running")
-                .collect();
-            let ok = ts.len() == n
-                && ts
-                    .iter()
-                    .all(|t| t["status"]["health"] == "healthy" && t["spec"]["image"] == image);
-            ok.then_some(())
-        },
-    );
-}
-
 /// The closed-loop client through the VIP: new connection per request.
 struct Client {
     child: ChildGuard,
@@ -138,7 +117,7 @@ fn blue_green_switches_in_one_step_and_a_rollback_during_the_hold_flips_back() {
     let mut args = vec!["service", "create", "web", "--image", &v1, "--replicas", "3"];
     args.extend_from_slice(HEALTH);
     env.c.ok(m1, &args);
-    wait_healthy(&env, m1, "web", &v1, 3);
+    env.c.wait_healthy_on(m1, "web", &v1, 3);
     let vip = inspect(&env, m1, "web")["vip"].as_str().unwrap().to_string();
     let client = Client::start(&env, &vip, "bg");
 
@@ -169,7 +148,7 @@ fn blue_green_switches_in_one_step_and_a_rollback_during_the_hold_flips_back() {
         update_state(&env, m1, "web"),
         ("RollbackCompleted".into(), "rolled back: requested".into())
     );
-    wait_healthy(&env, m1, "web", &v1, 3);
+    env.c.wait_healthy_on(m1, "web", &v1, 3);
 
     // 3. Again with a short hold: promoted by itself once the hold passes.
     env.c.ok(
@@ -192,7 +171,7 @@ fn blue_green_switches_in_one_step_and_a_rollback_during_the_hold_flips_back() {
     });
     let (_, message) = update_state(&env, m1, "web");
     assert_eq!(message, "blue-green release promoted: the hold of 2s passed");
-    wait_healthy(&env, m1, "web", &v2, 3);
+    env.c.wait_healthy_on(m1, "web", &v2, 3);
     assert_eq!(inspect(&env, m1, "web")["spec"]["image"], v2.as_str());
 
     // 4. Not one request failed, and the answers came from one version, then the
@@ -213,7 +192,7 @@ fn canary_steps_promote_a_good_canary_and_roll_back_one_whose_connections_fail()
     let mut args = vec!["service", "create", "web", "--image", &v1, "--replicas", "4"];
     args.extend_from_slice(HEALTH);
     env.c.ok(m1, &args);
-    wait_healthy(&env, m1, "web", &v1, 4);
+    env.c.wait_healthy_on(m1, "web", &v1, 4);
     let vip = inspect(&env, m1, "web")["vip"].as_str().unwrap().to_string();
     let events = spawn_events(&env, m1);
 
@@ -240,7 +219,7 @@ fn canary_steps_promote_a_good_canary_and_roll_back_one_whose_connections_fail()
         message.starts_with("canary release promoted: every step passed, the last with canary 0 of "),
         "{message}"
     );
-    wait_healthy(&env, m1, "web", &v2, 4);
+    env.c.wait_healthy_on(m1, "web", &v2, 4);
     let r = client.finish();
     assert_eq!(r.error_count(), 0, "failed requests: {r:?}");
     let images = images_by_name(&env, m1, "web");
@@ -291,7 +270,7 @@ fn canary_steps_promote_a_good_canary_and_roll_back_one_whose_connections_fail()
         "no established outcome in the metrics:\n{m}"
     );
     // The stable version kept serving; the service is on v2 still.
-    wait_healthy(&env, m1, "web", &v2, 4);
+    env.c.wait_healthy_on(m1, "web", &v2, 4);
     let (ns, cg) = (env.node_netns("m1"), env.node_cgroup("m1"));
     let r = env.probe_run(
         &ns,

@@ -14,7 +14,8 @@ use proptest::prelude::*;
 use prost::Message;
 use warren_proto::v1 as pb;
 
-fn cases() -> u32 {
+/// The cases per target, from `FUZZ_CASES`; every fuzz test reads it here.
+pub(crate) fn cases() -> u32 {
     std::env::var("FUZZ_CASES")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -3,10 +3,9 @@
 use super::args::{ConfigCmd, Format};
 use super::client::{call, Client};
 use super::render::{ago, emit, json, line, short_id, table};
-use crate::model::{self, parse_key_value};
-use anyhow::{anyhow, Context, Result};
+use anyhow::Result;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use warren_proto::v1 as pb;
 
 #[derive(Serialize)]
@@ -22,21 +21,8 @@ struct ConfigView {
 pub async fn run(c: &mut Client, cmd: ConfigCmd) -> Result<()> {
     match cmd {
         ConfigCmd::Create { name, file, labels } => {
-            model::validate_name("name", &name).map_err(|e| anyhow!("{e}"))?;
-            let mut l = HashMap::new();
-            for x in &labels {
-                let (k, val) = parse_key_value("--label", x).map_err(|e| anyhow!("{e}"))?;
-                l.insert(k, val);
-            }
-            let data = if file == "-" {
-                let mut buf = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
-                    .context("reading the config from standard input")?;
-                buf
-            } else {
-                std::fs::read(&file).with_context(|| format!("reading the config from {file}"))?
-            };
-            let x = call(c.create_config(pb::CreateConfigRequest { name, data, labels: l })).await?;
+            let (labels, data) = super::secret::create_input("config", &name, &file, &labels)?;
+            let x = call(c.create_config(pb::CreateConfigRequest { name, data, labels })).await?;
             line(&x.id)?;
         }
         ConfigCmd::Ls { format, quiet } => {

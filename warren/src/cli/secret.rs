@@ -13,21 +13,8 @@ use warren_proto::v1 as pb;
 pub async fn run(c: &mut Client, cmd: SecretCmd) -> Result<()> {
     match cmd {
         SecretCmd::Create { name, file, labels } => {
-            model::validate_name("name", &name).map_err(|e| anyhow!("{e}"))?;
-            let mut l = HashMap::new();
-            for x in &labels {
-                let (k, val) = parse_key_value("--label", x).map_err(|e| anyhow!("{e}"))?;
-                l.insert(k, val);
-            }
-            let data = if file == "-" {
-                let mut buf = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
-                    .context("reading the secret from standard input")?;
-                buf
-            } else {
-                std::fs::read(&file).with_context(|| format!("reading the secret from {file}"))?
-            };
-            let s = call(c.create_secret(pb::CreateSecretRequest { name, data, labels: l })).await?;
+            let (labels, data) = create_input("secret", &name, &file, &labels)?;
+            let s = call(c.create_secret(pb::CreateSecretRequest { name, data, labels })).await?;
             line(&s.id)?;
         }
         SecretCmd::Ls { format, quiet } => {
@@ -53,4 +40,29 @@ pub async fn run(c: &mut Client, cmd: SecretCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What `secret create` and `config create` send: the checked name's labels and the
+/// data read from `file` (`-` for standard input).
+pub(super) fn create_input(
+    kind: &str,
+    name: &str,
+    file: &str,
+    labels: &[String],
+) -> Result<(HashMap<String, String>, Vec<u8>)> {
+    model::validate_name("name", name).map_err(|e| anyhow!("{e}"))?;
+    let mut l = HashMap::new();
+    for x in labels {
+        let (k, val) = parse_key_value("--label", x).map_err(|e| anyhow!("{e}"))?;
+        l.insert(k, val);
+    }
+    let data = if file == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+            .with_context(|| format!("reading the {kind} from standard input"))?;
+        buf
+    } else {
+        std::fs::read(file).with_context(|| format!("reading the {kind} from {file}"))?
+    };
+    Ok((l, data))
 }

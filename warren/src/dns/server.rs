@@ -509,10 +509,7 @@ mod tests {
         use proptest::test_runner::TestRunner;
         let srv = DnsServer::start(cfg(vec![]), table("10.99.0.1")).await.unwrap();
         let addr = srv.local_addr();
-        let cases: usize = std::env::var("FUZZ_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2000);
+        let cases = crate::fuzz::cases() as usize;
         let mut runner = TestRunner::deterministic();
         let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let mut valid = Message::query();
