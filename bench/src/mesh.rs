@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use warren_tests::dataplane::{Netns, Proc};
 use warren_tests::cluster::wait_until;
+use warren_tests::dataplane::{Netns, Proc};
 use warren_tests::mesh::{MeshNode, MeshNodeConfig};
 
 use crate::dataplane::lab::finish;

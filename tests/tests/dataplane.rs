@@ -59,6 +59,11 @@ fn stable(lab: &Lab, id: u32, name: &str) -> ServiceEntry {
     service(lab, id, name, &groups)
 }
 
+/// Entries in use of the map `name`, as the data plane's status reports them.
+fn map_entries(dp: &EbpfDataplane, name: &str) -> Option<u64> {
+    dp.status().maps.iter().find(|m| m.name == name).map(|m| m.entries)
+}
+
 fn to(addr: Ipv4Addr, port: u16) -> String {
     format!("{addr}:{port}")
 }
@@ -82,14 +87,7 @@ fn vip_reaches_every_backend_over_tcp_and_udp() {
     // Where the kernel has socket storage, a connected socket's translation lives
     // with the socket: 150 connections leave no reverse-NAT entry behind.
     let sk_storage = warren::dataplane::check_kernel().expect("kernel").at_least(5, 10);
-    let revnat = |dp: &EbpfDataplane| {
-        dp.status()
-            .maps
-            .iter()
-            .find(|m| m.name == "warren_rnat_v1")
-            .map(|m| m.entries)
-            .expect("warren_rnat_v1 fill")
-    };
+    let revnat = |dp: &EbpfDataplane| map_entries(dp, "warren_rnat_v1").expect("warren_rnat_v1 fill");
     if sk_storage {
         assert_eq!(revnat(&dp), 0, "TCP connections wrote reverse-NAT entries");
     }
@@ -775,13 +773,7 @@ fn a_removed_services_vip_refuses_new_connections_until_the_dns_ttl_passed() {
         "udp to a removed VIP: {:?}",
         r.errors
     );
-    let svc_entries = |dp: &EbpfDataplane| {
-        dp.status()
-            .maps
-            .iter()
-            .find(|m| m.name == "warren_svc_v1")
-            .map(|m| m.entries)
-    };
+    let svc_entries = |dp: &EbpfDataplane| map_entries(dp, "warren_svc_v1");
     assert_eq!(
         svc_entries(&dp),
         Some(4),

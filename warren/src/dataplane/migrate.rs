@@ -123,13 +123,9 @@ const V1_SVCC: &str = "warren_svcc_v1";
 /// evicted its twin; the flow is broken already). Entries already in v2 (a
 /// start that stopped before retiring v1) are kept. Returns the entries copied.
 pub(crate) fn ct_from_v1(dir: &Path, ct: &mut HashMap<MapData, CtKey, CtValue>) -> Result<usize, DataplaneError> {
-    let pin = dir.join(V1_CT);
-    if !pin.exists() {
+    let Some(old) = open_v1_lru::<CtKey, CtValue>(dir, V1_CT)? else {
         return Ok(0);
-    }
-    let data = MapData::from_pin(&pin).map_err(|e| DataplaneError::map(V1_CT, e))?;
-    let old: HashMap<MapData, CtKey, CtValue> =
-        HashMap::try_from(Map::LruHashMap(data)).map_err(|e| DataplaneError::map(V1_CT, e))?;
+    };
     let entries = super::ct::CtTable::entries(&old)?;
     let by_key: BTreeMap<CtKey, CtValue> = entries.iter().copied().collect();
     let mut copied = 0;
@@ -233,13 +229,9 @@ pub(crate) fn aff_from_v1(
     aff: &mut HashMap<MapData, SockKey, Affinity>,
     now_ns: u64,
 ) -> Result<usize, DataplaneError> {
-    let pin = dir.join(V1_AFFINITY);
-    if !pin.exists() {
+    let Some(old) = open_v1_lru::<SockKey, AffinityV1>(dir, V1_AFFINITY)? else {
         return Ok(0);
-    }
-    let data = MapData::from_pin(&pin).map_err(|e| DataplaneError::map(V1_AFFINITY, e))?;
-    let old: HashMap<MapData, SockKey, AffinityV1> =
-        HashMap::try_from(Map::LruHashMap(data)).map_err(|e| DataplaneError::map(V1_AFFINITY, e))?;
+    };
     let mut copied = 0;
     for entry in old.iter() {
         // An LRU entry may go while the walk runs: skip it.
@@ -256,4 +248,19 @@ pub(crate) fn aff_from_v1(
         }
     }
     Ok(copied)
+}
+
+/// The pinned v1 LRU hash `name` in `dir`, if the node still has it.
+fn open_v1_lru<K: aya::Pod, V: aya::Pod>(
+    dir: &Path,
+    name: &'static str,
+) -> Result<Option<HashMap<MapData, K, V>>, DataplaneError> {
+    let pin = dir.join(name);
+    if !pin.exists() {
+        return Ok(None);
+    }
+    let data = MapData::from_pin(&pin).map_err(|e| DataplaneError::map(name, e))?;
+    HashMap::try_from(Map::LruHashMap(data))
+        .map(Some)
+        .map_err(|e| DataplaneError::map(name, e))
 }
