@@ -319,6 +319,7 @@ fn warren_service(id: u32, name: &str, vip: Option<Ipv4Addr>, backends: &[Ipv4Ad
             .collect(),
         canary_weight: 0,
         rate_limit: None,
+        prefer_local: false,
     }
 }
 

@@ -86,6 +86,7 @@ pub fn service(name: &str, port: u16, addrs: &[Ipv4Addr]) -> ServiceEndpoints {
         }],
         canary_weight: 0,
         rate_limit: None,
+        endpoint_locality: Default::default(),
         stack: String::new(),
         endpoints: addrs
             .iter()

@@ -57,6 +57,7 @@ fn published(lab: &Lab, id: u32, port: u16, target: u16, remote: &[usize]) -> Se
             .collect(),
         canary_weight: 0,
         rate_limit: None,
+        prefer_local: false,
     }
 }
 

@@ -49,6 +49,7 @@ fn service(lab: &Lab, id: u32, name: &str, groups: &[(usize, BackendGroup, bool)
             .collect(),
         canary_weight: 0,
         rate_limit: None,
+        prefer_local: false,
     }
 }
 
@@ -708,6 +709,57 @@ fn removed_backend_gets_no_connections_and_its_sockets_are_destroyed() {
 }
 
 #[test]
+fn prefer_local_sends_new_connections_to_local_tasks_while_any_is_ready() {
+    let lab = Lab::new("locality", 31, 3, false, PROBE);
+    let dp = EbpfDataplane::open(lab.cfg()).expect("open data plane");
+    let target = to(vip(lab.net), TCP_PORT);
+    // b0 runs on this node, b1 and b2 elsewhere.
+    let groups = [
+        (0, BackendGroup::Stable, true),
+        (1, BackendGroup::Stable, false),
+        (2, BackendGroup::Stable, false),
+    ];
+    let names = |r: &warren_tests::dataplane::Report| r.names.keys().cloned().collect::<Vec<_>>();
+
+    // 1. Without the option every task takes connections.
+    dp.sync(&[service(&lab, 4, "web", &groups)]).expect("sync");
+    let r = lab.client(&["connect", "--to", &target, "--n", "150"]);
+    assert_eq!(r.answers(), 150, "{:?}", r.errors);
+    assert_eq!(names(&r), ["b0", "b1", "b2"]);
+
+    // 2. prefer-local: only the local task, over TCP and UDP.
+    let mut svc = service(&lab, 4, "web", &groups);
+    svc.prefer_local = true;
+    dp.sync(std::slice::from_ref(&svc)).expect("sync");
+    let r = lab.client(&["connect", "--to", &target, "--n", "150"]);
+    assert_eq!(r.answers(), 150, "{:?}", r.errors);
+    assert_eq!(names(&r), ["b0"], "prefer-local with a ready local task");
+    let r = lab.client(&["udp", "--to", &to(vip(lab.net), UDP_PORT), "--n", "20"]);
+    assert_eq!(r.answers(), 20, "{:?}", r.errors);
+    assert_eq!(names(&r), ["b0"], "prefer-local over UDP");
+
+    // 3. The local task drains: new connections go to the remote ones, none refused.
+    svc.backends[0].draining = true;
+    dp.sync(std::slice::from_ref(&svc)).expect("sync");
+    let r = lab.client(&["connect", "--to", &target, "--n", "150"]);
+    assert_eq!(r.answers(), 150, "{:?}", r.errors);
+    assert_eq!(names(&r), ["b1", "b2"], "a draining local task takes no new connection");
+
+    // 4. It is gone (no longer ready): the same; back: local again.
+    svc.backends.remove(0);
+    dp.sync(std::slice::from_ref(&svc)).expect("sync");
+    let r = lab.client(&["connect", "--to", &target, "--n", "100"]);
+    assert_eq!(r.answers(), 100, "{:?}", r.errors);
+    assert_eq!(names(&r), ["b1", "b2"]);
+    let mut back = service(&lab, 4, "web", &groups);
+    back.prefer_local = true;
+    dp.sync(&[back]).expect("sync");
+    let r = lab.client(&["connect", "--to", &target, "--n", "100"]);
+    assert_eq!(r.answers(), 100, "{:?}", r.errors);
+    assert_eq!(names(&r), ["b0"], "the local task is preferred again once ready");
+}
+
+#[test]
 fn an_invalid_service_does_not_stop_another_services_changes() {
     let lab = Lab::new("robust", 24, 2, false, PROBE);
     let dp = EbpfDataplane::open(lab.cfg()).expect("open data plane");
@@ -1155,6 +1207,7 @@ fn a_node_running_layout_v1_is_upgraded_without_dropping_a_connection() {
             .collect(),
         canary_weight: 0,
         rate_limit: None,
+        prefer_local: false,
     };
     dp.sync(&[svc]).expect("sync");
     held.send_line("check");

@@ -243,6 +243,62 @@ fn three_nodes_reach_a_remote_service_over_the_encrypted_mesh_rotate_keys_and_dr
         assert_eq!(r.names.keys().cloned().collect::<BTreeSet<_>>(), names, "{from}: {r:?}");
     }
 
+    // 4b. --endpoint-locality prefer-local: a task on n2 and one on n3; each node's
+    //     clients reach only their own node's task, and with `any` both again.
+    env.c.ok(
+        m1,
+        &[
+            "service",
+            "create",
+            "near",
+            "--image",
+            &http,
+            "--mode",
+            "global",
+            "--constraint",
+            "node.role==worker",
+            "--endpoint-locality",
+            "prefer-local",
+        ],
+    );
+    let near_tasks = env.running(m1, "near", 2);
+    // Until both are healthy, a node without a ready task of its own falls back to
+    // the other's (correctly): wait, so that locality is what the probe shows.
+    env.c.wait_healthy_on(m1, "near", &http, 2);
+    let near_names: BTreeSet<String> = near_tasks
+        .iter()
+        .map(|t| t["id"].as_str().unwrap()[..12].to_string())
+        .collect();
+    let near: Value = env
+        .c
+        .json(m1, &["service", "inspect", "near", "--format", "json"])
+        .unwrap();
+    assert_eq!(near["spec"]["endpoint_locality"], "PreferLocal", "{near}");
+    let near_vip = format!("{}:80", near["vip"].as_str().expect("a VIP"));
+    let reached = |from: &str, want: usize| {
+        let (ns, cg) = (env.node_netns(from), env.node_cgroup(from));
+        env.c.wait(&format!("near from {from} on {want} task(s)"), WAIT, || {
+            let r = env.probe_run(&ns, Some(&cg), &["connect", "--to", &near_vip, "--n", "60", "--http"]);
+            (r.error_count() == 0 && r.names.len() == want).then_some(r)
+        })
+    };
+    let on_n2 = reached("n2", 1);
+    let on_n3 = reached("n3", 1);
+    assert_ne!(
+        on_n2.names.keys().next(),
+        on_n3.names.keys().next(),
+        "{on_n2:?} {on_n3:?}"
+    );
+    assert!(on_n2
+        .names
+        .keys()
+        .chain(on_n3.names.keys())
+        .all(|n| near_names.contains(n)));
+    env.c
+        .ok(m1, &["service", "update", "near", "--endpoint-locality", "any"]);
+    reached("n2", 2);
+    env.c.ok(m1, &["service", "rm", "near"]);
+
     // 5. Between the nodes the lan carried WireGuard, and no plaintext TCP to a task.
     assert_eq!(
         counter(&lan, "plain"),

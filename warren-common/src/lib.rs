@@ -64,6 +64,10 @@ pub const SVC_F_WILDCARD: u8 = 0x04;
 /// (ECONNREFUSED) until the daemon removes the entry.
 pub const SVC_F_REFUSE: u8 = 0x08;
 
+/// [`SvcState::flags`]: new connections pick from the local table while it has
+/// backends, then from the table of all (`--endpoint-locality prefer-local`).
+pub const SVC_S_PREFER_LOCAL: u32 = 0x01;
+
 /// [`Backend::flags`]: the id is in use.
 pub const BE_F_ACTIVE: u8 = 0x01;
 /// [`Backend::flags`]: the backend runs on this node (no SNAT on the tc path).

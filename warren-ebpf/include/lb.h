@@ -195,9 +195,19 @@ static __always_inline __u32 flow_hash(__be32 saddr, __be32 daddr, __be16 sport,
 	return h;
 }
 
-static __always_inline __u32 svc_kind(const struct warren_svc_value *svc)
+/*
+ * The table a new connection picks from: a host-mode port's local backends only;
+ * a prefer-local service's local backends while it has any (the plan builds that
+ * table from ready, non-draining backends only, so "any" means "any healthy"),
+ * else every backend.
+ */
+static __always_inline __u32 svc_kind(const struct warren_svc_value *svc, const struct warren_svc_state *st)
 {
-	return (svc->flags & WARREN_SVC_F_HOST_MODE) ? WARREN_KIND_LOCAL : WARREN_KIND_ALL;
+	if (svc->flags & WARREN_SVC_F_HOST_MODE)
+		return WARREN_KIND_LOCAL;
+	if ((st->flags & WARREN_SVC_S_PREFER_LOCAL) && st->backends_local && st->table_local)
+		return WARREN_KIND_LOCAL;
+	return WARREN_KIND_ALL;
 }
 
 #endif /* WARREN_LB_H */

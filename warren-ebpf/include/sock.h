@@ -162,7 +162,7 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, int sendmsg, in
 			drop(svc_id, WARREN_DROP_RATE_LIMITED, client, dport, proto, WARREN_SRC_SOCK);
 			return sys_reject(ECONNREFUSED);
 		}
-		be_id = pick_backend(svc_id, st, svc_kind(svc), bpf_get_prandom_u32(), &be);
+		be_id = pick_backend(svc_id, st, svc_kind(svc, st), bpf_get_prandom_u32(), &be);
 		if (!be_id || !be) {
 			drop(svc_id, WARREN_DROP_NO_BACKEND, client, dport, proto, WARREN_SRC_SOCK);
 			return sys_reject(ECONNREFUSED);

@@ -48,6 +48,9 @@
 #define WARREN_SVC_F_WILDCARD 0x04  /* port 0: any port, same port on the backend */
 #define WARREN_SVC_F_REFUSE 0x08    /* a removed service: refuse new connections */
 
+/* warren_svc_state.flags */
+#define WARREN_SVC_S_PREFER_LOCAL 0x01 /* the local table while it has backends, then all */
+
 /* warren_backend.flags */
 #define WARREN_BE_F_ACTIVE 0x01
 #define WARREN_BE_F_LOCAL 0x02
@@ -96,13 +99,13 @@ struct warren_svc_value {
 struct warren_svc_state {
 	__u32 table_all;      /* offset in the slot pool of all backends' table; 0 = none */
 	__u32 size_all;       /* its size: a prime, or 1 for one backend */
-	__u32 table_local;    /* this node's backends' table; 0 = none (no host-mode port) */
+	__u32 table_local;    /* this node's backends' table; 0 = none (no host-mode port, not prefer-local) */
 	__u32 size_local;
 	__u16 backends_all;   /* backends in the "all" table; 0 = none */
 	__u16 backends_local; /* backends in the "local" table; 0 = none */
 	__u32 rate_per_sec;   /* new connections (UDP flows) per second per client; 0 = off */
 	__u32 rate_burst;
-	__u32 flags;          /* reserved, 0 */
+	__u32 flags;          /* WARREN_SVC_S_* (older daemons wrote 0) */
 };
 
 /* warren_slot_v2[table + hash % size] = backend id */

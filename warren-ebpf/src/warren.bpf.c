@@ -581,7 +581,7 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int ingress)
 		drop(svc_id, WARREN_DROP_RATE_LIMITED, iph.saddr, ports[1], key.proto, WARREN_SRC_TC);
 		return TC_ACT_SHOT;
 	}
-	be_id = pick_backend(svc_id, st, svc_kind(svc),
+	be_id = pick_backend(svc_id, st, svc_kind(svc, st),
 			     flow_hash(iph.saddr, iph.daddr, ports[0], ports[1], iph.protocol), &be);
 	if (!be_id || !be) {
 		drop(svc_id, WARREN_DROP_NO_BACKEND, iph.saddr, ports[1], key.proto, WARREN_SRC_TC);

@@ -725,6 +725,7 @@ fn daemon(args: &Args) {
             .collect(),
         canary_weight: 0,
         rate_limit: None,
+        prefer_local: false,
     };
     dp.sync(&[svc]).expect("sync");
     let adopted = dp.status().programs.iter().filter(|p| p.adopted).count();

@@ -68,6 +68,7 @@ pub fn entries(node_id: &str, services: &[ServiceEndpoints]) -> Vec<ServiceEntry
                 per_sec: r.per_sec,
                 burst: r.burst,
             }),
+            prefer_local: s.endpoint_locality == model::EndpointLocality::PreferLocal,
         });
     }
     out

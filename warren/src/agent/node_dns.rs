@@ -135,6 +135,7 @@ mod tests {
             ports: vec![],
             canary_weight: 0,
             rate_limit: None,
+            endpoint_locality: Default::default(),
             stack: String::new(),
             endpoints: ready
                 .iter()

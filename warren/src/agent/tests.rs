@@ -226,6 +226,7 @@ async fn hello_acceptance_assignments_reports_and_heartbeats() {
         ports: vec![],
         canary_weight: 0,
         rate_limit: None,
+        endpoint_locality: Default::default(),
         endpoints: vec![],
         stack: String::new(),
         removed: false,

@@ -410,6 +410,11 @@ pub struct SpecArgs {
     /// the tasks) [default: vip].
     #[arg(long, value_name = "MODE")]
     pub endpoint_mode: Option<String>,
+    /// any (every ready task) or prefer-local (a node's own ready tasks while it has
+    /// any, then every task) for new connections to the VIP and published ports
+    /// [default: any].
+    #[arg(long, value_name = "LOCALITY")]
+    pub endpoint_locality: Option<String>,
     /// New connections (and UDP datagrams) per second allowed per client address,
     /// e.g. 100/s; `none` removes the limit.
     #[arg(long, value_name = "N/s")]
@@ -928,6 +933,8 @@ mod tests {
             "x",
             "--endpoint-mode",
             "dnsrr",
+            "--endpoint-locality",
+            "prefer-local",
             "--rate-limit",
             "50/s",
             "--rate-burst",

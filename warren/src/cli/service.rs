@@ -134,6 +134,9 @@ fn apply_spec_args(spec: &mut ServiceSpec, a: &SpecArgs) -> Result<()> {
     if let Some(m) = &a.endpoint_mode {
         spec.endpoint_mode = model::EndpointMode::parse("--endpoint-mode", m).map_err(v)?;
     }
+    if let Some(l) = &a.endpoint_locality {
+        spec.endpoint_locality = model::EndpointLocality::parse("--endpoint-locality", l).map_err(v)?;
+    }
     match (&a.rate_limit, a.rate_burst) {
         (Some(r), _) if r == "none" || r == "0" => spec.rate_limit = None,
         (Some(r), burst) => {

@@ -109,6 +109,7 @@ mod tests {
             }],
             canary_weight: 0,
             rate_limit: None,
+            prefer_local: false,
         }
     }
 

@@ -98,6 +98,8 @@ pub(crate) fn tables_from_v1(dir: &Path, maps: &mut Maps, clock: Clock) -> Resul
             PlannedService {
                 name: format!("#{id}"),
                 backends,
+                // v1 had no locality; the next sync sets it.
+                prefer_local: false,
                 canary_weight: if mixed {
                     ((canary_slots * 100 + V1_SLOTS / 2) / V1_SLOTS) as u8
                 } else {

@@ -188,6 +188,10 @@ pub struct ServiceEntry {
     /// Percentage (0-100) of new connections that go to the canary group.
     pub canary_weight: u8,
     pub rate_limit: Option<RateLimit>,
+    /// New connections go to the local backends while any is in the set, then to
+    /// all (`--endpoint-locality prefer-local`); host-mode ports are local-only
+    /// regardless.
+    pub prefer_local: bool,
 }
 
 /// What a [`Dataplane::sync`] left out.

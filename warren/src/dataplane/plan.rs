@@ -13,7 +13,7 @@ use std::{
 use warren_common::{
     Backend as BeValue, Be16, Be32, SvcKey, SvcState, SvcValue, BE_F_ACTIVE, BE_F_CANARY, BE_F_LOCAL, KINDS,
     MAX_BACKENDS, MAX_SERVICES, MAX_SVC_ENTRIES, RL_MAX_BURST, RL_MAX_RATE, SLOT_POOL, SVC_F_HOST_MODE, SVC_F_NODEPORT,
-    SVC_F_REFUSE, SVC_F_WILDCARD,
+    SVC_F_REFUSE, SVC_F_WILDCARD, SVC_S_PREFER_LOCAL,
 };
 
 use super::{maglev, BackendGroup, DataplaneError, Protocol, ServiceEntry};
@@ -38,6 +38,7 @@ pub(crate) struct PlannedService {
     pub canary_weight: u8,
     pub rate_per_sec: u32,
     pub rate_burst: u32,
+    pub prefer_local: bool,
 }
 
 /// The desired contents of the service map and the per-service state.
@@ -354,6 +355,7 @@ fn plan_one(s: &ServiceEntry, name: &str, taken: &Taken) -> Result<PlannedOne, D
             canary_weight: s.canary_weight,
             rate_per_sec,
             rate_burst,
+            prefer_local: s.prefer_local,
         },
         entries,
     })
@@ -617,11 +619,11 @@ pub(crate) fn reconcile(
                 previous,
             )
         };
-        // Only host-mode ports pick from local backends; other services need no
-        // local table.
+        // Only host-mode ports and prefer-local services pick from local
+        // backends; other services need no local table.
         let tables = [
             table(0, false),
-            if host_mode.contains(&svc_id) {
+            if host_mode.contains(&svc_id) || svc.prefer_local {
                 table(1, true)
             } else {
                 Vec::new()
@@ -660,7 +662,7 @@ pub(crate) fn reconcile(
             backends_local: count(true),
             rate_per_sec: svc.rate_per_sec,
             rate_burst: svc.rate_burst,
-            flags: 0,
+            flags: if svc.prefer_local { SVC_S_PREFER_LOCAL } else { 0 },
         };
         if existing.map(|c| c.state) != Some(state) {
             ops.set_state(svc_id, state)?;
@@ -825,6 +827,7 @@ mod tests {
             ],
             canary_weight: 0,
             rate_limit: None,
+            prefer_local: false,
         }
     }
 
@@ -1095,6 +1098,36 @@ mod tests {
         );
         assert!(rec.tables[&st.table_all].contains(&2));
         assert_eq!((st.backends_all, st.backends_local), (2, 1));
+    }
+
+    #[test]
+    fn prefer_local_services_get_a_local_table_and_the_flag() {
+        let mut s = svc(3, "web");
+        s.prefer_local = true;
+        let mut cur = Current::default();
+        let mut rec = Recorder::default();
+        reconcile(&mut cur, &plan(std::slice::from_ref(&s)).unwrap(), &mut rec).unwrap();
+        let st = rec.states[&3];
+        assert_eq!(st.flags, SVC_S_PREFER_LOCAL);
+        assert!(rec.tables[&st.table_local].iter().all(|&id| id == 1));
+        assert_eq!((st.backends_all, st.backends_local), (2, 1));
+
+        // The local task drains: the local table empties, so the programs fall back
+        // to the table of all backends.
+        s.backends[0].draining = true;
+        let mut rec = Recorder::default();
+        reconcile(&mut cur, &plan(std::slice::from_ref(&s)).unwrap(), &mut rec).unwrap();
+        let st = rec.states[&3];
+        assert_eq!((st.backends_local, st.table_local), (0, 0));
+        assert_eq!(st.flags, SVC_S_PREFER_LOCAL);
+
+        // Back to any: no local table, no flag.
+        s.backends[0].draining = false;
+        s.prefer_local = false;
+        let mut rec = Recorder::default();
+        reconcile(&mut cur, &plan(&[s]).unwrap(), &mut rec).unwrap();
+        let st = rec.states[&3];
+        assert_eq!((st.flags, st.table_local), (0, 0));
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub fn endpoints(name: &str, targets: &[u16], tasks: &[(&str, bool)]) -> Service
             .collect(),
         canary_weight: 0,
         rate_limit: None,
+        endpoint_locality: Default::default(),
         stack: String::new(),
         endpoints: tasks
             .iter()

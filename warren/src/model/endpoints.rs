@@ -3,7 +3,7 @@
 //! state by the managers (`store::State::service_endpoints`), sent to each node,
 //! consumed by its DNS and data plane.
 
-use super::{EndpointMode, PortConfig, RateLimit};
+use super::{EndpointLocality, EndpointMode, PortConfig, RateLimit};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
@@ -33,6 +33,10 @@ pub struct ServiceEndpoints {
     /// Percent of new connections for the canary tasks; 0 without a canary.
     pub canary_weight: u8,
     pub rate_limit: Option<RateLimit>,
+    /// `prefer-local`: each node's data plane sends new connections to its own
+    /// ready tasks while it has any.
+    #[serde(default)]
+    pub endpoint_locality: EndpointLocality,
     pub endpoints: Vec<Endpoint>,
     /// The stack the service belongs to (`stack deploy`); empty: none.
     #[serde(default)]

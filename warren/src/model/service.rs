@@ -75,6 +75,37 @@ impl EndpointMode {
     }
 }
 
+/// Which tasks a node's data plane sends a new connection to (issue 12).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndpointLocality {
+    /// Every ready task, wherever it runs.
+    #[default]
+    Any,
+    /// The tasks on the client's node while any of them is ready, else every task:
+    /// no mesh hop for a client next to a replica, no outage when it has none.
+    PreferLocal,
+}
+
+impl EndpointLocality {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointLocality::Any => "any",
+            EndpointLocality::PreferLocal => "prefer-local",
+        }
+    }
+
+    pub fn parse(field: &str, s: &str) -> Result<Self, ValidationError> {
+        match s {
+            "any" => Ok(EndpointLocality::Any),
+            "prefer-local" => Ok(EndpointLocality::PreferLocal),
+            _ => Err(ValidationError::new(
+                field,
+                format!("invalid endpoint locality {s:?}: expected any or prefer-local"),
+            )),
+        }
+    }
+}
+
 /// New connections (and UDP datagrams) per client address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateLimit {
@@ -155,6 +186,9 @@ pub struct ServiceSpec {
     pub drain_timeout_ms: u64,
     #[serde(default)]
     pub endpoint_mode: EndpointMode,
+    /// Whether new connections prefer the client node's own tasks.
+    #[serde(default)]
+    pub endpoint_locality: EndpointLocality,
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
     // Swarm's container flags (issue 10, item 5): hostname, init, read-only root,
@@ -207,6 +241,7 @@ impl Default for ServiceSpec {
             stop_grace_ms: default_grace(),
             drain_timeout_ms: default_drain(),
             endpoint_mode: EndpointMode::Vip,
+            endpoint_locality: EndpointLocality::Any,
             rate_limit: None,
             container: ContainerOptions::default(),
             update: UpdateConfig::default(),

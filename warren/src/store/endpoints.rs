@@ -51,6 +51,7 @@ impl State {
                     ports: s.spec.ports.clone(),
                     canary_weight: s.canary.as_ref().map_or(0, |c| c.weight),
                     rate_limit: s.spec.rate_limit,
+                    endpoint_locality: s.spec.endpoint_locality,
                     endpoints,
                     stack: s
                         .spec

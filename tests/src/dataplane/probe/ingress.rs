@@ -93,6 +93,7 @@ pub fn serve(args: &Args) {
             }],
             canary_weight: 0,
             rate_limit: None,
+            endpoint_locality: Default::default(),
             stack: String::new(),
             endpoints: backends
                 .iter()

@@ -1,7 +1,7 @@
 //! Service endpoints on the wire: what the dispatcher sends every node for its
 //! data plane and DNS.
 
-use super::service::{port_from_pb, port_to_pb};
+use super::service::{locality_from_pb, locality_to_pb, port_from_pb, port_to_pb};
 use crate::model::{self, EndpointMode, RateLimit, ValidationError};
 use warren_proto::v1 as pb;
 
@@ -21,6 +21,7 @@ pub fn endpoints_to_pb(s: &model::ServiceEndpoints) -> pb::ServiceEndpoints {
             per_sec: r.per_sec,
             burst: r.burst,
         }),
+        endpoint_locality: locality_to_pb(s.endpoint_locality),
         endpoints: s
             .endpoints
             .iter()
@@ -56,6 +57,8 @@ pub fn endpoints_from_pb(s: pb::ServiceEndpoints) -> Result<model::ServiceEndpoi
             per_sec: r.per_sec,
             burst: r.burst,
         }),
+        // A newer manager's value this agent does not know: balance over every task.
+        endpoint_locality: locality_from_pb(s.endpoint_locality).unwrap_or_default(),
         endpoints: s
             .endpoints
             .into_iter()

@@ -87,6 +87,7 @@ mod tests {
             stop_grace_ms: 0,
             drain_timeout_ms: 5_000,
             endpoint_mode: EndpointMode::Dnsrr,
+            endpoint_locality: EndpointLocality::PreferLocal,
             rate_limit: Some(RateLimit {
                 per_sec: 50,
                 burst: 100,

@@ -5,9 +5,10 @@
 use super::container::{container_from_pb, container_to_pb};
 use super::node::{resources_from_pb, resources_to_pb};
 use crate::model::{
-    Canary, CanarySteps, ConfigRef, Constraint, EndpointMode, FailureAction, HealthCheck, HealthTest, Mount, MountKind,
-    PortConfig, Protocol, PublishMode, RateLimit, Release, RestartCondition, RestartPolicy, SecretRef, Service,
-    ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus, UpdateStrategy, ValidationError,
+    Canary, CanarySteps, ConfigRef, Constraint, EndpointLocality, EndpointMode, FailureAction, HealthCheck, HealthTest,
+    Mount, MountKind, PortConfig, Protocol, PublishMode, RateLimit, Release, RestartCondition, RestartPolicy,
+    SecretRef, Service, ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus, UpdateStrategy,
+    ValidationError,
 };
 use warren_proto::v1 as pb;
 
@@ -78,6 +79,7 @@ pub fn spec_to_pb(s: &ServiceSpec) -> pb::ServiceSpec {
             EndpointMode::Vip => pb::EndpointMode::Vip,
             EndpointMode::Dnsrr => pb::EndpointMode::Dnsrr,
         } as i32,
+        endpoint_locality: locality_to_pb(s.endpoint_locality),
         rate_limit: s.rate_limit.map(|r| pb::RateLimit {
             per_sec: r.per_sec,
             burst: r.burst,
@@ -274,6 +276,12 @@ pub fn spec_from_pb(s: pb::ServiceSpec) -> Result<ServiceSpec, ValidationError> 
                 ))
             }
         },
+        endpoint_locality: locality_from_pb(s.endpoint_locality).ok_or_else(|| {
+            ValidationError::new(
+                "endpoint-locality",
+                format!("unknown endpoint locality {}", s.endpoint_locality),
+            )
+        })?,
         rate_limit: s.rate_limit.map(|r| RateLimit {
             per_sec: r.per_sec,
             burst: r.burst,
@@ -293,6 +301,22 @@ pub fn spec_from_pb(s: pb::ServiceSpec) -> Result<ServiceSpec, ValidationError> 
     };
     spec.validate()?;
     Ok(spec)
+}
+
+pub fn locality_to_pb(l: EndpointLocality) -> i32 {
+    let pb = match l {
+        EndpointLocality::Any => pb::EndpointLocality::Any,
+        EndpointLocality::PreferLocal => pb::EndpointLocality::PreferLocal,
+    };
+    pb as i32
+}
+
+/// None for a value this version does not know.
+pub fn locality_from_pb(v: i32) -> Option<EndpointLocality> {
+    match pb::EndpointLocality::try_from(v).ok()? {
+        pb::EndpointLocality::Any => Some(EndpointLocality::Any),
+        pb::EndpointLocality::PreferLocal => Some(EndpointLocality::PreferLocal),
+    }
 }
 
 pub fn update_config_to_pb(c: &UpdateConfig) -> pb::UpdateConfig {
