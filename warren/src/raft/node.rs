@@ -593,3 +593,23 @@ impl Proposer for RaftNode {
         self.raft.metrics().borrow().current_leader == Some(self.id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ForwardError;
+    use tonic::Status;
+
+    #[test]
+    fn only_a_refused_connection_or_request_means_the_leader_never_saw_a_forwarded_write() {
+        let refused = Status::from_error(Box::new(tonic::ConnectError(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )))));
+        assert!(ForwardError::Status(refused).never_reached_the_leader());
+        assert!(ForwardError::Status(Status::invalid_argument("undecodable raft message")).never_reached_the_leader());
+        // A connection that broke mid-call, or a deadline: the leader may have it.
+        assert!(!ForwardError::Status(Status::unavailable("transport error")).never_reached_the_leader());
+        assert!(!ForwardError::Status(Status::deadline_exceeded("Timeout expired")).never_reached_the_leader());
+        let garbled = serde_json::from_slice::<u64>(b"x").unwrap_err();
+        assert!(!ForwardError::Decode(garbled).never_reached_the_leader());
+    }
+}

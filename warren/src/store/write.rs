@@ -34,13 +34,6 @@ pub enum WriteError {
     Unconfirmed(String),
 }
 
-impl WriteError {
-    /// True when the write may have been applied although it failed.
-    pub fn is_unconfirmed(&self) -> bool {
-        matches!(self, WriteError::Unconfirmed(_))
-    }
-}
-
 /// One member of the Raft group.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
