@@ -392,7 +392,13 @@ fn twenty_leader_kills_and_a_partition_lose_no_acknowledged_write_and_the_histor
                     .iter()
                     .filter(|e| e.key == w.key && matches!(e.op, Op::Create(v) | Op::Write(v) if Some(v) == fin))
                     .collect();
-                format!("{w:?}: finally {fin:?}, written by {writers:?}")
+                let phantom = !writers.is_empty() && writers.iter().all(|e| e.outcome == Outcome::Failed);
+                let hint = if phantom {
+                    " (a write reported as refused took effect)"
+                } else {
+                    ""
+                };
+                format!("{w:?}: finally {fin:?}, written by {writers:?}{hint}")
             })
             .collect();
         panic!("acknowledged writes lost:\n{}", why.join("\n"));
