@@ -26,7 +26,7 @@ const KILLS: usize = 20;
 const HOT: u64 = 6;
 /// Snapshot this often, so that restarted managers catch up through snapshots and
 /// the bounded-log check has something to bound.
-const SNAPSHOT_EVERY: u64 = 50;
+const SNAPSHOT_EVERY: u64 = 30;
 
 fn cli(sock: &Path, args: &[&str]) -> Output {
     Command::new(warren_bin())
