@@ -12,6 +12,7 @@ pub mod env;
 pub mod images;
 pub mod ingress;
 pub mod lab;
+pub mod linearize;
 pub mod mesh;
 pub mod netns;
 pub mod registry;

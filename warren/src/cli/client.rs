@@ -113,6 +113,13 @@ mod tests {
         );
         let plain = apply_status(ApplyError::Invalid("replicas: service \"x\" is global".into()));
         assert_eq!(status_error(plain).to_string(), "replicas: service \"x\" is global");
+        // A write the manager cannot vouch for says so, as the manager put it.
+        let unsure =
+            crate::wire::status::write_status(crate::store::WriteError::Unconfirmed("the leader went away".into()));
+        assert_eq!(
+            status_error(unsure).to_string(),
+            "the write may or may not have been applied (the leader went away): read the current state before retrying"
+        );
         let down = tonic::Status::unavailable("transport error");
         assert_eq!(
             status_error(down).to_string(),

@@ -81,6 +81,40 @@ enum ForwardError {
     Status(#[from] tonic::Status),
 }
 
+impl ForwardError {
+    /// True when the leader cannot have seen the write: no connection was made,
+    /// or the leader's call layer refused the request before its handler ran.
+    /// Anything else (a reset connection, a deadline) leaves the outcome open.
+    fn never_reached_the_leader(&self) -> bool {
+        match self {
+            ForwardError::Channel(_) | ForwardError::Encode(_) => true,
+            ForwardError::Decode(_) => false,
+            ForwardError::Status(s) => {
+                use tonic::Code;
+                if matches!(
+                    s.code(),
+                    Code::InvalidArgument | Code::PermissionDenied | Code::Unauthenticated | Code::Unimplemented
+                ) {
+                    return true;
+                }
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+                while let Some(c) = cause {
+                    if c.is::<tonic::ConnectError>() {
+                        return true;
+                    }
+                    cause = c.source();
+                }
+                false
+            }
+        }
+    }
+}
+
+/// Why a write whose quorum went while it was in the log, uncommitted, is unconfirmed.
+fn in_flight(lost: &WriteError) -> String {
+    format!("the quorum was lost while it was in flight: {lost}")
+}
+
 /// What the leader answers a follower's request for a read index.
 #[derive(Serialize, Deserialize)]
 pub(crate) enum ReadIndexReply {
@@ -111,9 +145,16 @@ struct LeaderClock {
 /// What the leader answers a forwarded write.
 #[derive(Serialize, Deserialize)]
 pub(crate) enum ForwardReply {
-    Applied { response: Response, index: u64 },
+    Applied {
+        response: Response,
+        index: u64,
+    },
+    /// Refused before it was proposed: not applied.
     NotLeader,
+    /// Not applied.
     Failed(String),
+    /// Proposed, then not committed in time or the quorum went: it may still commit.
+    Unconfirmed(String),
 }
 
 pub struct RaftNode {
@@ -205,13 +246,19 @@ impl RaftNode {
     }
 
     /// Proposes `cmd` and waits until it is applied here. Follows the leader: a
-    /// follower forwards to it, retrying across an election until the deadline.
+    /// follower forwards to it, retrying across an election until the deadline, but
+    /// only while every earlier attempt was refused before it reached a log. Once an
+    /// attempt may have been appended (proposed here, or forwarded and the answer
+    /// lost), the outcome is `WriteError::Unconfirmed`, never a retry: a retried
+    /// create would apply twice, and a write reported as not committed could still
+    /// commit under the next leader.
     pub async fn write(&self, cmd: Command) -> Result<(), WriteError> {
         let deadline = Instant::now() + self.tuning.write_timeout;
         let mut pause = Duration::from_millis(20);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
+                // Every attempt so far was refused: nothing of this write is in a log.
                 return Err(if Proposer::leader(self).is_none() {
                     WriteError::NoLeader
                 } else {
@@ -221,31 +268,53 @@ impl RaftNode {
             self.quorum()?;
             let attempt = tokio::select! {
                 a = tokio::time::timeout(remaining, self.raft.client_write(cmd.clone())) => a,
-                e = self.quorum_lost() => return Err(e),
+                e = self.quorum_lost() => return Err(WriteError::Unconfirmed(in_flight(&e))),
             };
             match attempt {
-                Err(_) => return Err(WriteError::Timeout(self.tuning.write_timeout)),
+                Err(_) => {
+                    return Err(WriteError::Unconfirmed(format!(
+                        "it was proposed but not committed within {:?}",
+                        self.tuning.write_timeout
+                    )))
+                }
                 Ok(Ok(resp)) => return resp.data.into_result().map_err(WriteError::Apply),
+                // Refused before it was appended, or appended and then truncated by
+                // a new leader: either way not applied, so another attempt is safe.
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd)))) => {
                     if let Some(node) = fwd.leader_node {
                         match self.forward(&node.addr, &cmd, remaining).await {
                             Ok(ForwardReply::Applied { response, index }) => {
                                 let left = deadline.saturating_duration_since(Instant::now());
                                 if !self.store.wait_applied(index, left).await {
-                                    return Err(WriteError::Timeout(self.tuning.write_timeout));
+                                    return Err(WriteError::Unconfirmed(format!(
+                                        "the leader committed it at index {index}, but this manager had not applied it within {:?}",
+                                        self.tuning.write_timeout
+                                    )));
                                 }
                                 return response.into_result().map_err(WriteError::Apply);
                             }
                             Ok(ForwardReply::Failed(e)) => return Err(WriteError::Raft(e)),
+                            Ok(ForwardReply::Unconfirmed(e)) => return Err(WriteError::Unconfirmed(e)),
                             Ok(ForwardReply::NotLeader) => {}
+                            Err(e) if e.never_reached_the_leader() => {
+                                tracing::debug!(leader = %node.addr, error = %e, "forwarding a write failed before it reached the leader; retrying");
+                            }
                             Err(e) => {
-                                tracing::debug!(leader = %node.addr, error = %e, "forwarding a write failed; retrying");
+                                tracing::debug!(leader = %node.addr, error = %e, "the answer to a forwarded write was lost");
+                                return Err(WriteError::Unconfirmed(format!(
+                                    "it was forwarded to the leader at {} and the answer was lost: {e}",
+                                    node.addr
+                                )));
                             }
                         }
                     }
                 }
                 Ok(Err(RaftError::APIError(e))) => return Err(WriteError::Raft(e.to_string())),
-                Ok(Err(RaftError::Fatal(e))) => return Err(WriteError::Raft(e.to_string())),
+                Ok(Err(RaftError::Fatal(e))) => {
+                    return Err(WriteError::Unconfirmed(format!(
+                        "raft stopped while it was in flight: {e}"
+                    )))
+                }
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
@@ -268,11 +337,11 @@ impl RaftNode {
         }
         let attempt = tokio::select! {
             a = tokio::time::timeout(self.tuning.write_timeout, self.raft.client_write(cmd)) => a,
-            e = self.quorum_lost() => return ForwardReply::Failed(e.to_string()),
+            e = self.quorum_lost() => return ForwardReply::Unconfirmed(in_flight(&e)),
         };
         match attempt {
-            Err(_) => ForwardReply::Failed(format!(
-                "the write was not committed within {:?}: is a majority of managers up?",
+            Err(_) => ForwardReply::Unconfirmed(format!(
+                "the leader proposed it but it was not committed within {:?}",
                 self.tuning.write_timeout
             )),
             Ok(Ok(resp)) => ForwardReply::Applied {
@@ -280,7 +349,10 @@ impl RaftNode {
                 index: resp.log_id.index,
             },
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => ForwardReply::NotLeader,
-            Ok(Err(e)) => ForwardReply::Failed(e.to_string()),
+            Ok(Err(RaftError::APIError(e))) => ForwardReply::Failed(e.to_string()),
+            Ok(Err(RaftError::Fatal(e))) => {
+                ForwardReply::Unconfirmed(format!("raft stopped on the leader while it was in flight: {e}"))
+            }
         }
     }
 
@@ -519,5 +591,25 @@ impl Proposer for RaftNode {
 
     fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ForwardError;
+    use tonic::Status;
+
+    #[test]
+    fn only_a_refused_connection_or_request_means_the_leader_never_saw_a_forwarded_write() {
+        let refused = Status::from_error(Box::new(tonic::ConnectError(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )))));
+        assert!(ForwardError::Status(refused).never_reached_the_leader());
+        assert!(ForwardError::Status(Status::invalid_argument("undecodable raft message")).never_reached_the_leader());
+        // A connection that broke mid-call, or a deadline: the leader may have it.
+        assert!(!ForwardError::Status(Status::unavailable("transport error")).never_reached_the_leader());
+        assert!(!ForwardError::Status(Status::deadline_exceeded("Timeout expired")).never_reached_the_leader());
+        let garbled = serde_json::from_slice::<u64>(b"x").unwrap_err();
+        assert!(!ForwardError::Decode(garbled).never_reached_the_leader());
     }
 }

@@ -25,6 +25,13 @@ pub enum WriteError {
     NoQuorum { voters: usize, needed: usize },
     #[error("raft: {0}")]
     Raft(String),
+    /// The write was handed to Raft (proposed here or forwarded to the leader) and
+    /// then the answer was lost: the leader died, the quorum went or the deadline
+    /// passed while it was in flight. It may still commit. Every other variant
+    /// means the write was not applied; this one must not be retried blindly (a
+    /// create could happen twice), so the caller is told to read the state first.
+    #[error("the write may or may not have been applied ({0}): read the current state before retrying")]
+    Unconfirmed(String),
 }
 
 /// One member of the Raft group.

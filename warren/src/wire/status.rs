@@ -20,6 +20,8 @@ pub fn write_status(e: WriteError) -> Status {
             Status::unavailable(e.to_string())
         }
         WriteError::Raft(_) => Status::internal(e.to_string()),
+        // gRPC's own word for "the operation may have completed".
+        WriteError::Unconfirmed(_) => Status::unknown(e.to_string()),
     }
 }
 
@@ -149,5 +151,12 @@ mod tests {
             Code::Unavailable
         );
         assert_eq!(write_status(WriteError::Raft("x".into())).code(), Code::Internal);
+        let unsure = write_status(WriteError::Unconfirmed("the leader went away".into()));
+        assert_eq!(unsure.code(), Code::Unknown);
+        assert!(
+            unsure.message().contains("may or may not have been applied"),
+            "{}",
+            unsure.message()
+        );
     }
 }
