@@ -9,7 +9,7 @@
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use warren_tests::cluster::{text, warren_bin};
 use warren_tests::env::Env;
 
@@ -71,7 +71,10 @@ fn task_reads(env: &Env, m: usize, node: &str) -> (String, String) {
 /// `warren cluster restore` that must fail before starting anything: its error, one
 /// line, and the data dir left as it was.
 fn restore_refused(file: &Path, passphrase: &Path, data_dir: &Path) -> String {
-    let before: Vec<_> = std::fs::read_dir(data_dir).map(|d| d.flatten().count()).into_iter().collect();
+    let before: Vec<_> = std::fs::read_dir(data_dir)
+        .map(|d| d.flatten().count())
+        .into_iter()
+        .collect();
     let out = Command::new(warren_bin())
         .args(["cluster", "restore"])
         .arg(file)
@@ -85,7 +88,10 @@ fn restore_refused(file: &Path, passphrase: &Path, data_dir: &Path) -> String {
         .output()
         .expect("running warren cluster restore");
     assert!(!out.status.success(), "the restore succeeded: {}", text(&out));
-    let after: Vec<_> = std::fs::read_dir(data_dir).map(|d| d.flatten().count()).into_iter().collect();
+    let after: Vec<_> = std::fs::read_dir(data_dir)
+        .map(|d| d.flatten().count())
+        .into_iter()
+        .collect();
     assert_eq!(before, after, "a refused restore wrote into {}", data_dir.display());
     let err = String::from_utf8_lossy(&out.stderr);
     let errors: Vec<&str> = err.lines().filter(|l| l.contains("rror")).collect();
@@ -106,7 +112,8 @@ fn a_backup_of_three_managers_restores_into_a_fresh_node_with_its_secrets() {
     std::fs::write(dir.join("site.conf"), SITE).unwrap();
     let compose = dir.join("compose.yaml");
     std::fs::write(&compose, stack(&env.image("warren-test/http"))).unwrap();
-    env.c.ok(m1, &["stack", "deploy", "-c", compose.to_str().unwrap(), "shop"]);
+    env.c
+        .ok(m1, &["stack", "deploy", "-c", compose.to_str().unwrap(), "shop"]);
     let t = env.running(m1, "shop_web", 1);
     let old_node = t[0]["node_name"].as_str().unwrap().to_string();
     let on = env.c.nodes.iter().position(|n| n.name == old_node).unwrap();
@@ -128,7 +135,10 @@ fn a_backup_of_three_managers_restores_into_a_fresh_node_with_its_secrets() {
             pass.to_str().unwrap(),
         ],
     );
-    assert!(out.contains("1 services, 1 secrets, 1 configs, 1 volumes, 3 nodes"), "{out}");
+    assert!(
+        out.contains("1 services, 1 secrets, 1 configs, 1 volumes, 3 nodes"),
+        "{out}"
+    );
     let bytes = std::fs::read(&file).unwrap();
     assert_eq!(&bytes[..8], b"WARRENBK");
     assert!(
@@ -165,7 +175,9 @@ fn a_backup_of_three_managers_restores_into_a_fresh_node_with_its_secrets() {
     env.c.place("r1", &ns, &ip);
     let flags = env.runtime_flags("r1");
     let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let r = env.c.restore("r1", &file, &["--passphrase-file", pass.to_str().unwrap()], &refs);
+    let r = env
+        .c
+        .restore("r1", &file, &["--passphrase-file", pass.to_str().unwrap()], &refs);
     let info: Value = env.c.json(r, &["cluster", "info", "--format", "json"]).unwrap();
     assert_eq!(info["cluster_id"], old_info["cluster_id"], "{info}");
     assert_eq!(
