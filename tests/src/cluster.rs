@@ -388,6 +388,22 @@ impl Cluster {
         i
     }
 
+    /// `warren cluster restore FILE` as node `name` with `args` (the passphrase
+    /// flags, then `extra` daemon flags); waits like `init`.
+    pub fn restore(&mut self, name: &str, file: &Path, args: &[&str], extra: &[&str]) -> usize {
+        let mut n = self.new_node(name);
+        n.extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut all: Vec<String> = vec!["cluster".into(), "restore".into(), file.display().to_string()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        all.extend(["--node-name".to_string(), name.to_string()]);
+        all.extend(self.node_flags(&n));
+        Self::spawn(&mut n, all);
+        self.nodes.push(n);
+        let i = self.nodes.len() - 1;
+        self.wait_api(i);
+        i
+    }
+
     /// `warren cluster join` with `token` through node `via`; waits until the new node
     /// is ready in `node ls`.
     pub fn join(&mut self, name: &str, token: &str, via: usize, extra: &[&str]) -> usize {

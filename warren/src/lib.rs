@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod backup_seal;
 pub mod cgroups;
 pub mod cli;
 pub mod config;

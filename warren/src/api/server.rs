@@ -209,4 +209,8 @@ impl pb::warren_api_server::WarrenApi for ApiService {
     async fn watch_events(&self, req: Request<pb::WatchEventsRequest>) -> Reply<cluster::EventStream> {
         Ok(Response::new(cluster::events(&self.ctx, req.into_inner())))
     }
+
+    async fn backup_cluster(&self, req: Request<pb::BackupClusterRequest>) -> Reply<pb::BackupClusterReply> {
+        ok(cluster::backup(&self.ctx, req.into_inner()).await)
+    }
 }

@@ -477,3 +477,31 @@ async fn joining_takes_a_token_of_this_cluster_and_a_valid_node() {
     assert_eq!((node.name.as_str(), node.addr.as_str()), ("n9", "10.0.0.9:2377"));
     assert!(node.subnet.is_some(), "the new node got a task subnet");
 }
+
+#[tokio::test]
+async fn a_backup_opens_with_its_passphrase_and_restores_the_state_it_read() {
+    let (ctx, _raft, api) = cluster().await;
+    api.create_service(create("web", spec("img:1"))).await.unwrap();
+    refused(
+        api.backup_cluster(Request::new(pb::BackupClusterRequest { passphrase: vec![] }))
+            .await,
+        Code::InvalidArgument,
+        "passphrase: must not be empty",
+    );
+    let r = api
+        .backup_cluster(Request::new(pb::BackupClusterRequest {
+            passphrase: b"pass".to_vec(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.cluster_id.as_str(), r.services, r.nodes), ("c1", 1, 2));
+    let opened = crate::backup_seal::open(b"pass", &r.file).unwrap();
+    assert_eq!(opened.secrets_key.as_bytes(), ctx.secrets_key.as_bytes());
+    let snap = crate::store::backup::Snapshot::decode(&opened.body).unwrap();
+    assert_eq!(snap.applied_index, r.applied_index);
+    assert_eq!(snap.state, ctx.store.read(|s| s.clone()));
+    // A later write is not in it.
+    api.create_service(create("api", spec("img:1"))).await.unwrap();
+    assert!(!snap.state.services.values().any(|s| s.name == "api"));
+}

@@ -292,6 +292,34 @@ pub enum ClusterCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Write a consistent snapshot of the cluster state to FILE, sealed by a passphrase
+    /// (secrets stay encrypted; the key that opens them travels sealed).
+    Backup {
+        /// Where to write the backup (mode 0600; replaced if it exists).
+        file: PathBuf,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
+    /// Start a new single-manager cluster from a backup (runs in the foreground): the
+    /// same CA, secrets and state; the old cluster's nodes are removed and their tasks
+    /// placed again. Other nodes join with the tokens it prints.
+    Restore {
+        /// The file `warren cluster backup` wrote.
+        file: PathBuf,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+}
+
+/// The passphrase that seals a backup: from a file, or else from the environment.
+#[derive(Args, Debug, Clone)]
+pub struct PassphraseArgs {
+    /// A file holding the passphrase (one trailing newline is ignored); without it,
+    /// the passphrase is $WARREN_BACKUP_PASSPHRASE.
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]

@@ -1,7 +1,8 @@
-//! `warren cluster join-token` and `warren cluster info`: the client side of the
-//! cluster noun (init, join and leave run the daemon, see `cli::run`).
+//! `warren cluster join-token`, `warren cluster info` and `warren cluster backup`:
+//! the client side of the cluster noun (init, restore, join and leave run the
+//! daemon, see `cli::run`), and the backup passphrase both backup and restore read.
 
-use super::args::{Format, RoleArg};
+use super::args::{Format, PassphraseArgs, RoleArg};
 use super::client::{call, Client};
 use super::render::cluster::ClusterView;
 use super::render::{emit, json, line};
@@ -61,4 +62,71 @@ pub async fn info(c: &mut Client, format: Format) -> Result<()> {
     } else {
         emit(&view.text())
     }
+}
+
+/// The environment variable a backup passphrase comes from without --passphrase-file.
+pub const PASSPHRASE_ENV: &str = "WARREN_BACKUP_PASSPHRASE";
+
+/// The passphrase of `cluster backup` and `cluster restore`: the file's content
+/// (less one trailing newline), or else the environment's; never empty.
+pub fn passphrase(a: &PassphraseArgs) -> Result<Vec<u8>> {
+    let p = match &a.passphrase_file {
+        Some(path) => {
+            let mut b =
+                std::fs::read(path).map_err(|e| anyhow::anyhow!("--passphrase-file {}: {e}", path.display()))?;
+            if b.ends_with(b"\n") {
+                b.pop();
+                if b.ends_with(b"\r") {
+                    b.pop();
+                }
+            }
+            if b.is_empty() {
+                anyhow::bail!("--passphrase-file {}: the passphrase is empty", path.display());
+            }
+            b
+        }
+        None => match std::env::var_os(PASSPHRASE_ENV) {
+            Some(v) if !v.is_empty() => std::os::unix::ffi::OsStringExt::into_vec(v),
+            Some(_) => anyhow::bail!("{PASSPHRASE_ENV}: the passphrase is empty"),
+            None => anyhow::bail!("a backup passphrase is required: --passphrase-file PATH or {PASSPHRASE_ENV}"),
+        },
+    };
+    Ok(p)
+}
+
+pub async fn backup(c: &mut Client, file: &std::path::Path, pass: &PassphraseArgs) -> Result<()> {
+    let passphrase = passphrase(pass)?;
+    let r = call(c.backup_cluster(pb::BackupClusterRequest { passphrase })).await?;
+    write_private(file, &r.file).map_err(|e| anyhow::anyhow!("writing {}: {e}", file.display()))?;
+    emit(&format!(
+        "Backed up cluster {} at index {} ({} services, {} secrets, {} configs, {} volumes, {} nodes) to {} ({} bytes).\n",
+        r.cluster_id,
+        r.applied_index,
+        r.services,
+        r.secrets,
+        r.configs,
+        r.volumes,
+        r.nodes,
+        file.display(),
+        r.file.len()
+    ))
+}
+
+/// Writes `bytes` to `path` whole or not at all: a temporary file beside it, mode
+/// 0600, synced, then renamed over it.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }

@@ -197,6 +197,13 @@ async fn run(cli: Cli) -> Result<()> {
             let opts = options(&node)?;
             daemon::join(opts, &token, &manager_addr, print_ready).await?;
         }
+        Command::Cluster(ClusterCmd::Restore { file, passphrase, node }) => {
+            let passphrase = cluster::passphrase(&passphrase)?;
+            let bytes = std::fs::read(&file).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            init_logging(cli.log_format);
+            let opts = options(&node)?;
+            daemon::restore(opts, &bytes, &passphrase, print_ready).await?;
+        }
         Command::Daemon(DaemonArgs { node }) => {
             init_logging(cli.log_format);
             let opts = options(&node)?;
@@ -283,6 +290,7 @@ async fn client_command(c: &mut client::Client, cmd: Command) -> Result<()> {
             quiet,
         }) => cluster::join_token(c, role, rotate, expire, quiet).await,
         Command::Cluster(ClusterCmd::Info { format }) => cluster::info(c, format).await,
+        Command::Cluster(ClusterCmd::Backup { file, passphrase }) => cluster::backup(c, &file, &passphrase).await,
         Command::Service(s) => service::run(c, *s).await,
         Command::Node(n) => node::run(c, n).await,
         Command::Task(t) => task::run(c, t).await,
@@ -296,7 +304,9 @@ async fn client_command(c: &mut client::Client, cmd: Command) -> Result<()> {
         Command::Certificate(x) => ingress::certificates(c, x).await,
         Command::Cluster(ClusterCmd::Update(a)) => ingress::cluster_update(c, a).await,
         Command::Events { kinds, format } => events::run(c, kinds, format).await,
-        Command::Cluster(ClusterCmd::Init { .. } | ClusterCmd::Join { .. } | ClusterCmd::Leave { .. })
+        Command::Cluster(
+            ClusterCmd::Init { .. } | ClusterCmd::Join { .. } | ClusterCmd::Leave { .. } | ClusterCmd::Restore { .. },
+        )
         | Command::Daemon(_)
         | Command::Dataplane(_)
         | Command::Completion { .. } => Err(anyhow!("not a client command: the daemon runs it")),

@@ -1,5 +1,6 @@
 //! Before a node runs: `init` makes a new cluster (CA, keys, tokens, the first
-//! Raft entry to commit), `join` asks a manager for a certificate with a token, and
+//! Raft entry to commit), `restore` makes one from a backup (its CA, keys and
+//! state), `join` asks a manager for a certificate with a token, and
 //! `resume` reads the node back from its data dir. Each ends in a `Boot`: the
 //! node's settings and credentials, saved, and what is left to do once Raft runs.
 //! Not the running itself (`build`, `spawn`).
@@ -193,6 +194,110 @@ pub(super) fn init(opts: &DaemonOptions, pod_cidr: &str, service_cidr: &str) -> 
         creds,
         secrets_key: Some(key),
         start: Start::Init(Box::new(Command::Bootstrap { meta, node })),
+        tokens: Some(tokens),
+    })
+}
+
+/// `warren cluster restore`: a new single-manager cluster from a backup file, with
+/// the backup's CA, secrets key and state; this node is its only node. Everything
+/// that can fail without writing (the data dir, the file, the passphrase, the CA)
+/// is checked before anything is written.
+pub(super) fn restore(opts: &DaemonOptions, file: &[u8], passphrase: &[u8]) -> Result<Boot, DaemonError> {
+    let dir = &opts.data_dir;
+    let not_empty = match std::fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(source) => {
+            return Err(DaemonError::DataDir {
+                path: dir.display().to_string(),
+                source,
+            })
+        }
+    };
+    if not_empty {
+        return Err(DaemonError::RestoreNotEmpty(dir.display().to_string()));
+    }
+    let opened = crate::backup_seal::open(passphrase, file)?;
+    let snapshot = crate::store::backup::Snapshot::decode(&opened.body)?;
+    let key = opened.secrets_key;
+    let meta = snapshot
+        .state
+        .meta
+        .clone()
+        .ok_or(crate::store::backup::SnapshotError::NoCluster)?;
+    let ca_key = key.open(&meta.ca_key_sealed).map_err(|_| DaemonError::RestoreCa)?;
+    let ca = CertificateAuthority::from_parts(&meta.ca_cert_pem, &ca_key)?;
+    let (listen, advertise, node_name) = identity(opts)?;
+
+    let node_id = new_id();
+    let raft_id = loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            break id;
+        }
+    };
+    let (node_key, csr) = pki::new_node_key(&node_name)?;
+    let creds = NodeCredentials {
+        ca_pem: ca.cert_pem().to_string(),
+        cert_pem: ca.sign_node(&csr, &meta.cluster_id, &node_id, NodeRole::Manager)?,
+        key_pem: node_key.serialize_pem(),
+    };
+    key.save(&secrets_key_path(dir))?;
+    creds.save(&dir.join("certs"))?;
+    let node = Node {
+        id: node_id.clone(),
+        name: node_name.clone(),
+        role: NodeRole::Manager,
+        availability: Availability::Active,
+        labels: Default::default(),
+        addr: advertise.to_string(),
+        resources: opts.capacity.unwrap_or_else(agent::detect_resources),
+        platform: Platform::current(),
+        state: NodeState::Unknown,
+        message: String::new(),
+        raft_id,
+        subnet: None,
+        mesh: None,
+        warren_version: crate::VERSION.to_string(),
+        created_ms: now_ms(),
+        updated_ms: now_ms(),
+        version: 1,
+        ingress: opts.ingress,
+        metrics_port: 0,
+    };
+    // As init: node.json is saved once the first entry is committed.
+    let mut cfg = new_config(
+        opts,
+        (listen, advertise, node_name),
+        (meta.cluster_id.clone(), node_id, raft_id),
+        NodeRole::Manager,
+        vec![advertise.to_string()],
+        true,
+    );
+    cfg.overlay = meta.overlay;
+    let token = |secret: &str| {
+        JoinToken {
+            ca_digest: ca.digest(),
+            secret: secret.to_string(),
+        }
+        .to_string()
+    };
+    let tokens = (token(&meta.worker_token_secret), token(&meta.manager_token_secret));
+    tracing::info!(
+        cluster = %meta.cluster_id,
+        index = snapshot.applied_index,
+        taken_ms = snapshot.taken_ms,
+        services = snapshot.state.services.len(),
+        "restoring the cluster from a backup"
+    );
+    Ok(Boot {
+        cfg,
+        creds,
+        secrets_key: Some(key),
+        start: Start::Init(Box::new(Command::Restore {
+            state: Box::new(snapshot.state),
+            node,
+        })),
         tokens: Some(tokens),
     })
 }

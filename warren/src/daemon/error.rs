@@ -68,6 +68,16 @@ pub enum DaemonError {
     IngressMetrics(#[source] prometheus::Error),
     #[error("dns metrics: {0}")]
     DnsMetrics(#[from] crate::dns::DnsError),
+    #[error("restore: {0}")]
+    BackupFile(#[from] crate::backup_seal::BackupSealError),
+    #[error("restore: {0}")]
+    BackupSnapshot(#[from] crate::store::backup::SnapshotError),
+    #[error("restore: data-dir {0} is not empty: restore into a new, empty directory")]
+    RestoreNotEmpty(String),
+    #[error("restore: the backup's CA key does not open with its secrets key")]
+    RestoreCa,
+    #[error("data-dir {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
 }
 
 impl From<StartError> for DaemonError {

@@ -1,5 +1,5 @@
-//! The long-running node process behind `cluster init`, `cluster join` and
-//! `daemon`, in three steps (linkerd2-proxy's shape): bootstrap decides what the
+//! The long-running node process behind `cluster init`, `cluster restore`,
+//! `cluster join` and `daemon`, in three steps (linkerd2-proxy's shape): bootstrap decides what the
 //! node is (`bootstrap`: a new cluster, a join through a manager, or the node in
 //! the data dir), `Config::build` does every fallible setup and returns an `App`
 //! (`build`), and `App::spawn` starts its tasks and returns a `Running` node that
@@ -33,6 +33,18 @@ pub async fn init(
     on_ready: impl FnOnce(&Ready),
 ) -> Result<(), DaemonError> {
     let boot = bootstrap::init(&opts, pod_cidr, service_cidr)?;
+    run(opts, boot, on_ready).await
+}
+
+/// `warren cluster restore`: a new single-manager cluster from a backup file
+/// (`file`, sealed by `passphrase`).
+pub async fn restore(
+    opts: DaemonOptions,
+    file: &[u8],
+    passphrase: &[u8],
+    on_ready: impl FnOnce(&Ready),
+) -> Result<(), DaemonError> {
+    let boot = bootstrap::restore(&opts, file, passphrase)?;
     run(opts, boot, on_ready).await
 }
 

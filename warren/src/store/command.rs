@@ -304,6 +304,13 @@ pub enum Command {
     DropAcmeOrder {
         order_url: String,
     },
+    /// First entry of a cluster restored from a backup (`warren cluster restore`):
+    /// the backup's state, with its nodes removed (their tasks orphaned, so that
+    /// they are placed again) and `node` as the only manager.
+    Restore {
+        state: Box<super::State>,
+        node: Node,
+    },
 }
 
 /// One change of a manifest's apply, with the field path it comes from.
@@ -381,6 +388,7 @@ impl Command {
             Command::PublishAcmeChallenges { .. } => "publish_acme_challenges",
             Command::FinishAcmeOrder { .. } => "finish_acme_order",
             Command::DropAcmeOrder { .. } => "drop_acme_order",
+            Command::Restore { .. } => "restore",
         }
     }
 }

@@ -6,6 +6,7 @@
 //! of them writes here except through a `Proposer` (Raft).
 
 mod apply;
+pub mod backup;
 pub mod command;
 mod endpoints;
 pub mod error;

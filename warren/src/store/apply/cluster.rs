@@ -1,4 +1,5 @@
-//! The cluster's own record: its first entry (`Bootstrap`) and join-token rotation.
+//! The cluster's own record: its first entry (`Bootstrap`, or `Restore` from a
+//! backup) and join-token rotation.
 
 use super::change;
 use crate::model::{ClusterMeta, Node, NodeRole};
@@ -21,6 +22,83 @@ impl State {
         changes.push(change(ObjectKind::Cluster, Action::Created, &meta.cluster_id, ""));
         changes.push(change(ObjectKind::Node, Action::Created, &node.id, &node.name));
         self.nodes.insert(node.id.clone(), node);
+        Ok(())
+    }
+
+    /// A restored cluster's first entry: the backup's state, whose nodes are gone.
+    /// They are removed as `node rm` removes a node (revoked, their tasks orphaned and
+    /// so placed again), the local volumes they held are freed to be placed anew
+    /// (their data was on those nodes, not in the backup), and `node` becomes the
+    /// only one. Built aside and swapped in whole: a refusal changes nothing.
+    pub(super) fn restore(&mut self, backup: &State, node: &Node, changes: &mut Vec<Change>) -> Result<(), ApplyError> {
+        if self.meta.is_some() {
+            return Err(ApplyError::AlreadyExists("the cluster is already initialized".into()));
+        }
+        let Some(meta) = backup.meta.as_ref() else {
+            return Err(ApplyError::Invalid("restore: the backup holds no cluster".into()));
+        };
+        let mut s = backup.clone();
+        // Everything is new to this state machine: every row is written.
+        let mut ch = vec![change(ObjectKind::Cluster, Action::Created, &meta.cluster_id, "")];
+        ch.push(change(ObjectKind::Acme, Action::Created, &meta.cluster_id, ""));
+        let all = |kind, ids: Vec<(&String, &str)>, ch: &mut Vec<Change>| {
+            ch.extend(
+                ids.into_iter()
+                    .map(|(id, name)| change(kind, Action::Created, id, name)),
+            );
+        };
+        all(
+            ObjectKind::Node,
+            s.nodes.iter().map(|(k, v)| (k, v.name.as_str())).collect(),
+            &mut ch,
+        );
+        all(
+            ObjectKind::Service,
+            s.services.iter().map(|(k, v)| (k, v.name.as_str())).collect(),
+            &mut ch,
+        );
+        all(ObjectKind::Task, s.tasks.keys().map(|k| (k, "")).collect(), &mut ch);
+        all(
+            ObjectKind::Secret,
+            s.secrets.iter().map(|(k, v)| (k, v.name.as_str())).collect(),
+            &mut ch,
+        );
+        all(
+            ObjectKind::Volume,
+            s.volumes.iter().map(|(k, v)| (k, v.name.as_str())).collect(),
+            &mut ch,
+        );
+        all(
+            ObjectKind::Config,
+            s.configs.iter().map(|(k, v)| (k, v.name.as_str())).collect(),
+            &mut ch,
+        );
+        all(
+            ObjectKind::Ingress,
+            s.ingresses.iter().map(|(k, v)| (k, v.name.as_str())).collect(),
+            &mut ch,
+        );
+        all(
+            ObjectKind::Certificate,
+            s.certificates.iter().map(|(k, v)| (k, v.name.as_str())).collect(),
+            &mut ch,
+        );
+        let old: Vec<String> = s.nodes.keys().cloned().collect();
+        for id in &old {
+            s.remove_node(id, &mut ch)?;
+        }
+        for v in s.volumes.values_mut() {
+            if v.node_id.as_ref().is_some_and(|n| old.contains(n)) {
+                v.node_id = None;
+                ch.push(change(ObjectKind::Volume, Action::Updated, &v.id, &v.name));
+            }
+        }
+        let mut node = node.clone();
+        node.subnet = Some(super::nodes::allocate_subnet(&meta.pod_cidr, &s.nodes, &node.name)?);
+        ch.push(change(ObjectKind::Node, Action::Created, &node.id, &node.name));
+        s.nodes.insert(node.id.clone(), node);
+        *self = s;
+        changes.extend(ch);
         Ok(())
     }
 

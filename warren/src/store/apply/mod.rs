@@ -151,6 +151,7 @@ impl State {
                 self.finish_acme_order(order_url, certificate, changes)
             }
             Command::DropAcmeOrder { order_url } => self.drop_acme_order(order_url, changes),
+            Command::Restore { state, node } => self.restore(state, node, changes),
 
             Command::Batch(cmds) => {
                 let mut first_err = None;
