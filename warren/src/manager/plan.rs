@@ -4,6 +4,7 @@
 //! caller seals secrets, chooses IDs and the time; whether the steps may happen
 //! (references, ports, immutability, versions) is decided again in apply.
 
+use crate::model::ingress::{validate_certificate_name, Certificate, CertificateSource, Ingress, RouteTls};
 use crate::model::{
     digest_of, validate_name, ConfigObject, Manifest, MountKind, Secret, Service, ServiceMode, ServiceSpec, Volume,
     APPLY_LABEL, STACK_LABEL,
@@ -92,24 +93,13 @@ impl Scope<'_> {
     }
 }
 
-/// Computes the diff and the steps. `prune` also removes the services, secrets and
-/// configs of the scope (the stack, or everything `apply -f` created) that the
-/// manifest no longer names; volumes are kept, as `docker stack rm` keeps them.
+/// Computes the diff and the steps. `prune` also removes the services, secrets,
+/// configs and ingress routes of the scope (the stack, or everything `apply -f`
+/// created) that the manifest no longer names; volumes are kept, as `docker stack
+/// rm` keeps them, and so are certificates (they carry no labels to scope them).
 pub fn plan(state: &State, m: &Manifest, prune: bool, minter: &mut dyn Minter) -> Result<Plan, ApplyError> {
     if let Some(s) = &m.stack {
         validate_name("stack", s).map_err(|e| bad("stack", e.message))?;
-    }
-    if let Some(i) = m.ingresses.first() {
-        return Err(bad(
-            format!("ingresses.{}", i.name),
-            "this manager does not apply ingresses yet: create them with `warren ingress`",
-        ));
-    }
-    if let Some(c) = m.certificates.first() {
-        return Err(bad(
-            format!("certificates.{}", c.name),
-            "this manager does not apply certificates yet",
-        ));
     }
     let scope = Scope {
         stack: m.stack.as_deref(),
@@ -271,6 +261,50 @@ pub fn plan(state: &State, m: &Manifest, prune: bool, minter: &mut dyn Minter) -
         });
     }
 
+    let mut cert_names = BTreeMap::new();
+    for c in &m.certificates {
+        let field = format!("certificates.{}", c.name);
+        let full = scope.full(&c.name);
+        validate_certificate_name(&field, &full).map_err(|e| bad(&field, e.message))?;
+        cert_names.insert(c.name.clone(), full.clone());
+        let info = crate::ingress::inspect(&c.cert_pem, &c.key_pem).map_err(|e| bad(&field, e.to_string()))?;
+        let action = match state.certificates.values().find(|x| x.name == full) {
+            Some(x) if x.cert_pem == c.cert_pem => {
+                plan.entry(ObjectKind::Certificate, &full, DiffAction::Unchanged, &field);
+                continue;
+            }
+            Some(_) => DiffAction::Update,
+            None => DiffAction::Create,
+        };
+        plan.diff.push(DiffEntry {
+            kind: ObjectKind::Certificate,
+            name: full.clone(),
+            action,
+            field: field.clone(),
+            changed: if action == DiffAction::Update {
+                vec!["cert".into()]
+            } else {
+                vec![]
+            },
+        });
+        plan.steps.push(ApplyStep {
+            field,
+            op: ApplyOp::Certificate(Certificate {
+                id: minter.new_id(),
+                name: full,
+                cert_pem: c.cert_pem.clone(),
+                key_sealed: minter.seal(c.key_pem.as_bytes()),
+                hosts: info.hosts,
+                not_before_ms: info.not_before_ms,
+                not_after_ms: info.not_after_ms,
+                source: CertificateSource::Uploaded,
+                version: 1,
+                created_ms: now,
+                updated_ms: now,
+            }),
+        });
+    }
+
     // Services: removals first, then updates, then creations, so that a port one
     // service gives up can be taken by another in the same apply.
     let mut named = std::collections::BTreeSet::new();
@@ -369,6 +403,76 @@ pub fn plan(state: &State, m: &Manifest, prune: bool, minter: &mut dyn Minter) -
         }
     }
 
+    // Routes: after the services they name are created, before those are removed.
+    let mut routes_named = std::collections::BTreeSet::new();
+    let mut route_steps = Vec::new();
+    for mi in &m.ingresses {
+        let field = format!("ingresses.{}", mi.name);
+        let full = scope.full(&mi.name);
+        validate_name(&field, &full).map_err(|e| bad(&field, e.message))?;
+        routes_named.insert(full.clone());
+        let mut spec = mi.spec.clone();
+        if m.services.iter().any(|s| s.name == spec.service) {
+            spec.service = scope.full(&spec.service);
+        }
+        if let RouteTls::Certificate(c) = &mut spec.tls {
+            if let Some(full) = cert_names.get(c.as_str()) {
+                *c = full.clone();
+            }
+        }
+        spec.labels.insert(label_key.into(), label_value.clone());
+        spec.validate()
+            .map_err(|e| bad(format!("{field}.{}", e.field), e.message))?;
+        match state.ingresses.values().find(|i| i.name == full) {
+            Some(cur) if cur.spec == spec => plan.entry(ObjectKind::Ingress, &full, DiffAction::Unchanged, &field),
+            Some(cur) => {
+                plan.diff.push(DiffEntry {
+                    kind: ObjectKind::Ingress,
+                    name: full.clone(),
+                    action: DiffAction::Update,
+                    field: field.clone(),
+                    changed: changed_fields(&cur.spec, &spec),
+                });
+                route_steps.push(ApplyStep {
+                    field,
+                    op: ApplyOp::Run(Command::UpdateIngress {
+                        id: cur.id.clone(),
+                        expected_version: cur.version,
+                        spec,
+                        at_ms: now,
+                    }),
+                });
+            }
+            None => {
+                plan.entry(ObjectKind::Ingress, &full, DiffAction::Create, &field);
+                route_steps.push(ApplyStep {
+                    field,
+                    op: ApplyOp::Run(Command::CreateIngress {
+                        ingress: Ingress {
+                            id: minter.new_id(),
+                            name: full,
+                            spec,
+                            version: 1,
+                            created_ms: now,
+                            updated_ms: now,
+                        },
+                    }),
+                });
+            }
+        }
+    }
+    if prune {
+        for i in state.ingresses.values() {
+            if scope.owns(&i.spec.labels) && !routes_named.contains(&i.name) {
+                plan.entry(ObjectKind::Ingress, &i.name, DiffAction::Remove, "");
+                plan.steps.push(ApplyStep {
+                    field: format!("ingresses.{}", i.name),
+                    op: ApplyOp::Run(Command::RemoveIngress { id: i.id.clone() }),
+                });
+            }
+        }
+    }
+
     if prune {
         for svc in state.services.values() {
             if scope.owns(&svc.spec.labels) && !named.contains(&svc.name) {
@@ -385,6 +489,7 @@ pub fn plan(state: &State, m: &Manifest, prune: bool, minter: &mut dyn Minter) -
     }
     plan.steps.extend(updates);
     plan.steps.extend(creates);
+    plan.steps.extend(route_steps);
     if prune {
         let kept_secrets: Vec<&String> = secret_names.values().collect();
         for s in state.secrets.values() {
@@ -501,7 +606,7 @@ fn new_service(id: String, name: String, spec: ServiceSpec, now: i64) -> Service
 }
 
 /// The top-level spec fields that differ, by their serialized names.
-fn changed_fields(a: &ServiceSpec, b: &ServiceSpec) -> Vec<String> {
+fn changed_fields<T: serde::Serialize>(a: &T, b: &T) -> Vec<String> {
     let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
         (serde_json::to_value(a), serde_json::to_value(b))
     else {
@@ -743,6 +848,113 @@ mod tests {
         );
         let p = apply(&store, &m, false, &mut minter).await.unwrap();
         assert!(p.is_noop(), "{:?}", p.diff);
+    }
+
+    fn route(name: &str, host: &str, service: &str, tls: &str) -> crate::model::ManifestIngress {
+        crate::model::ManifestIngress {
+            name: name.into(),
+            spec: crate::model::ingress::IngressSpec {
+                host: host.into(),
+                path: "/".into(),
+                service: service.into(),
+                tls: RouteTls::parse("tls", tls).unwrap(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn cert(name: &str, host: &str) -> crate::model::ManifestCertificate {
+        let pem = crate::ingress::tls::test_certs::self_signed(name, &[host], &rcgen::PKCS_ECDSA_P256_SHA256);
+        crate::model::ManifestCertificate {
+            name: name.into(),
+            cert_pem: pem.cert_pem,
+            key_pem: pem.key_pem,
+        }
+    }
+
+    #[tokio::test]
+    async fn routes_and_certificates_go_through_the_same_apply() {
+        let store = Cluster::new();
+        let mut minter = TestMinter(0);
+        let mut m = stack();
+        m.certificates = vec![cert("shop-cert", "shop.example.com")];
+        m.ingresses = vec![
+            route("site", "shop.example.com", "web", "shop-cert"),
+            route("docs", "docs.example.com", "api", "none"),
+        ];
+        let p = apply(&store, &m, false, &mut minter).await.unwrap();
+        let made: Vec<_> = actions(&p)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("ingress") || k.starts_with("certificate"))
+            .collect();
+        assert_eq!(
+            made,
+            [
+                ("certificate shop_shop-cert".to_string(), "create"),
+                ("ingress shop_site".to_string(), "create"),
+                ("ingress shop_docs".to_string(), "create"),
+            ]
+        );
+        let st = store.state();
+        let site = st.ingresses.values().find(|i| i.name == "shop_site").unwrap();
+        assert_eq!(site.spec.service, "shop_web");
+        assert_eq!(site.spec.tls, RouteTls::Certificate("shop_shop-cert".into()));
+        let c = st.certificates.values().next().unwrap();
+        assert_eq!(c.hosts, ["shop.example.com"]);
+        assert_ne!(c.key_sealed, m.certificates[0].key_pem.as_bytes(), "the key is sealed");
+
+        // Again: nothing to write.
+        let p = apply(&store, &m, false, &mut minter).await.unwrap();
+        assert!(p.is_noop(), "{:?}", p.diff);
+
+        // A changed route updates in place, a new chain replaces the certificate
+        // under its ID, and prune drops the route the file no longer names.
+        let cert_id = c.id.clone();
+        m.ingresses[0].spec.path = "/shop".into();
+        m.ingresses.remove(1);
+        m.certificates = vec![cert("shop-cert", "shop.example.com")];
+        let p = apply(&store, &m, true, &mut minter).await.unwrap();
+        let changed: Vec<_> = p
+            .diff
+            .iter()
+            .filter(|d| d.action != DiffAction::Unchanged)
+            .map(|d| (d.name.as_str(), d.action, d.changed.clone()))
+            .collect();
+        assert_eq!(
+            changed,
+            [
+                ("shop_shop-cert", DiffAction::Update, vec!["cert".to_string()]),
+                ("shop_site", DiffAction::Update, vec!["path".to_string()]),
+                ("shop_docs", DiffAction::Remove, vec![]),
+            ]
+        );
+        let st2 = store.state();
+        assert_eq!(st2.ingresses.len(), 1);
+        let c2 = &st2.certificates[&cert_id];
+        assert_eq!(
+            (c2.version, c2.cert_pem.as_str()),
+            (2, m.certificates[0].cert_pem.as_str())
+        );
+
+        // A route to a service that exists nowhere refuses the whole manifest.
+        let before = store.state();
+        m.ingresses.push(route("bad", "bad.example.com", "nope", "none"));
+        m.services[1].spec.image = "api:9".into();
+        let e = apply(&store, &m, false, &mut minter).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("ingresses.bad: service: service \"nope\" not found"),
+            "{e}"
+        );
+        assert_eq!(store.state(), before);
+
+        // A certificate whose key does not match is refused at its field.
+        let mut bad = cert("other", "x.example.com");
+        bad.key_pem = cert("k", "y.example.com").key_pem;
+        let mut m2 = stack();
+        m2.certificates = vec![bad];
+        let e = apply(&store, &m2, false, &mut minter).await.unwrap_err();
+        assert!(e.to_string().starts_with("certificates.other: "), "{e}");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Manifests (`warren apply -f`, `warren stack deploy`) and their diffs on the wire.
 //! A secret's value goes out in the request only; the reply never carries one.
 
+use super::ingress::{spec_from_json, spec_to_json};
 use super::service::{spec_from_pb, spec_to_pb};
 use crate::model::{
-    Manifest, ManifestCanary, ManifestConfig, ManifestSecret, ManifestService, ManifestVolume, ValidationError,
+    Manifest, ManifestCanary, ManifestCertificate, ManifestConfig, ManifestIngress, ManifestSecret, ManifestService,
+    ManifestVolume, ValidationError,
 };
 use warren_proto::v1 as pb;
 
@@ -65,6 +67,23 @@ pub fn manifest_to_pb(m: &Manifest, dry_run: bool, prune: bool) -> pb::ApplyMani
             .collect(),
         dry_run,
         prune,
+        ingresses: m
+            .ingresses
+            .iter()
+            .map(|i| pb::ManifestIngress {
+                name: i.name.clone(),
+                spec_json: spec_to_json(&i.spec),
+            })
+            .collect(),
+        certificates: m
+            .certificates
+            .iter()
+            .map(|c| pb::ManifestCertificate {
+                name: c.name.clone(),
+                cert_pem: c.cert_pem.clone(),
+                key_pem: c.key_pem.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -138,6 +157,25 @@ pub fn manifest_from_pb(r: pb::ApplyManifestRequest) -> Result<Manifest, Validat
                 driver: v.driver,
                 options: v.options.into_iter().collect(),
                 labels: v.labels.into_iter().collect(),
+            })
+            .collect(),
+        ingresses: r
+            .ingresses
+            .into_iter()
+            .map(|i| {
+                let field = format!("ingresses.{}", i.name);
+                let spec = spec_from_json(&i.spec_json)
+                    .map_err(|e| ValidationError::new(format!("{field}.{}", e.field), e.message))?;
+                Ok(ManifestIngress { name: i.name, spec })
+            })
+            .collect::<Result<Vec<_>, ValidationError>>()?,
+        certificates: r
+            .certificates
+            .into_iter()
+            .map(|c| ManifestCertificate {
+                name: c.name,
+                cert_pem: c.cert_pem,
+                key_pem: c.key_pem,
             })
             .collect(),
         ..Default::default()
