@@ -6,12 +6,12 @@
 
 use crate::model::ingress::{validate_certificate_name, Certificate, CertificateSource, Ingress, RouteTls};
 use crate::model::{
-    digest_of, validate_name, ConfigObject, Manifest, MountKind, Secret, Service, ServiceMode, ServiceSpec, Volume,
-    APPLY_LABEL, STACK_LABEL,
+    digest_of, validate_name, ConfigObject, Manifest, MountKind, Protocol, Secret, Service, ServiceMode, ServiceSpec,
+    Volume, APPLY_LABEL, STACK_LABEL,
 };
 use crate::store::state::spec_differs_beyond_scale;
 use crate::store::{ApplyError, ApplyOp, ApplyStep, Command, ObjectKind, Rules, State};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// Largest secret or config accepted, as in Swarm.
 const MAX_DATA_BYTES: usize = 500 * 1024;
@@ -307,6 +307,7 @@ pub fn plan(state: &State, m: &Manifest, prune: bool, minter: &mut dyn Minter) -
 
     // Services: removals first, then updates, then creations, so that a port one
     // service gives up can be taken by another in the same apply.
+    let mut taken = ports_in_use(state, m);
     let mut named = std::collections::BTreeSet::new();
     let mut updates = Vec::new();
     let mut creates = Vec::new();
@@ -321,11 +322,13 @@ pub fn plan(state: &State, m: &Manifest, prune: bool, minter: &mut dyn Minter) -
         if spec.configs.is_empty() {
             spec.configs = ms.configs.clone();
         }
+        let current = state.services.values().find(|s| s.name == full);
+        pick_published(&mut spec, current, &mut taken, &field)?;
         resolve_names(&mut spec, &secret_names, &config_names, &volume_names);
         spec.labels.insert(label_key.into(), label_value.clone());
         spec.validate()
             .map_err(|e| bad(format!("{field}.{}", e.field), e.message))?;
-        match state.services.values().find(|s| s.name == full) {
+        match current {
             Some(cur) if cur.spec == spec => plan.entry(ObjectKind::Service, &full, DiffAction::Unchanged, &field),
             // The canary already runs this version: re-applying restarts nothing.
             Some(cur)
@@ -536,6 +539,79 @@ impl Plan {
     pub fn is_noop(&self) -> bool {
         self.steps.is_empty()
     }
+}
+
+/// The range published ports are picked from when a file gives a target only, as
+/// Swarm's.
+pub const PICKED_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+/// Every port a pick must avoid: what services (stable or canary) publish, what
+/// the daemons and nodes' ingresses listen on, and what the manifest publishes.
+fn ports_in_use(state: &State, m: &Manifest) -> HashSet<(u16, Protocol)> {
+    let mut taken = HashSet::new();
+    for svc in state.services.values() {
+        for spec in std::iter::once(&svc.spec).chain(svc.canary.as_ref().map(|c| &c.spec)) {
+            taken.extend(spec.ports.iter().map(|p| (p.published, p.protocol)));
+        }
+    }
+    for n in state.nodes.values() {
+        taken.extend(n.daemon_ports().into_iter().map(|(port, proto, _)| (port, proto)));
+        if let Some(i) = n.ingress {
+            taken.extend([(i.http_port, Protocol::Tcp), (i.https_port, Protocol::Tcp)]);
+        }
+    }
+    for ms in &m.services {
+        taken.extend(ms.spec.ports.iter().map(|p| (p.published, p.protocol)));
+    }
+    taken
+}
+
+/// Gives each port without a published number (compose `- "80"`) one: the one the
+/// service already publishes for that target, so that re-applying the file
+/// changes nothing, else the lowest free one of [`PICKED_PORTS`].
+fn pick_published(
+    spec: &mut ServiceSpec,
+    current: Option<&Service>,
+    taken: &mut HashSet<(u16, Protocol)>,
+    field: &str,
+) -> Result<(), ApplyError> {
+    for i in 0..spec.ports.len() {
+        let p = spec.ports[i];
+        if p.published != 0 {
+            continue;
+        }
+        let in_spec = |port: u16| {
+            spec.ports
+                .iter()
+                .any(|q| q.published == port && q.protocol == p.protocol)
+        };
+        let kept = current
+            .into_iter()
+            .flat_map(|c| std::iter::once(&c.spec).chain(c.canary.as_ref().map(|x| &x.spec)))
+            .flat_map(|s| s.ports.iter())
+            .find(|q| q.target == p.target && q.protocol == p.protocol && q.mode == p.mode && !in_spec(q.published))
+            .map(|q| q.published);
+        let port = match kept {
+            Some(port) => port,
+            None => PICKED_PORTS
+                .clone()
+                .find(|port| !taken.contains(&(*port, p.protocol)))
+                .ok_or_else(|| {
+                    bad(
+                        format!("{field}.ports[{i}].published"),
+                        format!(
+                            "no free port left in {}-{} to publish target {} on",
+                            PICKED_PORTS.start(),
+                            PICKED_PORTS.end(),
+                            p.target
+                        ),
+                    )
+                })?,
+        };
+        taken.insert((port, p.protocol));
+        spec.ports[i].published = port;
+    }
+    Ok(())
 }
 
 fn check_data(field: &str, what: &str, data: &[u8]) -> Result<(), ApplyError> {
@@ -955,6 +1031,37 @@ mod tests {
         m2.certificates = vec![bad];
         let e = apply(&store, &m2, false, &mut minter).await.unwrap_err();
         assert!(e.to_string().starts_with("certificates.other: "), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_target_only_port_gets_a_free_port_that_stays_across_applies() {
+        let store = Cluster::new();
+        let mut minter = TestMinter(0);
+        let mut m = stack();
+        // web publishes 8080:80 and also a target only; api publishes 30000 itself.
+        let web_port = m.services[0].spec.ports[0];
+        m.services[0].spec.ports.push(crate::model::PortConfig {
+            published: 0,
+            target: 9000,
+            ..web_port
+        });
+        m.services[1].spec.ports = vec![parse_publish("publish", "30000:80").unwrap()];
+        let mut db_port = m.services[0].spec.ports[1];
+        db_port.target = 5432;
+        m.services[2].spec.ports = vec![db_port];
+        apply(&store, &m, false, &mut minter).await.unwrap();
+        let published = |st: &State, name: &str| st.service(name).unwrap().spec.ports.last().unwrap().published;
+        let st = store.state();
+        assert_eq!(published(&st, "shop_web"), 30001);
+        assert_eq!(published(&st, "shop_db"), 30002);
+
+        // Re-applied: the same ports, nothing written.
+        let p = apply(&store, &m, false, &mut minter).await.unwrap();
+        assert!(p.is_noop(), "{:?}", p.diff);
+        // An image change keeps the picked port.
+        m.services[2].spec.image = "db:2".into();
+        apply(&store, &m, false, &mut minter).await.unwrap();
+        assert_eq!(published(&store.state(), "shop_db"), 30002);
     }
 
     #[test]
