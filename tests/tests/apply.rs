@@ -355,4 +355,51 @@ fn a_compose_stack_deploys_reapplies_rolls_refuses_prunes_and_goes() {
     let now = routes(&env);
     assert_eq!(route_names(&now), ["shop"]);
     assert_eq!(picked(), port);
+
+    // 13. Malformed files, and a route the manager refuses: one error each naming
+    //     file:line and field, and the cluster as it was.
+    let before = (state(&env, m1), routes(&env));
+    let svc = |body: &str| format!("services:\n  web:\n    image: {v1}\n{body}");
+    let cases = [
+        (
+            svc("    deploy:\n      replicas: three\n"),
+            "bad.yaml:5: services.web.deploy.replicas: expected a number, got \"three\"",
+        ),
+        (
+            svc("    depends_on: [nope]\n"),
+            "bad.yaml:4: services.web.depends_on[0]: depends on \"nope\"",
+        ),
+        (
+            svc("    secrets: [nope]\n"),
+            "bad.yaml:4: services.web.secrets[0]: secret \"nope\" is not declared",
+        ),
+        (
+            svc("    stop_grace_period: soon\n"),
+            "bad.yaml:4: services.web.stop_grace_period: invalid duration \"soon\"",
+        ),
+        (
+            svc("    environment:\n      A: ${NOPE:?set NOPE}\n"),
+            "bad.yaml:5: services.web.environment.A: required variable NOPE is missing a value: set NOPE",
+        ),
+        (
+            "services:\n  web:\n    image: x\n   ports: []\n".to_string(),
+            "bad.yaml:4: invalid YAML",
+        ),
+    ];
+    for (text, want) in &cases {
+        let bad = write(dir.path(), "bad.yaml", text);
+        let err = env.c.fails(m1, &["stack", "deploy", "-c", &bad, "shop"]);
+        assert!(err.contains(want), "want {want:?} in {err}");
+    }
+    let bad = write(
+        dir.path(),
+        "bad-route.yaml",
+        "apiVersion: warren/v1\nkind: Ingress\nmetadata: {name: lost}\nspec:\n  host: lost.test\n  service: nope\n",
+    );
+    let err = env.c.fails(m1, &["apply", "-f", &bad]);
+    assert!(
+        err.contains("bad-route.yaml:6: ingresses.lost.service: service \"nope\" not found"),
+        "{err}"
+    );
+    assert_eq!((state(&env, m1), routes(&env)), before);
 }

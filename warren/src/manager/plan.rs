@@ -1019,7 +1019,7 @@ mod tests {
         let e = apply(&store, &m, false, &mut minter).await.unwrap_err();
         assert!(
             e.to_string()
-                .starts_with("ingresses.bad: service: service \"nope\" not found"),
+                .starts_with("ingresses.bad.service: service \"nope\" not found"),
             "{e}"
         );
         assert_eq!(store.state(), before);

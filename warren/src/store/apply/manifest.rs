@@ -131,6 +131,26 @@ impl State {
 /// Names the field of the manifest that `e` is about: the step's object, refined to
 /// the port, secret, config or volume of its spec when the error names one.
 fn at_field(field: &str, op: &ApplyOp, e: ApplyError) -> ApplyError {
+    // A route's checks name their key first (`service: service "x" not found`):
+    // that key is the manifest field.
+    if let ApplyOp::Run(Command::CreateIngress { .. } | Command::UpdateIngress { .. }) = op {
+        let split = |msg: &str| {
+            msg.split_once(": ")
+                .filter(|(k, _)| ["service", "tls", "path", "default", "host"].contains(k))
+                .map(|(k, rest)| (format!("{field}.{k}"), rest.to_string()))
+        };
+        let refined = match &e {
+            ApplyError::Invalid(m) => split(m).map(|(f, m)| (f, ApplyError::Invalid(m))),
+            ApplyError::AlreadyExists(m) => split(m).map(|(f, m)| (f, ApplyError::AlreadyExists(m))),
+            _ => None,
+        };
+        if let Some((field, error)) = refined {
+            return ApplyError::Field {
+                field,
+                error: Box::new(error),
+            };
+        }
+    }
     let spec: Option<&ServiceSpec> = match op {
         ApplyOp::Run(Command::CreateService { service, .. }) => Some(&service.spec),
         ApplyOp::Run(Command::UpdateService { spec, .. } | Command::StartCanary { spec, .. }) => Some(spec),
