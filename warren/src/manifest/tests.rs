@@ -68,6 +68,9 @@ fn the_examples_load() {
     assert_eq!(c.manifest.stack.as_deref(), Some("shop"));
     assert_eq!(c.manifest.ignored, ["services.web.depends_on"]);
     assert!(w.manifest.ignored.is_empty());
+    let route = &w.manifest.ingresses[0];
+    assert_eq!((route.name.as_str(), route.spec.service.as_str()), ("shop", "web"));
+    assert_eq!(route.spec.port, Some(80));
     let o = c.origins.find("services.web.deploy.replicas").unwrap();
     assert!(o.file.ends_with("compose.yaml") && o.line == 19, "{o:?}");
 }
