@@ -3,7 +3,8 @@
 //! re-applying changes nothing, an image change rolls only its service, a dry run
 //! changes nothing, a port conflict and a changed secret are refused at their
 //! file:line with nothing changed, `--prune` and `stack rm` remove what goes, and
-//! `apply -f` of Warren YAML creates, keeps and prunes. One
+//! `apply -f` of Warren YAML creates, keeps and prunes, its ingress routes and
+//! certificates too, and a target-only port gets a picked, stable number. One
 //! cluster for every step, to keep the time small.
 
 use serde_json::Value;
@@ -290,4 +291,115 @@ fn a_compose_stack_deploys_reapplies_rolls_refuses_prunes_and_goes() {
         .map(|s| s["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["one"]);
+
+    // 12. One Warren YAML file with a service publishing a target only, its
+    //     certificate and its ingress route: one apply creates them all, the port is
+    //     picked from 30000-32767 and kept on re-apply (nothing to do), a dry run of
+    //     a changed route changes nothing, and `--prune` removes the dropped route.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["shop.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    write(dir.path(), "shop.pem", &cert.pem());
+    write(dir.path(), "shop-key.pem", &key.serialize_pem());
+    let front = |path: &str, with_docs: bool| {
+        let mut y = format!(
+            "apiVersion: warren/v1\nkind: Service\nmetadata: {{name: front}}\nspec:\n  image: {v1}\n  ports: [\"80\"]\n---\n\
+             apiVersion: warren/v1\nkind: Certificate\nmetadata: {{name: shop-cert}}\nspec: {{cert_file: shop.pem, key_file: shop-key.pem}}\n---\n\
+             apiVersion: warren/v1\nkind: Ingress\nmetadata: {{name: shop}}\nspec: {{host: shop.test, path: {path}, service: front, tls: shop-cert}}\n"
+        );
+        if with_docs {
+            y.push_str("---\napiVersion: warren/v1\nkind: Ingress\nmetadata: {name: docs}\nspec: {host: docs.test, service: front}\n");
+        }
+        y
+    };
+    let routes = |env: &Env| -> Value { env.c.json(m1, &["ingress", "ls", "--format", "json"]).unwrap() };
+    let route_names = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let front_file = write(dir.path(), "front.yaml", &front("/", true));
+    let out = env.c.ok(m1, &["apply", "-f", &front_file]);
+    assert!(out.contains("certificate") && out.contains("ingress"), "{out}");
+    env.running(m1, "front", 1);
+    let picked = || -> u64 {
+        let s: Value = env
+            .c
+            .json(m1, &["service", "inspect", "front", "--format", "json"])
+            .unwrap();
+        s["spec"]["ports"][0]["published"].as_u64().unwrap()
+    };
+    let port = picked();
+    assert!((30000..=32767).contains(&port), "{port}");
+    assert_eq!(route_names(&routes(&env)), ["docs", "shop"]);
+    let certs: Value = env.c.json(m1, &["certificate", "ls", "--format", "json"]).unwrap();
+    assert!(
+        certs.as_array().unwrap().iter().any(|c| c["name"] == "shop-cert"),
+        "{certs}"
+    );
+    let before = (state(&env, m1), routes(&env));
+    let out = env.c.ok(m1, &["apply", "-f", &front_file]);
+    assert!(out.contains("nothing to do"), "{out}");
+    assert_eq!(picked(), port);
+    write(dir.path(), "front.yaml", &front("/shop", true));
+    let out = env.c.ok(m1, &["apply", "-f", &front_file, "--dry-run"]);
+    assert!(out.contains("update") && out.contains("path"), "{out}");
+    assert_eq!((state(&env, m1), routes(&env)), before);
+    write(dir.path(), "front.yaml", &front("/shop", false));
+    let out = env.c.ok(m1, &["apply", "-f", &front_file, "--prune"]);
+    assert!(out.contains("remove") && out.contains("docs"), "{out}");
+    let now = routes(&env);
+    assert_eq!(route_names(&now), ["shop"]);
+    assert_eq!(picked(), port);
+
+    // 13. Malformed files, and a route the manager refuses: one error each naming
+    //     file:line and field, and the cluster as it was.
+    let before = (state(&env, m1), routes(&env));
+    let svc = |body: &str| format!("services:\n  web:\n    image: {v1}\n{body}");
+    let cases = [
+        (
+            svc("    deploy:\n      replicas: three\n"),
+            "bad.yaml:5: services.web.deploy.replicas: expected a number, got \"three\"",
+        ),
+        (
+            svc("    depends_on: [nope]\n"),
+            "bad.yaml:4: services.web.depends_on[0]: depends on \"nope\"",
+        ),
+        (
+            svc("    secrets: [nope]\n"),
+            "bad.yaml:4: services.web.secrets[0]: secret \"nope\" is not declared",
+        ),
+        (
+            svc("    stop_grace_period: soon\n"),
+            "bad.yaml:4: services.web.stop_grace_period: invalid duration \"soon\"",
+        ),
+        (
+            svc("    environment:\n      A: ${NOPE:?set NOPE}\n"),
+            "bad.yaml:5: services.web.environment.A: required variable NOPE is missing a value: set NOPE",
+        ),
+        (
+            "services:\n  web:\n    image: x\n   ports: []\n".to_string(),
+            "bad.yaml:4: invalid YAML",
+        ),
+    ];
+    for (text, want) in &cases {
+        let bad = write(dir.path(), "bad.yaml", text);
+        let err = env.c.fails(m1, &["stack", "deploy", "-c", &bad, "shop"]);
+        assert!(err.contains(want), "want {want:?} in {err}");
+    }
+    let bad = write(
+        dir.path(),
+        "bad-route.yaml",
+        "apiVersion: warren/v1\nkind: Ingress\nmetadata: {name: lost}\nspec:\n  host: lost.test\n  service: nope\n",
+    );
+    let err = env.c.fails(m1, &["apply", "-f", &bad]);
+    assert!(
+        err.contains("bad-route.yaml:6: ingresses.lost.service: service \"nope\" not found"),
+        "{err}"
+    );
+    assert_eq!((state(&env, m1), routes(&env)), before);
 }

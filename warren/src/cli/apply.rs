@@ -30,10 +30,41 @@ pub async fn stack(c: &mut Client, cmd: StackCmd) -> Result<()> {
             send(c, loaded, &opts).await
         }
         StackCmd::Ls { format } => {
-            let mut stacks: BTreeMap<String, usize> = BTreeMap::new();
+            // (services, other objects): a stack whose services are gone but whose
+            // secrets, configs or routes remain is still listed (`stack rm` removes
+            // it); volumes outlive their stack and do not count.
+            let mut stacks: BTreeMap<String, (usize, usize)> = BTreeMap::new();
             for s in services(c).await? {
                 if let Some(st) = s.service.spec.labels.get(STACK_LABEL) {
-                    *stacks.entry(st.clone()).or_default() += 1;
+                    stacks.entry(st.clone()).or_default().0 += 1;
+                }
+            }
+            let mut others: Vec<std::collections::HashMap<String, String>> = Vec::new();
+            others.extend(
+                call(c.list_secrets(pb::ListSecretsRequest {}))
+                    .await?
+                    .secrets
+                    .into_iter()
+                    .map(|s| s.labels),
+            );
+            others.extend(
+                call(c.list_configs(pb::ListConfigsRequest {}))
+                    .await?
+                    .configs
+                    .into_iter()
+                    .map(|s| s.labels),
+            );
+            for r in call(c.list_ingress_routes(pb::ListIngressRoutesRequest {}))
+                .await?
+                .routes
+            {
+                if let Ok(spec) = convert::spec_from_json(&r.spec_json) {
+                    others.push(spec.labels.into_iter().collect());
+                }
+            }
+            for labels in others {
+                if let Some(st) = labels.get(STACK_LABEL) {
+                    stacks.entry(st.clone()).or_default().1 += 1;
                 }
             }
             if format == Format::Json {
@@ -41,16 +72,25 @@ pub async fn stack(c: &mut Client, cmd: StackCmd) -> Result<()> {
                 struct StackView<'a> {
                     name: &'a str,
                     services: usize,
+                    /// Secrets, configs and ingress routes of the stack.
+                    objects: usize,
                 }
                 let views: Vec<StackView> = stacks
                     .iter()
-                    .map(|(name, n)| StackView { name, services: *n })
+                    .map(|(name, (n, o))| StackView {
+                        name,
+                        services: *n,
+                        objects: *o,
+                    })
                     .collect();
                 emit(&json(&views)?)
             } else {
                 emit(&table(
-                    &["NAME", "SERVICES"],
-                    stacks.iter().map(|(n, c)| vec![n.clone(), c.to_string()]).collect(),
+                    &["NAME", "SERVICES", "OBJECTS"],
+                    stacks
+                        .iter()
+                        .map(|(n, (c, o))| vec![n.clone(), c.to_string(), o.to_string()])
+                        .collect(),
                 ))
             }
         }

@@ -4,13 +4,14 @@
 //! caller seals secrets, chooses IDs and the time; whether the steps may happen
 //! (references, ports, immutability, versions) is decided again in apply.
 
+use crate::model::ingress::{validate_certificate_name, Certificate, CertificateSource, Ingress, RouteTls};
 use crate::model::{
-    digest_of, validate_name, ConfigObject, Manifest, MountKind, Secret, Service, ServiceMode, ServiceSpec, Volume,
-    APPLY_LABEL, STACK_LABEL,
+    digest_of, validate_name, ConfigObject, Manifest, MountKind, Protocol, Secret, Service, ServiceMode, ServiceSpec,
+    Volume, APPLY_LABEL, STACK_LABEL,
 };
 use crate::store::state::spec_differs_beyond_scale;
 use crate::store::{ApplyError, ApplyOp, ApplyStep, Command, ObjectKind, Rules, State};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// Largest secret or config accepted, as in Swarm.
 const MAX_DATA_BYTES: usize = 500 * 1024;
@@ -92,24 +93,13 @@ impl Scope<'_> {
     }
 }
 
-/// Computes the diff and the steps. `prune` also removes the services, secrets and
-/// configs of the scope (the stack, or everything `apply -f` created) that the
-/// manifest no longer names; volumes are kept, as `docker stack rm` keeps them.
+/// Computes the diff and the steps. `prune` also removes the services, secrets,
+/// configs and ingress routes of the scope (the stack, or everything `apply -f`
+/// created) that the manifest no longer names; volumes are kept, as `docker stack
+/// rm` keeps them, and so are certificates (they carry no labels to scope them).
 pub fn plan(state: &State, m: &Manifest, prune: bool, minter: &mut dyn Minter) -> Result<Plan, ApplyError> {
     if let Some(s) = &m.stack {
         validate_name("stack", s).map_err(|e| bad("stack", e.message))?;
-    }
-    if let Some(i) = m.ingresses.first() {
-        return Err(bad(
-            format!("ingresses.{}", i.name),
-            "this manager does not apply ingresses yet: create them with `warren ingress`",
-        ));
-    }
-    if let Some(c) = m.certificates.first() {
-        return Err(bad(
-            format!("certificates.{}", c.name),
-            "this manager does not apply certificates yet",
-        ));
     }
     let scope = Scope {
         stack: m.stack.as_deref(),
@@ -271,8 +261,53 @@ pub fn plan(state: &State, m: &Manifest, prune: bool, minter: &mut dyn Minter) -
         });
     }
 
+    let mut cert_names = BTreeMap::new();
+    for c in &m.certificates {
+        let field = format!("certificates.{}", c.name);
+        let full = scope.full(&c.name);
+        validate_certificate_name(&field, &full).map_err(|e| bad(&field, e.message))?;
+        cert_names.insert(c.name.clone(), full.clone());
+        let info = crate::ingress::inspect(&c.cert_pem, &c.key_pem).map_err(|e| bad(&field, e.to_string()))?;
+        let action = match state.certificates.values().find(|x| x.name == full) {
+            Some(x) if x.cert_pem == c.cert_pem => {
+                plan.entry(ObjectKind::Certificate, &full, DiffAction::Unchanged, &field);
+                continue;
+            }
+            Some(_) => DiffAction::Update,
+            None => DiffAction::Create,
+        };
+        plan.diff.push(DiffEntry {
+            kind: ObjectKind::Certificate,
+            name: full.clone(),
+            action,
+            field: field.clone(),
+            changed: if action == DiffAction::Update {
+                vec!["cert".into()]
+            } else {
+                vec![]
+            },
+        });
+        plan.steps.push(ApplyStep {
+            field,
+            op: ApplyOp::Certificate(Certificate {
+                id: minter.new_id(),
+                name: full,
+                cert_pem: c.cert_pem.clone(),
+                key_sealed: minter.seal(c.key_pem.as_bytes()),
+                hosts: info.hosts,
+                not_before_ms: info.not_before_ms,
+                not_after_ms: info.not_after_ms,
+                source: CertificateSource::Uploaded,
+                version: 1,
+                created_ms: now,
+                updated_ms: now,
+            }),
+        });
+    }
+
     // Services: removals first, then updates, then creations, so that a port one
     // service gives up can be taken by another in the same apply.
+    let mut taken = ports_in_use(state, m);
     let mut named = std::collections::BTreeSet::new();
     let mut updates = Vec::new();
     let mut creates = Vec::new();
@@ -287,11 +322,13 @@ pub fn plan(state: &State, m: &Manifest, prune: bool, minter: &mut dyn Minter) -
         if spec.configs.is_empty() {
             spec.configs = ms.configs.clone();
         }
+        let current = state.services.values().find(|s| s.name == full);
+        pick_published(&mut spec, current, &mut taken, &field)?;
         resolve_names(&mut spec, &secret_names, &config_names, &volume_names);
         spec.labels.insert(label_key.into(), label_value.clone());
         spec.validate()
             .map_err(|e| bad(format!("{field}.{}", e.field), e.message))?;
-        match state.services.values().find(|s| s.name == full) {
+        match current {
             Some(cur) if cur.spec == spec => plan.entry(ObjectKind::Service, &full, DiffAction::Unchanged, &field),
             // The canary already runs this version: re-applying restarts nothing.
             Some(cur)
@@ -369,6 +406,76 @@ pub fn plan(state: &State, m: &Manifest, prune: bool, minter: &mut dyn Minter) -
         }
     }
 
+    // Routes: after the services they name are created, before those are removed.
+    let mut routes_named = std::collections::BTreeSet::new();
+    let mut route_steps = Vec::new();
+    for mi in &m.ingresses {
+        let field = format!("ingresses.{}", mi.name);
+        let full = scope.full(&mi.name);
+        validate_name(&field, &full).map_err(|e| bad(&field, e.message))?;
+        routes_named.insert(full.clone());
+        let mut spec = mi.spec.clone();
+        if m.services.iter().any(|s| s.name == spec.service) {
+            spec.service = scope.full(&spec.service);
+        }
+        if let RouteTls::Certificate(c) = &mut spec.tls {
+            if let Some(full) = cert_names.get(c.as_str()) {
+                *c = full.clone();
+            }
+        }
+        spec.labels.insert(label_key.into(), label_value.clone());
+        spec.validate()
+            .map_err(|e| bad(format!("{field}.{}", e.field), e.message))?;
+        match state.ingresses.values().find(|i| i.name == full) {
+            Some(cur) if cur.spec == spec => plan.entry(ObjectKind::Ingress, &full, DiffAction::Unchanged, &field),
+            Some(cur) => {
+                plan.diff.push(DiffEntry {
+                    kind: ObjectKind::Ingress,
+                    name: full.clone(),
+                    action: DiffAction::Update,
+                    field: field.clone(),
+                    changed: changed_fields(&cur.spec, &spec),
+                });
+                route_steps.push(ApplyStep {
+                    field,
+                    op: ApplyOp::Run(Command::UpdateIngress {
+                        id: cur.id.clone(),
+                        expected_version: cur.version,
+                        spec,
+                        at_ms: now,
+                    }),
+                });
+            }
+            None => {
+                plan.entry(ObjectKind::Ingress, &full, DiffAction::Create, &field);
+                route_steps.push(ApplyStep {
+                    field,
+                    op: ApplyOp::Run(Command::CreateIngress {
+                        ingress: Ingress {
+                            id: minter.new_id(),
+                            name: full,
+                            spec,
+                            version: 1,
+                            created_ms: now,
+                            updated_ms: now,
+                        },
+                    }),
+                });
+            }
+        }
+    }
+    if prune {
+        for i in state.ingresses.values() {
+            if scope.owns(&i.spec.labels) && !routes_named.contains(&i.name) {
+                plan.entry(ObjectKind::Ingress, &i.name, DiffAction::Remove, "");
+                plan.steps.push(ApplyStep {
+                    field: format!("ingresses.{}", i.name),
+                    op: ApplyOp::Run(Command::RemoveIngress { id: i.id.clone() }),
+                });
+            }
+        }
+    }
+
     if prune {
         for svc in state.services.values() {
             if scope.owns(&svc.spec.labels) && !named.contains(&svc.name) {
@@ -385,6 +492,7 @@ pub fn plan(state: &State, m: &Manifest, prune: bool, minter: &mut dyn Minter) -
     }
     plan.steps.extend(updates);
     plan.steps.extend(creates);
+    plan.steps.extend(route_steps);
     if prune {
         let kept_secrets: Vec<&String> = secret_names.values().collect();
         for s in state.secrets.values() {
@@ -431,6 +539,79 @@ impl Plan {
     pub fn is_noop(&self) -> bool {
         self.steps.is_empty()
     }
+}
+
+/// The range published ports are picked from when a file gives a target only, as
+/// Swarm's.
+pub const PICKED_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+/// Every port a pick must avoid: what services (stable or canary) publish, what
+/// the daemons and nodes' ingresses listen on, and what the manifest publishes.
+fn ports_in_use(state: &State, m: &Manifest) -> HashSet<(u16, Protocol)> {
+    let mut taken = HashSet::new();
+    for svc in state.services.values() {
+        for spec in std::iter::once(&svc.spec).chain(svc.canary.as_ref().map(|c| &c.spec)) {
+            taken.extend(spec.ports.iter().map(|p| (p.published, p.protocol)));
+        }
+    }
+    for n in state.nodes.values() {
+        taken.extend(n.daemon_ports().into_iter().map(|(port, proto, _)| (port, proto)));
+        if let Some(i) = n.ingress {
+            taken.extend([(i.http_port, Protocol::Tcp), (i.https_port, Protocol::Tcp)]);
+        }
+    }
+    for ms in &m.services {
+        taken.extend(ms.spec.ports.iter().map(|p| (p.published, p.protocol)));
+    }
+    taken
+}
+
+/// Gives each port without a published number (compose `- "80"`) one: the one the
+/// service already publishes for that target, so that re-applying the file
+/// changes nothing, else the lowest free one of [`PICKED_PORTS`].
+fn pick_published(
+    spec: &mut ServiceSpec,
+    current: Option<&Service>,
+    taken: &mut HashSet<(u16, Protocol)>,
+    field: &str,
+) -> Result<(), ApplyError> {
+    for i in 0..spec.ports.len() {
+        let p = spec.ports[i];
+        if p.published != 0 {
+            continue;
+        }
+        let in_spec = |port: u16| {
+            spec.ports
+                .iter()
+                .any(|q| q.published == port && q.protocol == p.protocol)
+        };
+        let kept = current
+            .into_iter()
+            .flat_map(|c| std::iter::once(&c.spec).chain(c.canary.as_ref().map(|x| &x.spec)))
+            .flat_map(|s| s.ports.iter())
+            .find(|q| q.target == p.target && q.protocol == p.protocol && q.mode == p.mode && !in_spec(q.published))
+            .map(|q| q.published);
+        let port = match kept {
+            Some(port) => port,
+            None => PICKED_PORTS
+                .clone()
+                .find(|port| !taken.contains(&(*port, p.protocol)))
+                .ok_or_else(|| {
+                    bad(
+                        format!("{field}.ports[{i}].published"),
+                        format!(
+                            "no free port left in {}-{} to publish target {} on",
+                            PICKED_PORTS.start(),
+                            PICKED_PORTS.end(),
+                            p.target
+                        ),
+                    )
+                })?,
+        };
+        taken.insert((port, p.protocol));
+        spec.ports[i].published = port;
+    }
+    Ok(())
 }
 
 fn check_data(field: &str, what: &str, data: &[u8]) -> Result<(), ApplyError> {
@@ -501,7 +682,7 @@ fn new_service(id: String, name: String, spec: ServiceSpec, now: i64) -> Service
 }
 
 /// The top-level spec fields that differ, by their serialized names.
-fn changed_fields(a: &ServiceSpec, b: &ServiceSpec) -> Vec<String> {
+fn changed_fields<T: serde::Serialize>(a: &T, b: &T) -> Vec<String> {
     let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
         (serde_json::to_value(a), serde_json::to_value(b))
     else {
@@ -743,6 +924,144 @@ mod tests {
         );
         let p = apply(&store, &m, false, &mut minter).await.unwrap();
         assert!(p.is_noop(), "{:?}", p.diff);
+    }
+
+    fn route(name: &str, host: &str, service: &str, tls: &str) -> crate::model::ManifestIngress {
+        crate::model::ManifestIngress {
+            name: name.into(),
+            spec: crate::model::ingress::IngressSpec {
+                host: host.into(),
+                path: "/".into(),
+                service: service.into(),
+                tls: RouteTls::parse("tls", tls).unwrap(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn cert(name: &str, host: &str) -> crate::model::ManifestCertificate {
+        let pem = crate::ingress::tls::test_certs::self_signed(name, &[host], &rcgen::PKCS_ECDSA_P256_SHA256);
+        crate::model::ManifestCertificate {
+            name: name.into(),
+            cert_pem: pem.cert_pem,
+            key_pem: pem.key_pem,
+        }
+    }
+
+    #[tokio::test]
+    async fn routes_and_certificates_go_through_the_same_apply() {
+        let store = Cluster::new();
+        let mut minter = TestMinter(0);
+        let mut m = stack();
+        m.certificates = vec![cert("shop-cert", "shop.example.com")];
+        m.ingresses = vec![
+            route("site", "shop.example.com", "web", "shop-cert"),
+            route("docs", "docs.example.com", "api", "none"),
+        ];
+        let p = apply(&store, &m, false, &mut minter).await.unwrap();
+        let made: Vec<_> = actions(&p)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("ingress") || k.starts_with("certificate"))
+            .collect();
+        assert_eq!(
+            made,
+            [
+                ("certificate shop_shop-cert".to_string(), "create"),
+                ("ingress shop_site".to_string(), "create"),
+                ("ingress shop_docs".to_string(), "create"),
+            ]
+        );
+        let st = store.state();
+        let site = st.ingresses.values().find(|i| i.name == "shop_site").unwrap();
+        assert_eq!(site.spec.service, "shop_web");
+        assert_eq!(site.spec.tls, RouteTls::Certificate("shop_shop-cert".into()));
+        let c = st.certificates.values().next().unwrap();
+        assert_eq!(c.hosts, ["shop.example.com"]);
+        assert_ne!(c.key_sealed, m.certificates[0].key_pem.as_bytes(), "the key is sealed");
+
+        // Again: nothing to write.
+        let p = apply(&store, &m, false, &mut minter).await.unwrap();
+        assert!(p.is_noop(), "{:?}", p.diff);
+
+        // A changed route updates in place, a new chain replaces the certificate
+        // under its ID, and prune drops the route the file no longer names.
+        let cert_id = c.id.clone();
+        m.ingresses[0].spec.path = "/shop".into();
+        m.ingresses.remove(1);
+        m.certificates = vec![cert("shop-cert", "shop.example.com")];
+        let p = apply(&store, &m, true, &mut minter).await.unwrap();
+        let changed: Vec<_> = p
+            .diff
+            .iter()
+            .filter(|d| d.action != DiffAction::Unchanged)
+            .map(|d| (d.name.as_str(), d.action, d.changed.clone()))
+            .collect();
+        assert_eq!(
+            changed,
+            [
+                ("shop_shop-cert", DiffAction::Update, vec!["cert".to_string()]),
+                ("shop_site", DiffAction::Update, vec!["path".to_string()]),
+                ("shop_docs", DiffAction::Remove, vec![]),
+            ]
+        );
+        let st2 = store.state();
+        assert_eq!(st2.ingresses.len(), 1);
+        let c2 = &st2.certificates[&cert_id];
+        assert_eq!(
+            (c2.version, c2.cert_pem.as_str()),
+            (2, m.certificates[0].cert_pem.as_str())
+        );
+
+        // A route to a service that exists nowhere refuses the whole manifest.
+        let before = store.state();
+        m.ingresses.push(route("bad", "bad.example.com", "nope", "none"));
+        m.services[1].spec.image = "api:9".into();
+        let e = apply(&store, &m, false, &mut minter).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("ingresses.bad.service: service \"nope\" not found"),
+            "{e}"
+        );
+        assert_eq!(store.state(), before);
+
+        // A certificate whose key does not match is refused at its field.
+        let mut bad = cert("other", "x.example.com");
+        bad.key_pem = cert("k", "y.example.com").key_pem;
+        let mut m2 = stack();
+        m2.certificates = vec![bad];
+        let e = apply(&store, &m2, false, &mut minter).await.unwrap_err();
+        assert!(e.to_string().starts_with("certificates.other: "), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_target_only_port_gets_a_free_port_that_stays_across_applies() {
+        let store = Cluster::new();
+        let mut minter = TestMinter(0);
+        let mut m = stack();
+        // web publishes 8080:80 and also a target only; api publishes 30000 itself.
+        let web_port = m.services[0].spec.ports[0];
+        m.services[0].spec.ports.push(crate::model::PortConfig {
+            published: 0,
+            target: 9000,
+            ..web_port
+        });
+        m.services[1].spec.ports = vec![parse_publish("publish", "30000:80").unwrap()];
+        let mut db_port = m.services[0].spec.ports[1];
+        db_port.target = 5432;
+        m.services[2].spec.ports = vec![db_port];
+        apply(&store, &m, false, &mut minter).await.unwrap();
+        let published = |st: &State, name: &str| st.service(name).unwrap().spec.ports.last().unwrap().published;
+        let st = store.state();
+        assert_eq!(published(&st, "shop_web"), 30001);
+        assert_eq!(published(&st, "shop_db"), 30002);
+
+        // Re-applied: the same ports, nothing written.
+        let p = apply(&store, &m, false, &mut minter).await.unwrap();
+        assert!(p.is_noop(), "{:?}", p.diff);
+        // An image change keeps the picked port.
+        m.services[2].spec.image = "db:2".into();
+        apply(&store, &m, false, &mut minter).await.unwrap();
+        assert_eq!(published(&store.state(), "shop_db"), 30002);
     }
 
     #[test]

@@ -264,7 +264,10 @@ pub(crate) fn convert(
         cx.ignore(p);
     }
     x_warren(cx, &f, f.get("x-warren"), &mut spec, &mut out)?;
-    spec.validate().map_err(|e| validation_error(cx, &f, &e))?;
+    // Ports left for the manager to pick are checked there, once they have a number.
+    let mut probe = spec.clone();
+    probe.ports.retain(|p| p.published != PICK_PUBLISHED);
+    probe.validate().map_err(|e| validation_error(cx, &f, &e))?;
     out.spec = spec;
     Ok(out)
 }
@@ -342,7 +345,11 @@ fn environment(cx: &Cx, f: &Fields, vars: &Vars, spec: &mut ServiceSpec) -> R<()
     Ok(())
 }
 
-/// A compose port: `8080:80`, `8080:80/udp`, `127.0.0.1:8080:80`, ranges
+/// The published port of a compose port given as a target only (`"80"`, or a long
+/// syntax without `published`): the manager picks one from 30000-32767.
+pub(crate) const PICK_PUBLISHED: u16 = 0;
+
+/// A compose port: `80` (published port picked), `8080:80`, `8080:80/udp`, `127.0.0.1:8080:80`, ranges
 /// `8000-8001:9000-9001`, or the long syntax.
 fn port(cx: &mut Cx, n: &Node, path: &str) -> R<Vec<PortConfig>> {
     let bad = |cx: &Cx, why: String| cx.err(n, path, why);
@@ -368,13 +375,8 @@ fn port(cx: &mut Cx, n: &Node, path: &str) -> R<Vec<PortConfig>> {
             }
         };
         let target = num(cx, "target")?.ok_or_else(|| cx.err(n, &join(path, "target"), "is required"))?;
-        let published = num(cx, "published")?.ok_or_else(|| {
-            cx.err(
-                n,
-                &join(path, "published"),
-                "is required: Warren does not pick a published port",
-            )
-        })?;
+        // None: the manager picks one (PICK_PUBLISHED), as Swarm does.
+        let published = num(cx, "published")?.unwrap_or(PICK_PUBLISHED);
         let protocol = match f.get("protocol") {
             None => Protocol::Tcp,
             Some((v, p)) => match cx.str(v, &p)?.to_ascii_lowercase().as_str() {
@@ -410,6 +412,21 @@ fn port(cx: &mut Cx, n: &Node, path: &str) -> R<Vec<PortConfig>> {
     };
     let parts: Vec<&str> = ports.rsplitn(3, ':').collect();
     let (target, published) = match parts.as_slice() {
+        // `"80"`: a target only; the manager picks the published port.
+        [t] if !t.contains('-') => {
+            let target = t.trim().parse::<u16>().ok().filter(|t| *t > 0).ok_or_else(|| {
+                bad(
+                    cx,
+                    format!("invalid port {s:?}: expected [PUBLISHED:]TARGET with ports 1-65535"),
+                )
+            })?;
+            return Ok(vec![PortConfig {
+                published: PICK_PUBLISHED,
+                target,
+                protocol,
+                mode: PublishMode::Ingress,
+            }]);
+        }
         [t, p] => (*t, *p),
         [t, p, _ip] => {
             cx.ignore(format!("{path}.host_ip"));
@@ -418,7 +435,7 @@ fn port(cx: &mut Cx, n: &Node, path: &str) -> R<Vec<PortConfig>> {
         _ => {
             return Err(bad(
                 cx,
-                format!("invalid port {s:?}: publish it as PUBLISHED:TARGET (Warren does not pick a published port)"),
+                format!("invalid port {s:?}: expected [HOST_IP:][PUBLISHED:]TARGET[/PROTOCOL]"),
             ))
         }
     };
@@ -1334,7 +1351,7 @@ fn validation_error(cx: &Cx, f: &Fields, e: &ValidationError) -> super::LoadErro
 pub(crate) fn check_references(cx: &Cx, m: &model::Manifest, origins: &model::Origins) -> R<()> {
     let mut seen: std::collections::HashMap<(u16, Protocol), (&str, PublishMode)> = Default::default();
     for s in &m.services {
-        for p in &s.spec.ports {
+        for p in s.spec.ports.iter().filter(|p| p.published != PICK_PUBLISHED) {
             let prev = seen.insert((p.published, p.protocol), (&s.name, p.mode));
             // Host-mode ports of two services may share a number on different nodes.
             if let Some((other, mode)) =

@@ -68,6 +68,9 @@ fn the_examples_load() {
     assert_eq!(c.manifest.stack.as_deref(), Some("shop"));
     assert_eq!(c.manifest.ignored, ["services.web.depends_on"]);
     assert!(w.manifest.ignored.is_empty());
+    let route = &w.manifest.ingresses[0];
+    assert_eq!((route.name.as_str(), route.spec.service.as_str()), ("shop", "web"));
+    assert_eq!(route.spec.port, Some(80));
     let o = c.origins.find("services.web.deploy.replicas").unwrap();
     assert!(o.file.ends_with("compose.yaml") && o.line == 19, "{o:?}");
 }
@@ -469,8 +472,8 @@ fn malformed_files_name_file_line_and_field() {
             r#"bad.yaml:4: services.web.ports[0]: invalid port "80:eighty": expected PUBLISHED:TARGET with ports 1-65535"#,
         ),
         (
-            svc("    ports: [\"80\"]\n"),
-            r#"bad.yaml:4: services.web.ports[0]: invalid port "80": publish it as PUBLISHED:TARGET (Warren does not pick a published port)"#,
+            svc("    ports: [\"eighty\"]\n"),
+            r#"bad.yaml:4: services.web.ports[0]: invalid port "eighty": expected [PUBLISHED:]TARGET with ports 1-65535"#,
         ),
         (
             svc("    imgae: b:1\n"),
@@ -635,6 +638,26 @@ fn later_files_override_earlier_ones() {
     assert!(o.file.ends_with("override.yaml") && o.line == 7, "{o:?}");
     let o = l.origins.find("services.web.deploy.resources").unwrap();
     assert!(o.file.ends_with("compose.yaml") && o.line == 8, "{o:?}");
+}
+
+#[test]
+fn a_target_only_port_is_left_for_the_manager_to_pick() {
+    let d = dir_with(&[(
+        "compose.yaml",
+        "services:\n  web:\n    image: a:1\n    ports: [\"80\", \"53/udp\", {target: 443}]\n  api:\n    image: b:1\n    ports: [\"80\"]\n",
+    )]);
+    let l = stack(&d, &["compose.yaml"]).unwrap();
+    let ports = |i: usize| -> Vec<(u16, u16, &str)> {
+        l.manifest.services[i]
+            .spec
+            .ports
+            .iter()
+            .map(|p| (p.published, p.target, p.protocol.as_str()))
+            .collect()
+    };
+    // Two services with target 80 and no number are no conflict: each gets its own.
+    assert_eq!(ports(0), [(0, 80, "tcp"), (0, 53, "udp"), (0, 443, "tcp")]);
+    assert_eq!(ports(1), [(0, 80, "tcp")]);
 }
 
 const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";

@@ -332,8 +332,12 @@ pub enum ApplyOp {
     /// Create the volume unless one of its name exists.
     Volume(Volume),
     /// A service or removal command: `CreateService`, `UpdateService`,
-    /// `RemoveService`, `RemoveSecret`, `RemoveConfig` or `RemoveVolume`.
+    /// `RemoveService`, `RemoveSecret`, `RemoveConfig` or `RemoveVolume`; also
+    /// `CreateIngress`, `UpdateIngress` and `RemoveIngress`.
     Run(Command),
+    /// Create the uploaded certificate, or replace the one of its name (keeping its
+    /// ID, so routes naming it follow) unless it holds the same chain.
+    Certificate(Certificate),
 }
 
 impl Command {

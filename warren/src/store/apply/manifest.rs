@@ -4,6 +4,7 @@
 //! the manager that proposes them; whether they may happen is decided here.
 
 use super::change;
+use crate::model::ingress::{Certificate, CertificateSource};
 use crate::model::{ConfigObject, ServiceSpec};
 use crate::store::command::{ApplyOp, ApplyStep};
 use crate::store::state::{Action, Change, ObjectKind, State};
@@ -55,6 +56,33 @@ impl State {
         Ok(())
     }
 
+    /// A manifest's certificate: kept when the chain is the same, else replaced in
+    /// place (its ID, so the routes naming it serve the new one), else created.
+    fn put_certificate(&mut self, cert: &Certificate, changes: &mut Vec<Change>) -> Result<(), ApplyError> {
+        let Some(cur) = self.certificates.values_mut().find(|c| c.name == cert.name) else {
+            return self.create_certificate(cert, changes);
+        };
+        if cur.source != CertificateSource::Uploaded {
+            return Err(ApplyError::Invalid(format!(
+                "certificate {:?} was obtained through ACME and cannot be replaced by a file",
+                cert.name
+            )));
+        }
+        if cur.cert_pem == cert.cert_pem {
+            return Ok(());
+        }
+        let (id, created_ms, version) = (cur.id.clone(), cur.created_ms, cur.version);
+        *cur = Certificate {
+            id: id.clone(),
+            created_ms,
+            version: version + 1,
+            updated_ms: cert.created_ms,
+            ..cert.clone()
+        };
+        changes.push(change(ObjectKind::Certificate, Action::Updated, &id, &cert.name));
+        Ok(())
+    }
+
     fn apply_step(&mut self, op: &ApplyOp, changes: &mut Vec<Change>) -> Result<(), ApplyError> {
         match op {
             ApplyOp::Secret(secret) => match self.secrets.values().find(|s| s.name == secret.name) {
@@ -86,8 +114,12 @@ impl State {
                 | Command::RemoveService { .. }
                 | Command::RemoveSecret { rules: Rules::V1, .. }
                 | Command::RemoveConfig { rules: Rules::V1, .. }
-                | Command::RemoveVolume { rules: Rules::V1, .. }),
+                | Command::RemoveVolume { rules: Rules::V1, .. }
+                | Command::CreateIngress { .. }
+                | Command::UpdateIngress { .. }
+                | Command::RemoveIngress { .. }),
             ) => self.apply(cmd, changes),
+            ApplyOp::Certificate(cert) => self.put_certificate(cert, changes),
             ApplyOp::Run(cmd) => Err(ApplyError::Invalid(format!(
                 "a manifest cannot carry a {} command (or one without the current rules)",
                 cmd.kind()
@@ -99,6 +131,26 @@ impl State {
 /// Names the field of the manifest that `e` is about: the step's object, refined to
 /// the port, secret, config or volume of its spec when the error names one.
 fn at_field(field: &str, op: &ApplyOp, e: ApplyError) -> ApplyError {
+    // A route's checks name their key first (`service: service "x" not found`):
+    // that key is the manifest field.
+    if let ApplyOp::Run(Command::CreateIngress { .. } | Command::UpdateIngress { .. }) = op {
+        let split = |msg: &str| {
+            msg.split_once(": ")
+                .filter(|(k, _)| ["service", "tls", "path", "default", "host"].contains(k))
+                .map(|(k, rest)| (format!("{field}.{k}"), rest.to_string()))
+        };
+        let refined = match &e {
+            ApplyError::Invalid(m) => split(m).map(|(f, m)| (f, ApplyError::Invalid(m))),
+            ApplyError::AlreadyExists(m) => split(m).map(|(f, m)| (f, ApplyError::AlreadyExists(m))),
+            _ => None,
+        };
+        if let Some((field, error)) = refined {
+            return ApplyError::Field {
+                field,
+                error: Box::new(error),
+            };
+        }
+    }
     let spec: Option<&ServiceSpec> = match op {
         ApplyOp::Run(Command::CreateService { service, .. }) => Some(&service.spec),
         ApplyOp::Run(Command::UpdateService { spec, .. } | Command::StartCanary { spec, .. }) => Some(spec),

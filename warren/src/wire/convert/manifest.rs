@@ -1,9 +1,11 @@
 //! Manifests (`warren apply -f`, `warren stack deploy`) and their diffs on the wire.
 //! A secret's value goes out in the request only; the reply never carries one.
 
-use super::service::{spec_from_pb, spec_to_pb};
+use super::ingress::{spec_from_json, spec_to_json};
+use super::service::{port_from_pb, spec_from_pb, spec_to_pb};
 use crate::model::{
-    Manifest, ManifestCanary, ManifestConfig, ManifestSecret, ManifestService, ManifestVolume, ValidationError,
+    Manifest, ManifestCanary, ManifestCertificate, ManifestConfig, ManifestIngress, ManifestSecret, ManifestService,
+    ManifestVolume, ValidationError,
 };
 use warren_proto::v1 as pb;
 
@@ -65,7 +67,48 @@ pub fn manifest_to_pb(m: &Manifest, dry_run: bool, prune: bool) -> pb::ApplyMani
             .collect(),
         dry_run,
         prune,
+        ingresses: m
+            .ingresses
+            .iter()
+            .map(|i| pb::ManifestIngress {
+                name: i.name.clone(),
+                spec_json: spec_to_json(&i.spec),
+            })
+            .collect(),
+        certificates: m
+            .certificates
+            .iter()
+            .map(|c| pb::ManifestCertificate {
+                name: c.name.clone(),
+                cert_pem: c.cert_pem.clone(),
+                key_pem: c.key_pem.clone(),
+            })
+            .collect(),
     }
+}
+
+/// `spec_from_pb` for a manifest's spec, whose ports may have no published number
+/// yet (compose `- "80"`: the planner picks one); those are checked but for it and
+/// kept in place with published 0.
+fn spec_with_picked_ports(mut spec: pb::ServiceSpec) -> Result<crate::model::ServiceSpec, ValidationError> {
+    let mut picked = Vec::new();
+    let mut i = 0;
+    spec.ports.retain(|p| {
+        i += 1;
+        if p.published == 0 {
+            picked.push((i - 1, *p));
+            false
+        } else {
+            true
+        }
+    });
+    let mut out = spec_from_pb(spec)?;
+    for (at, p) in picked {
+        let mut port = port_from_pb(pb::PortConfig { published: 1, ..p })?;
+        port.published = 0;
+        out.ports.insert(at.min(out.ports.len()), port);
+    }
+    Ok(out)
 }
 
 /// Manager side: each spec is validated, its errors named by the manifest field
@@ -80,7 +123,8 @@ pub fn manifest_from_pb(r: pb::ApplyManifestRequest) -> Result<Manifest, Validat
                 .spec
                 .ok_or_else(|| ValidationError::new(&field, "missing spec"))
                 .and_then(|spec| {
-                    spec_from_pb(spec).map_err(|e| ValidationError::new(format!("{field}.{}", e.field), e.message))
+                    spec_with_picked_ports(spec)
+                        .map_err(|e| ValidationError::new(format!("{field}.{}", e.field), e.message))
                 })?;
             let weight = |w: u32| {
                 u8::try_from(w).ok().filter(|w| *w <= 100).ok_or_else(|| {
@@ -140,6 +184,68 @@ pub fn manifest_from_pb(r: pb::ApplyManifestRequest) -> Result<Manifest, Validat
                 labels: v.labels.into_iter().collect(),
             })
             .collect(),
+        ingresses: r
+            .ingresses
+            .into_iter()
+            .map(|i| {
+                let field = format!("ingresses.{}", i.name);
+                let spec = spec_from_json(&i.spec_json)
+                    .map_err(|e| ValidationError::new(format!("{field}.{}", e.field), e.message))?;
+                Ok(ManifestIngress { name: i.name, spec })
+            })
+            .collect::<Result<Vec<_>, ValidationError>>()?,
+        certificates: r
+            .certificates
+            .into_iter()
+            .map(|c| ManifestCertificate {
+                name: c.name,
+                cert_pem: c.cert_pem,
+                key_pem: c.key_pem,
+            })
+            .collect(),
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{parse_publish, ManifestIngress, PortConfig, ServiceSpec};
+
+    #[test]
+    fn ports_to_pick_routes_and_certificates_cross_the_wire() {
+        let pick = PortConfig {
+            published: 0,
+            ..parse_publish("publish", "1:9000").unwrap()
+        };
+        let m = Manifest {
+            services: vec![ManifestService {
+                name: "web".into(),
+                spec: ServiceSpec {
+                    image: "web:1".into(),
+                    ports: vec![pick, parse_publish("publish", "8080:80").unwrap()],
+                    ..Default::default()
+                },
+                ..Default::default()
+            }],
+            ingresses: vec![ManifestIngress {
+                name: "shop".into(),
+                spec: crate::model::ingress::IngressSpec {
+                    host: "shop.test".into(),
+                    path: "/".into(),
+                    service: "web".into(),
+                    ..Default::default()
+                },
+            }],
+            certificates: vec![ManifestCertificate {
+                name: "c".into(),
+                cert_pem: "chain".into(),
+                key_pem: "key".into(),
+            }],
+            ..Default::default()
+        };
+        let back = manifest_from_pb(manifest_to_pb(&m, false, false)).unwrap();
+        assert_eq!(back.services[0].spec.ports, m.services[0].spec.ports);
+        assert_eq!((back.ingresses, back.certificates), (m.ingresses, m.certificates));
+    }
 }
