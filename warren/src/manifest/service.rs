@@ -68,6 +68,7 @@ pub(crate) const KEYS: &[&str] = &[
     "canary_steps",
     "rate_limit",
     "rate_burst",
+    "endpoint_locality",
 ];
 
 /// Compose keys a Swarm service cannot honour: accepted and listed as ignored.
@@ -135,7 +136,14 @@ pub(crate) const IGNORED: &[&str] = &[
     "models",
 ];
 
-const X_WARREN: &[&str] = &["strategy", "canary_weight", "canary_steps", "rate_limit", "rate_burst"];
+const X_WARREN: &[&str] = &[
+    "strategy",
+    "canary_weight",
+    "canary_steps",
+    "rate_limit",
+    "rate_burst",
+    "endpoint_locality",
+];
 
 pub(crate) fn convert(
     cx: &mut Cx,
@@ -1098,6 +1106,10 @@ fn x_warren(
         None => None,
     };
     let get = |key: &str| ext_fields.as_ref().and_then(|e| e.get(key)).or_else(|| f.get(key));
+    if let Some((l, lp)) = get("endpoint_locality") {
+        let s = cx.str(l, &lp)?;
+        spec.endpoint_locality = model::EndpointLocality::parse(&lp, &s).map_err(|e| cx.err(l, &lp, e.message))?;
+    }
     if let Some((s, sp)) = get("strategy") {
         if cx.str(s, &sp)? == "canary" {
             out.canary.get_or_insert_with(Default::default);

@@ -892,3 +892,26 @@ fn the_tech_spec_example_loads() {
     assert!(m.secrets[0].external);
     assert_eq!(m.ignored, ["networks.frontend.subnet", "networks.backend.subnet"]);
 }
+
+#[test]
+fn endpoint_locality_is_read_from_x_warren_and_a_bad_value_names_its_line() {
+    let d = dir_with(&[
+        (
+            "ok.yaml",
+            "services:\n  web:\n    image: web:1\n    x-warren:\n      endpoint_locality: prefer-local\n  api:\n    image: api:1\n",
+        ),
+        (
+            "bad.yaml",
+            "services:\n  web:\n    image: web:1\n    x-warren:\n      endpoint_locality: nearest\n",
+        ),
+    ]);
+    let m = stack(&d, &["ok.yaml"]).unwrap().manifest;
+    let locality = |n: &str| m.services.iter().find(|s| s.name == n).unwrap().spec.endpoint_locality;
+    assert_eq!(locality("web"), crate::model::EndpointLocality::PreferLocal);
+    assert_eq!(locality("api"), crate::model::EndpointLocality::Any);
+    let e = err_of(&d, stack(&d, &["bad.yaml"]));
+    assert!(
+        e.starts_with("bad.yaml:5: services.web.x-warren.endpoint_locality: invalid endpoint locality"),
+        "{e}"
+    );
+}
