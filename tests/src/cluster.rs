@@ -644,6 +644,18 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// Services the tests create are placed elsewhere as soon as their node is
+/// unreachable (`--reschedule-after 0`, the behaviour before edge autonomy), unless
+/// a test says otherwise. The flag goes right after `service create`, before the image and its command.
+fn reschedule_at_once<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let creates = args.len() >= 2 && args[0] == "service" && args[1] == "create";
+    let mut out = args.to_vec();
+    if creates && !args.iter().any(|a| a.starts_with("--reschedule-after")) {
+        out.splice(2..2, ["--reschedule-after", "0"]);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::{free_port, remove_node_leftovers};
@@ -682,17 +694,4 @@ mod tests {
             );
         }
     }
-}
-
-/// Services the tests create are placed elsewhere as soon as their node is
-/// unreachable (`--reschedule-after 0`, the behaviour before edge autonomy), unless
-/// a test says otherwise.
-/// The flag goes right after `service create`, before the image and its command.
-fn reschedule_at_once<'a>(args: &[&'a str]) -> Vec<&'a str> {
-    let creates = args.len() >= 2 && args[0] == "service" && args[1] == "create";
-    let mut out = args.to_vec();
-    if creates && !args.iter().any(|a| a.starts_with("--reschedule-after")) {
-        out.splice(2..2, ["--reschedule-after", "0"]);
-    }
-    out
 }

@@ -80,7 +80,10 @@ fn a_cut_off_worker_keeps_serving_restarts_locally_and_heals_without_duplicates(
     let ids: Vec<String> = on_w1.iter().cloned().collect();
     let (killed, sick, untouched) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
     let name = |id: &str| id[..12].to_string();
-    let svc: Value = env.c.json(m1, &["service", "inspect", "web", "--format", "json"]).unwrap();
+    let svc: Value = env
+        .c
+        .json(m1, &["service", "inspect", "web", "--format", "json"])
+        .unwrap();
     let vip = svc["vip"].as_str().expect("a VIP").to_string();
     let before_pids: BTreeMap<String, u32> = ids
         .iter()
@@ -91,10 +94,11 @@ fn a_cut_off_worker_keeps_serving_restarts_locally_and_heals_without_duplicates(
         .iter()
         .map(|id| (id.clone(), try_pid(&env, "m1", id).expect("a running container")))
         .collect();
-    env.c.wait("all six backends through w1's VIP", Duration::from_secs(20), || {
-        let (names, _) = through_vip(&env, "w1", &vip);
-        (names.len() == 6).then_some(())
-    });
+    env.c
+        .wait("all six backends through w1's VIP", Duration::from_secs(20), || {
+            let (names, _) = through_vip(&env, "w1", &vip);
+            (names.len() == 6).then_some(())
+        });
 
     // 2. w1's only link goes down: the manager marks it unreachable, not down.
     let started = std::time::Instant::now();
@@ -104,7 +108,11 @@ fn a_cut_off_worker_keeps_serving_restarts_locally_and_heals_without_duplicates(
             .args(["-n", &w1_ns, "link", "set", "eth0", state])
             .output()
             .unwrap();
-        assert!(out.status.success(), "ip link set eth0 {state}: {}", warren_tests::cluster::text(&out));
+        assert!(
+            out.status.success(),
+            "ip link set eth0 {state}: {}",
+            warren_tests::cluster::text(&out)
+        );
     };
     link("down");
     env.c.wait("w1 to be unreachable", Duration::from_secs(20), || {
@@ -115,34 +123,54 @@ fn a_cut_off_worker_keeps_serving_restarts_locally_and_heals_without_duplicates(
     // 3. From w1 its VIP keeps answering, from its own three tasks only (m1's are out
     //    of reach), with no failed request.
     let own: BTreeSet<String> = ids.iter().map(|id| name(id)).collect();
-    env.c.wait("w1's VIP to answer from its own tasks only", Duration::from_secs(20), || {
-        let (names, errors) = through_vip(&env, "w1", &vip);
-        (names == own && errors == 0).then_some(())
-    });
+    env.c.wait(
+        "w1's VIP to answer from its own tasks only",
+        Duration::from_secs(20),
+        || {
+            let (names, errors) = through_vip(&env, "w1", &vip);
+            (names == own && errors == 0).then_some(())
+        },
+    );
 
     // 4. A task killed meanwhile is restarted by w1 itself (a new container process
     //    under the same task) and answers again.
     let pid = before_pids[&killed];
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
-    env.c.wait("the killed task to be restarted locally", Duration::from_secs(30), || {
-        let p = try_pid(&env, "w1", &killed)?;
-        let (names, errors) = through_vip(&env, "w1", &vip);
-        (p != pid && names == own && errors == 0).then_some(())
-    });
+    env.c.wait(
+        "the killed task to be restarted locally",
+        Duration::from_secs(30),
+        || {
+            let p = try_pid(&env, "w1", &killed)?;
+            let (names, errors) = through_vip(&env, "w1", &vip);
+            (p != pid && names == own && errors == 0).then_some(())
+        },
+    );
 
     // 5. A task made unhealthy leaves w1's backend set (the VIP answers from the
     //    other two alone, without errors), then comes back once restarted healthy.
     let out = env.exec_in("w1", &sick, &["/bin/busybox", "touch", "/tmp/sick"]);
-    assert!(out.status.success(), "touch in the container: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "touch in the container: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let without: BTreeSet<String> = [&killed, &untouched].into_iter().map(|id| name(id)).collect();
-    env.c.wait("the unhealthy task to leave w1's backends", Duration::from_secs(20), || {
-        let (names, errors) = through_vip(&env, "w1", &vip);
-        (names == without && errors == 0).then_some(())
-    });
-    env.c.wait("the unhealthy task to be back, healthy", Duration::from_secs(30), || {
-        let (names, errors) = through_vip(&env, "w1", &vip);
-        (names == own && errors == 0).then_some(())
-    });
+    env.c.wait(
+        "the unhealthy task to leave w1's backends",
+        Duration::from_secs(20),
+        || {
+            let (names, errors) = through_vip(&env, "w1", &vip);
+            (names == without && errors == 0).then_some(())
+        },
+    );
+    env.c.wait(
+        "the unhealthy task to be back, healthy",
+        Duration::from_secs(30),
+        || {
+            let (names, errors) = through_vip(&env, "w1", &vip);
+            (names == own && errors == 0).then_some(())
+        },
+    );
     let cut_for = started.elapsed();
 
     // 6. The link is back: w1 is ready, says what it did, and the cluster has
@@ -155,16 +183,24 @@ fn a_cut_off_worker_keeps_serving_restarts_locally_and_heals_without_duplicates(
     let report = node["autonomy"].as_str().unwrap_or_default().to_string();
     assert!(report.contains("restarted 2 task(s) locally"), "{node}");
     let text = env.c.ok(m1, &["node", "inspect", "w1"]);
-    assert!(text.contains("Last contact:") && text.contains("Autonomy:     last cut off: ran on its own"), "{text}");
-    env.c.wait("the tasks to settle after the heal", Duration::from_secs(20), || {
-        let live = env.c.live_tasks(m1, "web");
-        let all_running = live
-            .iter()
-            .all(|t| t["status"]["state"] == "Running" && t["status"]["health"] == "healthy");
-        (live.len() == 6 && all_running).then_some(())
-    });
+    assert!(
+        text.contains("Last contact:") && text.contains("Autonomy:     last cut off: ran on its own"),
+        "{text}"
+    );
+    env.c
+        .wait("the tasks to settle after the heal", Duration::from_secs(20), || {
+            let live = env.c.live_tasks(m1, "web");
+            let all_running = live
+                .iter()
+                .all(|t| t["status"]["state"] == "Running" && t["status"]["health"] == "healthy");
+            (live.len() == 6 && all_running).then_some(())
+        });
     assert_eq!(live_on(&env, m1, "web", "w1"), on_w1, "w1 keeps its own tasks");
-    assert_eq!(live_on(&env, m1, "web", "m1"), m1_before, "nothing was placed elsewhere");
+    assert_eq!(
+        live_on(&env, m1, "web", "m1"),
+        m1_before,
+        "nothing was placed elsewhere"
+    );
     assert_eq!(env.c.tasks(m1, "web").len(), 6, "no task was created during the cut");
 
     // 7. No task restarted that did not need to: w1's untouched task and m1's

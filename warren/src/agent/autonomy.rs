@@ -182,7 +182,9 @@ impl Autonomy {
     /// not cut off).
     pub fn report(&self, now_ms: i64) -> String {
         let c = self.cut.lock().unwrap_or_else(|e| e.into_inner());
-        c.since_ms.map(|since| summary(now_ms - since, c.restarts)).unwrap_or_default()
+        c.since_ms
+            .map(|since| summary(now_ms - since, c.restarts))
+            .unwrap_or_default()
     }
 
     /// A leader accepted the node: it is no longer on its own.

@@ -114,7 +114,10 @@ async fn watch_cut_off(
             }
             let since = crate::model::now_ms() - autonomy.silent_for().as_millis() as i64;
             autonomy.cut_off(since);
-            tracing::warn!(silent_ms = autonomy.silent_for().as_millis() as u64, "no manager answers: the node runs on its own");
+            tracing::warn!(
+                silent_ms = autonomy.silent_for().as_millis() as u64,
+                "no manager answers: the node runs on its own"
+            );
         }
         let statuses = executor.statuses().into_iter().collect();
         let view = autonomy.local_view(&statuses);

@@ -223,12 +223,7 @@ fn restart_locally(
 
 /// The restart policy, applied by the node itself: a task that is still to run
 /// and ended (failed, or completed under `any`) restarts, up to `max_attempts`.
-fn restart_wanted(
-    desired: TaskState,
-    ended: TaskState,
-    policy: crate::model::RestartPolicy,
-    done: u64,
-) -> bool {
+fn restart_wanted(desired: TaskState, ended: TaskState, policy: crate::model::RestartPolicy, done: u64) -> bool {
     use crate::model::RestartCondition;
     if desired > TaskState::Running || (policy.max_attempts > 0 && done >= policy.max_attempts) {
         return false;
@@ -475,11 +470,22 @@ mod restart_tests {
         assert!(restart_wanted(run, TaskState::Failed, any, 7));
         assert!(restart_wanted(run, TaskState::Complete, any, 0));
         assert!(!restart_wanted(run, TaskState::Shutdown, any, 0), "stopped on purpose");
-        assert!(!restart_wanted(TaskState::Shutdown, TaskState::Failed, any, 0), "no longer wanted");
+        assert!(
+            !restart_wanted(TaskState::Shutdown, TaskState::Failed, any, 0),
+            "no longer wanted"
+        );
         let on_failure = policy(RestartCondition::OnFailure, 2);
         assert!(restart_wanted(run, TaskState::Failed, on_failure, 1));
-        assert!(!restart_wanted(run, TaskState::Failed, on_failure, 2), "attempts used up");
+        assert!(
+            !restart_wanted(run, TaskState::Failed, on_failure, 2),
+            "attempts used up"
+        );
         assert!(!restart_wanted(run, TaskState::Complete, on_failure, 0));
-        assert!(!restart_wanted(run, TaskState::Failed, policy(RestartCondition::None, 0), 0));
+        assert!(!restart_wanted(
+            run,
+            TaskState::Failed,
+            policy(RestartCondition::None, 0),
+            0
+        ));
     }
 }
