@@ -498,7 +498,7 @@ impl Cluster {
         Command::new(warren_bin())
             .arg("-H")
             .arg(&host)
-            .args(args)
+            .args(reschedule_at_once(args))
             .output()
             .expect("running the warren CLI")
     }
@@ -658,6 +658,18 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// Services the tests create are placed elsewhere as soon as their node is
+/// unreachable (`--reschedule-after 0`, the behaviour before edge autonomy), unless
+/// a test says otherwise. The flag goes right after `service create`, before the image and its command.
+fn reschedule_at_once<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let creates = args.len() >= 2 && args[0] == "service" && args[1] == "create";
+    let mut out = args.to_vec();
+    if creates && !args.iter().any(|a| a.starts_with("--reschedule-after")) {
+        out.splice(2..2, ["--reschedule-after", "0"]);
+    }
+    out
 }
 
 #[cfg(test)]

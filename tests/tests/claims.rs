@@ -332,7 +332,7 @@ fn draining_a_node_moves_its_containers_and_leave_on_a_worker_cleans_it() {
         nodes
             .as_array()?
             .iter()
-            .any(|n| n["name"] == "w1" && n["state"] == "Down")
+            .any(|n| n["name"] == "w1" && n["state"] == "Unreachable")
             .then_some(())
     });
 }
@@ -459,7 +459,7 @@ fn node_rm_of_a_down_node_and_manager_token_rotation() {
         nodes
             .as_array()?
             .iter()
-            .any(|n| n["name"] == "w1" && n["state"] == "Down")
+            .any(|n| n["name"] == "w1" && n["state"] == "Unreachable")
             .then_some(())
     });
     c.ok(m1, &["node", "rm", "w1"]);

@@ -92,7 +92,7 @@ fn three_managers_survive_a_leader_kill_and_a_full_restart() {
         nodes
             .as_array()?
             .iter()
-            .all(|n| (n["state"] == "Down") == (n["name"] == killed.as_str()))
+            .all(|n| (n["state"] == "Unreachable") == (n["name"] == killed.as_str()))
             .then_some(())
     });
     assert!((0..100).all(|i| names.contains(&format!("svc-{i:03}"))));
@@ -364,11 +364,12 @@ fn scheduling_spreads_pins_drains_and_reschedules() {
     assert_eq!(p.keys().map(String::as_str).collect::<Vec<_>>(), ["m1", "w2"], "{p:?}");
     let on_w2 = p["w2"];
 
-    // 4. A node that stops heartbeating is marked down and its tasks rescheduled.
+    // 4. A node that stops heartbeating is marked unreachable and, its services
+    //    having --reschedule-after 0 (the harness), its tasks rescheduled.
     c.nodes[w2].signal(SIGSTOP);
-    wait_for("w2 to be down", Duration::from_secs(20), || {
+    wait_for("w2 to be unreachable", Duration::from_secs(20), || {
         let n = c.json(m1, &["node", "inspect", "w2", "--format", "json"]).ok()?;
-        (n["state"] == "Down").then_some(())
+        (n["state"] == "Unreachable").then_some(())
     });
     let p = wait_for("web to move off w2", Duration::from_secs(20), || {
         let p = live_per_node(&c, m1, "web");

@@ -109,7 +109,12 @@ impl Metrics {
             self.raft_members.set(m.members.len() as i64);
         }
         store.read(|s| {
-            for st in [NodeState::Ready, NodeState::Down, NodeState::Unknown] {
+            for st in [
+                NodeState::Ready,
+                NodeState::Down,
+                NodeState::Unknown,
+                NodeState::Unreachable,
+            ] {
                 let n = s.nodes.values().filter(|n| n.state == st).count();
                 self.nodes.with_label_values(&[st.as_str()]).set(n as i64);
             }

@@ -7,6 +7,7 @@
 //! it (`node_service`) and the followers of the cluster's endpoints
 //! (`node_dataplane`, `node_dns`).
 
+pub mod autonomy;
 pub mod executor;
 mod fake;
 pub mod link;
@@ -81,6 +82,56 @@ pub struct AgentConfig {
     /// `warren daemon --ingress`: asked of the managers if the node's record has no
     /// ingress.
     pub ingress_seed: Option<crate::model::ingress::NodeIngress>,
+    /// What the node keeps to run on its own while cut off (None: it does not).
+    pub autonomy: Option<Arc<autonomy::Autonomy>>,
+    /// The node's network as kept from the last session, for a restart while cut off.
+    pub known_network: Option<executor::NodeNetwork>,
+}
+
+/// How long no manager may answer before the node runs on its own: longer than a
+/// leader election, so that a failover does not narrow the data plane to local tasks.
+pub const CUT_OFF_AFTER: Duration = Duration::from_secs(3);
+
+/// While cut off: tells the executor and feeds the listeners the local view of the
+/// endpoints whenever what runs here changes.
+async fn watch_cut_off(
+    autonomy: Arc<autonomy::Autonomy>,
+    executor: Arc<dyn Executor>,
+    listeners: Vec<Arc<dyn EndpointsListener>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last: Option<Vec<crate::model::ServiceEndpoints>> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if !autonomy.is_cut_off() {
+            if autonomy.silent_for() < CUT_OFF_AFTER || !autonomy.has_assignment() {
+                last = None;
+                continue;
+            }
+            let since = crate::model::now_ms() - autonomy.silent_for().as_millis() as i64;
+            autonomy.cut_off(since);
+            tracing::warn!(
+                silent_ms = autonomy.silent_for().as_millis() as u64,
+                "no manager answers: the node runs on its own"
+            );
+        }
+        let statuses = executor.statuses().into_iter().collect();
+        let view = autonomy.local_view(&statuses);
+        if last.as_ref() != Some(&view) {
+            tracing::info!(
+                backends = view.iter().map(|s| s.endpoints.len()).sum::<usize>(),
+                "serving the local view of the endpoints"
+            );
+            for l in &listeners {
+                l.endpoints(&view);
+            }
+            last = Some(view);
+        }
+    }
 }
 
 /// Total memory and CPUs of this machine, the capacity a node reports by default.
@@ -111,6 +162,29 @@ pub async fn run(
     let mut hint: Option<String> = None;
     let mut turn = 0usize;
     let mut backoff = Duration::from_millis(100);
+    if let Some(au) = &cfg.autonomy {
+        // A restart while cut off: what the node ran before, until a leader says.
+        match au.load() {
+            Ok(Some(a)) => {
+                tracing::info!(tasks = a.tasks.len(), "resuming the last assignment set kept");
+                if let Some(n) = &cfg.known_network {
+                    for l in &cfg.listeners {
+                        l.configure(n);
+                    }
+                    executor.configure(n.clone());
+                }
+                session::assign(&cfg, executor.as_ref(), a);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the assignment set kept"),
+        }
+        tokio::spawn(watch_cut_off(
+            au.clone(),
+            executor.clone(),
+            cfg.listeners.clone(),
+            shutdown.clone(),
+        ));
+    }
     loop {
         if *shutdown.borrow() {
             return;
@@ -139,6 +213,9 @@ pub async fn run(
             span,
         )
         .await;
+        if let Some(au) = &cfg.autonomy {
+            au.session(false);
+        }
         match result {
             Ok(SessionEnd::Redirect(leader)) => {
                 tracing::debug!(from = %addr, to = %leader, "following the leader");

@@ -47,6 +47,11 @@ pub(super) async fn session(
             .and_then(|p| p.borrow_and_update().as_ref().map(convert::mesh_to_pb)),
         metrics_port: u32::from(cfg.metrics_port),
         ingress_seed: convert::node_ingress_to_pb(cfg.ingress_seed),
+        autonomy: cfg
+            .autonomy
+            .as_ref()
+            .map(|a| a.report(crate::model::now_ms()))
+            .unwrap_or_default(),
     };
     // Reports queued while disconnected are covered by the hello's statuses.
     while reports.try_recv().is_ok() {}
@@ -66,6 +71,13 @@ pub(super) async fn session(
                 match msg.msg {
                     Some(DispatcherMsg::Accepted(a)) => {
                         tracing::info!("connected to the leader");
+                        if let Some(au) = &cfg.autonomy {
+                            au.session(true);
+                        }
+                        if let Some(au) = cfg.autonomy.as_ref().filter(|au| au.is_cut_off()) {
+                            tracing::info!("back in touch with a leader: the node no longer runs on its own");
+                            au.healed();
+                        }
                         let period = Duration::from_millis(a.heartbeat_period_ms.max(100) as u64);
                         heartbeat = tokio::time::interval(period);
                         if !a.managers.is_empty() {
@@ -86,7 +98,14 @@ pub(super) async fn session(
                         }
                         (cfg.on_session)(&SessionInfo { managers: managers.clone(), network });
                     }
-                    Some(DispatcherMsg::Assignments(a)) => assign(cfg, executor, a),
+                    Some(DispatcherMsg::Assignments(a)) => {
+                        if let Some(au) = &cfg.autonomy {
+                            if let Err(e) = au.save(&a) {
+                                tracing::warn!(error = %e, "cannot keep the assignment set for a restart while cut off");
+                            }
+                        }
+                        assign(cfg, executor, a)
+                    }
                     Some(DispatcherMsg::NotLeader(n)) => return Ok(SessionEnd::Redirect(n.leader_addr)),
                     None => {}
                 }
@@ -144,7 +163,7 @@ async fn mesh_changed(
 
 /// Hands one assignment set to the listeners, then to the executor. What this
 /// agent cannot read is skipped, with a warning, rather than failing the set.
-fn assign(cfg: &AgentConfig, executor: &dyn Executor, a: pb::Assignments) {
+pub(super) fn assign(cfg: &AgentConfig, executor: &dyn Executor, a: pb::Assignments) {
     let mut tasks = Vec::with_capacity(a.tasks.len());
     for t in a.tasks {
         let id = t.id.clone();
@@ -178,6 +197,9 @@ fn assign(cfg: &AgentConfig, executor: &dyn Executor, a: pb::Assignments) {
         }
         view
     });
+    if let Some(au) = &cfg.autonomy {
+        au.endpoints(&services);
+    }
     for l in &cfg.listeners {
         l.ingress(ingress.as_ref());
         l.endpoints(&services);

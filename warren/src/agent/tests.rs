@@ -108,6 +108,8 @@ fn start(managers: &[&str]) -> Agent {
         listeners: vec![Arc::new(Listener(log.clone()))],
         metrics_port: 0,
         ingress_seed: None,
+        autonomy: None,
+        known_network: None,
     };
     let (reports, reports_rx) = mpsc::unbounded_channel();
     let (shutdown, shutdown_rx) = watch::channel(false);

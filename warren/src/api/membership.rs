@@ -119,6 +119,8 @@ impl pb::membership_server::Membership for MembershipService {
             version: 1,
             ingress: convert::node_ingress_from_pb(req.ingress),
             metrics_port: 0,
+            last_contact_ms: 0,
+            autonomy: String::new(),
         };
         self.ctx
             .raft

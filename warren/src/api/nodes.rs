@@ -3,7 +3,7 @@
 
 use super::common::{node_pb, read, write};
 use crate::manager::ManagerCtx;
-use crate::model::{now_ms, NodeRole, NodeState};
+use crate::model::{now_ms, NodeRole};
 use crate::store::Command;
 use crate::wire::convert;
 use crate::wire::status::invalid;
@@ -47,8 +47,8 @@ pub(super) async fn dataplane(ctx: &ManagerCtx, req: pb::GetNodeRequest) -> Resu
         let n = s.node(&req.node)?;
         Ok((n.id.clone(), n.name.clone(), n.addr.clone(), n.state))
     })?;
-    if state == NodeState::Down {
-        return Err(Status::unavailable(format!("node {name} is down")));
+    if state.is_away() {
+        return Err(Status::unavailable(format!("node {name} is {}", state.as_str())));
     }
     super::node_proxy::dataplane(ctx, &id, &name, &addr).await
 }
@@ -151,7 +151,9 @@ pub(super) async fn remove(ctx: &ManagerCtx, req: pb::RemoveNodeRequest) -> Resu
             node.name
         )));
     }
-    if node.state != NodeState::Down && !req.force {
+    // An unreachable node may still run its tasks on its own; the operator who
+    // removes it says that it is gone, as for a down one.
+    if !node.state.is_away() && !req.force {
         return Err(Status::failed_precondition(format!(
             "node {} is {} and would keep running its tasks: stop it first, or use --force",
             node.name,

@@ -454,6 +454,11 @@ pub struct SpecArgs {
     pub container: ContainerArgs,
     #[command(flatten)]
     pub rollout: RolloutArgs,
+    /// How long the tasks of an unreachable node (cut off from the managers, its
+    /// agent running them on its own) keep their slots before they are placed
+    /// elsewhere, from the node's last contact; 0 places them at once [default: 5m].
+    #[arg(long, value_name = "DURATION")]
+    pub reschedule_after: Option<String>,
 }
 
 /// Swarm's container flags (issue 10, item 5), on create and update as

@@ -156,6 +156,9 @@ fn apply_spec_args(spec: &mut ServiceSpec, a: &SpecArgs) -> Result<()> {
     if let Some(d) = &a.drain_timeout {
         spec.drain_timeout_ms = model::parse_duration("--drain-timeout", d).map_err(v)?.as_millis() as u64;
     }
+    if let Some(d) = &a.reschedule_after {
+        spec.reschedule_after_ms = model::parse_duration("--reschedule-after", d).map_err(v)?.as_millis() as u64;
+    }
     apply_container_args(spec, &a.container)?;
     super::rollout::apply(spec, &a.rollout)?;
     // Same checks as the server, with the CLI's flag names, before anything is sent.

@@ -169,6 +169,8 @@ pub(super) fn init(opts: &DaemonOptions, pod_cidr: &str, service_cidr: &str) -> 
         version: 1,
         ingress: opts.ingress,
         metrics_port: 0,
+        last_contact_ms: 0,
+        autonomy: String::new(),
     };
     // Saved once the bootstrap entry is committed: an interrupted init leaves no
     // node.json, and the data dir is then refused as incomplete.

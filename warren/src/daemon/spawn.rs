@@ -90,7 +90,23 @@ impl App {
         if let (Some(m), Some(n)) = (&mesh, known_network(&cfg)) {
             m.configure(&n);
         }
-        let (executor, node_ops) = executor(&cfg, &data_dir, containerd.clone(), report_tx, mesh.clone());
+        // Kept for running on its own while cut off; without it the node still runs,
+        // but stops answering for its tasks when the managers are out of reach.
+        let autonomy = match agent::autonomy::Autonomy::open(&data_dir, &cfg.node_id) {
+            Ok(a) => Some(Arc::new(a)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the agent store: no edge autonomy");
+                None
+            }
+        };
+        let (executor, node_ops) = executor(
+            &cfg,
+            &data_dir,
+            containerd.clone(),
+            report_tx,
+            mesh.clone(),
+            autonomy.clone(),
+        );
         let mut node_service = node_service::NodeService::new(
             node_ops,
             data_dir.join("spool"),
@@ -193,6 +209,8 @@ impl App {
             mesh,
             metrics_port: cfg.metrics_addr.port(),
             ingress_seed,
+            autonomy,
+            known_network: known_network(&cfg),
         };
         running.agent = Some(tokio::spawn(agent::run(agent_cfg, executor, report_rx, stopping)));
         tracing::info!(
@@ -279,6 +297,7 @@ fn executor(
     containerd: Option<Arc<Containerd>>,
     reports: mpsc::UnboundedSender<executor::Report>,
     mesh: Option<Arc<NodeMesh>>,
+    autonomy: Option<Arc<agent::autonomy::Autonomy>>,
 ) -> (Arc<dyn executor::Executor>, Arc<dyn node_service::NodeOps>) {
     let Some(containerd) = containerd else {
         tracing::warn!("--runtime none: this node runs no tasks; tasks placed here stay assigned");
@@ -305,6 +324,7 @@ fn executor(
             data_dir: data_dir.to_path_buf(),
             search_domains: vec!["warren".to_string()],
             upstream_dns: vec![],
+            autonomy,
         },
         containerd,
         factory,

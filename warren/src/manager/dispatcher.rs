@@ -278,6 +278,7 @@ where
         warren_version: hello.warren_version,
         at_ms: now_ms(),
         metrics_port: u16::try_from(hello.metrics_port).unwrap_or(0),
+        autonomy: hello.autonomy.clone(),
     })
     .await?;
     // `warren daemon --ingress` seeds the record; a node that has one keeps it.
@@ -424,7 +425,7 @@ pub async fn monitor_heartbeats(ctx: Arc<ManagerCtx>) {
         let silent: Vec<(String, Duration)> = ctx.store.read(|s| {
             s.nodes
                 .values()
-                .filter(|n| n.state != NodeState::Down)
+                .filter(|n| !n.state.is_away())
                 .filter_map(|n| {
                     let since = ctx.sessions.last(&n.id).map_or(started, |l| l.max(started));
                     let quiet = since.elapsed();
@@ -433,12 +434,14 @@ pub async fn monitor_heartbeats(ctx: Arc<ManagerCtx>) {
                 .collect()
         });
         for (id, quiet) in silent {
-            tracing::warn!(node = %id, silent_ms = quiet.as_millis() as u64, "node missed its heartbeats: marking it down");
+            // Unreachable, not down: its agent runs on its own, and each service's
+            // `reschedule_after_ms` decides when its tasks are placed elsewhere.
+            tracing::warn!(node = %id, silent_ms = quiet.as_millis() as u64, "node missed its heartbeats: marking it unreachable");
             let cmd = Command::SetNodeState {
                 id,
-                state: NodeState::Down,
+                state: NodeState::Unreachable,
                 message: format!("heartbeat failure: nothing heard for {}s", quiet.as_secs()),
-                at_ms: now_ms(),
+                at_ms: now_ms() - quiet.as_millis() as i64,
             };
             if let Err(e) = ctx.raft.propose(cmd).await {
                 tracing::warn!(error = %e, "could not mark a node down");
@@ -620,6 +623,7 @@ mod tests {
                 mesh: None,
                 metrics_port: 0,
                 ingress_seed: None,
+                autonomy: String::new(),
             })),
         }
     }

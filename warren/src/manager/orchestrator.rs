@@ -206,6 +206,20 @@ pub fn reconcile(state: &State, now_ms: i64, settings: &Settings) -> Plan {
         match state.nodes.get(node_id) {
             None => orphan.push((t.id.clone(), format!("node {node_id} was removed"))),
             Some(n) if n.state == NodeState::Down => orphan.push((t.id.clone(), format!("node {} is down", n.name))),
+            Some(n) if n.state == NodeState::Unreachable => {
+                // The node's agent keeps the task running on its own; its slot
+                // moves only once the service's grace is over.
+                let grace = state
+                    .services
+                    .get(&t.service_id)
+                    .map_or(0, |s| i64::try_from(s.spec.reschedule_after_ms).unwrap_or(i64::MAX));
+                let due = n.last_contact_ms.saturating_add(grace);
+                if now_ms >= due {
+                    orphan.push((t.id.clone(), format!("node {} is unreachable", n.name)));
+                } else {
+                    wake(due, &mut plan);
+                }
+            }
             _ => {}
         }
     }
@@ -293,6 +307,7 @@ pub fn reconcile(state: &State, now_ms: i64, settings: &Settings) -> Plan {
                 for node in state.nodes.values() {
                     let on_node = by_node.get(node.id.as_str()).cloned().unwrap_or_default();
                     let keep_ok = node.state != NodeState::Down
+                        && !on_node.iter().any(|t| orphaned.contains(t.id.as_str()))
                         && node.availability != crate::model::Availability::Drain
                         && filters::constraints(node, &svc.spec).is_ok();
                     let alive: Vec<&Task> = on_node.iter().copied().filter(still_live).collect();
@@ -330,7 +345,7 @@ pub fn reconcile(state: &State, now_ms: i64, settings: &Settings) -> Plan {
         let node_gone = t
             .node_id
             .as_ref()
-            .is_none_or(|n| state.nodes.get(n).is_none_or(|n| n.state == NodeState::Down));
+            .is_none_or(|n| state.nodes.get(n).is_none_or(|n| n.state.is_away()));
         let finished = t.status.state.is_terminal() || orphaned.contains(t.id.as_str());
         if t.desired_state == TaskState::Remove && (finished || node_gone) {
             remove.insert(t.id.clone());
@@ -432,6 +447,8 @@ mod tests {
             updated_ms: 0,
             version: 1,
             metrics_port: 0,
+            last_contact_ms: 0,
+            autonomy: String::new(),
         }
     }
 
@@ -557,6 +574,39 @@ mod tests {
             .find(|t| t.status.state == TaskState::Orphaned)
             .unwrap();
         assert_eq!(orphan.status.message, "node a is down");
+    }
+
+    #[test]
+    fn tasks_on_an_unreachable_node_keep_their_slots_until_the_services_grace_is_over() {
+        let mut s = State::default();
+        s.nodes.insert("a".into(), node("a"));
+        s.nodes.insert("b".into(), node("b"));
+        let mut svc = service(ServiceMode::Replicated { replicas: 2 });
+        svc.spec.reschedule_after_ms = 60_000;
+        s.services.insert("svc".into(), svc);
+        settle(&mut s, 0);
+        let on_a: Vec<String> = s
+            .tasks
+            .values()
+            .filter(|t| t.node_id.as_deref() == Some("a"))
+            .map(|t| t.id.clone())
+            .collect();
+        assert_eq!(on_a.len(), 1);
+        let a = s.nodes.get_mut("a").unwrap();
+        a.state = NodeState::Unreachable;
+        a.last_contact_ms = 1_000;
+        // 1. Within the grace: nothing moves, and the orchestrator wakes at its end.
+        let plan = reconcile(&s, 30_000, &Settings::default());
+        assert!(plan.commands.is_empty(), "{:?}", plan.commands);
+        assert_eq!(plan.wake_at_ms, Some(61_000));
+        // 2. Past it: the task is orphaned and its slot filled on b.
+        settle(&mut s, 61_000);
+        let orphan = &s.tasks[&on_a[0]];
+        assert_eq!(orphan.status.state, TaskState::Orphaned);
+        assert_eq!(orphan.status.message, "node a is unreachable");
+        let live: Vec<_> = s.tasks.values().filter(|t| t.is_live()).collect();
+        assert_eq!(live.len(), 2);
+        assert!(live.iter().all(|t| t.node_id.as_deref() == Some("b")));
     }
 
     #[test]

@@ -176,6 +176,8 @@ mod tests {
             updated_ms: 0,
             version: 1,
             metrics_port: 0,
+            last_contact_ms: 0,
+            autonomy: String::new(),
         }
     }
 

@@ -28,6 +28,8 @@ pub fn node(id: &str, name: &str) -> Node {
         version: 1,
         ingress: None,
         metrics_port: 0,
+        last_contact_ms: 0,
+        autonomy: String::new(),
     }
 }
 

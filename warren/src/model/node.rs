@@ -60,6 +60,9 @@ pub enum NodeState {
     Ready,
     /// Missed its heartbeats.
     Down,
+    /// Missed its heartbeats; its agent keeps its tasks running on its own, and
+    /// each service's `reschedule_after_ms` says when they are placed elsewhere.
+    Unreachable,
 }
 
 impl NodeState {
@@ -68,7 +71,13 @@ impl NodeState {
             NodeState::Unknown => "unknown",
             NodeState::Ready => "ready",
             NodeState::Down => "down",
+            NodeState::Unreachable => "unreachable",
         }
+    }
+
+    /// Down or unreachable: nothing the managers send reaches it.
+    pub fn is_away(self) -> bool {
+        matches!(self, NodeState::Down | NodeState::Unreachable)
     }
 }
 
@@ -121,6 +130,13 @@ pub struct Node {
     /// reported yet.
     #[serde(default)]
     pub metrics_port: u16,
+    /// When a manager last heard from the node, set when it is marked unreachable
+    /// (ms since the epoch); 0: not recorded.
+    #[serde(default)]
+    pub last_contact_ms: i64,
+    /// What the node's agent did on its own while cut off, as reported on heal.
+    #[serde(default)]
+    pub autonomy: String,
 }
 
 /// The DNS port every node's resolver answers on.

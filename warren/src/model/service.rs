@@ -204,6 +204,17 @@ pub struct ServiceSpec {
     /// Bumped by `service update --force`: a new spec version with nothing else changed.
     #[serde(default)]
     pub force_update: u64,
+    /// How long the tasks of an unreachable node keep their slots before they are
+    /// placed elsewhere (`--reschedule-after`); 0: at once, as for a down node.
+    #[serde(default = "default_reschedule_after")]
+    pub reschedule_after_ms: u64,
+}
+
+/// `--reschedule-after`'s default: 5 min, for edge sites whose links drop.
+pub const DEFAULT_RESCHEDULE_AFTER_MS: u64 = 300_000;
+
+fn default_reschedule_after() -> u64 {
+    DEFAULT_RESCHEDULE_AFTER_MS
 }
 
 fn default_grace() -> u64 {
@@ -247,6 +258,7 @@ impl Default for ServiceSpec {
             update: UpdateConfig::default(),
             rollback: UpdateConfig::default(),
             force_update: 0,
+            reschedule_after_ms: default_reschedule_after(),
         }
     }
 }

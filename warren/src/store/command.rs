@@ -71,6 +71,9 @@ pub enum Command {
         /// 0: not said (an agent from before this field).
         #[serde(default)]
         metrics_port: u16,
+        /// What the agent did on its own while cut off (empty: it was not).
+        #[serde(default)]
+        autonomy: String,
     },
     SetNodeState {
         id: String,

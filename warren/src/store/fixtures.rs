@@ -26,6 +26,8 @@ pub(crate) fn node(id: &str, name: &str) -> Node {
         updated_ms: 0,
         version: 1,
         metrics_port: 0,
+        last_contact_ms: 0,
+        autonomy: String::new(),
     }
 }
 

@@ -5,7 +5,9 @@
 //! every state change; a task that is to stop drains its connections first
 //! (`drain`). Containers that survive a daemon restart are adopted by
 //! their labels, never duplicated or killed. Scheduling and restarts are the
-//! managers' business; this module only does what the assignment says.
+//! managers' business, except while the node is cut off from every manager
+//! (`restart_locally`): then a task that ends is run again here, under the same
+//! task, by its restart policy.
 
 mod drain;
 mod health;
@@ -32,6 +34,9 @@ pub struct WorkerConfig {
     pub search_domains: Vec<String>,
     /// Resolvers for the tasks besides the node's own DNS on the bridge address.
     pub upstream_dns: Vec<std::net::IpAddr>,
+    /// Set: while the node is cut off from every manager, tasks that end are
+    /// restarted here by their restart policy (the managers would otherwise).
+    pub autonomy: Option<Arc<crate::agent::autonomy::Autonomy>>,
 }
 
 /// Builds the node network once the leader has said which subnet is the node's
@@ -186,6 +191,50 @@ struct Supervisor {
     stop: watch::Sender<bool>,
 }
 
+/// Whether task `id`, which just ended, is to start again here, and after how
+/// long: only while the node is cut off, and as its restart policy says.
+fn restart_locally(
+    inner: &Inner,
+    desired: &watch::Receiver<Option<Assignment>>,
+    id: &str,
+    restarts: &mut HashMap<String, u64>,
+) -> Option<Duration> {
+    if !inner.cfg.autonomy.as_ref().is_some_and(|a| a.is_cut_off()) {
+        return None;
+    }
+    let task = desired
+        .borrow()
+        .as_ref()
+        .and_then(|a| a.tasks.iter().find(|t| t.id == id).cloned())?;
+    let ended = inner
+        .statuses
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(id)
+        .map(|s| s.state)?;
+    let done = restarts.entry(id.to_string()).or_default();
+    let policy = task.spec.restart;
+    if !restart_wanted(task.desired_state, ended, policy, *done) {
+        return None;
+    }
+    *done += 1;
+    Some(Duration::from_millis(policy.delay_ms))
+}
+
+/// The restart policy, applied by the node itself: a task that is still to run
+/// and ended (failed, or completed under `any`) restarts, up to `max_attempts`.
+fn restart_wanted(desired: TaskState, ended: TaskState, policy: crate::model::RestartPolicy, done: u64) -> bool {
+    use crate::model::RestartCondition;
+    if desired > TaskState::Running || (policy.max_attempts > 0 && done >= policy.max_attempts) {
+        return false;
+    }
+    match policy.condition {
+        RestartCondition::None => false,
+        RestartCondition::OnFailure => ended == TaskState::Failed,
+        RestartCondition::Any => matches!(ended, TaskState::Failed | TaskState::Complete),
+    }
+}
+
 async fn reconcile_loop(inner: Arc<Inner>, factory: NetworkFactory) {
     let mut desired_rx = inner.desired.subscribe();
     let mut net_rx = inner.net_info.subscribe();
@@ -222,6 +271,11 @@ async fn reconcile_loop(inner: Arc<Inner>, factory: NetworkFactory) {
         }
         Err(e) => tracing::error!(error = %e, "cannot list this node's containers"),
     }
+
+    // Cut off from every manager, a task that ended is restarted here: its
+    // restarts so far, and the channel its restart delay ends on.
+    let mut local_restarts: HashMap<String, u64> = HashMap::new();
+    let (restart_tx, mut restart_rx) = mpsc::unbounded_channel::<String>();
 
     let mut retry_network = false;
     loop {
@@ -370,9 +424,68 @@ async fn reconcile_loop(inner: Arc<Inner>, factory: NetworkFactory) {
             }
             Some(id) = finished_rx.recv() => {
                 supervisors.remove(&id);
+                if let Some(delay) = restart_locally(&inner, &desired_rx, &id, &mut local_restarts) {
+                    let tx = restart_tx.clone();
+                    let id = id.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = tx.send(id);
+                    });
+                }
                 finished.insert(id);
+            }
+            Some(id) = restart_rx.recv() => {
+                // Still cut off: run it again under the same task (the managers learn
+                // of it as running when the link is back, never of the failure).
+                if inner.cfg.autonomy.as_ref().is_some_and(|a| a.is_cut_off()) && finished.remove(&id) {
+                    tracing::info!(task = %id, "restarting a task locally: no manager answers");
+                    inner.statuses.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                    if let Some(a) = &inner.cfg.autonomy {
+                        a.restarted();
+                    }
+                }
             }
             _ = tokio::time::sleep(Duration::from_secs(2)), if retry_network => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod restart_tests {
+    use super::*;
+    use crate::model::{RestartCondition, RestartPolicy};
+
+    fn policy(condition: RestartCondition, max_attempts: u64) -> RestartPolicy {
+        RestartPolicy {
+            condition,
+            delay_ms: 0,
+            max_attempts,
+        }
+    }
+
+    #[test]
+    fn a_cut_off_node_restarts_tasks_as_their_policy_says() {
+        let run = TaskState::Running;
+        let any = policy(RestartCondition::Any, 0);
+        assert!(restart_wanted(run, TaskState::Failed, any, 7));
+        assert!(restart_wanted(run, TaskState::Complete, any, 0));
+        assert!(!restart_wanted(run, TaskState::Shutdown, any, 0), "stopped on purpose");
+        assert!(
+            !restart_wanted(TaskState::Shutdown, TaskState::Failed, any, 0),
+            "no longer wanted"
+        );
+        let on_failure = policy(RestartCondition::OnFailure, 2);
+        assert!(restart_wanted(run, TaskState::Failed, on_failure, 1));
+        assert!(
+            !restart_wanted(run, TaskState::Failed, on_failure, 2),
+            "attempts used up"
+        );
+        assert!(!restart_wanted(run, TaskState::Complete, on_failure, 0));
+        assert!(!restart_wanted(
+            run,
+            TaskState::Failed,
+            policy(RestartCondition::None, 0),
+            0
+        ));
     }
 }

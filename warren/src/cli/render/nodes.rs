@@ -112,6 +112,27 @@ fn dataplane_json(dp: &Dataplane) -> serde_json::Value {
     }
 }
 
+/// When a manager last heard from the node: now while its session is up.
+fn last_contact(n: &crate::model::Node, now_ms: i64) -> String {
+    if n.last_contact_ms == 0 {
+        return "never".into();
+    }
+    if n.state == crate::model::NodeState::Ready {
+        return "now (session up)".into();
+    }
+    let ago = u64::try_from((now_ms - n.last_contact_ms).max(0) / 1000 * 1000).unwrap_or(0);
+    format!("{} ago", crate::model::human_duration(ago))
+}
+
+/// Whether the node runs on its own now, else what it last did while cut off.
+fn autonomy(n: &crate::model::Node) -> String {
+    match (n.state, n.autonomy.is_empty()) {
+        (crate::model::NodeState::Unreachable, _) => "running on its own (no manager reaches it)".into(),
+        (_, true) => "never cut off".into(),
+        (_, false) => format!("last cut off: {}", n.autonomy),
+    }
+}
+
 /// `node inspect`.
 pub fn node_text(n: &NodeView, dp: &Dataplane) -> String {
     let mut t = Text::default();
@@ -129,6 +150,11 @@ pub fn node_text(n: &NodeView, dp: &Dataplane) -> String {
     ));
     t.line(format_args!("Availability: {}", n.node.availability.as_str()));
     t.line(format_args!("Address:      {}", n.node.addr));
+    t.line(format_args!(
+        "Last contact: {}",
+        last_contact(&n.node, crate::model::now_ms())
+    ));
+    t.line(format_args!("Autonomy:     {}", autonomy(&n.node)));
     if let Some(m) = &n.node.mesh {
         t.line(format_args!("Mesh key:     {}", m.public_key));
         if let Some(k) = &m.next_public_key {

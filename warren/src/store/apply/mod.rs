@@ -53,9 +53,11 @@ impl State {
                 warren_version,
                 at_ms,
                 metrics_port,
+                autonomy,
             } => {
                 self.node_hello(id, *resources, platform, warren_version, *at_ms, changes)?;
                 self.node_metrics_port(id, *metrics_port);
+                self.node_autonomy(id, autonomy);
                 Ok(())
             }
             Command::SetNodeState {

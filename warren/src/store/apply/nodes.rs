@@ -45,9 +45,17 @@ impl State {
         node.warren_version = warren_version.to_string();
         node.state = NodeState::Ready;
         node.message.clear();
+        node.last_contact_ms = at_ms;
         node.touch(at_ms);
         changes.push(change(ObjectKind::Node, Action::Updated, id, &node.name));
         Ok(())
+    }
+
+    /// What a hello says the node did on its own; the last such report stays.
+    pub(super) fn node_autonomy(&mut self, id: &str, autonomy: &str) {
+        if let (Some(node), false) = (self.nodes.get_mut(id), autonomy.is_empty()) {
+            node.autonomy = autonomy.to_string();
+        }
     }
 
     /// The metrics port a hello reports (0: an agent from before it says none).
@@ -68,6 +76,11 @@ impl State {
         let node = self.node_mut(id)?;
         if node.state == state && node.message == message {
             return Ok(());
+        }
+        // A node marked away was last heard from at `at_ms`: its tasks' grace
+        // (`reschedule_after_ms`) runs from there.
+        if state.is_away() && !node.state.is_away() {
+            node.last_contact_ms = at_ms;
         }
         node.state = state;
         node.message = message.to_string();

@@ -86,6 +86,7 @@ mod tests {
             stop_signal: "SIGQUIT".into(),
             stop_grace_ms: 0,
             drain_timeout_ms: 5_000,
+            reschedule_after_ms: 0,
             endpoint_mode: EndpointMode::Dnsrr,
             endpoint_locality: EndpointLocality::PreferLocal,
             rate_limit: Some(RateLimit {

@@ -69,6 +69,7 @@ fn node_state_to_pb(s: NodeState) -> pb::NodeState {
         NodeState::Unknown => pb::NodeState::Unknown,
         NodeState::Ready => pb::NodeState::Ready,
         NodeState::Down => pb::NodeState::Down,
+        NodeState::Unreachable => pb::NodeState::Unreachable,
     }
 }
 
@@ -76,6 +77,7 @@ fn node_state_from_pb(v: i32) -> NodeState {
     match pb::NodeState::try_from(v) {
         Ok(pb::NodeState::Ready) => NodeState::Ready,
         Ok(pb::NodeState::Down) => NodeState::Down,
+        Ok(pb::NodeState::Unreachable) => NodeState::Unreachable,
         _ => NodeState::Unknown,
     }
 }
@@ -101,6 +103,8 @@ pub fn node_to_pb(n: &Node, reserved: Resources, manager: Option<pb::ManagerStat
         subnet: n.subnet.clone().unwrap_or_default(),
         mesh: n.mesh.as_ref().map(super::mesh_to_pb),
         ingress: super::node_ingress_to_pb(n.ingress),
+        last_contact_ms: n.last_contact_ms,
+        autonomy: n.autonomy.clone(),
     }
 }
 
@@ -126,6 +130,8 @@ pub fn node_from_pb(n: pb::Node) -> (Node, Resources, Option<pb::ManagerStatus>)
         version: n.version,
         ingress: super::node_ingress_from_pb(n.ingress),
         metrics_port: 0,
+        last_contact_ms: n.last_contact_ms,
+        autonomy: n.autonomy,
     };
     (node, resources_from_pb(n.reserved), n.manager)
 }

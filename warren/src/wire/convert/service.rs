@@ -75,6 +75,7 @@ pub fn spec_to_pb(s: &ServiceSpec) -> pb::ServiceSpec {
         stop_signal: s.stop_signal.clone(),
         stop_grace_ms: Some(s.stop_grace_ms),
         drain_timeout_ms: Some(s.drain_timeout_ms),
+        reschedule_after_ms: Some(s.reschedule_after_ms),
         endpoint_mode: match s.endpoint_mode {
             EndpointMode::Vip => pb::EndpointMode::Vip,
             EndpointMode::Dnsrr => pb::EndpointMode::Dnsrr,
@@ -266,6 +267,9 @@ pub fn spec_from_pb(s: pb::ServiceSpec) -> Result<ServiceSpec, ValidationError> 
         stop_signal: s.stop_signal,
         stop_grace_ms: s.stop_grace_ms.unwrap_or(10_000),
         drain_timeout_ms: s.drain_timeout_ms.unwrap_or(crate::model::DEFAULT_DRAIN_MS),
+        reschedule_after_ms: s
+            .reschedule_after_ms
+            .unwrap_or(crate::model::DEFAULT_RESCHEDULE_AFTER_MS),
         endpoint_mode: match pb::EndpointMode::try_from(s.endpoint_mode) {
             Ok(pb::EndpointMode::Vip) => EndpointMode::Vip,
             Ok(pb::EndpointMode::Dnsrr) => EndpointMode::Dnsrr,
