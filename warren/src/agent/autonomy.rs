@@ -275,6 +275,7 @@ mod tests {
             ports: vec![],
             canary_weight: 0,
             rate_limit: None,
+            endpoint_locality: Default::default(),
             endpoints: vec![
                 endpoint("here", "n1"),
                 endpoint("sick", "n1"),

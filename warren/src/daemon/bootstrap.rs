@@ -266,6 +266,8 @@ pub(super) fn restore(opts: &DaemonOptions, file: &[u8], passphrase: &[u8]) -> R
         version: 1,
         ingress: opts.ingress,
         metrics_port: 0,
+        last_contact_ms: 0,
+        autonomy: String::new(),
     };
     // As init: node.json is saved once the first entry is committed.
     let mut cfg = new_config(
