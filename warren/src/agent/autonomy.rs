@@ -86,11 +86,17 @@ impl Autonomy {
         }
     }
 
-    /// Keeps an assignment set for a restart while cut off; secrets lose their content.
+    /// Keeps an assignment set for a restart while cut off; secrets lose their content
+    /// and ingress certificates their private keys (both exist on disk only sealed,
+    /// in the Raft state: a node restarted while cut off serves its HTTP routes and
+    /// its tasks, not TLS with keys it no longer holds).
     pub fn save(&self, a: &pb::Assignments) -> Result<(), AutonomyError> {
         let mut kept = a.clone();
         for s in &mut kept.secrets {
             s.data.clear();
+        }
+        if let Some(ing) = &mut kept.ingress {
+            ing.certificates.clear();
         }
         let bytes = kept.encode_to_vec();
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
@@ -314,6 +320,14 @@ mod tests {
                 name: "db".into(),
                 data: b"hunter2".to_vec(),
             }],
+            ingress: Some(pb::IngressAssignment {
+                certificates: vec![pb::IngressCertificateData {
+                    name: "shop".into(),
+                    cert_pem: "CERT".into(),
+                    key_pem: "PRIVATEKEYBODY".into(),
+                }],
+                ..Default::default()
+            }),
             ..Default::default()
         };
         {
@@ -326,8 +340,10 @@ mod tests {
         assert_eq!(got.index, 7);
         assert_eq!(got.secrets[0].name, "db");
         assert!(got.secrets[0].data.is_empty(), "no secret content reaches the disk");
+        assert!(got.ingress.unwrap().certificates.is_empty());
         let raw = std::fs::read(dir.path().join(AGENT_DB)).unwrap();
         assert!(!raw.windows(7).any(|w| w == b"hunter2"));
+        assert!(!raw.windows(14).any(|w| w == b"PRIVATEKEYBODY"), "no private key reaches the disk");
     }
 
     #[test]
