@@ -343,7 +343,10 @@ mod tests {
         assert!(got.ingress.unwrap().certificates.is_empty());
         let raw = std::fs::read(dir.path().join(AGENT_DB)).unwrap();
         assert!(!raw.windows(7).any(|w| w == b"hunter2"));
-        assert!(!raw.windows(14).any(|w| w == b"PRIVATEKEYBODY"), "no private key reaches the disk");
+        assert!(
+            !raw.windows(14).any(|w| w == b"PRIVATEKEYBODY"),
+            "no private key reaches the disk"
+        );
     }
 
     #[test]
