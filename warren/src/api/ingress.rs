@@ -7,8 +7,7 @@
 use super::common::{read, write};
 use crate::manager::ManagerCtx;
 use crate::model::ingress::{
-    validate_certificate_name, AcmeSettings, Certificate, CertificateSource, Ingress, DEFAULT_RENEW_BEFORE_MS,
-    LETS_ENCRYPT_PRODUCTION,
+    validate_certificate_name, AcmeSettings, Ingress, DEFAULT_RENEW_BEFORE_MS, LETS_ENCRYPT_PRODUCTION,
 };
 use crate::model::{new_id, now_ms, validate_name};
 use crate::store::Command;
@@ -92,19 +91,13 @@ pub(super) async fn create_certificate(
     let info =
         crate::ingress::inspect(&req.cert_pem, &req.key_pem).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let now = now_ms();
-    let certificate = Certificate {
-        id: new_id(),
-        name: req.name,
-        cert_pem: req.cert_pem,
-        key_sealed: ctx.secrets_key.seal(req.key_pem.as_bytes()),
-        hosts: info.hosts,
-        not_before_ms: info.not_before_ms,
-        not_after_ms: info.not_after_ms,
-        source: CertificateSource::Uploaded,
-        version: 1,
-        created_ms: now,
-        updated_ms: now,
-    };
+    let certificate = info.uploaded(
+        new_id(),
+        req.name,
+        req.cert_pem,
+        ctx.secrets_key.seal(req.key_pem.as_bytes()),
+        now,
+    );
     let id = certificate.id.clone();
     write(ctx, Command::CreateCertificate { certificate }).await?;
     read(ctx, |s| Ok(convert::certificate_to_pb(s.certificate(&id)?)))

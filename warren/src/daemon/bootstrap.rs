@@ -84,6 +84,34 @@ fn identity(opts: &DaemonOptions) -> Result<(SocketAddr, SocketAddr, String), Da
 
 /// The settings of a new node; `raft_member` is whether it already is in the Raft
 /// group (the first manager is).
+/// The record of the one manager a new cluster starts with (`cluster init`, and
+/// `cluster restore`).
+fn first_manager(opts: &DaemonOptions, node_id: &str, node_name: &str, advertise: SocketAddr, raft_id: u64) -> Node {
+    Node {
+        id: node_id.to_string(),
+        name: node_name.to_string(),
+        role: NodeRole::Manager,
+        availability: Availability::Active,
+        labels: Default::default(),
+        addr: advertise.to_string(),
+        resources: opts.capacity.unwrap_or_else(agent::detect_resources),
+        platform: Platform::current(),
+        state: NodeState::Unknown,
+        message: String::new(),
+        raft_id,
+        subnet: None,
+        mesh: None,
+        warren_version: crate::VERSION.to_string(),
+        created_ms: now_ms(),
+        updated_ms: now_ms(),
+        version: 1,
+        ingress: opts.ingress,
+        metrics_port: 0,
+        last_contact_ms: 0,
+        autonomy: String::new(),
+    }
+}
+
 fn new_config(
     opts: &DaemonOptions,
     (listen, advertise, node_name): (SocketAddr, SocketAddr, String),
@@ -149,29 +177,7 @@ pub(super) fn init(opts: &DaemonOptions, pod_cidr: &str, service_cidr: &str) -> 
         overlay: opts.overlay.unwrap_or(Overlay::FOR_NEW_CLUSTERS),
         ..Default::default()
     };
-    let node = Node {
-        id: node_id.clone(),
-        name: node_name.clone(),
-        role: NodeRole::Manager,
-        availability: Availability::Active,
-        labels: Default::default(),
-        addr: advertise.to_string(),
-        resources: opts.capacity.unwrap_or_else(agent::detect_resources),
-        platform: Platform::current(),
-        state: NodeState::Unknown,
-        message: String::new(),
-        raft_id,
-        subnet: None,
-        mesh: None,
-        warren_version: crate::VERSION.to_string(),
-        created_ms: now_ms(),
-        updated_ms: now_ms(),
-        version: 1,
-        ingress: opts.ingress,
-        metrics_port: 0,
-        last_contact_ms: 0,
-        autonomy: String::new(),
-    };
+    let node = first_manager(opts, &node_id, &node_name, advertise, raft_id);
     // Saved once the bootstrap entry is committed: an interrupted init leaves no
     // node.json, and the data dir is then refused as incomplete.
     let mut cfg = new_config(
@@ -246,29 +252,7 @@ pub(super) fn restore(opts: &DaemonOptions, file: &[u8], passphrase: &[u8]) -> R
     };
     key.save(&secrets_key_path(dir))?;
     creds.save(&dir.join("certs"))?;
-    let node = Node {
-        id: node_id.clone(),
-        name: node_name.clone(),
-        role: NodeRole::Manager,
-        availability: Availability::Active,
-        labels: Default::default(),
-        addr: advertise.to_string(),
-        resources: opts.capacity.unwrap_or_else(agent::detect_resources),
-        platform: Platform::current(),
-        state: NodeState::Unknown,
-        message: String::new(),
-        raft_id,
-        subnet: None,
-        mesh: None,
-        warren_version: crate::VERSION.to_string(),
-        created_ms: now_ms(),
-        updated_ms: now_ms(),
-        version: 1,
-        ingress: opts.ingress,
-        metrics_port: 0,
-        last_contact_ms: 0,
-        autonomy: String::new(),
-    };
+    let node = first_manager(opts, &node_id, &node_name, advertise, raft_id);
     // As init: node.json is saved once the first entry is committed.
     let mut cfg = new_config(
         opts,

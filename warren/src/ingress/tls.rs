@@ -51,6 +51,33 @@ pub struct CertInfo {
     pub serial: String,
 }
 
+impl CertInfo {
+    /// The record of an operator's certificate (`certificate create`, or a manifest's
+    /// `kind: Certificate`) that this information describes.
+    pub fn uploaded(
+        self,
+        id: String,
+        name: String,
+        cert_pem: String,
+        key_sealed: Vec<u8>,
+        now_ms: i64,
+    ) -> crate::model::ingress::Certificate {
+        crate::model::ingress::Certificate {
+            id,
+            name,
+            cert_pem,
+            key_sealed,
+            hosts: self.hosts,
+            not_before_ms: self.not_before_ms,
+            not_after_ms: self.not_after_ms,
+            source: crate::model::ingress::CertificateSource::Uploaded,
+            version: 1,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cert: no PEM certificate found")]

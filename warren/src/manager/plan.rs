@@ -4,7 +4,7 @@
 //! caller seals secrets, chooses IDs and the time; whether the steps may happen
 //! (references, ports, immutability, versions) is decided again in apply.
 
-use crate::model::ingress::{validate_certificate_name, Certificate, CertificateSource, Ingress, RouteTls};
+use crate::model::ingress::{validate_certificate_name, Ingress, RouteTls};
 use crate::model::{
     digest_of, validate_name, ConfigObject, Manifest, MountKind, Protocol, Secret, Service, ServiceMode, ServiceSpec,
     Volume, APPLY_LABEL, STACK_LABEL,
@@ -289,19 +289,13 @@ pub fn plan(state: &State, m: &Manifest, prune: bool, minter: &mut dyn Minter) -
         });
         plan.steps.push(ApplyStep {
             field,
-            op: ApplyOp::Certificate(Certificate {
-                id: minter.new_id(),
-                name: full,
-                cert_pem: c.cert_pem.clone(),
-                key_sealed: minter.seal(c.key_pem.as_bytes()),
-                hosts: info.hosts,
-                not_before_ms: info.not_before_ms,
-                not_after_ms: info.not_after_ms,
-                source: CertificateSource::Uploaded,
-                version: 1,
-                created_ms: now,
-                updated_ms: now,
-            }),
+            op: ApplyOp::Certificate(info.uploaded(
+                minter.new_id(),
+                full,
+                c.cert_pem.clone(),
+                minter.seal(c.key_pem.as_bytes()),
+                now,
+            )),
         });
     }
 
