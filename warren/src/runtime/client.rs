@@ -310,6 +310,17 @@ pub(crate) struct Writer {
     digest: String,
     total: i64,
     offset: i64,
+    /// The store got the blob from someone else (a concurrent pull of the same
+    /// layer committed it) while this ingest was open: the rest is not sent.
+    exists: bool,
+}
+
+/// How a commit ended: this writer stored the blob, or the store already had it
+/// (committed meanwhile by a concurrent pull), without this writer's labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Committed {
+    Written,
+    Existed,
 }
 
 impl Writer {
@@ -351,6 +362,7 @@ impl Writer {
                         digest: digest.to_string(),
                         total,
                         offset: 0,
+                        exists: false,
                     })))
                 }
                 // Another client (a concurrent pull of the same layer) holds the ingest.
@@ -384,6 +396,9 @@ impl Writer {
     /// Appends data. Offset 0 on the first write truncates any earlier partial ingest.
     pub async fn write(&mut self, data: Bytes) -> Result<()> {
         for chunk in data.chunks(WRITE_CHUNK) {
+            if self.exists {
+                return Ok(());
+            }
             let req = WriteContentRequest {
                 action: WriteAction::Write as i32,
                 r#ref: self.reference.clone(),
@@ -393,16 +408,23 @@ impl Writer {
                 data: chunk.to_vec(),
                 ..Default::default()
             };
-            self.round_trip(req)
-                .await
-                .map_err(|s| RuntimeError::grpc("write content", &self.digest, s))?;
-            self.offset += chunk.len() as i64;
+            match self.round_trip(req).await {
+                Ok(_) => self.offset += chunk.len() as i64,
+                // containerd 1.6 answers a write to an ingest whose digest another
+                // client has just committed with "blob with expected digest ...
+                // exists": the blob is there, which is all this writer wanted.
+                Err(s) if s.code() == Code::AlreadyExists => self.exists = true,
+                Err(s) => return Err(RuntimeError::grpc("write content", &self.digest, s)),
+            }
         }
         Ok(())
     }
 
     /// Commits with labels; the store verifies size and digest.
-    pub async fn commit(mut self, labels: &BTreeMap<String, String>) -> Result<()> {
+    pub async fn commit(mut self, labels: &BTreeMap<String, String>) -> Result<Committed> {
+        if self.exists {
+            return Ok(Committed::Existed);
+        }
         let req = WriteContentRequest {
             action: WriteAction::Commit as i32,
             r#ref: self.reference.clone(),
@@ -413,8 +435,8 @@ impl Writer {
             ..Default::default()
         };
         match self.round_trip(req).await {
-            Ok(_) => Ok(()),
-            Err(s) if s.code() == Code::AlreadyExists => Ok(()),
+            Ok(_) => Ok(Committed::Written),
+            Err(s) if s.code() == Code::AlreadyExists => Ok(Committed::Existed),
             Err(s) => Err(RuntimeError::grpc("commit content", &self.digest, s)),
         }
     }

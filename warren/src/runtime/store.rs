@@ -14,7 +14,7 @@ use containerd_client::services::v1::{
 use containerd_client::types::Descriptor as CdDescriptor;
 use tonic::Code;
 
-use super::client::{unique, Cd, Opened, Writer};
+use super::client::{unique, Cd, Committed, Opened, Writer};
 use super::error::{PullError, Result, RuntimeError};
 use super::image::{
     chain_ids, is_index, is_manifest, sha256_digest, ConfigFile, Descriptor, ImageConfig, Index, Manifest, Platform,
@@ -157,7 +157,10 @@ impl Fetcher<'_> {
                     w.abort(self.cd).await;
                     return Err(store_err(e));
                 }
-                w.commit(&labels).await.map_err(store_err)
+                match w.commit(&labels).await.map_err(store_err)? {
+                    Committed::Written => Ok(()),
+                    Committed::Existed => self.cd.content_label(&desc.digest, &labels).await.map_err(store_err),
+                }
             }
         }
     }
@@ -177,7 +180,10 @@ impl Fetcher<'_> {
                     w.abort(self.cd).await;
                     return Err(e);
                 }
-                w.commit(&labels).await.map_err(store_err)
+                match w.commit(&labels).await.map_err(store_err)? {
+                    Committed::Written => Ok(()),
+                    Committed::Existed => self.cd.content_label(&desc.digest, &labels).await.map_err(store_err),
+                }
             }
         }
     }
