@@ -196,7 +196,7 @@ fn crashes_kills_and_unhealthy_tasks_are_replaced_and_missing_images_retried() {
 }
 
 #[test]
-fn secrets_stay_off_disk_volumes_outlive_tasks_and_limits_apply() {
+fn secrets_stay_off_disk_volumes_outlive_tasks_anonymous_ones_do_not_and_limits_apply() {
     let mut env = Env::new();
     let m1 = env.init("m1");
     let http = env.image("warren-test/http");
@@ -227,6 +227,8 @@ fn secrets_stay_off_disk_volumes_outlive_tasks_and_limits_apply() {
             "source=db-pass,target=/etc/app/password",
             "--mount",
             "type=volume,source=data,target=/data",
+            "--mount",
+            "type=volume,target=/cache",
             "--limit-memory",
             "64m",
         ],
@@ -272,8 +274,15 @@ fn secrets_stay_off_disk_volumes_outlive_tasks_and_limits_apply() {
     assert_eq!(warren_tests::cgroups::memory_limit(pid), Some(64 << 20));
 
     // 4. A file in the volume survives the task's replacement; the volume cannot be
-    //    removed while in use.
+    //    removed while in use. The anonymous volume is the task's own: the
+    //    replacement starts with an empty one, and the old one goes with its task.
     std::fs::write(format!("{root}/data/hello"), "kept").unwrap();
+    std::fs::write(format!("{root}/cache/mine"), "task 1").unwrap();
+    let old_dir = env.c.nodes[m1].data_dir.join("tasks").join(t["id"].as_str().unwrap());
+    assert!(
+        old_dir.join("volumes").exists(),
+        "the anonymous volume is in the task's dir"
+    );
     env.c.ok(m1, &["service", "update", "db", "--env", "GENERATION=2"]);
     let t2 = env.c.wait("the replacement", Duration::from_secs(60), || {
         env.running(m1, "db", 1).into_iter().find(|x| x["id"] != t["id"])
@@ -283,6 +292,12 @@ fn secrets_stay_off_disk_volumes_outlive_tasks_and_limits_apply() {
         std::fs::read_to_string(format!("/proc/{pid2}/root/data/hello")).unwrap(),
         "kept"
     );
+    let cache: Vec<_> = std::fs::read_dir(format!("/proc/{pid2}/root/cache")).unwrap().collect();
+    assert!(cache.is_empty(), "the replacement got the old task's anonymous volume");
+    env.c
+        .wait("the old task's anonymous volume to go", Duration::from_secs(60), || {
+            (!old_dir.exists()).then_some(())
+        });
     let err = env.c.fails(m1, &["volume", "rm", "data"]);
     assert!(err.contains("volume data is in use by service db"), "{err}");
     env.c.ok(m1, &["service", "rm", "db"]);

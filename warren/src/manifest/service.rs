@@ -646,20 +646,15 @@ fn volume(cx: &mut Cx, n: &Node, path: &str, vars: &Vars, decls: Option<&Decls>)
         let s = cx.str(n, path)?;
         let parts: Vec<&str> = s.split(':').collect();
         let (src, dst, opts) = match parts.as_slice() {
-            [_] => {
-                return Err(cx.err(
-                    n,
-                    path,
-                    format!("{s:?} is an anonymous volume: name it (NAME:{s}) or bind a directory"),
-                ))
-            }
+            // An anonymous volume, as compose has it: each task gets its own.
+            [dst] => ("", *dst, ""),
             [src, dst] => (*src, *dst, ""),
             [src, dst, opts] => (*src, *dst, *opts),
             _ => return Err(cx.err(n, path, format!("invalid volume {s:?}: expected SOURCE:TARGET[:ro]"))),
         };
         m.source = src.to_string();
         m.target = dst.to_string();
-        m.kind = if src.starts_with(['/', '.', '~']) {
+        m.kind = if !src.is_empty() && src.starts_with(['/', '.', '~']) {
             MountKind::Bind
         } else {
             MountKind::Volume
@@ -697,6 +692,7 @@ fn volume(cx: &mut Cx, n: &Node, path: &str, vars: &Vars, decls: Option<&Decls>)
                 m.source = canon.display().to_string();
             }
         }
+        MountKind::Volume if m.source.is_empty() => {}
         MountKind::Volume => {
             if let Some(d) = decls {
                 let name = d.volumes.get(&m.source).cloned().ok_or_else(|| {

@@ -114,6 +114,9 @@ services:
       - ./static:/usr/share/nginx/html:ro
       - type: tmpfs
         target: /tmp
+      - /var/cache/app
+      - type: volume
+        target: /scratch
     tmpfs: /run
     healthcheck:
       test: ["CMD", "curl", "-f", "http://localhost/a b"]
@@ -304,6 +307,8 @@ fn a_full_compose_file_maps_field_by_field() {
             mount(MountKind::Volume, "data", "/data", false),
             mount(MountKind::Bind, &static_dir, "/usr/share/nginx/html", true),
             mount(MountKind::Tmpfs, "", "/tmp", false),
+            mount(MountKind::Volume, "", "/var/cache/app", false),
+            mount(MountKind::Volume, "", "/scratch", false),
             mount(MountKind::Tmpfs, "", "/run", false),
         ]
     );
@@ -408,10 +413,10 @@ fn a_full_compose_file_maps_field_by_field() {
 
     // Every key has its line; model field names find theirs too.
     let line = |p: &str| l.origins.find(p).map(|o| o.line);
-    assert_eq!(line("services.web.deploy.resources.limits.memory"), Some(54));
+    assert_eq!(line("services.web.deploy.resources.limits.memory"), Some(57));
     assert_eq!(line("services.web.publish"), Some(17));
     assert_eq!(line("services.web.ports[3].mode"), Some(24));
-    assert_eq!(line("secrets.shared_ext"), Some(97));
+    assert_eq!(line("secrets.shared_ext"), Some(100));
     assert_eq!(
         locate(&l.origins, "services.web.publish", "port 8080/tcp is in use"),
         format!(

@@ -264,11 +264,12 @@ impl Default for ServiceSpec {
 }
 
 impl ServiceSpec {
-    /// Names of the local volumes the tasks mount.
+    /// Names of the local volumes the tasks mount (anonymous ones are the tasks'
+    /// own: no volume object, no placement, no data kept after the task).
     pub fn volume_names(&self) -> impl Iterator<Item = &str> {
         self.mounts
             .iter()
-            .filter(|m| m.kind == MountKind::Volume)
+            .filter(|m| m.kind == MountKind::Volume && !m.is_anonymous())
             .map(|m| m.source.as_str())
     }
 

@@ -21,7 +21,9 @@ pub enum MountKind {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mount {
     pub kind: MountKind,
-    /// Volume name or host path; empty for tmpfs.
+    /// Volume name or host path; empty for tmpfs, and for an anonymous volume
+    /// (a fresh directory private to each task, removed with it, as Docker gives
+    /// each container its own).
     pub source: String,
     /// Absolute path in the container.
     pub target: String,
@@ -69,12 +71,18 @@ impl Mount {
         Ok(m)
     }
 
+    /// A volume mount without a name: each task gets its own, empty at start.
+    pub fn is_anonymous(&self) -> bool {
+        self.kind == MountKind::Volume && self.source.is_empty()
+    }
+
     pub fn validate(&self, field: &str) -> Result<(), ValidationError> {
         let bad = |why: String| ValidationError::new(field, why);
         if !self.target.starts_with('/') {
             return Err(bad(format!("mount target {:?} must be an absolute path", self.target)));
         }
         match self.kind {
+            MountKind::Volume if self.is_anonymous() => Ok(()),
             MountKind::Volume => super::validate_name(field, &self.source).map_err(|_| {
                 bad(format!(
                     "volume mount needs a volume name as source, got {:?}",
@@ -332,6 +340,9 @@ mod tests {
         let m = Mount::parse("mount", "type=bind,src=/srv,dst=/srv,ro").unwrap();
         assert_eq!((m.kind, m.readonly), (MountKind::Bind, true));
         assert!(Mount::parse("mount", "type=tmpfs,target=/tmp").is_ok());
+        let anon = Mount::parse("mount", "type=volume,target=/cache").unwrap();
+        assert!(anon.is_anonymous(), "a volume without a source is the task's own");
+        assert!(Mount::parse("mount", "type=volume,source=Bad/Name,target=/x").is_err());
         assert!(Mount::parse("mount", "source=data,target=/data")
             .unwrap_err()
             .message

@@ -130,6 +130,18 @@ pub fn volume_dir(root: &Path, name: &str) -> Result<PathBuf, MountError> {
     Ok(dir)
 }
 
+/// The data directory of a task's anonymous volume (its `index`th mount), created
+/// empty under the task's own directory and removed with it.
+pub fn anonymous_volume_dir(task_dir: &Path, index: usize) -> Result<PathBuf, MountError> {
+    let dir = task_dir.join("volumes").join(index.to_string());
+    std::fs::create_dir_all(&dir).map_err(|e| MountError::Volume {
+        name: format!("anonymous volume {index}"),
+        path: dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(dir)
+}
+
 /// Removes the data of volumes that are no longer this node's and no task uses.
 pub fn collect_volumes(root: &Path, keep: &[String], in_use: &[String]) {
     let Ok(entries) = std::fs::read_dir(root) else { return };

@@ -375,8 +375,21 @@ async fn prepare_and_start(
             }
         }
     }
-    for m in &spec.mounts {
+    for (i, m) in spec.mounts.iter().enumerate() {
         let ms = match m.kind {
+            // In the task's own directory, so that it goes with the task (`cleanup`).
+            MountKind::Volume if m.is_anonymous() => match mounts::anonymous_volume_dir(&inner.task_dir(id), i) {
+                Ok(dir) => MountSpec::Bind {
+                    source: dir,
+                    target: m.target.clone(),
+                    read_only: m.readonly,
+                },
+                Err(e) => {
+                    cleanup(inner, network, id, id).await;
+                    fail(inner, e.to_string());
+                    return None;
+                }
+            },
             MountKind::Volume => match mounts::volume_dir(&inner.volumes_dir(), &m.source) {
                 Ok(dir) => MountSpec::Bind {
                     source: dir,

@@ -232,6 +232,7 @@ pub fn service_text(s: &ServiceView) -> String {
         t.line("Mounts:");
         for m in &spec.mounts {
             let kind = match m.kind {
+                model::MountKind::Volume if m.is_anonymous() => "anonymous volume",
                 model::MountKind::Volume => "volume",
                 model::MountKind::Bind => "bind",
                 model::MountKind::Tmpfs => "tmpfs",
