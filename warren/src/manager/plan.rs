@@ -401,8 +401,17 @@ pub fn plan(state: &State, m: &Manifest, prune: bool, minter: &mut dyn Minter) -
     }
 
     // Routes: after the services they name are created, before those are removed.
+    // A route moving off a service this apply prunes goes before the removal (which
+    // refuses a service that a route still names).
+    let pruned: std::collections::BTreeSet<&str> = state
+        .services
+        .values()
+        .filter(|svc| prune && scope.owns(&svc.spec.labels) && !named.contains(&svc.name))
+        .map(|svc| svc.name.as_str())
+        .collect();
     let mut routes_named = std::collections::BTreeSet::new();
     let mut route_steps = Vec::new();
+    let mut routes_off_pruned = Vec::new();
     for mi in &m.ingresses {
         let field = format!("ingresses.{}", mi.name);
         let full = scope.full(&mi.name);
@@ -430,7 +439,12 @@ pub fn plan(state: &State, m: &Manifest, prune: bool, minter: &mut dyn Minter) -
                     field: field.clone(),
                     changed: changed_fields(&cur.spec, &spec),
                 });
-                route_steps.push(ApplyStep {
+                let steps = if pruned.contains(cur.spec.service.as_str()) {
+                    &mut routes_off_pruned
+                } else {
+                    &mut route_steps
+                };
+                steps.push(ApplyStep {
                     field,
                     op: ApplyOp::Run(Command::UpdateIngress {
                         id: cur.id.clone(),
@@ -470,6 +484,7 @@ pub fn plan(state: &State, m: &Manifest, prune: bool, minter: &mut dyn Minter) -
         }
     }
 
+    plan.steps.extend(routes_off_pruned);
     if prune {
         for svc in state.services.values() {
             if scope.owns(&svc.spec.labels) && !named.contains(&svc.name) {
@@ -1025,6 +1040,39 @@ mod tests {
         m2.certificates = vec![bad];
         let e = apply(&store, &m2, false, &mut minter).await.unwrap_err();
         assert!(e.to_string().starts_with("certificates.other: "), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_route_moves_off_a_service_that_the_same_apply_prunes() {
+        let store = Cluster::new();
+        let mut minter = TestMinter(0);
+        let mut m = stack();
+        m.ingresses = vec![route("docs", "docs.example.com", "api", "none")];
+        apply(&store, &m, false, &mut minter).await.unwrap();
+
+        // The route now names web, and api leaves the file: one apply does both.
+        m.ingresses[0].spec.service = "web".into();
+        m.services.retain(|s| s.name != "api");
+        let p = apply(&store, &m, true, &mut minter).await.unwrap();
+        let changed: Vec<_> = actions(&p).into_iter().filter(|(_, a)| *a != "unchanged").collect();
+        assert_eq!(
+            changed,
+            [
+                ("ingress shop_docs".to_string(), "update"),
+                ("service shop_api".to_string(), "remove"),
+            ]
+        );
+        let st = store.state();
+        assert!(!st.services.values().any(|s| s.name == "shop_api"));
+        assert_eq!(st.ingresses.values().next().unwrap().spec.service, "shop_web");
+
+        // A route left on a service the file prunes still refuses the apply.
+        let before = store.state();
+        m.ingresses[0].spec.service = "shop_web".into();
+        m.services.retain(|s| s.name != "web");
+        let e = apply(&store, &m, true, &mut minter).await.unwrap_err();
+        assert!(e.to_string().contains("shop_web"), "{e}");
+        assert_eq!(store.state(), before);
     }
 
     #[tokio::test]
