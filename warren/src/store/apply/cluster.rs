@@ -1,5 +1,5 @@
 //! The cluster's own record: its first entry (`Bootstrap`, or `Restore` from a
-//! backup) and join-token rotation.
+//! backup), join-token rotation and the node certificates' lifetime.
 
 use super::change;
 use crate::model::{ClusterMeta, Node, NodeRole};
@@ -123,6 +123,18 @@ impl State {
                 meta.manager_token_expires_ms = expires_ms;
             }
         }
+        changes.push(change(ObjectKind::Cluster, Action::Updated, &meta.cluster_id, ""));
+        Ok(())
+    }
+
+    pub(super) fn set_cert_expiry(&mut self, expiry_ms: i64, changes: &mut Vec<Change>) -> Result<(), ApplyError> {
+        let d = std::time::Duration::from_millis(u64::try_from(expiry_ms).unwrap_or(0));
+        crate::model::validate_cert_expiry("cert-expiry", d).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+        let meta = self
+            .meta
+            .as_mut()
+            .ok_or_else(|| ApplyError::Invalid("the cluster is not initialized".into()))?;
+        meta.cert_expiry_ms = expiry_ms;
         changes.push(change(ObjectKind::Cluster, Action::Updated, &meta.cluster_id, ""));
         Ok(())
     }
