@@ -1,6 +1,6 @@
 //! Node certificates end to end: a short cluster-wide lifetime, renewal at two
 //! thirds of it on every node while writes and agent sessions carry on, the expiry
-//! in `node inspect`, and a removed node getting no renewal.
+//! in `node inspect`, and a removed node losing its session and getting no renewal.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -127,8 +127,17 @@ fn certificates_are_renewed_under_writes_without_dropping_sessions_and_a_removed
 
     // 6. Removed, the worker is refused and gets no further certificate: its next
     //    renewal fails naming the removal, and its certificate stays the last one.
+    let m1_mark = c.nodes[m1].log_mark();
     c.ok(m1, &["node", "rm", "--force", "w1"]);
     let mark = c.nodes[w1].log_mark();
+    // Its open agent session is ended by the dispatcher, too.
+    wait_for("the removed node's session to end", Duration::from_secs(10), || {
+        c.nodes[m1]
+            .log_since(m1_mark)
+            .lines()
+            .any(|l| l.contains("session ended") && l.contains("was removed from the cluster"))
+            .then_some(())
+    });
     let last = wait_for(
         "the removed node's renewal to be refused",
         Duration::from_secs(15),

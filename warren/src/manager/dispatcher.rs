@@ -386,6 +386,13 @@ where
     let mut leadership = ctx.raft.leadership();
     let mut sent: Option<Fingerprint> = None;
     loop {
+        // `node rm` ends the session it finds open: the certificate is refused on
+        // new calls by the call layer, and this stream is one already admitted.
+        if ctx.store.read(|s| !s.nodes.contains_key(&node_id)) {
+            return Err(Status::permission_denied(format!(
+                "node {node_id} was removed from the cluster: join it again with a token"
+            )));
+        }
         let (assignment, index) = ctx
             .store
             .read(|s| (assignments_for(s, &node_id), ctx.store.applied_index()));
