@@ -4,7 +4,7 @@
 //! (agent/fake.rs) stands in for managers in unit tests. Not what a session says
 //! (`session`) nor when to reconnect (`run`).
 
-use crate::pki::NodeCredentials;
+use crate::pki::LiveIdentity;
 use crate::wire::channel::{self, ChannelError, Dial};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -37,13 +37,15 @@ pub trait Link: Send + Sync {
 
 /// Mutual TLS to the manager's cluster port, with keep-alives so that a dead
 /// manager is noticed within seconds.
+/// The node's live identity: a session opened after a renewal presents the new
+/// certificate, and the sessions open meanwhile are not touched.
 pub struct TlsLink {
-    credentials: NodeCredentials,
+    identity: std::sync::Arc<LiveIdentity>,
 }
 
 impl TlsLink {
-    pub fn new(credentials: NodeCredentials) -> TlsLink {
-        TlsLink { credentials }
+    pub fn new(identity: std::sync::Arc<LiveIdentity>) -> TlsLink {
+        TlsLink { identity }
     }
 }
 
@@ -51,7 +53,7 @@ impl TlsLink {
 impl Link for TlsLink {
     async fn open(&self, addr: &str, outbound: ReceiverStream<pb::AgentMessage>) -> Result<Inbound, SessionError> {
         let dial = Dial::new(Duration::from_secs(2)).keepalive(Duration::from_secs(2), Duration::from_secs(3));
-        let channel = channel::connect(addr, self.credentials.client_tls(), dial).await?;
+        let channel = channel::connect(addr, self.identity.to_managers(), dial).await?;
         let inbound = pb::dispatcher_client::DispatcherClient::new(channel)
             .session(outbound)
             .await

@@ -1,6 +1,6 @@
 //! The API's cluster-wide calls: join tokens (shown or rotated), the cluster's
 //! identity and Raft status, the stream of committed changes (`events`), and the
-//! sealed snapshot of `cluster backup`.
+//! sealed snapshot of `cluster backup`, and the node certificates' lifetime.
 
 use super::common::write;
 use crate::manager::ManagerCtx;
@@ -93,12 +93,33 @@ pub(super) fn info(ctx: &ManagerCtx) -> pb::ClusterInfo {
             nodes: s.nodes.len() as u64,
             services: s.services.len() as u64,
             tasks: s.tasks.len() as u64,
-            pod_cidr: meta.pod_cidr,
+            pod_cidr: meta.pod_cidr.clone(),
             node_id: ctx.node_id.clone(),
             service_cidr: meta.service_cidr.clone(),
+            cert_expiry_ms: meta.cert_expiry().as_millis() as i64,
             snapshot_index: raft.snapshot_index,
             purged_index: raft.purged_index,
         }
+    })
+}
+
+/// `cluster update --cert-expiry`: the lifetime of the node certificates issued from
+/// now on (each node's next renewal); the ones in use keep theirs.
+pub(super) async fn update_certs(
+    ctx: &ManagerCtx,
+    req: pb::UpdateClusterCertsRequest,
+) -> Result<pb::UpdateClusterCertsResponse, Status> {
+    let d = std::time::Duration::from_millis(u64::try_from(req.cert_expiry_ms).unwrap_or(0));
+    model::validate_cert_expiry("cert-expiry", d).map_err(crate::wire::status::invalid)?;
+    write(
+        ctx,
+        Command::SetCertExpiry {
+            expiry_ms: req.cert_expiry_ms,
+        },
+    )
+    .await?;
+    Ok(pb::UpdateClusterCertsResponse {
+        cert_expiry_ms: req.cert_expiry_ms,
     })
 }
 

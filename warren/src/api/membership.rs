@@ -87,8 +87,11 @@ impl pb::membership_server::Membership for MembershipService {
             .map_err(|e| Status::internal(e.to_string()))?;
         let node_id = new_id();
         let cert_pem = ca
-            .sign_node(&req.csr_der, &meta.cluster_id, &node_id, role)
+            .sign_node(&req.csr_der, &meta.cluster_id, &node_id, role, meta.cert_expiry())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let cert_expires_ms = crate::pki::Validity::of_pem(&cert_pem)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .not_after_ms;
         let raft_id = match role {
             NodeRole::Manager => loop {
                 let id: u64 = rand::random();
@@ -120,6 +123,7 @@ impl pb::membership_server::Membership for MembershipService {
             ingress: convert::node_ingress_from_pb(req.ingress),
             metrics_port: 0,
             last_contact_ms: 0,
+            cert_expires_ms,
             autonomy: String::new(),
         };
         self.ctx

@@ -80,6 +80,13 @@ impl pb::warren_api_server::WarrenApi for ApiService {
         ok(ingress::update_acme(&self.ctx, req.into_inner()).await)
     }
 
+    async fn update_cluster_certs(
+        &self,
+        req: Request<pb::UpdateClusterCertsRequest>,
+    ) -> Reply<pb::UpdateClusterCertsResponse> {
+        ok(cluster::update_certs(&self.ctx, req.into_inner()).await)
+    }
+
     async fn create_service(&self, req: Request<pb::CreateServiceRequest>) -> Reply<pb::Service> {
         ok(services::create(&self.ctx, req.into_inner()).await)
     }

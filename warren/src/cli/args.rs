@@ -249,6 +249,10 @@ pub enum ClusterCmd {
         /// How task traffic travels between nodes; fixed for the cluster's life.
         #[arg(long, value_enum, default_value_t)]
         overlay: OverlayArg,
+        /// How long node certificates last (`90d`, `720h`; 5s to 5 years; renewed at
+        /// two thirds). Change it later with `cluster update --cert-expiry`.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        cert_expiry: Option<std::time::Duration>,
     },
     /// Join an existing cluster (runs in the foreground); the token decides the role.
     Join {

@@ -395,6 +395,25 @@ pub async fn certificates(c: &mut Client, cmd: CertificateCmd) -> Result<()> {
 }
 
 pub async fn cluster_update(c: &mut Client, a: ClusterUpdateArgs) -> Result<()> {
+    if let Some(d) = a.cert_expiry {
+        crate::model::validate_cert_expiry("cert-expiry", d).map_err(flag)?;
+        let r = call(c.update_cluster_certs(pb::UpdateClusterCertsRequest {
+            cert_expiry_ms: d.as_millis() as i64,
+        }))
+        .await?;
+        line(&format!(
+            "Node certificates: {} (from each node's next renewal)",
+            humantime::format_duration(std::time::Duration::from_millis(r.cert_expiry_ms as u64))
+        ))?;
+        if !(a.acme_disable
+            || a.acme_email.is_some()
+            || a.acme_directory.is_some()
+            || a.acme_ca_file.is_some()
+            || a.acme_renew_before.is_some())
+        {
+            return Ok(());
+        }
+    }
     let req = if a.acme_disable {
         pb::UpdateClusterAcmeRequest {
             disable: true,
@@ -406,7 +425,7 @@ pub async fn cluster_update(c: &mut Client, a: ClusterUpdateArgs) -> Result<()> 
             && a.acme_ca_file.is_none()
             && a.acme_renew_before.is_none()
         {
-            bail!("nothing to update: pass --acme-email, --acme-directory, --acme-ca-file, --acme-renew-before or --acme-disable");
+            bail!("nothing to update: pass --cert-expiry, --acme-email, --acme-directory, --acme-ca-file, --acme-renew-before or --acme-disable");
         }
         let ca_pem = match &a.acme_ca_file {
             Some(p) => {

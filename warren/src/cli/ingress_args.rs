@@ -179,4 +179,8 @@ pub struct ClusterUpdateArgs {
     /// Turn ACME off.
     #[arg(long, conflicts_with_all = ["acme_email", "acme_directory", "acme_ca_file", "acme_renew_before"])]
     pub acme_disable: bool,
+    /// How long node certificates issued from now on last (`90d`; 5s to 5 years);
+    /// every node renews at two thirds of its certificate's life.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub cert_expiry: Option<std::time::Duration>,
 }

@@ -139,6 +139,7 @@ fn options(node: &NodeArgs) -> Result<DaemonOptions> {
             wireguard_go: node.runtime.wireguard_go.clone(),
         },
         overlay: None,
+        cert_expiry: None,
         manager: ManagerSettings {
             heartbeat_period: t.heartbeat_period,
             heartbeat_grace: t.heartbeat_grace,
@@ -179,9 +180,15 @@ async fn run(cli: Cli) -> Result<()> {
             pod_cidr,
             service_cidr,
             overlay,
+            cert_expiry,
         }) => {
             init_logging(cli.log_format);
             let mut opts = options(&node)?;
+            if let Some(d) = cert_expiry {
+                crate::model::validate_cert_expiry("cert-expiry", d)
+                    .map_err(|e| anyhow::anyhow!("--{}: {}", e.field, e.message))?;
+            }
+            opts.cert_expiry = cert_expiry;
             opts.overlay = Some(match overlay {
                 OverlayArg::Wireguard => crate::model::Overlay::Wireguard,
                 OverlayArg::Native => crate::model::Overlay::Native,

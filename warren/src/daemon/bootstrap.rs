@@ -108,6 +108,7 @@ fn first_manager(opts: &DaemonOptions, node_id: &str, node_name: &str, advertise
         ingress: opts.ingress,
         metrics_port: 0,
         last_contact_ms: 0,
+        cert_expires_ms: 0,
         autonomy: String::new(),
     }
 }
@@ -159,9 +160,10 @@ pub(super) fn init(opts: &DaemonOptions, pod_cidr: &str, service_cidr: &str) -> 
     key.save(&secrets_key_path(&opts.data_dir))?;
     let ca = CertificateAuthority::generate(&cluster_id)?;
     let (node_key, csr) = pki::new_node_key(&node_name)?;
+    let cert_expiry = opts.cert_expiry.unwrap_or(crate::model::DEFAULT_CERT_EXPIRY);
     let creds = NodeCredentials {
         ca_pem: ca.cert_pem().to_string(),
-        cert_pem: ca.sign_node(&csr, &cluster_id, &node_id, NodeRole::Manager)?,
+        cert_pem: ca.sign_node(&csr, &cluster_id, &node_id, NodeRole::Manager, cert_expiry)?,
         key_pem: node_key.serialize_pem(),
     };
     creds.save(&opts.data_dir.join("certs"))?;
@@ -175,9 +177,11 @@ pub(super) fn init(opts: &DaemonOptions, pod_cidr: &str, service_cidr: &str) -> 
         pod_cidr: pod_cidr.to_string(),
         service_cidr: service_cidr.to_string(),
         overlay: opts.overlay.unwrap_or(Overlay::FOR_NEW_CLUSTERS),
+        cert_expiry_ms: cert_expiry.as_millis() as i64,
         ..Default::default()
     };
-    let node = first_manager(opts, &node_id, &node_name, advertise, raft_id);
+    let mut node = first_manager(opts, &node_id, &node_name, advertise, raft_id);
+    node.cert_expires_ms = pki::Validity::of_pem(&creds.cert_pem)?.not_after_ms;
     // Saved once the bootstrap entry is committed: an interrupted init leaves no
     // node.json, and the data dir is then refused as incomplete.
     let mut cfg = new_config(
@@ -247,7 +251,7 @@ pub(super) fn restore(opts: &DaemonOptions, file: &[u8], passphrase: &[u8]) -> R
     let (node_key, csr) = pki::new_node_key(&node_name)?;
     let creds = NodeCredentials {
         ca_pem: ca.cert_pem().to_string(),
-        cert_pem: ca.sign_node(&csr, &meta.cluster_id, &node_id, NodeRole::Manager)?,
+        cert_pem: ca.sign_node(&csr, &meta.cluster_id, &node_id, NodeRole::Manager, meta.cert_expiry())?,
         key_pem: node_key.serialize_pem(),
     };
     key.save(&secrets_key_path(dir))?;

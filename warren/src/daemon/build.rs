@@ -15,7 +15,7 @@ use crate::dns::DnsMetrics;
 use crate::manager::{ManagerCtx, ManagerSettings};
 use crate::metrics::{self, Metrics};
 use crate::model::NodeRole;
-use crate::pki::NodeCredentials;
+use crate::pki::LiveIdentity;
 use crate::raft::{network::Peers, RaftNode};
 use crate::runtime::Containerd;
 use crate::secrets::SecretsKey;
@@ -33,7 +33,8 @@ pub(super) struct Config {
 pub(super) struct App {
     pub cfg: NodeConfig,
     pub data_dir: PathBuf,
-    pub creds: NodeCredentials,
+    /// The node's certificate, swapped on renewal (see `pki::renew`).
+    pub identity: Arc<LiveIdentity>,
     pub start: Start,
     pub tokens: Option<(String, String)>,
     pub metrics: Arc<Metrics>,
@@ -46,7 +47,7 @@ pub(super) struct App {
     pub dns_metrics: Option<DnsMetrics>,
     pub manager: Option<Manager>,
     pub cluster_port: tokio::net::TcpListener,
-    /// The cluster port's server, with the node's certificate.
+    /// The cluster port's server; TLS is the listener's (`LiveIdentity::incoming`).
     pub grpc: Grpc,
     /// `--ingress` given to this run: seeds the node's ingress record if it has none.
     pub ingress_seed: Option<crate::model::ingress::NodeIngress>,
@@ -80,20 +81,21 @@ impl Config {
             true => Some(DnsMetrics::register(&metrics.registry)?),
             false => None,
         };
+        let identity = LiveIdentity::new(boot.creds)?;
         let manager = match cfg.role {
             NodeRole::Manager => {
                 let key = boot.secrets_key.ok_or(DaemonError::NoSecretsKey)?;
-                Some(manager(&cfg, &opts, &boot.creds, key, &metrics).await?)
+                Some(manager(&cfg, &opts, &identity, key, &metrics).await?)
             }
             NodeRole::Worker => None,
         };
         let cluster_port = serve::bind_tcp(cfg.listen_addr).await?;
         let revoked = manager.as_ref().map(|m| serve::revocations(m.ctx.store.clone()));
-        let grpc = serve::grpc(&metrics, revoked).tls_config(boot.creds.server_tls())?;
+        let grpc = serve::grpc(&metrics, revoked);
         Ok(App {
             cfg,
             data_dir,
-            creds: boot.creds,
+            identity,
             start: boot.start,
             tokens: boot.tokens,
             metrics,
@@ -114,13 +116,13 @@ impl Config {
 async fn manager(
     cfg: &NodeConfig,
     opts: &DaemonOptions,
-    creds: &NodeCredentials,
+    identity: &Arc<LiveIdentity>,
     secrets_key: SecretsKey,
     metrics: &Arc<Metrics>,
 ) -> Result<Manager, DaemonError> {
     let data_dir = &opts.data_dir;
     let store = Store::new();
-    let peers = Peers::new(creds.client_tls());
+    let peers = Peers::new(identity.to_managers());
     let raft = RaftNode::start(
         cfg.raft_id,
         &data_dir.join("raft"),

@@ -33,6 +33,8 @@ pub struct DaemonOptions {
     pub runtime: RuntimeOverrides,
     /// `cluster init --overlay` (None: wireguard); join and daemon ignore it.
     pub overlay: Option<crate::model::Overlay>,
+    /// `cluster init --cert-expiry` (None: 90 days); join and daemon ignore it.
+    pub cert_expiry: Option<std::time::Duration>,
     /// `--ingress` on init and join: seeds the node's ingress record.
     pub ingress: Option<crate::model::ingress::NodeIngress>,
 }

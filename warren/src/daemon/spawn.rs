@@ -18,7 +18,7 @@ use crate::api::MembershipService;
 use crate::config::NodeConfig;
 use crate::manager::{self, dispatcher::DispatcherService};
 use crate::network::{NetlinkNetwork, NetworkManager};
-use crate::pki::NodeCredentials;
+use crate::pki::LiveIdentity;
 use crate::raft::{service::RaftService, RaftNode};
 use crate::runtime::Containerd;
 use crate::store::Proposer;
@@ -29,7 +29,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
-use tonic::transport::server::TcpIncoming;
 use warren_proto::v1 as pb;
 
 /// How long a new manager keeps asking to enter the Raft group.
@@ -59,7 +58,7 @@ impl App {
         let App {
             mut cfg,
             data_dir,
-            creds,
+            identity,
             start,
             tokens,
             metrics,
@@ -145,8 +144,8 @@ impl App {
                             .max_decoding_message_size(256 << 20)
                             .max_encoding_message_size(256 << 20),
                     );
-                serve_cluster_port(&mut running, "cluster port", routes, cluster_port, &stopping);
-                if let Err(e) = finish_bootstrap(start, &raft, &mut cfg, &data_dir, &creds).await {
+                serve_cluster_port(&mut running, "cluster port", routes, &identity, cluster_port, &stopping);
+                if let Err(e) = finish_bootstrap(start, &raft, &mut cfg, &data_dir, &identity).await {
                     running.shutdown().await;
                     return Err(e);
                 }
@@ -166,7 +165,7 @@ impl App {
             // Workers serve only what managers ask of nodes: logs and image imports.
             None => {
                 let routes = grpc.add_service(node_agent);
-                serve_cluster_port(&mut running, "node port", routes, cluster_port, &stopping);
+                serve_cluster_port(&mut running, "node port", routes, &identity, cluster_port, &stopping);
             }
         }
 
@@ -202,17 +201,47 @@ impl App {
             node_id: cfg.node_id.clone(),
             hostname: cfg.node_name.clone(),
             managers: cfg.managers.clone(),
-            link: Arc::new(agent::TlsLink::new(creds)),
+            link: Arc::new(agent::TlsLink::new(identity.clone())),
             resources: cfg.capacity.unwrap_or_else(agent::detect_resources),
             listeners,
-            on_session: session::callback(data_dir, cfg.clone()),
+            on_session: session::callback(data_dir.clone(), cfg.clone()),
             mesh,
             metrics_port: cfg.metrics_addr.port(),
             ingress_seed,
             autonomy,
             known_network: known_network(&cfg),
         };
-        running.agent = Some(tokio::spawn(agent::run(agent_cfg, executor, report_rx, stopping)));
+        running.agent = Some(tokio::spawn(agent::run(
+            agent_cfg,
+            executor,
+            report_rx,
+            stopping.clone(),
+        )));
+        // The managers as node.json knows them at each renewal (sessions keep it
+        // current); a manager asks itself first: it is up whenever this node is.
+        let (dir, first) = (data_dir.clone(), cfg.clone());
+        let managers = Arc::new(move || {
+            let cfg = NodeConfig::load(&dir).unwrap_or_else(|_| first.clone());
+            let mut from = vec![];
+            if cfg.role == crate::model::NodeRole::Manager {
+                from.push(cfg.advertise_addr.to_string());
+            }
+            for m in cfg.managers {
+                if !from.contains(&m) {
+                    from.push(m);
+                }
+            }
+            from
+        });
+        tokio::spawn(crate::pki::renew::run(
+            crate::pki::renew::Renewal {
+                identity,
+                certs_dir: data_dir.join("certs"),
+                node_name: cfg.node_name.clone(),
+                managers,
+            },
+            stopping,
+        ));
         tracing::info!(
             node = %cfg.node_id,
             name = %cfg.node_name,
@@ -271,10 +300,11 @@ fn serve_cluster_port(
     running: &mut Running,
     name: &'static str,
     routes: Routes,
+    identity: &Arc<LiveIdentity>,
     listener: TcpListener,
     stopping: &watch::Receiver<bool>,
 ) {
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = identity.incoming(listener);
     serve::serve(&mut running.servers, name, routes, incoming, stopping.clone());
 }
 
@@ -342,7 +372,7 @@ async fn finish_bootstrap(
     raft: &RaftNode,
     cfg: &mut NodeConfig,
     data_dir: &Path,
-    creds: &NodeCredentials,
+    identity: &Arc<LiveIdentity>,
 ) -> Result<(), DaemonError> {
     match start {
         Start::Init(bootstrap) => {
@@ -354,7 +384,7 @@ async fn finish_bootstrap(
             cfg.save(data_dir)?;
         }
         Start::Resume if !cfg.raft_member => {
-            enter_raft(cfg, creds).await?;
+            enter_raft(cfg, identity).await?;
             cfg.raft_member = true;
             cfg.save(data_dir)?;
         }
@@ -365,13 +395,13 @@ async fn finish_bootstrap(
 
 /// Asks the managers to add this new manager to the Raft group, retrying until one
 /// leader accepts (the cluster may be electing).
-async fn enter_raft(cfg: &NodeConfig, creds: &NodeCredentials) -> Result<(), DaemonError> {
+async fn enter_raft(cfg: &NodeConfig, identity: &Arc<LiveIdentity>) -> Result<(), DaemonError> {
     let deadline = tokio::time::Instant::now() + ENTER_RAFT_WITHIN;
     let mut last = None;
     let me = cfg.advertise_addr.to_string();
     while tokio::time::Instant::now() < deadline {
         for m in cfg.managers.iter().filter(|m| **m != me) {
-            let channel = match channel::connect(m, creds.client_tls(), Dial::new(Duration::from_secs(2))).await {
+            let channel = match channel::connect(m, identity.to_managers(), Dial::new(Duration::from_secs(2))).await {
                 Ok(c) => c,
                 Err(e) => {
                     last = Some((m.clone(), Box::new(JoinError::from(e))));

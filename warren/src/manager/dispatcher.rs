@@ -207,6 +207,58 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         let out = open(self.ctx.clone(), peer.node_id, req.into_inner());
         Ok(Response::new(Box::pin(out)))
     }
+
+    async fn renew_certificate(
+        &self,
+        req: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
+        let peer = auth::node_of(&req)?;
+        renew_certificate(&self.ctx, &peer.node_id, &req.into_inner().csr_der)
+            .await
+            .map(Response::new)
+    }
+}
+
+/// Signs a new certificate for node `node_id` (as its current certificate says),
+/// with the cluster's current lifetime and the role the state gives it, and records
+/// its expiry. Any manager can: each holds the CA key. A removed node has no record
+/// and gets nothing (the call layer refuses it before this, too).
+async fn renew_certificate(
+    ctx: &ManagerCtx,
+    node_id: &str,
+    csr_der: &[u8],
+) -> Result<pb::RenewCertificateResponse, Status> {
+    let (meta, role) = ctx
+        .store
+        .read(|s| (s.meta.clone(), s.nodes.get(node_id).map(|n| n.role)));
+    let meta = meta.ok_or_else(|| Status::unavailable("this manager has not loaded the cluster state yet; retry"))?;
+    let Some(role) = role else {
+        return Err(Status::permission_denied(format!(
+            "node {node_id} was removed from the cluster: join it again with a token"
+        )));
+    };
+    let ca_key = ctx
+        .secrets_key
+        .open(&meta.ca_key_sealed)
+        .map_err(|e| Status::internal(format!("cannot unseal the CA key: {e}")))?;
+    let ca = crate::pki::CertificateAuthority::from_parts(&meta.ca_cert_pem, &ca_key)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    let cert_pem = ca
+        .sign_node(csr_der, &meta.cluster_id, node_id, role, meta.cert_expiry())
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let v = crate::pki::Validity::of_pem(&cert_pem).map_err(|e| Status::internal(e.to_string()))?;
+    ctx.raft
+        .propose(Command::SetNodeCertificate {
+            id: node_id.to_string(),
+            expires_ms: v.not_after_ms,
+        })
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    tracing::info!(node = %node_id, serial = %v.serial, expires_ms = v.not_after_ms, "node certificate issued");
+    Ok(pb::RenewCertificateResponse {
+        cert_pem,
+        ca_pem: meta.ca_cert_pem,
+    })
 }
 
 type Outbound = mpsc::Sender<Result<pb::DispatcherMessage, Status>>;
@@ -334,6 +386,13 @@ where
     let mut leadership = ctx.raft.leadership();
     let mut sent: Option<Fingerprint> = None;
     loop {
+        // `node rm` ends the session it finds open: the certificate is refused on
+        // new calls by the call layer, and this stream is one already admitted.
+        if ctx.store.read(|s| !s.nodes.contains_key(&node_id)) {
+            return Err(Status::permission_denied(format!(
+                "node {node_id} was removed from the cluster: join it again with a token"
+            )));
+        }
         let (assignment, index) = ctx
             .store
             .read(|s| (assignments_for(s, &node_id), ctx.store.applied_index()));

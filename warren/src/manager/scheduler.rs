@@ -177,6 +177,7 @@ mod tests {
             version: 1,
             metrics_port: 0,
             last_contact_ms: 0,
+            cert_expires_ms: 0,
             autonomy: String::new(),
         }
     }

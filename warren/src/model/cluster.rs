@@ -34,6 +34,44 @@ pub struct ClusterMeta {
     /// mesh has none in its meta and stays `native`: an upgrade changes nothing.
     #[serde(default)]
     pub overlay: Overlay,
+    /// How long node certificates issued from now on last (ms), `--cert-expiry`;
+    /// 0: the default (state from before the setting).
+    #[serde(default)]
+    pub cert_expiry_ms: i64,
+}
+
+impl ClusterMeta {
+    /// The lifetime of the node certificates this cluster issues.
+    pub fn cert_expiry(&self) -> std::time::Duration {
+        match self.cert_expiry_ms {
+            ms if ms > 0 => std::time::Duration::from_millis(ms as u64),
+            _ => DEFAULT_CERT_EXPIRY,
+        }
+    }
+}
+
+/// Node certificates last 90 days unless `--cert-expiry` says otherwise (as Swarm).
+pub const DEFAULT_CERT_EXPIRY: std::time::Duration = std::time::Duration::from_secs(90 * 24 * 3600);
+/// The shortest `--cert-expiry`: short enough for a test to watch renewals, which
+/// start at two thirds of the lifetime. Anything under an hour is for testing.
+pub const MIN_CERT_EXPIRY: std::time::Duration = std::time::Duration::from_secs(5);
+/// The longest: the CA's own lifetime is ten years.
+pub const MAX_CERT_EXPIRY: std::time::Duration = std::time::Duration::from_secs(5 * 365 * 24 * 3600);
+
+/// Checks a `--cert-expiry` value; the error names the flag.
+pub fn validate_cert_expiry(field: &str, d: std::time::Duration) -> Result<(), super::ValidationError> {
+    if d < MIN_CERT_EXPIRY || d > MAX_CERT_EXPIRY {
+        return Err(super::ValidationError::new(
+            field,
+            format!(
+                "certificate lifetime {} is out of range: between {} and {}",
+                humantime::format_duration(d),
+                humantime::format_duration(MIN_CERT_EXPIRY),
+                humantime::format_duration(MAX_CERT_EXPIRY)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The two overlay modes (`warren cluster init --overlay`).

@@ -29,6 +29,7 @@ pub fn node(id: &str, name: &str) -> Node {
         ingress: None,
         metrics_port: 0,
         last_contact_ms: 0,
+        cert_expires_ms: 0,
         autonomy: String::new(),
     }
 }

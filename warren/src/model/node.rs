@@ -137,6 +137,10 @@ pub struct Node {
     /// What the node's agent did on its own while cut off, as reported on heal.
     #[serde(default)]
     pub autonomy: String,
+    /// When the node's current certificate expires (ms since the epoch), as the
+    /// manager that issued it recorded; 0: not recorded (issued before renewal).
+    #[serde(default)]
+    pub cert_expires_ms: i64,
 }
 
 /// The DNS port every node's resolver answers on.

@@ -4,8 +4,11 @@
 //! is only ever held in memory or sealed (see `secrets`); nothing here touches the
 //! network except `fetch_ca`, the join-time probe.
 
+pub mod live;
+pub mod renew;
 mod token;
 
+pub use live::{LiveIdentity, NodeConnector};
 pub use token::{new_token_secret, JoinToken, TokenError};
 
 use crate::model::NodeRole;
@@ -22,7 +25,10 @@ use std::time::Duration;
 pub const MANAGER_SERVER_NAME: &str = "warren-manager";
 const OU_MANAGER: &str = "warren-manager";
 const OU_WORKER: &str = "warren-worker";
-const NODE_CERT_DAYS: i64 = 365;
+/// How far before issuance a node certificate's validity starts, for clocks a
+/// little behind: a tenth of the lifetime, at most a minute (renewal counts from
+/// there, so short test lifetimes stay short).
+const MAX_BACKDATE: Duration = Duration::from_secs(60);
 const CA_CERT_DAYS: i64 = 3650;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +54,8 @@ pub enum PkiError {
         expected: String,
         actual: String,
     },
+    #[error("invalid node credentials: {0}")]
+    BadCredentials(String),
     #[error("the manager at {addr} presented a certificate not signed by its own CA: {reason}")]
     BadServerCert { addr: String, reason: String },
 }
@@ -111,15 +119,17 @@ impl CertificateAuthority {
         digest_der(&self.cert_der)
     }
 
-    /// Signs a node certificate for the public key in `csr_der`. Everything in the
-    /// certificate but the key comes from the CA's side: the node ID as common name,
-    /// the role as organizational unit, and the SANs.
+    /// Signs a node certificate for the public key in `csr_der`, valid for
+    /// `lifetime` (the cluster's `--cert-expiry`). Everything in the certificate
+    /// but the key comes from the CA's side: the node ID as common name, the role
+    /// as organizational unit, and the SANs.
     pub fn sign_node(
         &self,
         csr_der: &[u8],
         cluster_id: &str,
         node_id: &str,
         role: NodeRole,
+        lifetime: Duration,
     ) -> Result<String, PkiError> {
         let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
             .map_err(|e| PkiError::BadCsr(e.to_string()))?;
@@ -148,8 +158,14 @@ impl CertificateAuthority {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - days(1);
-        params.not_after = now + days(NODE_CERT_DAYS);
+        let backdate = (lifetime / 10).min(MAX_BACKDATE);
+        params.not_before = now - time::Duration::try_from(backdate).unwrap_or(time::Duration::ZERO);
+        params.not_after = now + time::Duration::try_from(lifetime).unwrap_or(time::Duration::days(90));
+        // A fresh serial each time (rcgen's default is derived from the key, which
+        // renewal keeps); positive, as X.509 wants.
+        let mut serial: [u8; 16] = rand::random();
+        serial[0] &= 0x7f;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
         let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)?;
         let cert = params.signed_by(&csr.public_key, &issuer)?;
         Ok(cert.pem())
@@ -176,9 +192,47 @@ pub fn ca_digest(ca_pem: &str) -> Result<String, PkiError> {
     Ok(digest_der(&pem_to_der(ca_pem)?))
 }
 
-fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
+pub(crate) fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
     use rustls_pki_types::pem::PemObject;
     CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::BadPem(e.to_string()))
+}
+
+/// What a node certificate says about its validity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before_ms: i64,
+    pub not_after_ms: i64,
+    /// Hex, as `openssl x509 -serial` prints it.
+    pub serial: String,
+}
+
+impl Validity {
+    pub fn of_pem(cert_pem: &str) -> Result<Validity, PkiError> {
+        let der = pem_to_der(cert_pem)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| PkiError::BadPem(e.to_string()))?;
+        let v = cert.validity();
+        Ok(Validity {
+            not_before_ms: v.not_before.timestamp() * 1000,
+            not_after_ms: v.not_after.timestamp() * 1000,
+            serial: cert.raw_serial_as_string().replace(':', ""),
+        })
+    }
+
+    /// When the certificate is due for renewal: two thirds into its validity.
+    pub fn renew_at_ms(&self) -> i64 {
+        self.not_before_ms + (self.not_after_ms - self.not_before_ms) * 2 / 3
+    }
+}
+
+/// A CSR for an existing key: renewal keeps the node's key, so that the
+/// certificate is the only file that changes (one atomic rename).
+pub fn csr_for_key(key_pem: &str, node_name: &str) -> Result<Vec<u8>, PkiError> {
+    let key = KeyPair::from_pem(key_pem)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, node_name);
+    params.distinguished_name = dn;
+    Ok(params.serialize_request(&key)?.der().to_vec())
 }
 
 /// Who is calling, from the certificate it presented.
@@ -267,27 +321,6 @@ impl NodeCredentials {
     pub fn identity(&self) -> Option<PeerIdentity> {
         let der = pem_to_der(&self.cert_pem).ok()?;
         peer_identity(&[der])
-    }
-
-    /// Server side of the cluster port: presents the node certificate (with the CA in
-    /// the chain, so that joining nodes can check it against their token) and asks
-    /// for, but does not require, a client certificate — only `Join` may be called
-    /// without one, which the API checks per call.
-    pub fn server_tls(&self) -> tonic::transport::ServerTlsConfig {
-        let chain = format!("{}\n{}", self.cert_pem.trim_end(), self.ca_pem);
-        tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(chain, &self.key_pem))
-            .client_ca_root(tonic::transport::Certificate::from_pem(&self.ca_pem))
-            .client_auth_optional(true)
-    }
-
-    /// Client side towards managers: verify the manager against the cluster CA and
-    /// present our own certificate.
-    pub fn client_tls(&self) -> tonic::transport::ClientTlsConfig {
-        tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
-            .identity(tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .domain_name(MANAGER_SERVER_NAME)
     }
 }
 
@@ -437,11 +470,41 @@ mod probe {
 mod tests {
     use super::*;
 
+    const DAY: Duration = Duration::from_secs(86400);
+
+    #[test]
+    fn a_certificate_lasts_its_lifetime_and_is_renewed_at_two_thirds() {
+        let ca = CertificateAuthority::generate("c").unwrap();
+        let (key, csr) = new_node_key("n").unwrap();
+        let a = ca
+            .sign_node(&csr, "c", "id", NodeRole::Worker, Duration::from_secs(9))
+            .unwrap();
+        let v = Validity::of_pem(&a).unwrap();
+        // 9 s, backdated by a tenth (0.9 s, truncated to whole seconds in X.509).
+        let life = v.not_after_ms - v.not_before_ms;
+        assert!((9_000..=10_000).contains(&life), "{life}");
+        assert_eq!(v.renew_at_ms(), v.not_before_ms + life * 2 / 3);
+        let long = Validity::of_pem(&ca.sign_node(&csr, "c", "id", NodeRole::Worker, DAY * 90).unwrap()).unwrap();
+        assert_eq!(long.not_after_ms - long.not_before_ms, (90 * 86400 + 60) * 1000);
+        // Renewal keeps the key and changes the serial.
+        let csr2 = csr_for_key(&key.serialize_pem(), "n").unwrap();
+        let b = ca.sign_node(&csr2, "c", "id", NodeRole::Worker, DAY).unwrap();
+        assert_ne!(Validity::of_pem(&b).unwrap().serial, v.serial);
+        let pk = |pem: &str| {
+            let der = pem_to_der(pem).unwrap();
+            let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+            c.public_key().raw.to_vec()
+        };
+        assert_eq!(pk(&a), pk(&b));
+    }
+
     #[test]
     fn a_signed_node_certificate_carries_id_and_role() {
         let ca = CertificateAuthority::generate("cluster1").unwrap();
         let (key, csr) = new_node_key("edge-1").unwrap();
-        let pem = ca.sign_node(&csr, "cluster1", "node123", NodeRole::Manager).unwrap();
+        let pem = ca
+            .sign_node(&csr, "cluster1", "node123", NodeRole::Manager, DAY)
+            .unwrap();
         let creds = NodeCredentials {
             ca_pem: ca.cert_pem().to_string(),
             cert_pem: pem,
@@ -455,7 +518,9 @@ mod tests {
             })
         );
         let (_, csr) = new_node_key("edge-2").unwrap();
-        let pem = ca.sign_node(&csr, "cluster1", "node456", NodeRole::Worker).unwrap();
+        let pem = ca
+            .sign_node(&csr, "cluster1", "node456", NodeRole::Worker, DAY)
+            .unwrap();
         let der = pem_to_der(&pem).unwrap();
         assert_eq!(peer_identity(&[der]).unwrap().role, NodeRole::Worker);
     }
@@ -467,13 +532,15 @@ mod tests {
         assert_eq!(ca.digest(), again.digest());
         assert_eq!(ca_digest(ca.cert_pem()).unwrap(), ca.digest());
         let (_, csr) = new_node_key("n").unwrap();
-        again.sign_node(&csr, "c", "id", NodeRole::Worker).unwrap();
+        again.sign_node(&csr, "c", "id", NodeRole::Worker, DAY).unwrap();
     }
 
     #[test]
     fn a_garbage_csr_is_refused() {
         let ca = CertificateAuthority::generate("c").unwrap();
-        let err = ca.sign_node(b"not a csr", "c", "id", NodeRole::Worker).unwrap_err();
+        let err = ca
+            .sign_node(b"not a csr", "c", "id", NodeRole::Worker, DAY)
+            .unwrap_err();
         assert!(
             err.to_string().starts_with("invalid certificate signing request"),
             "{err}"
@@ -495,7 +562,7 @@ mod tests {
         let (key, csr) = new_node_key("n").unwrap();
         let creds = NodeCredentials {
             ca_pem: ca.cert_pem().into(),
-            cert_pem: ca.sign_node(&csr, "c", "id", NodeRole::Worker).unwrap(),
+            cert_pem: ca.sign_node(&csr, "c", "id", NodeRole::Worker, DAY).unwrap(),
             key_pem: key.serialize_pem(),
         };
         let certs = dir.path().join("certs");

@@ -3,7 +3,7 @@
 //! messages in `warren.v1.Raft`. The server side is `raft::service`.
 
 use super::TypeConfig;
-use crate::wire::channel::{self, ChannelError, Dial};
+use crate::wire::channel::{self, ChannelError, ClientTls, Dial};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{
@@ -15,21 +15,21 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::transport::{Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 use warren_proto::v1::raft_client::RaftClient;
 use warren_proto::v1::RaftPayload;
 
 /// Channels to other managers, shared by Raft replication and write forwarding.
 #[derive(Clone)]
 pub struct Peers {
-    tls: ClientTlsConfig,
+    tls: ClientTls,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl Peers {
-    pub fn new(tls: ClientTlsConfig) -> Peers {
+    pub fn new(tls: impl Into<ClientTls>) -> Peers {
         Peers {
-            tls,
+            tls: tls.into(),
             channels: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -54,11 +54,7 @@ impl Peers {
         if let Some(c) = map.get(&key) {
             return Ok(c.clone());
         }
-        let channel = channel::lazy(
-            addr,
-            self.tls.clone().domain_name(node_id),
-            Dial::new(Duration::from_secs(2)),
-        )?;
+        let channel = channel::lazy(addr, self.tls.for_server(node_id), Dial::new(Duration::from_secs(2)))?;
         map.insert(key, channel.clone());
         Ok(channel)
     }

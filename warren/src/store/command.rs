@@ -57,6 +57,17 @@ pub enum Command {
         expires_ms: i64,
     },
 
+    /// `cluster init|update --cert-expiry`: how long node certificates issued from
+    /// now on last.
+    SetCertExpiry {
+        expiry_ms: i64,
+    },
+    /// A manager issued node `id` a new certificate (renewal), expiring then.
+    SetNodeCertificate {
+        id: String,
+        expires_ms: i64,
+    },
+
     /// A node joined with a valid token.
     AddNode {
         node: Node,
@@ -349,6 +360,8 @@ impl Command {
         match self {
             Command::Bootstrap { .. } => "bootstrap",
             Command::RotateJoinToken { .. } => "rotate_join_token",
+            Command::SetCertExpiry { .. } => "set_cert_expiry",
+            Command::SetNodeCertificate { .. } => "set_node_certificate",
             Command::AddNode { .. } => "add_node",
             Command::NodeHello { .. } => "node_hello",
             Command::SetNodeState { .. } => "set_node_state",

@@ -27,6 +27,7 @@ pub(crate) fn node(id: &str, name: &str) -> Node {
         version: 1,
         metrics_port: 0,
         last_contact_ms: 0,
+        cert_expires_ms: 0,
         autonomy: String::new(),
     }
 }

@@ -91,6 +91,8 @@ pub struct ClusterView {
     pub pod_cidr: String,
     /// "wireguard" or "native" ("native" from managers that predate the mesh).
     pub overlay: String,
+    /// How long node certificates issued from now on last (ms).
+    pub cert_expiry_ms: i64,
     pub node_id: String,
     pub snapshot_index: u64,
     pub purged_index: u64,
@@ -140,6 +142,7 @@ impl ClusterView {
             } else {
                 i.overlay
             },
+            cert_expiry_ms: i.cert_expiry_ms,
             node_id: i.node_id,
             snapshot_index: i.snapshot_index,
             purged_index: i.purged_index,
@@ -161,6 +164,10 @@ impl ClusterView {
         t.line(format_args!("CA digest:    sha256:{}", self.ca_digest));
         t.line(format_args!("Pod CIDR:     {}", self.pod_cidr));
         t.line(format_args!("Overlay:      {}", self.overlay));
+        t.line(format_args!(
+            "Certificates: {} (node certificates; renewed at two thirds)",
+            humantime::format_duration(std::time::Duration::from_millis(self.cert_expiry_ms.max(0) as u64))
+        ));
         t.line(format_args!(
             "Leader:       {} ({})",
             or_dash(&short_id(&self.leader_node_id)),

@@ -124,6 +124,23 @@ fn last_contact(n: &crate::model::Node, now_ms: i64) -> String {
     format!("{} ago", crate::model::human_duration(ago))
 }
 
+/// When the node's certificate expires, as the manager that issued it recorded.
+fn cert_expiry(n: &crate::model::Node, now_ms: i64) -> String {
+    if n.cert_expires_ms == 0 {
+        return "expiry not recorded (issued before renewal existed)".into();
+    }
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(n.cert_expires_ms as u64);
+    let left = u64::try_from((n.cert_expires_ms - now_ms) / 1000 * 1000).unwrap_or(0);
+    match left {
+        0 => format!("expired at {} UTC", humantime::format_rfc3339_seconds(at)),
+        _ => format!(
+            "expires {} UTC (in {}; renewed at two thirds of its life)",
+            humantime::format_rfc3339_seconds(at),
+            crate::model::human_duration(left)
+        ),
+    }
+}
+
 /// Whether the node runs on its own now, else what it last did while cut off.
 fn autonomy(n: &crate::model::Node) -> String {
     match (n.state, n.autonomy.is_empty()) {
@@ -155,6 +172,10 @@ pub fn node_text(n: &NodeView, dp: &Dataplane) -> String {
         last_contact(&n.node, crate::model::now_ms())
     ));
     t.line(format_args!("Autonomy:     {}", autonomy(&n.node)));
+    t.line(format_args!(
+        "Certificate:  {}",
+        cert_expiry(&n.node, crate::model::now_ms())
+    ));
     if let Some(m) = &n.node.mesh {
         t.line(format_args!("Mesh key:     {}", m.public_key));
         if let Some(k) = &m.next_public_key {

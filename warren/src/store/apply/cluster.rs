@@ -1,5 +1,5 @@
 //! The cluster's own record: its first entry (`Bootstrap`, or `Restore` from a
-//! backup) and join-token rotation.
+//! backup), join-token rotation and the node certificates' lifetime.
 
 use super::change;
 use crate::model::{ClusterMeta, Node, NodeRole};
@@ -125,5 +125,75 @@ impl State {
         }
         changes.push(change(ObjectKind::Cluster, Action::Updated, &meta.cluster_id, ""));
         Ok(())
+    }
+
+    pub(super) fn set_cert_expiry(&mut self, expiry_ms: i64, changes: &mut Vec<Change>) -> Result<(), ApplyError> {
+        let d = std::time::Duration::from_millis(u64::try_from(expiry_ms).unwrap_or(0));
+        crate::model::validate_cert_expiry("cert-expiry", d).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+        let meta = self
+            .meta
+            .as_mut()
+            .ok_or_else(|| ApplyError::Invalid("the cluster is not initialized".into()))?;
+        meta.cert_expiry_ms = expiry_ms;
+        changes.push(change(ObjectKind::Cluster, Action::Updated, &meta.cluster_id, ""));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::{ClusterMeta, DEFAULT_CERT_EXPIRY};
+    use crate::store::fixtures::node;
+    use crate::store::{Command, State};
+    use std::time::Duration;
+
+    #[test]
+    fn the_certificate_lifetime_defaults_for_old_state_and_refuses_bad_values() {
+        // State from before the setting has no field: the 90-day default.
+        let old: ClusterMeta = serde_json::from_str(r#"{"cluster_id":"c","created_ms":0,"ca_cert_pem":"","ca_key_sealed":[],"worker_token_secret":"","manager_token_secret":"","pod_cidr":"10.88.0.0/16"}"#).unwrap();
+        assert_eq!(old.cert_expiry(), DEFAULT_CERT_EXPIRY);
+        let mut s = State::default();
+        let mut ch = vec![];
+        let meta = ClusterMeta {
+            pod_cidr: "10.88.0.0/16".into(),
+            ..Default::default()
+        };
+        s.apply(
+            &Command::Bootstrap {
+                meta,
+                node: node("n1", "one"),
+            },
+            &mut ch,
+        )
+        .unwrap();
+        s.apply(&Command::SetCertExpiry { expiry_ms: 6_000 }, &mut ch).unwrap();
+        assert_eq!(s.meta.as_ref().unwrap().cert_expiry(), Duration::from_secs(6));
+        let err = s
+            .apply(&Command::SetCertExpiry { expiry_ms: 1_000 }, &mut ch)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cert-expiry: certificate lifetime 1s is out of range"),
+            "{err}"
+        );
+        assert_eq!(s.meta.as_ref().unwrap().cert_expiry_ms, 6_000);
+        s.apply(
+            &Command::SetNodeCertificate {
+                id: "n1".into(),
+                expires_ms: 42,
+            },
+            &mut ch,
+        )
+        .unwrap();
+        assert_eq!(s.nodes["n1"].cert_expires_ms, 42);
+        assert!(s
+            .apply(
+                &Command::SetNodeCertificate {
+                    id: "gone".into(),
+                    expires_ms: 1,
+                },
+                &mut ch,
+            )
+            .is_err());
     }
 }

@@ -44,6 +44,14 @@ impl State {
                 secret,
                 expires_ms,
             } => self.rotate_join_token(*role, secret, *expires_ms, changes),
+            Command::SetCertExpiry { expiry_ms } => self.set_cert_expiry(*expiry_ms, changes),
+            Command::SetNodeCertificate { id, expires_ms } => {
+                let node = self.node_mut(id)?;
+                node.cert_expires_ms = *expires_ms;
+                let name = node.name.clone();
+                changes.push(change(ObjectKind::Node, Action::Updated, id, &name));
+                Ok(())
+            }
 
             Command::AddNode { node } => self.add_node(node, changes),
             Command::NodeHello {

@@ -105,6 +105,7 @@ pub fn node_to_pb(n: &Node, reserved: Resources, manager: Option<pb::ManagerStat
         ingress: super::node_ingress_to_pb(n.ingress),
         last_contact_ms: n.last_contact_ms,
         autonomy: n.autonomy.clone(),
+        cert_expires_ms: n.cert_expires_ms,
     }
 }
 
@@ -132,6 +133,7 @@ pub fn node_from_pb(n: pb::Node) -> (Node, Resources, Option<pb::ManagerStatus>)
         metrics_port: 0,
         last_contact_ms: n.last_contact_ms,
         autonomy: n.autonomy,
+        cert_expires_ms: n.cert_expires_ms,
     };
     (node, resources_from_pb(n.reserved), n.manager)
 }
